@@ -1,0 +1,34 @@
+//! The `kiln` command line, in `docker buildx`'s vocabulary (see DESIGN.md, "The CLI contract").
+//!
+//! Each verb has its own module; this one holds the clap definitions and dispatch.
+
+pub mod build;
+pub mod context;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about = "A distributed build farm for multi-platform container images")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build an image from a Dockerfile (today: `--dry-run` shows the resolved plan).
+    Build(build::BuildArgs),
+    /// Print the version.
+    Version,
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Build(args) => build::run(args),
+        Command::Version => {
+            println!("kiln {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
