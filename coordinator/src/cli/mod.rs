@@ -18,14 +18,14 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build an image from a Dockerfile (today: `--dry-run` shows the resolved plan).
-    Build(build::BuildArgs),
+    Build(Box<build::BuildArgs>),
     /// Print the version.
     Version,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Build(args) => build::run(args),
+        Command::Build(args) => build::run(*args),
         Command::Version => {
             println!("kiln {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

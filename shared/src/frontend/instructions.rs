@@ -415,12 +415,9 @@ pub fn parse_words(rest: &str, escape: char) -> Vec<String> {
                 }
                 if c == escape {
                     // An escape takes the next character along, even a quote.
-                    match chars.next() {
-                        Some(n) => {
-                            word.push(c);
-                            word.push(n);
-                        }
-                        None => {}
+                    if let Some(n) = chars.next() {
+                        word.push(c);
+                        word.push(n);
                     }
                     continue;
                 }

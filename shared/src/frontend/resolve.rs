@@ -11,7 +11,7 @@
 use super::error::{ErrorKind, FrontendError, Pos, Result};
 use super::instructions::{ArgDecl, CommandLine, Dockerfile, Heredoc, Instruction, KeyValue, KeyValues, Located};
 use super::parser::{heredoc_word, LogicalLine};
-use super::shell::{ExpandError, ShellLex};
+use super::shell::{Env, ExpandError, ShellLex};
 use crate::platform::Platform;
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
@@ -159,6 +159,8 @@ struct Resolver<'a> {
     global_decls: Vec<ArgDecl>,
     consumed: BTreeSet<String>,
     warnings: Vec<Warning>,
+    /// Stage names to indices (a later duplicate wins).
+    names: HashMap<String, usize>,
 }
 
 fn expand_err(pos: Pos, word: &str) -> impl FnOnce(ExpandError) -> FrontendError + '_ {
@@ -194,14 +196,25 @@ impl<'a> Resolver<'a> {
             return Err(FrontendError::global(ErrorKind::NoStages));
         }
         let lex = ShellLex::new(df.directives.escape);
-        Ok(Resolver { df, opts, lex, globals, stages, meta: vec![], global_decls: vec![], consumed: BTreeSet::new(), warnings: vec![] })
+        Ok(Resolver {
+            df,
+            opts,
+            lex,
+            globals,
+            stages,
+            meta: vec![],
+            global_decls: vec![],
+            consumed: BTreeSet::new(),
+            warnings: vec![],
+            names: HashMap::new(),
+        })
     }
 
     fn build_arg(&self, name: &str) -> Option<String> {
         self.opts.build_args.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     }
 
-    fn word(&self, s: &str, env: &Vec<(String, String)>, pos: Pos) -> Result<String> {
+    fn word(&self, s: &str, env: &dyn Env, pos: Pos) -> Result<String> {
         self.lex.process_word(s, env).map_err(expand_err(pos, s))
     }
 
@@ -231,10 +244,10 @@ impl<'a> Resolver<'a> {
             }
         }
 
-        let names = self.stage_names();
+        self.names = self.stage_names();
         let (bases, froms, platforms) = self.stage_headers()?;
-        let deps = self.dependencies(&names, &bases)?;
-        let target = self.target(&names)?;
+        let deps = self.dependencies(&bases)?;
+        let target = self.target()?;
         let order = self.order(target, &deps)?;
 
         let mut finished: HashMap<usize, Inherited> = HashMap::new();
@@ -315,7 +328,7 @@ impl<'a> Resolver<'a> {
     }
 
     /// What `--from=value` names: a stage (by index or name) or an image.
-    fn lookup(&self, value: &str, names: &HashMap<String, usize>, pos: Pos) -> Result<std::result::Result<usize, String>> {
+    fn lookup(&self, value: &str, pos: Pos) -> Result<std::result::Result<usize, String>> {
         if value.contains('$') {
             return Err(FrontendError::at(pos, ErrorKind::BadFlagValue { flag: "from".into(), reason: "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround".into() }));
         }
@@ -326,10 +339,10 @@ impl<'a> Resolver<'a> {
             }
             return Ok(Ok(index));
         }
-        Ok(names.get(&value.to_ascii_lowercase()).copied().ok_or_else(|| value.to_string()))
+        Ok(self.names.get(&value.to_ascii_lowercase()).copied().ok_or_else(|| value.to_string()))
     }
 
-    fn dependencies(&self, names: &HashMap<String, usize>, bases: &[Base]) -> Result<Vec<Vec<usize>>> {
+    fn dependencies(&self, bases: &[Base]) -> Result<Vec<Vec<usize>>> {
         let mut all = Vec::new();
         for (i, s) in self.stages.iter().enumerate() {
             let mut deps = BTreeSet::new();
@@ -338,7 +351,7 @@ impl<'a> Resolver<'a> {
             }
             for l in &s.body {
                 for from in from_refs(&l.instruction) {
-                    if let Ok(j) = self.lookup(from, names, l.pos)? {
+                    if let Ok(j) = self.lookup(from, l.pos)? {
                         deps.insert(j);
                     }
                 }
@@ -348,10 +361,10 @@ impl<'a> Resolver<'a> {
         Ok(all)
     }
 
-    fn target(&self, names: &HashMap<String, usize>) -> Result<usize> {
+    fn target(&self) -> Result<usize> {
         match self.opts.target {
             None => Ok(self.stages.len() - 1),
-            Some(t) => names.get(&t.to_ascii_lowercase()).copied().ok_or_else(|| {
+            Some(t) => self.names.get(&t.to_ascii_lowercase()).copied().ok_or_else(|| {
                 let mut stages: Vec<String> = self.stages.iter().filter_map(|s| s.name.clone()).collect();
                 stages.dedup();
                 FrontendError::global(ErrorKind::TargetNotFound { target: t.to_string(), stages })
@@ -392,12 +405,27 @@ impl<'a> Resolver<'a> {
                 stack.pop();
             }
         }
-        let mut order = Vec::new();
-        let mut done = BTreeSet::new();
-        while order.len() < reachable.len() {
-            let Some(&next) = reachable.iter().find(|&&s| !done.contains(&s) && deps[s].iter().all(|d| done.contains(d))) else { break };
-            done.insert(next);
+        // Kahn's algorithm over the reachable stages, lowest index first among the ready ones.
+        let mut waiting: HashMap<usize, usize> = reachable.iter().map(|&s| (s, deps[s].len())).collect();
+        let mut dependents: HashMap<usize, Vec<usize>> = HashMap::new();
+        for &s in &reachable {
+            for &d in &deps[s] {
+                dependents.entry(d).or_default().push(s);
+            }
+        }
+        let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> =
+            waiting.iter().filter(|(_, n)| **n == 0).map(|(s, _)| std::cmp::Reverse(*s)).collect();
+        let mut order = Vec::with_capacity(reachable.len());
+        while let Some(std::cmp::Reverse(next)) = ready.pop() {
             order.push(next);
+            for d in dependents.get(&next).into_iter().flatten() {
+                if let Some(n) = waiting.get_mut(d) {
+                    *n -= 1;
+                    if *n == 0 {
+                        ready.push(std::cmp::Reverse(*d));
+                    }
+                }
+            }
         }
         Ok(order)
     }
@@ -488,7 +516,7 @@ impl<'a> Resolver<'a> {
                             m.target = Some(join_path(&st.workdir, t));
                         }
                         if let Some(from) = &m.from {
-                            if let Err(image) = self.lookup_known(from)? {
+                            if let Err(image) = self.lookup(from, pos)? {
                                 image_deps.push(image);
                             }
                         }
@@ -509,7 +537,7 @@ impl<'a> Resolver<'a> {
                     c.chown = c.chown.as_ref().map(|v| self.word(v, &scope, pos)).transpose()?;
                     self.expand_sources(&mut c.sources, &mut c.dest, &mut c.heredocs, &scope, pos)?;
                     if let Some(from) = &c.from {
-                        if let Err(image) = self.lookup_known(from)? {
+                        if let Err(image) = self.lookup(from, pos)? {
                             image_deps.push(image);
                         }
                     }
@@ -593,13 +621,7 @@ impl<'a> Resolver<'a> {
         Ok((stage, st))
     }
 
-    /// Like `lookup` but for values already checked by `dependencies`.
-    fn lookup_known(&self, value: &str) -> Result<std::result::Result<usize, String>> {
-        let names: HashMap<String, usize> = self.stages.iter().enumerate().filter_map(|(i, s)| s.name.clone().map(|n| (n, i))).collect();
-        self.lookup(value, &names, Pos::default())
-    }
-
-    fn expand_pairs(&self, kv: &mut KeyValues, scope: &Vec<(String, String)>, pos: Pos) -> Result<()> {
+    fn expand_pairs(&self, kv: &mut KeyValues, scope: &dyn Env, pos: Pos) -> Result<()> {
         // Every pair is expanded with the variables as they were before the instruction.
         let mut out = Vec::new();
         for p in &kv.pairs {
@@ -609,14 +631,7 @@ impl<'a> Resolver<'a> {
         Ok(())
     }
 
-    fn expand_sources(
-        &self,
-        sources: &mut [String],
-        dest: &mut String,
-        heredocs: &mut [Heredoc],
-        scope: &Vec<(String, String)>,
-        pos: Pos,
-    ) -> Result<()> {
+    fn expand_sources(&self, sources: &mut [String], dest: &mut String, heredocs: &mut [Heredoc], scope: &dyn Env, pos: Pos) -> Result<()> {
         for s in sources.iter_mut() {
             if heredoc_word(s).is_none() {
                 *s = self.word(s, scope, pos)?;
@@ -656,7 +671,7 @@ impl<'a> Resolver<'a> {
 }
 
 /// Expands `$VAR` in a heredoc body without treating quotes as quoting.
-fn expand_raw(lex: &ShellLex, body: &str, env: &Vec<(String, String)>) -> std::result::Result<String, ExpandError> {
+fn expand_raw(lex: &ShellLex, body: &str, env: &dyn Env) -> std::result::Result<String, ExpandError> {
     // Only `$` and the escape need care; quotes are kept as written by `raw_quotes`, but an
     // unbalanced quote (an apostrophe in prose) must not fail, so expand line by line around them.
     let mut out = String::new();

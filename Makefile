@@ -1,0 +1,30 @@
+# kiln: the two commands of a fresh machine are `make example` (the main job) and `make test`.
+
+CARGO ?= cargo
+
+.PHONY: example test build lint bench fuzz
+
+build:
+	$(CARGO) build --release --bin kiln
+
+# The main job: a multi-platform dry run of the example on the embedded farm.
+example: build
+	./target/release/kiln build --dry-run --platform linux/amd64,linux/arm64 examples/hello
+
+# The test suite: the kiln binary first (the end-to-end tests run it), then every test.
+test:
+	$(CARGO) build --bin kiln
+	$(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench:
+	$(CARGO) bench -p kiln-shared --bench frontend
+
+# Needs cargo-fuzz (`cargo install cargo-fuzz`); RUSTC_BOOTSTRAP lets the stable toolchain
+# build with the sanitizer flags cargo-fuzz passes.
+FUZZ_SECONDS ?= 300
+fuzz:
+	cd shared && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run parse -- -max_total_time=$(FUZZ_SECONDS)

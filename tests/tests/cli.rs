@@ -1,0 +1,145 @@
+//! `kiln build --dry-run` end to end: the binary, real files, its output and exit codes.
+
+use kiln_tests::{kiln_bin, repo_root};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn kiln(args: &[&str], dir: &Path) -> Output {
+    Command::new(kiln_bin()).args(args).current_dir(dir).output().expect("run kiln")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A scratch directory under the target dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("kiln-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+    fn write(&self, rel: &str, text: &str) {
+        let p = self.0.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn example_dry_run_shows_both_platforms_expanded() {
+    let out = kiln(&["build", "--dry-run", "--platform", "linux/amd64,linux/arm64", "examples/hello"], &repo_root());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("=> linux/amd64 (build platform"), "{text}");
+    assert!(text.contains("=> linux/arm64 (build platform"), "{text}");
+    // Global ARGs expanded in FROM, platform ARGs inside the stages, heredoc bodies shown.
+    assert!(text.contains("[build 1/7] FROM --platform=linux/amd64 busybox:1.36 AS build"), "{text}");
+    assert!(text.contains("org.opencontainers.image.description=\"kiln example for arm64\""), "{text}");
+    assert!(text.contains("    | Welcome to hello on arm64."), "{text}");
+    assert!(text.contains("    | mkdir -p /out"), "{text}");
+    // The test stage is not needed by the final stage.
+    assert!(text.contains("2 of 3 stages"), "{text}");
+    assert!(!text.contains("[test "), "{text}");
+    // .dockerignore keeps README.md out of the context.
+    assert!(text.contains("1 excluded by"), "{text}");
+}
+
+#[test]
+fn json_format_and_target() {
+    let out = kiln(&["build", "--dry-run", "--format", "json", "--target", "test", "examples/hello"], &repo_root());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let stages: Vec<&str> =
+        v["platforms"][0]["stages"].as_array().expect("stages").iter().map(|s| s["name"].as_str().unwrap_or("")).collect();
+    assert_eq!(stages, vec!["build", "test"]);
+}
+
+#[test]
+fn broken_dockerfile_names_file_line_col() {
+    let t = TempDir::new("broken");
+    t.write("Dockerfile", "FROM alpine\nRUN echo ok\n  RUNN make\n");
+    let out = kiln(&["build", "--dry-run", "."], &t.0);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out).trim(), "error: ./Dockerfile:3:3: unknown instruction: RUNN (did you mean RUN?)");
+    assert!(stdout(&out).is_empty());
+}
+
+#[test]
+fn unknown_platform_is_an_error() {
+    let out = kiln(&["build", "--dry-run", "--platform", "linux/sparc", "examples/hello"], &repo_root());
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.starts_with("error: unknown platform \"linux/sparc\": architecture \"sparc\" is not supported"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn missing_target_and_missing_file() {
+    let out = kiln(&["build", "--dry-run", "--target", "nope", "examples/hello"], &repo_root());
+    assert_eq!(stderr(&out).trim(), "error: examples/hello/Dockerfile: target stage \"nope\" could not be found (stages: build, test)");
+    let out = kiln(&["build", "--dry-run", "-f", "nope.Dockerfile", "examples/hello"], &repo_root());
+    assert!(stderr(&out).starts_with("error: reading Dockerfile nope.Dockerfile: "), "{}", stderr(&out));
+}
+
+#[test]
+fn dockerfile_from_stdin_and_build_args() {
+    let mut child = Command::new(kiln_bin())
+        .args(["build", "--dry-run", "--build-arg", "V=9", "--build-arg", "UNUSED=1", "-f", "-", "."])
+        .current_dir(repo_root().join("examples/hello"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child.stdin.take().expect("stdin").write_all(b"ARG V=1\nFROM alpine:3.$V\n").expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("FROM alpine:3.9"), "{}", stdout(&out));
+    assert!(stderr(&out).contains("warning: One or more build-args [UNUSED] were not consumed"), "{}", stderr(&out));
+}
+
+#[test]
+fn named_dockerfile_ignore_file_wins() {
+    let t = TempDir::new("ignore");
+    t.write("app.Dockerfile", "FROM scratch\nCOPY . /\n");
+    t.write("app.Dockerfile.dockerignore", "*.log\n!keep.log\n");
+    t.write(".dockerignore", "**\n");
+    t.write("a.log", "x");
+    t.write("keep.log", "x");
+    t.write("src/main.c", "int main;");
+    let out = kiln(&["build", "--dry-run", "--format", "json", "-f", "app.Dockerfile", "."], &t.0);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    // Sent: app.Dockerfile, app.Dockerfile.dockerignore, .dockerignore, keep.log, src/main.c.
+    assert_eq!(v["context"]["files"], 5, "{v}");
+    assert_eq!(v["context"]["excluded"], 1);
+    assert!(v["context"]["ignore_file"].as_str().unwrap_or("").ends_with("app.Dockerfile.dockerignore"));
+}
+
+#[test]
+fn building_without_dry_run_says_what_is_missing() {
+    let out = kiln(&["build", "examples/hello"], &repo_root());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--dry-run"), "{}", stderr(&out));
+}
+
+#[test]
+fn version() {
+    let out = kiln(&["version"], &repo_root());
+    assert!(stdout(&out).starts_with("kiln "));
+}
