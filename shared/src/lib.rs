@@ -1,10 +1,17 @@
 //! kiln-shared: the vocabulary every side of kiln speaks.
 //!
 //! The CLI, the coordinator and the agents all depend on this crate and nothing in it depends
-//! on them. Today it holds platforms and the Dockerfile frontend; the wire protocol, the QUIC
-//! transport, OCI types and the content store join it as the farm grows (see DESIGN.md).
+//! on them: platforms and digests, the Dockerfile frontend, OCI types, the content store, the
+//! registry client and OCI layout archives. The wire protocol and the QUIC transport join it as
+//! the farm grows (see DESIGN.md).
 
+pub mod digest;
 pub mod frontend;
+pub mod layout;
+pub mod oci;
 pub mod platform;
+pub mod registry;
+pub mod store;
 
+pub use digest::Digest;
 pub use platform::{Platform, PlatformError};

@@ -70,29 +70,38 @@ fn json(v: &[String]) -> String {
     format!("[{}]", items.join(", "))
 }
 
+/// Arguments that start with `--` were written after a `--` (which ends the flags); keep it.
+fn guard(s: String) -> String {
+    if s.starts_with("--") {
+        format!("-- {s}")
+    } else {
+        s
+    }
+}
+
 fn command(c: &CommandLine) -> String {
     match c {
         CommandLine::Exec(v) => json(v),
-        CommandLine::Shell(s) => s.clone(),
+        CommandLine::Shell(s) => guard(s.clone()),
     }
 }
 
 fn key_values(kw: &str, kv: &KeyValues, style: Style) -> String {
     let word = |v: &str| if style == Style::Expanded { display_word(v) } else { v.to_string() };
     if kv.legacy && style == Style::Source {
-        return kv.pairs.iter().map(|p| format!("{kw} {} {}", p.key, p.value)).collect();
+        return kv.pairs.iter().map(|p| format!("{kw} {}", guard(format!("{} {}", p.key, p.value)))).collect();
     }
     let pairs: Vec<String> = kv.pairs.iter().map(|p| format!("{}={}", word(&p.key), word(&p.value))).collect();
-    format!("{kw} {}", pairs.join(" "))
+    format!("{kw} {}", guard(pairs.join(" ")))
 }
 
 fn args(list: &[String], json_form: bool, style: Style) -> String {
     if json_form {
         json(list)
     } else if style == Style::Expanded {
-        list.iter().map(|s| if s.starts_with("<<") { s.clone() } else { display_word(s) }).collect::<Vec<_>>().join(" ")
+        guard(list.iter().map(|s| if s.starts_with("<<") { s.clone() } else { display_word(s) }).collect::<Vec<_>>().join(" "))
     } else {
-        list.join(" ")
+        guard(list.join(" "))
     }
 }
 
@@ -126,7 +135,7 @@ pub fn instruction(inst: &Instruction, style: Style) -> String {
         Instruction::Label(kv) => return key_values("LABEL", kv, style),
         Instruction::Env(kv) => return key_values("ENV", kv, style),
         Instruction::Expose { ports } => {
-            let _ = write!(out, " {}", ports.join(" "));
+            let _ = write!(out, " {}", guard(ports.join(" ")));
         }
         Instruction::Copy(c) => {
             flag(&mut out, "from", &c.from);
