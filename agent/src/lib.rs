@@ -1,9 +1,14 @@
 //! kiln-agent: the build host.
 //!
-//! The agent turns a resolved build plan (`kiln_shared::frontend::resolve`) into images: it
-//! keeps snapshots, runs RUN steps in runc (foreign architectures through binfmt_misc + qemu),
-//! diffs layers and keeps the step cache. This crate is where that engine lives; for now it only
-//! re-exports the frontend types it will execute, so the crate graph
-//! `coordinator -> agent -> shared` is in place from the start.
+//! The agent turns one slice (a Dockerfile resolved for one platform) into an image: it pulls
+//! base images into its content store, unpacks layers into snapshots, runs RUN steps in runc
+//! over an overlay (foreign architectures through binfmt_misc + qemu), diffs the overlay upper
+//! directory into a layer, and records every step in its step cache.
 
-pub use kiln_shared::frontend::{BuildPlan, Instruction};
+mod copy;
+pub mod engine;
+pub mod layers;
+pub mod probe;
+pub mod runc;
+
+pub use engine::{Agent, EngineError, Event, SliceRequest, SliceResult};

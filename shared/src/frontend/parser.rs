@@ -178,7 +178,7 @@ fn join_continuations(lines: &[&str], i: usize, escape: char) -> Option<(Logical
 }
 
 /// Heredoc words of a line: `<<EOF`, `<<-EOF`, `<<'EOF'`, `<<"EOF"`, `3<<EOF`.
-pub(crate) fn heredoc_words(line: &str) -> Vec<(String, bool, bool)> {
+pub fn heredoc_words(line: &str) -> Vec<(String, bool, bool)> {
     if !line.contains("<<") {
         return vec![];
     }
@@ -188,7 +188,7 @@ pub(crate) fn heredoc_words(line: &str) -> Vec<(String, bool, bool)> {
 }
 
 /// Parses one word as a heredoc opener: (name, expand, chomp).
-pub(crate) fn heredoc_word(word: &str) -> Option<(String, bool, bool)> {
+pub fn heredoc_word(word: &str) -> Option<(String, bool, bool)> {
     let digits = word.find(|c: char| !c.is_ascii_digit()).unwrap_or(word.len());
     let rest = word[digits..].strip_prefix("<<")?;
     let (chomp, rest) = match rest.strip_prefix('-') {

@@ -1,0 +1,431 @@
+//! COPY, ADD and WORKDIR: building a layer from files of the context, another stage or an image.
+//!
+//! Files are copied into a fresh directory laid out like the image and diffed into a layer, so
+//! every COPY layer is independent of what is below it (which is what `--link` promises).
+//! Docker's rules: a source directory's contents are copied, not the directory; several sources
+//! need a destination directory (ending in `/`); files from the context belong to root unless
+//! `--chown` says otherwise; modes and modification times are kept.
+
+use crate::engine::{Agent, EngineError, SliceRun, State};
+use crate::layers::{self, Layer};
+use kiln_shared::digest::Digest;
+use kiln_shared::frontend::dockerignore::DockerIgnore;
+use kiln_shared::frontend::instructions::{Heredoc, Instruction};
+use kiln_shared::frontend::parser::heredoc_word;
+use kiln_shared::frontend::resolve::{join_path, Stage, Step};
+use sha2::{Digest as _, Sha256};
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+fn copy_err(msg: impl Into<String>) -> EngineError {
+    EngineError::Copy(msg.into())
+}
+
+fn io(what: &str, p: &Path) -> impl FnOnce(std::io::Error) -> EngineError {
+    let what = format!("{what} {}", p.display());
+    move |e| copy_err(format!("{what}: {e}"))
+}
+
+/// Shell-style match of one path against a pattern (`*` and `?` do not cross `/`).
+fn glob(p: &[char], s: &[char]) -> bool {
+    match p.first() {
+        None => s.is_empty(),
+        Some('*') => (0..=s.len()).take_while(|&i| i == 0 || s[i - 1] != '/').any(|i| glob(&p[1..], &s[i..])),
+        Some('?') => s.first().is_some_and(|&c| c != '/') && glob(&p[1..], &s[1..]),
+        Some('[') => {
+            let Some(end) = p.iter().skip(1).position(|&c| c == ']').map(|e| e + 1) else { return s.first() == Some(&'[') && glob(&p[1..], &s[1..]) };
+            let Some(&c) = s.first() else { return false };
+            let class = &p[1..end];
+            let (neg, class) = match class.first() {
+                Some('^' | '!') => (true, &class[1..]),
+                _ => (false, class),
+            };
+            let mut hit = false;
+            let mut i = 0;
+            while i < class.len() {
+                if i + 2 < class.len() && class[i + 1] == '-' {
+                    hit |= class[i] <= c && c <= class[i + 2];
+                    i += 3;
+                } else {
+                    hit |= class[i] == c;
+                    i += 1;
+                }
+            }
+            hit != neg && c != '/' && glob(&p[end + 1..], &s[1..])
+        }
+        Some('\\') if p.len() > 1 => s.first() == Some(&p[1]) && glob(&p[2..], &s[1..]),
+        Some(c) => s.first() == Some(c) && glob(&p[1..], &s[1..]),
+    }
+}
+
+/// A source pattern as a path relative to its root ("" is the root itself).
+fn clean(pattern: &str) -> String {
+    join_path("/", pattern).trim_start_matches('/').to_string()
+}
+
+/// Paths under `root` (relative) that `pattern` names, honouring `.dockerignore` for the context.
+pub(crate) fn matches(root: &Path, ignore: Option<&DockerIgnore>, pattern: &str) -> Result<Vec<String>, EngineError> {
+    let pat = clean(pattern);
+    let excluded = |rel: &str| ignore.is_some_and(|i| !rel.is_empty() && i.is_excluded(rel));
+    if !pat.contains(['*', '?', '[']) {
+        let ok = fs::symlink_metadata(root.join(&pat)).is_ok() && !excluded(&pat);
+        return Ok(if ok { vec![pat] } else { vec![] });
+    }
+    let p: Vec<char> = pat.chars().collect();
+    let mut out = Vec::new();
+    let mut stack = vec![String::new()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = fs::read_dir(root.join(&dir)) else { continue };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rel = if dir.is_empty() { name } else { format!("{dir}/{name}") };
+            if excluded(&rel) {
+                continue;
+            }
+            let r: Vec<char> = rel.chars().collect();
+            if glob(&p, &r) {
+                out.push(rel.clone());
+            }
+            // Only descend where the pattern has more components.
+            if e.file_type().is_ok_and(|t| t.is_dir()) && rel.matches('/').count() < pat.matches('/').count() {
+                stack.push(rel);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn is_remote(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
+/// Checksum of what COPY/ADD sources name in the context: paths, modes, content (not mtimes).
+pub(crate) fn context_checksum(context: &Path, ignore: &DockerIgnore, sources: &[String]) -> Result<String, EngineError> {
+    let mut h = Sha256::new();
+    for s in sources {
+        if heredoc_word(s).is_some() || is_remote(s) {
+            h.update(s.as_bytes());
+            continue;
+        }
+        let found = matches(context, Some(ignore), s)?;
+        if found.is_empty() {
+            return Err(copy_err(format!("COPY source {s:?} not found: it is not in the build context or is excluded by .dockerignore")));
+        }
+        for rel in found {
+            hash_tree(context, &rel, ignore, &mut h)?;
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn hash_tree(root: &Path, rel: &str, ignore: &DockerIgnore, h: &mut Sha256) -> Result<(), EngineError> {
+    let p = root.join(rel);
+    let m = fs::symlink_metadata(&p).map_err(io("reading", &p))?;
+    h.update(format!("{rel}\0{:o}\0", m.mode()).as_bytes());
+    if m.file_type().is_symlink() {
+        h.update(fs::read_link(&p).map_err(io("reading", &p))?.to_string_lossy().as_bytes());
+    } else if m.is_file() {
+        let mut f = fs::File::open(&p).map_err(io("reading", &p))?;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = f.read(&mut buf).map_err(io("reading", &p))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    } else if m.is_dir() {
+        let mut names: Vec<String> = fs::read_dir(&p).map_err(io("reading", &p))?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        for n in names {
+            let child = if rel.is_empty() { n } else { format!("{rel}/{n}") };
+            if !ignore.is_excluded(&child) {
+                hash_tree(root, &child, ignore, h)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The topmost lower path for `rel` in a state's snapshots (None when absent or whited out).
+pub(crate) fn lookup_lower(agent: &Agent, state: &State, rel: &str) -> Result<Option<PathBuf>, EngineError> {
+    for dir in agent.lowers(state)? {
+        let p = dir.join(rel);
+        if let Ok(m) = fs::symlink_metadata(&p) {
+            use std::os::unix::fs::FileTypeExt;
+            return Ok(if m.file_type().is_char_device() && m.rdev() == 0 { None } else { Some(p) });
+        }
+    }
+    Ok(None)
+}
+
+/// `uid[:gid]` or names looked up in the rootfs's /etc/passwd and /etc/group.
+pub(crate) fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32), EngineError> {
+    if user.is_empty() {
+        return Ok((0, 0));
+    }
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let read = |f: &str| fs::read_to_string(rootfs.join(f)).unwrap_or_default();
+    let (uid, primary) = match u.parse::<u32>() {
+        Ok(n) => (n, read("etc/passwd").lines().find(|l| l.split(':').nth(2) == Some(u)).and_then(|l| l.split(':').nth(3)?.parse().ok()).unwrap_or(0)),
+        Err(_) => {
+            let line = read("etc/passwd").lines().find(|l| l.split(':').next() == Some(u)).map(str::to_string);
+            let line = line.ok_or_else(|| copy_err(format!("unable to find user {u}: no matching entries in passwd file")))?;
+            let f: Vec<&str> = line.split(':').collect();
+            (f.get(2).and_then(|v| v.parse().ok()).unwrap_or(0), f.get(3).and_then(|v| v.parse().ok()).unwrap_or(0))
+        }
+    };
+    let gid = match g {
+        None => primary,
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => read("etc/group")
+                .lines()
+                .find(|l| l.split(':').next() == Some(g))
+                .and_then(|l| l.split(':').nth(2)?.parse().ok())
+                .ok_or_else(|| copy_err(format!("unable to find group {g}: no matching entries in group file")))?,
+        },
+    };
+    Ok((uid, gid))
+}
+
+fn set_times(p: &Path, mtime: i64) -> Result<(), EngineError> {
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    let t = TimeSpec::new(mtime, 0);
+    utimensat(None, p, &t, &t, UtimensatFlags::NoFollowSymlink).map_err(|e| copy_err(format!("setting times on {}: {e}", p.display())))
+}
+
+struct Owner {
+    chown: Option<(u32, u32)>,
+    chmod: Option<u32>,
+    /// Keep the source's ownership (copies between images); else root.
+    keep: bool,
+}
+
+/// Copies `src` to `dst` (a file, symlink or whole tree).
+fn copy_tree(src: &Path, dst: &Path, own: &Owner) -> Result<(), EngineError> {
+    let m = fs::symlink_metadata(src).map_err(io("reading", src))?;
+    let (uid, gid) = own.chown.unwrap_or(if own.keep { (m.uid(), m.gid()) } else { (0, 0) });
+    if m.file_type().is_symlink() {
+        let _ = fs::remove_file(dst);
+        std::os::unix::fs::symlink(fs::read_link(src).map_err(io("reading", src))?, dst).map_err(io("creating", dst))?;
+    } else if m.is_dir() {
+        fs::create_dir_all(dst).map_err(io("creating", dst))?;
+        let mut names: Vec<_> = fs::read_dir(src).map_err(io("reading", src))?.flatten().map(|e| e.file_name()).collect();
+        names.sort();
+        for n in names {
+            copy_tree(&src.join(&n), &dst.join(&n), own)?;
+        }
+        fs::set_permissions(dst, fs::Permissions::from_mode(own.chmod.unwrap_or(m.mode() & 0o7777))).map_err(io("chmod", dst))?;
+    } else if m.is_file() {
+        fs::copy(src, dst).map_err(io("copying to", dst))?;
+        fs::set_permissions(dst, fs::Permissions::from_mode(own.chmod.unwrap_or(m.mode() & 0o7777))).map_err(io("chmod", dst))?;
+    } else {
+        return Ok(()); // Sockets and devices in a context are skipped, as Docker does.
+    }
+    std::os::unix::fs::lchown(dst, Some(uid), Some(gid)).map_err(io("chown", dst))?;
+    set_times(dst, m.mtime())
+}
+
+/// Creates the parents of `rel` in `upper`, copying their metadata from the image below.
+fn make_parents(agent: &Agent, state: &State, upper: &Path, rel: &str) -> Result<(), EngineError> {
+    let mut path = String::new();
+    let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
+    for part in parts.iter().take(parts.len().saturating_sub(1)) {
+        path = if path.is_empty() { part.to_string() } else { format!("{path}/{part}") };
+        let dst = upper.join(&path);
+        if dst.exists() {
+            continue;
+        }
+        fs::create_dir(&dst).map_err(io("creating", &dst))?;
+        let (mode, uid, gid, mtime) = match lookup_lower(agent, state, &path)?.and_then(|p| fs::metadata(p).ok()) {
+            Some(m) => (m.mode() & 0o7777, m.uid(), m.gid(), m.mtime()),
+            None => (0o755, 0, 0, layers::source_date_epoch().unwrap_or(0) as i64),
+        };
+        fs::set_permissions(&dst, fs::Permissions::from_mode(mode)).map_err(io("chmod", &dst))?;
+        std::os::unix::fs::lchown(&dst, Some(uid), Some(gid)).map_err(io("chown", &dst))?;
+        set_times(&dst, mtime)?;
+    }
+    Ok(())
+}
+
+/// WORKDIR creates its directory when the image lacks it.
+pub(crate) fn workdir(agent: &Agent, state: &State, path: &str) -> Result<Option<Layer>, EngineError> {
+    let rel = path.trim_start_matches('/');
+    if rel.is_empty() || lookup_lower(agent, state, rel)?.is_some() {
+        return Ok(None);
+    }
+    let upper = agent.root.join("run").join(format!("workdir-{}", Digest::of(format!("{path}{:?}", std::time::SystemTime::now()).as_bytes()).hex()));
+    fs::create_dir_all(&upper).map_err(io("creating", &upper))?;
+    let res = (|| {
+        make_parents(agent, state, &upper, &format!("{rel}/x"))?;
+        Ok(layers::diff(&upper, &agent.store)?)
+    })();
+    let _ = fs::remove_dir_all(&upper);
+    res
+}
+
+fn is_tar(path: &Path) -> bool {
+    let mut head = [0u8; 512];
+    let Ok(mut f) = fs::File::open(path) else { return false };
+    let n = f.read(&mut head).unwrap_or(0);
+    (n >= 2 && head[..2] == [0x1f, 0x8b]) || (n >= 262 && &head[257..262] == b"ustar")
+}
+
+fn extract_tar(path: &Path, dest: &Path) -> Result<(), EngineError> {
+    let f = fs::File::open(path).map_err(io("reading", path))?;
+    let mut head = [0u8; 2];
+    let gz = fs::File::open(path).and_then(|mut g| g.read_exact(&mut head)).is_ok() && head == [0x1f, 0x8b];
+    let reader: Box<dyn Read> = if gz { Box::new(flate2::read::GzDecoder::new(f)) } else { Box::new(f) };
+    let mut a = tar::Archive::new(reader);
+    a.set_preserve_permissions(true);
+    a.set_preserve_ownerships(true);
+    fs::create_dir_all(dest).map_err(io("creating", dest))?;
+    a.unpack(dest).map_err(io("extracting", path))
+}
+
+fn download(url: &str, checksum: Option<&str>, dest: &Path) -> Result<(), EngineError> {
+    let resp = ureq_get(url)?;
+    let mut bytes = Vec::new();
+    resp.take(1 << 32).read_to_end(&mut bytes).map_err(|e| copy_err(format!("downloading {url}: {e}")))?;
+    if let Some(sum) = checksum {
+        let got = Digest::of(&bytes);
+        if got.as_str() != sum {
+            return Err(copy_err(format!("digest mismatch for {url}: expected {sum}, got {got}")));
+        }
+    }
+    fs::write(dest, &bytes).map_err(io("writing", dest))?;
+    fs::set_permissions(dest, fs::Permissions::from_mode(0o600)).map_err(io("chmod", dest))
+}
+
+fn ureq_get(url: &str) -> Result<Box<dyn Read + Send + Sync>, EngineError> {
+    match ureq::get(url).call() {
+        Ok(r) => Ok(r.into_reader()),
+        Err(e) => Err(copy_err(format!("downloading {url}: {e}"))),
+    }
+}
+
+/// Runs a COPY or ADD step.
+pub(crate) fn copy(run: &SliceRun, stage: &Stage, step: &Step, state: &State) -> Result<Option<Layer>, EngineError> {
+    let (sources, dest, from, chown, chmod, heredocs, is_add, checksum): (&[String], &str, Option<&String>, Option<&String>, Option<&String>, &[Heredoc], bool, Option<&String>) = match &step.instruction {
+        Instruction::Copy(c) => (&c.sources, &c.dest, c.from.as_ref(), c.chown.as_ref(), c.chmod.as_ref(), &c.heredocs, false, None),
+        Instruction::Add(a) => (&a.sources, &a.dest, None, a.chown.as_ref(), a.chmod.as_ref(), &a.heredocs, true, a.checksum.as_ref()),
+        _ => return Ok(None),
+    };
+    let agent = run.agent;
+    let upper = agent.root.join("run").join(format!("copy-{}", Digest::of(format!("{}{:?}{:?}", step.pos, stage.platform, std::time::SystemTime::now()).as_bytes()).hex()));
+    fs::create_dir_all(&upper).map_err(io("creating", &upper))?;
+    let mut mounts = Vec::new();
+    let result = (|| {
+        // Where sources come from: the context, or another stage's / image's filesystem.
+        let (src_root, ignore, keep) = match from {
+            Some(f) => {
+                let src = run.source_state(f, &stage.platform)?.ok_or_else(|| copy_err(format!("stage {f} is not built")))?;
+                let (ov, root) = agent.mount_ro(&src)?;
+                mounts.push(ov);
+                (root, None, true)
+            }
+            None => (run.req.context.to_path_buf(), Some(run.req.ignore), false),
+        };
+        let chown_ids = match chown {
+            None => None,
+            Some(c) if c.split(':').all(|p| p.parse::<u32>().is_ok()) => Some(resolve_user(Path::new("/nonexistent"), c)?),
+            Some(c) => {
+                let (ov, root) = agent.mount_ro(state)?;
+                let ids = resolve_user(&root, c);
+                drop(ov);
+                Some(ids?)
+            }
+        };
+        let own = Owner { chown: chown_ids, chmod: chmod.and_then(|m| u32::from_str_radix(m, 8).ok()), keep };
+        let dest_abs = join_path(&step.workdir, dest);
+        let dest_rel = dest_abs.trim_start_matches('/').to_string();
+        let mut items: Vec<(PathBuf, String)> = Vec::new(); // (source path, name)
+        let mut docs = heredocs.iter();
+        for s in sources {
+            if heredoc_word(s).is_some() {
+                continue;
+            }
+            if is_add && is_remote(s) {
+                let name = s.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("download").to_string();
+                let tmp = upper.with_extension(format!("dl-{}", items.len()));
+                download(s, checksum.map(String::as_str), &tmp)?;
+                items.push((tmp, name));
+                continue;
+            }
+            let found = matches(&src_root, ignore, s)?;
+            if found.is_empty() {
+                return Err(copy_err(format!("{} source {s:?} not found: {}", if is_add { "ADD" } else { "COPY" }, if from.is_some() { format!("no such path in {}", from.map(String::as_str).unwrap_or("")) } else { "it is not in the build context or is excluded by .dockerignore".to_string() })));
+            }
+            for rel in found {
+                let name = rel.rsplit('/').next().unwrap_or("").to_string();
+                items.push((src_root.join(&rel), name));
+            }
+        }
+        let doc_count = heredocs.len();
+        let many = items.len() + doc_count > 1;
+        let dest_is_dir = dest.ends_with('/') || many || dest_rel.is_empty() || lookup_lower(agent, state, &dest_rel)?.is_some_and(|p| p.is_dir());
+        if many && !dest.ends_with('/') && !dest_rel.is_empty() && !lookup_lower(agent, state, &dest_rel)?.is_some_and(|p| p.is_dir()) {
+            return Err(copy_err(format!("When using COPY with more than one source file, the destination must be a directory and end with a / (destination {dest:?})")));
+        }
+        make_parents(agent, state, &upper, &format!("{dest_rel}/x"))?;
+        let dest_dir = upper.join(&dest_rel);
+        if dest_is_dir {
+            fs::create_dir_all(&dest_dir).map_err(io("creating", &dest_dir))?;
+        } else {
+            make_parents(agent, state, &upper, &dest_rel)?;
+        }
+        for (src, name) in &items {
+            let is_dir = fs::metadata(src).is_ok_and(|m| m.is_dir()) && !fs::symlink_metadata(src).is_ok_and(|m| m.file_type().is_symlink());
+            if is_add && !is_dir && from.is_none() && src.starts_with(&src_root) && is_tar(src) {
+                extract_tar(src, &dest_dir)?;
+            } else if is_dir {
+                copy_tree(src, &dest_dir, &own)?;
+            } else {
+                let target = if dest_is_dir { dest_dir.join(name) } else { dest_dir.clone() };
+                copy_tree(src, &target, &own)?;
+            }
+        }
+        for doc in docs.by_ref() {
+            let target = if dest_is_dir { dest_dir.join(&doc.name) } else { dest_dir.clone() };
+            fs::write(&target, doc.content.as_bytes()).map_err(io("writing", &target))?;
+            fs::set_permissions(&target, fs::Permissions::from_mode(own.chmod.unwrap_or(0o644))).map_err(io("chmod", &target))?;
+            let (uid, gid) = own.chown.unwrap_or((0, 0));
+            std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(io("chown", &target))?;
+            set_times(&target, layers::source_date_epoch().unwrap_or(0) as i64)?;
+        }
+        drop(mounts);
+        Ok(layers::diff(&upper, &agent.store)?)
+    })();
+    let _ = fs::remove_dir_all(&upper);
+    for i in 0..sources.len() {
+        let _ = fs::remove_file(upper.with_extension(format!("dl-{i}")));
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    fn g(p: &str, s: &str) -> bool {
+        glob(&p.chars().collect::<Vec<_>>(), &s.chars().collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn globs() {
+        assert!(g("*.txt", "a.txt"));
+        assert!(!g("*.txt", "d/a.txt"));
+        assert!(g("d/*.txt", "d/a.txt"));
+        assert!(g("file?.c", "file1.c"));
+        assert!(g("[ab]*", "beta"));
+        assert!(!g("[!ab]*", "beta"));
+    }
+}

@@ -1,0 +1,589 @@
+//! The engine: runs one slice (a Dockerfile for one platform) and produces its image.
+//!
+//! Each stage starts from scratch, a pulled base image or another stage's result, and applies
+//! its steps in order. Every step has a cache key (DESIGN.md: parent key, the expanded
+//! instruction, the platform, and for COPY/ADD the checksum of the sources); a step whose key
+//! is in the step cache is not executed. Steps that change the filesystem add a layer; the
+//! others add an empty-layer history entry, as Docker does.
+
+use crate::copy;
+use crate::layers::{self, Layer, Whiteouts};
+use crate::probe::HostPlatforms;
+use crate::runc::{self, Overlay, RunError, RunSpec};
+use kiln_shared::digest::Digest;
+use kiln_shared::frontend::dockerignore::DockerIgnore;
+use kiln_shared::frontend::instructions::{Healthcheck, Instruction};
+use kiln_shared::frontend::print::{self, Style};
+use kiln_shared::frontend::resolve::{self, Base, BaseConfig, BaseImages, BuildPlan, Options, Stage, Step};
+use kiln_shared::frontend::{self, FrontendError};
+use kiln_shared::oci::{self, Descriptor, History, ImageConfig, Index, Manifest};
+use kiln_shared::registry::{Reference, RegistryClient, RegistryError};
+use kiln_shared::store::{ContentStore, StoreError};
+use kiln_shared::Platform;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Frontend(#[from] FrontendError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Layer(#[from] layers::LayerError),
+    #[error("platform {platform} cannot be executed on this host (it runs {runs}); install qemu-user-static and register it with binfmt_misc (e.g. `apt-get install qemu-user-static binfmt-support`)")]
+    CannotExecute { platform: Platform, runs: String },
+    #[error("image {image} has no {platform} variant (it has: {available})")]
+    MissingPlatform { image: String, platform: Platform, available: String },
+    #[error("[{platform} {stage}] {file}:{line}: {source}")]
+    Step { platform: Platform, stage: String, file: String, line: u32, source: Box<EngineError> },
+    #[error("{0}")]
+    Run(#[from] RunError),
+    #[error("{0}")]
+    Copy(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError {
+    let what = what.into();
+    move |source| EngineError::Io { what, source }
+}
+
+/// What the engine reports while it works.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A step starts; `name` is `[linux/arm64 build 3/7] RUN make`.
+    Start { id: u64, name: String },
+    Cached { id: u64 },
+    Log { id: u64, line: String },
+    Done { id: u64, secs: f64 },
+    Failed { id: u64, message: String },
+}
+
+pub struct SliceRequest<'a> {
+    pub dockerfile: &'a str,
+    pub dockerfile_name: &'a str,
+    pub context: &'a Path,
+    pub ignore: &'a DockerIgnore,
+    pub platform: Platform,
+    pub build_args: &'a [(String, String)],
+    pub target: Option<&'a str>,
+    pub no_cache: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SliceResult {
+    pub platform: Platform,
+    pub emulated: bool,
+    /// The manifest, with its platform set.
+    pub manifest: Descriptor,
+    /// Every blob of the image: layers, config, manifest.
+    pub blobs: Vec<Digest>,
+    pub layers: Vec<Layer>,
+    pub cache_hits: u32,
+    pub cache_misses: u32,
+    pub duration_ms: u64,
+}
+
+/// A stage's image as it is built: config, layers, and the cache key of the last step.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct State {
+    pub config: ImageConfig,
+    pub layers: Vec<Layer>,
+    pub key: String,
+}
+
+pub struct Agent {
+    pub root: PathBuf,
+    pub store: ContentStore,
+    pub registry: RegistryClient,
+    pub platforms: HostPlatforms,
+    pulled: Mutex<HashMap<(String, Platform), (State, Digest)>>,
+    seq: AtomicU64,
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+impl Agent {
+    pub fn open(root: &Path, insecure: &[String]) -> Result<Agent, EngineError> {
+        for d in ["snapshots", "cache", "run", "cachemounts"] {
+            std::fs::create_dir_all(root.join(d)).map_err(io_err(format!("creating {}", root.join(d).display())))?;
+        }
+        let store = ContentStore::open(&root.join("content"))?;
+        let platforms = HostPlatforms::detect(&root.join("run"));
+        Ok(Agent { root: root.to_path_buf(), store, registry: RegistryClient::new(insecure), platforms, pulled: Mutex::new(HashMap::new()), seq: AtomicU64::new(0) })
+    }
+
+    fn next_id(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A fresh scratch directory for one step.
+    fn scratch(&self, what: &str) -> PathBuf {
+        let n = self.next_id();
+        self.root.join("run").join(format!("{what}-{}-{n}", std::process::id()))
+    }
+
+    /// Pulls `image` for `platform`: manifest, config and layers into the store.
+    pub(crate) fn pull(&self, image: &str, platform: &Platform) -> Result<(State, Digest), EngineError> {
+        let key = (image.to_string(), platform.clone());
+        if let Some(hit) = self.pulled.lock().ok().and_then(|p| p.get(&key).cloned()) {
+            return Ok(hit);
+        }
+        let r: Reference = image.parse()?;
+        let mut fetched = self.registry.get_manifest(&r)?;
+        if fetched.media_type == oci::MEDIA_INDEX || fetched.media_type == oci::DOCKER_MANIFEST_LIST {
+            let index: Index = serde_json::from_slice(&fetched.bytes).map_err(|e| EngineError::Copy(format!("image {image}: bad index: {e}")))?;
+            let pick = index.manifests.iter().find(|d| d.platform.as_ref().and_then(|p| p.to_platform()).is_some_and(|p| p == *platform)).or_else(|| {
+                index.manifests.iter().find(|d| d.platform.as_ref().is_some_and(|p| p.os == platform.os() && p.architecture == platform.arch()))
+            });
+            let Some(desc) = pick else {
+                let available: Vec<String> = index.manifests.iter().filter_map(|d| d.platform.as_ref()).map(|p| format!("{}/{}{}", p.os, p.architecture, p.variant.as_ref().map(|v| format!("/{v}")).unwrap_or_default())).collect();
+                return Err(EngineError::MissingPlatform { image: image.to_string(), platform: platform.clone(), available: available.join(", ") });
+            };
+            fetched = self.registry.get_manifest(&r.with_digest(desc.digest.clone()))?;
+        }
+        let manifest: Manifest = serde_json::from_slice(&fetched.bytes).map_err(|e| EngineError::Copy(format!("image {image}: bad manifest: {e}")))?;
+        self.registry.fetch_blob(&r, &manifest.config.digest, &self.store)?;
+        let config: ImageConfig = serde_json::from_slice(&self.store.read(&manifest.config.digest)?).map_err(|e| EngineError::Copy(format!("image {image}: bad config: {e}")))?;
+        if config.architecture != platform.arch() {
+            return Err(EngineError::MissingPlatform { image: image.to_string(), platform: platform.clone(), available: format!("{}/{}", config.os, config.architecture) });
+        }
+        let mut layers = Vec::new();
+        for (i, l) in manifest.layers.iter().enumerate() {
+            self.registry.fetch_blob(&r, &l.digest, &self.store)?;
+            let diff_id = config.rootfs.diff_ids.get(i).cloned().ok_or_else(|| EngineError::Copy(format!("image {image}: config lists fewer diff_ids than the manifest has layers")))?;
+            let media_type = if l.media_type == oci::DOCKER_LAYER_GZIP { oci::MEDIA_LAYER_GZIP.to_string() } else { l.media_type.clone() };
+            layers.push(Layer { digest: l.digest.clone(), diff_id, size: l.size, media_type });
+        }
+        let state = State { config, layers, key: fetched.digest.to_string() };
+        let out = (state, fetched.digest);
+        if let Ok(mut p) = self.pulled.lock() {
+            p.insert(key, out.clone());
+        }
+        Ok(out)
+    }
+
+    /// The unpacked snapshot directory of a layer (unpacked on first use).
+    pub(crate) fn snapshot(&self, layer: &Layer) -> Result<PathBuf, EngineError> {
+        let dir = self.root.join("snapshots").join(layer.diff_id.hex());
+        if dir.exists() {
+            return Ok(dir);
+        }
+        let tmp = self.scratch("unpack");
+        layers::unpack(&self.store, &layer.digest, &tmp, Whiteouts::Overlay)?;
+        match std::fs::rename(&tmp, &dir) {
+            Ok(()) => Ok(dir),
+            Err(_) if dir.exists() => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Ok(dir)
+            }
+            Err(e) => Err(io_err("storing a snapshot")(e)),
+        }
+    }
+
+    /// Lower directories of a state, top layer first.
+    pub(crate) fn lowers(&self, state: &State) -> Result<Vec<PathBuf>, EngineError> {
+        state.layers.iter().rev().map(|l| self.snapshot(l)).collect()
+    }
+
+    /// Mounts a state's filesystem read-only (for COPY --from and bind mounts).
+    pub(crate) fn mount_ro(&self, state: &State) -> Result<(Overlay, PathBuf), EngineError> {
+        let target = self.scratch("ro");
+        let lowers = self.lowers(state)?;
+        Ok((Overlay::mount(&lowers, None, &target)?, target))
+    }
+
+    pub fn run_slice(&self, req: &SliceRequest, events: &(dyn Fn(Event) + Sync)) -> Result<SliceResult, EngineError> {
+        let started = Instant::now();
+        if !self.platforms.can_run(&req.platform) {
+            let runs: Vec<String> = self.platforms.native.iter().chain(&self.platforms.emulated).map(|p| p.to_string()).collect();
+            return Err(EngineError::CannotExecute { platform: req.platform.clone(), runs: runs.join(", ") });
+        }
+        let df = frontend::parse(req.dockerfile).map_err(|e| e.in_file(req.dockerfile_name))?;
+        let images = RegistryImages { agent: self, errors: Mutex::new(Vec::new()) };
+        let opts = Options { platform: req.platform.clone(), build_platform: Platform::host(), build_args: req.build_args, target: req.target, images: &images };
+        let plan = resolve::resolve(&df, &opts).map_err(|e| e.in_file(req.dockerfile_name));
+        if let Some(e) = images.errors.lock().ok().and_then(|mut e| e.pop()) {
+            return Err(e);
+        }
+        let plan = plan?;
+        let mut run = SliceRun { agent: self, req, plan: &plan, events, finished: HashMap::new(), hits: 0, misses: 0 };
+        for stage in &plan.stages {
+            let state = run.stage(stage)?;
+            run.finished.insert(stage.index, state);
+        }
+        let final_state = run.finished.get(&plan.target).cloned().ok_or_else(|| EngineError::Copy("the target stage was not built".into()))?;
+        let (manifest, blobs) = self.write_image(&final_state, &req.platform)?;
+        Ok(SliceResult {
+            platform: req.platform.clone(),
+            emulated: self.platforms.is_emulated(&req.platform),
+            manifest,
+            blobs,
+            layers: final_state.layers.clone(),
+            cache_hits: run.hits,
+            cache_misses: run.misses,
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    fn write_image(&self, state: &State, platform: &Platform) -> Result<(Descriptor, Vec<Digest>), EngineError> {
+        let mut config = state.config.clone();
+        config.created = layers::source_date_epoch().map(rfc3339).or(config.created);
+        let config_bytes = oci::to_json(&config);
+        let config_digest = self.store.put(&config_bytes)?;
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(oci::MEDIA_MANIFEST.into()),
+            config: Descriptor::new(oci::MEDIA_CONFIG, config_digest.clone(), config_bytes.len() as u64),
+            layers: state.layers.iter().map(|l| Descriptor::new(&l.media_type, l.digest.clone(), l.size)).collect(),
+            annotations: Default::default(),
+        };
+        let bytes = oci::to_json(&manifest);
+        let digest = self.store.put(&bytes)?;
+        let mut desc = Descriptor::new(oci::MEDIA_MANIFEST, digest.clone(), bytes.len() as u64);
+        desc.platform = Some(platform.into());
+        let mut blobs: Vec<Digest> = state.layers.iter().map(|l| l.digest.clone()).collect();
+        blobs.push(config_digest);
+        blobs.push(digest);
+        Ok((desc, blobs))
+    }
+
+    /// Writes the final filesystem of an image (its layers applied in order) into `dest`.
+    pub fn export_rootfs(&self, layers: &[Layer], dest: &Path) -> Result<(), EngineError> {
+        std::fs::create_dir_all(dest).map_err(io_err(format!("creating {}", dest.display())))?;
+        for l in layers {
+            layers::unpack(&self.store, &l.digest, dest, Whiteouts::Delete)?;
+        }
+        Ok(())
+    }
+}
+
+/// Seconds since the epoch as an RFC 3339 UTC timestamp.
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Base-image configs for resolution, pulled from registries.
+struct RegistryImages<'a> {
+    agent: &'a Agent,
+    errors: Mutex<Vec<EngineError>>,
+}
+
+impl BaseImages for RegistryImages<'_> {
+    fn config(&self, image: &str, platform: &Platform) -> Option<BaseConfig> {
+        match self.agent.pull(image, platform) {
+            Ok((state, _)) => {
+                let c = &state.config.config;
+                Some(BaseConfig { env: c.env_pairs(), workdir: Some(c.working_dir.clone()).filter(|w| !w.is_empty()), shell: c.shell.clone(), onbuild: c.on_build.clone().unwrap_or_default() })
+            }
+            Err(e) => {
+                if let Ok(mut errs) = self.errors.lock() {
+                    errs.push(e);
+                }
+                None
+            }
+        }
+    }
+}
+
+/// One slice in progress.
+pub(crate) struct SliceRun<'a> {
+    pub agent: &'a Agent,
+    pub req: &'a SliceRequest<'a>,
+    pub plan: &'a BuildPlan,
+    pub events: &'a (dyn Fn(Event) + Sync),
+    pub finished: HashMap<usize, State>,
+    pub hits: u32,
+    pub misses: u32,
+}
+
+fn cache_key(parent: &str, text: &str, platform: &Platform, extra: &str) -> String {
+    Digest::of(format!("{parent}\n{text}\n{platform}\n{extra}").as_bytes()).hex().to_string()
+}
+
+impl SliceRun<'_> {
+    fn stage(&mut self, stage: &Stage) -> Result<State, EngineError> {
+        let label = stage.display_name();
+        let total = stage.steps.len() + 1;
+        let name = format!("[{} {label} 1/{total}] {}", self.req.platform, print::instruction(&stage.from, Style::Expanded));
+        let id = self.agent.next_id();
+        (self.events)(Event::Start { id, name });
+        let t = Instant::now();
+        let mut state = match &stage.base {
+            Base::Scratch => State { config: ImageConfig::empty(&stage.platform), layers: vec![], key: format!("scratch {}", stage.platform) },
+            Base::Stage(i) => self.finished.get(i).cloned().ok_or_else(|| EngineError::Copy(format!("stage {i} was not built before {label}")))?,
+            Base::Image(image) => {
+                let (mut s, _) = self.agent.pull(image, &stage.platform).map_err(|e| self.step_err(stage, stage.pos.line, e))?;
+                // ONBUILD triggers run in this stage; the new image does not carry them.
+                s.config.config.on_build = None;
+                s
+            }
+        };
+        if let Base::Stage(_) = stage.base {
+            state.config.config.on_build = None;
+        }
+        (self.events)(Event::Done { id, secs: t.elapsed().as_secs_f64() });
+        for (n, step) in stage.steps.iter().enumerate() {
+            let text = print::instruction(&step.instruction, Style::Expanded);
+            let name = format!("[{} {label} {}/{total}] {text}", self.req.platform, n + 2);
+            let id = self.agent.next_id();
+            (self.events)(Event::Start { id, name });
+            let t = Instant::now();
+            match self.step(stage, step, &text, &mut state, id) {
+                Ok(true) => (self.events)(Event::Cached { id }),
+                Ok(false) => (self.events)(Event::Done { id, secs: t.elapsed().as_secs_f64() }),
+                Err(e) => {
+                    let e = self.step_err(stage, step.pos.line, e);
+                    (self.events)(Event::Failed { id, message: e.to_string() });
+                    return Err(e);
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    fn step_err(&self, stage: &Stage, line: u32, e: EngineError) -> EngineError {
+        EngineError::Step { platform: self.req.platform.clone(), stage: stage.display_name(), file: self.req.dockerfile_name.to_string(), line, source: Box::new(e) }
+    }
+
+    /// Runs one step; true when it came from the cache.
+    fn step(&mut self, stage: &Stage, step: &Step, text: &str, state: &mut State, id: u64) -> Result<bool, EngineError> {
+        let extra = self.cache_extra(stage, step)?;
+        let key = cache_key(&state.key, text, &stage.platform, &extra);
+        let record = self.agent.root.join("cache").join(format!("{key}.json"));
+        if !self.req.no_cache {
+            if let Some(cached) = std::fs::read(&record).ok().and_then(|b| serde_json::from_slice::<State>(&b).ok()) {
+                if cached.layers.iter().all(|l| self.agent.store.has(&l.digest)) {
+                    *state = cached;
+                    self.hits += 1;
+                    return Ok(true);
+                }
+            }
+        }
+        self.misses += 1;
+        let layer = self.execute(stage, step, state, id)?;
+        let created_by = match &step.instruction {
+            Instruction::Run(_) => format!("RUN {}", step.argv.as_ref().map(|a| a.join(" ")).unwrap_or_default()),
+            _ => text.to_string(),
+        };
+        let mut history = History { created_by: Some(created_by), comment: Some("buildkit.dockerfile.v0".into()), ..Default::default() };
+        history.created = layers::source_date_epoch().map(rfc3339);
+        match layer {
+            Some(l) => {
+                state.config.rootfs.diff_ids.push(l.diff_id.clone());
+                state.layers.push(l);
+            }
+            None => history.empty_layer = true,
+        }
+        state.config.history.push(history);
+        state.key = key;
+        let tmp = record.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(state).unwrap_or_default()).and_then(|_| std::fs::rename(&tmp, &record)).map_err(io_err("writing the step cache"))?;
+        Ok(false)
+    }
+
+    /// What besides the instruction text decides a step's result.
+    fn cache_extra(&self, stage: &Stage, step: &Step) -> Result<String, EngineError> {
+        let from_key = |from: &Option<String>| -> Result<String, EngineError> {
+            match from {
+                None => Ok(String::new()),
+                Some(f) => Ok(match self.source_state(f, &stage.platform)? {
+                    Some(s) => s.key,
+                    None => String::new(),
+                }),
+            }
+        };
+        Ok(match &step.instruction {
+            Instruction::Copy(c) => {
+                let origin = if c.from.is_some() { from_key(&c.from)? } else { copy::context_checksum(self.req.context, self.req.ignore, &c.sources)? };
+                format!("{origin}\n{:?}", c.heredocs)
+            }
+            Instruction::Add(a) => format!("{}\n{:?}", copy::context_checksum(self.req.context, self.req.ignore, &a.sources)?, a.heredocs),
+            Instruction::Run(r) => {
+                let mut extra = format!("{:?}\n{:?}\n{}", step.args, step.files, step.workdir);
+                for m in &r.mounts {
+                    if m.from.is_some() {
+                        extra.push_str(&from_key(&m.from)?);
+                    } else if m.kind == kiln_shared::frontend::mount::MountType::Bind {
+                        extra.push_str(&copy::context_checksum(self.req.context, self.req.ignore, &[m.source.clone().unwrap_or_else(|| ".".into())])?);
+                    }
+                }
+                extra
+            }
+            _ => String::new(),
+        })
+    }
+
+    /// The state a `--from` value names: a built stage, or a pulled image.
+    pub(crate) fn source_state(&self, from: &str, platform: &Platform) -> Result<Option<State>, EngineError> {
+        let index = if from.chars().all(|c| c.is_ascii_digit()) { from.parse::<usize>().ok() } else { self.plan.stages.iter().find(|s| s.name.as_deref() == Some(&from.to_ascii_lowercase())).map(|s| s.index) };
+        match index {
+            Some(i) => Ok(self.finished.get(&i).cloned()),
+            None => Ok(Some(self.agent.pull(from, platform)?.0)),
+        }
+    }
+
+    fn execute(&mut self, stage: &Stage, step: &Step, state: &mut State, id: u64) -> Result<Option<Layer>, EngineError> {
+        let cfg = &mut state.config.config;
+        match &step.instruction {
+            Instruction::Env(kv) => kv.pairs.iter().for_each(|p| cfg.set_env(&p.key, &p.value)),
+            Instruction::Label(kv) => kv.pairs.iter().for_each(|p| {
+                cfg.labels.insert(p.key.clone(), p.value.clone());
+            }),
+            Instruction::User { user } => cfg.user = user.clone(),
+            Instruction::Expose { ports } => ports.iter().for_each(|p| {
+                let p = if p.contains('/') { p.to_ascii_lowercase() } else { format!("{p}/tcp") };
+                cfg.exposed_ports.insert(p, serde_json::json!({}));
+            }),
+            Instruction::Volume { paths, .. } => paths.iter().for_each(|p| {
+                cfg.volumes.insert(p.clone(), serde_json::json!({}));
+            }),
+            Instruction::Stopsignal { signal } => cfg.stop_signal = signal.clone(),
+            Instruction::Shell { shell } => cfg.shell = Some(shell.clone()),
+            Instruction::Entrypoint { .. } => {
+                cfg.entrypoint = step.argv.clone();
+                // ENTRYPOINT clears a CMD inherited from the base (Docker's rule).
+                cfg.cmd = None;
+            }
+            Instruction::Cmd { .. } => cfg.cmd = step.argv.clone(),
+            Instruction::Healthcheck(h) => cfg.healthcheck = Some(healthcheck_json(h, step)),
+            Instruction::Onbuild { expression, .. } => cfg.on_build.get_or_insert_with(Vec::new).push(expression.clone()),
+            Instruction::Maintainer { name } => {
+                cfg.labels.insert("maintainer".into(), name.clone());
+            }
+            Instruction::Arg { .. } | Instruction::From(_) => {}
+            Instruction::Workdir { .. } => {
+                cfg.working_dir = step.workdir.clone();
+                return copy::workdir(self.agent, state, &step.workdir);
+            }
+            Instruction::Copy(_) | Instruction::Add(_) => return copy::copy(self, stage, step, state),
+            Instruction::Run(_) => return self.run(stage, step, state, id),
+        }
+        Ok(None)
+    }
+
+    fn run(&mut self, stage: &Stage, step: &Step, state: &State, id: u64) -> Result<Option<Layer>, EngineError> {
+        let Instruction::Run(run) = &step.instruction else { return Ok(None) };
+        let dir = self.agent.scratch("step");
+        let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
+        let lowers = self.agent.lowers(state)?;
+        let result = (|| {
+            let overlay = Overlay::mount(&lowers, Some((&upper, &work)), &merged)?;
+            let cfg = &state.config.config;
+            let mut env = cfg.env.clone();
+            for (k, v) in &step.args {
+                if !env.iter().any(|e| e.split('=').next() == Some(k)) {
+                    env.push(format!("{k}={v}"));
+                }
+            }
+            if !env.iter().any(|e| e.starts_with("PATH=")) {
+                env.push(format!("PATH={DEFAULT_PATH}"));
+            }
+            let (uid, gid) = copy::resolve_user(&merged, &cfg.user)?;
+            let cwd = if cfg.working_dir.is_empty() { "/".to_string() } else { cfg.working_dir.clone() };
+            std::fs::create_dir_all(merged.join(cwd.trim_start_matches('/'))).map_err(io_err(format!("creating the working directory {cwd}")))?;
+            let mut binds = Vec::new();
+            let mut keep = Vec::new();
+            for (path, content) in &step.files {
+                let host = dir.join(format!("file-{}", binds.len()));
+                std::fs::write(&host, content).map_err(io_err("writing a heredoc script"))?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o755)).map_err(io_err("writing a heredoc script"))?;
+                binds.push((host, path.clone(), true));
+            }
+            for m in &run.mounts {
+                use kiln_shared::frontend::mount::MountType;
+                let target = m.target.clone().unwrap_or_else(|| cwd.clone());
+                match m.kind {
+                    MountType::Cache => {
+                        let id = m.id.clone().unwrap_or_else(|| target.clone());
+                        let host = self.agent.root.join("cachemounts").join(Digest::of(format!("{}\n{id}", stage.platform).as_bytes()).hex());
+                        std::fs::create_dir_all(&host).map_err(io_err("creating a cache mount"))?;
+                        binds.push((host, target, m.readonly == Some(true)));
+                    }
+                    MountType::Bind => {
+                        let src = m.source.clone().unwrap_or_else(|| ".".into());
+                        let host = match &m.from {
+                            Some(from) => {
+                                let Some(src_state) = self.source_state(from, &stage.platform)? else { continue };
+                                let (ov, root) = self.agent.mount_ro(&src_state)?;
+                                keep.push(ov);
+                                root.join(src.trim_start_matches('/'))
+                            }
+                            None => self.req.context.join(src.trim_start_matches('/')),
+                        };
+                        binds.push((host, target, m.readonly != Some(false)));
+                    }
+                    MountType::Tmpfs => {
+                        let host = dir.join(format!("tmpfs-{}", binds.len()));
+                        std::fs::create_dir_all(&host).map_err(io_err("creating a tmpfs mount"))?;
+                        binds.push((host, target, false));
+                    }
+                    MountType::Secret | MountType::Ssh if m.required == Some(true) => {
+                        return Err(EngineError::Copy(format!("{} mount {} is required but kiln has no {}s to provide yet", m.kind.as_str(), m.id.clone().unwrap_or_default(), m.kind.as_str())));
+                    }
+                    MountType::Secret | MountType::Ssh => {}
+                }
+            }
+            let args = step.argv.clone().unwrap_or_default();
+            let network = run.network.clone().unwrap_or_else(|| "default".into());
+            let spec = RunSpec { rootfs: &merged, upper: &upper, args: &args, env: &env, cwd: &cwd, uid, gid, network: &network, binds: &binds };
+            let events = self.events;
+            let res = runc::run(&format!("kiln-{}-{id}", std::process::id()), &dir.join("bundle"), &spec, &mut |line| events(Event::Log { id, line: line.to_string() }));
+            drop(keep);
+            drop(overlay);
+            res?;
+            Ok(layers::diff(&upper, &self.agent.store)?)
+        })();
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+}
+
+fn healthcheck_json(h: &Healthcheck, step: &Step) -> serde_json::Value {
+    let ns = |v: &Option<String>| v.as_deref().and_then(kiln_shared::frontend::instructions::parse_go_duration);
+    match h {
+        Healthcheck::None => serde_json::json!({"Test": ["NONE"]}),
+        Healthcheck::Cmd { interval, timeout, start_period, start_interval, retries, .. } => {
+            let mut v = serde_json::json!({"Test": step.argv.clone().unwrap_or_default()});
+            for (k, d) in [("Interval", ns(interval)), ("Timeout", ns(timeout)), ("StartPeriod", ns(start_period)), ("StartInterval", ns(start_interval))] {
+                if let Some(d) = d {
+                    v[k] = serde_json::json!(d);
+                }
+            }
+            if let Some(r) = retries {
+                v["Retries"] = serde_json::json!(r);
+            }
+            v
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+}

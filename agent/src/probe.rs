@@ -1,0 +1,121 @@
+//! Which platforms this host can execute, found by running a probe, not by trusting file names.
+//!
+//! For each architecture kiln knows a probe for, a tiny static ELF executable that only calls
+//! `exit(42)` is written and executed. The host's own architecture (and 32-bit i386 on amd64)
+//! counts as native; anything else that runs did so through binfmt_misc (qemu-user-static).
+
+use kiln_shared::Platform;
+use std::path::Path;
+use std::process::Command;
+
+/// A minimal 64-bit little-endian ELF executable: one PT_LOAD segment holding `code`.
+fn elf64(machine: u16, code: &[u8]) -> Vec<u8> {
+    const BASE: u64 = 0x400000;
+    let entry = BASE + 64 + 56;
+    let total = (64 + 56 + code.len()) as u64;
+    let mut v = Vec::new();
+    v.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    v.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    v.extend_from_slice(&machine.to_le_bytes());
+    v.extend_from_slice(&1u32.to_le_bytes());
+    v.extend_from_slice(&entry.to_le_bytes());
+    v.extend_from_slice(&64u64.to_le_bytes()); // phoff
+    v.extend_from_slice(&0u64.to_le_bytes()); // shoff
+    v.extend_from_slice(&0u32.to_le_bytes()); // flags
+    v.extend_from_slice(&64u16.to_le_bytes()); // ehsize
+    v.extend_from_slice(&56u16.to_le_bytes()); // phentsize
+    v.extend_from_slice(&1u16.to_le_bytes()); // phnum
+    v.extend_from_slice(&[0; 6]); // shentsize, shnum, shstrndx
+    v.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    v.extend_from_slice(&5u32.to_le_bytes()); // R+X
+    v.extend_from_slice(&0u64.to_le_bytes()); // offset
+    v.extend_from_slice(&BASE.to_le_bytes()); // vaddr
+    v.extend_from_slice(&BASE.to_le_bytes()); // paddr
+    v.extend_from_slice(&total.to_le_bytes()); // filesz
+    v.extend_from_slice(&total.to_le_bytes()); // memsz
+    v.extend_from_slice(&0x1000u64.to_le_bytes()); // align
+    v.extend_from_slice(code);
+    v
+}
+
+/// `exit(42)` for each architecture with a probe.
+fn probe_binary(arch: &str) -> Option<Vec<u8>> {
+    Some(match arch {
+        // mov edi, 42; mov eax, 60; syscall
+        "amd64" => elf64(62, &[0xbf, 42, 0, 0, 0, 0xb8, 60, 0, 0, 0, 0x0f, 0x05]),
+        // mov x0, #42; mov x8, #93; svc #0
+        "arm64" => elf64(183, &[0x40, 0x05, 0x80, 0xd2, 0xa8, 0x0b, 0x80, 0xd2, 0x01, 0x00, 0x00, 0xd4]),
+        // li a0, 42; li a7, 93; ecall
+        "riscv64" => elf64(243, &[0x13, 0x05, 0xa0, 0x02, 0x93, 0x08, 0xd0, 0x05, 0x73, 0x00, 0x00, 0x00]),
+        _ => return None,
+    })
+}
+
+/// What this host can run.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct HostPlatforms {
+    pub native: Vec<Platform>,
+    pub emulated: Vec<Platform>,
+}
+
+impl HostPlatforms {
+    /// Probes every architecture with a probe binary, writing them under `scratch`.
+    pub fn detect(scratch: &Path) -> HostPlatforms {
+        let host = Platform::host();
+        let mut out = HostPlatforms { native: vec![host.clone()], emulated: vec![] };
+        let _ = std::fs::create_dir_all(scratch);
+        for arch in ["amd64", "arm64", "riscv64"] {
+            if arch == host.arch() {
+                continue;
+            }
+            let Some(bin) = probe_binary(arch) else { continue };
+            let path = scratch.join(format!("probe-{arch}"));
+            if write_executable(&path, &bin).is_err() {
+                continue;
+            }
+            let ran = Command::new(&path).status().map(|s| s.code() == Some(42)).unwrap_or(false);
+            let _ = std::fs::remove_file(&path);
+            if ran {
+                if let Ok(p) = Platform::new("linux", arch, None) {
+                    out.emulated.push(p);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn can_run(&self, p: &Platform) -> bool {
+        self.native.iter().chain(&self.emulated).any(|h| h.os() == p.os() && h.arch() == p.arch())
+    }
+
+    pub fn is_emulated(&self, p: &Platform) -> bool {
+        !self.native.iter().any(|h| h.arch() == p.arch())
+    }
+}
+
+fn write_executable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, bytes)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_native_probe_runs() {
+        let dir = std::env::temp_dir().join(format!("kiln-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let host = Platform::host();
+        if let Some(bin) = probe_binary(host.arch()) {
+            let path = dir.join("native");
+            write_executable(&path, &bin).unwrap();
+            assert_eq!(Command::new(&path).status().unwrap().code(), Some(42));
+        }
+        let found = HostPlatforms::detect(&dir);
+        assert!(found.can_run(&host));
+        assert!(!found.is_emulated(&host));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,194 @@
+//! Running a RUN step: an overlay rootfs over the stage's snapshots and a runc container.
+//!
+//! The rootfs is an overlay whose lower directories are the stage's unpacked layers (top
+//! first) and whose upper directory becomes the step's layer. Mount points runc has to create
+//! (`/proc`, `/dev`, `/etc/resolv.conf`, ...) are removed from the upper directory afterwards
+//! when the step left them empty, so they do not leak into the image, as BuildKit does.
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use std::collections::VecDeque;
+use std::io::{self, BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("mounting the step's rootfs at {path}: {reason}")]
+    Mount { path: PathBuf, reason: String },
+    #[error("starting runc: {0} (is runc installed? `apt-get install runc`)")]
+    Spawn(io::Error),
+    #[error("preparing the container bundle {path}: {source}")]
+    Bundle { path: PathBuf, source: io::Error },
+    #[error("process \"{command}\" did not complete successfully: exit code: {code}")]
+    Failed { command: String, code: i32, last_lines: Vec<String> },
+}
+
+/// An overlay mount that is undone on drop.
+pub struct Overlay {
+    pub target: PathBuf,
+}
+
+impl Overlay {
+    /// Mounts `lowers` (top first) with `upper`/`work`, or read-only with lowers only.
+    pub fn mount(lowers: &[PathBuf], upper: Option<(&Path, &Path)>, target: &Path) -> Result<Overlay, RunError> {
+        let err = |reason: String| RunError::Mount { path: target.to_path_buf(), reason };
+        std::fs::create_dir_all(target).map_err(|e| err(e.to_string()))?;
+        let mut lowers: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+        let empty = target.with_extension("empty");
+        if lowers.is_empty() || (upper.is_none() && lowers.len() == 1) {
+            // overlay needs two layers without an upper dir; an empty one does no harm.
+            std::fs::create_dir_all(&empty).map_err(|e| err(e.to_string()))?;
+            lowers.push(empty.display().to_string());
+        }
+        let mut opts = format!("lowerdir={}", lowers.join(":"));
+        if let Some((u, w)) = upper {
+            std::fs::create_dir_all(u).map_err(|e| err(e.to_string()))?;
+            std::fs::create_dir_all(w).map_err(|e| err(e.to_string()))?;
+            opts.push_str(&format!(",upperdir={},workdir={}", u.display(), w.display()));
+        }
+        let flags = if upper.is_none() { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+        mount(Some("overlay"), target, Some("overlay"), flags, Some(opts.as_str())).map_err(|e| err(format!("{e} (overlay options {opts})")))?;
+        Ok(Overlay { target: target.to_path_buf() })
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = umount2(&self.target, MntFlags::MNT_DETACH);
+    }
+}
+
+pub struct RunSpec<'a> {
+    pub rootfs: &'a Path,
+    pub upper: &'a Path,
+    pub args: &'a [String],
+    pub env: &'a [String],
+    pub cwd: &'a str,
+    pub uid: u32,
+    pub gid: u32,
+    /// `none` gets its own network namespace; `default` and `host` share the host's.
+    pub network: &'a str,
+    /// Extra bind mounts: (source on the host, destination, read-only).
+    pub binds: &'a [(PathBuf, String, bool)],
+}
+
+const MOUNT_POINTS: &[&str] = &["/proc", "/dev", "/sys", "/etc/resolv.conf", "/etc/hosts", "/etc/hostname"];
+
+fn caps() -> serde_json::Value {
+    serde_json::json!([
+        "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID",
+        "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"
+    ])
+}
+
+fn config(spec: &RunSpec) -> serde_json::Value {
+    let mut mounts = vec![
+        serde_json::json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        serde_json::json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        serde_json::json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
+        serde_json::json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        serde_json::json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+    ];
+    for f in ["/etc/resolv.conf", "/etc/hosts"] {
+        if Path::new(f).exists() && spec.network != "none" {
+            mounts.push(serde_json::json!({"destination": f, "type": "bind", "source": f, "options": ["rbind", "ro"]}));
+        }
+    }
+    for (src, dst, ro) in spec.binds {
+        let mut options = vec!["rbind"];
+        if *ro {
+            options.push("ro");
+        }
+        mounts.push(serde_json::json!({"destination": dst, "type": "bind", "source": src, "options": options}));
+    }
+    let mut namespaces = vec![serde_json::json!({"type": "pid"}), serde_json::json!({"type": "ipc"}), serde_json::json!({"type": "uts"}), serde_json::json!({"type": "mount"})];
+    if spec.network == "none" {
+        namespaces.push(serde_json::json!({"type": "network"}));
+    }
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": spec.uid, "gid": spec.gid},
+            "args": spec.args,
+            "env": spec.env,
+            "cwd": spec.cwd,
+            "capabilities": {"bounding": caps(), "effective": caps(), "permitted": caps()},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576u64, "soft": 1048576u64}],
+            "noNewPrivileges": false
+        },
+        "root": {"path": spec.rootfs, "readonly": false},
+        "hostname": "kiln",
+        "mounts": mounts,
+        "linux": {
+            "namespaces": namespaces,
+            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+        }
+    })
+}
+
+/// Runs the process; `output` receives every line it prints. Keeps the last lines for errors.
+pub fn run(id: &str, bundle: &Path, spec: &RunSpec, output: &mut dyn FnMut(&str)) -> Result<(), RunError> {
+    let berr = |source| RunError::Bundle { path: bundle.to_path_buf(), source };
+    std::fs::create_dir_all(bundle).map_err(berr)?;
+    // Which mount points runc will have to create in the rootfs (they land in the upper dir).
+    let stubs: Vec<String> = MOUNT_POINTS
+        .iter()
+        .map(|m| m.to_string())
+        .chain(spec.binds.iter().map(|b| b.1.clone()))
+        .filter(|m| std::fs::symlink_metadata(spec.rootfs.join(m.trim_start_matches('/'))).is_err())
+        .collect();
+    std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config(spec)).unwrap_or_default()).map_err(berr)?;
+    let mut child = Command::new("runc")
+        .args(["--root", &bundle.join("state").display().to_string(), "run", "--bundle"])
+        .arg(bundle)
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(RunError::Spawn)?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let mut readers = Vec::new();
+    for pipe in [child.stdout.take().map(|p| Box::new(p) as Box<dyn io::Read + Send>), child.stderr.take().map(|p| Box::new(p) as Box<dyn io::Read + Send>)].into_iter().flatten() {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        }));
+    }
+    drop(tx);
+    let mut last: VecDeque<String> = VecDeque::new();
+    for line in rx {
+        output(&line);
+        last.push_back(line);
+        if last.len() > 12 {
+            last.pop_front();
+        }
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    let status = child.wait().map_err(RunError::Spawn)?;
+    for stub in &stubs {
+        remove_stub(&spec.upper.join(stub.trim_start_matches('/')));
+    }
+    if !status.success() {
+        return Err(RunError::Failed { command: spec.args.join(" "), code: status.code().unwrap_or(-1), last_lines: last.into() });
+    }
+    Ok(())
+}
+
+/// Removes an empty file or directory runc created as a mount point, and then its parents
+/// if they became empty and were created for it.
+fn remove_stub(p: &Path) {
+    let Ok(m) = std::fs::symlink_metadata(p) else { return };
+    let removed = if m.is_dir() { std::fs::remove_dir(p).is_ok() } else { m.len() == 0 && std::fs::remove_file(p).is_ok() };
+    if removed && (p.ends_with("resolv.conf") || p.ends_with("hosts") || p.ends_with("hostname")) {
+        if let Some(parent) = p.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
