@@ -35,7 +35,9 @@ fn glob(p: &[char], s: &[char]) -> bool {
         Some('*') => (0..=s.len()).take_while(|&i| i == 0 || s[i - 1] != '/').any(|i| glob(&p[1..], &s[i..])),
         Some('?') => s.first().is_some_and(|&c| c != '/') && glob(&p[1..], &s[1..]),
         Some('[') => {
-            let Some(end) = p.iter().skip(1).position(|&c| c == ']').map(|e| e + 1) else { return s.first() == Some(&'[') && glob(&p[1..], &s[1..]) };
+            let Some(end) = p.iter().skip(1).position(|&c| c == ']').map(|e| e + 1) else {
+                return s.first() == Some(&'[') && glob(&p[1..], &s[1..]);
+            };
             let Some(&c) = s.first() else { return false };
             let class = &p[1..end];
             let (neg, class) = match class.first() {
@@ -138,7 +140,8 @@ fn hash_tree(root: &Path, rel: &str, ignore: &DockerIgnore, h: &mut Sha256) -> R
             h.update(&buf[..n]);
         }
     } else if m.is_dir() {
-        let mut names: Vec<String> = fs::read_dir(&p).map_err(io("reading", &p))?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> =
+            fs::read_dir(&p).map_err(io("reading", &p))?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
         names.sort();
         for n in names {
             let child = if rel.is_empty() { n } else { format!("{rel}/{n}") };
@@ -173,7 +176,14 @@ pub(crate) fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32), Engi
     };
     let read = |f: &str| fs::read_to_string(rootfs.join(f)).unwrap_or_default();
     let (uid, primary) = match u.parse::<u32>() {
-        Ok(n) => (n, read("etc/passwd").lines().find(|l| l.split(':').nth(2) == Some(u)).and_then(|l| l.split(':').nth(3)?.parse().ok()).unwrap_or(0)),
+        Ok(n) => (
+            n,
+            read("etc/passwd")
+                .lines()
+                .find(|l| l.split(':').nth(2) == Some(u))
+                .and_then(|l| l.split(':').nth(3)?.parse().ok())
+                .unwrap_or(0),
+        ),
         Err(_) => {
             let line = read("etc/passwd").lines().find(|l| l.split(':').next() == Some(u)).map(str::to_string);
             let line = line.ok_or_else(|| copy_err(format!("unable to find user {u}: no matching entries in passwd file")))?;
@@ -262,7 +272,10 @@ pub(crate) fn workdir(agent: &Agent, state: &State, path: &str) -> Result<Option
     if rel.is_empty() || lookup_lower(agent, state, rel)?.is_some() {
         return Ok(None);
     }
-    let upper = agent.root.join("run").join(format!("workdir-{}", Digest::of(format!("{path}{:?}", std::time::SystemTime::now()).as_bytes()).hex()));
+    let upper = agent
+        .root
+        .join("run")
+        .join(format!("workdir-{}", Digest::of(format!("{path}{:?}", std::time::SystemTime::now()).as_bytes()).hex()));
     fs::create_dir_all(&upper).map_err(io("creating", &upper))?;
     let res = (|| {
         make_parents(agent, state, &upper, &format!("{rel}/x"))?;
@@ -314,13 +327,25 @@ fn ureq_get(url: &str) -> Result<Box<dyn Read + Send + Sync>, EngineError> {
 
 /// Runs a COPY or ADD step.
 pub(crate) fn copy(run: &SliceRun, stage: &Stage, step: &Step, state: &State) -> Result<Option<Layer>, EngineError> {
-    let (sources, dest, from, chown, chmod, heredocs, is_add, checksum): (&[String], &str, Option<&String>, Option<&String>, Option<&String>, &[Heredoc], bool, Option<&String>) = match &step.instruction {
+    let (sources, dest, from, chown, chmod, heredocs, is_add, checksum): (
+        &[String],
+        &str,
+        Option<&String>,
+        Option<&String>,
+        Option<&String>,
+        &[Heredoc],
+        bool,
+        Option<&String>,
+    ) = match &step.instruction {
         Instruction::Copy(c) => (&c.sources, &c.dest, c.from.as_ref(), c.chown.as_ref(), c.chmod.as_ref(), &c.heredocs, false, None),
         Instruction::Add(a) => (&a.sources, &a.dest, None, a.chown.as_ref(), a.chmod.as_ref(), &a.heredocs, true, a.checksum.as_ref()),
         _ => return Ok(None),
     };
     let agent = run.agent;
-    let upper = agent.root.join("run").join(format!("copy-{}", Digest::of(format!("{}{:?}{:?}", step.pos, stage.platform, std::time::SystemTime::now()).as_bytes()).hex()));
+    let upper = agent.root.join("run").join(format!(
+        "copy-{}",
+        Digest::of(format!("{}{:?}{:?}", step.pos, stage.platform, std::time::SystemTime::now()).as_bytes()).hex()
+    ));
     fs::create_dir_all(&upper).map_err(io("creating", &upper))?;
     let mut mounts = Vec::new();
     let result = (|| {
@@ -362,7 +387,15 @@ pub(crate) fn copy(run: &SliceRun, stage: &Stage, step: &Step, state: &State) ->
             }
             let found = matches(&src_root, ignore, s)?;
             if found.is_empty() {
-                return Err(copy_err(format!("{} source {s:?} not found: {}", if is_add { "ADD" } else { "COPY" }, if from.is_some() { format!("no such path in {}", from.map(String::as_str).unwrap_or("")) } else { "it is not in the build context or is excluded by .dockerignore".to_string() })));
+                return Err(copy_err(format!(
+                    "{} source {s:?} not found: {}",
+                    if is_add { "ADD" } else { "COPY" },
+                    if from.is_some() {
+                        format!("no such path in {}", from.map(String::as_str).unwrap_or(""))
+                    } else {
+                        "it is not in the build context or is excluded by .dockerignore".to_string()
+                    }
+                )));
             }
             for rel in found {
                 let name = rel.rsplit('/').next().unwrap_or("").to_string();
@@ -371,19 +404,20 @@ pub(crate) fn copy(run: &SliceRun, stage: &Stage, step: &Step, state: &State) ->
         }
         let doc_count = heredocs.len();
         let many = items.len() + doc_count > 1;
-        let dest_is_dir = dest.ends_with('/') || many || dest_rel.is_empty() || lookup_lower(agent, state, &dest_rel)?.is_some_and(|p| p.is_dir());
+        let dest_is_dir =
+            dest.ends_with('/') || many || dest_rel.is_empty() || lookup_lower(agent, state, &dest_rel)?.is_some_and(|p| p.is_dir());
         if many && !dest.ends_with('/') && !dest_rel.is_empty() && !lookup_lower(agent, state, &dest_rel)?.is_some_and(|p| p.is_dir()) {
             return Err(copy_err(format!("When using COPY with more than one source file, the destination must be a directory and end with a / (destination {dest:?})")));
         }
-        make_parents(agent, state, &upper, &format!("{dest_rel}/x"))?;
         let dest_dir = upper.join(&dest_rel);
         if dest_is_dir {
-            fs::create_dir_all(&dest_dir).map_err(io("creating", &dest_dir))?;
+            make_parents(agent, state, &upper, &format!("{dest_rel}/x"))?;
         } else {
             make_parents(agent, state, &upper, &dest_rel)?;
         }
         for (src, name) in &items {
-            let is_dir = fs::metadata(src).is_ok_and(|m| m.is_dir()) && !fs::symlink_metadata(src).is_ok_and(|m| m.file_type().is_symlink());
+            let is_dir =
+                fs::metadata(src).is_ok_and(|m| m.is_dir()) && !fs::symlink_metadata(src).is_ok_and(|m| m.file_type().is_symlink());
             if is_add && !is_dir && from.is_none() && src.starts_with(&src_root) && is_tar(src) {
                 extract_tar(src, &dest_dir)?;
             } else if is_dir {

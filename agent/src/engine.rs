@@ -41,8 +41,8 @@ pub enum EngineError {
     CannotExecute { platform: Platform, runs: String },
     #[error("image {image} has no {platform} variant (it has: {available})")]
     MissingPlatform { image: String, platform: Platform, available: String },
-    #[error("[{platform} {stage}] {file}:{line}: {source}")]
-    Step { platform: Platform, stage: String, file: String, line: u32, source: Box<EngineError> },
+    #[error("[{platform} {stage}] {file}:{line}: {error}")]
+    Step { platform: Platform, stage: String, file: String, line: u32, error: Box<EngineError> },
     #[error("{0}")]
     Run(#[from] RunError),
     #[error("{0}")]
@@ -60,11 +60,25 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError
 #[derive(Clone, Debug)]
 pub enum Event {
     /// A step starts; `name` is `[linux/arm64 build 3/7] RUN make`.
-    Start { id: u64, name: String },
-    Cached { id: u64 },
-    Log { id: u64, line: String },
-    Done { id: u64, secs: f64 },
-    Failed { id: u64, message: String },
+    Start {
+        id: u64,
+        name: String,
+    },
+    Cached {
+        id: u64,
+    },
+    Log {
+        id: u64,
+        line: String,
+    },
+    Done {
+        id: u64,
+        secs: f64,
+    },
+    Failed {
+        id: u64,
+        message: String,
+    },
 }
 
 pub struct SliceRequest<'a> {
@@ -118,7 +132,14 @@ impl Agent {
         }
         let store = ContentStore::open(&root.join("content"))?;
         let platforms = HostPlatforms::detect(&root.join("run"));
-        Ok(Agent { root: root.to_path_buf(), store, registry: RegistryClient::new(insecure), platforms, pulled: Mutex::new(HashMap::new()), seq: AtomicU64::new(0) })
+        Ok(Agent {
+            root: root.to_path_buf(),
+            store,
+            registry: RegistryClient::new(insecure),
+            platforms,
+            pulled: Mutex::new(HashMap::new()),
+            seq: AtomicU64::new(0),
+        })
     }
 
     fn next_id(&self) -> u64 {
@@ -140,26 +161,53 @@ impl Agent {
         let r: Reference = image.parse()?;
         let mut fetched = self.registry.get_manifest(&r)?;
         if fetched.media_type == oci::MEDIA_INDEX || fetched.media_type == oci::DOCKER_MANIFEST_LIST {
-            let index: Index = serde_json::from_slice(&fetched.bytes).map_err(|e| EngineError::Copy(format!("image {image}: bad index: {e}")))?;
-            let pick = index.manifests.iter().find(|d| d.platform.as_ref().and_then(|p| p.to_platform()).is_some_and(|p| p == *platform)).or_else(|| {
-                index.manifests.iter().find(|d| d.platform.as_ref().is_some_and(|p| p.os == platform.os() && p.architecture == platform.arch()))
-            });
+            let index: Index =
+                serde_json::from_slice(&fetched.bytes).map_err(|e| EngineError::Copy(format!("image {image}: bad index: {e}")))?;
+            let pick =
+                index.manifests.iter().find(|d| d.platform.as_ref().and_then(|p| p.to_platform()).is_some_and(|p| p == *platform)).or_else(
+                    || {
+                        index
+                            .manifests
+                            .iter()
+                            .find(|d| d.platform.as_ref().is_some_and(|p| p.os == platform.os() && p.architecture == platform.arch()))
+                    },
+                );
             let Some(desc) = pick else {
-                let available: Vec<String> = index.manifests.iter().filter_map(|d| d.platform.as_ref()).map(|p| format!("{}/{}{}", p.os, p.architecture, p.variant.as_ref().map(|v| format!("/{v}")).unwrap_or_default())).collect();
-                return Err(EngineError::MissingPlatform { image: image.to_string(), platform: platform.clone(), available: available.join(", ") });
+                let available: Vec<String> = index
+                    .manifests
+                    .iter()
+                    .filter_map(|d| d.platform.as_ref())
+                    .map(|p| format!("{}/{}{}", p.os, p.architecture, p.variant.as_ref().map(|v| format!("/{v}")).unwrap_or_default()))
+                    .collect();
+                return Err(EngineError::MissingPlatform {
+                    image: image.to_string(),
+                    platform: platform.clone(),
+                    available: available.join(", "),
+                });
             };
             fetched = self.registry.get_manifest(&r.with_digest(desc.digest.clone()))?;
         }
-        let manifest: Manifest = serde_json::from_slice(&fetched.bytes).map_err(|e| EngineError::Copy(format!("image {image}: bad manifest: {e}")))?;
+        let manifest: Manifest =
+            serde_json::from_slice(&fetched.bytes).map_err(|e| EngineError::Copy(format!("image {image}: bad manifest: {e}")))?;
         self.registry.fetch_blob(&r, &manifest.config.digest, &self.store)?;
-        let config: ImageConfig = serde_json::from_slice(&self.store.read(&manifest.config.digest)?).map_err(|e| EngineError::Copy(format!("image {image}: bad config: {e}")))?;
+        let config: ImageConfig = serde_json::from_slice(&self.store.read(&manifest.config.digest)?)
+            .map_err(|e| EngineError::Copy(format!("image {image}: bad config: {e}")))?;
         if config.architecture != platform.arch() {
-            return Err(EngineError::MissingPlatform { image: image.to_string(), platform: platform.clone(), available: format!("{}/{}", config.os, config.architecture) });
+            return Err(EngineError::MissingPlatform {
+                image: image.to_string(),
+                platform: platform.clone(),
+                available: format!("{}/{}", config.os, config.architecture),
+            });
         }
         let mut layers = Vec::new();
         for (i, l) in manifest.layers.iter().enumerate() {
             self.registry.fetch_blob(&r, &l.digest, &self.store)?;
-            let diff_id = config.rootfs.diff_ids.get(i).cloned().ok_or_else(|| EngineError::Copy(format!("image {image}: config lists fewer diff_ids than the manifest has layers")))?;
+            let diff_id = config
+                .rootfs
+                .diff_ids
+                .get(i)
+                .cloned()
+                .ok_or_else(|| EngineError::Copy(format!("image {image}: config lists fewer diff_ids than the manifest has layers")))?;
             let media_type = if l.media_type == oci::DOCKER_LAYER_GZIP { oci::MEDIA_LAYER_GZIP.to_string() } else { l.media_type.clone() };
             layers.push(Layer { digest: l.digest.clone(), diff_id, size: l.size, media_type });
         }
@@ -209,7 +257,13 @@ impl Agent {
         }
         let df = frontend::parse(req.dockerfile).map_err(|e| e.in_file(req.dockerfile_name))?;
         let images = RegistryImages { agent: self, errors: Mutex::new(Vec::new()) };
-        let opts = Options { platform: req.platform.clone(), build_platform: Platform::host(), build_args: req.build_args, target: req.target, images: &images };
+        let opts = Options {
+            platform: req.platform.clone(),
+            build_platform: Platform::host(),
+            build_args: req.build_args,
+            target: req.target,
+            images: &images,
+        };
         let plan = resolve::resolve(&df, &opts).map_err(|e| e.in_file(req.dockerfile_name));
         if let Some(e) = images.errors.lock().ok().and_then(|mut e| e.pop()) {
             return Err(e);
@@ -220,7 +274,8 @@ impl Agent {
             let state = run.stage(stage)?;
             run.finished.insert(stage.index, state);
         }
-        let final_state = run.finished.get(&plan.target).cloned().ok_or_else(|| EngineError::Copy("the target stage was not built".into()))?;
+        let final_state =
+            run.finished.get(&plan.target).cloned().ok_or_else(|| EngineError::Copy("the target stage was not built".into()))?;
         let (manifest, blobs) = self.write_image(&final_state, &req.platform)?;
         Ok(SliceResult {
             platform: req.platform.clone(),
@@ -294,7 +349,12 @@ impl BaseImages for RegistryImages<'_> {
         match self.agent.pull(image, platform) {
             Ok((state, _)) => {
                 let c = &state.config.config;
-                Some(BaseConfig { env: c.env_pairs(), workdir: Some(c.working_dir.clone()).filter(|w| !w.is_empty()), shell: c.shell.clone(), onbuild: c.on_build.clone().unwrap_or_default() })
+                Some(BaseConfig {
+                    env: c.env_pairs(),
+                    workdir: Some(c.working_dir.clone()).filter(|w| !w.is_empty()),
+                    shell: c.shell.clone(),
+                    onbuild: c.on_build.clone().unwrap_or_default(),
+                })
             }
             Err(e) => {
                 if let Ok(mut errs) = self.errors.lock() {
@@ -330,8 +390,12 @@ impl SliceRun<'_> {
         (self.events)(Event::Start { id, name });
         let t = Instant::now();
         let mut state = match &stage.base {
-            Base::Scratch => State { config: ImageConfig::empty(&stage.platform), layers: vec![], key: format!("scratch {}", stage.platform) },
-            Base::Stage(i) => self.finished.get(i).cloned().ok_or_else(|| EngineError::Copy(format!("stage {i} was not built before {label}")))?,
+            Base::Scratch => {
+                State { config: ImageConfig::empty(&stage.platform), layers: vec![], key: format!("scratch {}", stage.platform) }
+            }
+            Base::Stage(i) => {
+                self.finished.get(i).cloned().ok_or_else(|| EngineError::Copy(format!("stage {i} was not built before {label}")))?
+            }
             Base::Image(image) => {
                 let (mut s, _) = self.agent.pull(image, &stage.platform).map_err(|e| self.step_err(stage, stage.pos.line, e))?;
                 // ONBUILD triggers run in this stage; the new image does not carry them.
@@ -363,7 +427,13 @@ impl SliceRun<'_> {
     }
 
     fn step_err(&self, stage: &Stage, line: u32, e: EngineError) -> EngineError {
-        EngineError::Step { platform: self.req.platform.clone(), stage: stage.display_name(), file: self.req.dockerfile_name.to_string(), line, source: Box::new(e) }
+        EngineError::Step {
+            platform: self.req.platform.clone(),
+            stage: stage.display_name(),
+            file: self.req.dockerfile_name.to_string(),
+            line,
+            error: Box::new(e),
+        }
     }
 
     /// Runs one step; true when it came from the cache.
@@ -398,7 +468,9 @@ impl SliceRun<'_> {
         state.config.history.push(history);
         state.key = key;
         let tmp = record.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(state).unwrap_or_default()).and_then(|_| std::fs::rename(&tmp, &record)).map_err(io_err("writing the step cache"))?;
+        std::fs::write(&tmp, serde_json::to_vec(state).unwrap_or_default())
+            .and_then(|_| std::fs::rename(&tmp, &record))
+            .map_err(io_err("writing the step cache"))?;
         Ok(false)
     }
 
@@ -415,7 +487,11 @@ impl SliceRun<'_> {
         };
         Ok(match &step.instruction {
             Instruction::Copy(c) => {
-                let origin = if c.from.is_some() { from_key(&c.from)? } else { copy::context_checksum(self.req.context, self.req.ignore, &c.sources)? };
+                let origin = if c.from.is_some() {
+                    from_key(&c.from)?
+                } else {
+                    copy::context_checksum(self.req.context, self.req.ignore, &c.sources)?
+                };
                 format!("{origin}\n{:?}", c.heredocs)
             }
             Instruction::Add(a) => format!("{}\n{:?}", copy::context_checksum(self.req.context, self.req.ignore, &a.sources)?, a.heredocs),
@@ -425,7 +501,11 @@ impl SliceRun<'_> {
                     if m.from.is_some() {
                         extra.push_str(&from_key(&m.from)?);
                     } else if m.kind == kiln_shared::frontend::mount::MountType::Bind {
-                        extra.push_str(&copy::context_checksum(self.req.context, self.req.ignore, &[m.source.clone().unwrap_or_else(|| ".".into())])?);
+                        extra.push_str(&copy::context_checksum(
+                            self.req.context,
+                            self.req.ignore,
+                            &[m.source.clone().unwrap_or_else(|| ".".into())],
+                        )?);
                     }
                 }
                 extra
@@ -436,7 +516,11 @@ impl SliceRun<'_> {
 
     /// The state a `--from` value names: a built stage, or a pulled image.
     pub(crate) fn source_state(&self, from: &str, platform: &Platform) -> Result<Option<State>, EngineError> {
-        let index = if from.chars().all(|c| c.is_ascii_digit()) { from.parse::<usize>().ok() } else { self.plan.stages.iter().find(|s| s.name.as_deref() == Some(&from.to_ascii_lowercase())).map(|s| s.index) };
+        let index = if from.chars().all(|c| c.is_ascii_digit()) {
+            from.parse::<usize>().ok()
+        } else {
+            self.plan.stages.iter().find(|s| s.name.as_deref() == Some(&from.to_ascii_lowercase())).map(|s| s.index)
+        };
         match index {
             Some(i) => Ok(self.finished.get(&i).cloned()),
             None => Ok(Some(self.agent.pull(from, platform)?.0)),
@@ -501,7 +585,8 @@ impl SliceRun<'_> {
             }
             let (uid, gid) = copy::resolve_user(&merged, &cfg.user)?;
             let cwd = if cfg.working_dir.is_empty() { "/".to_string() } else { cfg.working_dir.clone() };
-            std::fs::create_dir_all(merged.join(cwd.trim_start_matches('/'))).map_err(io_err(format!("creating the working directory {cwd}")))?;
+            std::fs::create_dir_all(merged.join(cwd.trim_start_matches('/')))
+                .map_err(io_err(format!("creating the working directory {cwd}")))?;
             let mut binds = Vec::new();
             let mut keep = Vec::new();
             for (path, content) in &step.files {
@@ -517,7 +602,8 @@ impl SliceRun<'_> {
                 match m.kind {
                     MountType::Cache => {
                         let id = m.id.clone().unwrap_or_else(|| target.clone());
-                        let host = self.agent.root.join("cachemounts").join(Digest::of(format!("{}\n{id}", stage.platform).as_bytes()).hex());
+                        let host =
+                            self.agent.root.join("cachemounts").join(Digest::of(format!("{}\n{id}", stage.platform).as_bytes()).hex());
                         std::fs::create_dir_all(&host).map_err(io_err("creating a cache mount"))?;
                         binds.push((host, target, m.readonly == Some(true)));
                     }
@@ -540,16 +626,24 @@ impl SliceRun<'_> {
                         binds.push((host, target, false));
                     }
                     MountType::Secret | MountType::Ssh if m.required == Some(true) => {
-                        return Err(EngineError::Copy(format!("{} mount {} is required but kiln has no {}s to provide yet", m.kind.as_str(), m.id.clone().unwrap_or_default(), m.kind.as_str())));
+                        return Err(EngineError::Copy(format!(
+                            "{} mount {} is required but kiln has no {}s to provide yet",
+                            m.kind.as_str(),
+                            m.id.clone().unwrap_or_default(),
+                            m.kind.as_str()
+                        )));
                     }
                     MountType::Secret | MountType::Ssh => {}
                 }
             }
             let args = step.argv.clone().unwrap_or_default();
             let network = run.network.clone().unwrap_or_else(|| "default".into());
-            let spec = RunSpec { rootfs: &merged, upper: &upper, args: &args, env: &env, cwd: &cwd, uid, gid, network: &network, binds: &binds };
+            let spec =
+                RunSpec { rootfs: &merged, upper: &upper, args: &args, env: &env, cwd: &cwd, uid, gid, network: &network, binds: &binds };
             let events = self.events;
-            let res = runc::run(&format!("kiln-{}-{id}", std::process::id()), &dir.join("bundle"), &spec, &mut |line| events(Event::Log { id, line: line.to_string() }));
+            let res = runc::run(&format!("kiln-{}-{id}", std::process::id()), &dir.join("bundle"), &spec, &mut |line| {
+                events(Event::Log { id, line: line.to_string() })
+            });
             drop(keep);
             drop(overlay);
             res?;
@@ -566,7 +660,12 @@ fn healthcheck_json(h: &Healthcheck, step: &Step) -> serde_json::Value {
         Healthcheck::None => serde_json::json!({"Test": ["NONE"]}),
         Healthcheck::Cmd { interval, timeout, start_period, start_interval, retries, .. } => {
             let mut v = serde_json::json!({"Test": step.argv.clone().unwrap_or_default()});
-            for (k, d) in [("Interval", ns(interval)), ("Timeout", ns(timeout)), ("StartPeriod", ns(start_period)), ("StartInterval", ns(start_interval))] {
+            for (k, d) in [
+                ("Interval", ns(interval)),
+                ("Timeout", ns(timeout)),
+                ("StartPeriod", ns(start_period)),
+                ("StartInterval", ns(start_interval)),
+            ] {
                 if let Some(d) = d {
                     v[k] = serde_json::json!(d);
                 }

@@ -78,7 +78,8 @@ pub fn unpack(store: &ContentStore, digest: &Digest, dest: &Path, mode: Whiteout
             let target = parent.join(hidden);
             remove_any(&target).map_err(err)?;
             if mode == Whiteouts::Overlay {
-                nix::sys::stat::mknod(&target, nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), 0).map_err(|e| err(io::Error::from(e)))?;
+                nix::sys::stat::mknod(&target, nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), 0)
+                    .map_err(|e| err(io::Error::from(e)))?;
             }
             continue;
         }

@@ -47,7 +47,8 @@ impl Overlay {
             opts.push_str(&format!(",upperdir={},workdir={}", u.display(), w.display()));
         }
         let flags = if upper.is_none() { MsFlags::MS_RDONLY } else { MsFlags::empty() };
-        mount(Some("overlay"), target, Some("overlay"), flags, Some(opts.as_str())).map_err(|e| err(format!("{e} (overlay options {opts})")))?;
+        mount(Some("overlay"), target, Some("overlay"), flags, Some(opts.as_str()))
+            .map_err(|e| err(format!("{e} (overlay options {opts})")))?;
         Ok(Overlay { target: target.to_path_buf() })
     }
 }
@@ -76,8 +77,20 @@ const MOUNT_POINTS: &[&str] = &["/proc", "/dev", "/sys", "/etc/resolv.conf", "/e
 
 fn caps() -> serde_json::Value {
     serde_json::json!([
-        "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID",
-        "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE"
     ])
 }
 
@@ -101,7 +114,12 @@ fn config(spec: &RunSpec) -> serde_json::Value {
         }
         mounts.push(serde_json::json!({"destination": dst, "type": "bind", "source": src, "options": options}));
     }
-    let mut namespaces = vec![serde_json::json!({"type": "pid"}), serde_json::json!({"type": "ipc"}), serde_json::json!({"type": "uts"}), serde_json::json!({"type": "mount"})];
+    let mut namespaces = vec![
+        serde_json::json!({"type": "pid"}),
+        serde_json::json!({"type": "ipc"}),
+        serde_json::json!({"type": "uts"}),
+        serde_json::json!({"type": "mount"}),
+    ];
     if spec.network == "none" {
         namespaces.push(serde_json::json!({"type": "network"}));
     }
@@ -114,7 +132,6 @@ fn config(spec: &RunSpec) -> serde_json::Value {
             "env": spec.env,
             "cwd": spec.cwd,
             "capabilities": {"bounding": caps(), "effective": caps(), "permitted": caps()},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576u64, "soft": 1048576u64}],
             "noNewPrivileges": false
         },
         "root": {"path": spec.rootfs, "readonly": false},
@@ -151,7 +168,13 @@ pub fn run(id: &str, bundle: &Path, spec: &RunSpec, output: &mut dyn FnMut(&str)
         .map_err(RunError::Spawn)?;
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let mut readers = Vec::new();
-    for pipe in [child.stdout.take().map(|p| Box::new(p) as Box<dyn io::Read + Send>), child.stderr.take().map(|p| Box::new(p) as Box<dyn io::Read + Send>)].into_iter().flatten() {
+    for pipe in [
+        child.stdout.take().map(|p| Box::new(p) as Box<dyn io::Read + Send>),
+        child.stderr.take().map(|p| Box::new(p) as Box<dyn io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
         let tx = tx.clone();
         readers.push(std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {

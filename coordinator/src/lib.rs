@@ -1,7 +1,8 @@
 //! kiln-coordinator: the coordinator cluster and the `kiln` command line.
 //!
-//! Today this crate holds the CLI (`cli`), whose `build --dry-run` resolves a Dockerfile for
-//! every requested platform and prints the plan. The Raft cluster, the scheduler and the
-//! services join it with the farm.
+//! Today this crate holds the CLI (`cli`) and the embedded farm (`farm`): one coordinator and
+//! one agent in this process. The Raft cluster, the scheduler and the services join it with the
+//! distributed farm.
 
 pub mod cli;
+pub mod farm;

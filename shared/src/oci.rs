@@ -115,7 +115,10 @@ pub struct RunConfig {
 
 impl RunConfig {
     pub fn env_pairs(&self) -> Vec<(String, String)> {
-        self.env.iter().map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).unwrap_or((e.clone(), String::new()))).collect()
+        self.env
+            .iter()
+            .map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).unwrap_or((e.clone(), String::new())))
+            .collect()
     }
 
     pub fn set_env(&mut self, key: &str, value: &str) {

@@ -75,7 +75,11 @@ impl FromStr for Reference {
             _ if name.contains('/') => ("docker.io".to_string(), name.to_string()),
             _ => ("docker.io".to_string(), format!("library/{name}")),
         };
-        let valid = |s: &str| !s.is_empty() && s.split('/').all(|c| !c.is_empty() && c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch)));
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.split('/')
+                    .all(|c| !c.is_empty() && c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch)))
+        };
         if !valid(&repository) {
             return Err(bad("repository names are lowercase letters, digits and . _ - separated by /"));
         }
@@ -127,7 +131,8 @@ fn is_loopback(host: &str) -> bool {
 
 impl RegistryClient {
     pub fn new(insecure: &[String]) -> RegistryClient {
-        let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(10)).timeout_read(Duration::from_secs(300)).redirects(5).build();
+        let agent =
+            ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(10)).timeout_read(Duration::from_secs(300)).redirects(5).build();
         RegistryClient { agent, insecure: insecure.to_vec(), credentials: load_docker_credentials(), tokens: Mutex::new(HashMap::new()) }
     }
 
@@ -150,7 +155,14 @@ impl RegistryClient {
     }
 
     /// Sends a request, answering a 401 challenge once (basic or bearer).
-    fn send(&self, method: &str, url: &str, r: &Reference, headers: &[(&str, &str)], body: Option<&[u8]>) -> Result<ureq::Response, RegistryError> {
+    fn send(
+        &self,
+        method: &str,
+        url: &str,
+        r: &Reference,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<ureq::Response, RegistryError> {
         let key = (r.registry.clone(), r.repository.clone());
         let mut auth = self.tokens.lock().ok().and_then(|t| t.get(&key).cloned());
         for attempt in 0..2 {
@@ -175,10 +187,16 @@ impl RegistryClient {
                     }
                 }
                 Err(ureq::Error::Status(code @ (401 | 403), _)) => {
-                    return Err(RegistryError::Unauthorized { registry: r.registry.clone(), repository: r.repository.clone(), status: code })
+                    return Err(RegistryError::Unauthorized {
+                        registry: r.registry.clone(),
+                        repository: r.repository.clone(),
+                        status: code,
+                    })
                 }
                 Err(ureq::Error::Status(code, resp)) => return Err(status_error(code, resp, r, url)),
-                Err(ureq::Error::Transport(t)) => return Err(RegistryError::Unreachable { registry: r.registry.clone(), reason: t.to_string() }),
+                Err(ureq::Error::Transport(t)) => {
+                    return Err(RegistryError::Unreachable { registry: r.registry.clone(), reason: t.to_string() })
+                }
             }
         }
         Err(RegistryError::Unauthorized { registry: r.registry.clone(), repository: r.repository.clone(), status: 401 })
@@ -207,7 +225,8 @@ impl RegistryClient {
             Err(ureq::Error::Status(..)) => return Err(unauthorized()),
             Err(ureq::Error::Transport(t)) => return Err(RegistryError::Unreachable { registry: realm.clone(), reason: t.to_string() }),
         };
-        let v: serde_json::Value = serde_json::from_reader(resp.into_reader()).map_err(|e| RegistryError::Protocol { registry: r.registry.clone(), reason: format!("token response: {e}") })?;
+        let v: serde_json::Value = serde_json::from_reader(resp.into_reader())
+            .map_err(|e| RegistryError::Protocol { registry: r.registry.clone(), reason: format!("token response: {e}") })?;
         let token = v["token"].as_str().or(v["access_token"].as_str()).ok_or_else(unauthorized)?;
         Ok(format!("Bearer {token}"))
     }
@@ -217,19 +236,24 @@ impl RegistryClient {
         let resp = self.send("GET", &url, r, &[("Accept", ACCEPT)], None)?;
         let media_type = resp.content_type().to_string();
         let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::Read::take(resp.into_reader(), 16 << 20), &mut bytes).map_err(|e| RegistryError::Unreachable { registry: r.registry.clone(), reason: e.to_string() })?;
+        std::io::Read::read_to_end(&mut std::io::Read::take(resp.into_reader(), 16 << 20), &mut bytes)
+            .map_err(|e| RegistryError::Unreachable { registry: r.registry.clone(), reason: e.to_string() })?;
         let digest = Digest::of(&bytes);
         if let Some(want) = &r.digest {
             if *want != digest {
-                return Err(RegistryError::Protocol { registry: r.registry.clone(), reason: format!("manifest {want} has content hashing to {digest}") });
+                return Err(RegistryError::Protocol {
+                    registry: r.registry.clone(),
+                    reason: format!("manifest {want} has content hashing to {digest}"),
+                });
             }
         }
         // Some registries answer with a generic type: trust the document's own mediaType.
-        let media_type = match serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| v["mediaType"].as_str().map(str::to_string)) {
-            Some(mt) => mt,
-            None if media_type.contains("json") && !media_type.starts_with("application/json") => media_type,
-            None => guess_media_type(&bytes),
-        };
+        let media_type =
+            match serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| v["mediaType"].as_str().map(str::to_string)) {
+                Some(mt) => mt,
+                None if media_type.contains("json") && !media_type.starts_with("application/json") => media_type,
+                None => guess_media_type(&bytes),
+            };
         Ok(Fetched { media_type, digest, bytes })
     }
 
@@ -260,7 +284,10 @@ impl RegistryClient {
         }
         let url = format!("{}/v2/{}/blobs/uploads/", self.base(&r.registry), r.repository);
         let resp = self.send("POST", &url, r, &[("Content-Length", "0")], Some(b""))?;
-        let location = resp.header("location").ok_or_else(|| RegistryError::Protocol { registry: r.registry.clone(), reason: "upload without a Location".into() })?.to_string();
+        let location = resp
+            .header("location")
+            .ok_or_else(|| RegistryError::Protocol { registry: r.registry.clone(), reason: "upload without a Location".into() })?
+            .to_string();
         let location = if location.starts_with("http") { location } else { format!("{}{location}", self.base(&r.registry)) };
         let sep = if location.contains('?') { '&' } else { '?' };
         let bytes = store.read(d)?;
@@ -320,7 +347,9 @@ fn parse_challenge(c: &str) -> HashMap<String, String> {
 
 /// `auths` of `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`: registry → base64(user:pass).
 fn load_docker_credentials() -> HashMap<String, String> {
-    let dir = std::env::var_os("DOCKER_CONFIG").map(std::path::PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".docker")));
+    let dir = std::env::var_os("DOCKER_CONFIG")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".docker")));
     let Some(path) = dir.map(|d| d.join("config.json")) else { return HashMap::new() };
     let Ok(text) = std::fs::read(&path) else { return HashMap::new() };
     let v: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();

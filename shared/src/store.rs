@@ -62,7 +62,11 @@ impl ContentStore {
     }
 
     /// Writes a blob produced by `fill`; if `expected` is given the content must match it.
-    pub fn write_with(&self, fill: impl FnOnce(&mut dyn Write) -> io::Result<()>, expected: Option<&Digest>) -> Result<(Digest, u64), StoreError> {
+    pub fn write_with(
+        &self,
+        fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+        expected: Option<&Digest>,
+    ) -> Result<(Digest, u64), StoreError> {
         let tmp = self.temp_path();
         let file = File::create(&tmp).map_err(io_err(&tmp))?;
         let mut w = HashingWriter::new(io::BufWriter::new(file));
@@ -94,7 +98,13 @@ impl ContentStore {
 
     pub fn read(&self, d: &Digest) -> Result<Vec<u8>, StoreError> {
         let p = self.path(d);
-        let bytes = fs::read(&p).map_err(|e| if e.kind() == io::ErrorKind::NotFound { StoreError::Missing(d.clone()) } else { StoreError::Io { path: p.clone(), source: e } })?;
+        let bytes = fs::read(&p).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                StoreError::Missing(d.clone())
+            } else {
+                StoreError::Io { path: p.clone(), source: e }
+            }
+        })?;
         let actual = Digest::of(&bytes);
         if actual != *d {
             return Err(StoreError::Mismatch { expected: d.clone(), actual });
@@ -105,7 +115,13 @@ impl ContentStore {
 
     pub fn open_blob(&self, d: &Digest) -> Result<File, StoreError> {
         let p = self.path(d);
-        let f = File::open(&p).map_err(|e| if e.kind() == io::ErrorKind::NotFound { StoreError::Missing(d.clone()) } else { StoreError::Io { path: p.clone(), source: e } })?;
+        let f = File::open(&p).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                StoreError::Missing(d.clone())
+            } else {
+                StoreError::Io { path: p.clone(), source: e }
+            }
+        })?;
         self.touch(d);
         Ok(f)
     }

@@ -2,8 +2,12 @@
 //! `--dry-run`, prints the stages that would run with every instruction expanded.
 
 use super::context::{self, ContextSummary};
+use super::progress::{Mode, Progress};
+use crate::farm::{self, BuildRequest, EmbeddedFarm, Output};
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
+use kiln_agent::EngineError;
+use kiln_shared::frontend::dockerignore::DockerIgnore;
 use kiln_shared::frontend::print::{self, Style};
 use kiln_shared::frontend::resolve::{self, BuildPlan, NoImages, Options};
 use kiln_shared::frontend::{self, Instruction};
@@ -57,6 +61,12 @@ pub struct BuildArgs {
     /// The builder to use.
     #[arg(long)]
     pub builder: Option<String>,
+    /// A registry to reach over plain HTTP (loopback registries always are).
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+    /// The farm to use (`ADDR[,ADDR..]`); without it, the embedded farm runs in this process.
+    #[arg(long, env = "KILN_HOST")]
+    pub host: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -74,18 +84,17 @@ struct DryRun<'a> {
 }
 
 pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
-    if !args.dry_run {
-        bail!(
-            "building needs kiln's build engine, which this version does not have yet; `kiln build --dry-run` resolves and prints the plan"
-        );
-    }
     let (name, text) = read_dockerfile(&args)?;
     let platforms = if args.platform.is_empty() { vec![Platform::host()] } else { Platform::parse_list(&args.platform.join(","))? };
     let build_args = parse_build_args(&args.build_args)?;
+    // Errors in the Dockerfile are reported before anything runs.
     let df = frontend::parse(&text).map_err(|e| e.in_file(&name))?;
     let dockerfile_path = dockerfile_path(&args);
     if !args.path.is_dir() {
         bail!("build context {} is not a directory", args.path.display());
+    }
+    if !args.dry_run {
+        return build(args, name, text, platforms, build_args, &dockerfile_path);
     }
     let context = context::summarize(&args.path, &dockerfile_path)?;
     let host = Platform::host();
@@ -103,6 +112,96 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         Format::Text => print_text(&name, &args.path, &context, &plans),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `$KILN_HOME`, else `~/.local/share/kiln`.
+pub fn kiln_home() -> PathBuf {
+    match std::env::var_os("KILN_HOME") {
+        Some(h) => PathBuf::from(h),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".local/share/kiln"),
+    }
+}
+
+/// A real build on the embedded farm.
+fn build(
+    args: BuildArgs,
+    name: String,
+    text: String,
+    platforms: Vec<Platform>,
+    build_args: Vec<(String, String)>,
+    dockerfile: &Path,
+) -> anyhow::Result<ExitCode> {
+    if let Some(host) = &args.host {
+        bail!("--host/KILN_HOST ({host}): building on a remote farm is not available in this version; unset it to use the embedded farm");
+    }
+    let mode = Mode::parse(&args.progress)?;
+    let mut outputs = args.outputs.iter().map(|o| Output::parse(o)).collect::<anyhow::Result<Vec<_>>>()?;
+    if args.push && !outputs.contains(&Output::Registry) {
+        outputs.push(Output::Registry);
+    }
+    if outputs.contains(&Output::Registry) && args.tags.is_empty() {
+        bail!("--push needs at least one tag: -t REGISTRY/REPOSITORY:TAG");
+    }
+    for t in &args.tags {
+        t.parse::<kiln_shared::registry::Reference>()?;
+    }
+    if outputs.is_empty() && mode != Mode::Quiet {
+        eprintln!("WARNING: no output specified: the result will only be in the build cache (use --push, -o type=oci,dest=FILE or -o type=local,dest=DIR)");
+    }
+    let ignore = DockerIgnore::load(&args.path, dockerfile)?;
+    let farm = EmbeddedFarm::open(&kiln_home(), &args.insecure_registries)?;
+    let req = BuildRequest {
+        dockerfile: text,
+        dockerfile_name: name,
+        context: args.path.clone(),
+        ignore,
+        platforms,
+        build_args,
+        target: args.target.clone(),
+        no_cache: args.no_cache,
+        tags: args.tags.clone(),
+        outputs,
+    };
+    let progress = Progress::new(mode);
+    let result = match farm.build(&req, &|e| progress.event(e)) {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(lines) = failed_output(&e) {
+                if mode == Mode::Quiet || mode == Mode::Tty {
+                    for l in lines {
+                        eprintln!("> {l}");
+                    }
+                }
+            }
+            return Err(e.into());
+        }
+    };
+    if let Some(path) = &args.metadata_file {
+        let meta = serde_json::json!({
+            "containerimage.digest": result.index_digest.to_string(),
+            "containerimage.descriptor": farm::index_descriptor(&result),
+            "image.name": args.tags.join(","),
+            "kiln.slices": result.slices,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&meta)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if mode == Mode::Quiet {
+        println!("{}", result.index_digest);
+    } else {
+        let cached: u32 = result.slices.iter().map(|s| s.cache_hits).sum();
+        let ran: u32 = result.slices.iter().map(|s| s.cache_misses).sum();
+        eprintln!("=> image index {} ({} platforms; {ran} steps run, {cached} cached)", result.index_digest, result.slices.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The last output lines of a failed RUN, if that is what failed.
+fn failed_output(e: &EngineError) -> Option<&[String]> {
+    match e {
+        EngineError::Step { error, .. } => failed_output(error),
+        EngineError::Run(kiln_agent::runc::RunError::Failed { last_lines, .. }) => Some(last_lines),
+        _ => None,
+    }
 }
 
 fn dockerfile_path(args: &BuildArgs) -> PathBuf {

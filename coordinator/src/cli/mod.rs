@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod context;
+pub mod progress;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -17,7 +18,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Build an image from a Dockerfile (today: `--dry-run` shows the resolved plan).
+    /// Build an image from a Dockerfile (`--dry-run` shows the resolved plan instead).
     Build(Box<build::BuildArgs>),
     /// Print the version.
     Version,
