@@ -325,22 +325,44 @@ fn ureq_get(url: &str) -> Result<Box<dyn Read + Send + Sync>, EngineError> {
     }
 }
 
+/// The parts of COPY and ADD this module uses.
+struct CopySpec<'a> {
+    sources: &'a [String],
+    dest: &'a str,
+    from: Option<&'a String>,
+    chown: Option<&'a String>,
+    chmod: Option<&'a String>,
+    heredocs: &'a [Heredoc],
+    is_add: bool,
+    checksum: Option<&'a String>,
+}
+
 /// Runs a COPY or ADD step.
 pub(crate) fn copy(run: &SliceRun, stage: &Stage, step: &Step, state: &State) -> Result<Option<Layer>, EngineError> {
-    let (sources, dest, from, chown, chmod, heredocs, is_add, checksum): (
-        &[String],
-        &str,
-        Option<&String>,
-        Option<&String>,
-        Option<&String>,
-        &[Heredoc],
-        bool,
-        Option<&String>,
-    ) = match &step.instruction {
-        Instruction::Copy(c) => (&c.sources, &c.dest, c.from.as_ref(), c.chown.as_ref(), c.chmod.as_ref(), &c.heredocs, false, None),
-        Instruction::Add(a) => (&a.sources, &a.dest, None, a.chown.as_ref(), a.chmod.as_ref(), &a.heredocs, true, a.checksum.as_ref()),
+    let spec = match &step.instruction {
+        Instruction::Copy(c) => CopySpec {
+            sources: &c.sources,
+            dest: &c.dest,
+            from: c.from.as_ref(),
+            chown: c.chown.as_ref(),
+            chmod: c.chmod.as_ref(),
+            heredocs: &c.heredocs,
+            is_add: false,
+            checksum: None,
+        },
+        Instruction::Add(a) => CopySpec {
+            sources: &a.sources,
+            dest: &a.dest,
+            from: None,
+            chown: a.chown.as_ref(),
+            chmod: a.chmod.as_ref(),
+            heredocs: &a.heredocs,
+            is_add: true,
+            checksum: a.checksum.as_ref(),
+        },
         _ => return Ok(None),
     };
+    let CopySpec { sources, dest, from, chown, chmod, heredocs, is_add, checksum } = spec;
     let agent = run.agent;
     let upper = agent.root.join("run").join(format!(
         "copy-{}",

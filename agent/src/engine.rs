@@ -30,7 +30,7 @@ use std::time::Instant;
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(transparent)]
-    Frontend(#[from] FrontendError),
+    Frontend(Box<FrontendError>),
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]
@@ -38,17 +38,23 @@ pub enum EngineError {
     #[error(transparent)]
     Layer(#[from] layers::LayerError),
     #[error("platform {platform} cannot be executed on this host (it runs {runs}); install qemu-user-static and register it with binfmt_misc (e.g. `apt-get install qemu-user-static binfmt-support`)")]
-    CannotExecute { platform: Platform, runs: String },
+    CannotExecute { platform: String, runs: String },
     #[error("image {image} has no {platform} variant (it has: {available})")]
-    MissingPlatform { image: String, platform: Platform, available: String },
+    MissingPlatform { image: String, platform: String, available: String },
     #[error("[{platform} {stage}] {file}:{line}: {error}")]
-    Step { platform: Platform, stage: String, file: String, line: u32, error: Box<EngineError> },
+    Step { platform: String, stage: String, file: String, line: u32, error: Box<EngineError> },
     #[error("{0}")]
     Run(#[from] RunError),
     #[error("{0}")]
     Copy(String),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+}
+
+impl From<FrontendError> for EngineError {
+    fn from(e: FrontendError) -> Self {
+        EngineError::Frontend(Box::new(e))
+    }
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError {
@@ -181,7 +187,7 @@ impl Agent {
                     .collect();
                 return Err(EngineError::MissingPlatform {
                     image: image.to_string(),
-                    platform: platform.clone(),
+                    platform: platform.to_string(),
                     available: available.join(", "),
                 });
             };
@@ -195,7 +201,7 @@ impl Agent {
         if config.architecture != platform.arch() {
             return Err(EngineError::MissingPlatform {
                 image: image.to_string(),
-                platform: platform.clone(),
+                platform: platform.to_string(),
                 available: format!("{}/{}", config.os, config.architecture),
             });
         }
@@ -253,7 +259,7 @@ impl Agent {
         let started = Instant::now();
         if !self.platforms.can_run(&req.platform) {
             let runs: Vec<String> = self.platforms.native.iter().chain(&self.platforms.emulated).map(|p| p.to_string()).collect();
-            return Err(EngineError::CannotExecute { platform: req.platform.clone(), runs: runs.join(", ") });
+            return Err(EngineError::CannotExecute { platform: req.platform.to_string(), runs: runs.join(", ") });
         }
         let df = frontend::parse(req.dockerfile).map_err(|e| e.in_file(req.dockerfile_name))?;
         let images = RegistryImages { agent: self, errors: Mutex::new(Vec::new()) };
@@ -428,7 +434,7 @@ impl SliceRun<'_> {
 
     fn step_err(&self, stage: &Stage, line: u32, e: EngineError) -> EngineError {
         EngineError::Step {
-            platform: self.req.platform.clone(),
+            platform: self.req.platform.to_string(),
             stage: stage.display_name(),
             file: self.req.dockerfile_name.to_string(),
             line,

@@ -91,7 +91,7 @@ impl ContentStore {
     /// Copies a reader into the store, verifying the digest it should have.
     pub fn put_reader(&self, r: &mut dyn Read, expected: &Digest) -> Result<u64, StoreError> {
         if self.has(expected) {
-            return Ok(self.size(expected)?);
+            return self.size(expected);
         }
         Ok(self.write_with(|w| io::copy(r, w).map(|_| ()), Some(expected))?.1)
     }

@@ -1,6 +1,17 @@
-//! kiln-tests: helpers for the end-to-end tests in `tests/tests/`.
+//! kiln-tests: fixtures for the end-to-end tests in `tests/tests/`.
+//!
+//! - [`kiln_bin`]: the `kiln` binary of this build;
+//! - [`Registry`]: a real `docker-registry` on a free loopback port (optionally with htpasswd auth),
+//!   stopped when dropped;
+//! - [`busybox`]: busybox-static for amd64 and arm64 from Debian's packages;
+//! - [`base_image`]: those built by kiln into a two-platform image and pushed to a registry;
+//! - [`wait_for`]: polling with a deadline instead of sleeping.
 
-use std::path::PathBuf;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// The repository root (the workspace directory).
 pub fn repo_root() -> PathBuf {
@@ -16,3 +27,151 @@ pub fn kiln_bin() -> PathBuf {
     assert!(bin.exists(), "{} is missing: run `cargo build --bin kiln` first (make test does)", bin.display());
     bin
 }
+
+/// Where fixtures are cached between test runs.
+pub fn fixtures_dir() -> PathBuf {
+    repo_root().join("target/kiln-fixtures")
+}
+
+/// Polls `cond` until it holds or `timeout` passes.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A free loopback port (bound and released; the registry takes it right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A scratch directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("kiln-test-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn write(&self, rel: &str, text: &str) {
+        let p = self.0.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `docker-registry` on a free loopback port.
+pub struct Registry {
+    child: Child,
+    pub addr: String,
+    _dir: TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        Self::start_inner(None)
+    }
+
+    /// With basic authentication (htpasswd, bcrypt) for `user:password`.
+    pub fn start_with_auth(user: &str, password: &str) -> Registry {
+        Self::start_inner(Some((user, password)))
+    }
+
+    fn start_inner(auth: Option<(&str, &str)>) -> Registry {
+        let dir = TempDir::new("registry");
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            dir.0.join("data").display()
+        );
+        if let Some((u, p)) = auth {
+            let out = Command::new("htpasswd").args(["-Bbn", u, p]).output().expect("htpasswd (apt-get install apache2-utils)");
+            std::fs::write(dir.0.join("htpasswd"), &out.stdout).expect("write htpasswd");
+            config.push_str(&format!("auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n", dir.0.join("htpasswd").display()));
+        }
+        std::fs::write(dir.0.join("config.yml"), config).expect("registry config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.0.join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry (apt-get install docker-registry)");
+        let reg = Registry { child, addr, _dir: dir };
+        wait_for("the registry to listen", Duration::from_secs(20), || std::net::TcpStream::connect(&reg.addr).is_ok());
+        reg
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// busybox-static for amd64 and arm64 (`busybox-amd64`, `busybox-arm64` in the returned
+/// directory), downloaded from Debian's packages once and cached.
+pub fn busybox() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = fixtures_dir().join("busybox");
+        let _ = std::fs::create_dir_all(&dir);
+        let lock = dir.join(".lock");
+        // Several test binaries may run at once: take a crude lock around the download.
+        wait_for("the busybox download lock", Duration::from_secs(300), || {
+            std::fs::create_dir(&lock).is_ok() || dir.join("busybox-arm64").exists()
+        });
+        if !dir.join("busybox-arm64").exists() || !dir.join("busybox-amd64").exists() {
+            let status = Command::new("bash")
+                .arg(repo_root().join("scripts/fetch-busybox.sh"))
+                .arg(&dir)
+                .status()
+                .expect("run scripts/fetch-busybox.sh");
+            assert!(status.success(), "fetching busybox-static failed");
+        }
+        let _ = std::fs::remove_dir(&lock);
+        dir
+    })
+    .clone()
+}
+
+/// Runs kiln with `KILN_HOME` set.
+pub fn kiln(home: &Path, args: &[&str], cwd: &Path) -> Output {
+    Command::new(kiln_bin()).args(args).env("KILN_HOME", home).current_dir(cwd).output().expect("run kiln")
+}
+
+/// Builds the two-platform busybox base image with kiln and pushes it to `registry`;
+/// returns its reference.
+pub fn base_image(registry: &Registry, home: &Path) -> String {
+    let ctx = TempDir::new("base");
+    let bb = busybox();
+    for arch in ["amd64", "arm64"] {
+        std::fs::copy(bb.join(format!("busybox-{arch}")), ctx.0.join(format!("busybox-{arch}"))).expect("copy busybox");
+    }
+    ctx.write("Dockerfile", BASE_DOCKERFILE);
+    let reference = format!("{}/base/busybox:1", registry.addr);
+    let out =
+        kiln(home, &["build", "--progress", "plain", "--platform", "linux/amd64,linux/arm64", "-t", &reference, "--push", "."], ctx.path());
+    assert!(out.status.success(), "building the base image failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    reference
+}
+
+/// The base image: busybox-static with its applet links, for each platform.
+pub const BASE_DOCKERFILE: &str = "FROM scratch\nARG TARGETARCH\nCOPY busybox-${TARGETARCH} /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCMD [\"sh\"]\n";
