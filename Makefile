@@ -2,13 +2,18 @@
 
 CARGO ?= cargo
 
-.PHONY: example test build lint bench fuzz
+.PHONY: example plan test build lint bench fuzz
 
 build:
 	$(CARGO) build --release --bin kiln
 
-# The main job: a multi-platform dry run of the example on the embedded farm.
-example: build
+# The main job: a real two-platform build of examples/hello on the embedded farm (as root:
+# installs runc and qemu-user-static, makes a base image in a loopback registry first).
+example:
+	bash scripts/example.sh
+
+# The same example's plan, without building (no root, no network).
+plan: build
 	./target/release/kiln build --dry-run --platform linux/amd64,linux/arm64 examples/hello
 
 # The test suite: the kiln binary first (the end-to-end tests run it), then every test.

@@ -257,6 +257,7 @@ impl Agent {
 
     pub fn run_slice(&self, req: &SliceRequest, events: &(dyn Fn(Event) + Sync)) -> Result<SliceResult, EngineError> {
         let started = Instant::now();
+        let _in_use = crate::gc::BuildLock::shared(&self.root)?;
         if !self.platforms.can_run(&req.platform) {
             let runs: Vec<String> = self.platforms.native.iter().chain(&self.platforms.emulated).map(|p| p.to_string()).collect();
             return Err(EngineError::CannotExecute { platform: req.platform.to_string(), runs: runs.join(", ") });
@@ -450,6 +451,13 @@ impl SliceRun<'_> {
         if !self.req.no_cache {
             if let Some(cached) = std::fs::read(&record).ok().and_then(|b| serde_json::from_slice::<State>(&b).ok()) {
                 if cached.layers.iter().all(|l| self.agent.store.has(&l.digest)) {
+                    // The record's mtime is its last use, which prune's `until` filter reads.
+                    if let Ok(f) = std::fs::File::options().append(true).open(&record) {
+                        let _ = f.set_modified(std::time::SystemTime::now());
+                    }
+                    for l in &cached.layers {
+                        self.agent.store.touch(&l.digest);
+                    }
                     *state = cached;
                     self.hits += 1;
                     return Ok(true);
@@ -622,7 +630,17 @@ impl SliceRun<'_> {
                                 keep.push(ov);
                                 root.join(src.trim_start_matches('/'))
                             }
-                            None => self.req.context.join(src.trim_start_matches('/')),
+                            None => {
+                                // Bind sources stay inside the context, and runc needs absolute paths.
+                                let ctx = std::fs::canonicalize(self.req.context)
+                                    .map_err(io_err(format!("reading the build context {}", self.req.context.display())))?;
+                                let host = std::fs::canonicalize(ctx.join(src.trim_start_matches('/')))
+                                    .map_err(|_| EngineError::Copy(format!("bind mount source {src:?} not found in the build context")))?;
+                                if !host.starts_with(&ctx) {
+                                    return Err(EngineError::Copy(format!("bind mount source {src:?} is outside the build context")));
+                                }
+                                host
+                            }
                         };
                         binds.push((host, target, m.readonly != Some(false)));
                     }

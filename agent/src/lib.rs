@@ -7,6 +7,7 @@
 
 mod copy;
 pub mod engine;
+pub mod gc;
 pub mod layers;
 pub mod probe;
 pub mod runc;

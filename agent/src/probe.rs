@@ -45,6 +45,8 @@ fn probe_binary(arch: &str) -> Option<Vec<u8>> {
         "amd64" => elf64(62, &[0xbf, 42, 0, 0, 0, 0xb8, 60, 0, 0, 0, 0x0f, 0x05]),
         // mov x0, #42; mov x8, #93; svc #0
         "arm64" => elf64(183, &[0x40, 0x05, 0x80, 0xd2, 0xa8, 0x0b, 0x80, 0xd2, 0x01, 0x00, 0x00, 0xd4]),
+        // li r3, 42; li r0, 1 (exit); sc
+        "ppc64le" => elf64(21, &[0x2a, 0x00, 0x60, 0x38, 0x01, 0x00, 0x00, 0x38, 0x02, 0x00, 0x00, 0x44]),
         // li a0, 42; li a7, 93; ecall
         "riscv64" => elf64(243, &[0x13, 0x05, 0xa0, 0x02, 0x93, 0x08, 0xd0, 0x05, 0x73, 0x00, 0x00, 0x00]),
         _ => return None,
@@ -64,7 +66,7 @@ impl HostPlatforms {
         let host = Platform::host();
         let mut out = HostPlatforms { native: vec![host.clone()], emulated: vec![] };
         let _ = std::fs::create_dir_all(scratch);
-        for arch in ["amd64", "arm64", "riscv64"] {
+        for arch in ["amd64", "arm64", "riscv64", "ppc64le"] {
             if arch == host.arch() {
                 continue;
             }
@@ -73,7 +75,12 @@ impl HostPlatforms {
             if write_executable(&path, &bin).is_err() {
                 continue;
             }
-            let ran = Command::new(&path).status().map(|s| s.code() == Some(42)).unwrap_or(false);
+            let ran = Command::new(&path)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .map(|s| s.code() == Some(42))
+                .unwrap_or(false);
             let _ = std::fs::remove_file(&path);
             if ran {
                 if let Ok(p) = Platform::new("linux", arch, None) {

@@ -4,7 +4,9 @@
 
 pub mod build;
 pub mod context;
+pub mod imagetools;
 pub mod progress;
+pub mod storage;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -20,6 +22,15 @@ pub struct Cli {
 pub enum Command {
     /// Build an image from a Dockerfile (`--dry-run` shows the resolved plan instead).
     Build(Box<build::BuildArgs>),
+    /// Inspect and create images and indexes in a registry.
+    Imagetools {
+        #[command(subcommand)]
+        command: imagetools::ImagetoolsCommand,
+    },
+    /// Show disk usage of the build cache and content store.
+    Du,
+    /// Remove build cache.
+    Prune(storage::PruneArgs),
     /// Print the version.
     Version,
 }
@@ -27,6 +38,9 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Build(args) => build::run(*args),
+        Command::Imagetools { command } => imagetools::run(command),
+        Command::Du => storage::du(),
+        Command::Prune(args) => storage::prune(args),
         Command::Version => {
             println!("kiln {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

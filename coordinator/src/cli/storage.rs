@@ -1,0 +1,104 @@
+//! `kiln du` and `kiln prune` over the embedded farm's agent state.
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use kiln_agent::gc::{self, PruneOptions};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Remove every step cache record, not only unreferenced data.
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Filters: `until=DURATION` (e.g. 24h, 90m) removes records unused for that long.
+    #[arg(long)]
+    pub filter: Vec<String>,
+    /// Keep at most this much (e.g. 10GB, 512MB), removing the least recently used first.
+    #[arg(long)]
+    pub keep_storage: Option<String>,
+    /// Do not ask for confirmation (kiln never asks; accepted for buildx compatibility).
+    #[arg(short = 'f', long)]
+    pub force: bool,
+}
+
+/// Go-style durations as `prune --filter until=` takes them (`24h`, `1h30m`, `90s`).
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    kiln_shared::frontend::instructions::parse_go_duration(s)
+        .map(Duration::from_nanos)
+        .with_context(|| format!("{s:?} is not a duration (expected e.g. 24h, 90m, 30s)"))
+}
+
+/// Sizes like `10GB`, `512MB`, `1.5GiB`, `1000`.
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().with_context(|| format!("{s:?} is not a size (expected e.g. 10GB, 512MB)"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => bail!("{s:?}: unknown size unit {other:?} (expected B, KB, MB, GB, TB, KiB, MiB, GiB)"),
+    };
+    Ok((n * mult) as u64)
+}
+
+fn human(bytes: u64) -> String {
+    let mut v = bytes as f64;
+    for unit in ["B", "kB", "MB", "GB"] {
+        if v < 1000.0 {
+            return if unit == "B" { format!("{bytes}B") } else { format!("{v:.2}{unit}") };
+        }
+        v /= 1000.0;
+    }
+    format!("{v:.2}TB")
+}
+
+pub fn du() -> anyhow::Result<ExitCode> {
+    let root = super::build::kiln_home().join("agent");
+    let u = gc::usage(&root);
+    println!("{:<28}{:>10}{:>14}", "TYPE", "COUNT", "SIZE");
+    println!("{:<28}{:>10}{:>14}", "step cache records", u.records, "");
+    println!("{:<28}{:>10}{:>14}", "content blobs", u.content_blobs, human(u.content_bytes));
+    println!("{:<28}{:>10}{:>14}", "snapshots", u.snapshots, human(u.snapshot_bytes));
+    println!("Reclaimable:\t{}", human(u.reclaimable_bytes));
+    println!("Total:\t\t{}", human(u.content_bytes + u.snapshot_bytes));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
+    let mut until = None;
+    for f in &args.filter {
+        match f.split_once('=') {
+            Some(("until", v)) => until = Some(parse_duration(v)?),
+            _ => bail!("--filter {f:?}: kiln supports until=DURATION"),
+        }
+    }
+    let keep_storage = args.keep_storage.as_deref().map(parse_size).transpose()?;
+    let root = super::build::kiln_home().join("agent");
+    let r = gc::prune(&root, &PruneOptions { all: args.all, until, keep_storage })?;
+    println!("Removed {} step cache records, {} blobs, {} snapshots", r.records_removed, r.blobs_removed, r.snapshots_removed);
+    println!("Total:\t{}", human(r.bytes_reclaimed));
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("10GB").unwrap(), 10_000_000_000);
+        assert_eq!(parse_size("1.5MiB").unwrap(), 1_572_864);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("10XB").is_err());
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert!(parse_duration("1d").is_err());
+    }
+}

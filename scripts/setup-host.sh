@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs and enables what kiln's build engine needs on a Debian host (idempotent):
+# runc, qemu-user-static registered with binfmt_misc, and for the tests and the example
+# docker-registry, skopeo, umoci, apache2-utils (htpasswd) and buildah.
+set -euo pipefail
+need=()
+for pkg_cmd in runc:runc qemu-user-static:qemu-aarch64-static docker-registry:docker-registry skopeo:skopeo umoci:umoci apache2-utils:htpasswd buildah:buildah make:make gcc:gcc; do
+  pkg=${pkg_cmd%%:*} cmd=${pkg_cmd##*:}
+  command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# binfmt_misc: mount it if needed and register every qemu handler the package ships
+# (with the F flag, so containers can use the interpreter).
+if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+  mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+fi
+for conf in /usr/lib/binfmt.d/qemu-*.conf; do
+  [ -e "$conf" ] || continue
+  name=$(cut -d: -f2 "$conf")
+  [ -e "/proc/sys/fs/binfmt_misc/$name" ] || cat "$conf" > /proc/sys/fs/binfmt_misc/register || true
+done
+[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || { echo "qemu-aarch64 is not registered with binfmt_misc" >&2; exit 1; }

@@ -1,0 +1,176 @@
+//! Instruction semantics on the real engine: what each image ends up containing and declaring.
+
+use kiln_tests::{base_image, kiln, Registry, TempDir};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(o: Output) -> Output {
+    assert!(o.status.success(), "kiln failed:\n{}", stderr(&o));
+    o
+}
+
+struct Env {
+    home: TempDir,
+    _reg: Registry,
+    base: String,
+    ctx: TempDir,
+}
+
+fn env() -> Env {
+    let home = TempDir::new("home");
+    let reg = Registry::start();
+    let base = base_image(&reg, home.path());
+    Env { home, _reg: reg, base, ctx: TempDir::new("ctx") }
+}
+
+impl Env {
+    /// Builds the context for `platform` into a local directory and an OCI archive.
+    fn build(&self, dockerfile: &str, platform: &str, extra: &[&str]) -> (std::path::PathBuf, serde_json::Value) {
+        self.ctx.write("Dockerfile", &dockerfile.replace("BASE", &self.base));
+        let out = self.ctx.path().join("out");
+        let _ = std::fs::remove_dir_all(&out);
+        let archive = self.ctx.path().join("img.tar");
+        let mut args = vec!["build", "--progress", "plain", "--platform", platform, "-t", "t/t:1"];
+        let o1 = format!("type=local,dest={}", out.display());
+        let o2 = format!("type=oci,dest={}", archive.display());
+        args.extend(["-o", &o1, "-o", &o2]);
+        args.extend_from_slice(extra);
+        args.push(".");
+        ok(kiln(self.home.path(), &args, self.ctx.path()));
+        let arch = platform.split('/').nth(1).unwrap_or("amd64");
+        let cfg = Command::new("skopeo")
+            .args(["inspect", "--config", "--raw", "--override-arch", arch])
+            .arg(format!("oci-archive:{}:t/t:1", archive.display()))
+            .output()
+            .expect("skopeo");
+        assert!(cfg.status.success(), "{}", String::from_utf8_lossy(&cfg.stderr));
+        (out, serde_json::from_slice(&cfg.stdout).expect("config json"))
+    }
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn config_instructions_follow_docker() {
+    let e = env();
+    let (_, cfg) = e.build(
+        "FROM BASE\nENV A=1 B=\"two words\"\nLABEL org.example.x=y\nEXPOSE 80 53/udp\nVOLUME /data\nSTOPSIGNAL SIGQUIT\nHEALTHCHECK --interval=5s --retries=2 CMD true\nSHELL [\"/bin/sh\", \"-ec\"]\nONBUILD RUN echo later\nUSER 123:456\nWORKDIR /w\nENTRYPOINT [\"echo\"]\n",
+        "linux/amd64",
+        &[],
+    );
+    let c = &cfg["config"];
+    assert!(c["Env"].as_array().expect("env").contains(&serde_json::json!("B=two words")));
+    assert_eq!(c["Labels"]["org.example.x"], "y");
+    assert_eq!(c["ExposedPorts"], serde_json::json!({"80/tcp": {}, "53/udp": {}}));
+    assert_eq!(c["Volumes"], serde_json::json!({"/data": {}}));
+    assert_eq!(c["StopSignal"], "SIGQUIT");
+    assert_eq!(c["Healthcheck"]["Test"], serde_json::json!(["CMD-SHELL", "true"]));
+    assert_eq!(c["Healthcheck"]["Interval"], 5_000_000_000u64);
+    assert_eq!(c["Healthcheck"]["Retries"], 2);
+    assert_eq!(c["Shell"], serde_json::json!(["/bin/sh", "-ec"]));
+    assert_eq!(c["OnBuild"], serde_json::json!(["RUN echo later"]));
+    assert_eq!(c["User"], "123:456");
+    assert_eq!(c["WorkingDir"], "/w");
+    // ENTRYPOINT clears the CMD inherited from the base image.
+    assert_eq!(c["Entrypoint"], serde_json::json!(["echo"]));
+    assert!(c["Cmd"].is_null(), "{c}");
+    // Every step has a history entry; only the filesystem changes have layers.
+    let history = cfg["history"].as_array().expect("history");
+    let layers = cfg["rootfs"]["diff_ids"].as_array().expect("diff_ids").len();
+    assert_eq!(history.iter().filter(|h| h["empty_layer"] != true).count(), layers);
+}
+
+#[test]
+fn copy_add_run_and_mounts() {
+    let e = env();
+    e.ctx.write("dir/one.txt", "1\n");
+    e.ctx.write("dir/sub/two.txt", "2\n");
+    e.ctx.write("skip.log", "x\n");
+    e.ctx.write("keep.log", "k\n");
+    e.ctx.write(".dockerignore", "*.log\n!keep.log\n");
+    // A tar archive for ADD to extract.
+    let t = TempDir::new("tar");
+    t.write("payload/inside.txt", "from tar\n");
+    let st = Command::new("tar")
+        .arg("-czf")
+        .arg(e.ctx.path().join("payload.tar.gz"))
+        .arg("-C")
+        .arg(t.path())
+        .arg("payload")
+        .status()
+        .expect("tar");
+    assert!(st.success());
+    let (out, _) = e.build(
+        "FROM BASE\nCOPY dir /copied/\nCOPY --chown=1000:1001 --chmod=0640 dir/one.txt /owned\nCOPY *.log /logs/\nADD payload.tar.gz /extracted/\n\
+         RUN --network=none ls /sys/class/net > /net-none\n\
+         RUN --mount=type=cache,target=/cache sh -c 'echo run >> /cache/log; wc -l < /cache/log > /cache-count'\n\
+         RUN --mount=type=bind,source=dir,target=/ctx cat /ctx/sub/two.txt > /from-bind\n\
+         RUN <<EOF\n#!/bin/sh\necho \"script $0\" > /script-ran\nEOF\n\
+         COPY <<EOF /inline.txt\nhello $HOSTNAME-literal\nEOF\n",
+        "linux/arm64",
+        &[],
+    );
+    assert_eq!(read(&out.join("copied/one.txt")), "1\n");
+    assert_eq!(read(&out.join("copied/sub/two.txt")), "2\n", "a directory source copies its contents");
+    let m = std::fs::metadata(out.join("owned")).expect("owned");
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (1000, 1001, 0o640));
+    assert!(out.join("logs/keep.log").exists() && !out.join("logs/skip.log").exists(), ".dockerignore applies to COPY");
+    assert_eq!(read(&out.join("extracted/payload/inside.txt")), "from tar\n", "ADD extracts local archives");
+    assert_eq!(read(&out.join("net-none")).trim(), "lo", "--network=none has only loopback");
+    assert_eq!(read(&out.join("from-bind")), "2\n");
+    assert_eq!(read(&out.join("script-ran")).trim(), "script /dev/pipes/EOF");
+    assert_eq!(read(&out.join("inline.txt")), "hello -literal\n");
+    assert!(!out.join("cache").exists() && !out.join("ctx").exists(), "mount points do not leak into the image");
+    assert!(!out.join("proc").join("1").exists());
+    // The cache mount survives into the next build.
+    let (out, _) = e.build(
+        "FROM BASE\nRUN --mount=type=cache,target=/cache sh -c 'echo run >> /cache/log; wc -l < /cache/log > /cache-count'\n",
+        "linux/arm64",
+        &["--no-cache"],
+    );
+    assert_eq!(read(&out.join("cache-count")).trim(), "2");
+}
+
+#[test]
+fn equal_inputs_give_equal_digests_with_source_date_epoch() {
+    let e = env();
+    e.ctx.write("f.txt", "same\n");
+    e.ctx.write("Dockerfile", &format!("FROM {}\nCOPY f.txt /f\nRUN echo built > /built-at && mkdir -p /d && echo x > /d/y\n", e.base));
+    let digest = |home: &Path| {
+        let meta = e.ctx.path().join("m.json");
+        let out = Command::new(kiln_tests::kiln_bin())
+            .args(["build", "--progress", "quiet", "--platform", "linux/amd64,linux/arm64", "--metadata-file"])
+            .arg(&meta)
+            .arg(".")
+            .env("KILN_HOME", home)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .current_dir(e.ctx.path())
+            .output()
+            .expect("kiln");
+        ok(out);
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).expect("meta")).expect("json");
+        v["containerimage.digest"].as_str().unwrap_or_default().to_string()
+    };
+    let other = TempDir::new("home2");
+    assert_eq!(digest(e.home.path()), digest(other.path()));
+}
+
+#[test]
+fn a_platform_the_host_cannot_run_is_refused_with_the_fix() {
+    let e = env();
+    e.ctx.write("Dockerfile", &format!("FROM {}\nRUN true\n", e.base));
+    let out = kiln(e.home.path(), &["build", "--platform", "linux/s390x", "."], e.ctx.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("platform linux/s390x cannot be executed on this host") && err.contains("qemu-user-static"), "{err}");
+    // An image that lacks the platform says what it has.
+    let out = kiln(e.home.path(), &["build", "--platform", "linux/riscv64", "."], e.ctx.path());
+    assert!(stderr(&out).contains("has no linux/riscv64 variant (it has: linux/amd64, linux/arm64)"), "{}", stderr(&out));
+}
