@@ -132,10 +132,20 @@ fn named_dockerfile_ignore_file_wins() {
 }
 
 #[test]
-fn building_without_dry_run_says_what_is_missing() {
-    let out = kiln(&["build", "examples/hello"], &repo_root());
+fn a_remote_farm_is_refused_with_the_reason() {
+    let out = Command::new(kiln_bin()).args(["build", "examples/hello"]).env("KILN_HOST", "127.0.0.1:7401").current_dir(repo_root()).output().expect("run kiln");
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("--dry-run"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("unset it to use the embedded farm"), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_outputs_and_push_without_tag() {
+    let out = kiln(&["build", "-o", "type=tarball,dest=x", "examples/hello"], &repo_root());
+    assert!(stderr(&out).contains("-o type=tarball is not supported (expected oci, local or registry)"), "{}", stderr(&out));
+    let out = kiln(&["build", "--push", "examples/hello"], &repo_root());
+    assert!(stderr(&out).contains("--push needs at least one tag"), "{}", stderr(&out));
+    let out = kiln(&["build", "--progress", "fancy", "examples/hello"], &repo_root());
+    assert!(stderr(&out).contains("--progress \"fancy\""), "{}", stderr(&out));
 }
 
 #[test]

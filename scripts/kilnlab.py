@@ -1,0 +1,79 @@
+"""Shared helpers for kiln's comparison and benchmark scripts.
+
+Starts a docker-registry on a free loopback port, fetches busybox-static from Debian's packages
+and builds the two-platform base image with kiln, as the tests' fixtures do.
+"""
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PLATFORMS = ["linux/amd64", "linux/arm64"]
+
+
+def kiln_bin():
+    """The release kiln binary, built if needed."""
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "kiln"], cwd=ROOT, check=True)
+    return os.path.join(ROOT, "target/release/kiln")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Registry:
+    """A docker-registry on a free loopback port, for `with` blocks."""
+
+    def __enter__(self):
+        self.dir = tempfile.mkdtemp(prefix="kiln-registry-")
+        self.addr = f"127.0.0.1:{free_port()}"
+        cfg = os.path.join(self.dir, "config.yml")
+        with open(cfg, "w") as f:
+            f.write(f"version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {self.dir}/data}}}}\nhttp: {{addr: {self.addr}}}\n")
+        self.proc = subprocess.Popen(["docker-registry", "serve", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 20
+        while True:
+            try:
+                socket.create_connection(tuple(self.addr.split(":")), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise RuntimeError("docker-registry did not start")
+                time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.kill()
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def build_base(kiln, home, registry):
+    """busybox-static for amd64 and arm64, built by kiln and pushed; returns the reference."""
+    bb = os.path.join(ROOT, "target/kiln-fixtures/busybox")
+    subprocess.run(["bash", os.path.join(ROOT, "scripts/fetch-busybox.sh"), bb], check=True)
+    ctx = tempfile.mkdtemp(prefix="kiln-base-")
+    for arch in ("amd64", "arm64"):
+        shutil.copy(os.path.join(bb, f"busybox-{arch}"), ctx)
+    with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+        f.write('FROM scratch\nARG TARGETARCH\nCOPY busybox-${TARGETARCH} /bin/busybox\nRUN ["/bin/busybox", "--install", "-s", "/bin"]\nCMD ["sh"]\n')
+    ref = f"{registry.addr}/base/busybox:1"
+    subprocess.run([kiln, "build", "--progress", "quiet", "--platform", ",".join(PLATFORMS), "-t", ref, "--push", ctx],
+                   env=dict(os.environ, KILN_HOME=home), check=True, stdout=subprocess.DEVNULL)
+    shutil.rmtree(ctx)
+    return ref
+
+
+def cases():
+    d = os.path.join(ROOT, "examples/compare")
+    return sorted(os.path.join(d, c) for c in os.listdir(d) if os.path.isdir(os.path.join(d, c)))
+
+
+def buildah(root, *args, **kw):
+    """buildah with its own vfs storage under `root`."""
+    return subprocess.run(["buildah", "--root", f"{root}/storage", "--runroot", f"{root}/run", "--storage-driver", "vfs", *args], **kw)
