@@ -129,8 +129,6 @@ pub struct Agent {
     seq: AtomicU64,
 }
 
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
 impl Agent {
     pub fn open(root: &Path, insecure: &[String]) -> Result<Agent, EngineError> {
         for d in ["snapshots", "cache", "run", "cachemounts"] {
@@ -384,8 +382,11 @@ pub(crate) struct SliceRun<'a> {
     pub misses: u32,
 }
 
+/// Bumped whenever what a cached step produces changes, so old records are not reused.
+const CACHE_VERSION: &str = "kiln-step-cache-2";
+
 fn cache_key(parent: &str, text: &str, platform: &Platform, extra: &str) -> String {
-    Digest::of(format!("{parent}\n{text}\n{platform}\n{extra}").as_bytes()).hex().to_string()
+    Digest::of(format!("{CACHE_VERSION}\n{parent}\n{text}\n{platform}\n{extra}").as_bytes()).hex().to_string()
 }
 
 impl SliceRun<'_> {
@@ -412,6 +413,10 @@ impl SliceRun<'_> {
         };
         if let Base::Stage(_) = stage.base {
             state.config.config.on_build = None;
+        }
+        // Every Linux image gets a PATH when its base has none (BuildKit's rule).
+        if !state.config.config.env.iter().any(|e| e.starts_with("PATH=")) {
+            state.config.config.set_env("PATH", resolve::DEFAULT_PATH);
         }
         (self.events)(Event::Done { id, secs: t.elapsed().as_secs_f64() });
         for (n, step) in stage.steps.iter().enumerate() {
@@ -595,7 +600,7 @@ impl SliceRun<'_> {
                 }
             }
             if !env.iter().any(|e| e.starts_with("PATH=")) {
-                env.push(format!("PATH={DEFAULT_PATH}"));
+                env.push(format!("PATH={}", resolve::DEFAULT_PATH));
             }
             let (uid, gid) = copy::resolve_user(&merged, &cfg.user)?;
             let cwd = if cfg.working_dir.is_empty() { "/".to_string() } else { cfg.working_dir.clone() };

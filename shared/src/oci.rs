@@ -121,9 +121,13 @@ impl RunConfig {
             .collect()
     }
 
+    /// Sets a variable, replacing it where it is (as BuildKit does) or appending it.
     pub fn set_env(&mut self, key: &str, value: &str) {
-        self.env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
-        self.env.push(format!("{key}={value}"));
+        let entry = format!("{key}={value}");
+        match self.env.iter_mut().find(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key) {
+            Some(e) => *e = entry,
+            None => self.env.push(entry),
+        }
     }
 }
 

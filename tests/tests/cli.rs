@@ -133,7 +133,12 @@ fn named_dockerfile_ignore_file_wins() {
 
 #[test]
 fn a_remote_farm_is_refused_with_the_reason() {
-    let out = Command::new(kiln_bin()).args(["build", "examples/hello"]).env("KILN_HOST", "127.0.0.1:7401").current_dir(repo_root()).output().expect("run kiln");
+    let out = Command::new(kiln_bin())
+        .args(["build", "examples/hello"])
+        .env("KILN_HOST", "127.0.0.1:7401")
+        .current_dir(repo_root())
+        .output()
+        .expect("run kiln");
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("unset it to use the embedded farm"), "{}", stderr(&out));
 }

@@ -22,6 +22,9 @@ pub const PROXY_ARGS: &[&str] =
 
 pub const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
 
+/// The PATH every Linux stage gets when its base image sets none (as BuildKit does).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// What resolution needs to know about a base image; `None` from [`BaseImages`] means unknown
 /// (a dry run does not pull images), in which case the image is taken to set nothing.
 #[derive(Clone, Debug, Default)]
@@ -463,6 +466,9 @@ impl<'a> Resolver<'a> {
         }
         if st.workdir.is_empty() {
             st.workdir = "/".into();
+        }
+        if !st.env_unknown && !st.env.iter().any(|(k, _)| k == "PATH") {
+            st.env.push(("PATH".into(), DEFAULT_PATH.into()));
         }
         // A base's ONBUILD triggers run first; the new image does not inherit them.
         let mut body: Vec<(Located, bool)> = Vec::new();
