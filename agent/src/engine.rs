@@ -23,7 +23,7 @@ use kiln_shared::Platform;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -274,10 +274,35 @@ impl Agent {
             return Err(e);
         }
         let plan = plan?;
-        let mut run = SliceRun { agent: self, req, plan: &plan, events, finished: HashMap::new(), hits: 0, misses: 0 };
-        for stage in &plan.stages {
-            let state = run.stage(stage)?;
-            run.finished.insert(stage.index, state);
+        let mut run = SliceRun {
+            agent: self,
+            req,
+            plan: &plan,
+            events,
+            finished: HashMap::new(),
+            hits: AtomicU32::new(0),
+            misses: AtomicU32::new(0),
+        };
+        // Stages run in waves: every stage whose dependencies are built runs now, side by side.
+        let mut pending: Vec<&Stage> = plan.stages.iter().collect();
+        while !pending.is_empty() {
+            let (ready, later): (Vec<&Stage>, Vec<&Stage>) =
+                pending.into_iter().partition(|s| s.deps.iter().all(|d| run.finished.contains_key(d)));
+            if ready.is_empty() {
+                return Err(EngineError::Copy("stages wait on each other (a dependency cycle)".into()));
+            }
+            let shared = &run;
+            let results: Vec<(usize, Result<State, EngineError>)> = std::thread::scope(|scope| {
+                let handles: Vec<_> = ready.iter().map(|stage| (stage.index, scope.spawn(move || shared.stage(stage)))).collect();
+                handles
+                    .into_iter()
+                    .map(|(i, h)| (i, h.join().unwrap_or_else(|_| Err(EngineError::Copy("a stage panicked".into())))))
+                    .collect()
+            });
+            for (i, r) in results {
+                run.finished.insert(i, r?);
+            }
+            pending = later;
         }
         let final_state =
             run.finished.get(&plan.target).cloned().ok_or_else(|| EngineError::Copy("the target stage was not built".into()))?;
@@ -288,8 +313,8 @@ impl Agent {
             manifest,
             blobs,
             layers: final_state.layers.clone(),
-            cache_hits: run.hits,
-            cache_misses: run.misses,
+            cache_hits: run.hits.load(Ordering::Relaxed),
+            cache_misses: run.misses.load(Ordering::Relaxed),
             duration_ms: started.elapsed().as_millis() as u64,
         })
     }
@@ -378,8 +403,8 @@ pub(crate) struct SliceRun<'a> {
     pub plan: &'a BuildPlan,
     pub events: &'a (dyn Fn(Event) + Sync),
     pub finished: HashMap<usize, State>,
-    pub hits: u32,
-    pub misses: u32,
+    pub hits: AtomicU32,
+    pub misses: AtomicU32,
 }
 
 /// Bumped whenever what a cached step produces changes, so old records are not reused.
@@ -390,7 +415,7 @@ fn cache_key(parent: &str, text: &str, platform: &Platform, extra: &str) -> Stri
 }
 
 impl SliceRun<'_> {
-    fn stage(&mut self, stage: &Stage) -> Result<State, EngineError> {
+    fn stage(&self, stage: &Stage) -> Result<State, EngineError> {
         let label = stage.display_name();
         let total = stage.steps.len() + 1;
         let name = format!("[{} {label} 1/{total}] {}", self.req.platform, print::instruction(&stage.from, Style::Expanded));
@@ -449,7 +474,7 @@ impl SliceRun<'_> {
     }
 
     /// Runs one step; true when it came from the cache.
-    fn step(&mut self, stage: &Stage, step: &Step, text: &str, state: &mut State, id: u64) -> Result<bool, EngineError> {
+    fn step(&self, stage: &Stage, step: &Step, text: &str, state: &mut State, id: u64) -> Result<bool, EngineError> {
         let extra = self.cache_extra(stage, step)?;
         let key = cache_key(&state.key, text, &stage.platform, &extra);
         let record = self.agent.root.join("cache").join(format!("{key}.json"));
@@ -464,12 +489,12 @@ impl SliceRun<'_> {
                         self.agent.store.touch(&l.digest);
                     }
                     *state = cached;
-                    self.hits += 1;
+                    self.hits.fetch_add(1, Ordering::Relaxed);
                     return Ok(true);
                 }
             }
         }
-        self.misses += 1;
+        self.misses.fetch_add(1, Ordering::Relaxed);
         let layer = self.execute(stage, step, state, id)?;
         let created_by = match &step.instruction {
             Instruction::Run(_) => format!("RUN {}", step.argv.as_ref().map(|a| a.join(" ")).unwrap_or_default()),
@@ -546,7 +571,7 @@ impl SliceRun<'_> {
         }
     }
 
-    fn execute(&mut self, stage: &Stage, step: &Step, state: &mut State, id: u64) -> Result<Option<Layer>, EngineError> {
+    fn execute(&self, stage: &Stage, step: &Step, state: &mut State, id: u64) -> Result<Option<Layer>, EngineError> {
         let cfg = &mut state.config.config;
         match &step.instruction {
             Instruction::Env(kv) => kv.pairs.iter().for_each(|p| cfg.set_env(&p.key, &p.value)),
@@ -585,7 +610,7 @@ impl SliceRun<'_> {
         Ok(None)
     }
 
-    fn run(&mut self, stage: &Stage, step: &Step, state: &State, id: u64) -> Result<Option<Layer>, EngineError> {
+    fn run(&self, stage: &Stage, step: &Step, state: &State, id: u64) -> Result<Option<Layer>, EngineError> {
         let Instruction::Run(run) = &step.instruction else { return Ok(None) };
         let dir = self.agent.scratch("step");
         let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));

@@ -163,6 +163,17 @@ impl RegistryClient {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Result<ureq::Response, RegistryError> {
+        self.send_body(method, url, r, headers, body.map(Body::Bytes))
+    }
+
+    fn send_body(
+        &self,
+        method: &str,
+        url: &str,
+        r: &Reference,
+        headers: &[(&str, &str)],
+        body: Option<Body>,
+    ) -> Result<ureq::Response, RegistryError> {
         let key = (r.registry.clone(), r.repository.clone());
         let mut auth = self.tokens.lock().ok().and_then(|t| t.get(&key).cloned());
         for attempt in 0..2 {
@@ -173,8 +184,13 @@ impl RegistryClient {
             if let Some(a) = &auth {
                 req = req.set("Authorization", a);
             }
-            let res = match body {
-                Some(b) => req.send_bytes(b),
+            let res = match &body {
+                Some(Body::Bytes(b)) => req.send_bytes(b),
+                // Files are streamed (layers can be large); reopened for a retry.
+                Some(Body::File(path, size)) => match std::fs::File::open(path) {
+                    Ok(f) => req.set("Content-Length", &size.to_string()).send(f),
+                    Err(e) => return Err(RegistryError::Store(StoreError::Io { path: path.clone(), source: e })),
+                },
                 None => req.call(),
             };
             match res {
@@ -290,8 +306,8 @@ impl RegistryClient {
             .to_string();
         let location = if location.starts_with("http") { location } else { format!("{}{location}", self.base(&r.registry)) };
         let sep = if location.contains('?') { '&' } else { '?' };
-        let bytes = store.read(d)?;
-        self.send("PUT", &format!("{location}{sep}digest={d}"), r, &[("Content-Type", "application/octet-stream")], Some(&bytes))?;
+        let body = Body::File(store.path(d), store.size(d)?);
+        self.send_body("PUT", &format!("{location}{sep}digest={d}"), r, &[("Content-Type", "application/octet-stream")], Some(body))?;
         Ok(true)
     }
 
@@ -300,6 +316,12 @@ impl RegistryClient {
         self.send("PUT", &url, r, &[("Content-Type", media_type)], Some(bytes))?;
         Ok(())
     }
+}
+
+/// A request body: bytes in memory or a file streamed from disk.
+enum Body<'a> {
+    Bytes(&'a [u8]),
+    File(std::path::PathBuf, u64),
 }
 
 fn status_error(code: u16, resp: ureq::Response, r: &Reference, url: &str) -> RegistryError {

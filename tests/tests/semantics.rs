@@ -174,3 +174,21 @@ fn a_platform_the_host_cannot_run_is_refused_with_the_fix() {
     let out = kiln(e.home.path(), &["build", "--platform", "linux/riscv64", "."], e.ctx.path());
     assert!(stderr(&out).contains("has no linux/riscv64 variant (it has: linux/amd64, linux/arm64)"), "{}", stderr(&out));
 }
+
+#[test]
+fn independent_stages_run_side_by_side() {
+    let e = env();
+    e.ctx.write(
+        "Dockerfile",
+        &format!("FROM {b} AS one\nRUN sleep 1 && echo 1 > /one\nFROM {b} AS two\nRUN sleep 1 && echo 2 > /two\nFROM {b}\nCOPY --from=one /one /\nCOPY --from=two /two /\n", b = e.base),
+    );
+    let out = ok(kiln(e.home.path(), &["build", "--progress", "plain", "--platform", "linux/amd64", "."], e.ctx.path()));
+    let log = stderr(&out);
+    let lines: Vec<&str> = log.lines().collect();
+    let start = |stage: &str| lines.iter().position(|l| l.contains(&format!("{stage} 2/2] RUN sleep 1"))).expect("step started");
+    let number = |i: usize| lines[i].split_whitespace().next().unwrap_or_default().to_string();
+    let (a, b) = (start("one"), start("two"));
+    let done = |n: &str| lines.iter().position(|l| l.starts_with(&format!("{n} DONE"))).expect("step done");
+    // Both RUN steps started before either finished.
+    assert!(a.max(b) < done(&number(a)).min(done(&number(b))), "{log}");
+}
