@@ -101,7 +101,14 @@ fn args(list: &[String], json_form: bool, style: Style) -> String {
     } else if style == Style::Expanded {
         guard(list.iter().map(|s| if s.starts_with("<<") { s.clone() } else { display_word(s) }).collect::<Vec<_>>().join(" "))
     } else {
-        guard(list.join(" "))
+        let joined = list.join(" ");
+        // Words that look like a JSON array once joined came from text that was not valid JSON
+        // (Docker then splits on whitespace). A form feed is whitespace to the splitter but
+        // never JSON whitespace, so the words stay words.
+        if !matches!(super::instructions::parse_json(&joined), Ok(None)) {
+            return guard(list.join("\u{c}"));
+        }
+        guard(joined)
     }
 }
 
