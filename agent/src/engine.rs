@@ -341,6 +341,26 @@ impl Agent {
         Ok((desc, blobs))
     }
 
+    /// The same image with zstd-compressed layers: a new manifest, same config.
+    pub fn zstd_image(&self, slice: &SliceResult) -> Result<(Descriptor, Vec<Digest>), EngineError> {
+        let manifest: Manifest = serde_json::from_slice(&self.store.read(&slice.manifest.digest)?)
+            .map_err(|e| EngineError::Copy(format!("reading back the manifest: {e}")))?;
+        let mut layers = Vec::new();
+        for l in &slice.layers {
+            layers.push(if l.media_type == oci::MEDIA_LAYER_ZSTD { l.clone() } else { layers::to_zstd(&self.store, l)? });
+        }
+        let new =
+            Manifest { layers: layers.iter().map(|l| Descriptor::new(&l.media_type, l.digest.clone(), l.size)).collect(), ..manifest };
+        let bytes = oci::to_json(&new);
+        let digest = self.store.put(&bytes)?;
+        let mut desc = Descriptor::new(oci::MEDIA_MANIFEST, digest.clone(), bytes.len() as u64);
+        desc.platform = slice.manifest.platform.clone();
+        let mut blobs: Vec<Digest> = layers.iter().map(|l| l.digest.clone()).collect();
+        blobs.push(new.config.digest.clone());
+        blobs.push(digest);
+        Ok((desc, blobs))
+    }
+
     /// Writes the final filesystem of an image (its layers applied in order) into `dest`.
     pub fn export_rootfs(&self, layers: &[Layer], dest: &Path) -> Result<(), EngineError> {
         std::fs::create_dir_all(dest).map_err(io_err(format!("creating {}", dest.display())))?;

@@ -35,7 +35,7 @@ pub enum Whiteouts {
     Delete,
 }
 
-/// Decompresses by sniffing the magic bytes (gzip, zstd is not supported yet, plain tar).
+/// Decompresses by sniffing the magic bytes: gzip, zstd or plain tar.
 fn decompress(mut r: impl Read + 'static) -> io::Result<Box<dyn Read>> {
     let mut magic = [0u8; 4];
     let n = r.read(&mut magic)?;
@@ -43,7 +43,7 @@ fn decompress(mut r: impl Read + 'static) -> io::Result<Box<dyn Read>> {
     if n >= 2 && magic[..2] == [0x1f, 0x8b] {
         Ok(Box::new(flate2::read::GzDecoder::new(head)))
     } else if n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
-        Err(io::Error::new(io::ErrorKind::Unsupported, "zstd-compressed layers are not supported yet"))
+        Ok(Box::new(zstd::stream::read::Decoder::new(head)?))
     } else {
         Ok(Box::new(head))
     }
@@ -111,6 +111,23 @@ fn clear_dir(p: &Path) -> io::Result<()> {
         remove_any(&e?.path())?;
     }
     Ok(())
+}
+
+/// Re-encodes a layer blob with zstd (for `compression=zstd` outputs); the uncompressed
+/// content, and so the diff_id, stays the same.
+pub fn to_zstd(store: &ContentStore, layer: &Layer) -> Result<Layer, LayerError> {
+    let err = |source| LayerError::Unpack { digest: layer.digest.to_string(), source };
+    let mut reader = decompress(store.open_blob(&layer.digest)?).map_err(err)?;
+    let (digest, size) = store.write_with(
+        |w| {
+            let mut enc = zstd::stream::write::Encoder::new(w, 3)?;
+            io::copy(&mut reader, &mut enc)?;
+            enc.finish()?;
+            Ok(())
+        },
+        None,
+    )?;
+    Ok(Layer { digest, diff_id: layer.diff_id.clone(), size, media_type: kiln_shared::oci::MEDIA_LAYER_ZSTD.into() })
 }
 
 /// A layer written to the store.

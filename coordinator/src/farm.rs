@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 /// Where the result goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
-    Oci { dest: PathBuf },
+    Oci { dest: PathBuf, zstd: bool },
     Local { dest: PathBuf },
-    Registry,
+    Registry { zstd: bool },
 }
 
 impl Output {
@@ -32,27 +32,32 @@ impl Output {
         }
         let mut kind = None;
         let mut dest = None;
+        let mut zstd = false;
         for field in spec.split(',') {
             let (k, v) = field.split_once('=').ok_or_else(|| anyhow!("-o {spec:?}: {field:?} is not key=value"))?;
-            match k.trim() {
-                "type" => kind = Some(v.trim().to_string()),
-                "dest" => dest = Some(PathBuf::from(v.trim())),
-                "push" | "name" | "compression" | "oci-mediatypes" | "compression-level" | "force-compression" => {
-                    if k == "compression" && v != "gzip" {
-                        bail!("-o {spec:?}: compression={v} is not supported yet (kiln writes gzip layers)");
-                    }
-                }
-                other => bail!("-o {spec:?}: unknown option {other:?} (expected type, dest)"),
+            match (k.trim(), v.trim()) {
+                ("type", v) => kind = Some(v.to_string()),
+                ("dest", v) => dest = Some(PathBuf::from(v)),
+                ("compression", "gzip") => zstd = false,
+                ("compression", "zstd") => zstd = true,
+                ("compression", other) => bail!("-o {spec:?}: compression={other} is not supported (expected gzip or zstd)"),
+                // Accepted for buildx compatibility; kiln's behaviour already matches them.
+                ("push" | "name" | "oci-mediatypes" | "compression-level" | "force-compression", _) => {}
+                (other, _) => bail!("-o {spec:?}: unknown option {other:?} (expected type, dest, compression)"),
             }
         }
         let need_dest = |kind: &str| dest.clone().ok_or_else(|| anyhow!("-o type={kind} needs dest=PATH"));
         match kind.as_deref() {
-            Some("oci") => Ok(Output::Oci { dest: need_dest("oci")? }),
+            Some("oci") => Ok(Output::Oci { dest: need_dest("oci")?, zstd }),
             Some("local") => Ok(Output::Local { dest: need_dest("local")? }),
-            Some("registry" | "image") => Ok(Output::Registry),
+            Some("registry" | "image") => Ok(Output::Registry { zstd }),
             Some(other) => bail!("-o type={other} is not supported (expected oci, local or registry)"),
             None => bail!("-o {spec:?} needs type=oci|local|registry"),
         }
+    }
+
+    pub fn is_registry(&self) -> bool {
+        matches!(self, Output::Registry { .. })
     }
 }
 
@@ -147,11 +152,21 @@ impl EmbeddedFarm {
         Ok(BuildResult { index, index_digest, index_size: bytes.len() as u64, slices: reports })
     }
 
+    /// The manifests and blobs of an output, re-encoded with zstd when asked.
+    fn image_for(&self, slices: &[SliceResult], index: &Index, zstd: bool) -> Result<(Index, Vec<(Descriptor, Vec<Digest>)>), EngineError> {
+        if !zstd {
+            return Ok((index.clone(), slices.iter().map(|s| (s.manifest.clone(), s.blobs.clone())).collect()));
+        }
+        let converted: Vec<(Descriptor, Vec<Digest>)> = slices.iter().map(|s| self.agent.zstd_image(s)).collect::<Result<_, _>>()?;
+        Ok((Index::new(converted.iter().map(|c| c.0.clone()).collect()), converted))
+    }
+
     fn write_output(&self, out: &Output, req: &BuildRequest, slices: &[SliceResult], index: &Index) -> anyhow::Result<()> {
         match out {
-            Output::Oci { dest } => {
-                let blobs: Vec<Digest> = slices.iter().flat_map(|s| s.blobs.iter().cloned()).collect();
-                layout::write_archive(dest, &self.agent.store, index, &blobs, &req.tags)?;
+            Output::Oci { dest, zstd } => {
+                let (index, images) = self.image_for(slices, index, *zstd)?;
+                let blobs: Vec<Digest> = images.iter().flat_map(|i| i.1.iter().cloned()).collect();
+                layout::write_archive(dest, &self.agent.store, &index, &blobs, &req.tags)?;
             }
             Output::Local { dest } => {
                 for s in slices {
@@ -159,13 +174,14 @@ impl EmbeddedFarm {
                     self.agent.export_rootfs(&s.layers, &dir)?;
                 }
             }
-            Output::Registry => {
+            Output::Registry { zstd } => {
                 if req.tags.is_empty() {
                     bail!("pushing needs at least one tag (-t registry/repository:tag)");
                 }
+                let (index, images) = self.image_for(slices, index, *zstd)?;
                 for tag in &req.tags {
                     let r: Reference = tag.parse()?;
-                    self.push(&r, slices, index)?;
+                    self.push(&r, &images, &index)?;
                 }
             }
         }
@@ -173,11 +189,11 @@ impl EmbeddedFarm {
     }
 
     /// Blobs the registry lacks, then each manifest by digest, then the index under the tag.
-    pub fn push(&self, r: &Reference, slices: &[SliceResult], index: &Index) -> anyhow::Result<()> {
+    pub fn push(&self, r: &Reference, images: &[(Descriptor, Vec<Digest>)], index: &Index) -> anyhow::Result<()> {
         let reg = &self.agent.registry;
         let store = &self.agent.store;
-        for s in slices {
-            let (manifest, rest) = s.blobs.split_last().ok_or_else(|| anyhow!("empty slice result"))?;
+        for (_, blobs) in images {
+            let (manifest, rest) = blobs.split_last().ok_or_else(|| anyhow!("empty slice result"))?;
             for b in rest {
                 reg.push_blob(r, b, store)?;
             }

@@ -192,3 +192,89 @@ fn independent_stages_run_side_by_side() {
     // Both RUN steps started before either finished.
     assert!(a.max(b) < done(&number(a)).min(done(&number(b))), "{log}");
 }
+
+#[test]
+fn zstd_outputs_and_zstd_base_images() {
+    let e = env();
+    e.ctx.write("Dockerfile", &format!("FROM {}\nRUN echo zstd > /z\n", e.base));
+    let archive = e.ctx.path().join("z.tar");
+    let tag = format!("{}/zstd/app:1", e._reg.addr);
+    ok(kiln(
+        e.home.path(),
+        &[
+            "build",
+            "--progress",
+            "quiet",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            &tag,
+            "-o",
+            &format!("type=oci,dest={},compression=zstd", archive.display()),
+            "-o",
+            "type=registry,compression=zstd",
+            ".",
+        ],
+        e.ctx.path(),
+    ));
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", "--override-arch", "arm64"])
+        .arg(format!("oci-archive:{}", archive.display()))
+        .output()
+        .expect("skopeo");
+    let index: serde_json::Value = serde_json::from_slice(&raw.stdout).expect("index");
+    assert_eq!(index["manifests"].as_array().map(Vec::len), Some(2));
+    let m = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", "--override-arch", "arm64"])
+        .arg(format!("docker://{tag}"))
+        .output()
+        .expect("skopeo");
+    let idx: serde_json::Value = serde_json::from_slice(&m.stdout).expect("index");
+    let digest = idx["manifests"][1]["digest"].as_str().expect("digest").to_string();
+    let repo = tag.rsplit_once(':').map(|x| x.0).unwrap_or_default();
+    let m = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{repo}@{digest}"))
+        .output()
+        .expect("skopeo");
+    let manifest: serde_json::Value = serde_json::from_slice(&m.stdout).expect("manifest");
+    assert!(
+        manifest["layers"].as_array().expect("layers").iter().all(|l| l["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"),
+        "{manifest}"
+    );
+    // A zstd image is a good base: its layers are pulled and unpacked.
+    let (out, _) = e.build(&format!("FROM {tag}\nRUN cat /z > /copy\n"), "linux/arm64", &[]);
+    assert_eq!(read(&out.join("copy")), "zstd\n");
+}
+
+#[test]
+fn add_from_a_url_checks_its_checksum() {
+    let e = env();
+    let body = b"downloaded content\n".to_vec();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let served = body.clone();
+    // A minimal HTTP server for two requests (the good and the bad checksum build).
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming().take(2) {
+            let mut s = stream.expect("conn");
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf);
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", served.len());
+            let _ = s.write_all(&served);
+        }
+    });
+    let sum = kiln_shared::Digest::of(&body);
+    let (out, _) = e.build(&format!("FROM BASE\nADD --checksum={sum} http://127.0.0.1:{port}/files/data.txt /dl/\n"), "linux/amd64", &[]);
+    assert_eq!(read(&out.join("dl/data.txt")), "downloaded content\n");
+    let wrong = kiln_shared::Digest::of(b"other");
+    e.ctx.write("Dockerfile", &format!("FROM {}\nADD --checksum={wrong} http://127.0.0.1:{port}/files/data.txt /dl/\n", e.base));
+    let o = kiln(e.home.path(), &["build", "--platform", "linux/amd64", "--no-cache", "."], e.ctx.path());
+    assert!(
+        stderr(&o).contains(&format!("digest mismatch for http://127.0.0.1:{port}/files/data.txt: expected {wrong}")),
+        "{}",
+        stderr(&o)
+    );
+    server.join().expect("server");
+}

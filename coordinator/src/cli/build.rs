@@ -136,10 +136,10 @@ fn build(
     }
     let mode = Mode::parse(&args.progress)?;
     let mut outputs = args.outputs.iter().map(|o| Output::parse(o)).collect::<anyhow::Result<Vec<_>>>()?;
-    if args.push && !outputs.contains(&Output::Registry) {
-        outputs.push(Output::Registry);
+    if args.push && !outputs.iter().any(Output::is_registry) {
+        outputs.push(Output::Registry { zstd: false });
     }
-    if outputs.contains(&Output::Registry) && args.tags.is_empty() {
+    if outputs.iter().any(Output::is_registry) && args.tags.is_empty() {
         bail!("--push needs at least one tag: -t REGISTRY/REPOSITORY:TAG");
     }
     for t in &args.tags {
