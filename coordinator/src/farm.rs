@@ -61,6 +61,9 @@ impl Output {
     }
 }
 
+/// One platform's image: its manifest descriptor and every blob (the manifest last).
+pub type PlatformImage = (Descriptor, Vec<Digest>);
+
 pub struct BuildRequest {
     pub dockerfile: String,
     pub dockerfile_name: String,
@@ -153,11 +156,11 @@ impl EmbeddedFarm {
     }
 
     /// The manifests and blobs of an output, re-encoded with zstd when asked.
-    fn image_for(&self, slices: &[SliceResult], index: &Index, zstd: bool) -> Result<(Index, Vec<(Descriptor, Vec<Digest>)>), EngineError> {
+    fn image_for(&self, slices: &[SliceResult], index: &Index, zstd: bool) -> Result<(Index, Vec<PlatformImage>), EngineError> {
         if !zstd {
             return Ok((index.clone(), slices.iter().map(|s| (s.manifest.clone(), s.blobs.clone())).collect()));
         }
-        let converted: Vec<(Descriptor, Vec<Digest>)> = slices.iter().map(|s| self.agent.zstd_image(s)).collect::<Result<_, _>>()?;
+        let converted: Vec<PlatformImage> = slices.iter().map(|s| self.agent.zstd_image(s)).collect::<Result<_, _>>()?;
         Ok((Index::new(converted.iter().map(|c| c.0.clone()).collect()), converted))
     }
 
@@ -189,7 +192,7 @@ impl EmbeddedFarm {
     }
 
     /// Blobs the registry lacks, then each manifest by digest, then the index under the tag.
-    pub fn push(&self, r: &Reference, images: &[(Descriptor, Vec<Digest>)], index: &Index) -> anyhow::Result<()> {
+    pub fn push(&self, r: &Reference, images: &[PlatformImage], index: &Index) -> anyhow::Result<()> {
         let reg = &self.agent.registry;
         let store = &self.agent.store;
         for (_, blobs) in images {

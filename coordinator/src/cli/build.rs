@@ -190,7 +190,12 @@ fn build(
     } else {
         let cached: u32 = result.slices.iter().map(|s| s.cache_hits).sum();
         let ran: u32 = result.slices.iter().map(|s| s.cache_misses).sum();
-        eprintln!("=> image index {} ({} platforms; {ran} steps run, {cached} cached)", result.index_digest, result.slices.len());
+        let n = result.slices.len();
+        eprintln!(
+            "=> image index {} ({n} platform{}; {ran} steps run, {cached} cached)",
+            result.index_digest,
+            if n == 1 { "" } else { "s" }
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
