@@ -17,7 +17,7 @@ fn main() {
             emulated: if i % 3 == 0 { vec![] } else { vec![arm.clone()] },
             slots: 4 + (i % 5),
             running: i % 4,
-            cache_records: (0..(i % 7) as u64).map(|b| (b, (i % 11) as u32)).collect::<HashMap<_, _>>(),
+            cache_records: (0..(i % 7) as u64).map(|b| (b, i % 11)).collect::<HashMap<_, _>>(),
         })
         .collect();
     let slices: Vec<PendingSlice> = (0..10_000u64)
