@@ -428,7 +428,7 @@ pub(crate) struct SliceRun<'a> {
 }
 
 /// Bumped whenever what a cached step produces changes, so old records are not reused.
-const CACHE_VERSION: &str = "kiln-step-cache-2";
+const CACHE_VERSION: &str = "kiln-step-cache-3";
 
 fn cache_key(parent: &str, text: &str, platform: &Platform, extra: &str) -> String {
     Digest::of(format!("{CACHE_VERSION}\n{parent}\n{text}\n{platform}\n{extra}").as_bytes()).hex().to_string()
@@ -456,9 +456,6 @@ impl SliceRun<'_> {
                 s
             }
         };
-        if let Base::Stage(_) = stage.base {
-            state.config.config.on_build = None;
-        }
         // Every Linux image gets a PATH when its base has none (BuildKit's rule).
         if !state.config.config.env.iter().any(|e| e.starts_with("PATH=")) {
             state.config.config.set_env("PATH", resolve::DEFAULT_PATH);

@@ -472,7 +472,11 @@ impl<'a> Resolver<'a> {
         }
         // A base's ONBUILD triggers run first; the new image does not inherit them.
         let mut body: Vec<(Located, bool)> = Vec::new();
-        for expr in std::mem::take(&mut st.onbuild) {
+        // Only an image's triggers run: a stage used as a base is part of this build, not an
+        // image built before it, so its ONBUILD list is carried along unexecuted (as buildah
+        // and Docker's legacy builder do).
+        let triggers = if matches!(base, Base::Image(_)) { std::mem::take(&mut st.onbuild) } else { vec![] };
+        for expr in triggers {
             let ll = LogicalLine::synthetic(&expr, from_pos);
             body.push((super::instructions::parse_line(ll, self.df.directives.escape)?, true));
         }
