@@ -2,8 +2,8 @@
 //!
 //! The CLI, the coordinator and the agents all depend on this crate and nothing in it depends
 //! on them: platforms and digests, the Dockerfile frontend, OCI types, the content store, the
-//! registry client and OCI layout archives. The wire protocol and the QUIC transport join it as
-//! the farm grows (see DESIGN.md).
+//! registry client and OCI layout archives, and the wire protocol with its QUIC + mutual TLS
+//! transport (see DESIGN.md).
 
 pub mod digest;
 pub mod frontend;
@@ -12,6 +12,8 @@ pub mod oci;
 pub mod platform;
 pub mod registry;
 pub mod store;
+pub mod transport;
+pub mod wire;
 
 pub use digest::Digest;
 pub use platform::{Platform, PlatformError};
