@@ -152,6 +152,22 @@ pub fn busybox() -> PathBuf {
     .clone()
 }
 
+/// What a command wrote to standard error.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// What a command wrote to standard output.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The output of a command that must have succeeded (its stderr is shown if not).
+pub fn ok(o: Output) -> Output {
+    assert!(o.status.success(), "command failed:\n{}", stderr(&o));
+    o
+}
+
 /// Runs kiln with `KILN_HOME` set.
 pub fn kiln(home: &Path, args: &[&str], cwd: &Path) -> Output {
     Command::new(kiln_bin()).args(args).env("KILN_HOME", home).current_dir(cwd).output().expect("run kiln")

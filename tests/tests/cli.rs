@@ -1,43 +1,12 @@
 //! `kiln build --dry-run` end to end: the binary, real files, its output and exit codes.
 
-use kiln_tests::{kiln_bin, repo_root};
+use kiln_tests::{kiln_bin, repo_root, stderr, stdout, TempDir};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 fn kiln(args: &[&str], dir: &Path) -> Output {
     Command::new(kiln_bin()).args(args).current_dir(dir).output().expect("run kiln")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A scratch directory under the target dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("kiln-cli-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-    fn write(&self, rel: &str, text: &str) {
-        let p = self.0.join(rel);
-        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-        std::fs::write(p, text).expect("write");
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[test]
@@ -73,7 +42,7 @@ fn json_format_and_target() {
 fn broken_dockerfile_names_file_line_col() {
     let t = TempDir::new("broken");
     t.write("Dockerfile", "FROM alpine\nRUN echo ok\n  RUNN make\n");
-    let out = kiln(&["build", "--dry-run", "."], &t.0);
+    let out = kiln(&["build", "--dry-run", "."], t.path());
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stderr(&out).trim(), "error: ./Dockerfile:3:3: unknown instruction: RUNN (did you mean RUN?)");
     assert!(stdout(&out).is_empty());
@@ -122,7 +91,7 @@ fn named_dockerfile_ignore_file_wins() {
     t.write("a.log", "x");
     t.write("keep.log", "x");
     t.write("src/main.c", "int main;");
-    let out = kiln(&["build", "--dry-run", "--format", "json", "-f", "app.Dockerfile", "."], &t.0);
+    let out = kiln(&["build", "--dry-run", "--format", "json", "-f", "app.Dockerfile", "."], t.path());
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     // Sent: app.Dockerfile, app.Dockerfile.dockerignore, .dockerignore, keep.log, src/main.c.

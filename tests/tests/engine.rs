@@ -2,18 +2,10 @@
 //! umoci: base images built by kiln from Debian's busybox-static, multi-platform builds pushed
 //! to a loopback registry, images run with runc, the step cache, outputs and error cases.
 
-use kiln_tests::{base_image, kiln, Registry, TempDir};
+use base64::Engine as _;
+use kiln_tests::{base_image, kiln, ok, stderr, Registry, TempDir};
 use std::path::Path;
 use std::process::{Command, Output};
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn ok(o: Output) -> Output {
-    assert!(o.status.success(), "kiln failed:\n{}", stderr(&o));
-    o
-}
 
 fn metadata(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).expect("metadata file")).expect("metadata JSON")
@@ -290,7 +282,7 @@ fn registry_credentials_basic_auth() {
     let docker_config = TempDir::new("docker-config");
     let tag = format!("{}/private/app:1", locked.addr);
     let push = |user: &str, pass: &str| {
-        let auth = base64_encode(&format!("{user}:{pass}"));
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
         docker_config.write("config.json", &format!("{{\"auths\":{{\"{}\":{{\"auth\":\"{auth}\"}}}}}}", locked.addr));
         Command::new(kiln_tests::kiln_bin())
             .args(["build", "--progress", "plain", "--platform", "linux/amd64", "-t", &tag, "--push", "."])
@@ -312,21 +304,4 @@ fn registry_credentials_basic_auth() {
         stderr(&out)
     );
     ok(push("kiln", "s3cret"));
-}
-
-fn base64_encode(s: &str) -> String {
-    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for chunk in b.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &c)| acc | (u32::from(c) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }

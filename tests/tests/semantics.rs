@@ -1,18 +1,9 @@
 //! Instruction semantics on the real engine: what each image ends up containing and declaring.
 
-use kiln_tests::{base_image, kiln, Registry, TempDir};
+use kiln_tests::{base_image, kiln, ok, stderr, Registry, TempDir};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn ok(o: Output) -> Output {
-    assert!(o.status.success(), "kiln failed:\n{}", stderr(&o));
-    o
-}
+use std::process::Command;
 
 struct Env {
     home: TempDir,
