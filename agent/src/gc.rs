@@ -166,5 +166,11 @@ pub fn prune(root: &Path, opts: &PruneOptions) -> Result<PruneReport, EngineErro
             }
         }
     }
+    // Short links of removed snapshots.
+    for e in fs::read_dir(root.join("l")).into_iter().flatten().flatten() {
+        if fs::metadata(e.path()).is_err() {
+            let _ = fs::remove_file(e.path());
+        }
+    }
     Ok(report)
 }

@@ -269,3 +269,18 @@ fn add_from_a_url_checks_its_checksum() {
     );
     server.join().expect("server");
 }
+
+#[test]
+fn images_with_many_layers_build() {
+    let e = env();
+    // 60 filesystem-changing steps: more lower directories than full snapshot paths fit in
+    // overlay's mount options.
+    let mut df = format!("FROM {}\n", e.base);
+    for i in 0..60 {
+        df.push_str(&format!("RUN echo {i} > /f{i}\n"));
+    }
+    df.push_str("RUN cat /f0 /f59 > /ends\n");
+    let (out, cfg) = e.build(&df, "linux/amd64", &[]);
+    assert_eq!(read(&out.join("ends")), "0\n59\n");
+    assert_eq!(cfg["rootfs"]["diff_ids"].as_array().map(Vec::len), Some(63));
+}
