@@ -62,6 +62,36 @@ fn glob(p: &[char], s: &[char]) -> bool {
     }
 }
 
+/// `rel` inside `root`, with every symlink in its parent directories resolved as if `root`
+/// were `/` (the final component is kept as it is: COPY copies a symlink as a symlink). An
+/// absolute link in an image, or `..` in the context, can never lead outside `root`.
+pub(crate) fn secure_join(root: &Path, rel: &str) -> PathBuf {
+    let mut parts: Vec<String> = Vec::new();
+    let mut pending: Vec<String> = rel.split('/').filter(|c| !c.is_empty() && *c != ".").map(str::to_string).rev().collect();
+    let mut hops = 0;
+    while let Some(c) = pending.pop() {
+        if c == ".." {
+            parts.pop();
+            continue;
+        }
+        let here = root.join(parts.iter().collect::<PathBuf>()).join(&c);
+        let is_last = pending.is_empty();
+        match fs::symlink_metadata(&here) {
+            Ok(m) if m.file_type().is_symlink() && !is_last && hops < 40 => {
+                hops += 1;
+                let target = fs::read_link(&here).unwrap_or_default();
+                let target = target.to_string_lossy().into_owned();
+                if target.starts_with('/') {
+                    parts.clear();
+                }
+                pending.extend(target.split('/').filter(|c| !c.is_empty() && *c != ".").map(str::to_string).rev());
+            }
+            _ => parts.push(c),
+        }
+    }
+    root.join(parts.iter().collect::<PathBuf>())
+}
+
 /// A source pattern as a path relative to its root ("" is the root itself).
 fn clean(pattern: &str) -> String {
     join_path("/", pattern).trim_start_matches('/').to_string()
@@ -72,7 +102,7 @@ pub(crate) fn matches(root: &Path, ignore: Option<&DockerIgnore>, pattern: &str)
     let pat = clean(pattern);
     let excluded = |rel: &str| ignore.is_some_and(|i| !rel.is_empty() && i.is_excluded(rel));
     if !pat.contains(['*', '?', '[']) {
-        let ok = fs::symlink_metadata(root.join(&pat)).is_ok() && !excluded(&pat);
+        let ok = fs::symlink_metadata(secure_join(root, &pat)).is_ok() && !excluded(&pat);
         return Ok(if ok { vec![pat] } else { vec![] });
     }
     let p: Vec<char> = pat.chars().collect();
@@ -421,7 +451,7 @@ pub(crate) fn copy(run: &SliceRun, stage: &Stage, step: &Step, state: &State) ->
             }
             for rel in found {
                 let name = rel.rsplit('/').next().unwrap_or("").to_string();
-                items.push((src_root.join(&rel), name));
+                items.push((secure_join(&src_root, &rel), name));
             }
         }
         let doc_count = heredocs.len();
@@ -473,6 +503,22 @@ mod tests {
 
     fn g(p: &str, s: &str) -> bool {
         glob(&p.chars().collect::<Vec<_>>(), &s.chars().collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn secure_join_stays_inside() {
+        let root = std::env::temp_dir().join(format!("kiln-securejoin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+        std::os::unix::fs::symlink("/usr/lib", root.join("lib")).unwrap();
+        std::os::unix::fs::symlink("../../..", root.join("usr/up")).unwrap();
+        std::fs::write(root.join("usr/lib/x"), "x").unwrap();
+        assert_eq!(super::secure_join(&root, "lib/x"), root.join("usr/lib/x"));
+        assert_eq!(super::secure_join(&root, "usr/up/etc/passwd"), root.join("etc/passwd"));
+        assert_eq!(super::secure_join(&root, "../../etc"), root.join("etc"));
+        // The last component stays a link.
+        assert_eq!(super::secure_join(&root, "lib"), root.join("lib"));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

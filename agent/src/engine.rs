@@ -684,7 +684,7 @@ impl SliceRun<'_> {
                                 let Some(src_state) = self.source_state(from, &stage.platform)? else { continue };
                                 let (ov, root) = self.agent.mount_ro(&src_state)?;
                                 keep.push(ov);
-                                root.join(src.trim_start_matches('/'))
+                                crate::copy::secure_join(&root, &src)
                             }
                             None => {
                                 // Bind sources stay inside the context, and runc needs absolute paths.
