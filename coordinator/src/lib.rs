@@ -4,6 +4,7 @@
 //! one agent in this process. The Raft cluster, the scheduler and the services join it with the
 //! distributed farm.
 
+pub mod builders;
 pub mod cli;
 pub mod farm;
 pub mod scheduler;
