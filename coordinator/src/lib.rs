@@ -6,5 +6,6 @@
 
 pub mod builders;
 pub mod cli;
+pub mod config;
 pub mod farm;
 pub mod scheduler;

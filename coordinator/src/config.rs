@@ -1,0 +1,229 @@
+//! Configuration files of `kiln coordinator --config F` and `kiln agent --config F`.
+//!
+//! One serde struct per service, unknown fields refused, defaults documented on each field,
+//! units in the field names, and `validate()` for what types cannot say. Command-line flags
+//! override file values. The examples in `deploy/` are parsed by a test.
+
+use kiln_shared::Platform;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn default_heartbeat_interval_ms() -> u64 {
+    500
+}
+fn default_election_timeout_min_ms() -> u64 {
+    1500
+}
+fn default_election_timeout_max_ms() -> u64 {
+    3000
+}
+fn default_lease_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_slice_attempts() -> u32 {
+    3
+}
+fn default_emulation_slowdown() -> f64 {
+    5.0
+}
+fn default_snapshot_every_entries() -> u64 {
+    5000
+}
+
+/// A coordinator: one member of the Raft cluster.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// This member's Raft id; must be a key of `peers`.
+    pub id: u64,
+    /// Address for CLI, agents and peers (QUIC).
+    pub listen: SocketAddr,
+    /// Raft log, snapshots, the cluster CA and the tokens.
+    pub data_dir: PathBuf,
+    /// Every member of the initial cluster: id → address (TOML keys are strings: `1 = "..."`).
+    #[serde(deserialize_with = "peer_map")]
+    pub peers: BTreeMap<u64, SocketAddr>,
+    /// Leader heartbeats (default 500 ms).
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// Election timeout range (default 1500–3000 ms).
+    #[serde(default = "default_election_timeout_min_ms")]
+    pub election_timeout_min_ms: u64,
+    #[serde(default = "default_election_timeout_max_ms")]
+    pub election_timeout_max_ms: u64,
+    /// An agent silent this long loses its slices (default 10 s).
+    #[serde(default = "default_lease_timeout_ms")]
+    pub lease_timeout_ms: u64,
+    /// How often a slice is tried before its build fails (default 3).
+    #[serde(default = "default_max_slice_attempts")]
+    pub max_slice_attempts: u32,
+    /// Emulation slowdown assumed until one is measured (default 5.0).
+    #[serde(default = "default_emulation_slowdown")]
+    pub emulation_slowdown: f64,
+    /// Log entries between snapshots (default 5000).
+    #[serde(default = "default_snapshot_every_entries")]
+    pub snapshot_every_entries: u64,
+}
+
+impl CoordinatorConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        match self.peers.get(&self.id) {
+            None => return bad(format!("id {} is not among the peers ({:?})", self.id, self.peers.keys().collect::<Vec<_>>())),
+            Some(addr) if addr.port() != self.listen.port() => {
+                return bad(format!("peer {} is listed at {addr} but this coordinator listens on {}", self.id, self.listen))
+            }
+            Some(_) => {}
+        }
+        if self.heartbeat_interval_ms == 0 || self.heartbeat_interval_ms * 2 >= self.election_timeout_min_ms {
+            return bad(format!(
+                "heartbeat_interval_ms ({}) must be above 0 and under half of election_timeout_min_ms ({})",
+                self.heartbeat_interval_ms, self.election_timeout_min_ms
+            ));
+        }
+        if self.election_timeout_min_ms >= self.election_timeout_max_ms {
+            return bad(format!(
+                "election_timeout_min_ms ({}) must be below election_timeout_max_ms ({})",
+                self.election_timeout_min_ms, self.election_timeout_max_ms
+            ));
+        }
+        if self.lease_timeout_ms < self.election_timeout_max_ms {
+            return bad(format!(
+                "lease_timeout_ms ({}) must be at least election_timeout_max_ms ({}) so a failover does not expire leases",
+                self.lease_timeout_ms, self.election_timeout_max_ms
+            ));
+        }
+        if self.max_slice_attempts == 0 || !(1.0..=100.0).contains(&self.emulation_slowdown) {
+            return bad("max_slice_attempts must be at least 1 and emulation_slowdown between 1 and 100".into());
+        }
+        Ok(())
+    }
+}
+
+fn peer_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<u64, SocketAddr>, D::Error> {
+    let raw = BTreeMap::<String, SocketAddr>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| k.parse::<u64>().map(|id| (id, v)).map_err(|_| serde::de::Error::custom(format!("peer id {k:?} is not a number"))))
+        .collect()
+}
+
+fn default_agent_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+fn default_slots() -> u32 {
+    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+}
+
+/// An agent: a build host.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The agent's name; it becomes a context of that name.
+    pub name: String,
+    /// Coordinators to register with (any of them; followers forward to the leader).
+    pub hosts: Vec<SocketAddr>,
+    /// Where the agent's join token is read from (the content of `agent.token`).
+    pub token_file: PathBuf,
+    /// Content store, snapshots, step cache.
+    pub data_dir: PathBuf,
+    /// Address peers fetch cache from (default 127.0.0.1:0, any free port).
+    #[serde(default = "default_agent_listen")]
+    pub listen: SocketAddr,
+    /// Platforms this host runs natively, overriding detection (emulated ones are still probed).
+    #[serde(default)]
+    pub platforms: Vec<Platform>,
+    /// Slices run at once (default: the number of CPUs).
+    #[serde(default = "default_slots")]
+    pub slots: u32,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// GC: keep at most this many bytes of cache (0: no limit).
+    #[serde(default)]
+    pub gc_keep_bytes: u64,
+    /// GC: drop cache unused for this long (0: never).
+    #[serde(default)]
+    pub gc_keep_duration_s: u64,
+    /// Cap on what peers may fetch from this agent, bytes per second (0: no cap).
+    #[serde(default)]
+    pub bandwidth_limit_bytes_per_s: u64,
+}
+
+impl AgentConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(ConfigError::Invalid(format!("agent name {:?}: use letters, digits, '-', '_' and '.'", self.name)));
+        }
+        if self.hosts.is_empty() {
+            return Err(ConfigError::Invalid("an agent needs at least one coordinator in hosts".into()));
+        }
+        if self.slots == 0 {
+            return Err(ConfigError::Invalid("slots must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates a config file of either kind.
+pub fn load<T: for<'de> Deserialize<'de>>(path: &std::path::Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim().replace('\n', " ") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deploy() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+    }
+
+    #[test]
+    fn deploy_examples_parse_and_validate() {
+        let mut seen = 0;
+        for entry in std::fs::read_dir(deploy().join("config")).expect("deploy/config") {
+            let path = entry.expect("entry").path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            if name.starts_with("coordinator") {
+                load::<CoordinatorConfig>(&path).unwrap_or_else(|e| panic!("{e}")).validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+                seen += 1;
+            } else if name.starts_with("agent") {
+                load::<AgentConfig>(&path).unwrap_or_else(|e| panic!("{e}")).validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 5, "expected 3 coordinator and 2 agent examples, found {seen}");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        let base = "id = 1\nlisten = \"127.0.0.1:7401\"\ndata_dir = \"c1\"\n[peers]\n1 = \"127.0.0.1:7401\"\n";
+        let ok: CoordinatorConfig = toml::from_str(base).unwrap();
+        ok.validate().unwrap();
+        assert_eq!(ok.lease_timeout_ms, 10_000);
+        assert!(toml::from_str::<CoordinatorConfig>(&format!("{base}typo_ms = 3\n")).is_err());
+        let mut c = ok.clone();
+        c.id = 9;
+        assert!(c.validate().unwrap_err().to_string().contains("not among the peers"));
+        let mut c = ok.clone();
+        c.heartbeat_interval_ms = 1000;
+        assert!(c.validate().is_err());
+        let mut c = ok;
+        c.lease_timeout_ms = 100;
+        assert!(c.validate().unwrap_err().to_string().contains("lease_timeout_ms"));
+        let a: Result<AgentConfig, _> =
+            toml::from_str("name = \"a1\"\nhosts = []\ntoken_file = \"t\"\ndata_dir = \"a1\"\nplatforms = [\"linux/sparc\"]\n");
+        assert!(a.is_err(), "an unknown platform is refused when the file is read");
+    }
+}
