@@ -1,11 +1,14 @@
 //! The Dockerfile frontend: text in, a resolved per-platform build plan out.
 //!
 //! Pure: no I/O beyond reading the files it is handed. `parser` turns text into positioned
-//! logical lines (directives, continuations, heredocs); `instructions` types them (with `flags`
+//! logical lines (directives, continuations, heredocs); `instructions` types them into the
+//! syntax tree of `ast` (with `flags`
 //! and `mount`); `shell` expands variables the way Docker's shell lexer does; `resolve` applies
-//! ARG scoping, builds the stage graph and expands every instruction for one target platform;
+//! ARG scoping, builds the stage graph and expands every instruction for one target platform
+//! (with `semantics` for what an expanded instruction means);
 //! `print` writes instructions back; `dockerignore` filters the build context.
 
+pub mod ast;
 pub mod dockerignore;
 pub mod error;
 pub mod flags;
@@ -14,6 +17,7 @@ pub mod mount;
 pub mod parser;
 pub mod print;
 pub mod resolve;
+pub mod semantics;
 pub mod shell;
 
 pub use error::{ErrorKind, FrontendError, Pos};
