@@ -27,6 +27,7 @@ lint:
 
 bench:
 	$(CARGO) bench -p kiln-shared --bench frontend
+	$(CARGO) bench -p kiln-coordinator --bench scheduler
 
 # Needs cargo-fuzz (`cargo install cargo-fuzz`); RUSTC_BOOTSTRAP lets the stable toolchain
 # build with the sanitizer flags cargo-fuzz passes.
