@@ -8,4 +8,5 @@ pub mod builders;
 pub mod cli;
 pub mod config;
 pub mod farm;
+pub mod raft;
 pub mod scheduler;
