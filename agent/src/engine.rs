@@ -62,30 +62,8 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError
     move |source| EngineError::Io { what, source }
 }
 
-/// What the engine reports while it works.
-#[derive(Clone, Debug)]
-pub enum Event {
-    /// A step starts; `name` is `[linux/arm64 build 3/7] RUN make`.
-    Start {
-        id: u64,
-        name: String,
-    },
-    Cached {
-        id: u64,
-    },
-    Log {
-        id: u64,
-        line: String,
-    },
-    Done {
-        id: u64,
-        secs: f64,
-    },
-    Failed {
-        id: u64,
-        message: String,
-    },
-}
+/// What the engine reports while it works (the wire type, so agents forward it as is).
+pub use kiln_shared::api::Event;
 
 pub struct SliceRequest<'a> {
     pub dockerfile: &'a str,

@@ -8,5 +8,6 @@ pub mod builders;
 pub mod cli;
 pub mod config;
 pub mod farm;
+pub mod node;
 pub mod raft;
 pub mod scheduler;

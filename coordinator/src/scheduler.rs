@@ -81,7 +81,8 @@ impl Default for Params {
     }
 }
 
-fn runs(list: &[Platform], p: &Platform) -> bool {
+/// Whether an agent running `list` can run `p` (a variant-less side matches any variant).
+pub fn runs(list: &[Platform], p: &Platform) -> bool {
     list.iter()
         .any(|a| a.os() == p.os() && a.arch() == p.arch() && (p.variant().is_none() || a.variant().is_none() || a.variant() == p.variant()))
 }

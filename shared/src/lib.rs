@@ -5,6 +5,8 @@
 //! registry client and OCI layout archives, and the wire protocol with its QUIC + mutual TLS
 //! transport (see DESIGN.md).
 
+pub mod api;
+pub mod client;
 pub mod digest;
 pub mod frontend;
 pub mod layout;

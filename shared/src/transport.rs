@@ -95,6 +95,25 @@ impl ClusterCa {
 
     /// Issues a certificate for `common_name` (a coordinator, an agent or a user), valid for
     /// the name clients verify and for the given IP addresses.
+    /// sha256 of the CA certificate (hex): what join tokens pin.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(self.cert.der())
+    }
+
+    /// Signs a certificate signing request, replacing whatever subject it asked for with
+    /// `common_name`: the CA, not the requester, decides who the holder is (its role and name).
+    pub fn sign_request(&self, csr_der: &[u8], common_name: &str) -> Result<CertificateDer<'static>, TransportError> {
+        let der = rustls::pki_types::CertificateSigningRequestDer::from(csr_der.to_vec());
+        let mut csr = rcgen::CertificateSigningRequestParams::from_der(&der).map_err(tls)?;
+        csr.params.distinguished_name = rcgen::DistinguishedName::new();
+        csr.params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+        csr.params.subject_alt_names = vec![rcgen::SanType::DnsName(SERVER_NAME.try_into().map_err(tls)?)];
+        csr.params.is_ca = rcgen::IsCa::NoCa;
+        csr.params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = csr.signed_by(&self.cert, &self.key).map_err(tls)?;
+        Ok(cert.der().clone())
+    }
+
     pub fn issue(&self, common_name: &str, ips: &[std::net::IpAddr]) -> Result<Identity, TransportError> {
         let mut params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string(), "localhost".to_string()]).map_err(tls)?;
         params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
@@ -104,6 +123,121 @@ impl ClusterCa {
         let cert = params.signed_by(&key, &self.cert, &self.key).map_err(tls)?;
         Ok(Identity { cert: cert.der().clone(), key: PrivatePkcs8KeyDer::from(key.serialize_der()) })
     }
+}
+
+/// sha256 (hex) of a DER certificate.
+pub fn fingerprint(der: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(der))
+}
+
+/// A key pair and the certificate signing request for it, made before joining: the private key
+/// never leaves this process.
+pub struct KeyRequest {
+    key: rcgen::KeyPair,
+    pub csr_der: Vec<u8>,
+}
+
+impl KeyRequest {
+    pub fn new() -> Result<KeyRequest, TransportError> {
+        let key = rcgen::KeyPair::generate().map_err(tls)?;
+        let params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(tls)?;
+        let csr = params.serialize_request(&key).map_err(tls)?;
+        Ok(KeyRequest { csr_der: csr.der().to_vec(), key })
+    }
+
+    /// The identity once the CA has signed the request.
+    pub fn into_identity(self, cert_der: Vec<u8>) -> Identity {
+        Identity { cert: CertificateDer::from(cert_der), key: PrivatePkcs8KeyDer::from(self.key.serialize_der()) }
+    }
+}
+
+/// The common name of the certificate a peer presented, if it presented one (which the
+/// handshake has verified against the cluster CA).
+pub fn peer_common_name(conn: &quinn::Connection) -> Option<String> {
+    let identity = conn.peer_identity()?;
+    let certs = identity.downcast_ref::<Vec<CertificateDer<'static>>>()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    Some(cn)
+}
+
+/// Verifies the server against a CA known only by its fingerprint (from a join token): the
+/// server sends the CA with its chain, and it is trusted only if its sha256 is the pinned one.
+#[derive(Debug)]
+struct PinnedCa {
+    pin: Option<String>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let ca = match &self.pin {
+            Some(pin) => intermediates.iter().find(|c| fingerprint(c) == *pin).ok_or_else(|| {
+                rustls::Error::General("the server's CA is not the one the token names: wrong cluster or a stale token".into())
+            })?,
+            // Trust on first use (a coordinator's first start, see `kiln coordinator`).
+            None => intermediates.last().ok_or_else(|| rustls::Error::General("the server sent no CA certificate".into()))?,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client endpoint without a certificate, for joining: it trusts the server whose CA has the
+/// fingerprint `pin` (`None`: the first CA it is shown, only for a coordinator's first start).
+pub fn joining_client(pin: Option<&str>) -> Result<quinn::Endpoint, TransportError> {
+    let verifier = Arc::new(PinnedCa { pin: pin.map(str::to_string), provider: provider() });
+    let mut crypto = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    crypto.alpn_protocols = vec![ALPN.to_vec()];
+    endpoint_with(crypto)
+}
+
+fn endpoint_with(crypto: rustls::ClientConfig) -> Result<quinn::Endpoint, TransportError> {
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(tls)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport_config());
+    let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
 }
 
 fn roots(ca: &CertificateDer<'static>) -> Result<Arc<rustls::RootCertStore>, TransportError> {
@@ -120,13 +254,24 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
 }
 
 /// A server endpoint that only accepts clients with a certificate from `ca`.
-pub fn server(addr: SocketAddr, ca: &CertificateDer<'static>, id: &Identity) -> Result<quinn::Endpoint, TransportError> {
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider()).build().map_err(tls)?;
+/// A server endpoint. A client certificate, when presented, must be issued by the cluster CA;
+/// with `allow_joining` a client may also connect without one, and the server must then answer
+/// nothing but a join (see [`peer_common_name`]). The server sends the CA along with its own
+/// certificate so that joining clients can check it against their token's pin.
+pub fn server(
+    addr: SocketAddr,
+    ca: &CertificateDer<'static>,
+    id: &Identity,
+    allow_joining: bool,
+) -> Result<quinn::Endpoint, TransportError> {
+    let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider());
+    let builder = if allow_joining { builder.allow_unauthenticated() } else { builder };
+    let verifier = builder.build().map_err(tls)?;
     let mut crypto = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls)?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![id.cert.clone()], PrivateKeyDer::Pkcs8(id.key.clone_key()))
+        .with_single_cert(vec![id.cert.clone(), ca.clone()], PrivateKeyDer::Pkcs8(id.key.clone_key()))
         .map_err(tls)?;
     crypto.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(tls)?;
@@ -146,12 +291,7 @@ pub fn client(ca: &CertificateDer<'static>, id: Option<&Identity>) -> Result<qui
         None => builder.with_no_client_auth(),
     };
     crypto.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(tls)?;
-    let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(transport_config());
-    let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    endpoint.set_default_client_config(config);
-    Ok(endpoint)
+    endpoint_with(crypto)
 }
 
 pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, timeout: Duration) -> Result<quinn::Connection, TransportError> {
@@ -255,7 +395,7 @@ mod tests {
 
     async fn start(ca: &ClusterCa) -> (quinn::Endpoint, SocketAddr) {
         let id = ca.issue("coordinator-1", &["127.0.0.1".parse().unwrap()]).unwrap();
-        let ep = server("127.0.0.1:0".parse().unwrap(), &ca.cert_der(), &id).unwrap();
+        let ep = server("127.0.0.1:0".parse().unwrap(), &ca.cert_der(), &id, false).unwrap();
         let addr = ep.local_addr().unwrap();
         let accept = ep.clone();
         tokio::spawn(async move {

@@ -3,10 +3,12 @@
 
 use super::context::{self, ContextSummary};
 use super::progress::{Mode, Progress};
+use super::remote::FarmArgs;
 use crate::farm::{self, BuildRequest, EmbeddedFarm, Output};
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use kiln_agent::EngineError;
+use kiln_shared::api::BuildSpec;
 use kiln_shared::frontend::dockerignore::DockerIgnore;
 use kiln_shared::frontend::print::{self, Style};
 use kiln_shared::frontend::resolve::{self, BuildPlan, NoImages, Options};
@@ -64,9 +66,9 @@ pub struct BuildArgs {
     /// A registry to reach over plain HTTP (loopback registries always are).
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
-    /// The farm to use (`ADDR[,ADDR..]`); without it, the embedded farm runs in this process.
-    #[arg(long, env = "KILN_HOST")]
-    pub host: Option<String>,
+    /// The farm (`--host`/`KILN_HOST`, `--token`/`KILN_TOKEN`); without one, the embedded farm runs in this process.
+    #[command(flatten)]
+    pub farm: FarmArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -131,9 +133,6 @@ fn build(
     build_args: Vec<(String, String)>,
     dockerfile: &Path,
 ) -> anyhow::Result<ExitCode> {
-    if let Some(host) = &args.host {
-        bail!("--host/KILN_HOST ({host}): building on a remote farm is not available in this version; unset it to use the embedded farm");
-    }
     let mode = Mode::parse(&args.progress)?;
     let mut outputs = args.outputs.iter().map(|o| Output::parse(o)).collect::<anyhow::Result<Vec<_>>>()?;
     if args.push && !outputs.iter().any(Output::is_registry) {
@@ -149,6 +148,39 @@ fn build(
         eprintln!("WARNING: no output specified: the result will only be in the build cache (use --push, -o type=oci,dest=FILE or -o type=local,dest=DIR)");
     }
     let ignore = DockerIgnore::load(&args.path, dockerfile)?;
+    if let Some(hosts) = args.farm.hosts()? {
+        let mut push = false;
+        let mut zstd = false;
+        for o in &outputs {
+            match o {
+                Output::Registry { zstd: z } => {
+                    push = true;
+                    zstd = *z;
+                }
+                _ => bail!("on a farm, kiln builds to a registry for now: use --push (or -o type=registry); -o type=oci|local work on the embedded farm"),
+            }
+        }
+        let context = super::farm_build::manifest(&args.path, &ignore)?;
+        let spec = BuildSpec {
+            dockerfile: text,
+            dockerfile_name: name,
+            platforms,
+            build_args,
+            target: args.target.clone(),
+            no_cache: args.no_cache,
+            context: context.entries,
+            tags: args.tags.clone(),
+            push,
+            zstd,
+            builder: args.builder.clone().or_else(|| super::remote::current_builder(&hosts)),
+            insecure_registries: args.insecure_registries.clone(),
+        };
+        let view = super::farm_build::run(spec, context.files, &args.farm, mode)?;
+        return super::farm_build::finish(&view, &args.tags, args.metadata_file.as_deref(), mode);
+    }
+    if let Some(b) = args.builder.as_deref().filter(|b| *b != crate::builders::DEFAULT_BUILDER) {
+        bail!("builder {b:?}: builders live in a farm; set --host/KILN_HOST (the embedded farm has only `default`)");
+    }
     let farm = EmbeddedFarm::open(&kiln_home(), &args.insecure_registries)?;
     let req = BuildRequest {
         dockerfile: text,

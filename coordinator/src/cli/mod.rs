@@ -3,9 +3,13 @@
 //! Each verb has its own module; this one holds the clap definitions and dispatch.
 
 pub mod build;
+pub mod builder;
 pub mod context;
+pub mod farm_build;
 pub mod imagetools;
 pub mod progress;
+pub mod remote;
+pub mod serve;
 pub mod storage;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +35,53 @@ pub enum Command {
     Du,
     /// Remove build cache.
     Prune(storage::PruneArgs),
+    /// Create a builder, or add (--append) or remove (--leave) a node.
+    Create {
+        #[command(flatten)]
+        args: builder::CreateArgs,
+        #[command(flatten)]
+        farm: remote::FarmArgs,
+    },
+    /// Set the builder `kiln build` uses on this farm.
+    Use {
+        name: String,
+        #[command(flatten)]
+        farm: remote::FarmArgs,
+    },
+    /// List builders and their nodes.
+    Ls {
+        #[arg(long, value_enum, default_value_t = builder::ListFormat::Table)]
+        format: builder::ListFormat,
+        #[command(flatten)]
+        farm: remote::FarmArgs,
+    },
+    /// Show a builder: its nodes, their platforms, slots, load and cache, and recent slices.
+    Inspect {
+        name: Option<String>,
+        /// Wait until every node is reachable.
+        #[arg(long)]
+        bootstrap: bool,
+        #[command(flatten)]
+        farm: remote::FarmArgs,
+    },
+    /// Remove builders.
+    Rm {
+        #[command(flatten)]
+        args: builder::RmArgs,
+        #[command(flatten)]
+        farm: remote::FarmArgs,
+    },
+    /// Contexts: the farm's agents.
+    Context {
+        #[command(subcommand)]
+        command: builder::ContextCommand,
+        #[command(flatten)]
+        farm: remote::FarmArgs,
+    },
+    /// Run a coordinator (a member of the Raft cluster), or change the membership.
+    Coordinator(Box<serve::CoordinatorArgs>),
+    /// Run an agent (a build host).
+    Agent(Box<serve::AgentArgs>),
     /// Print the version.
     Version,
 }
@@ -41,6 +92,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Imagetools { command } => imagetools::run(command),
         Command::Du => storage::du(),
         Command::Prune(args) => storage::prune(args),
+        Command::Create { args, farm } => builder::create(args, farm),
+        Command::Use { name, farm } => builder::use_builder(name, farm),
+        Command::Ls { format, farm } => builder::ls(format, farm),
+        Command::Inspect { name, bootstrap, farm } => builder::inspect(name, bootstrap, farm),
+        Command::Rm { args, farm } => builder::rm(args, farm),
+        Command::Context { command, farm } => builder::context(command, farm),
+        Command::Coordinator(args) => serve::coordinator(*args),
+        Command::Agent(args) => serve::agent(*args),
         Command::Version => {
             println!("kiln {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

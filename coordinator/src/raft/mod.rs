@@ -8,11 +8,16 @@
 //! before a command is proposed; `apply` only records, and reports what it could not do.
 //! Durable storage of the log and of this state is in [`store`].
 
+pub mod network;
 pub mod store;
 
+use crate::builders::{Builder, Context, Farm};
+use kiln_shared::api::{BuildSpec, SliceOutcome};
+use kiln_shared::Platform;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
+use std::net::SocketAddr;
 
 openraft::declare_raft_types!(
     /// Openraft's type configuration for the coordinator cluster.
@@ -28,53 +33,99 @@ openraft::declare_raft_types!(
 pub type NodeId = u64;
 
 /// A change to the cluster state, proposed by the leader and applied on every coordinator once
-/// committed. Values are kept as JSON so that the records they carry (builders, contexts,
-/// builds) can evolve without a new log format; the log stores these as JSON too.
+/// committed. Times (`at_ms`, milliseconds since the Unix epoch) come from the proposer, so that
+/// applying stays deterministic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
-    PutBuilder {
-        name: String,
-        value: serde_json::Value,
-    },
-    RemoveBuilder {
-        name: String,
-    },
-    PutContext {
-        name: String,
-        value: serde_json::Value,
-    },
-    RemoveContext {
-        name: String,
-    },
-    PutBuild {
-        id: u64,
-        value: serde_json::Value,
-    },
     /// Tokens are stored by hash only, so that neither the log nor a snapshot holds a secret.
     PutToken {
         token_hash: String,
         role: String,
         tenant: String,
     },
+    RegisterAgent {
+        context: Context,
+    },
+    /// `kiln context rm`: no new slices go to the agent; it is removed once idle.
+    DrainContext {
+        name: String,
+    },
+    RemoveContext {
+        name: String,
+    },
+    PutBuilder {
+        builder: Builder,
+    },
+    RemoveBuilder {
+        name: String,
+    },
+    /// A new build; its id is the state's next id, returned in the result's `value`.
+    Submit {
+        build: BuildRecord,
+    },
+    Assign {
+        at_ms: u64,
+        assignments: Vec<SliceAssignment>,
+    },
+    SliceDone {
+        at_ms: u64,
+        outcome: SliceOutcome,
+    },
+    SliceFailed {
+        at_ms: u64,
+        build: u64,
+        slice: u32,
+        attempt: u32,
+        message: String,
+    },
+    /// Slices whose agent lost its lease go back to the queue (or fail after `max_attempts`).
+    Requeue {
+        at_ms: u64,
+        slices: Vec<(u64, u32, u32)>,
+        reason: String,
+        max_attempts: u32,
+    },
+    /// The index is pushed (or the build failed after its slices were done).
+    FinishBuild {
+        at_ms: u64,
+        build: u64,
+        index_json: String,
+        index_digest: String,
+        error: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SliceAssignment {
+    pub build: u64,
+    pub slice: u32,
+    /// The attempt this assignment starts (the slice's current attempt + 1).
+    pub attempt: u32,
+    pub agent: String,
+    pub emulated: bool,
+    pub reason: String,
 }
 
 /// What applying one log entry did, returned to the proposer by `client_write`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandResult {
-    /// `false` when the command was committed but changed nothing (e.g. removing an absent name).
+    /// `false` when the command was committed but changed nothing (e.g. removing an absent name,
+    /// or a report from an attempt that was superseded).
     pub ok: bool,
     /// Why `ok` is false, as a sentence a user can act on.
     pub message: Option<String>,
+    /// A value the command produced (a new build's id).
+    pub value: u64,
 }
 
 impl CommandResult {
     pub fn ok() -> Self {
-        CommandResult { ok: true, message: None }
+        CommandResult { ok: true, message: None, value: 0 }
     }
 
     pub fn rejected(message: impl Into<String>) -> Self {
-        CommandResult { ok: false, message: Some(message.into()) }
+        CommandResult { ok: false, message: Some(message.into()), value: 0 }
     }
 }
 
@@ -85,15 +136,116 @@ pub struct TokenRecord {
     pub tenant: String,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SliceState {
+    Queued,
+    Running,
+    Done,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SliceRecord {
+    pub platform: Platform,
+    pub state: SliceState,
+    pub agent: String,
+    pub emulated: bool,
+    pub attempt: u32,
+    /// When it was (last) queued and when it was (last) assigned.
+    pub queued_at_ms: u64,
+    pub assigned_at_ms: u64,
+    pub finished_at_ms: u64,
+    pub manifest_json: String,
+    pub duration_ms: u64,
+    pub cache_hits: u32,
+    pub cache_misses: u32,
+    /// Why it went where it went, or why it failed.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildState {
+    Running,
+    Done,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildRecord {
+    pub id: u64,
+    pub tenant: String,
+    pub spec: BuildSpec,
+    /// Coordinators holding the context blobs.
+    pub context_origin: Vec<SocketAddr>,
+    pub submitted_at_ms: u64,
+    pub state: BuildState,
+    pub slices: Vec<SliceRecord>,
+    pub index_json: String,
+    pub index_digest: String,
+    pub error: String,
+}
+
+impl BuildRecord {
+    pub fn new(tenant: &str, spec: BuildSpec, context_origin: Vec<SocketAddr>, at_ms: u64) -> BuildRecord {
+        let slices = spec
+            .platforms
+            .iter()
+            .map(|p| SliceRecord {
+                platform: p.clone(),
+                state: SliceState::Queued,
+                agent: String::new(),
+                emulated: false,
+                attempt: 0,
+                queued_at_ms: at_ms,
+                assigned_at_ms: 0,
+                finished_at_ms: 0,
+                manifest_json: String::new(),
+                duration_ms: 0,
+                cache_hits: 0,
+                cache_misses: 0,
+                reason: String::new(),
+            })
+            .collect();
+        BuildRecord {
+            id: 0,
+            tenant: tenant.to_string(),
+            spec,
+            context_origin,
+            submitted_at_ms: at_ms,
+            state: BuildState::Running,
+            slices,
+            index_json: String::new(),
+            index_digest: String::new(),
+            error: String::new(),
+        }
+    }
+}
+
+/// Finished slices per architecture and mode: how the emulation slowdown is measured.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunTimes {
+    pub native_ms: u64,
+    pub native_count: u64,
+    pub emulated_ms: u64,
+    pub emulated_count: u64,
+}
+
 /// The state machine data replicated by Raft. `BTreeMap`s keep iteration, and thus snapshots,
 /// byte-for-byte identical on every coordinator.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
-    pub builders: BTreeMap<String, serde_json::Value>,
-    pub contexts: BTreeMap<String, serde_json::Value>,
-    pub builds: BTreeMap<u64, serde_json::Value>,
+    /// Contexts (registered agents) and named builders.
+    pub farm: Farm,
+    /// Contexts being drained by `kiln context rm`.
+    pub draining: BTreeSet<String>,
+    pub builds: BTreeMap<u64, BuildRecord>,
+    pub next_build: u64,
     /// Keyed by token hash.
     pub tokens: BTreeMap<String, TokenRecord>,
+    /// Keyed by architecture.
+    pub run_times: BTreeMap<String, RunTimes>,
 }
 
 impl ClusterState {
@@ -101,63 +253,256 @@ impl ClusterState {
     /// committed, so it is answered with `ok: false` rather than an error that would stop Raft.
     pub fn apply(&mut self, command: &Command) -> CommandResult {
         match command {
-            Command::PutBuilder { name, value } => {
-                self.builders.insert(name.clone(), value.clone());
-                CommandResult::ok()
-            }
-            Command::RemoveBuilder { name } => match self.builders.remove(name) {
-                Some(_) => CommandResult::ok(),
-                None => CommandResult::rejected(format!("no builder {name:?} found")),
-            },
-            Command::PutContext { name, value } => {
-                self.contexts.insert(name.clone(), value.clone());
-                CommandResult::ok()
-            }
-            Command::RemoveContext { name } => match self.contexts.remove(name) {
-                Some(_) => CommandResult::ok(),
-                None => CommandResult::rejected(format!("no context {name:?} found")),
-            },
-            Command::PutBuild { id, value } => {
-                self.builds.insert(*id, value.clone());
-                CommandResult::ok()
-            }
             Command::PutToken { token_hash, role, tenant } => {
                 self.tokens.insert(token_hash.clone(), TokenRecord { role: role.clone(), tenant: tenant.clone() });
                 CommandResult::ok()
             }
+            Command::RegisterAgent { context } => match self.farm.register(context.clone()) {
+                Ok(()) => {
+                    self.draining.remove(&context.name);
+                    CommandResult::ok()
+                }
+                Err(e) => CommandResult::rejected(e.to_string()),
+            },
+            Command::DrainContext { name } => {
+                if !self.farm.contexts.contains_key(name) {
+                    return CommandResult::rejected(format!("no context {name:?} found"));
+                }
+                self.draining.insert(name.clone());
+                CommandResult::ok()
+            }
+            Command::RemoveContext { name } => {
+                self.draining.remove(name);
+                match self.farm.remove_context(name) {
+                    Ok(_) => CommandResult::ok(),
+                    Err(e) => CommandResult::rejected(e.to_string()),
+                }
+            }
+            Command::PutBuilder { builder } => {
+                self.farm.builders.insert(builder.name.clone(), builder.clone());
+                CommandResult::ok()
+            }
+            Command::RemoveBuilder { name } => match self.farm.builders.remove(name) {
+                Some(_) => CommandResult::ok(),
+                None => CommandResult::rejected(format!("no builder {name:?} found")),
+            },
+            Command::Submit { build } => {
+                self.next_build += 1;
+                let id = self.next_build;
+                let mut build = build.clone();
+                build.id = id;
+                self.builds.insert(id, build);
+                CommandResult { value: id, ..CommandResult::ok() }
+            }
+            Command::Assign { at_ms, assignments } => {
+                let mut done = 0;
+                for a in assignments {
+                    let Some(s) = self.slice_mut(a.build, a.slice) else { continue };
+                    if s.state != SliceState::Queued || a.attempt != s.attempt + 1 {
+                        continue;
+                    }
+                    s.state = SliceState::Running;
+                    s.attempt = a.attempt;
+                    s.agent = a.agent.clone();
+                    s.emulated = a.emulated;
+                    s.assigned_at_ms = *at_ms;
+                    s.reason = a.reason.clone();
+                    done += 1;
+                }
+                CommandResult { value: done, ..CommandResult::ok() }
+            }
+            Command::SliceDone { at_ms, outcome } => {
+                let Some(s) = self.slice_mut(outcome.build, outcome.slice) else {
+                    return CommandResult::rejected("no such slice");
+                };
+                if s.state != SliceState::Running || s.attempt != outcome.attempt {
+                    // A partitioned agent reporting an attempt that was given to another agent.
+                    return CommandResult::rejected(format!("attempt {} of this slice is no longer current", outcome.attempt));
+                }
+                s.state = SliceState::Done;
+                s.finished_at_ms = *at_ms;
+                s.manifest_json = outcome.manifest_json.clone();
+                s.duration_ms = outcome.duration_ms;
+                s.cache_hits = outcome.cache_hits;
+                s.cache_misses = outcome.cache_misses;
+                s.emulated = outcome.emulated;
+                // Only slices that executed steps say anything about speed.
+                if outcome.cache_misses > 0 {
+                    let arch = s.platform.arch().to_string();
+                    let t = self.run_times.entry(arch).or_default();
+                    if outcome.emulated {
+                        t.emulated_ms += outcome.duration_ms;
+                        t.emulated_count += 1;
+                    } else {
+                        t.native_ms += outcome.duration_ms;
+                        t.native_count += 1;
+                    }
+                }
+                CommandResult::ok()
+            }
+            Command::SliceFailed { at_ms, build, slice, attempt, message } => {
+                let Some(s) = self.slice_mut(*build, *slice) else {
+                    return CommandResult::rejected("no such slice");
+                };
+                if s.state != SliceState::Running || s.attempt != *attempt {
+                    return CommandResult::rejected(format!("attempt {attempt} of this slice is no longer current"));
+                }
+                s.state = SliceState::Failed;
+                s.finished_at_ms = *at_ms;
+                s.reason = message.clone();
+                let platform = s.platform.clone();
+                if let Some(b) = self.builds.get_mut(build) {
+                    b.state = BuildState::Failed;
+                    b.error = format!("{platform}: {message}");
+                }
+                CommandResult::ok()
+            }
+            Command::Requeue { at_ms, slices, reason, max_attempts } => {
+                let mut moved = 0;
+                for (build, slice, attempt) in slices {
+                    let Some(s) = self.slice_mut(*build, *slice) else { continue };
+                    if s.state != SliceState::Running || s.attempt != *attempt {
+                        continue;
+                    }
+                    moved += 1;
+                    if s.attempt >= *max_attempts {
+                        s.state = SliceState::Failed;
+                        s.reason = format!("{reason}; gave up after {} attempts", s.attempt);
+                        let message = format!("{}: {}", s.platform, s.reason);
+                        if let Some(b) = self.builds.get_mut(build) {
+                            b.state = BuildState::Failed;
+                            b.error = message;
+                        }
+                    } else {
+                        s.state = SliceState::Queued;
+                        s.queued_at_ms = *at_ms;
+                        s.reason = reason.clone();
+                    }
+                }
+                CommandResult { value: moved, ..CommandResult::ok() }
+            }
+            Command::FinishBuild { at_ms: _, build, index_json, index_digest, error } => {
+                let Some(b) = self.builds.get_mut(build) else { return CommandResult::rejected("no such build") };
+                if b.state != BuildState::Running {
+                    return CommandResult::rejected("the build is already finished");
+                }
+                match error {
+                    Some(e) => {
+                        b.state = BuildState::Failed;
+                        b.error = e.clone();
+                    }
+                    None => {
+                        b.state = BuildState::Done;
+                        b.index_json = index_json.clone();
+                        b.index_digest = index_digest.clone();
+                    }
+                }
+                CommandResult::ok()
+            }
         }
+    }
+
+    fn slice_mut(&mut self, build: u64, slice: u32) -> Option<&mut SliceRecord> {
+        let b = self.builds.get_mut(&build)?;
+        if b.state != BuildState::Running {
+            return None;
+        }
+        b.slices.get_mut(slice as usize)
+    }
+
+    /// Emulation slowdown per architecture, from finished slices of both kinds.
+    pub fn slowdowns(&self) -> std::collections::HashMap<String, f64> {
+        self.run_times
+            .iter()
+            .filter(|(_, t)| t.native_count > 0 && t.emulated_count > 0 && t.native_ms > 0)
+            .map(|(arch, t)| {
+                let native = t.native_ms as f64 / t.native_count as f64;
+                let emulated = t.emulated_ms as f64 / t.emulated_count as f64;
+                (arch.clone(), (emulated / native).max(1.0))
+            })
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+
+    fn spec(platforms: &[&str]) -> BuildSpec {
+        BuildSpec {
+            dockerfile: "FROM scratch\n".into(),
+            dockerfile_name: "Dockerfile".into(),
+            platforms: platforms.iter().map(|p| p.parse().unwrap()).collect(),
+            build_args: vec![],
+            target: None,
+            no_cache: false,
+            context: vec![],
+            tags: vec![],
+            push: false,
+            zstd: false,
+            builder: None,
+            insecure_registries: vec![],
+        }
+    }
+
+    fn outcome(build: u64, slice: u32, attempt: u32) -> SliceOutcome {
+        SliceOutcome { build, slice, attempt, manifest_json: "{}".into(), emulated: false, duration_ms: 10, cache_hits: 0, cache_misses: 1 }
+    }
+
+    fn assign(build: u64, slice: u32, attempt: u32, agent: &str) -> Command {
+        let a = SliceAssignment { build, slice, attempt, agent: agent.into(), emulated: false, reason: "native".into() };
+        Command::Assign { at_ms: 5, assignments: vec![a] }
+    }
 
     #[test]
-    fn apply_puts_and_removes() {
-        let mut state = ClusterState::default();
-        assert!(state.apply(&Command::PutBuilder { name: "b".into(), value: json!({"nodes": []}) }).ok);
-        assert!(state.apply(&Command::PutContext { name: "a1".into(), value: json!({"addr": "x"}) }).ok);
-        assert!(state.apply(&Command::PutBuild { id: 7, value: json!({"state": "queued"}) }).ok);
-        let token = Command::PutToken { token_hash: "h".into(), role: "admin".into(), tenant: "t".into() };
-        assert!(state.apply(&token).ok);
-        assert_eq!(state.tokens["h"], TokenRecord { role: "admin".into(), tenant: "t".into() });
-        assert_eq!(state.builds[&7], json!({"state": "queued"}));
+    fn slices_are_fenced_by_attempt() {
+        let mut st = ClusterState::default();
+        let id = st.apply(&Command::Submit { build: BuildRecord::new("t", spec(&["linux/amd64", "linux/arm64"]), vec![], 1) }).value;
+        assert_eq!(id, 1);
+        assert_eq!(st.apply(&assign(1, 0, 1, "a1")).value, 1);
+        // The same assignment twice (a leader retrying) changes nothing.
+        assert_eq!(st.apply(&assign(1, 0, 1, "a2")).value, 0);
+        assert_eq!(st.builds[&1].slices[0].agent, "a1");
+        // a1 loses its lease: the slice goes back, attempt 2 goes to a2.
+        let requeue = Command::Requeue { at_ms: 9, slices: vec![(1, 0, 1)], reason: "a1 lost".into(), max_attempts: 3 };
+        assert_eq!(st.apply(&requeue).value, 1);
+        assert_eq!(st.builds[&1].slices[0].state, SliceState::Queued);
+        assert_eq!(st.apply(&assign(1, 0, 2, "a2")).value, 1);
+        // The partitioned a1 comes back and reports attempt 1: refused, a2's attempt stands.
+        assert!(!st.apply(&Command::SliceDone { at_ms: 10, outcome: outcome(1, 0, 1) }).ok);
+        assert!(st.apply(&Command::SliceDone { at_ms: 11, outcome: outcome(1, 0, 2) }).ok);
+        assert!(!st.apply(&Command::SliceDone { at_ms: 12, outcome: outcome(1, 0, 2) }).ok, "no double report");
+        assert_eq!(st.builds[&1].slices[0].state, SliceState::Done);
+        assert_eq!(st.run_times["amd64"].native_count, 1);
+    }
 
-        assert!(state.apply(&Command::RemoveBuilder { name: "b".into() }).ok);
-        let again = state.apply(&Command::RemoveBuilder { name: "b".into() });
-        assert_eq!(again, CommandResult::rejected("no builder \"b\" found"));
-        assert!(state.apply(&Command::RemoveContext { name: "a1".into() }).ok);
-        assert!(!state.apply(&Command::RemoveContext { name: "a1".into() }).ok);
-        assert!(state.builders.is_empty() && state.contexts.is_empty());
+    #[test]
+    fn attempts_are_bounded_and_failures_fail_the_build() {
+        let mut st = ClusterState::default();
+        st.apply(&Command::Submit { build: BuildRecord::new("t", spec(&["linux/amd64"]), vec![], 1) });
+        for attempt in 1..=2 {
+            st.apply(&assign(1, 0, attempt, "a1"));
+            st.apply(&Command::Requeue { at_ms: 9, slices: vec![(1, 0, attempt)], reason: "lost".into(), max_attempts: 2 });
+        }
+        assert_eq!(st.builds[&1].state, BuildState::Failed);
+        assert!(st.builds[&1].error.contains("gave up after 2 attempts"), "{}", st.builds[&1].error);
+
+        st.apply(&Command::Submit { build: BuildRecord::new("t", spec(&["linux/amd64"]), vec![], 1) });
+        st.apply(&assign(2, 0, 1, "a1"));
+        let failed = Command::SliceFailed { at_ms: 3, build: 2, slice: 0, attempt: 1, message: "RUN false: exit 1".into() };
+        assert!(st.apply(&failed).ok);
+        assert_eq!(st.builds[&2].error, "linux/amd64: RUN false: exit 1");
+        let finish = Command::FinishBuild { at_ms: 4, build: 2, index_json: String::new(), index_digest: String::new(), error: None };
+        assert!(!st.apply(&finish).ok, "a failed build stays failed");
     }
 
     #[test]
     fn command_json_round_trip() -> Result<(), serde_json::Error> {
-        let command = Command::PutBuild { id: 3, value: json!({"platforms": ["linux/arm64"]}) };
+        let command = Command::Submit { build: BuildRecord::new("t", spec(&["linux/arm64"]), vec!["127.0.0.1:1".parse().unwrap()], 4) };
         let bytes = serde_json::to_vec(&command)?;
         assert_eq!(serde_json::from_slice::<Command>(&bytes)?, command);
+        let state = ClusterState::default();
+        assert_eq!(serde_json::from_slice::<ClusterState>(&serde_json::to_vec(&state)?)?, state);
         Ok(())
     }
 }

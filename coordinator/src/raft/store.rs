@@ -5,12 +5,12 @@
 //! [`LogStore`] (`RaftLogStorage`: entries, vote, committed and purged log ids) and
 //! [`StateMachineStore`] (`RaftStateMachine`: last applied log id, membership, the
 //! [`ClusterState`] and the current snapshot). Every write is a single redb write transaction
-//! committed with `Durability::Immediate` (fsync) before the call returns, so a crash never
-//! leaves a half-applied batch: after a restart the state machine is exactly at `last_applied`
-//! and openraft re-applies the committed log from there.
+//! committed with `Durability::Immediate` (fsync) before the call returns. The state machine
+//! itself is in memory and reaches the disk as snapshots; after a restart it starts at the last
+//! snapshot and openraft re-applies the committed log from there.
 //!
-//! Entries and state are encoded as JSON rather than bincode: commands carry
-//! `serde_json::Value`, which bincode cannot decode.
+//! Entries and state are encoded as JSON: openraft's types and the commands evolve by adding
+//! fields, which JSON tolerates.
 //!
 //! redb calls block. They run inline in the async methods because openraft awaits each storage
 //! call from its core task anyway and requires log writes to be serialized; the cost is one
@@ -35,17 +35,12 @@ use std::sync::Arc;
 const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_logs");
 /// Log store metadata: [`KEY_VOTE`], [`KEY_COMMITTED`], [`KEY_LAST_PURGED`].
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
-/// State machine: [`KEY_LAST_APPLIED`], [`KEY_MEMBERSHIP`], [`KEY_STATE`].
-const STATE_MACHINE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state_machine");
 /// The current snapshot: [`KEY_SNAPSHOT_META`], [`KEY_SNAPSHOT_DATA`], [`KEY_SNAPSHOT_SEQ`].
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
 
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_LAST_PURGED: &str = "last_purged_log_id";
-const KEY_LAST_APPLIED: &str = "last_applied";
-const KEY_MEMBERSHIP: &str = "last_membership";
-const KEY_STATE: &str = "state";
 const KEY_SNAPSHOT_META: &str = "meta";
 const KEY_SNAPSHOT_DATA: &str = "data";
 /// Counts snapshots built here, so that two snapshots at the same log id still get distinct ids.
@@ -133,6 +128,7 @@ fn begin_write(db: &Database) -> Result<redb::WriteTransaction, StoreError> {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    sm: StateMachineStore,
 }
 
 impl Store {
@@ -144,10 +140,10 @@ impl Store {
         let txn = begin_write(&db)?;
         txn.open_table(LOGS)?;
         txn.open_table(META)?;
-        txn.open_table(STATE_MACHINE)?;
         txn.open_table(SNAPSHOT)?;
         txn.commit()?;
-        Ok(Store { db: Arc::new(db) })
+        let db = Arc::new(db);
+        Ok(Store { sm: StateMachineStore::open(db.clone())?, db })
     }
 
     /// The handle to give `Raft::new` as its log storage.
@@ -157,7 +153,7 @@ impl Store {
 
     /// The handle to give `Raft::new` as its state machine.
     pub fn state_machine(&self) -> StateMachineStore {
-        StateMachineStore { db: self.db.clone() }
+        self.sm.clone()
     }
 }
 
@@ -302,70 +298,95 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+/// The applied state in memory: what `apply` changes and what snapshots are made of.
+#[derive(Default)]
+struct Applied {
+    state: ClusterState,
+    last_applied: Option<LogId<NodeId>>,
+    membership: LastMembership,
+}
+
 /// The state machine and its snapshot. Cloning is cheap; a clone is the snapshot builder.
+///
+/// The state lives in memory and reaches the disk as snapshots: applying a batch then costs
+/// nothing but the change, however large the state, and durability comes from the log. After a
+/// restart the state machine starts at the last snapshot and openraft re-applies the committed
+/// entries after it (the log is purged only up to a snapshot).
 #[derive(Clone)]
 pub struct StateMachineStore {
     db: Arc<Database>,
+    mem: Arc<std::sync::RwLock<Applied>>,
 }
 
 impl StateMachineStore {
-    /// The cluster state as last applied, read in one transaction: what the rest of the
-    /// coordinator serves reads from.
+    fn open(db: Arc<Database>) -> Result<StateMachineStore, StoreError> {
+        let mut applied = Applied::default();
+        let txn = db.begin_read()?;
+        let table = txn.open_table(SNAPSHOT)?;
+        if let Some(meta) = get_value::<SnapshotMeta<NodeId, openraft::BasicNode>, _>(&table, KEY_SNAPSHOT_META)? {
+            if let Some(data) = table.get(KEY_SNAPSHOT_DATA)? {
+                applied.state = decode("snapshot data", data.value())?;
+            }
+            applied.last_applied = meta.last_log_id;
+            applied.membership = meta.last_membership;
+        }
+        drop(table);
+        drop(txn);
+        Ok(StateMachineStore { db, mem: Arc::new(std::sync::RwLock::new(applied)) })
+    }
+
+    fn mem(&self) -> std::sync::RwLockReadGuard<'_, Applied> {
+        // A panic while holding the lock cannot leave `Applied` half-changed (apply works on a
+        // copy of each command), so a poisoned lock is still consistent.
+        self.mem.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cluster state as last applied (a copy).
     pub fn state(&self) -> Result<ClusterState, StoreError> {
-        let txn = self.db.begin_read()?;
-        let state = get_value(&txn.open_table(STATE_MACHINE)?, KEY_STATE)?;
-        Ok(state.unwrap_or_default())
+        Ok(self.mem().state.clone())
+    }
+
+    /// Reads the applied state without copying it.
+    pub fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
+        f(&self.mem().state)
+    }
+
+    /// The index of the last applied entry.
+    pub fn last_applied_index(&self) -> u64 {
+        self.mem().last_applied.map(|l| l.index).unwrap_or(0)
     }
 
     fn applied(&self) -> Result<AppliedState, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(STATE_MACHINE)?;
-        let last_applied = get_value(&table, KEY_LAST_APPLIED)?;
-        let membership = get_value(&table, KEY_MEMBERSHIP)?;
-        Ok((last_applied, membership.unwrap_or_default()))
+        let mem = self.mem();
+        Ok((mem.last_applied, mem.membership.clone()))
     }
 
-    /// Applies a batch in one transaction: the state, `last_applied` and the membership move
-    /// together, so a restart never sees a state that disagrees with its `last_applied`.
     fn apply_entries(&self, entries: impl IntoIterator<Item = Entry<TypeConfig>>) -> Result<Vec<CommandResult>, StoreError> {
-        let txn = begin_write(&self.db)?;
+        let mut mem = self.mem.write().unwrap_or_else(|e| e.into_inner());
         let mut results = Vec::new();
-        {
-            let mut table = txn.open_table(STATE_MACHINE)?;
-            let mut state: ClusterState = get_value(&table, KEY_STATE)?.unwrap_or_default();
-            let mut membership: LastMembership = get_value(&table, KEY_MEMBERSHIP)?.unwrap_or_default();
-            let mut last_applied: Option<LogId<NodeId>> = get_value(&table, KEY_LAST_APPLIED)?;
-            for entry in entries {
-                last_applied = Some(entry.log_id);
-                results.push(match entry.payload {
-                    EntryPayload::Blank => CommandResult::ok(),
-                    EntryPayload::Normal(command) => state.apply(&command),
-                    EntryPayload::Membership(m) => {
-                        membership = StoredMembership::new(Some(entry.log_id), m);
-                        CommandResult::ok()
-                    }
-                });
-            }
-            put_value(&mut table, KEY_STATE, &state)?;
-            put_value(&mut table, KEY_MEMBERSHIP, &membership)?;
-            put_value(&mut table, KEY_LAST_APPLIED, &last_applied)?;
+        for entry in entries {
+            mem.last_applied = Some(entry.log_id);
+            results.push(match entry.payload {
+                EntryPayload::Blank => CommandResult::ok(),
+                EntryPayload::Normal(command) => mem.state.apply(&command),
+                EntryPayload::Membership(m) => {
+                    mem.membership = StoredMembership::new(Some(entry.log_id), m);
+                    CommandResult::ok()
+                }
+            });
         }
-        txn.commit()?;
         Ok(results)
     }
 
-    /// Serializes the applied state and stores it as the current snapshot. Reading the state and
-    /// writing the snapshot share one write transaction, so no apply can slip in between and the
-    /// snapshot's meta always matches its data.
+    /// Serializes the applied state and stores it as the current snapshot. The state is read
+    /// under the lock, so the snapshot's meta always matches its data.
     fn build(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
+        let (last_log_id, last_membership, data) = {
+            let mem = self.mem();
+            (mem.last_applied, mem.membership.clone(), encode("cluster state", &mem.state)?)
+        };
         let txn = begin_write(&self.db)?;
-        let (meta, data) = {
-            let sm = txn.open_table(STATE_MACHINE)?;
-            let last_log_id: Option<LogId<NodeId>> = get_value(&sm, KEY_LAST_APPLIED)?;
-            let last_membership: LastMembership = get_value(&sm, KEY_MEMBERSHIP)?.unwrap_or_default();
-            let state: ClusterState = get_value(&sm, KEY_STATE)?.unwrap_or_default();
-            let data = encode("cluster state", &state)?;
-
+        let meta = {
             let mut snap = txn.open_table(SNAPSHOT)?;
             let seq: u64 = get_value(&snap, KEY_SNAPSHOT_SEQ)?.unwrap_or(0) + 1;
             let snapshot_id = match &last_log_id {
@@ -376,28 +397,26 @@ impl StateMachineStore {
             put_value(&mut snap, KEY_SNAPSHOT_SEQ, &seq)?;
             put_value(&mut snap, KEY_SNAPSHOT_META, &meta)?;
             snap.insert(KEY_SNAPSHOT_DATA, data.as_slice())?;
-            (meta, data)
+            meta
         };
         txn.commit()?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 
     /// Replaces the state machine with a snapshot received from the leader and keeps the
-    /// snapshot as the current one, in one transaction.
+    /// snapshot as the current one.
     fn install(&self, meta: &SnapshotMeta<NodeId, openraft::BasicNode>, data: &[u8]) -> Result<(), StoreError> {
         // Decode before writing anything: a corrupt snapshot must not replace a good state.
         let state: ClusterState = decode("snapshot data", data)?;
         let txn = begin_write(&self.db)?;
         {
-            let mut sm = txn.open_table(STATE_MACHINE)?;
-            put_value(&mut sm, KEY_STATE, &state)?;
-            put_value(&mut sm, KEY_MEMBERSHIP, &meta.last_membership)?;
-            put_value(&mut sm, KEY_LAST_APPLIED, &meta.last_log_id)?;
             let mut snap = txn.open_table(SNAPSHOT)?;
             put_value(&mut snap, KEY_SNAPSHOT_META, meta)?;
             snap.insert(KEY_SNAPSHOT_DATA, data)?;
         }
         txn.commit()?;
+        let mut mem = self.mem.write().unwrap_or_else(|e| e.into_inner());
+        *mem = Applied { state, last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
         Ok(())
     }
 
@@ -462,7 +481,6 @@ mod tests {
     use openraft::storage::RaftLogStorageExt;
     use openraft::testing::{blank_ent, log_id, membership_ent, StoreBuilder, Suite};
     use openraft::{BasicNode, CommittedLeaderId};
-    use serde_json::json;
     use std::collections::BTreeSet;
     use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -498,7 +516,22 @@ mod tests {
     }
 
     fn put_builder(name: &str) -> Command {
-        Command::PutBuilder { name: name.into(), value: json!({ "nodes": [name] }) }
+        let node = crate::builders::Node { name: name.into(), context: name.into(), platforms: vec![] };
+        Command::PutBuilder { builder: crate::builders::Builder { name: name.into(), driver: "runc".into(), nodes: vec![node] } }
+    }
+
+    fn context(name: &str) -> Command {
+        Command::RegisterAgent {
+            context: crate::builders::Context {
+                name: name.into(),
+                endpoint: "10.0.0.1:7000".into(),
+                native: vec![],
+                emulated: vec![],
+                slots: 1,
+                labels: Default::default(),
+                version: "0".into(),
+            },
+        }
     }
 
     #[tokio::test]
@@ -543,7 +576,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn applied_state_survives_reopen() -> TestResult {
+    async fn applied_state_survives_reopen_through_its_snapshot() -> TestResult {
         let dir = TempDir::new()?;
         let members = BTreeSet::from([1u64, 2, 3]);
         {
@@ -552,7 +585,7 @@ mod tests {
                 .apply([
                     membership_ent::<TypeConfig>(1, 0, 1, vec![members.clone()]),
                     normal(1, 2, put_builder("b")),
-                    normal(1, 3, Command::PutContext { name: "a1".into(), value: json!({ "addr": "10.0.0.1:7000" }) }),
+                    normal(1, 3, context("a1")),
                     normal(1, 4, Command::RemoveContext { name: "nope".into() }),
                     normal(1, 5, Command::PutToken { token_hash: "h".into(), role: "admin".into(), tenant: "t".into() }),
                 ])
@@ -560,6 +593,7 @@ mod tests {
             assert_eq!(results.len(), 5);
             assert!(results[..3].iter().all(|r| r.ok));
             assert!(!results[3].ok);
+            sm.get_snapshot_builder().await.build_snapshot().await?;
         }
 
         let mut sm = Store::open(dir.db())?.state_machine();
@@ -568,8 +602,8 @@ mod tests {
         assert_eq!(membership.log_id(), &Some(log_id(1, 0, 1)));
         assert_eq!(membership.membership(), &openraft::Membership::<NodeId, BasicNode>::new(vec![members], None));
         let state = sm.state()?;
-        assert_eq!(state.builders["b"], json!({ "nodes": ["b"] }));
-        assert_eq!(state.contexts["a1"], json!({ "addr": "10.0.0.1:7000" }));
+        assert_eq!(state.farm.builders["b"].nodes[0].context, "b");
+        assert_eq!(state.farm.contexts["a1"].endpoint, "10.0.0.1:7000");
         assert_eq!(state.tokens["h"].tenant, "t");
         Ok(())
     }
@@ -582,7 +616,7 @@ mod tests {
             .apply([
                 membership_ent::<TypeConfig>(1, 0, 1, vec![BTreeSet::from([1u64])]),
                 normal(1, 2, put_builder("b")),
-                normal(1, 3, Command::PutBuild { id: 9, value: json!({ "state": "running" }) }),
+                normal(1, 3, context("a9")),
             ])
             .await?;
         let snapshot = leader.get_snapshot_builder().await.build_snapshot().await?;

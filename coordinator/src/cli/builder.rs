@@ -1,0 +1,395 @@
+//! Builders and contexts, as `docker buildx` has them: `create`, `use`, `ls`, `inspect`, `rm`
+//! and `context ls|inspect|rm`. They live in the farm (in Raft), so a whole organisation
+//! shares them; the builder in use is a client choice (`kiln use`).
+
+use super::remote::{self, expect_ok, unexpected, FarmArgs};
+use crate::builders::{DEFAULT_BUILDER, DRIVERS};
+use anyhow::{bail, Context as _};
+use clap::{Args, Subcommand, ValueEnum};
+use kiln_shared::api::{BuilderView, ContextView, CreateSpec, NodeView, Request, Response};
+use kiln_shared::Platform;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The context (agent) to make the first node of.
+    pub context: Option<String>,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// runc (default); docker-container is accepted as its alias.
+    #[arg(long)]
+    pub driver: Option<String>,
+    /// Platforms pinned on the node: only these are scheduled on it.
+    #[arg(long, value_delimiter = ',')]
+    pub platform: Vec<String>,
+    #[arg(long)]
+    pub node: Option<String>,
+    #[arg(long)]
+    pub append: bool,
+    #[arg(long)]
+    pub leave: bool,
+    /// Switch to the new builder.
+    #[arg(long = "use")]
+    pub use_it: bool,
+    /// Wait until every node is reachable.
+    #[arg(long)]
+    pub bootstrap: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    pub names: Vec<String>,
+    /// Do not prompt (kiln never prompts; accepted for buildx habits).
+    #[arg(short, long)]
+    pub force: bool,
+    /// Remove every builder whose nodes are all unreachable.
+    #[arg(long)]
+    pub all_inactive: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContextCommand {
+    /// List contexts (agents).
+    Ls {
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+    /// Show a context.
+    Inspect { name: String },
+    /// Drain a context (its running slices finish or move) and deregister it.
+    Rm { names: Vec<String> },
+}
+
+fn block<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    remote::runtime()?.block_on(f)
+}
+
+fn platforms(list: &[String]) -> anyhow::Result<Vec<Platform>> {
+    if list.is_empty() {
+        return Ok(vec![]);
+    }
+    Ok(Platform::parse_list(&list.join(","))?)
+}
+
+pub fn create(args: CreateArgs, farm: FarmArgs) -> anyhow::Result<ExitCode> {
+    if let Some(d) = &args.driver {
+        if !DRIVERS.contains(&d.as_str()) {
+            bail!("driver {d:?} is not supported (kiln has: runc, docker-container as its alias)");
+        }
+    }
+    let hosts = farm.require("kiln create")?;
+    let spec = CreateSpec {
+        context: args.context.clone(),
+        name: args.name.clone(),
+        driver: args.driver.clone(),
+        platforms: platforms(&args.platform)?,
+        node: args.node.clone(),
+        append: args.append,
+        leave: args.leave,
+    };
+    let name = block(async {
+        let f = remote::connect(&hosts, &farm).await?;
+        let name = match remote::call(&f, &Request::CreateBuilder(spec)).await? {
+            Response::Name(n) => n,
+            other => bail!(unexpected(other)),
+        };
+        if args.bootstrap && !args.leave {
+            bootstrap(&f, &name).await?;
+        }
+        Ok(name)
+    })?;
+    if args.use_it {
+        remote::set_current_builder(&hosts, Some(&name))?;
+    }
+    println!("{name}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits until every node of the builder is running (reachable), up to a minute.
+async fn bootstrap(f: &kiln_shared::client::Farm, name: &str) -> anyhow::Result<BuilderView> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let b = match remote::call(f, &Request::Inspect { name: name.to_string() }).await? {
+            Response::Builder(b) => b,
+            other => bail!(unexpected(other)),
+        };
+        if !b.nodes.is_empty() && b.nodes.iter().all(|n| n.status == "running") {
+            return Ok(b);
+        }
+        if Instant::now() > deadline {
+            let down: Vec<String> =
+                b.nodes.iter().filter(|n| n.status != "running").map(|n| format!("{} ({})", n.name, n.status)).collect();
+            bail!(
+                "builder {name}: nodes not reachable after 60 s: {}",
+                if down.is_empty() { "the builder has no nodes".into() } else { down.join(", ") }
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub fn use_builder(name: String, farm: FarmArgs) -> anyhow::Result<ExitCode> {
+    let hosts = farm.require("kiln use")?;
+    block(async {
+        let f = remote::connect(&hosts, &farm).await?;
+        match remote::call(&f, &Request::Inspect { name: name.clone() }).await? {
+            Response::Builder(_) => Ok(()),
+            other => bail!(unexpected(other)),
+        }
+    })?;
+    remote::set_current_builder(&hosts, if name == DEFAULT_BUILDER { None } else { Some(&name) })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The embedded farm's one builder, for `ls`/`inspect` without a farm.
+fn embedded() -> BuilderView {
+    let probe = kiln_agent::probe::HostPlatforms::detect(&std::env::temp_dir());
+    let all: Vec<Platform> = probe.native.iter().chain(&probe.emulated).cloned().collect();
+    BuilderView {
+        name: DEFAULT_BUILDER.into(),
+        driver: "runc".into(),
+        nodes: vec![NodeView {
+            name: "embedded".into(),
+            context: "embedded".into(),
+            endpoint: "in-process".into(),
+            status: "running".into(),
+            platforms: all,
+            native: probe.native,
+            slots: 1,
+            running: 0,
+            cache_bytes: 0,
+        }],
+        recent: vec![],
+    }
+}
+
+fn platform_list(n: &NodeView) -> String {
+    n.platforms
+        .iter()
+        .map(|p| {
+            let emu = if n.native.contains(p) { "" } else { " (emulated)" };
+            format!("{p}{emu}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn ls(format: ListFormat, farm: FarmArgs) -> anyhow::Result<ExitCode> {
+    let (builders, current) = match farm.hosts()? {
+        None => (vec![embedded()], DEFAULT_BUILDER.to_string()),
+        Some(hosts) => {
+            let list = block(async {
+                let f = remote::connect(&hosts, &farm).await?;
+                match remote::call(&f, &Request::Builders).await? {
+                    Response::Builders(b) => Ok(b),
+                    other => bail!(unexpected(other)),
+                }
+            })?;
+            let current = remote::current_builder(&hosts).unwrap_or_else(|| DEFAULT_BUILDER.to_string());
+            (list, current)
+        }
+    };
+    if format == ListFormat::Json {
+        let v: Vec<serde_json::Value> = builders
+            .iter()
+            .map(|b| {
+                serde_json::json!({
+                    "name": b.name,
+                    "driver": b.driver,
+                    "current": b.name == current,
+                    "nodes": b.nodes.iter().map(|n| serde_json::json!({
+                        "name": n.name, "context": n.context, "endpoint": n.endpoint, "status": n.status,
+                        "platforms": n.platforms, "native": n.native, "slots": n.slots, "running": n.running,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut rows = vec![["NAME/NODE".to_string(), "DRIVER/ENDPOINT".into(), "STATUS".into(), "PLATFORMS".into()]];
+    for b in &builders {
+        let star = if b.name == current { " *" } else { "" };
+        rows.push([format!("{}{star}", b.name), b.driver.clone(), String::new(), String::new()]);
+        for n in &b.nodes {
+            rows.push([format!(" \\_ {}", n.name), format!(" \\_ {}", n.endpoint), n.status.clone(), platform_list(n)]);
+        }
+    }
+    print_table(&rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(rows: &[[String; 4]]) {
+    let widths: Vec<usize> = (0..4).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    for r in rows {
+        let line = format!("{:w0$}   {:w1$}   {:w2$}   {}", r[0], r[1], r[2], r[3], w0 = widths[0], w1 = widths[1], w2 = widths[2]);
+        println!("{}", line.trim_end());
+    }
+}
+
+fn size(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+fn print_builder(b: &BuilderView) {
+    println!("Name:          {}", b.name);
+    println!("Driver:        {}", b.driver);
+    for n in &b.nodes {
+        println!();
+        println!("Name:          {}", n.name);
+        println!("Context:       {}", n.context);
+        println!("Endpoint:      {}", n.endpoint);
+        println!("Status:        {}", n.status);
+        println!("Platforms:     {}", platform_list(n));
+        println!("Slots:         {} ({} running)", n.slots, n.running);
+        println!("Cache:         {}", size(n.cache_bytes));
+    }
+    if !b.recent.is_empty() {
+        println!();
+        println!("Recent slices:");
+        for (build, s) in &b.recent {
+            println!(
+                "  build {build} {:<14} {:<8} on {:<10} {:<8} queued {} ms, ran {} ms, {} cached / {} run{}",
+                s.platform.to_string(),
+                s.state,
+                s.agent,
+                if s.emulated { "emulated" } else { "native" },
+                s.queue_ms,
+                s.duration_ms,
+                s.cache_hits,
+                s.cache_misses,
+                if s.reason.is_empty() { String::new() } else { format!(" ({})", s.reason) }
+            );
+        }
+    }
+}
+
+pub fn inspect(name: Option<String>, bootstrap_it: bool, farm: FarmArgs) -> anyhow::Result<ExitCode> {
+    let Some(hosts) = farm.hosts()? else {
+        print_builder(&embedded());
+        return Ok(ExitCode::SUCCESS);
+    };
+    let name = name.or_else(|| remote::current_builder(&hosts)).unwrap_or_else(|| DEFAULT_BUILDER.to_string());
+    let b = block(async {
+        let f = remote::connect(&hosts, &farm).await?;
+        if bootstrap_it {
+            return bootstrap(&f, &name).await;
+        }
+        match remote::call(&f, &Request::Inspect { name: name.clone() }).await? {
+            Response::Builder(b) => Ok(b),
+            other => bail!(unexpected(other)),
+        }
+    })?;
+    print_builder(&b);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn rm(args: RmArgs, farm: FarmArgs) -> anyhow::Result<ExitCode> {
+    let hosts = farm.require("kiln rm")?;
+    if args.names.is_empty() && !args.all_inactive {
+        bail!("kiln rm needs a builder name (or --all-inactive)");
+    }
+    let current = remote::current_builder(&hosts);
+    block(async {
+        let f = remote::connect(&hosts, &farm).await?;
+        let mut names = args.names.clone();
+        if args.all_inactive {
+            if let Response::Builders(list) = remote::call(&f, &Request::Builders).await? {
+                let contexts: Vec<String> = match remote::call(&f, &Request::Contexts).await? {
+                    Response::Contexts(c) => c.into_iter().map(|c| c.info.name).collect(),
+                    _ => vec![],
+                };
+                names.extend(
+                    list.into_iter()
+                        .filter(|b| b.name != DEFAULT_BUILDER && !contexts.contains(&b.name))
+                        .filter(|b| b.nodes.iter().all(|n| n.status != "running"))
+                        .map(|b| b.name),
+                );
+            }
+        }
+        for name in &names {
+            expect_ok(remote::call(&f, &Request::RemoveBuilder { name: name.clone() }).await?)?;
+            println!("{name} removed");
+        }
+        Ok(())
+    })?;
+    if current.is_some_and(|c| args.names.contains(&c)) {
+        remote::set_current_builder(&hosts, None)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn context(cmd: ContextCommand, farm: FarmArgs) -> anyhow::Result<ExitCode> {
+    let hosts = farm.require("kiln context")?;
+    let list = || async {
+        let f = remote::connect(&hosts, &farm).await?;
+        match remote::call(&f, &Request::Contexts).await? {
+            Response::Contexts(c) => Ok::<_, anyhow::Error>(c),
+            other => bail!(unexpected(other)),
+        }
+    };
+    match cmd {
+        ContextCommand::Ls { format } => {
+            let contexts = block(list())?;
+            if format == ListFormat::Json {
+                println!("{}", serde_json::to_string_pretty(&contexts.iter().map(context_json).collect::<Vec<_>>())?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut rows = vec![["NAME".to_string(), "ENDPOINT".into(), "STATUS".into(), "PLATFORMS".into()]];
+            for c in &contexts {
+                let native = c.info.native.iter().map(|p| p.to_string());
+                let emulated = c.info.emulated.iter().map(|p| format!("{p} (emulated)"));
+                rows.push([
+                    c.info.name.clone(),
+                    c.info.endpoint.clone(),
+                    c.status.clone(),
+                    native.chain(emulated).collect::<Vec<_>>().join(", "),
+                ]);
+            }
+            print_table(&rows);
+        }
+        ContextCommand::Inspect { name } => {
+            let contexts = block(list())?;
+            let c = contexts.iter().find(|c| c.info.name == name).with_context(|| format!("no context {name:?} found"))?;
+            println!("{}", serde_json::to_string_pretty(&context_json(c))?);
+        }
+        ContextCommand::Rm { names } => {
+            if names.is_empty() {
+                bail!("kiln context rm needs a context name");
+            }
+            block(async {
+                let f = remote::connect(&hosts, &farm).await?;
+                for name in &names {
+                    let r = f.call(&Request::RemoveContext { name: name.clone() }, Duration::from_secs(120), Duration::from_secs(20)).await;
+                    expect_ok(r.map_err(|e| anyhow::anyhow!("{e}"))?)?;
+                    println!("{name} removed");
+                }
+                Ok(())
+            })?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn context_json(c: &ContextView) -> serde_json::Value {
+    serde_json::json!({
+        "name": c.info.name,
+        "endpoint": c.info.endpoint,
+        "status": c.status,
+        "native": c.info.native,
+        "emulated": c.info.emulated,
+        "slots": c.info.slots,
+        "running": c.running,
+        "labels": c.info.labels,
+        "version": c.info.version,
+        "cache_bytes": c.cache_bytes,
+        "last_seen_ms_ago": if c.last_seen_ms_ago == u64::MAX { serde_json::Value::Null } else { c.last_seen_ms_ago.into() },
+    })
+}

@@ -1,0 +1,230 @@
+//! `kiln build` on a farm: send the context once (only the blobs the farm lacks), submit the
+//! build, and follow its slices live until the index is pushed.
+
+use super::progress::{Mode, Progress};
+use super::remote::{self, unexpected, FarmArgs};
+use anyhow::{anyhow, bail, Context as _};
+use kiln_agent::Event;
+use kiln_shared::api::{BuildSpec, BuildView, ContextEntry, EntryKind, Request, Response};
+use kiln_shared::client::Farm;
+use kiln_shared::digest::Digest;
+use kiln_shared::frontend::dockerignore::DockerIgnore;
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// What the farm needs to know about the context, and where each blob is on this machine.
+pub struct ContextManifest {
+    pub entries: Vec<ContextEntry>,
+    pub files: BTreeMap<String, PathBuf>,
+    pub bytes: u64,
+}
+
+/// Walks the context as `.dockerignore` allows, hashing every regular file.
+pub fn manifest(root: &Path, ignore: &DockerIgnore) -> anyhow::Result<ContextManifest> {
+    let mut out = ContextManifest { entries: vec![], files: BTreeMap::new(), bytes: 0 };
+    walk(root, "", ignore, &mut out)?;
+    Ok(out)
+}
+
+fn hash_file(path: &Path) -> anyhow::Result<Digest> {
+    use sha2::Digest as _;
+    let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Digest::from_sha256(h.finalize().into()))
+}
+
+fn walk(dir: &Path, rel: &str, ignore: &DockerIgnore, out: &mut ContextManifest) -> anyhow::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading build context directory {}", dir.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading build context directory {}", dir.display()))?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+        let meta = std::fs::symlink_metadata(entry.path()).with_context(|| format!("reading {}", entry.path().display()))?;
+        let excluded = ignore.is_excluded(&path);
+        let entry_of = |kind| ContextEntry { path: path.clone(), kind, mode: meta.mode() & 0o7777, uid: meta.uid(), gid: meta.gid() };
+        if meta.is_dir() {
+            if !excluded {
+                out.entries.push(entry_of(EntryKind::Dir));
+            }
+            if !excluded || ignore.may_reinclude_under(&path) {
+                walk(&entry.path(), &path, ignore, out)?;
+            }
+        } else if excluded {
+            continue;
+        } else if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(entry.path()).with_context(|| format!("reading {}", entry.path().display()))?;
+            out.entries.push(entry_of(EntryKind::Symlink { target: target.to_string_lossy().into_owned() }));
+        } else if meta.is_file() {
+            let digest = hash_file(&entry.path())?;
+            out.bytes += meta.len();
+            out.files.insert(digest.to_string(), entry.path());
+            out.entries.push(entry_of(EntryKind::File { digest: digest.to_string(), size: meta.len() }));
+        }
+        // Sockets, FIFOs and devices are not sent, as docker does not send them.
+    }
+    Ok(())
+}
+
+const UPLOAD_CHUNK: usize = 4 << 20;
+
+/// Sends the blobs the farm lacks; returns (blobs sent, bytes sent).
+pub async fn upload(farm: &Farm, files: &BTreeMap<String, PathBuf>) -> anyhow::Result<(usize, u64)> {
+    let digests: Vec<String> = files.keys().cloned().collect();
+    let mut missing = Vec::new();
+    for batch in digests.chunks(20_000) {
+        match remote::call(farm, &Request::MissingBlobs { digests: batch.to_vec() }).await? {
+            Response::Digests(d) => missing.extend(d),
+            other => bail!(unexpected(other)),
+        }
+    }
+    let mut bytes = 0u64;
+    for digest in &missing {
+        let path = &files[digest];
+        let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut offset = 0u64;
+        let mut buf = vec![0u8; UPLOAD_CHUNK];
+        loop {
+            let n = read_full(&mut f, &mut buf).with_context(|| format!("reading {}", path.display()))?;
+            let last = n < UPLOAD_CHUNK;
+            let req = Request::PutBlob { digest: digest.clone(), offset, data: buf[..n].to_vec(), last };
+            match remote::call(farm, &req).await? {
+                Response::Ok => {}
+                other => bail!(unexpected(other)),
+            }
+            offset += n as u64;
+            bytes += n as u64;
+            if last {
+                break;
+            }
+        }
+    }
+    Ok((missing.len(), bytes))
+}
+
+fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match std::io::Read::read(f, &mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Runs a build on the farm and follows it; returns the finished build.
+pub fn run(spec: BuildSpec, files: BTreeMap<String, PathBuf>, farm_args: &FarmArgs, mode: Mode) -> anyhow::Result<BuildView> {
+    let hosts = farm_args.require("building on a farm")?;
+    remote::runtime()?.block_on(async {
+        let farm = remote::connect(&hosts, farm_args).await?;
+        let (sent, bytes) = upload(&farm, &files).await?;
+        if mode == Mode::Plain {
+            eprintln!("#0 context: {} files, {sent} sent ({bytes} bytes), the rest already on the farm", files.len());
+        }
+        let build = match remote::call(&farm, &Request::Submit(spec)).await? {
+            Response::Submitted { build } => build,
+            other => bail!(unexpected(other)),
+        };
+        let progress = Progress::new(mode);
+        let mut ids: HashMap<(String, String, u64), u64> = HashMap::new();
+        let mut cursor = 0;
+        loop {
+            let req = Request::Watch { build, cursor, wait_ms: 5_000 };
+            let answer = farm
+                .call(&req, Duration::from_secs(15), Duration::from_secs(60))
+                .await
+                .map_err(|e| anyhow!("following build {build}: {e}"))?;
+            let Response::Build { view, events, cursor: next } = answer else { bail!("unexpected answer while following build {build}") };
+            // A new leader starts its event log afresh.
+            cursor = if next < cursor { 0 } else { next };
+            for e in events {
+                let key = |id: u64| (e.platform.to_string(), e.agent.clone(), id);
+                let n = ids.len() as u64 + 1;
+                let map = |id: u64, ids: &mut HashMap<(String, String, u64), u64>| *ids.entry(key(id)).or_insert(n);
+                let event = match e.event {
+                    Event::Start { id, name } => {
+                        // Label every step with the agent it runs on: `[a2 linux/arm64 ...]`.
+                        let name = match name.strip_prefix('[') {
+                            Some(rest) => format!("[{} {rest}", e.agent),
+                            None => format!("[{}] {name}", e.agent),
+                        };
+                        Event::Start { id: map(id, &mut ids), name }
+                    }
+                    Event::Cached { id } => Event::Cached { id: map(id, &mut ids) },
+                    Event::Log { id, line } => Event::Log { id: map(id, &mut ids), line },
+                    Event::Done { id, secs } => Event::Done { id: map(id, &mut ids), secs },
+                    Event::Failed { id, message } => Event::Failed { id: map(id, &mut ids), message },
+                };
+                progress.event(event);
+            }
+            match view.state.as_str() {
+                "done" => return Ok(view),
+                "failed" => bail!("build {build} failed: {}", view.error),
+                _ => {}
+            }
+        }
+    })
+}
+
+/// Reports the finished build as the embedded farm does: metadata file and summary line.
+pub fn finish(view: &BuildView, tags: &[String], metadata_file: Option<&Path>, mode: Mode) -> anyhow::Result<ExitCode> {
+    let slices: Vec<serde_json::Value> = view
+        .slices
+        .iter()
+        .map(|s| {
+            let manifest: serde_json::Value = serde_json::from_str(&s.manifest_json).unwrap_or_default();
+            serde_json::json!({
+                "platform": s.platform.to_string(),
+                "agent": s.agent,
+                "emulated": s.emulated,
+                "manifest_digest": manifest.get("digest").cloned().unwrap_or_default(),
+                "duration_ms": s.duration_ms,
+                "queue_ms": s.queue_ms,
+                "attempt": s.attempt,
+                "cache_hits": s.cache_hits,
+                "cache_misses": s.cache_misses,
+                "reason": s.reason,
+            })
+        })
+        .collect();
+    if let Some(path) = metadata_file {
+        let descriptor = serde_json::json!({
+            "mediaType": kiln_shared::oci::MEDIA_INDEX,
+            "digest": view.index_digest,
+            "size": view.index_json.len(),
+        });
+        let meta = serde_json::json!({
+            "containerimage.digest": view.index_digest,
+            "containerimage.descriptor": descriptor,
+            "image.name": tags.join(","),
+            "kiln.build": view.id,
+            "kiln.slices": slices,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&meta)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if mode == Mode::Quiet {
+        println!("{}", view.index_digest);
+    } else {
+        let cached: u32 = view.slices.iter().map(|s| s.cache_hits).sum();
+        let ran: u32 = view.slices.iter().map(|s| s.cache_misses).sum();
+        for s in &view.slices {
+            eprintln!(
+                "=> {} on {} ({}), queued {} ms, ran {} ms",
+                s.platform,
+                s.agent,
+                if s.emulated { "emulated" } else { "native" },
+                s.queue_ms,
+                s.duration_ms
+            );
+        }
+        eprintln!("=> image index {} ({} platforms; {ran} steps run, {cached} cached)", view.index_digest, view.slices.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,649 @@
+//! Every request a coordinator serves: who may send it, where it runs (here, or forwarded to
+//! the leader), and what it does.
+//!
+//! A connection without a client certificate may only join (exchange a token for one). Raft
+//! RPCs, status and blob transfer are served by whichever coordinator receives them; everything
+//! that reads or changes the cluster state runs on the leader, so a follower forwards it with
+//! the caller's identity.
+
+use super::{now_ms, Live, Node, MAX_EVENTS};
+use crate::builders::{self, Context, CreateRequest, DEFAULT_BUILDER};
+use crate::raft::{self, BuildRecord, BuildState, Command, SliceState};
+use kiln_shared::api::*;
+use kiln_shared::digest::Digest;
+use kiln_shared::transport;
+use kiln_shared::wire::{ErrorCode, RemoteError};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+type Answer = Result<Response, RemoteError>;
+
+fn err(code: ErrorCode, message: impl Into<String>) -> RemoteError {
+    RemoteError { code, message: message.into() }
+}
+
+fn bad(message: impl Into<String>) -> RemoteError {
+    err(ErrorCode::BadRequest, message)
+}
+
+/// Serves one connection until it closes.
+pub async fn serve(node: Arc<Node>, conn: quinn::Connection) {
+    let principal = transport::peer_common_name(&conn).and_then(|cn| Principal::from_common_name(&cn));
+    let remote = conn.remote_address();
+    transport::serve_connection(conn, move |req: Request| {
+        let node = node.clone();
+        let principal = principal.clone();
+        async move {
+            match principal {
+                None => anonymous(&node, remote, req).await,
+                Some(p) => {
+                    let origin = node.cfg.listen;
+                    dispatch(&node, p, origin, req).await
+                }
+            }
+        }
+    })
+    .await;
+}
+
+async fn anonymous(node: &Node, remote: SocketAddr, req: Request) -> Answer {
+    match req {
+        Request::Join { token, name, csr_der } => join(node, &token, &name, &csr_der),
+        Request::JoinPeer { id, token, csr_der } => join_peer(node, remote, id, token.as_deref(), &csr_der),
+        _ => Err(err(ErrorCode::Unauthenticated, "this connection has no client certificate: join with a token first")),
+    }
+}
+
+fn token_record(node: &Node, token: &str) -> Result<(Token, raft::TokenRecord), RemoteError> {
+    let refused = || err(ErrorCode::PermissionDenied, "the token is not valid for this cluster");
+    let t = Token::parse(token).map_err(|e| err(ErrorCode::Unauthenticated, e))?;
+    if t.ca_fingerprint != node.ca.fingerprint() {
+        return Err(refused());
+    }
+    let record = node.read(|s| s.tokens.get(&t.hash()).cloned()).ok_or_else(refused)?;
+    Ok((t, record))
+}
+
+fn join(node: &Node, token: &str, name: &str, csr: &[u8]) -> Answer {
+    let (t, record) = token_record(node, token)?;
+    let principal = match t.role {
+        Role::Agent => {
+            if name.is_empty() || name.len() > 128 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return Err(bad(format!("agent name {name:?}: use letters, digits, '-', '_' and '.'")));
+            }
+            Principal { role: Role::Agent, name: name.to_string() }
+        }
+        Role::Admin | Role::User => Principal { role: t.role.clone(), name: record.tenant.clone() },
+        Role::Coordinator => return Err(err(ErrorCode::PermissionDenied, "coordinators join with `kiln coordinator --join`")),
+    };
+    let cert = node.ca.sign_request(csr, &principal.common_name()).map_err(|e| bad(format!("certificate request: {e}")))?;
+    Ok(Response::Joined { cert_der: cert.to_vec(), ca_der: node.ca.cert_der().to_vec(), principal })
+}
+
+fn join_peer(node: &Node, remote: SocketAddr, id: u64, token: Option<&str>, csr: &[u8]) -> Answer {
+    let granted = match token {
+        Some(t) => token_record(node, t)?.0.role == Role::Admin,
+        // Bootstrap: a member listed in --peers, calling from its listed address.
+        None => id != node.id && node.cfg.peers.get(&id).is_some_and(|a| a.ip() == remote.ip()),
+    };
+    if !granted {
+        return Err(err(
+            ErrorCode::PermissionDenied,
+            format!("coordinator {id} at {} is not a listed peer: start it with --token (an admin token) to join", remote.ip()),
+        ));
+    }
+    let cert = node.ca.sign_request(csr, &Principal { role: Role::Coordinator, name: id.to_string() }.common_name());
+    let cert = cert.map_err(|e| bad(format!("certificate request: {e}")))?;
+    Ok(Response::PeerJoined { ca_cert_pem: node.ca.cert_pem(), ca_key_pem: node.ca.key_pem(), cert_der: cert.to_vec() })
+}
+
+fn allowed(role: &Role, req: &Request) -> bool {
+    use Request::*;
+    match req {
+        Join { .. } | JoinPeer { .. } => false,
+        Raft { .. } | Forward { .. } => *role == Role::Coordinator,
+        Status | GetBlob { .. } => true,
+        Register(_) | Poll { .. } | Events { .. } | SliceDone(_) | SliceFailed { .. } => *role == Role::Agent,
+        MissingBlobs { .. } | PutBlob { .. } | Submit(_) | Watch { .. } | Contexts | Builders | Inspect { .. } => {
+            matches!(role, Role::Admin | Role::User)
+        }
+        RemoveContext { .. } | CreateBuilder(_) | RemoveBuilder { .. } | AddCoordinator { .. } | RemoveCoordinator { .. } => {
+            *role == Role::Admin
+        }
+    }
+}
+
+/// Runs an authenticated request here or on the leader.
+pub async fn dispatch(node: &Node, p: Principal, origin: SocketAddr, req: Request) -> Answer {
+    if !allowed(&p.role, &req) {
+        return Err(err(ErrorCode::PermissionDenied, format!("a {} may not do this", p.role.as_str())));
+    }
+    match req {
+        Request::Raft { rpc, json } => {
+            let out = crate::raft::network::serve(&node.raft, rpc, &json).await.map_err(|e| bad(format!("raft message: {e}")))?;
+            Ok(Response::Raft { json: out })
+        }
+        Request::Status => Ok(Response::Status(status(node))),
+        Request::GetBlob { digest, offset, len } => get_blob(node, &digest, offset, len),
+        Request::MissingBlobs { digests } => missing(node, digests),
+        Request::PutBlob { digest, offset, data, last } => put_blob(node, &digest, offset, &data, last),
+        Request::Forward { principal, origin, request } => {
+            if !node.is_leader() {
+                return Err(err(ErrorCode::Unavailable, format!("coordinator {} is no longer the leader; retry", node.id)));
+            }
+            if !allowed(&principal.role, &request) || matches!(*request, Request::Forward { .. }) {
+                return Err(err(ErrorCode::PermissionDenied, "forwarded request not allowed"));
+            }
+            lead(node, principal, origin, *request).await
+        }
+        req if node.is_leader() => lead(node, p, origin, req).await,
+        req => {
+            let (leader, addr) =
+                node.leader().ok_or_else(|| err(ErrorCode::Unavailable, "no leader is elected yet (an election is under way); retry"))?;
+            let timeout = request_timeout(&req);
+            let forwarded = Request::Forward { principal: p, origin, request: Box::new(req) };
+            match node.pool.call(addr, forwarded, timeout).await {
+                Ok(r) => Ok(r),
+                Err(transport::TransportError::Remote(e)) => Err(e),
+                Err(e) => Err(err(ErrorCode::Unavailable, format!("the leader (coordinator {leader} at {addr}) is unreachable: {e}"))),
+            }
+        }
+    }
+}
+
+/// How long a forwarded request may take: long polls take their wait.
+fn request_timeout(req: &Request) -> Duration {
+    match req {
+        Request::Poll { wait_ms, .. } | Request::Watch { wait_ms, .. } => Duration::from_millis(u64::from(*wait_ms) + 5_000),
+        Request::RemoveContext { .. } => Duration::from_secs(120),
+        _ => Duration::from_secs(30),
+    }
+}
+
+fn status(node: &Node) -> ClusterStatus {
+    let m = node.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    let members =
+        membership.nodes().map(|(id, n)| Member { id: *id, addr: n.addr.clone(), voter: voters.contains(id) }).collect::<Vec<_>>();
+    ClusterStatus {
+        id: node.id,
+        leader: m.current_leader,
+        term: m.current_term,
+        last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+        members,
+    }
+}
+
+const MAX_CHUNK: u32 = 8 << 20;
+
+fn parse_digest(d: &str) -> Result<Digest, RemoteError> {
+    d.parse().map_err(|e| bad(format!("{d:?}: {e}")))
+}
+
+fn get_blob(node: &Node, digest: &str, offset: u64, len: u32) -> Answer {
+    use std::io::{Read, Seek, SeekFrom};
+    let d = parse_digest(digest)?;
+    let mut f = node.blobs.open_blob(&d).map_err(|e| err(ErrorCode::NotFound, e.to_string()))?;
+    f.seek(SeekFrom::Start(offset)).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+    let mut buf = Vec::new();
+    f.take(u64::from(len.min(MAX_CHUNK))).read_to_end(&mut buf).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+    Ok(Response::Bytes(buf))
+}
+
+fn missing(node: &Node, digests: Vec<String>) -> Answer {
+    let mut out = Vec::new();
+    for d in digests {
+        if !node.blobs.has(&parse_digest(&d)?) {
+            out.push(d);
+        }
+    }
+    Ok(Response::Digests(out))
+}
+
+/// Appends one chunk of an upload; the last one is verified against the digest before the blob
+/// becomes visible.
+fn put_blob(node: &Node, digest: &str, offset: u64, data: &[u8], last: bool) -> Answer {
+    use std::io::Write;
+    let d = parse_digest(digest)?;
+    if node.blobs.has(&d) {
+        return Ok(Response::Ok);
+    }
+    let mut soft = node.soft();
+    let (path, have) = match soft.uploads.get(digest) {
+        Some(u) => u.clone(),
+        None => (node.blobs.temp_path(), 0),
+    };
+    if offset != have {
+        return Err(bad(format!("upload of {digest}: chunk at offset {offset}, expected {have}")));
+    }
+    let io = |e: std::io::Error| err(ErrorCode::Internal, format!("storing {digest}: {e}"));
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
+    f.write_all(data).map_err(io)?;
+    drop(f);
+    if last {
+        soft.uploads.remove(digest);
+        drop(soft);
+        let mut f = std::fs::File::open(&path).map_err(io)?;
+        let result = node.blobs.put_reader(&mut f, &d);
+        let _ = std::fs::remove_file(&path);
+        result.map_err(|e| bad(format!("upload of {digest}: {e}")))?;
+    } else {
+        soft.uploads.insert(digest.to_string(), (path, have + data.len() as u64));
+    }
+    Ok(Response::Ok)
+}
+
+/// Requests that need the cluster state: this coordinator is the leader.
+async fn lead(node: &Node, p: Principal, origin: SocketAddr, req: Request) -> Answer {
+    match req {
+        Request::Register(info) => register(node, &p, info).await,
+        Request::Poll { agent, running, cache_bytes, wait_ms } => poll(node, &p, &agent, running, cache_bytes, wait_ms).await,
+        Request::Events { build, slice, attempt, events } => {
+            let platform = node.read(|s| {
+                let sl = s.builds.get(&build)?.slices.get(slice as usize)?;
+                (sl.attempt == attempt && sl.agent == p.name).then(|| sl.platform.clone())
+            });
+            if let Some(platform) = platform {
+                let mut soft = node.soft();
+                let list = soft.events.entry(build).or_default();
+                for event in events {
+                    if list.len() < MAX_EVENTS {
+                        list.push(BuildEvent { platform: platform.clone(), agent: p.name.clone(), event });
+                    }
+                }
+                drop(soft);
+                node.bump();
+            }
+            Ok(Response::Ok)
+        }
+        Request::SliceDone(outcome) => {
+            owned_by(node, &p, outcome.build, outcome.slice)?;
+            node.commit(Command::SliceDone { at_ms: now_ms(), outcome }).await?;
+            node.wake_leader.notify_one();
+            node.bump();
+            Ok(Response::Ok)
+        }
+        Request::SliceFailed { build, slice, attempt, message } => {
+            owned_by(node, &p, build, slice)?;
+            node.commit(Command::SliceFailed { at_ms: now_ms(), build, slice, attempt, message }).await?;
+            node.bump();
+            Ok(Response::Ok)
+        }
+        Request::Submit(spec) => submit(node, &p, origin, spec).await,
+        Request::Watch { build, cursor, wait_ms } => watch(node, &p, build, cursor, wait_ms).await,
+        Request::Contexts => Ok(Response::Contexts(contexts(node))),
+        Request::RemoveContext { name } => remove_context(node, &name).await,
+        Request::CreateBuilder(spec) => create_builder(node, spec).await,
+        Request::RemoveBuilder { name } => {
+            let mut farm = node.read(|s| s.farm.clone());
+            farm.remove(&name).map_err(|e| bad(e.to_string()))?;
+            node.commit(Command::RemoveBuilder { name }).await?;
+            Ok(Response::Ok)
+        }
+        Request::Builders => {
+            let builders = node.read(|s| s.farm.list());
+            Ok(Response::Builders(builders.iter().map(|b| builder_view(node, b, false)).collect()))
+        }
+        Request::Inspect { name } => {
+            let b = node.read(|s| s.farm.builder(&name)).map_err(|e| err(ErrorCode::NotFound, e.to_string()))?;
+            Ok(Response::Builder(builder_view(node, &b, true)))
+        }
+        Request::AddCoordinator { id, addr } => {
+            addr.parse::<SocketAddr>().map_err(|e| bad(format!("address {addr:?}: {e}")))?;
+            let unavailable = |e: String| err(ErrorCode::Unavailable, e);
+            node.raft.add_learner(id, openraft::BasicNode::new(addr), true).await.map_err(|e| unavailable(e.to_string()))?;
+            let mut voters: std::collections::BTreeSet<u64> =
+                node.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+            voters.insert(id);
+            node.raft.change_membership(voters, false).await.map_err(|e| unavailable(e.to_string()))?;
+            Ok(Response::Ok)
+        }
+        Request::RemoveCoordinator { id } => {
+            let mut voters: std::collections::BTreeSet<u64> =
+                node.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+            if !voters.remove(&id) {
+                return Err(err(ErrorCode::NotFound, format!("coordinator {id} is not a member")));
+            }
+            if voters.is_empty() {
+                return Err(bad("the last coordinator cannot be removed"));
+            }
+            node.raft.change_membership(voters, false).await.map_err(|e| err(ErrorCode::Unavailable, e.to_string()))?;
+            Ok(Response::Ok)
+        }
+        other => Err(bad(format!("unexpected request {:?}", std::mem::discriminant(&other)))),
+    }
+}
+
+fn owned_by(node: &Node, p: &Principal, build: u64, slice: u32) -> Result<(), RemoteError> {
+    let agent = node.read(|s| s.builds.get(&build).and_then(|b| b.slices.get(slice as usize)).map(|s| s.agent.clone()));
+    match agent {
+        Some(a) if a == p.name => Ok(()),
+        Some(_) => Err(bad(format!("slice {build}/{slice} is no longer assigned to {}", p.name))),
+        None => Err(err(ErrorCode::NotFound, format!("no slice {build}/{slice}"))),
+    }
+}
+
+async fn register(node: &Node, p: &Principal, info: AgentInfo) -> Answer {
+    if info.name != p.name {
+        return Err(err(ErrorCode::PermissionDenied, format!("agent {} may not register as {}", p.name, info.name)));
+    }
+    if info.slots == 0 {
+        return Err(bad("an agent needs at least one slot"));
+    }
+    let ctx = Context {
+        name: info.name.clone(),
+        endpoint: info.endpoint,
+        native: info.native,
+        emulated: info.emulated,
+        slots: info.slots,
+        labels: info.labels,
+        version: info.version,
+    };
+    let same = node.read(|s| s.farm.contexts.get(&ctx.name) == Some(&ctx) && !s.draining.contains(&ctx.name));
+    if !same {
+        node.commit(Command::RegisterAgent { context: ctx }).await?;
+    }
+    node.soft().agents.insert(info.name, Live { last_seen: Instant::now(), running: vec![], cache_bytes: 0 });
+    node.wake_leader.notify_one();
+    Ok(Response::Ok)
+}
+
+/// Slices assigned to `agent` that it does not know it runs: new assignments, or ones whose
+/// delivery was lost with a previous leader.
+fn tasks_for(node: &Node, agent: &str, running: &[(u64, u32, u32)]) -> Vec<SliceTask> {
+    node.read(|s| {
+        let mut out = Vec::new();
+        for b in s.builds.values().filter(|b| b.state == BuildState::Running) {
+            for (i, sl) in b.slices.iter().enumerate() {
+                if sl.state == SliceState::Running && sl.agent == agent && !running.contains(&(b.id, i as u32, sl.attempt)) {
+                    out.push(SliceTask {
+                        build: b.id,
+                        slice: i as u32,
+                        attempt: sl.attempt,
+                        platform: sl.platform.clone(),
+                        emulated: sl.emulated,
+                        spec: b.spec.clone(),
+                        context_origin: b.context_origin.clone(),
+                    });
+                }
+            }
+        }
+        out
+    })
+}
+
+async fn poll(node: &Node, p: &Principal, agent: &str, running: Vec<(u64, u32, u32)>, cache_bytes: u64, wait_ms: u32) -> Answer {
+    if agent != p.name {
+        return Err(err(ErrorCode::PermissionDenied, format!("agent {} may not poll as {agent}", p.name)));
+    }
+    if !node.read(|s| s.farm.contexts.contains_key(agent)) {
+        return Err(err(ErrorCode::NotFound, format!("agent {agent} is not registered (removed with `kiln context rm`?)")));
+    }
+    let mut changed = node.changed.subscribe();
+    let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms.min(30_000)));
+    loop {
+        node.soft().agents.insert(agent.to_string(), Live { last_seen: Instant::now(), running: running.clone(), cache_bytes });
+        let tasks = tasks_for(node, agent, &running);
+        if !tasks.is_empty() {
+            return Ok(Response::Tasks(tasks));
+        }
+        let now = Instant::now();
+        if now >= deadline || !node.is_leader() {
+            return Ok(Response::Tasks(vec![]));
+        }
+        // Wake at least every second so that the heartbeat stays fresh while waiting.
+        let _ = tokio::time::timeout((deadline - now).min(Duration::from_secs(1)), changed.changed()).await;
+    }
+}
+
+/// Why no agent of the builder can run `platform`, or `None` when one can.
+fn unrunnable(
+    farm: &builders::Farm,
+    draining: &std::collections::BTreeSet<String>,
+    builder: &str,
+    platform: &kiln_shared::Platform,
+) -> Option<String> {
+    let candidates = match farm.candidates(builder) {
+        Ok(c) => c,
+        Err(e) => return Some(e.to_string()),
+    };
+    let usable: Vec<_> = candidates.iter().filter(|(name, _)| !draining.contains(name)).collect();
+    if usable.iter().any(|(_, platforms)| platforms.iter().any(|p| crate::scheduler::runs(std::slice::from_ref(p), platform))) {
+        return None;
+    }
+    let have: Vec<String> = usable
+        .iter()
+        .map(|(name, ps)| {
+            format!(
+                "{name}: {}",
+                if ps.is_empty() { "none".to_string() } else { ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ") }
+            )
+        })
+        .collect();
+    Some(format!(
+        "no agent of builder {builder:?} can run {platform} (natively or under emulation); {}",
+        if have.is_empty() { "the builder has no agents".to_string() } else { format!("its agents run {}", have.join("; ")) }
+    ))
+}
+
+async fn submit(node: &Node, p: &Principal, origin: SocketAddr, spec: BuildSpec) -> Answer {
+    if spec.platforms.is_empty() {
+        return Err(bad("a build needs at least one platform"));
+    }
+    let builder = spec.builder.clone().unwrap_or_else(|| DEFAULT_BUILDER.to_string());
+    let refusal = node.read(|s| spec.platforms.iter().find_map(|pl| unrunnable(&s.farm, &s.draining, &builder, pl)));
+    if let Some(reason) = refusal {
+        return Err(err(ErrorCode::BadRequest, reason));
+    }
+    let record = BuildRecord::new(p.tenant(), spec, vec![origin], now_ms());
+    let r = node.commit(Command::Submit { build: record }).await?;
+    node.wake_leader.notify_one();
+    Ok(Response::Submitted { build: r.value })
+}
+
+fn slice_view(i: usize, s: &raft::SliceRecord, now: u64) -> SliceView {
+    let state = match s.state {
+        SliceState::Queued => "queued",
+        SliceState::Running => "running",
+        SliceState::Done => "done",
+        SliceState::Failed => "failed",
+    };
+    let queue_ms = match s.state {
+        SliceState::Queued => now.saturating_sub(s.queued_at_ms),
+        _ => s.assigned_at_ms.saturating_sub(s.queued_at_ms),
+    };
+    SliceView {
+        slice: i as u32,
+        platform: s.platform.clone(),
+        state: state.into(),
+        agent: s.agent.clone(),
+        emulated: s.emulated,
+        attempt: s.attempt,
+        manifest_json: s.manifest_json.clone(),
+        queue_ms,
+        duration_ms: s.duration_ms,
+        cache_hits: s.cache_hits,
+        cache_misses: s.cache_misses,
+        reason: s.reason.clone(),
+    }
+}
+
+pub fn build_view(b: &BuildRecord) -> BuildView {
+    let now = now_ms();
+    BuildView {
+        id: b.id,
+        state: match b.state {
+            BuildState::Running => "running",
+            BuildState::Done => "done",
+            BuildState::Failed => "failed",
+        }
+        .into(),
+        slices: b.slices.iter().enumerate().map(|(i, s)| slice_view(i, s, now)).collect(),
+        index_json: b.index_json.clone(),
+        index_digest: b.index_digest.clone(),
+        error: b.error.clone(),
+    }
+}
+
+async fn watch(node: &Node, p: &Principal, build: u64, cursor: u64, wait_ms: u32) -> Answer {
+    let mut changed = node.changed.subscribe();
+    let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms.min(30_000)));
+    loop {
+        let view = node.read(|s| s.builds.get(&build).filter(|b| b.tenant == p.tenant() || p.role == Role::Admin).map(build_view));
+        let view = view.ok_or_else(|| err(ErrorCode::NotFound, format!("no build {build}")))?;
+        let (events, next) = {
+            let soft = node.soft();
+            let all = soft.events.get(&build).map(Vec::as_slice).unwrap_or(&[]);
+            let from = (cursor as usize).min(all.len());
+            (all[from..].to_vec(), all.len() as u64)
+        };
+        let now = Instant::now();
+        if !events.is_empty() || view.state != "running" || now >= deadline {
+            return Ok(Response::Build { view, events, cursor: next });
+        }
+        let _ = tokio::time::timeout(deadline - now, changed.changed()).await;
+    }
+}
+
+/// Whether an agent is alive: it polled within its lease (or, right after a leader change,
+/// the lease has not run out since).
+pub fn alive(node: &Node, live: Option<&Live>, now: Instant) -> bool {
+    let lease = Duration::from_millis(node.cfg.lease_timeout_ms);
+    match live {
+        Some(l) => now.duration_since(l.last_seen) < lease,
+        None => node.soft().leader_since.is_some_and(|t| now.duration_since(t) < lease),
+    }
+}
+
+fn contexts(node: &Node) -> Vec<ContextView> {
+    let now = Instant::now();
+    let (ctxs, draining, running) = node.read(|s| {
+        let mut running = std::collections::HashMap::<String, u32>::new();
+        for b in s.builds.values().filter(|b| b.state == BuildState::Running) {
+            for sl in b.slices.iter().filter(|sl| sl.state == SliceState::Running) {
+                *running.entry(sl.agent.clone()).or_default() += 1;
+            }
+        }
+        (s.farm.contexts.clone(), s.draining.clone(), running)
+    });
+    let soft: std::collections::HashMap<String, Live> = node.soft().agents.clone();
+    ctxs.into_values()
+        .map(|c| {
+            let live = soft.get(&c.name);
+            let status = if draining.contains(&c.name) {
+                "draining"
+            } else if alive(node, live, now) {
+                "ready"
+            } else {
+                "lost"
+            };
+            ContextView {
+                status: status.into(),
+                running: running.get(&c.name).copied().unwrap_or(0),
+                last_seen_ms_ago: live.map(|l| now.duration_since(l.last_seen).as_millis() as u64).unwrap_or(u64::MAX),
+                cache_bytes: live.map(|l| l.cache_bytes).unwrap_or(0),
+                info: AgentInfo {
+                    name: c.name,
+                    endpoint: c.endpoint,
+                    native: c.native,
+                    emulated: c.emulated,
+                    slots: c.slots,
+                    labels: c.labels,
+                    version: c.version,
+                },
+            }
+        })
+        .collect()
+}
+
+async fn remove_context(node: &Node, name: &str) -> Answer {
+    node.commit(Command::DrainContext { name: name.to_string() }).await?;
+    node.wake_leader.notify_one();
+    // The leader removes it once its slices have finished or moved.
+    let deadline = Instant::now() + Duration::from_secs(110);
+    while Instant::now() < deadline {
+        if !node.read(|s| s.farm.contexts.contains_key(name)) {
+            return Ok(Response::Ok);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(err(ErrorCode::DeadlineExceeded, format!("context {name} is still draining; it is removed once its slices finish")))
+}
+
+async fn create_builder(node: &Node, spec: CreateSpec) -> Answer {
+    let mut farm = node.read(|s| s.farm.clone());
+    let generated = (0..).map(|n| format!("builder-{n}")).find(|n| !farm.builders.contains_key(n)).unwrap_or_default();
+    let req = CreateRequest {
+        context: spec.context,
+        name: spec.name,
+        driver: spec.driver,
+        platforms: spec.platforms,
+        node: spec.node,
+        append: spec.append,
+        leave: spec.leave,
+    };
+    let name = farm.create(&req, &generated).map_err(|e| bad(e.to_string()))?;
+    let command = match farm.builders.get(&name) {
+        Some(b) => Command::PutBuilder { builder: b.clone() },
+        None => Command::RemoveBuilder { name: name.clone() },
+    };
+    node.commit(command).await?;
+    Ok(Response::Name(name))
+}
+
+fn builder_view(node: &Node, b: &builders::Builder, recent: bool) -> BuilderView {
+    let contexts = contexts(node);
+    let nodes = b
+        .nodes
+        .iter()
+        .map(|n| match contexts.iter().find(|c| c.info.name == n.context) {
+            Some(c) => {
+                let all: Vec<_> = c.info.native.iter().chain(&c.info.emulated).cloned().collect();
+                NodeView {
+                    name: n.name.clone(),
+                    context: n.context.clone(),
+                    endpoint: c.info.endpoint.clone(),
+                    status: if c.status == "ready" { "running".into() } else { c.status.clone() },
+                    platforms: if n.platforms.is_empty() { all } else { n.platforms.clone() },
+                    native: c.info.native.clone(),
+                    slots: c.info.slots,
+                    running: c.running,
+                    cache_bytes: c.cache_bytes,
+                }
+            }
+            None => NodeView {
+                name: n.name.clone(),
+                context: n.context.clone(),
+                endpoint: String::new(),
+                status: "missing".into(),
+                platforms: n.platforms.clone(),
+                native: vec![],
+                slots: 0,
+                running: 0,
+                cache_bytes: 0,
+            },
+        })
+        .collect::<Vec<NodeView>>();
+    let recent = if recent {
+        let names: Vec<&str> = b.nodes.iter().map(|n| n.context.as_str()).collect();
+        let now = now_ms();
+        node.read(|s| {
+            let mut out: Vec<(u64, SliceView)> = s
+                .builds
+                .values()
+                .rev()
+                .flat_map(|b| b.slices.iter().enumerate().map(move |(i, sl)| (b.id, i, sl)))
+                .filter(|(_, _, sl)| names.contains(&sl.agent.as_str()))
+                .take(20)
+                .map(|(id, i, sl)| (id, slice_view(i, sl, now)))
+                .collect();
+            out.reverse();
+            out
+        })
+    } else {
+        vec![]
+    };
+    BuilderView { name: b.name.clone(), driver: b.driver.clone(), nodes, recent }
+}

@@ -1,0 +1,238 @@
+//! What only the leader does, in a loop woken by events and a short tick: take slices back
+//! from agents whose lease ran out, run the scheduler and commit its assignments, finish builds
+//! whose slices are all done (merge the index, push it under every tag), remove drained contexts.
+//!
+//! Decisions come from the pure [`crate::scheduler`]; this module gathers its inputs from the
+//! replicated state and the soft state, and commits its outputs through Raft.
+
+use super::handler::alive;
+use super::{now_ms, Node};
+use crate::raft::{BuildState, Command, SliceAssignment, SliceState};
+use crate::scheduler::{self, AgentSnapshot, Params, PendingSlice, TenantUsage};
+use kiln_shared::digest::Digest;
+use kiln_shared::oci::{self, Descriptor, Index};
+use kiln_shared::registry::{Reference, RegistryClient};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Expected native run time of a slice whose architecture has no history yet.
+const DEFAULT_EXPECTED_MS: u64 = 60_000;
+
+pub async fn run(node: Arc<Node>) {
+    loop {
+        tokio::select! {
+            _ = node.stop.cancelled() => return,
+            _ = node.wake_leader.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        if !node.is_leader() {
+            let mut soft = node.soft();
+            soft.leader_since = None;
+            soft.finishing.clear();
+            continue;
+        }
+        {
+            let mut soft = node.soft();
+            if soft.leader_since.is_none() {
+                // A new leader knows no agent yet: each gets a full lease to poll again before
+                // its slices are taken back.
+                soft.leader_since = Some(Instant::now());
+                soft.agents.clear();
+            }
+        }
+        if let Err(e) = tick(&node).await {
+            // Typically a lost leadership mid-tick; the next tick sees it.
+            eprintln!("coordinator {}: {}", node.id, e.message);
+        }
+    }
+}
+
+struct Plan {
+    expired: Vec<(u64, u32, u32, String)>,
+    pending: Vec<PendingSlice>,
+    agents: Vec<AgentSnapshot>,
+    /// Agents registered but not alive, with what they run: slices they alone could run wait.
+    absent: Vec<Vec<kiln_shared::Platform>>,
+    usage: HashMap<String, TenantUsage>,
+    finished: Vec<u64>,
+    drained: Vec<String>,
+    params: Params,
+}
+
+async fn tick(node: &Arc<Node>) -> Result<(), kiln_shared::wire::RemoteError> {
+    let now = Instant::now();
+    let live = node.soft().agents.clone();
+    let finishing = node.soft().finishing.clone();
+    let plan = node.read(|s| {
+        let is_alive = |name: &str| alive(node, live.get(name), now);
+        let mut running: HashMap<&str, u32> = HashMap::new();
+        let mut expired = Vec::new();
+        let mut pending = Vec::new();
+        let mut usage: HashMap<String, TenantUsage> = HashMap::new();
+        let mut finished = Vec::new();
+        let averages: HashMap<&str, u64> =
+            s.run_times.iter().filter(|(_, t)| t.native_count > 0).map(|(arch, t)| (arch.as_str(), t.native_ms / t.native_count)).collect();
+        for b in s.builds.values().filter(|b| b.state == BuildState::Running) {
+            let candidates = match &b.spec.builder {
+                Some(name) => s.farm.candidates(name).ok().map(|c| c.into_iter().map(|(n, _)| n).collect::<Vec<_>>()),
+                None => None,
+            };
+            let mut all_done = true;
+            for (i, sl) in b.slices.iter().enumerate() {
+                all_done &= sl.state == SliceState::Done;
+                match sl.state {
+                    SliceState::Running => {
+                        *running.entry(sl.agent.as_str()).or_default() += 1;
+                        usage.entry(b.tenant.clone()).or_default().running += 1;
+                        if !is_alive(&sl.agent) {
+                            expired.push((b.id, i as u32, sl.attempt, sl.agent.clone()));
+                        }
+                    }
+                    SliceState::Queued => pending.push(PendingSlice {
+                        id: (b.id << 16) | i as u64,
+                        build: b.id,
+                        tenant: b.tenant.clone(),
+                        platform: sl.platform.clone(),
+                        queued_seq: (b.id << 16) | i as u64,
+                        candidates: candidates.clone(),
+                        expected_native_ms: averages.get(sl.platform.arch()).copied().unwrap_or(DEFAULT_EXPECTED_MS),
+                    }),
+                    _ => {}
+                }
+            }
+            if all_done && !finishing.contains(&b.id) {
+                finished.push(b.id);
+            }
+        }
+        let mut agents = Vec::new();
+        let mut absent = Vec::new();
+        for c in s.farm.contexts.values().filter(|c| !s.draining.contains(&c.name)) {
+            if !is_alive(&c.name) {
+                absent.push(c.native.iter().chain(&c.emulated).cloned().collect());
+                continue;
+            }
+            agents.push(AgentSnapshot {
+                name: c.name.clone(),
+                native: c.native.clone(),
+                emulated: c.emulated.clone(),
+                slots: c.slots,
+                running: running.get(c.name.as_str()).copied().unwrap_or(0),
+                cache_records: HashMap::new(),
+            });
+        }
+        let drained = s.draining.iter().filter(|n| !running.contains_key(n.as_str())).cloned().collect();
+        let params = Params { slowdown: s.slowdowns(), default_slowdown: node.cfg.emulation_slowdown };
+        Plan { expired, pending, agents, absent, usage, finished, drained, params }
+    });
+
+    if !plan.expired.is_empty() {
+        let mut by_agent: HashMap<&str, Vec<(u64, u32, u32)>> = HashMap::new();
+        for (b, s, a, agent) in &plan.expired {
+            by_agent.entry(agent.as_str()).or_default().push((*b, *s, *a));
+        }
+        for (agent, slices) in by_agent {
+            let reason = format!("agent {agent} stopped answering (its lease of {} ms ran out)", node.cfg.lease_timeout_ms);
+            node.propose(Command::Requeue { at_ms: now_ms(), slices, reason, max_attempts: node.cfg.max_slice_attempts }).await?;
+        }
+        node.bump();
+    }
+
+    if !plan.pending.is_empty() {
+        let decisions = scheduler::schedule(&plan.pending, &plan.agents, &plan.usage, &plan.params);
+        if !decisions.assignments.is_empty() {
+            let attempts: HashMap<u64, u32> = node.read(|s| {
+                plan.pending
+                    .iter()
+                    .filter_map(|p| {
+                        let sl = s.builds.get(&p.build)?.slices.get((p.id & 0xffff) as usize)?;
+                        Some((p.id, sl.attempt + 1))
+                    })
+                    .collect()
+            });
+            let assignments = decisions
+                .assignments
+                .iter()
+                .map(|a| SliceAssignment {
+                    build: a.slice >> 16,
+                    slice: (a.slice & 0xffff) as u32,
+                    attempt: attempts.get(&a.slice).copied().unwrap_or(1),
+                    agent: a.agent.clone(),
+                    emulated: a.emulated,
+                    reason: a.reason.clone(),
+                })
+                .collect();
+            node.propose(Command::Assign { at_ms: now_ms(), assignments }).await?;
+            node.bump();
+        }
+        for (id, reason) in decisions.impossible {
+            // A registered agent that is away might run it when it is back: wait for it.
+            let platform = plan.pending.iter().find(|p| p.id == id).map(|p| p.platform.clone());
+            if platform.is_some_and(|p| plan.absent.iter().any(|runs| scheduler::runs(runs, &p))) {
+                continue;
+            }
+            let build = id >> 16;
+            let error = Some(reason);
+            node.propose(Command::FinishBuild { at_ms: now_ms(), build, index_json: String::new(), index_digest: String::new(), error })
+                .await?;
+            node.bump();
+        }
+    }
+
+    for build in plan.finished {
+        node.soft().finishing.insert(build);
+        let node = node.clone();
+        tokio::spawn(async move {
+            let outcome = finish(&node, build).await;
+            if let Err(e) = outcome {
+                eprintln!("coordinator {}: finishing build {build}: {}", node.id, e.message);
+                node.soft().finishing.remove(&build);
+            }
+        });
+    }
+
+    for name in plan.drained {
+        node.propose(Command::RemoveContext { name }).await?;
+        node.bump();
+    }
+    Ok(())
+}
+
+/// Merges the slices' manifests into the index and, with `--push`, puts it under every tag
+/// (the agents have pushed their blobs and manifests by digest). Pushing is idempotent, so a
+/// new leader may do it again after a failover.
+async fn finish(node: &Arc<Node>, build: u64) -> Result<(), kiln_shared::wire::RemoteError> {
+    let Some(record) = node.read(|s| s.builds.get(&build).cloned()) else { return Ok(()) };
+    let mut manifests = Vec::new();
+    let mut error = None;
+    for s in &record.slices {
+        match serde_json::from_str::<Descriptor>(&s.manifest_json) {
+            Ok(d) => manifests.push(d),
+            Err(e) => error = Some(format!("{}: the agent reported an unreadable manifest descriptor: {e}", s.platform)),
+        }
+    }
+    let index = Index::new(manifests);
+    let bytes = oci::to_json(&index);
+    let digest = Digest::of(&bytes);
+    if error.is_none() && record.spec.push {
+        let spec = record.spec.clone();
+        let body = bytes.clone();
+        let pushed = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let registry = RegistryClient::new(&spec.insecure_registries);
+            for tag in &spec.tags {
+                let r: Reference = tag.parse().map_err(|e| format!("{tag}: {e}"))?;
+                registry
+                    .put_manifest(&r, &r.reference(), oci::MEDIA_INDEX, &body)
+                    .map_err(|e| format!("pushing the index to {tag}: {e}"))?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the push task failed: {e}")));
+        error = pushed.err();
+    }
+    let index_json = String::from_utf8(bytes).unwrap_or_default();
+    node.propose(Command::FinishBuild { at_ms: now_ms(), build, index_json, index_digest: digest.to_string(), error }).await?;
+    node.bump();
+    Ok(())
+}

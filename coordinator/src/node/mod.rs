@@ -1,0 +1,228 @@
+//! A coordinator process (`kiln coordinator`): one member of the Raft cluster serving the CLI,
+//! the agents and the other coordinators on one QUIC endpoint.
+//!
+//! - [`bootstrap`]: the cluster CA, this member's certificate, the first tokens;
+//! - [`handler`]: authentication, authorisation and every request; followers forward to the leader;
+//! - [`leader`]: what only the leader does: leases, scheduling, finishing builds, draining;
+//! - [`peers`]: connections to the other coordinators.
+
+pub mod bootstrap;
+pub mod handler;
+pub mod leader;
+pub mod peers;
+
+use crate::config::CoordinatorConfig;
+use crate::raft::network::Network;
+use crate::raft::store::{StateMachineStore, Store};
+use crate::raft::{ClusterState, Command, CommandResult, NodeId, TypeConfig};
+use anyhow::Context as _;
+use kiln_shared::api::{BuildEvent, Role, Token};
+use kiln_shared::store::ContentStore;
+use kiln_shared::transport::{self, ClusterCa};
+use kiln_shared::wire::{ErrorCode, RemoteError};
+use openraft::{BasicNode, Raft};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+
+/// `n` random bytes as hex, from the kernel.
+pub fn random_hex(n: usize) -> anyhow::Result<String> {
+    let mut buf = vec![0u8; n];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut buf).context("reading /dev/urandom")?;
+    Ok(hex::encode(buf))
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// What the leader knows about a live agent (soft state: rebuilt from polls after a failover).
+#[derive(Clone, Debug)]
+pub struct Live {
+    pub last_seen: Instant,
+    pub running: Vec<(u64, u32, u32)>,
+    pub cache_bytes: u64,
+}
+
+/// Soft state of this coordinator.
+#[derive(Default)]
+pub struct Soft {
+    pub agents: HashMap<String, Live>,
+    /// Progress of running builds, per build (bounded; see [`MAX_EVENTS`]).
+    pub events: HashMap<u64, Vec<BuildEvent>>,
+    /// Builds whose index is being pushed by this leader.
+    pub finishing: HashSet<u64>,
+    /// When this coordinator last became leader: agents get a grace period from then.
+    pub leader_since: Option<Instant>,
+    /// Partial uploads: digest → bytes received so far (in a temp file).
+    pub uploads: HashMap<String, (std::path::PathBuf, u64)>,
+}
+
+/// Events kept per build; a client that falls further behind sees a gap, not an unbounded heap.
+pub const MAX_EVENTS: usize = 100_000;
+
+pub struct Node {
+    pub id: NodeId,
+    pub cfg: CoordinatorConfig,
+    pub raft: Raft<TypeConfig>,
+    pub sm: StateMachineStore,
+    pub ca: ClusterCa,
+    pub pool: peers::Pool,
+    pub blobs: ContentStore,
+    pub soft: Mutex<Soft>,
+    /// Bumped whenever tasks or build progress change: long polls wait on it.
+    pub changed: tokio::sync::watch::Sender<u64>,
+    pub wake_leader: tokio::sync::Notify,
+    pub stop: CancellationToken,
+}
+
+impl Node {
+    pub fn soft(&self) -> std::sync::MutexGuard<'_, Soft> {
+        self.soft.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn bump(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// The leader's id and address, if one is known.
+    pub fn leader(&self) -> Option<(NodeId, SocketAddr)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?;
+        Some((id, node.addr.parse().ok()?))
+    }
+
+    pub fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
+        self.sm.read(f)
+    }
+
+    /// Commits a command through Raft (on the leader); the result of applying it.
+    pub async fn propose(&self, command: Command) -> Result<CommandResult, RemoteError> {
+        match self.raft.client_write(command).await {
+            Ok(r) => Ok(r.data),
+            Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => Err(RemoteError {
+                code: ErrorCode::NotLeader,
+                message: format!("coordinator {} is not the leader (leader: {:?}); retry", self.id, f.leader_id),
+            }),
+            Err(e) => Err(RemoteError { code: ErrorCode::Unavailable, message: format!("raft: {e}") }),
+        }
+    }
+
+    /// Proposes and turns `ok: false` into an error the caller sees.
+    pub async fn commit(&self, command: Command) -> Result<CommandResult, RemoteError> {
+        let r = self.propose(command).await?;
+        if !r.ok {
+            return Err(RemoteError { code: ErrorCode::BadRequest, message: r.message.unwrap_or_default() });
+        }
+        Ok(r)
+    }
+}
+
+/// Starts a coordinator and serves until `stop` is cancelled. `join` and `token` are only used
+/// by a member that has no CA yet (see [`bootstrap`]).
+pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option<String>, stop: CancellationToken) -> anyhow::Result<()> {
+    cfg.validate()?;
+    let creds = bootstrap::credentials(&cfg, join, token.as_deref(), &stop).await?;
+    let ca_der = creds.ca.cert_der();
+    let endpoint =
+        transport::server(cfg.listen, &ca_der, &creds.identity, true).with_context(|| format!("listening on {} (QUIC)", cfg.listen))?;
+    let pool = peers::Pool::new(transport::client(&ca_der, Some(&creds.identity))?);
+    let store = Store::open(cfg.data_dir.join("raft.redb"))?;
+    let raft_config = openraft::Config {
+        cluster_name: "kiln".into(),
+        heartbeat_interval: cfg.heartbeat_interval_ms,
+        election_timeout_min: cfg.election_timeout_min_ms,
+        election_timeout_max: cfg.election_timeout_max_ms,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_every_entries),
+        // Chunks travel as JSON inside one frame: keep them well under the frame limit.
+        snapshot_max_chunk_size: 1 << 20,
+        max_in_snapshot_log_to_keep: 1000,
+        ..Default::default()
+    }
+    .validate()?;
+    let sm = store.state_machine();
+    let raft = Raft::new(cfg.id, Arc::new(raft_config), Network::new(pool.clone()), store.log_store(), sm.clone()).await?;
+    let blobs = ContentStore::open(&cfg.data_dir.join("blobs"))?;
+    let node = Arc::new(Node {
+        id: cfg.id,
+        cfg: cfg.clone(),
+        raft,
+        sm,
+        ca: creds.ca,
+        pool,
+        blobs,
+        soft: Mutex::new(Soft::default()),
+        changed: tokio::sync::watch::channel(0).0,
+        wake_leader: tokio::sync::Notify::new(),
+        stop: stop.clone(),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    if creds.founder {
+        let members: BTreeMap<NodeId, BasicNode> = cfg.peers.iter().map(|(id, a)| (*id, BasicNode::new(a.to_string()))).collect();
+        node.raft.initialize(members).await.context("initialising the cluster")?;
+        tasks.spawn(found(node.clone()));
+    }
+    tasks.spawn(leader::run(node.clone()));
+    let accept = endpoint.clone();
+    let server = node.clone();
+    tasks.spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = server.stop.cancelled() => break,
+                incoming = accept.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    let node = server.clone();
+                    conns.spawn(async move {
+                        if let Ok(conn) = incoming.await {
+                            handler::serve(node, conn).await;
+                        }
+                    });
+                }
+            }
+            while conns.try_join_next().is_some() {}
+        }
+        conns.abort_all();
+    });
+    eprintln!("kiln coordinator {} listening on {} (data in {})", cfg.id, cfg.listen, cfg.data_dir.display());
+    stop.cancelled().await;
+    tasks.abort_all();
+    endpoint.close(0u32.into(), b"shutdown");
+    node.pool.close();
+    let _ = node.raft.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    Ok(())
+}
+
+/// The founder commits the first tokens, then writes them to its data dir.
+async fn found(node: Arc<Node>) {
+    let tokens = (bootstrap::new_token(&node.ca, Role::Admin), bootstrap::new_token(&node.ca, Role::Agent));
+    let (Ok(admin), Ok(agent)) = tokens else {
+        eprintln!("coordinator {}: cannot make tokens (no /dev/urandom?)", node.id);
+        return;
+    };
+    let put = |t: &Token, tenant: &str| Command::PutToken { token_hash: t.hash(), role: t.role.as_str().into(), tenant: tenant.into() };
+    loop {
+        if node.is_leader() {
+            let a = node.propose(put(&admin, "default")).await;
+            let b = node.propose(put(&agent, "")).await;
+            if a.is_ok() && b.is_ok() {
+                break;
+            }
+        }
+        tokio::select! {
+            _ = node.stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+    if let Err(e) = bootstrap::write_tokens(&node.cfg.data_dir, &admin, &agent) {
+        eprintln!("coordinator {}: writing tokens: {e:#}", node.id);
+    }
+}

@@ -1,0 +1,57 @@
+//! Outgoing connections of a coordinator: to the other coordinators (Raft RPCs, forwarded
+//! requests). One QUIC connection per address, opened on first use and replaced when it breaks.
+
+use kiln_shared::api::{Request, Response};
+use kiln_shared::transport::{self, TransportError};
+use kiln_shared::wire::Envelope;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+#[derive(Clone)]
+pub struct Pool {
+    endpoint: quinn::Endpoint,
+    conns: Arc<Mutex<HashMap<SocketAddr, quinn::Connection>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl Pool {
+    pub fn new(endpoint: quinn::Endpoint) -> Pool {
+        Pool { endpoint, conns: Arc::default(), next_id: Arc::new(AtomicU64::new(1)) }
+    }
+
+    async fn connection(&self, addr: SocketAddr, timeout: Duration) -> Result<quinn::Connection, TransportError> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(&addr) {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let c = transport::connect(&self.endpoint, addr, timeout).await?;
+        conns.insert(addr, c.clone());
+        Ok(c)
+    }
+
+    /// One request to `addr`, within `timeout`. A broken connection is dropped so that the next
+    /// call reconnects.
+    pub async fn call(&self, addr: SocketAddr, request: Request, timeout: Duration) -> Result<Response, TransportError> {
+        let conn = self.connection(addr, timeout).await?;
+        let env = Envelope {
+            request_id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            deadline_ms: timeout.as_millis().min(u32::MAX as u128) as u32,
+            body: request,
+        };
+        let result = transport::call::<Request, Response>(&conn, &env).await;
+        if let Err(TransportError::Closed(_) | TransportError::Connect { .. }) = &result {
+            self.conns.lock().await.remove(&addr);
+        }
+        result
+    }
+
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"shutdown");
+    }
+}

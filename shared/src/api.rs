@@ -1,0 +1,477 @@
+//! The messages of kiln's one wire protocol: CLI ↔ coordinator, agent ↔ coordinator and
+//! coordinator ↔ coordinator, carried by [`crate::transport`] in [`crate::wire`] frames.
+//!
+//! Plain data only (no JSON values, no skipped fields): bincode needs every field on the wire.
+//! Raft's own RPCs travel as opaque JSON inside [`Request::Raft`], so openraft's types stay a
+//! coordinator matter.
+
+use crate::Platform;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+/// Who a request comes from, as its certificate says (`role:name`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Manages builders, contexts and tokens; builds in its tenant.
+    Admin,
+    /// Builds in its tenant.
+    User,
+    /// A build host.
+    Agent,
+    /// A member of the Raft cluster.
+    Coordinator,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+            Role::Agent => "agent",
+            Role::Coordinator => "coordinator",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "admin" => Role::Admin,
+            "user" => Role::User,
+            "agent" => Role::Agent,
+            "coordinator" => Role::Coordinator,
+            _ => return None,
+        })
+    }
+}
+
+/// An authenticated caller: role, name (agent name, coordinator id, or tenant for users).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    pub role: Role,
+    pub name: String,
+}
+
+impl Principal {
+    /// The certificate common name that carries this principal.
+    pub fn common_name(&self) -> String {
+        format!("{}:{}", self.role.as_str(), self.name)
+    }
+
+    pub fn from_common_name(cn: &str) -> Option<Principal> {
+        let (role, name) = cn.split_once(':')?;
+        Some(Principal { role: Role::parse(role)?, name: name.to_string() })
+    }
+
+    /// The tenant a build of this principal belongs to.
+    pub fn tenant(&self) -> &str {
+        &self.name
+    }
+}
+
+/// One step's progress, as the engine reports it and as it travels to the CLI.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// A step starts; `name` is `[linux/arm64 build 3/7] RUN make`.
+    Start {
+        id: u64,
+        name: String,
+    },
+    Cached {
+        id: u64,
+    },
+    Log {
+        id: u64,
+        line: String,
+    },
+    Done {
+        id: u64,
+        secs: f64,
+    },
+    Failed {
+        id: u64,
+        message: String,
+    },
+}
+
+/// What an agent tells the farm about itself when it registers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub name: String,
+    /// Where peers reach it (QUIC).
+    pub endpoint: String,
+    pub native: Vec<Platform>,
+    pub emulated: Vec<Platform>,
+    pub slots: u32,
+    pub labels: BTreeMap<String, String>,
+    pub version: String,
+}
+
+/// One entry of a build context, as the CLI walked it (after `.dockerignore`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContextEntry {
+    /// Relative, `/`-separated.
+    pub path: String,
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    Dir,
+    File { digest: String, size: u64 },
+    Symlink { target: String },
+}
+
+/// What `kiln build` submits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BuildSpec {
+    pub dockerfile: String,
+    pub dockerfile_name: String,
+    pub platforms: Vec<Platform>,
+    pub build_args: Vec<(String, String)>,
+    pub target: Option<String>,
+    pub no_cache: bool,
+    pub context: Vec<ContextEntry>,
+    pub tags: Vec<String>,
+    pub push: bool,
+    pub zstd: bool,
+    pub builder: Option<String>,
+    pub insecure_registries: Vec<String>,
+}
+
+/// A slice handed to an agent. `attempt` fences reports: one from an older attempt is ignored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SliceTask {
+    pub build: u64,
+    pub slice: u32,
+    pub attempt: u32,
+    pub platform: Platform,
+    pub emulated: bool,
+    pub spec: BuildSpec,
+    /// Coordinators that hold the context's blobs (the one that received the upload first).
+    pub context_origin: Vec<SocketAddr>,
+}
+
+/// What an agent reports when a slice is done.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SliceOutcome {
+    pub build: u64,
+    pub slice: u32,
+    pub attempt: u32,
+    /// The manifest descriptor (OCI JSON), with its platform.
+    pub manifest_json: String,
+    pub emulated: bool,
+    pub duration_ms: u64,
+    pub cache_hits: u32,
+    pub cache_misses: u32,
+}
+
+/// The state of one slice, as `kiln build` and `kiln inspect` show it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SliceView {
+    pub slice: u32,
+    pub platform: Platform,
+    /// queued, running, done, failed.
+    pub state: String,
+    pub agent: String,
+    pub emulated: bool,
+    pub attempt: u32,
+    pub manifest_json: String,
+    pub queue_ms: u64,
+    pub duration_ms: u64,
+    pub cache_hits: u32,
+    pub cache_misses: u32,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BuildView {
+    pub id: u64,
+    /// running, done, failed.
+    pub state: String,
+    pub slices: Vec<SliceView>,
+    /// The index (OCI JSON) once done.
+    pub index_json: String,
+    pub index_digest: String,
+    pub error: String,
+}
+
+/// One progress event of a build, labelled with where it happened.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BuildEvent {
+    pub platform: Platform,
+    pub agent: String,
+    pub event: Event,
+}
+
+/// A context (agent) as `kiln context ls|inspect` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContextView {
+    pub info: AgentInfo,
+    /// ready, draining, lost.
+    pub status: String,
+    pub running: u32,
+    pub last_seen_ms_ago: u64,
+    pub cache_bytes: u64,
+}
+
+/// A builder node as `kiln ls|inspect` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub name: String,
+    pub context: String,
+    pub endpoint: String,
+    /// running, inactive (not connected), draining, lost, or missing (no such context).
+    pub status: String,
+    /// The pinned platforms, else every platform the agent runs (native first).
+    pub platforms: Vec<Platform>,
+    pub native: Vec<Platform>,
+    pub slots: u32,
+    pub running: u32,
+    pub cache_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BuilderView {
+    pub name: String,
+    pub driver: String,
+    pub nodes: Vec<NodeView>,
+    /// Recent slices run by this builder's nodes (`kiln inspect`).
+    pub recent: Vec<(u64, SliceView)>,
+}
+
+/// What `kiln create` asks for.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CreateSpec {
+    pub context: Option<String>,
+    pub name: Option<String>,
+    pub driver: Option<String>,
+    pub platforms: Vec<Platform>,
+    pub node: Option<String>,
+    pub append: bool,
+    pub leave: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: u64,
+    pub addr: String,
+    pub voter: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The coordinator that answered.
+    pub id: u64,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_applied: u64,
+    pub members: Vec<Member>,
+}
+
+/// Which openraft RPC a [`Request::Raft`] carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftRpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    // -- joining: the only requests served on a connection without a client certificate
+    /// Exchange a token for a certificate (the CSR's key stays with the caller).
+    /// `name` is the agent's name (agents only; users get their token's tenant).
+    Join {
+        token: String,
+        name: String,
+        csr_der: Vec<u8>,
+    },
+    /// A coordinator's first start: get the cluster CA from the first member.
+    JoinPeer {
+        id: u64,
+        token: Option<String>,
+        csr_der: Vec<u8>,
+    },
+
+    // -- coordinators
+    Raft {
+        rpc: RaftRpc,
+        json: Vec<u8>,
+    },
+    /// A follower passes on a request it authenticated.
+    /// `origin` is the coordinator that received it (where its uploads are).
+    Forward {
+        principal: Principal,
+        origin: SocketAddr,
+        request: Box<Request>,
+    },
+    Status,
+    AddCoordinator {
+        id: u64,
+        addr: String,
+    },
+    RemoveCoordinator {
+        id: u64,
+    },
+
+    // -- agents
+    Register(AgentInfo),
+    /// Heartbeat and long poll for work: answered with new tasks, or empty after `wait_ms`.
+    Poll {
+        agent: String,
+        running: Vec<(u64, u32, u32)>,
+        cache_bytes: u64,
+        wait_ms: u32,
+    },
+    Events {
+        build: u64,
+        slice: u32,
+        attempt: u32,
+        events: Vec<Event>,
+    },
+    SliceDone(SliceOutcome),
+    SliceFailed {
+        build: u64,
+        slice: u32,
+        attempt: u32,
+        message: String,
+    },
+    GetBlob {
+        digest: String,
+        offset: u64,
+        len: u32,
+    },
+
+    // -- CLI
+    MissingBlobs {
+        digests: Vec<String>,
+    },
+    PutBlob {
+        digest: String,
+        offset: u64,
+        data: Vec<u8>,
+        last: bool,
+    },
+    Submit(BuildSpec),
+    /// Progress and state of a build; waits up to `wait_ms` for something new after `cursor`.
+    Watch {
+        build: u64,
+        cursor: u64,
+        wait_ms: u32,
+    },
+    Contexts,
+    RemoveContext {
+        name: String,
+    },
+    CreateBuilder(CreateSpec),
+    RemoveBuilder {
+        name: String,
+    },
+    Builders,
+    Inspect {
+        name: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Ok,
+    Joined { cert_der: Vec<u8>, ca_der: Vec<u8>, principal: Principal },
+    PeerJoined { ca_cert_pem: String, ca_key_pem: String, cert_der: Vec<u8> },
+    Raft { json: Vec<u8> },
+    Status(ClusterStatus),
+    Tasks(Vec<SliceTask>),
+    Bytes(Vec<u8>),
+    Digests(Vec<String>),
+    Submitted { build: u64 },
+    Build { view: BuildView, events: Vec<BuildEvent>, cursor: u64 },
+    Contexts(Vec<ContextView>),
+    Name(String),
+    Builders(Vec<BuilderView>),
+    Builder(BuilderView),
+}
+
+/// A join token: `K1` + the CA's sha256 + `.` + role + `.` + secret (as k3s pins its CA in the
+/// token, so that joining needs nothing but the token).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Token {
+    pub ca_fingerprint: String,
+    pub role: Role,
+    pub secret: String,
+}
+
+impl Token {
+    pub fn parse(s: &str) -> Result<Token, String> {
+        let bad = || "the token is malformed: expected the content of c1/admin.token or c1/agent.token".to_string();
+        let rest = s.trim().strip_prefix("K1").ok_or_else(bad)?;
+        let mut parts = rest.splitn(3, '.');
+        let (fp, role, secret) = (parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?);
+        if fp.len() != 64 || !fp.chars().all(|c| c.is_ascii_hexdigit()) || secret.len() < 16 {
+            return Err(bad());
+        }
+        Ok(Token { ca_fingerprint: fp.to_string(), role: Role::parse(role).ok_or_else(bad)?, secret: secret.to_string() })
+    }
+
+    /// What the cluster stores: never the token itself.
+    pub fn hash(&self) -> String {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(self.to_string().as_bytes()))
+    }
+}
+
+impl std::fmt::Display for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "K1{}.{}.{}", self.ca_fingerprint, self.role.as_str(), self.secret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire;
+
+    #[test]
+    fn tokens_round_trip_and_refuse_garbage() {
+        let t = Token { ca_fingerprint: "ab".repeat(32), role: Role::Agent, secret: "0123456789abcdef0123".into() };
+        assert_eq!(Token::parse(&t.to_string()).unwrap(), t);
+        assert_eq!(Token::parse(&format!(" {t}\n")).unwrap(), t);
+        for bad in ["", "K1", "nonsense", &t.to_string().replace("agent", "root"), &t.to_string()[..70]] {
+            assert!(Token::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn messages_survive_the_wire() {
+        let spec = BuildSpec {
+            dockerfile: "FROM scratch\n".into(),
+            dockerfile_name: "Dockerfile".into(),
+            platforms: vec!["linux/arm64".parse().unwrap()],
+            build_args: vec![("A".into(), "1".into())],
+            target: None,
+            no_cache: false,
+            context: vec![ContextEntry {
+                path: "a/b".into(),
+                kind: EntryKind::File { digest: "sha256:00".into(), size: 3 },
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            }],
+            tags: vec!["127.0.0.1:5000/a:1".into()],
+            push: true,
+            zstd: false,
+            builder: Some("b".into()),
+            insecure_registries: vec![],
+        };
+        let principal = Principal { role: Role::User, name: "t".into() };
+        let req = Request::Forward { principal, origin: "127.0.0.1:7401".parse().unwrap(), request: Box::new(Request::Submit(spec)) };
+        let bytes = wire::encode(&req).unwrap();
+        assert_eq!(wire::decode::<Request>(&bytes).unwrap(), req);
+        let p = Principal::from_common_name("agent:a1").unwrap();
+        assert_eq!(p, Principal { role: Role::Agent, name: "a1".into() });
+        assert_eq!(Principal::from_common_name(&p.common_name()), Some(p));
+        assert_eq!(Principal::from_common_name("root:x"), None);
+    }
+}

@@ -1,0 +1,160 @@
+//! The client side of a farm, shared by the CLI and the agents: join with a token (getting a
+//! certificate for a key made here), then call any coordinator, moving to the next one when a
+//! coordinator is unreachable or busy electing a leader.
+
+use crate::api::{Principal, Request, Response, Token};
+use crate::transport::{self, Identity, KeyRequest, TransportError};
+use crate::wire::{Envelope, ErrorCode};
+use rustls::pki_types::CertificateDer;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// Parses `ADDR[,ADDR..]`.
+pub fn parse_hosts(list: &str) -> Result<Vec<SocketAddr>, String> {
+    let hosts: Result<Vec<SocketAddr>, String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|e| format!("--host {s:?}: {e} (expected IP:PORT)")))
+        .collect();
+    let hosts = hosts?;
+    if hosts.is_empty() {
+        return Err("--host needs at least one coordinator address (IP:PORT)".into());
+    }
+    Ok(hosts)
+}
+
+/// A connection to the farm with failover across its coordinators.
+pub struct Farm {
+    hosts: Vec<SocketAddr>,
+    endpoint: quinn::Endpoint,
+    current: Mutex<Option<(usize, quinn::Connection)>>,
+    start: AtomicUsize,
+    next_id: AtomicU64,
+    pub principal: Principal,
+    ca: CertificateDer<'static>,
+    identity: Identity,
+}
+
+/// Errors a retry elsewhere may cure.
+fn retryable(e: &TransportError) -> bool {
+    match e {
+        TransportError::Remote(r) => matches!(r.code, ErrorCode::Unavailable | ErrorCode::NotLeader),
+        TransportError::Connect { .. } | TransportError::Timeout { .. } | TransportError::Closed(_) | TransportError::Io(_) => true,
+        TransportError::Tls(_) | TransportError::Wire(_) => false,
+    }
+}
+
+impl Farm {
+    /// Exchanges `token` for a certificate at the first coordinator that answers, then opens
+    /// the farm with it. `name` names an agent (users get their token's tenant).
+    pub async fn join(hosts: &[SocketAddr], token: &str, name: &str) -> Result<Farm, TransportError> {
+        let parsed = Token::parse(token).map_err(TransportError::Tls)?;
+        let joining = transport::joining_client(Some(&parsed.ca_fingerprint))?;
+        let mut last = None;
+        for &addr in hosts {
+            let key = KeyRequest::new()?;
+            let request = Request::Join { token: token.trim().to_string(), name: name.to_string(), csr_der: key.csr_der.clone() };
+            let answer = async {
+                let conn = transport::connect(&joining, addr, Duration::from_secs(5)).await?;
+                transport::call::<Request, Response>(&conn, &Envelope { request_id: 0, deadline_ms: 10_000, body: request }).await
+            };
+            match answer.await {
+                Ok(Response::Joined { cert_der, ca_der, principal }) => {
+                    joining.close(0u32.into(), b"joined");
+                    let identity = key.into_identity(cert_der);
+                    return Farm::open(hosts, &CertificateDer::from(ca_der), &identity, principal);
+                }
+                Ok(other) => last = Some(TransportError::Closed(format!("unexpected answer to a join: {other:?}"))),
+                Err(e) if retryable(&e) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(TransportError::Closed("no coordinator given".into())))
+    }
+
+    pub fn open(
+        hosts: &[SocketAddr],
+        ca: &CertificateDer<'static>,
+        identity: &Identity,
+        principal: Principal,
+    ) -> Result<Farm, TransportError> {
+        Ok(Farm {
+            hosts: hosts.to_vec(),
+            endpoint: transport::client(ca, Some(identity))?,
+            current: Mutex::new(None),
+            start: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            principal,
+            ca: ca.clone(),
+            identity: identity.clone(),
+        })
+    }
+
+    /// The CA and this client's identity, to open connections to other endpoints of the farm.
+    pub fn credentials(&self) -> (CertificateDer<'static>, Identity) {
+        (self.ca.clone(), self.identity.clone())
+    }
+
+    async fn connection(&self) -> Result<(usize, quinn::Connection), TransportError> {
+        let mut current = self.current.lock().await;
+        if let Some((i, c)) = &*current {
+            if c.close_reason().is_none() {
+                return Ok((*i, c.clone()));
+            }
+        }
+        let start = self.start.load(Ordering::Relaxed);
+        let mut last = None;
+        for k in 0..self.hosts.len() {
+            let i = (start + k) % self.hosts.len();
+            match transport::connect(&self.endpoint, self.hosts[i], Duration::from_secs(3)).await {
+                Ok(c) => {
+                    *current = Some((i, c.clone()));
+                    return Ok((i, c));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(TransportError::Closed("no coordinator given".into())))
+    }
+
+    /// One request; retried on another coordinator (or after an election) until `patience`
+    /// runs out. `deadline` bounds each attempt.
+    pub async fn call(&self, request: &Request, deadline: Duration, patience: Duration) -> Result<Response, TransportError> {
+        let give_up = Instant::now() + patience;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let attempt = async {
+                let (i, conn) = self.connection().await.map_err(|e| (self.start.load(Ordering::Relaxed), e))?;
+                let env = Envelope {
+                    request_id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                    deadline_ms: deadline.as_millis().min(u32::MAX as u128) as u32,
+                    body: request,
+                };
+                transport::call::<&Request, Response>(&conn, &env).await.map_err(|e| (i, e))
+            };
+            let e = match attempt.await {
+                Ok(r) => return Ok(r),
+                Err((i, e)) => {
+                    if !matches!(&e, TransportError::Remote(_)) {
+                        // The coordinator itself is in trouble: next time start with the next one.
+                        *self.current.lock().await = None;
+                        self.start.store(i + 1, Ordering::Relaxed);
+                    }
+                    e
+                }
+            };
+            if !retryable(&e) || Instant::now() + pause > give_up {
+                return Err(e);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(1000));
+        }
+    }
+
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"bye");
+    }
+}
