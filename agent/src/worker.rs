@@ -126,8 +126,9 @@ async fn poll_loop(w: Arc<Worker>, info: AgentInfo, tasks: &mut tokio::task::Joi
     loop {
         let running: Vec<Key> = w.running().iter().copied().collect();
         let cache_bytes = w.cache_bytes.load(std::sync::atomic::Ordering::Relaxed);
-        let poll = Request::Poll { agent: w.cfg.name.clone(), running, cache_bytes, wait_ms: 2_000 };
-        match w.farm.call(&poll, Duration::from_secs(8), Duration::from_secs(5)).await {
+        let poll = Request::Poll { agent: w.cfg.name.clone(), running, cache_bytes, wait_ms: 1_000 };
+        // A short deadline: a coordinator that died must not hold the heartbeat past the lease.
+        match w.farm.call(&poll, Duration::from_millis(2_500), Duration::from_secs(5)).await {
             Ok(Response::Tasks(list)) => {
                 for task in list {
                     if w.running().insert((task.build, task.slice, task.attempt)) {

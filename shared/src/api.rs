@@ -139,6 +139,8 @@ pub struct BuildSpec {
     pub zstd: bool,
     pub builder: Option<String>,
     pub insecure_registries: Vec<String>,
+    /// Chosen by the client: a submit retried after a lost answer finds the same build.
+    pub submission: String,
 }
 
 /// A slice handed to an agent. `attempt` fences reports: one from an older attempt is ignored.
@@ -464,6 +466,7 @@ mod tests {
             zstd: false,
             builder: Some("b".into()),
             insecure_registries: vec![],
+            submission: "x".into(),
         };
         let principal = Principal { role: Role::User, name: "t".into() };
         let req = Request::Forward { principal, origin: "127.0.0.1:7401".parse().unwrap(), request: Box::new(Request::Submit(spec)) };

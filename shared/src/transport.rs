@@ -58,8 +58,12 @@ impl Clone for Identity {
 
 /// The cluster's certificate authority.
 pub struct ClusterCa {
+    /// For signing only: rcgen rebuilds the CA certificate from its parameters, which gives the
+    /// same subject and key but not the same bytes.
     cert: rcgen::Certificate,
     key: rcgen::KeyPair,
+    /// The CA certificate as first made: what peers trust and what tokens pin.
+    original: CertificateDer<'static>,
 }
 
 impl ClusterCa {
@@ -70,7 +74,7 @@ impl ClusterCa {
         params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
         let key = rcgen::KeyPair::generate().map_err(tls)?;
         let cert = params.self_signed(&key).map_err(tls)?;
-        Ok(ClusterCa { cert, key })
+        Ok(ClusterCa { original: cert.der().clone(), cert, key })
     }
 
     /// Restores a CA from its PEM certificate and key (as stored in a coordinator's data dir).
@@ -78,11 +82,15 @@ impl ClusterCa {
         let key = rcgen::KeyPair::from_pem(key_pem).map_err(tls)?;
         let params = rcgen::CertificateParams::from_ca_cert_pem(cert_pem).map_err(tls)?;
         let cert = params.self_signed(&key).map_err(tls)?;
-        Ok(ClusterCa { cert, key })
+        let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(tls)?;
+        Ok(ClusterCa { cert, key, original: CertificateDer::from(pem.contents) })
     }
 
     pub fn cert_pem(&self) -> String {
-        self.cert.pem()
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(self.original.as_ref());
+        let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or_default()).collect();
+        format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
     }
 
     pub fn key_pem(&self) -> String {
@@ -90,14 +98,14 @@ impl ClusterCa {
     }
 
     pub fn cert_der(&self) -> CertificateDer<'static> {
-        self.cert.der().clone()
+        self.original.clone()
     }
 
     /// Issues a certificate for `common_name` (a coordinator, an agent or a user), valid for
     /// the name clients verify and for the given IP addresses.
     /// sha256 of the CA certificate (hex): what join tokens pin.
     pub fn fingerprint(&self) -> String {
-        fingerprint(self.cert.der())
+        fingerprint(&self.original)
     }
 
     /// Signs a certificate signing request, replacing whatever subject it asked for with
@@ -248,8 +256,10 @@ fn roots(ca: &CertificateDer<'static>) -> Result<Arc<rustls::RootCertStore>, Tra
 
 fn transport_config() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.max_idle_timeout(Some(Duration::from_secs(30).try_into().unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(30_000)))));
-    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    // A peer that died is noticed within seconds (agents must reach a new leader within their
+    // lease); keep-alives keep idle but live connections open.
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(5_000))));
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
     Arc::new(t)
 }
 
@@ -476,5 +486,9 @@ mod tests {
         let ca = ClusterCa::generate("kiln").unwrap();
         let again = ClusterCa::from_pem(&ca.cert_pem(), &ca.key_pem()).unwrap();
         assert!(again.issue("a", &[]).is_ok());
+        // The same certificate, byte for byte: tokens pin its hash.
+        assert_eq!(again.cert_der(), ca.cert_der());
+        assert_eq!(again.fingerprint(), ca.fingerprint());
+        assert_eq!(again.cert_pem(), ca.cert_pem());
     }
 }

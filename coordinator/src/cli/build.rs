@@ -174,6 +174,7 @@ fn build(
             zstd,
             builder: args.builder.clone().or_else(|| super::remote::current_builder(&hosts)),
             insecure_registries: args.insecure_registries.clone(),
+            submission: crate::node::random_hex(16)?,
         };
         let view = super::farm_build::run(spec, context.files, &args.farm, mode)?;
         return super::farm_build::finish(&view, &args.tags, args.metadata_file.as_deref(), mode);

@@ -138,6 +138,9 @@ pub async fn dispatch(node: &Node, p: Principal, origin: SocketAddr, req: Reques
             lead(node, principal, origin, *request).await
         }
         req if node.is_leader() => lead(node, p, origin, req).await,
+        _ if node.is_elected() => {
+            Err(err(ErrorCode::Unavailable, format!("coordinator {} was just elected and is catching up; retry", node.id)))
+        }
         req => {
             let (leader, addr) =
                 node.leader().ok_or_else(|| err(ErrorCode::Unavailable, "no leader is elected yet (an election is under way); retry"))?;
@@ -155,7 +158,7 @@ pub async fn dispatch(node: &Node, p: Principal, origin: SocketAddr, req: Reques
 /// How long a forwarded request may take: long polls take their wait.
 fn request_timeout(req: &Request) -> Duration {
     match req {
-        Request::Poll { wait_ms, .. } | Request::Watch { wait_ms, .. } => Duration::from_millis(u64::from(*wait_ms) + 5_000),
+        Request::Poll { wait_ms, .. } | Request::Watch { wait_ms, .. } => Duration::from_millis(u64::from(*wait_ms) + 1_500),
         Request::RemoveContext { .. } => Duration::from_secs(120),
         _ => Duration::from_secs(30),
     }
@@ -437,6 +440,12 @@ async fn submit(node: &Node, p: &Principal, origin: SocketAddr, spec: BuildSpec)
     if let Some(reason) = refusal {
         return Err(err(ErrorCode::BadRequest, reason));
     }
+    // A client that lost its answer (a leader change) submits again: same submission, same build.
+    let existing =
+        node.read(|s| s.builds.values().rev().find(|b| b.tenant == p.tenant() && b.spec.submission == spec.submission).map(|b| b.id));
+    if let Some(build) = existing.filter(|_| !spec.submission.is_empty()) {
+        return Ok(Response::Submitted { build });
+    }
     let record = BuildRecord::new(p.tenant(), spec, vec![origin], now_ms());
     let r = node.commit(Command::Submit { build: record }).await?;
     node.wake_leader.notify_one();
@@ -507,13 +516,13 @@ async fn watch(node: &Node, p: &Principal, build: u64, cursor: u64, wait_ms: u32
     }
 }
 
-/// Whether an agent is alive: it polled within its lease (or, right after a leader change,
-/// the lease has not run out since).
+/// Whether an agent is alive: it polled within its lease, or it has not yet had twice its
+/// lease since this coordinator became leader (the grace a new leader gives every agent).
 pub fn alive(node: &Node, live: Option<&Live>, now: Instant) -> bool {
     let lease = Duration::from_millis(node.cfg.lease_timeout_ms);
     match live {
         Some(l) => now.duration_since(l.last_seen) < lease,
-        None => node.soft().leader_since.is_some_and(|t| now.duration_since(t) < lease),
+        None => node.soft().leader_since.is_some_and(|t| now.duration_since(t) < 2 * lease),
     }
 }
 

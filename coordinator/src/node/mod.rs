@@ -87,7 +87,16 @@ impl Node {
         self.changed.send_modify(|v| *v += 1);
     }
 
+    /// Leader, and caught up: the state machine has applied an entry of this leader's term (the
+    /// blank entry every new leader commits first), so everything committed before is applied
+    /// too and reads of the state are current.
     pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.current_leader == Some(self.id) && m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term)
+    }
+
+    /// Leader by vote, perhaps not yet caught up (see [`Node::is_leader`]).
+    pub fn is_elected(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.id)
     }
 

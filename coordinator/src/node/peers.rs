@@ -30,7 +30,7 @@ impl Pool {
                 return Ok(c.clone());
             }
         }
-        let c = transport::connect(&self.endpoint, addr, timeout).await?;
+        let c = transport::connect(&self.endpoint, addr, timeout.min(Duration::from_secs(2))).await?;
         conns.insert(addr, c.clone());
         Ok(c)
     }

@@ -442,6 +442,7 @@ mod tests {
             zstd: false,
             builder: None,
             insecure_registries: vec![],
+            submission: String::new(),
         }
     }
 
