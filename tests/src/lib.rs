@@ -5,7 +5,10 @@
 //!   stopped when dropped;
 //! - [`busybox`]: busybox-static for amd64 and arm64 from Debian's packages;
 //! - [`base_image`]: those built by kiln into a two-platform image and pushed to a registry;
-//! - [`wait_for`]: polling with a deadline instead of sleeping.
+//! - [`wait_for`]: polling with a deadline instead of sleeping;
+//! - [`cluster::Cluster`]: coordinators and agents as real processes, with fault injection.
+
+pub mod cluster;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
