@@ -447,7 +447,7 @@ async fn submit(node: &Node, p: &Principal, origin: SocketAddr, spec: BuildSpec)
         return Ok(Response::Submitted { build });
     }
     let record = BuildRecord::new(p.tenant(), spec, vec![origin], now_ms());
-    let r = node.commit(Command::Submit { build: record }).await?;
+    let r = node.commit(Command::Submit { build: Box::new(record) }).await?;
     node.wake_leader.notify_one();
     Ok(Response::Submitted { build: r.value })
 }

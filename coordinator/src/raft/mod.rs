@@ -62,7 +62,7 @@ pub enum Command {
     },
     /// A new build; its id is the state's next id, returned in the result's `value`.
     Submit {
-        build: BuildRecord,
+        build: Box<BuildRecord>,
     },
     Assign {
         at_ms: u64,
@@ -289,7 +289,7 @@ impl ClusterState {
             Command::Submit { build } => {
                 self.next_build += 1;
                 let id = self.next_build;
-                let mut build = build.clone();
+                let mut build = (**build).clone();
                 build.id = id;
                 self.builds.insert(id, build);
                 CommandResult { value: id, ..CommandResult::ok() }
@@ -458,7 +458,8 @@ mod tests {
     #[test]
     fn slices_are_fenced_by_attempt() {
         let mut st = ClusterState::default();
-        let id = st.apply(&Command::Submit { build: BuildRecord::new("t", spec(&["linux/amd64", "linux/arm64"]), vec![], 1) }).value;
+        let id =
+            st.apply(&Command::Submit { build: Box::new(BuildRecord::new("t", spec(&["linux/amd64", "linux/arm64"]), vec![], 1)) }).value;
         assert_eq!(id, 1);
         assert_eq!(st.apply(&assign(1, 0, 1, "a1")).value, 1);
         // The same assignment twice (a leader retrying) changes nothing.
@@ -480,7 +481,7 @@ mod tests {
     #[test]
     fn attempts_are_bounded_and_failures_fail_the_build() {
         let mut st = ClusterState::default();
-        st.apply(&Command::Submit { build: BuildRecord::new("t", spec(&["linux/amd64"]), vec![], 1) });
+        st.apply(&Command::Submit { build: Box::new(BuildRecord::new("t", spec(&["linux/amd64"]), vec![], 1)) });
         for attempt in 1..=2 {
             st.apply(&assign(1, 0, attempt, "a1"));
             st.apply(&Command::Requeue { at_ms: 9, slices: vec![(1, 0, attempt)], reason: "lost".into(), max_attempts: 2 });
@@ -488,7 +489,7 @@ mod tests {
         assert_eq!(st.builds[&1].state, BuildState::Failed);
         assert!(st.builds[&1].error.contains("gave up after 2 attempts"), "{}", st.builds[&1].error);
 
-        st.apply(&Command::Submit { build: BuildRecord::new("t", spec(&["linux/amd64"]), vec![], 1) });
+        st.apply(&Command::Submit { build: Box::new(BuildRecord::new("t", spec(&["linux/amd64"]), vec![], 1)) });
         st.apply(&assign(2, 0, 1, "a1"));
         let failed = Command::SliceFailed { at_ms: 3, build: 2, slice: 0, attempt: 1, message: "RUN false: exit 1".into() };
         assert!(st.apply(&failed).ok);
@@ -499,7 +500,8 @@ mod tests {
 
     #[test]
     fn command_json_round_trip() -> Result<(), serde_json::Error> {
-        let command = Command::Submit { build: BuildRecord::new("t", spec(&["linux/arm64"]), vec!["127.0.0.1:1".parse().unwrap()], 4) };
+        let command =
+            Command::Submit { build: Box::new(BuildRecord::new("t", spec(&["linux/arm64"]), vec!["127.0.0.1:1".parse().unwrap()], 4)) };
         let bytes = serde_json::to_vec(&command)?;
         assert_eq!(serde_json::from_slice::<Command>(&bytes)?, command);
         let state = ClusterState::default();
