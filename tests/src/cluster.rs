@@ -61,6 +61,10 @@ impl Proc {
         self.signal("CONT");
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
@@ -92,6 +96,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` coordinators (ids 1..=n) and waits until the cluster has a leader and tokens.
     pub fn start(n: usize) -> Cluster {
+        Self::start_with(n, 1000, 2000)
+    }
+
+    /// With the given election timeouts (ms).
+    pub fn start_with(n: usize, election_min_ms: u64, election_max_ms: u64) -> Cluster {
         let dir = TempDir::new("cluster");
         let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_udp_port())).collect();
         let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
@@ -112,9 +121,9 @@ impl Cluster {
                 "--heartbeat-interval-ms",
                 "200",
                 "--election-timeout-min-ms",
-                "1000",
+                &election_min_ms.to_string(),
                 "--election-timeout-max-ms",
-                "2000",
+                &election_max_ms.to_string(),
                 "--lease-timeout-ms",
                 &LEASE_MS.to_string(),
             ]

@@ -36,7 +36,9 @@ impl FarmArgs {
 }
 
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the async runtime")
+    // More workers than cores: redb's fsyncs block a worker for a while, and Raft heartbeats
+    // must not wait behind them.
+    tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().context("starting the async runtime")
 }
 
 /// Joins the farm with the token.

@@ -356,24 +356,28 @@ async fn register(node: &Node, p: &Principal, info: AgentInfo) -> Answer {
 /// Slices assigned to `agent` that it does not know it runs: new assignments, or ones whose
 /// delivery was lost with a previous leader.
 fn tasks_for(node: &Node, agent: &str, running: &[(u64, u32, u32)]) -> Vec<SliceTask> {
+    let assigned = node.assigned();
+    let Some(mine) = assigned.get(agent) else { return vec![] };
+    let new: Vec<&(u64, u32, u32)> = mine.iter().filter(|k| !running.contains(k)).collect();
+    if new.is_empty() {
+        return vec![];
+    }
     node.read(|s| {
-        let mut out = Vec::new();
-        for b in s.builds.values().filter(|b| b.state == BuildState::Running) {
-            for (i, sl) in b.slices.iter().enumerate() {
-                if sl.state == SliceState::Running && sl.agent == agent && !running.contains(&(b.id, i as u32, sl.attempt)) {
-                    out.push(SliceTask {
-                        build: b.id,
-                        slice: i as u32,
-                        attempt: sl.attempt,
-                        platform: sl.platform.clone(),
-                        emulated: sl.emulated,
-                        spec: b.spec.clone(),
-                        context_origin: b.context_origin.clone(),
-                    });
-                }
-            }
-        }
-        out
+        new.iter()
+            .filter_map(|&&(build, slice, attempt)| {
+                let b = s.builds.get(&build)?;
+                let sl = b.slices.get(slice as usize)?;
+                (sl.state == SliceState::Running && sl.attempt == attempt && sl.agent == agent).then(|| SliceTask {
+                    build,
+                    slice,
+                    attempt,
+                    platform: sl.platform.clone(),
+                    emulated: sl.emulated,
+                    spec: b.spec.clone(),
+                    context_origin: b.context_origin.clone(),
+                })
+            })
+            .collect()
     })
 }
 
@@ -384,7 +388,7 @@ async fn poll(node: &Node, p: &Principal, agent: &str, running: Vec<(u64, u32, u
     if !node.read(|s| s.farm.contexts.contains_key(agent)) {
         return Err(err(ErrorCode::NotFound, format!("agent {agent} is not registered (removed with `kiln context rm`?)")));
     }
-    let mut changed = node.changed.subscribe();
+    let wake = node.agent_wake(agent);
     let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms.min(30_000)));
     loop {
         node.soft().agents.insert(agent.to_string(), Live { last_seen: Instant::now(), running: running.clone(), cache_bytes });
@@ -397,7 +401,7 @@ async fn poll(node: &Node, p: &Principal, agent: &str, running: Vec<(u64, u32, u
             return Ok(Response::Tasks(vec![]));
         }
         // Wake at least every second so that the heartbeat stays fresh while waiting.
-        let _ = tokio::time::timeout((deadline - now).min(Duration::from_secs(1)), changed.changed()).await;
+        let _ = tokio::time::timeout((deadline - now).min(Duration::from_secs(1)), wake.notified()).await;
     }
 }
 

@@ -161,8 +161,12 @@ async fn tick(node: &Arc<Node>) -> Result<(), kiln_shared::wire::RemoteError> {
                     emulated: a.emulated,
                     reason: a.reason.clone(),
                 })
-                .collect();
+                .collect::<Vec<_>>();
+            let agents: std::collections::BTreeSet<String> = assignments.iter().map(|a| a.agent.clone()).collect();
             node.propose(Command::Assign { at_ms: now_ms(), assignments }).await?;
+            for agent in agents {
+                node.agent_wake(&agent).notify_one();
+            }
             node.bump();
         }
         for (id, reason) in decisions.impossible {

@@ -58,7 +58,13 @@ pub struct Soft {
     pub leader_since: Option<Instant>,
     /// Partial uploads: digest → bytes received so far (in a temp file).
     pub uploads: HashMap<String, (std::path::PathBuf, u64)>,
+    /// Running slices per agent, as of an applied log index: polls look up their own list
+    /// instead of each scanning every build.
+    pub assigned: Option<(u64, Arc<Assigned>)>,
 }
+
+/// agent → (build, slice, attempt) of its running slices.
+pub type Assigned = HashMap<String, Vec<(u64, u32, u32)>>;
 
 /// Events kept per build; a client that falls further behind sees a gap, not an unbounded heap.
 pub const MAX_EVENTS: usize = 100_000;
@@ -72,8 +78,10 @@ pub struct Node {
     pub pool: peers::Pool,
     pub blobs: ContentStore,
     pub soft: Mutex<Soft>,
-    /// Bumped whenever tasks or build progress change: long polls wait on it.
+    /// Bumped whenever build progress or state changes: `kiln build` watchers wait on it.
     pub changed: tokio::sync::watch::Sender<u64>,
+    /// One wake-up per agent: its long poll waits on it, and only its new tasks ring it.
+    pub agent_wake: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     pub wake_leader: tokio::sync::Notify,
     pub stop: CancellationToken,
 }
@@ -85,6 +93,11 @@ impl Node {
 
     pub fn bump(&self) {
         self.changed.send_modify(|v| *v += 1);
+    }
+
+    pub fn agent_wake(&self, agent: &str) -> Arc<tokio::sync::Notify> {
+        let mut map = self.agent_wake.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(agent.to_string()).or_default().clone()
     }
 
     /// Leader, and caught up: the state machine has applied an entry of this leader's term (the
@@ -110,6 +123,31 @@ impl Node {
 
     pub fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
         self.sm.read(f)
+    }
+
+    /// Running slices per agent, recomputed once per applied change.
+    pub fn assigned(&self) -> Arc<Assigned> {
+        let applied = self.sm.last_applied_index();
+        if let Some((at, map)) = &self.soft().assigned {
+            if *at == applied {
+                return map.clone();
+            }
+        }
+        // The index is read before the state (never inside `read`: a second read lock while a
+        // writer waits would deadlock); if it moves meanwhile, the next call recomputes.
+        let map = self.read(|s| {
+            let mut map = Assigned::new();
+            for b in s.builds.values().filter(|b| b.state == crate::raft::BuildState::Running) {
+                for (i, sl) in b.slices.iter().enumerate() {
+                    if sl.state == crate::raft::SliceState::Running {
+                        map.entry(sl.agent.clone()).or_default().push((b.id, i as u32, sl.attempt));
+                    }
+                }
+            }
+            Arc::new(map)
+        });
+        self.soft().assigned = Some((applied, map.clone()));
+        map
     }
 
     /// Commits a command through Raft (on the leader); the result of applying it.
@@ -169,6 +207,7 @@ pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option
         blobs,
         soft: Mutex::new(Soft::default()),
         changed: tokio::sync::watch::channel(0).0,
+        agent_wake: Mutex::new(HashMap::new()),
         wake_leader: tokio::sync::Notify::new(),
         stop: stop.clone(),
     });

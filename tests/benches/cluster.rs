@@ -1,0 +1,206 @@
+//! The coordinator cluster under load: three `kiln coordinator` processes on loopback and
+//! 1,000 simulated agents in this process (real QUIC connections with their own certificates,
+//! registering and long-polling like `kiln agent`, reporting slices done without building).
+//!
+//! Prints: resident memory of each coordinator with 1,000 agents connected; submit-to-dispatch
+//! latency (a build submitted until an agent holds its slice) at low load; slice assignments
+//! committed per second for 1,000 four-platform builds submitted at once.
+//! Run with `make bench` (it builds the release binary first).
+
+use kiln_shared::api::{AgentInfo, BuildSpec, Request, Response, SliceOutcome};
+use kiln_shared::client::Farm;
+use kiln_shared::Platform;
+use kiln_tests::cluster::Cluster;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const AGENTS: usize = 1000;
+const ARCHES: [&str; 4] = ["linux/amd64", "linux/arm64", "linux/riscv64", "linux/ppc64le"];
+
+#[derive(Default)]
+struct Seen {
+    /// build → when an agent first held one of its slices.
+    first: HashMap<u64, Instant>,
+    slices: usize,
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    kb / 1024.0
+}
+
+fn spec(platforms: &[&str], n: usize) -> BuildSpec {
+    BuildSpec {
+        dockerfile: "FROM scratch\n".into(),
+        dockerfile_name: "Dockerfile".into(),
+        platforms: platforms.iter().map(|p| p.parse().expect("platform")).collect(),
+        build_args: vec![],
+        target: None,
+        no_cache: false,
+        context: vec![],
+        tags: vec![],
+        push: false,
+        zstd: false,
+        builder: None,
+        insecure_registries: vec![],
+        submission: format!("bench-{n}"),
+    }
+}
+
+async fn agent(hosts: Vec<SocketAddr>, token: String, i: usize) -> Farm {
+    let name = format!("sim{i:04}");
+    let farm = Farm::join(&hosts, &token, &name).await.expect("join");
+    let native: Platform = ARCHES[i % ARCHES.len()].parse().expect("platform");
+    let info = AgentInfo {
+        name: name.clone(),
+        endpoint: "127.0.0.1:1".into(),
+        native: vec![native],
+        emulated: vec![],
+        slots: 4,
+        labels: Default::default(),
+        version: "bench".into(),
+    };
+    farm.call(&Request::Register(info), Duration::from_secs(30), Duration::from_secs(60)).await.expect("register");
+    farm
+}
+
+async fn poll_loop(farm: Arc<Farm>, name: String, seen: Arc<Mutex<Seen>>) {
+    let mut running: Vec<(u64, u32, u32)> = vec![];
+    loop {
+        let poll = Request::Poll { agent: name.clone(), running: running.clone(), cache_bytes: 0, wait_ms: 1000 };
+        let Ok(Response::Tasks(tasks)) = farm.call(&poll, Duration::from_secs(5), Duration::from_secs(5)).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let now = Instant::now();
+        for t in tasks {
+            {
+                let mut s = seen.lock().expect("seen");
+                s.first.entry(t.build).or_insert(now);
+                s.slices += 1;
+            }
+            running.push((t.build, t.slice, t.attempt));
+            // Latency-phase builds (one platform) are reported done at once to free the slot.
+            if t.spec.platforms.len() == 1 {
+                let outcome = SliceOutcome {
+                    build: t.build,
+                    slice: t.slice,
+                    attempt: t.attempt,
+                    manifest_json: format!(
+                        "{{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"sha256:{}\",\"size\":1}}",
+                        "0".repeat(64)
+                    ),
+                    emulated: false,
+                    duration_ms: 1,
+                    cache_hits: 0,
+                    cache_misses: 0,
+                };
+                let farm = farm.clone();
+                tokio::spawn(async move {
+                    let _ = farm.call(&Request::SliceDone(outcome), Duration::from_secs(10), Duration::from_secs(10)).await;
+                });
+                running.pop();
+            }
+        }
+    }
+}
+
+fn main() {
+    // openraft's default election timeouts: the load generator shares the two cores.
+    let c = Cluster::start_with(3, 1500, 3000);
+    let hosts: Vec<SocketAddr> = c.addrs.iter().map(|a| a.parse().expect("addr")).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    rt.block_on(async {
+        let t0 = Instant::now();
+        let mut farms = Vec::new();
+        let mut joins = tokio::task::JoinSet::new();
+        for i in 0..AGENTS {
+            joins.spawn(agent(hosts.clone(), c.agent_token.clone(), i));
+            if joins.len() >= 32 {
+                farms.push(joins.join_next().await.expect("join").expect("agent"));
+            }
+        }
+        while let Some(f) = joins.join_next().await {
+            farms.push(f.expect("agent"));
+        }
+        println!("{AGENTS} simulated agents joined and registered in {:.1} s", t0.elapsed().as_secs_f64());
+        let mut pollers = tokio::task::JoinSet::new();
+        for farm in farms {
+            let name = farm.principal.name.clone();
+            pollers.spawn(poll_loop(Arc::new(farm), name, seen.clone()));
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let leader = c.leader();
+        for (i, p) in c.coordinators.iter().enumerate() {
+            let rss = p.pid().map(rss_mib).unwrap_or(0.0);
+            let role = if i as u64 + 1 == leader { "leader" } else { "follower" };
+            println!("coordinator {} ({role}) resident with {AGENTS} agents polling: {rss:.1} MiB (target < 100)", i + 1);
+        }
+
+        let admin = Farm::join(&hosts, &c.admin_token, "").await.expect("admin join");
+        // Latency: one single-platform build at a time.
+        let mut latencies = Vec::new();
+        for n in 0..200 {
+            let start = Instant::now();
+            let build = match admin.call(&Request::Submit(spec(&[ARCHES[n % 4]], n)), Duration::from_secs(10), Duration::from_secs(10)).await {
+                Ok(Response::Submitted { build }) => build,
+                other => panic!("submit: {other:?}"),
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(t) = seen.lock().expect("seen").first.get(&build) {
+                    latencies.push(t.duration_since(start));
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let out = c.kiln(&["inspect", "default"], c.dir.path());
+                    panic!("build {build} was never dispatched\n{}\n{}", String::from_utf8_lossy(&out.stdout).lines().rev().take(8).collect::<Vec<_>>().join("\n"), c.logs());
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        }
+        latencies.sort();
+        let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1000.0;
+        println!("submit-to-dispatch latency over {} builds: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms (target p50 < 10 ms)", latencies.len(), pct(0.5), pct(0.9), pct(0.99));
+
+        // Throughput: 1,000 four-platform builds submitted by 16 clients at once.
+        let before = seen.lock().expect("seen").slices;
+        let builds = 1000usize;
+        let start = Instant::now();
+        let admin = Arc::new(admin);
+        let mut submitters = tokio::task::JoinSet::new();
+        for k in 0..16 {
+            let admin = admin.clone();
+            submitters.spawn(async move {
+                for n in (k..builds).step_by(16) {
+                    let r = admin.call(&Request::Submit(spec(&ARCHES, 10_000 + n)), Duration::from_secs(30), Duration::from_secs(30)).await;
+                    assert!(matches!(r, Ok(Response::Submitted { .. })), "submit: {r:?}");
+                }
+            });
+        }
+        while submitters.join_next().await.is_some() {}
+        let submitted = start.elapsed();
+        let want = before + builds * ARCHES.len();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while seen.lock().expect("seen").slices < want {
+            assert!(Instant::now() < deadline, "only {} of {} slices dispatched", seen.lock().expect("seen").slices - before, builds * 4);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let elapsed = start.elapsed();
+        let n = builds * ARCHES.len();
+        println!(
+            "{n} slices of {builds} builds: submitted in {:.2} s, all assigned and dispatched in {:.2} s: {:.0} slice assignments committed per second (target >= 500)",
+            submitted.as_secs_f64(),
+            elapsed.as_secs_f64(),
+            n as f64 / elapsed.as_secs_f64()
+        );
+        for (i, p) in c.coordinators.iter().enumerate() {
+            println!("coordinator {} resident after the run: {:.1} MiB", i + 1, p.pid().map(rss_mib).unwrap_or(0.0));
+        }
+        pollers.abort_all();
+    });
+}
