@@ -28,6 +28,8 @@ lint:
 bench:
 	$(CARGO) bench -p kiln-shared --bench frontend
 	$(CARGO) bench -p kiln-coordinator --bench scheduler
+	$(CARGO) build --release --bin kiln
+	$(CARGO) bench -p kiln-tests --bench cluster
 
 # Needs cargo-fuzz (`cargo install cargo-fuzz`); RUSTC_BOOTSTRAP lets the stable toolchain
 # build with the sanitizer flags cargo-fuzz passes.

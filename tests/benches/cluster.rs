@@ -28,7 +28,12 @@ struct Seen {
 
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
     kb / 1024.0
 }
 
@@ -68,9 +73,11 @@ async fn agent(hosts: Vec<SocketAddr>, token: String, i: usize) -> Farm {
 }
 
 async fn poll_loop(farm: Arc<Farm>, name: String, seen: Arc<Mutex<Seen>>) {
-    let mut running: Vec<(u64, u32, u32)> = vec![];
+    // As `kiln agent` does: a slice stays in `running` until its report is taken.
+    let running: Arc<Mutex<Vec<(u64, u32, u32)>>> = Arc::default();
     loop {
-        let poll = Request::Poll { agent: name.clone(), running: running.clone(), cache_bytes: 0, wait_ms: 1000 };
+        let list = running.lock().expect("running").clone();
+        let poll = Request::Poll { agent: name.clone(), running: list, cache_bytes: 0, wait_ms: 1000 };
         let Ok(Response::Tasks(tasks)) = farm.call(&poll, Duration::from_secs(5), Duration::from_secs(5)).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
@@ -82,7 +89,8 @@ async fn poll_loop(farm: Arc<Farm>, name: String, seen: Arc<Mutex<Seen>>) {
                 s.first.entry(t.build).or_insert(now);
                 s.slices += 1;
             }
-            running.push((t.build, t.slice, t.attempt));
+            let key = (t.build, t.slice, t.attempt);
+            running.lock().expect("running").push(key);
             // Latency-phase builds (one platform) are reported done at once to free the slot.
             if t.spec.platforms.len() == 1 {
                 let outcome = SliceOutcome {
@@ -98,11 +106,11 @@ async fn poll_loop(farm: Arc<Farm>, name: String, seen: Arc<Mutex<Seen>>) {
                     cache_hits: 0,
                     cache_misses: 0,
                 };
-                let farm = farm.clone();
+                let (farm, running) = (farm.clone(), running.clone());
                 tokio::spawn(async move {
                     let _ = farm.call(&Request::SliceDone(outcome), Duration::from_secs(10), Duration::from_secs(10)).await;
+                    running.lock().expect("running").retain(|k| *k != key);
                 });
-                running.pop();
             }
         }
     }
@@ -142,14 +150,24 @@ fn main() {
         }
 
         let admin = Farm::join(&hosts, &c.admin_token, "").await.expect("admin join");
+        let mut rtt = Vec::new();
+        for _ in 0..100 {
+            let t = Instant::now();
+            admin.call(&Request::Status, Duration::from_secs(5), Duration::from_secs(5)).await.expect("status");
+            rtt.push(t.elapsed());
+        }
+        rtt.sort();
+        println!("round trip of a request that needs no commit: p50 {:.2} ms", rtt[50].as_secs_f64() * 1000.0);
         // Latency: one single-platform build at a time.
         let mut latencies = Vec::new();
+        let mut commits = Vec::new();
         for n in 0..200 {
             let start = Instant::now();
             let build = match admin.call(&Request::Submit(spec(&[ARCHES[n % 4]], n)), Duration::from_secs(10), Duration::from_secs(10)).await {
                 Ok(Response::Submitted { build }) => build,
                 other => panic!("submit: {other:?}"),
             };
+            commits.push(start.elapsed());
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 if let Some(t) = seen.lock().expect("seen").first.get(&build) {
@@ -164,6 +182,8 @@ fn main() {
             }
         }
         latencies.sort();
+        commits.sort();
+        println!("submit round trip (one Raft commit): p50 {:.2} ms", commits[commits.len() / 2].as_secs_f64() * 1000.0);
         let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1000.0;
         println!("submit-to-dispatch latency over {} builds: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms (target p50 < 10 ms)", latencies.len(), pct(0.5), pct(0.9), pct(0.99));
 

@@ -262,14 +262,14 @@ async fn lead(node: &Node, p: Principal, origin: SocketAddr, req: Request) -> An
             Ok(Response::Ok)
         }
         Request::SliceDone(outcome) => {
-            owned_by(node, &p, outcome.build, outcome.slice)?;
+            owned_by(node, &p, outcome.build, outcome.slice, outcome.attempt)?;
             node.commit(Command::SliceDone { at_ms: now_ms(), outcome }).await?;
             node.wake_leader.notify_one();
             node.bump();
             Ok(Response::Ok)
         }
         Request::SliceFailed { build, slice, attempt, message } => {
-            owned_by(node, &p, build, slice)?;
+            owned_by(node, &p, build, slice, attempt)?;
             node.commit(Command::SliceFailed { at_ms: now_ms(), build, slice, attempt, message }).await?;
             node.bump();
             Ok(Response::Ok)
@@ -319,11 +319,17 @@ async fn lead(node: &Node, p: Principal, origin: SocketAddr, req: Request) -> An
     }
 }
 
-fn owned_by(node: &Node, p: &Principal, build: u64, slice: u32) -> Result<(), RemoteError> {
-    let agent = node.read(|s| s.builds.get(&build).and_then(|b| b.slices.get(slice as usize)).map(|s| s.agent.clone()));
-    match agent {
-        Some(a) if a == p.name => Ok(()),
-        Some(_) => Err(bad(format!("slice {build}/{slice} is no longer assigned to {}", p.name))),
+/// A report is taken only from the agent running the current attempt; anything else is
+/// refused here, without a commit (a partitioned agent coming back, a duplicate).
+fn owned_by(node: &Node, p: &Principal, build: u64, slice: u32, attempt: u32) -> Result<(), RemoteError> {
+    let current = node.read(|s| {
+        let b = s.builds.get(&build)?;
+        let sl = b.slices.get(slice as usize)?;
+        Some((sl.agent.clone(), sl.attempt, sl.state == SliceState::Running && b.state == BuildState::Running))
+    });
+    match current {
+        Some((a, at, true)) if a == p.name && at == attempt => Ok(()),
+        Some(_) => Err(bad(format!("attempt {attempt} of slice {build}/{slice} is no longer current on {}", p.name))),
         None => Err(err(ErrorCode::NotFound, format!("no slice {build}/{slice}"))),
     }
 }
@@ -451,7 +457,14 @@ async fn submit(node: &Node, p: &Principal, origin: SocketAddr, spec: BuildSpec)
         return Ok(Response::Submitted { build });
     }
     let record = BuildRecord::new(p.tenant(), spec, vec![origin], now_ms());
-    let r = node.commit(Command::Submit { build: Box::new(record) }).await?;
+    // Slices that can be placed now are assigned in the same commit as the build.
+    let scheduling = node.sched.lock().await;
+    let assignments = super::leader::place_new(node, &record);
+    node.reserve(&assignments);
+    drop(scheduling);
+    let r = node.commit(Command::Submit { build: Box::new(record), assignments: assignments.clone() }).await;
+    node.release(&assignments);
+    let r = r?;
     node.wake_leader.notify_one();
     Ok(Response::Submitted { build: r.value })
 }
@@ -522,11 +535,11 @@ async fn watch(node: &Node, p: &Principal, build: u64, cursor: u64, wait_ms: u32
 
 /// Whether an agent is alive: it polled within its lease, or it has not yet had twice its
 /// lease since this coordinator became leader (the grace a new leader gives every agent).
-pub fn alive(node: &Node, live: Option<&Live>, now: Instant) -> bool {
-    let lease = Duration::from_millis(node.cfg.lease_timeout_ms);
+pub fn alive(lease_ms: u64, leader_since: Option<Instant>, live: Option<&Live>, now: Instant) -> bool {
+    let lease = Duration::from_millis(lease_ms);
     match live {
         Some(l) => now.duration_since(l.last_seen) < lease,
-        None => node.soft().leader_since.is_some_and(|t| now.duration_since(t) < 2 * lease),
+        None => leader_since.is_some_and(|t| now.duration_since(t) < 2 * lease),
     }
 }
 
@@ -541,13 +554,16 @@ fn contexts(node: &Node) -> Vec<ContextView> {
         }
         (s.farm.contexts.clone(), s.draining.clone(), running)
     });
-    let soft: std::collections::HashMap<String, Live> = node.soft().agents.clone();
+    let (soft, since) = {
+        let g = node.soft();
+        (g.agents.clone(), g.leader_since)
+    };
     ctxs.into_values()
         .map(|c| {
             let live = soft.get(&c.name);
             let status = if draining.contains(&c.name) {
                 "draining"
-            } else if alive(node, live, now) {
+            } else if alive(node.cfg.lease_timeout_ms, since, live, now) {
                 "ready"
             } else {
                 "lost"

@@ -7,7 +7,7 @@
 
 use super::handler::alive;
 use super::{now_ms, Node};
-use crate::raft::{BuildState, Command, SliceAssignment, SliceState};
+use crate::raft::{BuildRecord, BuildState, ClusterState, Command, SliceAssignment, SliceState};
 use crate::scheduler::{self, AgentSnapshot, Params, PendingSlice, TenantUsage};
 use kiln_shared::digest::Digest;
 use kiln_shared::oci::{self, Descriptor, Index};
@@ -60,44 +60,110 @@ struct Plan {
     params: Params,
 }
 
+/// The agents the scheduler may use now, what they run, and each tenant's usage.
+pub struct FarmView {
+    pub agents: Vec<AgentSnapshot>,
+    /// Registered agents that are not alive, with what they run.
+    pub absent: Vec<Vec<kiln_shared::Platform>>,
+    pub usage: HashMap<String, TenantUsage>,
+    pub running: HashMap<String, u32>,
+}
+
+/// Call inside `node.read` (the state lock is taken before the soft-state lock, always).
+pub fn farm_view(node: &Node, s: &ClusterState, now: Instant) -> FarmView {
+    let mut running: HashMap<String, u32> = HashMap::new();
+    let mut usage: HashMap<String, TenantUsage> = HashMap::new();
+    for b in s.builds.values().filter(|b| b.state == BuildState::Running) {
+        for sl in b.slices.iter().filter(|sl| sl.state == SliceState::Running) {
+            *running.entry(sl.agent.clone()).or_default() += 1;
+            usage.entry(b.tenant.clone()).or_default().running += 1;
+        }
+    }
+    let mut agents = Vec::new();
+    let mut absent = Vec::new();
+    let soft = node.soft();
+    for c in s.farm.contexts.values().filter(|c| !s.draining.contains(&c.name)) {
+        if !alive(node.cfg.lease_timeout_ms, soft.leader_since, soft.agents.get(&c.name), now) {
+            absent.push(c.native.iter().chain(&c.emulated).cloned().collect());
+            continue;
+        }
+        agents.push(AgentSnapshot {
+            name: c.name.clone(),
+            native: c.native.clone(),
+            emulated: c.emulated.clone(),
+            slots: c.slots,
+            running: running.get(&c.name).copied().unwrap_or(0) + soft.inflight.get(&c.name).copied().unwrap_or(0),
+            cache_records: HashMap::new(),
+        });
+    }
+    FarmView { agents, absent, usage, running }
+}
+
+/// The agents a build's builder allows (`None`: every agent).
+pub fn candidates(s: &ClusterState, b: &BuildRecord) -> Option<Vec<String>> {
+    let name = b.spec.builder.as_ref()?;
+    s.farm.candidates(name).ok().map(|c| c.into_iter().map(|(n, _)| n).collect())
+}
+
+/// Slice `i` of `b` as the scheduler sees it; its id packs build and slice.
+pub fn pending_slice(s: &ClusterState, b: &BuildRecord, i: usize, candidates: Option<Vec<String>>) -> PendingSlice {
+    let platform = b.slices[i].platform.clone();
+    let expected = s.run_times.get(platform.arch()).filter(|t| t.native_count > 0).map(|t| t.native_ms / t.native_count);
+    PendingSlice {
+        id: (b.id << 16) | i as u64,
+        build: b.id,
+        tenant: b.tenant.clone(),
+        queued_seq: (b.id << 16) | i as u64,
+        candidates,
+        expected_native_ms: expected.unwrap_or(DEFAULT_EXPECTED_MS),
+        platform,
+    }
+}
+
+/// Places the slices of a build about to be submitted, so that submitting and assigning are
+/// one commit. The caller holds `node.sched` and reserves the result.
+pub fn place_new(node: &Node, record: &BuildRecord) -> Vec<SliceAssignment> {
+    let now = Instant::now();
+    node.read(|s| {
+        let view = farm_view(node, s, now);
+        let candidates = candidates(s, record);
+        let pending: Vec<PendingSlice> = (0..record.slices.len()).map(|i| pending_slice(s, record, i, candidates.clone())).collect();
+        let params = Params { slowdown: s.slowdowns(), default_slowdown: node.cfg.emulation_slowdown };
+        scheduler::schedule(&pending, &view.agents, &view.usage, &params)
+            .assignments
+            .into_iter()
+            .map(|a| SliceAssignment {
+                build: 0,
+                slice: (a.slice & 0xffff) as u32,
+                attempt: 1,
+                agent: a.agent,
+                emulated: a.emulated,
+                reason: a.reason,
+            })
+            .collect()
+    })
+}
+
 async fn tick(node: &Arc<Node>) -> Result<(), kiln_shared::wire::RemoteError> {
     let now = Instant::now();
-    let live = node.soft().agents.clone();
     let finishing = node.soft().finishing.clone();
-    let plan = node.read(|s| {
-        let is_alive = |name: &str| alive(node, live.get(name), now);
-        let mut running: HashMap<&str, u32> = HashMap::new();
+    let mut plan = node.read(|s| {
+        let view = farm_view(node, s, now);
+        let soft = node.soft();
+        let lost = |agent: &str| !alive(node.cfg.lease_timeout_ms, soft.leader_since, soft.agents.get(agent), now);
         let mut expired = Vec::new();
         let mut pending = Vec::new();
-        let mut usage: HashMap<String, TenantUsage> = HashMap::new();
         let mut finished = Vec::new();
-        let averages: HashMap<&str, u64> =
-            s.run_times.iter().filter(|(_, t)| t.native_count > 0).map(|(arch, t)| (arch.as_str(), t.native_ms / t.native_count)).collect();
         for b in s.builds.values().filter(|b| b.state == BuildState::Running) {
-            let candidates = match &b.spec.builder {
-                Some(name) => s.farm.candidates(name).ok().map(|c| c.into_iter().map(|(n, _)| n).collect::<Vec<_>>()),
-                None => None,
-            };
+            let candidates = candidates(s, b);
             let mut all_done = true;
             for (i, sl) in b.slices.iter().enumerate() {
                 all_done &= sl.state == SliceState::Done;
                 match sl.state {
-                    SliceState::Running => {
-                        *running.entry(sl.agent.as_str()).or_default() += 1;
-                        usage.entry(b.tenant.clone()).or_default().running += 1;
-                        if !is_alive(&sl.agent) {
-                            expired.push((b.id, i as u32, sl.attempt, sl.agent.clone()));
-                        }
+                    SliceState::Running if lost(&sl.agent) => {
+                        expired.push((b.id, i as u32, sl.attempt, sl.agent.clone()));
                     }
-                    SliceState::Queued => pending.push(PendingSlice {
-                        id: (b.id << 16) | i as u64,
-                        build: b.id,
-                        tenant: b.tenant.clone(),
-                        platform: sl.platform.clone(),
-                        queued_seq: (b.id << 16) | i as u64,
-                        candidates: candidates.clone(),
-                        expected_native_ms: averages.get(sl.platform.arch()).copied().unwrap_or(DEFAULT_EXPECTED_MS),
-                    }),
+                    SliceState::Queued => pending.push(pending_slice(s, b, i, candidates.clone())),
                     _ => {}
                 }
             }
@@ -105,25 +171,9 @@ async fn tick(node: &Arc<Node>) -> Result<(), kiln_shared::wire::RemoteError> {
                 finished.push(b.id);
             }
         }
-        let mut agents = Vec::new();
-        let mut absent = Vec::new();
-        for c in s.farm.contexts.values().filter(|c| !s.draining.contains(&c.name)) {
-            if !is_alive(&c.name) {
-                absent.push(c.native.iter().chain(&c.emulated).cloned().collect());
-                continue;
-            }
-            agents.push(AgentSnapshot {
-                name: c.name.clone(),
-                native: c.native.clone(),
-                emulated: c.emulated.clone(),
-                slots: c.slots,
-                running: running.get(c.name.as_str()).copied().unwrap_or(0),
-                cache_records: HashMap::new(),
-            });
-        }
-        let drained = s.draining.iter().filter(|n| !running.contains_key(n.as_str())).cloned().collect();
+        let drained = s.draining.iter().filter(|n| !view.running.contains_key(n.as_str())).cloned().collect();
         let params = Params { slowdown: s.slowdowns(), default_slowdown: node.cfg.emulation_slowdown };
-        Plan { expired, pending, agents, absent, usage, finished, drained, params }
+        Plan { expired, pending, agents: view.agents, absent: view.absent, usage: view.usage, finished, drained, params }
     });
 
     if !plan.expired.is_empty() {
@@ -138,6 +188,26 @@ async fn tick(node: &Arc<Node>) -> Result<(), kiln_shared::wire::RemoteError> {
         node.bump();
     }
 
+    // Scheduling holds `sched` (as submits do) and decides on a fresh read made under it.
+    let mut scheduling = if plan.pending.is_empty() { None } else { Some(node.sched.lock().await) };
+    if scheduling.is_some() {
+        let now = Instant::now();
+        (plan.pending, plan.agents, plan.usage, plan.absent) = node.read(|s| {
+            let view = farm_view(node, s, now);
+            let mut pending = Vec::new();
+            for b in s.builds.values().filter(|b| b.state == BuildState::Running) {
+                if b.slices.iter().any(|sl| sl.state == SliceState::Queued) {
+                    let candidates = candidates(s, b);
+                    for (i, sl) in b.slices.iter().enumerate() {
+                        if sl.state == SliceState::Queued {
+                            pending.push(pending_slice(s, b, i, candidates.clone()));
+                        }
+                    }
+                }
+            }
+            (pending, view.agents, view.usage, view.absent)
+        });
+    }
     if !plan.pending.is_empty() {
         let decisions = scheduler::schedule(&plan.pending, &plan.agents, &plan.usage, &plan.params);
         if !decisions.assignments.is_empty() {
@@ -162,11 +232,12 @@ async fn tick(node: &Arc<Node>) -> Result<(), kiln_shared::wire::RemoteError> {
                     reason: a.reason.clone(),
                 })
                 .collect::<Vec<_>>();
-            let agents: std::collections::BTreeSet<String> = assignments.iter().map(|a| a.agent.clone()).collect();
-            node.propose(Command::Assign { at_ms: now_ms(), assignments }).await?;
-            for agent in agents {
-                node.agent_wake(&agent).notify_one();
-            }
+            node.reserve(&assignments);
+            // Reserved: other decisions may be made while this one commits.
+            scheduling.take();
+            let committed = node.propose(Command::Assign { at_ms: now_ms(), assignments: assignments.clone() }).await;
+            node.release(&assignments);
+            committed?;
             node.bump();
         }
         for (id, reason) in decisions.impossible {
@@ -182,6 +253,7 @@ async fn tick(node: &Arc<Node>) -> Result<(), kiln_shared::wire::RemoteError> {
             node.bump();
         }
     }
+    drop(scheduling);
 
     for build in plan.finished {
         node.soft().finishing.insert(build);

@@ -61,6 +61,9 @@ pub struct Soft {
     /// Running slices per agent, as of an applied log index: polls look up their own list
     /// instead of each scanning every build.
     pub assigned: Option<(u64, Arc<Assigned>)>,
+    /// Slots taken by scheduling decisions that are being committed: counted as running so
+    /// that decisions made meanwhile do not place slices on the same slots.
+    pub inflight: HashMap<String, u32>,
 }
 
 /// agent → (build, slice, attempt) of its running slices.
@@ -83,6 +86,9 @@ pub struct Node {
     /// One wake-up per agent: its long poll waits on it, and only its new tasks ring it.
     pub agent_wake: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     pub wake_leader: tokio::sync::Notify,
+    /// Held from reading the state to committing a scheduling decision, so that two decisions
+    /// never place slices on the same free slot.
+    pub sched: tokio::sync::Mutex<()>,
     pub stop: CancellationToken,
 }
 
@@ -93,6 +99,31 @@ impl Node {
 
     pub fn bump(&self) {
         self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Reserves the slots of `assignments` until [`Node::release`].
+    pub fn reserve(&self, assignments: &[crate::raft::SliceAssignment]) {
+        let mut soft = self.soft();
+        for a in assignments {
+            *soft.inflight.entry(a.agent.clone()).or_default() += 1;
+        }
+    }
+
+    /// Ends a reservation (the decision is committed, or failed) and wakes the agents.
+    pub fn release(&self, assignments: &[crate::raft::SliceAssignment]) {
+        {
+            let mut soft = self.soft();
+            for a in assignments {
+                if let Some(n) = soft.inflight.get_mut(&a.agent) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            soft.inflight.retain(|_, n| *n > 0);
+        }
+        let agents: std::collections::BTreeSet<&str> = assignments.iter().map(|a| a.agent.as_str()).collect();
+        for agent in agents {
+            self.agent_wake(agent).notify_one();
+        }
     }
 
     pub fn agent_wake(&self, agent: &str) -> Arc<tokio::sync::Notify> {
@@ -152,7 +183,8 @@ impl Node {
 
     /// Commits a command through Raft (on the leader); the result of applying it.
     pub async fn propose(&self, command: Command) -> Result<CommandResult, RemoteError> {
-        match self.raft.client_write(command).await {
+        let r = self.raft.client_write(command).await;
+        match r {
             Ok(r) => Ok(r.data),
             Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => Err(RemoteError {
                 code: ErrorCode::NotLeader,
@@ -209,6 +241,7 @@ pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option
         changed: tokio::sync::watch::channel(0).0,
         agent_wake: Mutex::new(HashMap::new()),
         wake_leader: tokio::sync::Notify::new(),
+        sched: tokio::sync::Mutex::new(()),
         stop: stop.clone(),
     });
     let mut tasks = tokio::task::JoinSet::new();

@@ -63,6 +63,9 @@ pub enum Command {
     /// A new build; its id is the state's next id, returned in the result's `value`.
     Submit {
         build: Box<BuildRecord>,
+        /// Slices placed at once (their `build` field is ignored: the id is made here).
+        #[serde(default)]
+        assignments: Vec<SliceAssignment>,
     },
     Assign {
         at_ms: u64,
@@ -286,12 +289,17 @@ impl ClusterState {
                 Some(_) => CommandResult::ok(),
                 None => CommandResult::rejected(format!("no builder {name:?} found")),
             },
-            Command::Submit { build } => {
+            Command::Submit { build, assignments } => {
                 self.next_build += 1;
                 let id = self.next_build;
                 let mut build = (**build).clone();
                 build.id = id;
+                let at_ms = build.submitted_at_ms;
                 self.builds.insert(id, build);
+                let assignments: Vec<SliceAssignment> = assignments.iter().map(|a| SliceAssignment { build: id, ..a.clone() }).collect();
+                if !assignments.is_empty() {
+                    self.apply(&Command::Assign { at_ms, assignments });
+                }
                 CommandResult { value: id, ..CommandResult::ok() }
             }
             Command::Assign { at_ms, assignments } => {
@@ -458,8 +466,12 @@ mod tests {
     #[test]
     fn slices_are_fenced_by_attempt() {
         let mut st = ClusterState::default();
-        let id =
-            st.apply(&Command::Submit { build: Box::new(BuildRecord::new("t", spec(&["linux/amd64", "linux/arm64"]), vec![], 1)) }).value;
+        let id = st
+            .apply(&Command::Submit {
+                assignments: vec![],
+                build: Box::new(BuildRecord::new("t", spec(&["linux/amd64", "linux/arm64"]), vec![], 1)),
+            })
+            .value;
         assert_eq!(id, 1);
         assert_eq!(st.apply(&assign(1, 0, 1, "a1")).value, 1);
         // The same assignment twice (a leader retrying) changes nothing.
@@ -481,7 +493,7 @@ mod tests {
     #[test]
     fn attempts_are_bounded_and_failures_fail_the_build() {
         let mut st = ClusterState::default();
-        st.apply(&Command::Submit { build: Box::new(BuildRecord::new("t", spec(&["linux/amd64"]), vec![], 1)) });
+        st.apply(&Command::Submit { assignments: vec![], build: Box::new(BuildRecord::new("t", spec(&["linux/amd64"]), vec![], 1)) });
         for attempt in 1..=2 {
             st.apply(&assign(1, 0, attempt, "a1"));
             st.apply(&Command::Requeue { at_ms: 9, slices: vec![(1, 0, attempt)], reason: "lost".into(), max_attempts: 2 });
@@ -489,7 +501,7 @@ mod tests {
         assert_eq!(st.builds[&1].state, BuildState::Failed);
         assert!(st.builds[&1].error.contains("gave up after 2 attempts"), "{}", st.builds[&1].error);
 
-        st.apply(&Command::Submit { build: Box::new(BuildRecord::new("t", spec(&["linux/amd64"]), vec![], 1)) });
+        st.apply(&Command::Submit { assignments: vec![], build: Box::new(BuildRecord::new("t", spec(&["linux/amd64"]), vec![], 1)) });
         st.apply(&assign(2, 0, 1, "a1"));
         let failed = Command::SliceFailed { at_ms: 3, build: 2, slice: 0, attempt: 1, message: "RUN false: exit 1".into() };
         assert!(st.apply(&failed).ok);
@@ -500,8 +512,10 @@ mod tests {
 
     #[test]
     fn command_json_round_trip() -> Result<(), serde_json::Error> {
-        let command =
-            Command::Submit { build: Box::new(BuildRecord::new("t", spec(&["linux/arm64"]), vec!["127.0.0.1:1".parse().unwrap()], 4)) };
+        let command = Command::Submit {
+            assignments: vec![],
+            build: Box::new(BuildRecord::new("t", spec(&["linux/arm64"]), vec!["127.0.0.1:1".parse().unwrap()], 4)),
+        };
         let bytes = serde_json::to_vec(&command)?;
         assert_eq!(serde_json::from_slice::<Command>(&bytes)?, command);
         let state = ClusterState::default();
