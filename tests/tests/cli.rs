@@ -101,15 +101,29 @@ fn named_dockerfile_ignore_file_wins() {
 }
 
 #[test]
-fn a_remote_farm_is_refused_with_the_reason() {
-    let out = Command::new(kiln_bin())
-        .args(["build", "examples/hello"])
-        .env("KILN_HOST", "127.0.0.1:7401")
-        .current_dir(repo_root())
-        .output()
-        .expect("run kiln");
+fn a_farm_needs_a_token_and_an_answer() {
+    let port = kiln_tests::cluster::free_udp_port();
+    let run = |token: Option<&str>| {
+        let mut cmd = Command::new(kiln_bin());
+        cmd.args(["build", "--push", "-t", "127.0.0.1:1/x:1", "examples/hello"])
+            .env("KILN_HOST", format!("127.0.0.1:{port}"))
+            .env_remove("KILN_TOKEN");
+        if let Some(t) = token {
+            cmd.env("KILN_TOKEN", t);
+        }
+        cmd.current_dir(repo_root()).output().expect("run kiln")
+    };
+    let out = run(None);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("unset it to use the embedded farm"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("talking to a farm needs a token"), "{}", stderr(&out));
+    let out = run(Some("not-a-token"));
+    assert!(stderr(&out).contains("the token is malformed"), "{}", stderr(&out));
+    let token = format!("K1{}.admin.{}", "ab".repeat(32), "cd".repeat(16));
+    let out = run(Some(&token));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains(&format!("cannot join the farm at 127.0.0.1:{port}")), "{}", stderr(&out));
+    let out = Command::new(kiln_bin()).args(["create", "--name", "x"]).env_remove("KILN_HOST").output().expect("run kiln");
+    assert!(stderr(&out).contains("kiln create needs a farm: pass --host"), "{}", stderr(&out));
 }
 
 #[test]
