@@ -8,14 +8,14 @@
 
 use crate::config::AgentConfig;
 use crate::engine::{Agent, EngineError, SliceRequest};
-use kiln_shared::api::{AgentInfo, EntryKind, Event, Principal, Request, Response, SliceOutcome, SliceTask};
+use kiln_shared::api::{AgentInfo, EntryKind, Event, Principal, Request, Response, Role, SliceOutcome, SliceTask};
 use kiln_shared::client::Farm;
 use kiln_shared::digest::Digest;
 use kiln_shared::frontend::dockerignore::DockerIgnore;
 use kiln_shared::oci;
 use kiln_shared::registry::Reference;
-use kiln_shared::transport::TransportError;
-use kiln_shared::wire::ErrorCode;
+use kiln_shared::transport::{self, TransportError};
+use kiln_shared::wire::{ErrorCode, RemoteError};
 use kiln_shared::Platform;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -68,13 +68,18 @@ pub async fn run(mut cfg: AgentConfig, token: String, stop: CancellationToken) -
         .map_err(|e| WorkerError::Config(format!("opening the agent: {e}")))??;
     let hosts = cfg.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(",");
     let farm = Farm::join(&cfg.hosts, &token, &cfg.name).await.map_err(|source| WorkerError::Join { hosts, source })?;
+    // The peer endpoint: other agents and coordinators fetch blobs from this agent's store.
+    let (ca, identity) = farm.credentials();
+    let peer = transport::server(cfg.listen, &ca, &identity, false)
+        .map_err(|e| WorkerError::Config(format!("listening on {} for peers: {e}", cfg.listen)))?;
+    let endpoint = peer.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| cfg.listen.to_string());
     let native = if cfg.platforms.is_empty() { engine.platforms.native.clone() } else { cfg.platforms.clone() };
     // Emulated: whatever the host runs (probed) that is not declared native.
     let emulated: Vec<Platform> =
         engine.platforms.native.iter().chain(&engine.platforms.emulated).filter(|p| !native.contains(p)).cloned().collect();
     let info = AgentInfo {
         name: cfg.name.clone(),
-        endpoint: cfg.listen.to_string(),
+        endpoint,
         native: native.clone(),
         emulated,
         slots: cfg.slots,
@@ -96,13 +101,50 @@ pub async fn run(mut cfg: AgentConfig, token: String, stop: CancellationToken) -
     });
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(measure_cache(worker.clone()));
+    tasks.spawn(serve_peers(peer.clone(), worker.engine.clone()));
     let result = tokio::select! {
         _ = stop.cancelled() => Ok(()),
         r = poll_loop(worker.clone(), info, &mut tasks) => r,
     };
     tasks.abort_all();
     worker.farm.close();
+    peer.close(0u32.into(), b"shutdown");
     result
+}
+
+/// Serves blobs of this agent's content store to the farm's agents and coordinators.
+async fn serve_peers(endpoint: quinn::Endpoint, engine: Arc<Agent>) {
+    let mut conns = tokio::task::JoinSet::new();
+    while let Some(incoming) = endpoint.accept().await {
+        let engine = engine.clone();
+        conns.spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            let role = transport::peer_common_name(&conn).and_then(|cn| Principal::from_common_name(&cn)).map(|p| p.role);
+            transport::serve_connection(conn, move |req: Request| {
+                let (engine, role) = (engine.clone(), role.clone());
+                async move { peer_request(&engine, role, req) }
+            })
+            .await;
+        });
+        while conns.try_join_next().is_some() {}
+    }
+}
+
+fn peer_request(engine: &Agent, role: Option<Role>, req: Request) -> Result<Response, RemoteError> {
+    use std::io::{Read, Seek, SeekFrom};
+    if !matches!(role, Some(Role::Agent | Role::Coordinator)) {
+        return Err(RemoteError { code: ErrorCode::PermissionDenied, message: "only agents and coordinators fetch from an agent".into() });
+    }
+    let Request::GetBlob { digest, offset, len } = req else {
+        return Err(RemoteError { code: ErrorCode::BadRequest, message: "an agent serves GetBlob only".into() });
+    };
+    let d: Digest = digest.parse().map_err(|e| RemoteError { code: ErrorCode::BadRequest, message: format!("{digest:?}: {e}") })?;
+    let not_found = |e: String| RemoteError { code: ErrorCode::NotFound, message: e };
+    let mut f = engine.store.open_blob(&d).map_err(|e| not_found(e.to_string()))?;
+    f.seek(SeekFrom::Start(offset)).map_err(|e| not_found(e.to_string()))?;
+    let mut buf = Vec::new();
+    f.take(u64::from(len.min(CHUNK))).read_to_end(&mut buf).map_err(|e| not_found(e.to_string()))?;
+    Ok(Response::Bytes(buf))
 }
 
 fn list(ps: &[Platform]) -> String {

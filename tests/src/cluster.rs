@@ -144,6 +144,57 @@ impl Cluster {
         cluster
     }
 
+    /// Starts coordinator `id` with an empty data dir; it fetches the CA from coordinator 1
+    /// with the admin token and waits to be added (`kiln coordinator add`).
+    pub fn start_joining_coordinator(&mut self, id: u64) -> String {
+        let addr = format!("127.0.0.1:{}", free_udp_port());
+        let data = self.dir.path().join(format!("c{id}"));
+        let args = [
+            "coordinator",
+            "--id",
+            &id.to_string(),
+            "--listen",
+            &addr,
+            "--data-dir",
+            &data.display().to_string(),
+            "--peers",
+            &format!("{id}={addr}"),
+            "--join",
+            &self.addrs[0],
+            "--token",
+            &self.admin_token,
+            "--heartbeat-interval-ms",
+            "200",
+            "--election-timeout-min-ms",
+            "1000",
+            "--election-timeout-max-ms",
+            "2000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let log = self.dir.path().join(format!("c{id}.log"));
+        let mut p = Proc { name: format!("coordinator {id}"), args, log, child: None, env: vec![] };
+        p.start();
+        self.coordinators.push(p);
+        wait_for("the new coordinator's CA", Duration::from_secs(30), || data.join("ca.pem").exists());
+        addr
+    }
+
+    /// `kiln coordinator status`: (id, voter) of every member.
+    pub fn members(&self) -> Vec<(u64, bool)> {
+        let out = self.kiln(&["coordinator", "status"], self.dir.path());
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                let id = w.next()?.parse().ok()?;
+                Some((id, w.nth(1) == Some("voter")))
+            })
+            .collect()
+    }
+
     /// `ADDR,ADDR,..` of every coordinator.
     pub fn hosts(&self) -> String {
         self.addrs.join(",")

@@ -140,6 +140,10 @@ fn farm_builds_pushes_and_manages_builders() {
     c.ok(c.kiln(&["create", "a2", "--name", "mixed", "--use", "--bootstrap"], work.path()));
     c.ok(c.kiln(&["create", "a1", "--name", "mixed", "--append", "--node", "mixed-amd"], work.path()));
     let ls: serde_json::Value = serde_json::from_slice(&c.ok(c.kiln(&["ls", "--format", "json"], work.path())).stdout).expect("ls json");
+    for ctx in c.contexts() {
+        let endpoint = ctx["endpoint"].as_str().unwrap_or_default();
+        assert!(!endpoint.ends_with(":0"), "an agent reports the address its peer endpoint listens on: {endpoint}");
+    }
     let names: Vec<&str> = ls.as_array().expect("list").iter().filter_map(|b| b["name"].as_str()).collect();
     assert_eq!(names, ["default", "a1", "a2", "armpin", "mixed"]);
     let mixed = ls.as_array().expect("list").iter().find(|b| b["name"] == "mixed").expect("mixed");
@@ -302,4 +306,12 @@ fn leader_failover_and_full_restart_lose_nothing() {
     finish(&c, child);
     assert_index(&reference, &["linux/amd64", "linux/arm64"]);
     let _ = m;
+
+    // Membership changes without downtime: a fourth coordinator joins, then leaves.
+    let addr = c.start_joining_coordinator(4);
+    c.ok(c.kiln(&["coordinator", "add", "--id", "4", "--addr", &addr], work.path()));
+    assert_eq!(c.members(), [(1, true), (2, true), (3, true), (4, true)]);
+    c.ok(c.kiln(&["coordinator", "remove", "--id", "4"], work.path()));
+    assert_eq!(c.members(), [(1, true), (2, true), (3, true)]);
+    c.ok(c.kiln(&["ls"], work.path()));
 }
