@@ -263,15 +263,22 @@ async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOutcome, Stri
         if spec.push {
             push(&engine, &spec.tags, &image).map_err(EngineError::Copy)?;
         }
-        Ok::<_, EngineError>((result, image.0))
+        Ok::<_, EngineError>((result, image.0, image.1))
     })
     .await;
     let _ = forwarder.await;
-    let (result, manifest) = match result {
+    let (result, manifest, blobs) = match result {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return Err(e.to_string()),
         Err(e) => return Err(format!("the slice's task failed: {e}")),
     };
+    if task.spec.return_blobs {
+        let principal = Principal { role: kiln_shared::api::Role::Agent, name: w.cfg.name.clone() };
+        let origin = reconnect(w, &task.context_origin, principal)?;
+        let sent = send_blobs(w, &origin, &blobs).await;
+        origin.close();
+        sent?;
+    }
     Ok(SliceOutcome {
         build: task.build,
         slice: task.slice,
@@ -355,6 +362,29 @@ fn reconnect(w: &Worker, origin: &[SocketAddr], principal: Principal) -> Result<
 }
 
 const CHUNK: u32 = 4 << 20;
+
+/// Sends the blobs the origin coordinator lacks, in chunks (for `-o type=oci` on a farm).
+async fn send_blobs(w: &Worker, origin: &Farm, blobs: &[Digest]) -> Result<(), String> {
+    let digests = blobs.iter().map(|d| d.to_string()).collect();
+    let patience = (Duration::from_secs(30), Duration::from_secs(30));
+    let missing = match origin.call(&Request::MissingBlobs { digests }, patience.0, patience.1).await {
+        Ok(Response::Digests(d)) => d,
+        Ok(other) => return Err(format!("unexpected answer {other:?}")),
+        Err(e) => return Err(format!("returning the image: {e}")),
+    };
+    for digest in missing {
+        let d: Digest = digest.parse().map_err(|e| format!("{digest}: {e}"))?;
+        let bytes = w.engine.store.read(&d).map_err(|e| e.to_string())?;
+        let chunks: Vec<&[u8]> = if bytes.is_empty() { vec![&[][..]] } else { bytes.chunks(CHUNK as usize).collect() };
+        let mut offset = 0u64;
+        for (i, chunk) in chunks.iter().enumerate() {
+            let req = Request::PutBlob { digest: digest.clone(), offset, data: chunk.to_vec(), last: i + 1 == chunks.len() };
+            origin.call(&req, patience.0, patience.1).await.map_err(|e| format!("returning blob {digest}: {e}"))?;
+            offset += chunk.len() as u64;
+        }
+    }
+    Ok(())
+}
 
 async fn fetch_blob(w: &Worker, origin: &Farm, d: &Digest, size: u64) -> Result<(), String> {
     let tmp = w.engine.store.temp_path();

@@ -141,6 +141,9 @@ pub struct BuildSpec {
     pub insecure_registries: Vec<String>,
     /// Chosen by the client: a submit retried after a lost answer finds the same build.
     pub submission: String,
+    /// Agents send every blob of their image to the coordinator that received the build, for
+    /// the CLI to fetch (`-o type=oci`).
+    pub return_blobs: bool,
 }
 
 /// A slice handed to an agent. `attempt` fences reports: one from an older attempt is ignored.
@@ -467,6 +470,7 @@ mod tests {
             builder: Some("b".into()),
             insecure_registries: vec![],
             submission: "x".into(),
+            return_blobs: false,
         };
         let principal = Principal { role: Role::User, name: "t".into() };
         let req = Request::Forward { principal, origin: "127.0.0.1:7401".parse().unwrap(), request: Box::new(Request::Submit(spec)) };

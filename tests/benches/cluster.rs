@@ -52,6 +52,7 @@ fn spec(platforms: &[&str], n: usize) -> BuildSpec {
         builder: None,
         insecure_registries: vec![],
         submission: format!("bench-{n}"),
+        return_blobs: false,
     }
 }
 

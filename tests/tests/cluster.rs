@@ -120,6 +120,35 @@ fn farm_builds_pushes_and_manages_builders() {
         assert_eq!(config["architecture"], arch);
     }
 
+    // `-o type=oci`: the agents send their images back through the coordinator to the CLI.
+    let tar = work.path().join("hello.tar");
+    c.ok(c.kiln(
+        &[
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--build-arg",
+            &format!("BASE={base}"),
+            "-t",
+            "example/hello:1",
+            "-o",
+            &format!("type=oci,dest={}", tar.display()),
+            &hello.display().to_string(),
+        ],
+        work.path(),
+    ));
+    let out = Command::new("skopeo").arg("inspect").arg("--raw").arg(format!("oci-archive:{}", tar.display())).output().expect("skopeo");
+    assert!(out.status.success(), "skopeo: {}", stderr(&out));
+    let index: serde_json::Value = serde_json::from_slice(&out.stdout).expect("index");
+    assert_eq!(index["manifests"].as_array().map(Vec::len), Some(2), "{index}");
+    let out = Command::new("skopeo")
+        .args(["inspect", "--override-arch", "arm64", "--config"])
+        .arg(format!("oci-archive:{}:example/hello:1", tar.display()))
+        .output()
+        .expect("skopeo");
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).expect("config");
+    assert_eq!(config["architecture"], "arm64", "{}", stderr(&out));
+
     // A platform nobody can run fails at once, with the reason.
     let out = c.kiln(&["build", "--platform", "linux/s390x", "-t", &format!("{}/x:1", registry.addr), "--push", "."], &hello);
     assert!(!out.status.success());

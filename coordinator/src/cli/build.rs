@@ -151,13 +151,20 @@ fn build(
     if let Some(hosts) = args.farm.hosts()? {
         let mut push = false;
         let mut zstd = false;
+        let mut oci = None;
         for o in &outputs {
             match o {
                 Output::Registry { zstd: z } => {
                     push = true;
-                    zstd = *z;
+                    zstd |= *z;
                 }
-                _ => bail!("on a farm, kiln builds to a registry for now: use --push (or -o type=registry); -o type=oci|local work on the embedded farm"),
+                Output::Oci { dest, zstd: z } => {
+                    oci = Some(dest.clone());
+                    zstd |= *z;
+                }
+                Output::Local { .. } => bail!(
+                    "-o type=local is not available on a farm yet: use -o type=oci,dest=FILE or --push (or build on the embedded farm)"
+                ),
             }
         }
         let context = super::farm_build::manifest(&args.path, &ignore)?;
@@ -175,8 +182,9 @@ fn build(
             builder: args.builder.clone().or_else(|| super::remote::current_builder(&hosts)),
             insecure_registries: args.insecure_registries.clone(),
             submission: crate::node::random_hex(16)?,
+            return_blobs: oci.is_some(),
         };
-        let view = super::farm_build::run(spec, context.files, &args.farm, mode)?;
+        let view = super::farm_build::run(spec, context.files, &args.farm, mode, oci.as_deref())?;
         return super::farm_build::finish(&view, &args.tags, args.metadata_file.as_deref(), mode);
     }
     if let Some(b) = args.builder.as_deref().filter(|b| *b != crate::builders::DEFAULT_BUILDER) {

@@ -120,7 +120,14 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// Runs a build on the farm and follows it; returns the finished build.
-pub fn run(spec: BuildSpec, files: BTreeMap<String, PathBuf>, farm_args: &FarmArgs, mode: Mode) -> anyhow::Result<BuildView> {
+pub fn run(
+    spec: BuildSpec,
+    files: BTreeMap<String, PathBuf>,
+    farm_args: &FarmArgs,
+    mode: Mode,
+    oci: Option<&Path>,
+) -> anyhow::Result<BuildView> {
+    let tags = spec.tags.clone();
     let hosts = farm_args.require("building on a farm")?;
     remote::runtime()?.block_on(async {
         let farm = remote::connect(&hosts, farm_args).await?;
@@ -165,12 +172,57 @@ pub fn run(spec: BuildSpec, files: BTreeMap<String, PathBuf>, farm_args: &FarmAr
                 progress.event(event);
             }
             match view.state.as_str() {
-                "done" => return Ok(view),
+                "done" => {
+                    if let Some(dest) = oci {
+                        write_oci(&farm, &view, dest, &tags).await?;
+                    }
+                    return Ok(view);
+                }
                 "failed" => bail!("build {build} failed: {}", view.error),
                 _ => {}
             }
         }
     })
+}
+
+/// Fetches one blob from the coordinator into the local store (verified by digest).
+async fn fetch(farm: &Farm, store: &kiln_shared::store::ContentStore, d: &Digest) -> anyhow::Result<()> {
+    if store.has(d) {
+        return Ok(());
+    }
+    let mut bytes = Vec::new();
+    loop {
+        let req = Request::GetBlob { digest: d.to_string(), offset: bytes.len() as u64, len: UPLOAD_CHUNK as u32 };
+        match remote::call(farm, &req).await? {
+            Response::Bytes(b) if b.is_empty() => break,
+            Response::Bytes(b) => bytes.extend_from_slice(&b),
+            other => bail!(unexpected(other)),
+        }
+    }
+    let got = store.put(&bytes)?;
+    if &got != d {
+        bail!("blob {d} arrived as {got}: refusing a corrupt image");
+    }
+    Ok(())
+}
+
+/// `-o type=oci,dest=F` on a farm: the agents sent their images to the coordinator; fetch the
+/// manifests, configs and layers and write the archive.
+async fn write_oci(farm: &Farm, view: &BuildView, dest: &Path, tags: &[String]) -> anyhow::Result<()> {
+    let store = kiln_shared::store::ContentStore::open(&super::build::kiln_home().join("client/content"))?;
+    let index: kiln_shared::oci::Index = serde_json::from_str(&view.index_json).context("the build's index")?;
+    let mut blobs = Vec::new();
+    for m in &index.manifests {
+        fetch(farm, &store, &m.digest).await?;
+        let manifest: kiln_shared::oci::Manifest = serde_json::from_slice(&store.read(&m.digest)?).context("a slice's manifest")?;
+        for d in std::iter::once(&manifest.config).chain(&manifest.layers) {
+            fetch(farm, &store, &d.digest).await?;
+            blobs.push(d.digest.clone());
+        }
+        blobs.push(m.digest.clone());
+    }
+    kiln_shared::layout::write_archive(dest, &store, &index, &blobs, tags)?;
+    Ok(())
 }
 
 /// Reports the finished build as the embedded farm does: metadata file and summary line.

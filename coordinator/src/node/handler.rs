@@ -105,7 +105,9 @@ fn allowed(role: &Role, req: &Request) -> bool {
         Raft { .. } | Forward { .. } => *role == Role::Coordinator,
         Status | GetBlob { .. } => true,
         Register(_) | Poll { .. } | Events { .. } | SliceDone(_) | SliceFailed { .. } => *role == Role::Agent,
-        MissingBlobs { .. } | PutBlob { .. } | Submit(_) | Watch { .. } | Contexts | Builders | Inspect { .. } => {
+        // Agents send results back this way (`-o type=oci` on a farm).
+        MissingBlobs { .. } | PutBlob { .. } => matches!(role, Role::Admin | Role::User | Role::Agent),
+        Submit(_) | Watch { .. } | Contexts | Builders | Inspect { .. } => {
             matches!(role, Role::Admin | Role::User)
         }
         RemoveContext { .. } | CreateBuilder(_) | RemoveBuilder { .. } | AddCoordinator { .. } | RemoveCoordinator { .. } => {

@@ -451,6 +451,7 @@ mod tests {
             builder: None,
             insecure_registries: vec![],
             submission: String::new(),
+            return_blobs: false,
         }
     }
 
