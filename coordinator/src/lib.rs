@@ -1,8 +1,11 @@
 //! kiln-coordinator: the coordinator cluster and the `kiln` command line.
 //!
-//! Today this crate holds the CLI (`cli`) and the embedded farm (`farm`): one coordinator and
-//! one agent in this process. The Raft cluster, the scheduler and the services join it with the
-//! distributed farm.
+//! - `cli`: every verb of the one binary;
+//! - `farm`: the embedded farm (one coordinator and one agent in this process);
+//! - `node`: a coordinator process (`kiln coordinator`): bootstrap, requests, leader duties;
+//! - `raft`: the replicated state, its commands, and its storage and network for openraft;
+//! - `scheduler`: the pure placement of slices; `builders`: buildx's builders and contexts;
+//! - `config`: the config files of `kiln coordinator` and `kiln agent`.
 
 pub mod builders;
 pub mod cli;

@@ -678,3 +678,44 @@ fn builder_view(node: &Node, b: &builders::Builder, recent: bool) -> BuilderView
     };
     BuilderView { name: b.name.clone(), driver: b.driver.clone(), nodes, recent }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_request() -> Vec<Request> {
+        let spec = CreateSpec::default();
+        vec![
+            Request::Join { token: String::new(), name: String::new(), csr_der: vec![] },
+            Request::JoinPeer { id: 2, token: None, csr_der: vec![] },
+            Request::Raft { rpc: RaftRpc::Vote, json: vec![] },
+            Request::Status,
+            Request::AddCoordinator { id: 4, addr: String::new() },
+            Request::Register(AgentInfo {
+                name: "a".into(),
+                endpoint: String::new(),
+                native: vec![],
+                emulated: vec![],
+                slots: 1,
+                labels: Default::default(),
+                version: String::new(),
+            }),
+            Request::Poll { agent: "a".into(), running: vec![], cache_bytes: 0, wait_ms: 0 },
+            Request::GetBlob { digest: String::new(), offset: 0, len: 0 },
+            Request::PutBlob { digest: String::new(), offset: 0, data: vec![], last: true },
+            Request::Watch { build: 1, cursor: 0, wait_ms: 0 },
+            Request::CreateBuilder(spec),
+            Request::RemoveContext { name: "a".into() },
+        ]
+    }
+
+    #[test]
+    fn roles_get_what_they_need_and_nothing_else() {
+        let table = |role: Role| -> Vec<bool> { every_request().iter().map(|r| allowed(&role, r)).collect() };
+        // Join, JoinPeer, Raft, Status, AddCoordinator, Register, Poll, GetBlob, PutBlob, Watch, CreateBuilder, RemoveContext
+        assert_eq!(table(Role::Admin), [false, false, false, true, true, false, false, true, true, true, true, true]);
+        assert_eq!(table(Role::User), [false, false, false, true, false, false, false, true, true, true, false, false]);
+        assert_eq!(table(Role::Agent), [false, false, false, true, false, true, true, true, true, false, false, false]);
+        assert_eq!(table(Role::Coordinator), [false, false, true, true, false, false, false, true, false, false, false, false]);
+    }
+}
