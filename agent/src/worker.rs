@@ -104,7 +104,7 @@ pub async fn run(mut cfg: AgentConfig, token: String, stop: CancellationToken) -
     tasks.spawn(serve_peers(peer.clone(), worker.engine.clone()));
     let result = tokio::select! {
         _ = stop.cancelled() => Ok(()),
-        r = poll_loop(worker.clone(), info, &mut tasks) => r,
+        r = poll_loop(worker.clone(), &mut tasks) => r,
     };
     tasks.abort_all();
     worker.farm.close();
@@ -164,7 +164,7 @@ async fn measure_cache(w: Arc<Worker>) {
     }
 }
 
-async fn poll_loop(w: Arc<Worker>, info: AgentInfo, tasks: &mut tokio::task::JoinSet<()>) -> Result<(), WorkerError> {
+async fn poll_loop(w: Arc<Worker>, tasks: &mut tokio::task::JoinSet<()>) -> Result<(), WorkerError> {
     loop {
         let running: Vec<Key> = w.running().iter().copied().collect();
         let cache_bytes = w.cache_bytes.load(std::sync::atomic::Ordering::Relaxed);
@@ -181,10 +181,8 @@ async fn poll_loop(w: Arc<Worker>, info: AgentInfo, tasks: &mut tokio::task::Joi
             Ok(other) => eprintln!("agent {}: unexpected answer to a poll: {other:?}", w.cfg.name),
             Err(TransportError::Remote(e)) if e.code == ErrorCode::NotFound => return Err(WorkerError::Removed(w.cfg.name.clone())),
             Err(e) => {
+                // The registration is in Raft and survives any coordinator; only the poll is retried.
                 eprintln!("agent {}: poll: {e}", w.cfg.name);
-                if let Err(e) = w.farm.call(&Request::Register(info.clone()), Duration::from_secs(5), Duration::from_secs(1)).await {
-                    eprintln!("agent {}: register: {e}", w.cfg.name);
-                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }

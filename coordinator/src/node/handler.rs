@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 type Answer = Result<Response, RemoteError>;
 
+/// Builds whose progress events the leader keeps (a watcher of an older one sees its state).
+const MAX_BUILDS_WITH_EVENTS: usize = 256;
+
 fn err(code: ErrorCode, message: impl Into<String>) -> RemoteError {
     RemoteError { code, message: message.into() }
 }
@@ -252,6 +255,11 @@ async fn lead(node: &Node, p: Principal, origin: SocketAddr, req: Request) -> An
             });
             if let Some(platform) = platform {
                 let mut soft = node.soft();
+                // Progress is kept for the most recent builds only.
+                while soft.events.len() >= MAX_BUILDS_WITH_EVENTS && !soft.events.contains_key(&build) {
+                    let Some(oldest) = soft.events.keys().min().copied() else { break };
+                    soft.events.remove(&oldest);
+                }
                 let list = soft.events.entry(build).or_default();
                 for event in events {
                     if list.len() < MAX_EVENTS {
