@@ -36,17 +36,8 @@ pub enum BuilderError {
     BadName(String),
 }
 
-/// An agent, as registered.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Context {
-    pub name: String,
-    pub endpoint: String,
-    pub native: Vec<Platform>,
-    pub emulated: Vec<Platform>,
-    pub slots: u32,
-    pub labels: BTreeMap<String, String>,
-    pub version: String,
-}
+/// An agent, as registered: what it told the farm about itself (the wire type, stored as is).
+pub use kiln_shared::api::AgentInfo as Context;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {

@@ -351,15 +351,7 @@ async fn register(node: &Node, p: &Principal, info: AgentInfo) -> Answer {
     if info.slots == 0 {
         return Err(bad("an agent needs at least one slot"));
     }
-    let ctx = Context {
-        name: info.name.clone(),
-        endpoint: info.endpoint,
-        native: info.native,
-        emulated: info.emulated,
-        slots: info.slots,
-        labels: info.labels,
-        version: info.version,
-    };
+    let ctx: Context = info.clone();
     let same = node.read(|s| s.farm.contexts.get(&ctx.name) == Some(&ctx) && !s.draining.contains(&ctx.name));
     if !same {
         node.commit(Command::RegisterAgent { context: ctx }).await?;
@@ -583,15 +575,7 @@ fn contexts(node: &Node) -> Vec<ContextView> {
                 running: running.get(&c.name).copied().unwrap_or(0),
                 last_seen_ms_ago: live.map(|l| now.duration_since(l.last_seen).as_millis() as u64).unwrap_or(u64::MAX),
                 cache_bytes: live.map(|l| l.cache_bytes).unwrap_or(0),
-                info: AgentInfo {
-                    name: c.name,
-                    endpoint: c.endpoint,
-                    native: c.native,
-                    emulated: c.emulated,
-                    slots: c.slots,
-                    labels: c.labels,
-                    version: c.version,
-                },
+                info: c,
             }
         })
         .collect()
