@@ -154,6 +154,17 @@ fn farm_builds_pushes_and_manages_builders() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no agent of builder \"default\" can run linux/s390x"), "{}", stderr(&out));
 
+    // The CA goes to a listed peer without a token once only: a second "coordinator 2" is refused.
+    let port = kiln_tests::cluster::free_udp_port();
+    let out = Command::new(kiln_tests::kiln_bin())
+        .args(["coordinator", "--id", "2", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(work.path().join("impostor"))
+        .args(["--peers", &format!("1={},2=127.0.0.1:{port}", c.addrs[0])])
+        .output()
+        .expect("kiln coordinator");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not a listed peer on its first start"), "{}", stderr(&out));
+
     // A wrong token gets nothing.
     let forged = c.admin_token.rsplit_once('.').map(|(head, _)| format!("{head}.0123456789abcdef0123456789abcdef")).unwrap_or_default();
     let out = c.kiln_with_token(&["ls"], work.path(), &forged);

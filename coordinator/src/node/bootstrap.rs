@@ -3,9 +3,9 @@
 //!
 //! The member with the smallest id in `--peers` creates the CA the first time it starts. Every
 //! other member, started with an empty data dir, asks that member (or `--join ADDR`) for the CA
-//! with [`Request::JoinPeer`]. That request is granted to an admin token, or, during bootstrap,
-//! to a listed peer id calling from its listed IP address (trust on first use, as a
-//! `kubeadm`-style bootstrap without a token would be); afterwards the CA stays in the data dir.
+//! with [`Request::JoinPeer`]. That request is granted to an admin token, or, once per id, to a
+//! listed peer id calling from its listed IP address (trust on first use, recorded in
+//! `bootstrap-granted`); afterwards the CA stays in the member's data dir.
 
 use super::random_hex;
 use crate::config::CoordinatorConfig;

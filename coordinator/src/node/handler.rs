@@ -87,18 +87,37 @@ fn join(node: &Node, token: &str, name: &str, csr: &[u8]) -> Answer {
 fn join_peer(node: &Node, remote: SocketAddr, id: u64, token: Option<&str>, csr: &[u8]) -> Answer {
     let granted = match token {
         Some(t) => token_record(node, t)?.0.role == Role::Admin,
-        // Bootstrap: a member listed in --peers, calling from its listed address.
-        None => id != node.id && node.cfg.peers.get(&id).is_some_and(|a| a.ip() == remote.ip()),
+        // Bootstrap: a member listed in --peers, calling from its listed address, once (trust
+        // on first use): the CA key is not handed out again without a token.
+        None => id != node.id && node.cfg.peers.get(&id).is_some_and(|a| a.ip() == remote.ip()) && first_grant(node, id),
     };
     if !granted {
         return Err(err(
             ErrorCode::PermissionDenied,
-            format!("coordinator {id} at {} is not a listed peer: start it with --token (an admin token) to join", remote.ip()),
+            format!(
+                "coordinator {id} at {} is not a listed peer on its first start: start it with --token (an admin token) to join",
+                remote.ip()
+            ),
         ));
     }
     let cert = node.ca.sign_request(csr, &Principal { role: Role::Coordinator, name: id.to_string() }.common_name());
     let cert = cert.map_err(|e| bad(format!("certificate request: {e}")))?;
     Ok(Response::PeerJoined { ca_cert_pem: node.ca.cert_pem(), ca_key_pem: node.ca.key_pem(), cert_der: cert.to_vec() })
+}
+
+/// Records that `id` got the CA without a token; `false` if it already had.
+fn first_grant(node: &Node, id: u64) -> bool {
+    use std::io::Write;
+    let path = node.cfg.data_dir.join("bootstrap-granted");
+    let granted = std::fs::read_to_string(&path).unwrap_or_default();
+    if granted.lines().any(|l| l.trim() == id.to_string()) {
+        return false;
+    }
+    let recorded = std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| {
+        writeln!(f, "{id}")?;
+        f.sync_all()
+    });
+    recorded.is_ok()
 }
 
 fn allowed(role: &Role, req: &Request) -> bool {
