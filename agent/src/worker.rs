@@ -143,7 +143,7 @@ fn peer_request(engine: &Agent, role: Option<Role>, req: Request) -> Result<Resp
     let mut f = engine.store.open_blob(&d).map_err(|e| not_found(e.to_string()))?;
     f.seek(SeekFrom::Start(offset)).map_err(|e| not_found(e.to_string()))?;
     let mut buf = Vec::new();
-    f.take(u64::from(len.min(CHUNK))).read_to_end(&mut buf).map_err(|e| not_found(e.to_string()))?;
+    f.take(u64::from(len.min(kiln_shared::client::BLOB_CHUNK))).read_to_end(&mut buf).map_err(|e| not_found(e.to_string()))?;
     Ok(Response::Bytes(buf))
 }
 
@@ -334,14 +334,15 @@ async fn materialize(w: &Arc<Worker>, task: &SliceTask, dir: &Path) -> Result<()
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let mut origin: Option<Farm> = None;
     for e in &task.spec.context {
-        if let EntryKind::File { digest, size } = &e.kind {
+        if let EntryKind::File { digest, .. } = &e.kind {
             let d: Digest = digest.parse().map_err(|e| format!("{digest}: {e}"))?;
             if !w.engine.store.has(&d) {
                 if origin.is_none() {
                     let principal = Principal { role: kiln_shared::api::Role::Agent, name: w.cfg.name.clone() };
                     origin = Some(reconnect(w, &task.context_origin, principal)?);
                 }
-                fetch_blob(w, origin.as_ref().ok_or("no origin")?, &d, *size).await?;
+                let origin = origin.as_ref().ok_or("no origin")?;
+                origin.fetch_blob(&w.engine.store, &d).await.map_err(|e| format!("context blob: {e}"))?;
             }
         }
     }
@@ -359,50 +360,19 @@ fn reconnect(w: &Worker, origin: &[SocketAddr], principal: Principal) -> Result<
     Farm::open(origin, &ca, &identity, principal).map_err(|e| e.to_string())
 }
 
-const CHUNK: u32 = 4 << 20;
-
 /// Sends the blobs the origin coordinator lacks, in chunks (for `-o type=oci` on a farm).
 async fn send_blobs(w: &Worker, origin: &Farm, blobs: &[Digest]) -> Result<(), String> {
     let digests = blobs.iter().map(|d| d.to_string()).collect();
-    let patience = (Duration::from_secs(30), Duration::from_secs(30));
-    let missing = match origin.call(&Request::MissingBlobs { digests }, patience.0, patience.1).await {
+    let missing = match origin.call(&Request::MissingBlobs { digests }, Duration::from_secs(30), Duration::from_secs(30)).await {
         Ok(Response::Digests(d)) => d,
         Ok(other) => return Err(format!("unexpected answer {other:?}")),
         Err(e) => return Err(format!("returning the image: {e}")),
     };
     for digest in missing {
         let d: Digest = digest.parse().map_err(|e| format!("{digest}: {e}"))?;
-        let bytes = w.engine.store.read(&d).map_err(|e| e.to_string())?;
-        let chunks: Vec<&[u8]> = if bytes.is_empty() { vec![&[][..]] } else { bytes.chunks(CHUNK as usize).collect() };
-        let mut offset = 0u64;
-        for (i, chunk) in chunks.iter().enumerate() {
-            let req = Request::PutBlob { digest: digest.clone(), offset, data: chunk.to_vec(), last: i + 1 == chunks.len() };
-            origin.call(&req, patience.0, patience.1).await.map_err(|e| format!("returning blob {digest}: {e}"))?;
-            offset += chunk.len() as u64;
-        }
+        let mut f = w.engine.store.open_blob(&d).map_err(|e| e.to_string())?;
+        origin.send_blob(&digest, &mut f).await.map_err(|e| e.to_string())?;
     }
-    Ok(())
-}
-
-async fn fetch_blob(w: &Worker, origin: &Farm, d: &Digest, size: u64) -> Result<(), String> {
-    let tmp = w.engine.store.temp_path();
-    let _cleanup = RemoveOnDrop(tmp.clone());
-    let mut file = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    let mut offset = 0u64;
-    while offset < size {
-        let req = Request::GetBlob { digest: d.to_string(), offset, len: CHUNK };
-        match origin.call(&req, Duration::from_secs(30), Duration::from_secs(30)).await {
-            Ok(Response::Bytes(b)) if !b.is_empty() => {
-                std::io::Write::write_all(&mut file, &b).map_err(|e| e.to_string())?;
-                offset += b.len() as u64;
-            }
-            Ok(_) => return Err(format!("context blob {d} ended at {offset} of {size} bytes at its origin")),
-            Err(e) => return Err(format!("fetching context blob {d}: {e}")),
-        }
-    }
-    drop(file);
-    let mut f = std::fs::File::open(&tmp).map_err(|e| e.to_string())?;
-    w.engine.store.put_reader(&mut f, d).map_err(|e| format!("context blob {d}: {e}"))?;
     Ok(())
 }
 

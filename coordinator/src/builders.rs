@@ -54,17 +54,8 @@ pub struct Builder {
     pub nodes: Vec<Node>,
 }
 
-/// What `kiln create` asks for.
-#[derive(Clone, Debug, Default)]
-pub struct CreateRequest {
-    pub context: Option<String>,
-    pub name: Option<String>,
-    pub driver: Option<String>,
-    pub platforms: Vec<Platform>,
-    pub node: Option<String>,
-    pub append: bool,
-    pub leave: bool,
-}
+/// What `kiln create` asks for (the wire type, used as is).
+pub use kiln_shared::api::CreateSpec as CreateRequest;
 
 /// The farm's contexts and named builders.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

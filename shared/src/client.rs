@@ -3,6 +3,8 @@
 //! coordinator is unreachable or busy electing a leader.
 
 use crate::api::{Principal, Request, Response, Token};
+use crate::digest::Digest;
+use crate::store::{ContentStore, StoreError};
 use crate::transport::{self, Identity, KeyRequest, TransportError};
 use crate::wire::{Envelope, ErrorCode};
 use rustls::pki_types::CertificateDer;
@@ -10,6 +12,21 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
+
+/// Size of the chunks a blob travels in between a coordinator and its clients.
+pub const BLOB_CHUNK: u32 = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("transferring blob {digest}: {source}")]
+    Transport { digest: String, source: TransportError },
+    #[error("transferring blob {digest}: unexpected answer {answer}")]
+    Unexpected { digest: String, answer: String },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// Parses `ADDR[,ADDR..]`.
 pub fn parse_hosts(list: &str) -> Result<Vec<SocketAddr>, String> {
@@ -156,5 +173,68 @@ impl Farm {
 
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"bye");
+    }
+
+    /// Fetches blob `d` into `store` chunk by chunk; it is kept only if it hashes to `d`.
+    pub async fn fetch_blob(&self, store: &ContentStore, d: &Digest) -> Result<(), BlobError> {
+        if store.has(d) {
+            return Ok(());
+        }
+        let tmp = store.temp_path();
+        let result = self.fetch_into(store, d, &tmp).await;
+        let _ = std::fs::remove_file(&tmp);
+        result
+    }
+
+    async fn fetch_into(&self, store: &ContentStore, d: &Digest, tmp: &std::path::Path) -> Result<(), BlobError> {
+        use std::io::Write;
+        let io = |source| BlobError::Io { what: tmp.display().to_string(), source };
+        let mut file = std::fs::File::create(tmp).map_err(io)?;
+        let mut offset = 0u64;
+        loop {
+            let req = Request::GetBlob { digest: d.to_string(), offset, len: BLOB_CHUNK };
+            let answer = self.call(&req, Duration::from_secs(30), Duration::from_secs(30)).await;
+            match answer.map_err(|source| BlobError::Transport { digest: d.to_string(), source })? {
+                Response::Bytes(b) => {
+                    file.write_all(&b).map_err(io)?;
+                    offset += b.len() as u64;
+                    // The server sends whole chunks until the end: a short one is the last.
+                    if b.len() < BLOB_CHUNK as usize {
+                        break;
+                    }
+                }
+                other => return Err(BlobError::Unexpected { digest: d.to_string(), answer: format!("{other:?}") }),
+            }
+        }
+        drop(file);
+        store.put_reader(&mut std::fs::File::open(tmp).map_err(io)?, d)?;
+        Ok(())
+    }
+
+    /// Sends what `reader` holds as blob `digest`, chunk by chunk; the receiver verifies it.
+    /// Returns the bytes sent.
+    pub async fn send_blob(&self, digest: &str, reader: &mut (dyn std::io::Read + Send)) -> Result<u64, BlobError> {
+        let mut offset = 0u64;
+        let mut buf = vec![0u8; BLOB_CHUNK as usize];
+        loop {
+            let mut n = 0;
+            while n < buf.len() {
+                match reader.read(&mut buf[n..]).map_err(|source| BlobError::Io { what: format!("reading blob {digest}"), source })? {
+                    0 => break,
+                    k => n += k,
+                }
+            }
+            let last = n < buf.len();
+            let req = Request::PutBlob { digest: digest.to_string(), offset, data: buf[..n].to_vec(), last };
+            match self.call(&req, Duration::from_secs(30), Duration::from_secs(30)).await {
+                Ok(Response::Ok) => {}
+                Ok(other) => return Err(BlobError::Unexpected { digest: digest.to_string(), answer: format!("{other:?}") }),
+                Err(source) => return Err(BlobError::Transport { digest: digest.to_string(), source }),
+            }
+            offset += n as u64;
+            if last {
+                return Ok(offset);
+            }
+        }
     }
 }

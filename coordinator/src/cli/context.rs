@@ -24,11 +24,36 @@ pub fn summarize(root: &Path, dockerfile: &Path) -> anyhow::Result<ContextSummar
     let ignore = DockerIgnore::load(root, dockerfile)?;
     let mut summary =
         ContextSummary { ignore_file: DockerIgnore::locate(root, dockerfile).map(|p| p.display().to_string()), ..Default::default() };
-    walk(root, "", &ignore, &mut summary)?;
+    walk(root, &ignore, &mut |e| {
+        if e.excluded {
+            summary.excluded += 1;
+        } else if !e.meta.is_dir() {
+            summary.files += 1;
+            summary.bytes += e.meta.len();
+        }
+        Ok(())
+    })?;
     Ok(summary)
 }
 
-fn walk(dir: &Path, rel: &str, ignore: &DockerIgnore, out: &mut ContextSummary) -> anyhow::Result<()> {
+/// One path met by [`walk`].
+pub struct Visit<'a> {
+    /// Relative to the context, `/`-separated.
+    pub rel: &'a str,
+    pub path: &'a Path,
+    /// Of the path itself (symlinks are not followed).
+    pub meta: &'a std::fs::Metadata,
+    pub excluded: bool,
+}
+
+/// Visits every path of the context in name order, excluded ones included (flagged), without
+/// following symlinks; an excluded directory is entered only when an exception pattern could
+/// bring something inside it back.
+pub fn walk(root: &Path, ignore: &DockerIgnore, visit: &mut dyn FnMut(Visit) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    walk_dir(root, "", ignore, visit)
+}
+
+fn walk_dir(dir: &Path, rel: &str, ignore: &DockerIgnore, visit: &mut dyn FnMut(Visit) -> anyhow::Result<()>) -> anyhow::Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("reading build context directory {}", dir.display()))?
         .collect::<Result<_, _>>()
@@ -39,18 +64,9 @@ fn walk(dir: &Path, rel: &str, ignore: &DockerIgnore, out: &mut ContextSummary) 
         let path = if rel.is_empty() { name } else { format!("{rel}/{name}") };
         let meta = entry.metadata().with_context(|| format!("reading {}", entry.path().display()))?;
         let excluded = ignore.is_excluded(&path);
-        if meta.is_dir() {
-            if !excluded || ignore.may_reinclude_under(&path) {
-                walk(&entry.path(), &path, ignore, out)?;
-            }
-            if excluded {
-                out.excluded += 1;
-            }
-        } else if excluded {
-            out.excluded += 1;
-        } else {
-            out.files += 1;
-            out.bytes += meta.len();
+        visit(Visit { rel: &path, path: &entry.path(), meta: &meta, excluded })?;
+        if meta.is_dir() && (!excluded || ignore.may_reinclude_under(&path)) {
+            walk_dir(&entry.path(), &path, ignore, visit)?;
         }
     }
     Ok(())

@@ -25,7 +25,26 @@ pub struct ContextManifest {
 /// Walks the context as `.dockerignore` allows, hashing every regular file.
 pub fn manifest(root: &Path, ignore: &DockerIgnore) -> anyhow::Result<ContextManifest> {
     let mut out = ContextManifest { entries: vec![], files: BTreeMap::new(), bytes: 0 };
-    walk(root, "", ignore, &mut out)?;
+    super::context::walk(root, ignore, &mut |v| {
+        if v.excluded {
+            return Ok(());
+        }
+        let meta = v.meta;
+        let entry_of = |kind| ContextEntry { path: v.rel.to_string(), kind, mode: meta.mode() & 0o7777, uid: meta.uid(), gid: meta.gid() };
+        if meta.is_dir() {
+            out.entries.push(entry_of(EntryKind::Dir));
+        } else if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(v.path).with_context(|| format!("reading {}", v.path.display()))?;
+            out.entries.push(entry_of(EntryKind::Symlink { target: target.to_string_lossy().into_owned() }));
+        } else if meta.is_file() {
+            let digest = hash_file(v.path)?;
+            out.bytes += meta.len();
+            out.files.insert(digest.to_string(), v.path.to_path_buf());
+            out.entries.push(entry_of(EntryKind::File { digest: digest.to_string(), size: meta.len() }));
+        }
+        // Sockets, FIFOs and devices are not sent, as docker does not send them.
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -36,43 +55,6 @@ fn hash_file(path: &Path) -> anyhow::Result<Digest> {
     std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
     Ok(Digest::from_sha256(h.finalize().into()))
 }
-
-fn walk(dir: &Path, rel: &str, ignore: &DockerIgnore, out: &mut ContextManifest) -> anyhow::Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading build context directory {}", dir.display()))?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("reading build context directory {}", dir.display()))?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let path = if rel.is_empty() { name } else { format!("{rel}/{name}") };
-        let meta = std::fs::symlink_metadata(entry.path()).with_context(|| format!("reading {}", entry.path().display()))?;
-        let excluded = ignore.is_excluded(&path);
-        let entry_of = |kind| ContextEntry { path: path.clone(), kind, mode: meta.mode() & 0o7777, uid: meta.uid(), gid: meta.gid() };
-        if meta.is_dir() {
-            if !excluded {
-                out.entries.push(entry_of(EntryKind::Dir));
-            }
-            if !excluded || ignore.may_reinclude_under(&path) {
-                walk(&entry.path(), &path, ignore, out)?;
-            }
-        } else if excluded {
-            continue;
-        } else if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(entry.path()).with_context(|| format!("reading {}", entry.path().display()))?;
-            out.entries.push(entry_of(EntryKind::Symlink { target: target.to_string_lossy().into_owned() }));
-        } else if meta.is_file() {
-            let digest = hash_file(&entry.path())?;
-            out.bytes += meta.len();
-            out.files.insert(digest.to_string(), entry.path());
-            out.entries.push(entry_of(EntryKind::File { digest: digest.to_string(), size: meta.len() }));
-        }
-        // Sockets, FIFOs and devices are not sent, as docker does not send them.
-    }
-    Ok(())
-}
-
-const UPLOAD_CHUNK: usize = 4 << 20;
 
 /// Sends the blobs the farm lacks; returns (blobs sent, bytes sent).
 pub async fn upload(farm: &Farm, files: &BTreeMap<String, PathBuf>) -> anyhow::Result<(usize, u64)> {
@@ -88,35 +70,9 @@ pub async fn upload(farm: &Farm, files: &BTreeMap<String, PathBuf>) -> anyhow::R
     for digest in &missing {
         let path = &files[digest];
         let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut offset = 0u64;
-        let mut buf = vec![0u8; UPLOAD_CHUNK];
-        loop {
-            let n = read_full(&mut f, &mut buf).with_context(|| format!("reading {}", path.display()))?;
-            let last = n < UPLOAD_CHUNK;
-            let req = Request::PutBlob { digest: digest.clone(), offset, data: buf[..n].to_vec(), last };
-            match remote::call(farm, &req).await? {
-                Response::Ok => {}
-                other => bail!(unexpected(other)),
-            }
-            offset += n as u64;
-            bytes += n as u64;
-            if last {
-                break;
-            }
-        }
+        bytes += farm.send_blob(digest, &mut f).await?;
     }
     Ok((missing.len(), bytes))
-}
-
-fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match std::io::Read::read(f, &mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 /// Runs a build on the farm and follows it; returns the finished build.
@@ -185,27 +141,6 @@ pub fn run(
     })
 }
 
-/// Fetches one blob from the coordinator into the local store (verified by digest).
-async fn fetch(farm: &Farm, store: &kiln_shared::store::ContentStore, d: &Digest) -> anyhow::Result<()> {
-    if store.has(d) {
-        return Ok(());
-    }
-    let mut bytes = Vec::new();
-    loop {
-        let req = Request::GetBlob { digest: d.to_string(), offset: bytes.len() as u64, len: UPLOAD_CHUNK as u32 };
-        match remote::call(farm, &req).await? {
-            Response::Bytes(b) if b.is_empty() => break,
-            Response::Bytes(b) => bytes.extend_from_slice(&b),
-            other => bail!(unexpected(other)),
-        }
-    }
-    let got = store.put(&bytes)?;
-    if &got != d {
-        bail!("blob {d} arrived as {got}: refusing a corrupt image");
-    }
-    Ok(())
-}
-
 /// `-o type=oci,dest=F` on a farm: the agents sent their images to the coordinator; fetch the
 /// manifests, configs and layers and write the archive.
 async fn write_oci(farm: &Farm, view: &BuildView, dest: &Path, tags: &[String]) -> anyhow::Result<()> {
@@ -213,10 +148,10 @@ async fn write_oci(farm: &Farm, view: &BuildView, dest: &Path, tags: &[String]) 
     let index: kiln_shared::oci::Index = serde_json::from_str(&view.index_json).context("the build's index")?;
     let mut blobs = Vec::new();
     for m in &index.manifests {
-        fetch(farm, &store, &m.digest).await?;
+        farm.fetch_blob(&store, &m.digest).await?;
         let manifest: kiln_shared::oci::Manifest = serde_json::from_slice(&store.read(&m.digest)?).context("a slice's manifest")?;
         for d in std::iter::once(&manifest.config).chain(&manifest.layers) {
-            fetch(farm, &store, &d.digest).await?;
+            farm.fetch_blob(&store, &d.digest).await?;
             blobs.push(d.digest.clone());
         }
         blobs.push(m.digest.clone());

@@ -7,7 +7,7 @@
 //! the caller's identity.
 
 use super::{now_ms, Live, Node, MAX_EVENTS};
-use crate::builders::{self, Context, CreateRequest, DEFAULT_BUILDER};
+use crate::builders::{self, Context, DEFAULT_BUILDER};
 use crate::raft::{self, BuildRecord, BuildState, Command, SliceState};
 use kiln_shared::api::*;
 use kiln_shared::digest::Digest;
@@ -316,11 +316,12 @@ async fn lead(node: &Node, p: Principal, origin: SocketAddr, req: Request) -> An
         }
         Request::Builders => {
             let builders = node.read(|s| s.farm.list());
-            Ok(Response::Builders(builders.iter().map(|b| builder_view(node, b, false)).collect()))
+            let contexts = contexts(node);
+            Ok(Response::Builders(builders.iter().map(|b| builder_view(node, &contexts, b, false)).collect()))
         }
         Request::Inspect { name } => {
             let b = node.read(|s| s.farm.builder(&name)).map_err(|e| err(ErrorCode::NotFound, e.to_string()))?;
-            Ok(Response::Builder(builder_view(node, &b, true)))
+            Ok(Response::Builder(builder_view(node, &contexts(node), &b, true)))
         }
         Request::AddCoordinator { id, addr } => {
             addr.parse::<SocketAddr>().map_err(|e| bad(format!("address {addr:?}: {e}")))?;
@@ -617,16 +618,7 @@ async fn remove_context(node: &Node, name: &str) -> Answer {
 async fn create_builder(node: &Node, spec: CreateSpec) -> Answer {
     let mut farm = node.read(|s| s.farm.clone());
     let generated = (0..).map(|n| format!("builder-{n}")).find(|n| !farm.builders.contains_key(n)).unwrap_or_default();
-    let req = CreateRequest {
-        context: spec.context,
-        name: spec.name,
-        driver: spec.driver,
-        platforms: spec.platforms,
-        node: spec.node,
-        append: spec.append,
-        leave: spec.leave,
-    };
-    let name = farm.create(&req, &generated).map_err(|e| bad(e.to_string()))?;
+    let name = farm.create(&spec, &generated).map_err(|e| bad(e.to_string()))?;
     let command = match farm.builders.get(&name) {
         Some(b) => Command::PutBuilder { builder: b.clone() },
         None => Command::RemoveBuilder { name: name.clone() },
@@ -635,8 +627,7 @@ async fn create_builder(node: &Node, spec: CreateSpec) -> Answer {
     Ok(Response::Name(name))
 }
 
-fn builder_view(node: &Node, b: &builders::Builder, recent: bool) -> BuilderView {
-    let contexts = contexts(node);
+fn builder_view(node: &Node, contexts: &[ContextView], b: &builders::Builder, recent: bool) -> BuilderView {
     let nodes = b
         .nodes
         .iter()

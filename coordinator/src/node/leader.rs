@@ -48,16 +48,47 @@ pub async fn run(node: Arc<Node>) {
     }
 }
 
+/// What a tick finds to do besides scheduling.
 struct Plan {
     expired: Vec<(u64, u32, u32, String)>,
-    pending: Vec<PendingSlice>,
-    agents: Vec<AgentSnapshot>,
-    /// Agents registered but not alive, with what they run: slices they alone could run wait.
-    absent: Vec<Vec<kiln_shared::Platform>>,
-    usage: HashMap<String, TenantUsage>,
+    /// Some slice waits for an agent.
+    queued: bool,
     finished: Vec<u64>,
     drained: Vec<String>,
+}
+
+/// The scheduler's inputs, read under `node.sched`.
+struct Inputs {
+    pending: Vec<PendingSlice>,
+    /// Pending slice id → the attempt an assignment starts.
+    attempts: HashMap<u64, u32>,
+    view: FarmView,
     params: Params,
+}
+
+fn inputs(node: &Node, now: Instant) -> Inputs {
+    node.read(|s| {
+        let mut pending = Vec::new();
+        let mut attempts = HashMap::new();
+        for b in s.builds.values().filter(|b| b.state == BuildState::Running) {
+            if b.slices.iter().any(|sl| sl.state == SliceState::Queued) {
+                let candidates = candidates(s, b);
+                for (i, sl) in b.slices.iter().enumerate() {
+                    if sl.state == SliceState::Queued {
+                        let p = pending_slice(s, b, i, candidates.clone());
+                        attempts.insert(p.id, sl.attempt + 1);
+                        pending.push(p);
+                    }
+                }
+            }
+        }
+        Inputs {
+            pending,
+            attempts,
+            view: farm_view(node, s, now),
+            params: Params { slowdown: s.slowdowns(), default_slowdown: node.cfg.emulation_slowdown },
+        }
+    })
 }
 
 /// The agents the scheduler may use now, what they run, and each tenant's usage.
@@ -147,33 +178,30 @@ pub fn place_new(node: &Node, record: &BuildRecord) -> Vec<SliceAssignment> {
 async fn tick(node: &Arc<Node>) -> Result<(), kiln_shared::wire::RemoteError> {
     let now = Instant::now();
     let finishing = node.soft().finishing.clone();
-    let mut plan = node.read(|s| {
-        let view = farm_view(node, s, now);
+    let plan = node.read(|s| {
         let soft = node.soft();
         let lost = |agent: &str| !alive(node.cfg.lease_timeout_ms, soft.leader_since, soft.agents.get(agent), now);
-        let mut expired = Vec::new();
-        let mut pending = Vec::new();
-        let mut finished = Vec::new();
+        let mut plan = Plan { expired: vec![], queued: false, finished: vec![], drained: vec![] };
+        let mut busy = std::collections::HashSet::new();
         for b in s.builds.values().filter(|b| b.state == BuildState::Running) {
-            let candidates = candidates(s, b);
-            let mut all_done = true;
             for (i, sl) in b.slices.iter().enumerate() {
-                all_done &= sl.state == SliceState::Done;
                 match sl.state {
-                    SliceState::Running if lost(&sl.agent) => {
-                        expired.push((b.id, i as u32, sl.attempt, sl.agent.clone()));
+                    SliceState::Running => {
+                        busy.insert(sl.agent.as_str());
+                        if lost(&sl.agent) {
+                            plan.expired.push((b.id, i as u32, sl.attempt, sl.agent.clone()));
+                        }
                     }
-                    SliceState::Queued => pending.push(pending_slice(s, b, i, candidates.clone())),
+                    SliceState::Queued => plan.queued = true,
                     _ => {}
                 }
             }
-            if all_done && !finishing.contains(&b.id) {
-                finished.push(b.id);
+            if b.slices.iter().all(|sl| sl.state == SliceState::Done) && !finishing.contains(&b.id) {
+                plan.finished.push(b.id);
             }
         }
-        let drained = s.draining.iter().filter(|n| !view.running.contains_key(n.as_str())).cloned().collect();
-        let params = Params { slowdown: s.slowdowns(), default_slowdown: node.cfg.emulation_slowdown };
-        Plan { expired, pending, agents: view.agents, absent: view.absent, usage: view.usage, finished, drained, params }
+        plan.drained = s.draining.iter().filter(|n| !busy.contains(n.as_str())).cloned().collect();
+        plan
     });
 
     if !plan.expired.is_empty() {
@@ -189,37 +217,11 @@ async fn tick(node: &Arc<Node>) -> Result<(), kiln_shared::wire::RemoteError> {
     }
 
     // Scheduling holds `sched` (as submits do) and decides on a fresh read made under it.
-    let mut scheduling = if plan.pending.is_empty() { None } else { Some(node.sched.lock().await) };
-    if scheduling.is_some() {
-        let now = Instant::now();
-        (plan.pending, plan.agents, plan.usage, plan.absent) = node.read(|s| {
-            let view = farm_view(node, s, now);
-            let mut pending = Vec::new();
-            for b in s.builds.values().filter(|b| b.state == BuildState::Running) {
-                if b.slices.iter().any(|sl| sl.state == SliceState::Queued) {
-                    let candidates = candidates(s, b);
-                    for (i, sl) in b.slices.iter().enumerate() {
-                        if sl.state == SliceState::Queued {
-                            pending.push(pending_slice(s, b, i, candidates.clone()));
-                        }
-                    }
-                }
-            }
-            (pending, view.agents, view.usage, view.absent)
-        });
-    }
-    if !plan.pending.is_empty() {
-        let decisions = scheduler::schedule(&plan.pending, &plan.agents, &plan.usage, &plan.params);
+    if plan.queued {
+        let mut scheduling = Some(node.sched.lock().await);
+        let Inputs { pending, attempts, view, params } = inputs(node, Instant::now());
+        let decisions = scheduler::schedule(&pending, &view.agents, &view.usage, &params);
         if !decisions.assignments.is_empty() {
-            let attempts: HashMap<u64, u32> = node.read(|s| {
-                plan.pending
-                    .iter()
-                    .filter_map(|p| {
-                        let sl = s.builds.get(&p.build)?.slices.get((p.id & 0xffff) as usize)?;
-                        Some((p.id, sl.attempt + 1))
-                    })
-                    .collect()
-            });
             let assignments = decisions
                 .assignments
                 .iter()
@@ -242,8 +244,8 @@ async fn tick(node: &Arc<Node>) -> Result<(), kiln_shared::wire::RemoteError> {
         }
         for (id, reason) in decisions.impossible {
             // A registered agent that is away might run it when it is back: wait for it.
-            let platform = plan.pending.iter().find(|p| p.id == id).map(|p| p.platform.clone());
-            if platform.is_some_and(|p| plan.absent.iter().any(|runs| scheduler::runs(runs, &p))) {
+            let platform = pending.iter().find(|p| p.id == id).map(|p| p.platform.clone());
+            if platform.is_some_and(|p| view.absent.iter().any(|runs| scheduler::runs(runs, &p))) {
                 continue;
             }
             let build = id >> 16;
@@ -253,7 +255,6 @@ async fn tick(node: &Arc<Node>) -> Result<(), kiln_shared::wire::RemoteError> {
             node.bump();
         }
     }
-    drop(scheduling);
 
     for build in plan.finished {
         node.soft().finishing.insert(build);

@@ -135,7 +135,9 @@ impl Node {
     /// blank entry every new leader commits first), so everything committed before is applied
     /// too and reads of the state are current.
     pub fn is_leader(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
+        // Borrowed, not cloned: this runs on every poll.
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         m.current_leader == Some(self.id) && m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term)
     }
 
