@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +74,23 @@ pub struct SliceRequest<'a> {
     pub build_args: &'a [(String, String)],
     pub target: Option<&'a str>,
     pub no_cache: bool,
+    /// Whose step cache records this slice uses and adds (a tenant, or `shared`).
+    pub cache_scope: &'a str,
+    /// Caches imported with `--cache-from`: where a miss looks after the farm's peers.
+    pub remote: &'a [&'a dyn RemoteCache],
+}
+
+/// A step cache beyond this agent's own: the farm's other agents (through the tracker) or a
+/// cache imported with `--cache-from`. Called from the engine's blocking threads.
+pub trait RemoteCache: Sync {
+    /// The record for a step (`name`: its scoped name, `key`: its cache key), as JSON.
+    fn record(&self, name: &str, key: &str) -> Option<Vec<u8>>;
+    /// Brings blob `d` into `store`; false when this cache cannot.
+    fn blob(&self, d: &Digest, store: &ContentStore) -> bool;
+    /// Whether a hit here counts as fetched from a peer (metadata's `cache_peer_hits`).
+    fn is_peer(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -87,12 +104,15 @@ pub struct SliceResult {
     pub layers: Vec<Layer>,
     pub cache_hits: u32,
     pub cache_misses: u32,
+    pub cache_peer_hits: u32,
     pub duration_ms: u64,
+    /// Every step's record (for `--cache-to`).
+    pub records: Vec<kiln_shared::api::CacheRecord>,
 }
 
 /// A stage's image as it is built: config, layers, and the cache key of the last step.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct State {
+pub struct State {
     pub config: ImageConfig,
     pub layers: Vec<Layer>,
     pub key: String,
@@ -105,6 +125,8 @@ pub struct Agent {
     pub platforms: HostPlatforms,
     pulled: Mutex<HashMap<(String, Platform), (State, Digest)>>,
     seq: AtomicU64,
+    /// The farm's other agents (set by the worker; none in the embedded farm).
+    pub peers: std::sync::OnceLock<Arc<dyn RemoteCache + Send + Sync>>,
 }
 
 impl Agent {
@@ -121,6 +143,7 @@ impl Agent {
             platforms,
             pulled: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
+            peers: std::sync::OnceLock::new(),
         })
     }
 
@@ -171,7 +194,7 @@ impl Agent {
         }
         let manifest: Manifest =
             serde_json::from_slice(&fetched.bytes).map_err(|e| EngineError::Copy(format!("image {image}: bad manifest: {e}")))?;
-        self.registry.fetch_blob(&r, &manifest.config.digest, &self.store)?;
+        self.fetch_base_blob(&r, &manifest.config.digest)?;
         let config: ImageConfig = serde_json::from_slice(&self.store.read(&manifest.config.digest)?)
             .map_err(|e| EngineError::Copy(format!("image {image}: bad config: {e}")))?;
         if config.architecture != platform.arch() {
@@ -183,7 +206,7 @@ impl Agent {
         }
         let mut layers = Vec::new();
         for (i, l) in manifest.layers.iter().enumerate() {
-            self.registry.fetch_blob(&r, &l.digest, &self.store)?;
+            self.fetch_base_blob(&r, &l.digest)?;
             let diff_id = config
                 .rootfs
                 .diff_ids
@@ -199,6 +222,14 @@ impl Agent {
             p.insert(key, out.clone());
         }
         Ok(out)
+    }
+
+    /// A base image's blob: from the store, else from peers, else from its registry.
+    fn fetch_base_blob(&self, r: &Reference, d: &Digest) -> Result<(), EngineError> {
+        if self.store.has(d) || self.peers.get().is_some_and(|p| p.blob(d, &self.store)) {
+            return Ok(());
+        }
+        Ok(self.registry.fetch_blob(r, d, &self.store)?)
     }
 
     /// The unpacked snapshot directory of a layer (unpacked on first use).
@@ -269,6 +300,8 @@ impl Agent {
             finished: HashMap::new(),
             hits: AtomicU32::new(0),
             misses: AtomicU32::new(0),
+            peer_hits: AtomicU32::new(0),
+            records: Mutex::new(Vec::new()),
         };
         // Stages run in waves: every stage whose dependencies are built runs now, side by side.
         let mut pending: Vec<&Stage> = plan.stages.iter().collect();
@@ -294,6 +327,18 @@ impl Agent {
         let final_state =
             run.finished.get(&plan.target).cloned().ok_or_else(|| EngineError::Copy("the target stage was not built".into()))?;
         let (manifest, blobs) = self.write_image(&final_state, &req.platform)?;
+        // The final image's chain: the target stage and the stages it builds on.
+        let mut chain = vec![plan.target];
+        while let Some(Base::Stage(i)) = chain.last().and_then(|&s| plan.stages.iter().find(|st| st.index == s)).map(|st| &st.base) {
+            if chain.contains(i) {
+                break;
+            }
+            chain.push(*i);
+        }
+        let records = std::mem::take(&mut *run.records.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_iter()
+            .map(|(stage, key, state_json)| kiln_shared::api::CacheRecord { key, state_json, in_final: chain.contains(&stage) })
+            .collect();
         Ok(SliceResult {
             platform: req.platform.clone(),
             emulated: self.platforms.is_emulated(&req.platform),
@@ -302,7 +347,9 @@ impl Agent {
             layers: final_state.layers.clone(),
             cache_hits: run.hits.load(Ordering::Relaxed),
             cache_misses: run.misses.load(Ordering::Relaxed),
+            cache_peer_hits: run.peer_hits.load(Ordering::Relaxed),
             duration_ms: started.elapsed().as_millis() as u64,
+            records,
         })
     }
 
@@ -375,6 +422,12 @@ pub fn rfc3339(secs: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// Writes a step cache record atomically.
+pub(crate) fn write_record(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path)).map_err(io_err("writing the step cache"))
+}
+
 /// Base-image configs for resolution, pulled from registries.
 struct RegistryImages<'a> {
     agent: &'a Agent,
@@ -412,6 +465,9 @@ pub(crate) struct SliceRun<'a> {
     pub finished: HashMap<usize, State>,
     pub hits: AtomicU32,
     pub misses: AtomicU32,
+    pub peer_hits: AtomicU32,
+    /// (stage, key, record JSON) of every step, hit or not.
+    pub records: Mutex<Vec<(usize, String, String)>>,
 }
 
 /// Bumped whenever what a cached step produces changes, so old records are not reused.
@@ -419,6 +475,12 @@ const CACHE_VERSION: &str = "kiln-step-cache-3";
 
 fn cache_key(parent: &str, text: &str, platform: &Platform, extra: &str) -> String {
     Digest::of(format!("{CACHE_VERSION}\n{parent}\n{text}\n{platform}\n{extra}").as_bytes()).hex().to_string()
+}
+
+/// The name a record is stored, advertised and looked up under: its key within a scope, so
+/// that one tenant can never name (and so never get) another tenant's record.
+pub fn record_name(scope: &str, key: &str) -> String {
+    Digest::of(format!("{scope}\n{key}").as_bytes()).hex().to_string()
 }
 
 impl SliceRun<'_> {
@@ -481,21 +543,14 @@ impl SliceRun<'_> {
     fn step(&self, stage: &Stage, step: &Step, text: &str, state: &mut State, id: u64) -> Result<bool, EngineError> {
         let extra = self.cache_extra(stage, step)?;
         let key = cache_key(&state.key, text, &stage.platform, &extra);
-        let record = self.agent.root.join("cache").join(format!("{key}.json"));
+        let name = record_name(self.req.cache_scope, &key);
+        let record = self.agent.root.join("cache").join(format!("{name}.json"));
         if !self.req.no_cache {
-            if let Some(cached) = std::fs::read(&record).ok().and_then(|b| serde_json::from_slice::<State>(&b).ok()) {
-                if cached.layers.iter().all(|l| self.agent.store.has(&l.digest)) {
-                    // The record's mtime is its last use, which prune's `until` filter reads.
-                    if let Ok(f) = std::fs::File::options().append(true).open(&record) {
-                        let _ = f.set_modified(std::time::SystemTime::now());
-                    }
-                    for l in &cached.layers {
-                        self.agent.store.touch(&l.digest);
-                    }
-                    *state = cached;
-                    self.hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(true);
-                }
+            if let Some(cached) = self.cached(&record, &name, &key) {
+                *state = cached;
+                self.note(stage, &key, state);
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(true);
             }
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
@@ -514,12 +569,50 @@ impl SliceRun<'_> {
             None => history.empty_layer = true,
         }
         state.config.history.push(history);
-        state.key = key;
-        let tmp = record.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(state).unwrap_or_default())
-            .and_then(|_| std::fs::rename(&tmp, &record))
-            .map_err(io_err("writing the step cache"))?;
+        state.key = key.clone();
+        write_record(&record, &serde_json::to_vec(state).unwrap_or_default())?;
+        self.note(stage, &key, state);
         Ok(false)
+    }
+
+    /// The step's record from the local cache, else from the remote caches (whose record is
+    /// then kept locally with every blob it names).
+    fn cached(&self, record: &Path, name: &str, key: &str) -> Option<State> {
+        if let Some(cached) = std::fs::read(record).ok().and_then(|b| serde_json::from_slice::<State>(&b).ok()) {
+            if cached.layers.iter().all(|l| self.agent.store.has(&l.digest)) {
+                // The record's mtime is its last use, which prune's `until` filter reads.
+                if let Ok(f) = std::fs::File::options().append(true).open(record) {
+                    let _ = f.set_modified(std::time::SystemTime::now());
+                }
+                for l in &cached.layers {
+                    self.agent.store.touch(&l.digest);
+                }
+                return Some(cached);
+            }
+        }
+        let peers = self.agent.peers.get().map(|p| &**p as &dyn RemoteCache);
+        for remote in peers.into_iter().chain(self.req.remote.iter().copied()) {
+            let Some(bytes) = remote.record(name, key) else { continue };
+            let Ok(cached) = serde_json::from_slice::<State>(&bytes) else { continue };
+            // A record is usable only with its layers, and only if it is for this very step.
+            if cached.key != key || !cached.layers.iter().all(|l| self.agent.store.has(&l.digest) || remote.blob(&l.digest, &self.agent.store))
+            {
+                continue;
+            }
+            if write_record(record, &bytes).is_err() {
+                continue;
+            }
+            if remote.is_peer() {
+                self.peer_hits.fetch_add(1, Ordering::Relaxed);
+            }
+            return Some(cached);
+        }
+        None
+    }
+
+    fn note(&self, stage: &Stage, key: &str, state: &State) {
+        let json = serde_json::to_string(state).unwrap_or_default();
+        self.records.lock().unwrap_or_else(|e| e.into_inner()).push((stage.index, key.to_string(), json));
     }
 
     /// What besides the instruction text decides a step's result.

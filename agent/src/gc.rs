@@ -7,8 +7,8 @@
 //! nothing a running build uses is ever removed.
 
 use crate::engine::{EngineError, State};
+use kiln_shared::store::ContentStore;
 use nix::fcntl::{Flock, FlockArg};
-use serde::Serialize;
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -38,30 +38,7 @@ impl BuildLock {
     }
 }
 
-#[derive(Debug, Default, Serialize)]
-pub struct Usage {
-    pub records: u64,
-    pub content_blobs: u64,
-    pub content_bytes: u64,
-    pub snapshots: u64,
-    pub snapshot_bytes: u64,
-    /// Bytes no step cache record references (prune removes them).
-    pub reclaimable_bytes: u64,
-}
-
-#[derive(Debug, Default, Serialize)]
-pub struct PruneReport {
-    pub records_removed: u64,
-    pub blobs_removed: u64,
-    pub snapshots_removed: u64,
-    pub bytes_reclaimed: u64,
-}
-
-pub struct PruneOptions {
-    pub all: bool,
-    pub until: Option<Duration>,
-    pub keep_storage: Option<u64>,
-}
+pub use kiln_shared::api::{DiskUsage as Usage, PruneReport, PruneSpec as PruneOptions};
 
 fn dir_size(p: &Path) -> u64 {
     let Ok(m) = fs::symlink_metadata(p) else { return 0 };
@@ -122,14 +99,16 @@ pub fn usage(root: &Path) -> Usage {
 
 pub fn prune(root: &Path, opts: &PruneOptions) -> Result<PruneReport, EngineError> {
     let _lock = BuildLock::exclusive(root)?;
+    let store = ContentStore::open(&root.join("content"))?;
     let mut report = PruneReport::default();
     let now = SystemTime::now();
     let mut recs = records(root);
     recs.sort_by_key(|r| r.2);
     let mut keep = Vec::new();
     for r in recs {
-        let old = opts.until.is_none_or(|u| now.duration_since(r.2).unwrap_or_default() >= u);
-        let drop = if opts.all { old } else { opts.until.is_some() && old };
+        let until = opts.until_s.map(Duration::from_secs);
+        let old = until.is_none_or(|u| now.duration_since(r.2).unwrap_or_default() >= u);
+        let drop = if opts.all { old } else { until.is_some() && old };
         if drop {
             let _ = fs::remove_file(&r.0);
             report.records_removed += 1;
@@ -151,9 +130,15 @@ pub fn prune(root: &Path, opts: &PruneOptions) -> Result<PruneReport, EngineErro
     }
     let (blobs, snaps) = referenced(&keep);
     for e in fs::read_dir(root.join("content/blobs/sha256")).into_iter().flatten().flatten() {
-        if !blobs.contains(&*e.file_name().to_string_lossy()) {
-            report.bytes_reclaimed += e.metadata().map(|m| m.len()).unwrap_or(0);
-            if fs::remove_file(e.path()).is_ok() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !blobs.contains(&name) {
+            let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+            let removed = match format!("sha256:{name}").parse() {
+                Ok(d) => store.remove(&d).is_ok(),
+                Err(_) => fs::remove_file(e.path()).is_ok(),
+            };
+            if removed {
+                report.bytes_reclaimed += size;
                 report.blobs_removed += 1;
             }
         }

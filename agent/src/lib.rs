@@ -5,11 +5,13 @@
 //! over an overlay (foreign architectures through binfmt_misc + qemu), diffs the overlay upper
 //! directory into a layer, and records every step in its step cache.
 
+pub mod cache;
 pub mod config;
 mod copy;
 pub mod engine;
 pub mod gc;
 pub mod layers;
+pub mod peer;
 pub mod probe;
 pub mod runc;
 pub mod worker;

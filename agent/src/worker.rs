@@ -8,16 +8,17 @@
 
 use crate::config::AgentConfig;
 use crate::engine::{Agent, EngineError, SliceRequest};
-use kiln_shared::api::{AgentInfo, EntryKind, Event, Principal, Request, Response, Role, SliceOutcome, SliceTask};
+use crate::peer::Peer;
+use kiln_shared::api::{AgentInfo, CacheRef, EntryKind, Event, Inventory, Principal, PruneSpec, Request, Response, SliceOutcome, SliceTask};
 use kiln_shared::client::Farm;
 use kiln_shared::digest::Digest;
 use kiln_shared::frontend::dockerignore::DockerIgnore;
 use kiln_shared::oci;
 use kiln_shared::registry::Reference;
 use kiln_shared::transport::{self, TransportError};
-use kiln_shared::wire::{ErrorCode, RemoteError};
+use kiln_shared::wire::ErrorCode;
 use kiln_shared::Platform;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -43,10 +44,20 @@ type Key = (u64, u32, u32);
 struct Worker {
     cfg: AgentConfig,
     engine: Arc<Agent>,
-    farm: Farm,
+    farm: Arc<Farm>,
     native: Vec<Platform>,
     running: Mutex<BTreeSet<Key>>,
     cache_bytes: std::sync::atomic::AtomicU64,
+    peer: Arc<Peer>,
+    /// What the tracker was last told this agent holds; `None`: it must be told everything.
+    advertised: tokio::sync::Mutex<Option<Holdings>>,
+}
+
+/// Blob digests and step cache record names.
+#[derive(Default)]
+struct Holdings {
+    blobs: HashSet<String>,
+    records: HashSet<String>,
 }
 
 impl Worker {
@@ -70,9 +81,21 @@ pub async fn run(mut cfg: AgentConfig, token: String, stop: CancellationToken) -
     let farm = Farm::join(&cfg.hosts, &token, &cfg.name).await.map_err(|source| WorkerError::Join { hosts, source })?;
     // The peer endpoint: other agents and coordinators fetch blobs from this agent's store.
     let (ca, identity) = farm.credentials();
-    let peer = transport::server(cfg.listen, &ca, &identity, false)
+    let listener = transport::server(cfg.listen, &ca, &identity, false)
         .map_err(|e| WorkerError::Config(format!("listening on {} for peers: {e}", cfg.listen)))?;
-    let endpoint = peer.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| cfg.listen.to_string());
+    let endpoint = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| cfg.listen.to_string());
+    let peer = Arc::new(
+        Peer::new(&cfg.data_dir, &ca, &identity, cfg.bandwidth_limit_bytes_per_s)
+            .map_err(|e| WorkerError::Config(format!("peer endpoint: {e}")))?,
+    );
+    let farm = Arc::new(farm);
+    let _ = engine.peers.set(Arc::new(FarmPeers {
+        farm: farm.clone(),
+        peer: peer.clone(),
+        handle: tokio::runtime::Handle::current(),
+        me: endpoint.clone(),
+        name: cfg.name.clone(),
+    }));
     let native = if cfg.platforms.is_empty() { engine.platforms.native.clone() } else { cfg.platforms.clone() };
     // Emulated: whatever the host runs (probed) that is not declared native.
     let emulated: Vec<Platform> =
@@ -98,53 +121,23 @@ pub async fn run(mut cfg: AgentConfig, token: String, stop: CancellationToken) -
         native,
         running: Mutex::new(BTreeSet::new()),
         cache_bytes: Default::default(),
+        peer: peer.clone(),
+        advertised: tokio::sync::Mutex::new(None),
     });
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(measure_cache(worker.clone()));
-    tasks.spawn(serve_peers(peer.clone(), worker.engine.clone()));
+    tasks.spawn(peer.clone().serve(listener.clone()));
+    tasks.spawn(keep_advertising(worker.clone()));
+    tasks.spawn(collect_garbage(worker.clone()));
     let result = tokio::select! {
         _ = stop.cancelled() => Ok(()),
         r = poll_loop(worker.clone(), &mut tasks) => r,
     };
     tasks.abort_all();
     worker.farm.close();
-    peer.close(0u32.into(), b"shutdown");
+    peer.close();
+    listener.close(0u32.into(), b"shutdown");
     result
-}
-
-/// Serves blobs of this agent's content store to the farm's agents and coordinators.
-async fn serve_peers(endpoint: quinn::Endpoint, engine: Arc<Agent>) {
-    let mut conns = tokio::task::JoinSet::new();
-    while let Some(incoming) = endpoint.accept().await {
-        let engine = engine.clone();
-        conns.spawn(async move {
-            let Ok(conn) = incoming.await else { return };
-            let role = transport::peer_common_name(&conn).and_then(|cn| Principal::from_common_name(&cn)).map(|p| p.role);
-            transport::serve_connection(conn, move |req: Request| {
-                let (engine, role) = (engine.clone(), role.clone());
-                async move { peer_request(&engine, role, req) }
-            })
-            .await;
-        });
-        while conns.try_join_next().is_some() {}
-    }
-}
-
-fn peer_request(engine: &Agent, role: Option<Role>, req: Request) -> Result<Response, RemoteError> {
-    use std::io::{Read, Seek, SeekFrom};
-    if !matches!(role, Some(Role::Agent | Role::Coordinator)) {
-        return Err(RemoteError { code: ErrorCode::PermissionDenied, message: "only agents and coordinators fetch from an agent".into() });
-    }
-    let Request::GetBlob { digest, offset, len } = req else {
-        return Err(RemoteError { code: ErrorCode::BadRequest, message: "an agent serves GetBlob only".into() });
-    };
-    let d: Digest = digest.parse().map_err(|e| RemoteError { code: ErrorCode::BadRequest, message: format!("{digest:?}: {e}") })?;
-    let not_found = |e: String| RemoteError { code: ErrorCode::NotFound, message: e };
-    let mut f = engine.store.open_blob(&d).map_err(|e| not_found(e.to_string()))?;
-    f.seek(SeekFrom::Start(offset)).map_err(|e| not_found(e.to_string()))?;
-    let mut buf = Vec::new();
-    f.take(u64::from(len.min(kiln_shared::client::BLOB_CHUNK))).read_to_end(&mut buf).map_err(|e| not_found(e.to_string()))?;
-    Ok(Response::Bytes(buf))
 }
 
 fn list(ps: &[Platform]) -> String {
@@ -164,6 +157,170 @@ async fn measure_cache(w: Arc<Worker>) {
     }
 }
 
+/// Tells the tracker what changed in this agent's store and step cache since the last time
+/// (everything, the first time and after a failover).
+async fn advertise(w: &Worker) {
+    let mut advertised = w.advertised.lock().await;
+    let root = w.cfg.data_dir.clone();
+    let Ok(now) = tokio::task::spawn_blocking(move || holdings(&root)).await else { return };
+    let before = advertised.take();
+    let full = before.is_none();
+    let before = before.unwrap_or_default();
+    let diff = |now: &HashSet<String>, then: &HashSet<String>| now.difference(then).cloned().collect::<Vec<_>>();
+    let inv = Inventory {
+        agent: w.cfg.name.clone(),
+        full,
+        blobs_added: diff(&now.blobs, &before.blobs),
+        blobs_removed: diff(&before.blobs, &now.blobs),
+        records_added: diff(&now.records, &before.records),
+        records_removed: diff(&before.records, &now.records),
+    };
+    if !full && inv.blobs_added.is_empty() && inv.blobs_removed.is_empty() && inv.records_added.is_empty() && inv.records_removed.is_empty()
+    {
+        *advertised = Some(before);
+        return;
+    }
+    match w.farm.call(&Request::Advertise(inv), Duration::from_secs(10), Duration::from_secs(10)).await {
+        Ok(Response::Advertised { resync: false }) => *advertised = Some(now),
+        // The tracker does not know this agent (a new leader): tell it everything next time.
+        Ok(_) => *advertised = None,
+        Err(e) => {
+            eprintln!("agent {}: advertising to the tracker: {e}", w.cfg.name);
+            *advertised = if full { None } else { Some(before) };
+        }
+    }
+}
+
+fn holdings(root: &Path) -> Holdings {
+    let mut h = Holdings::default();
+    if let Ok(store) = kiln_shared::store::ContentStore::open(&root.join("content")) {
+        h.blobs = store.list().unwrap_or_default().into_iter().map(|(d, _, _)| d.to_string()).collect();
+    }
+    for e in std::fs::read_dir(root.join("cache")).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(stem) = name.strip_suffix(".json") {
+            h.records.insert(stem.to_string());
+        }
+    }
+    h
+}
+
+async fn keep_advertising(w: Arc<Worker>) {
+    loop {
+        advertise(&w).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// The agent's GC policy (`gc_keep_bytes`, `gc_keep_duration_s`), applied every minute.
+async fn collect_garbage(w: Arc<Worker>) {
+    let spec = PruneSpec {
+        all: false,
+        until_s: Some(w.cfg.gc_keep_duration_s).filter(|&s| s > 0),
+        keep_storage: Some(w.cfg.gc_keep_bytes).filter(|&b| b > 0),
+    };
+    if spec.until_s.is_none() && spec.keep_storage.is_none() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let (root, spec) = (w.cfg.data_dir.clone(), spec.clone());
+        match tokio::task::spawn_blocking(move || crate::gc::prune(&root, &spec)).await {
+            Ok(Ok(r)) if r.records_removed + r.blobs_removed > 0 => {
+                eprintln!("agent {}: gc removed {} records, {} blobs ({} bytes)", w.cfg.name, r.records_removed, r.blobs_removed, r.bytes_reclaimed);
+                advertise(&w).await;
+            }
+            Ok(Err(e)) => eprintln!("agent {}: gc: {e}", w.cfg.name),
+            _ => {}
+        }
+    }
+}
+
+/// The farm's other agents as a step cache: the tracker says who holds a record or blob, the
+/// peer fetcher gets it. Called from the engine's blocking threads.
+struct FarmPeers {
+    farm: Arc<Farm>,
+    peer: Arc<Peer>,
+    handle: tokio::runtime::Handle,
+    /// This agent's own peer endpoint (never a source for itself).
+    me: String,
+    name: String,
+}
+
+impl FarmPeers {
+    /// Holders of each blob, then of each record.
+    async fn locate(&self, blobs: Vec<String>, records: Vec<String>) -> Vec<Vec<SocketAddr>> {
+        let n = blobs.len() + records.len();
+        match self.farm.call(&Request::Locate { blobs, records }, Duration::from_secs(5), Duration::from_secs(10)).await {
+            Ok(Response::Holders(h)) if h.len() == n => {
+                h.into_iter().map(|list| list.into_iter().filter(|e| *e != self.me).filter_map(|e| e.parse().ok()).collect()).collect()
+            }
+            Ok(_) => vec![vec![]; n],
+            Err(e) => {
+                eprintln!("agent {}: asking the tracker: {e}", self.name);
+                vec![vec![]; n]
+            }
+        }
+    }
+
+    async fn fetch(&self, d: &Digest) -> bool {
+        let Some(holders) = self.locate(vec![d.to_string()], vec![]).await.pop() else { return false };
+        if holders.is_empty() {
+            return false;
+        }
+        match self.peer.fetch(d, &holders).await {
+            Ok(report) => {
+                for (addr, why) in &report.dropped {
+                    eprintln!("agent {}: blob {d}: peer {addr} not used: {why}", self.name);
+                }
+                true
+            }
+            Err(e) => {
+                eprintln!("agent {}: {e}", self.name);
+                false
+            }
+        }
+    }
+}
+
+impl crate::engine::RemoteCache for FarmPeers {
+    fn record(&self, name: &str, _key: &str) -> Option<Vec<u8>> {
+        self.handle.block_on(async {
+            let holders = self.locate(vec![], vec![name.to_string()]).await.pop()?;
+            if holders.is_empty() {
+                return None;
+            }
+            self.peer.record(name, &holders).await.ok()
+        })
+    }
+
+    fn blob(&self, d: &Digest, store: &kiln_shared::store::ContentStore) -> bool {
+        store.has(d) || self.handle.block_on(self.fetch(d))
+    }
+
+    fn is_peer(&self) -> bool {
+        true
+    }
+}
+
+/// A cache the CLI uploaded (`--cache-from type=local`): records from its config, blobs from
+/// the coordinator that received them.
+struct UploadedCache {
+    imported: crate::cache::Imported,
+    origin: Farm,
+    handle: tokio::runtime::Handle,
+}
+
+impl crate::engine::RemoteCache for UploadedCache {
+    fn record(&self, name: &str, key: &str) -> Option<Vec<u8>> {
+        self.imported.record(name, key)
+    }
+
+    fn blob(&self, d: &Digest, store: &kiln_shared::store::ContentStore) -> bool {
+        store.has(d) || self.handle.block_on(self.origin.fetch_blob(store, d)).is_ok()
+    }
+}
+
 async fn poll_loop(w: Arc<Worker>, tasks: &mut tokio::task::JoinSet<()>) -> Result<(), WorkerError> {
     loop {
         let running: Vec<Key> = w.running().iter().copied().collect();
@@ -171,7 +328,13 @@ async fn poll_loop(w: Arc<Worker>, tasks: &mut tokio::task::JoinSet<()>) -> Resu
         let poll = Request::Poll { agent: w.cfg.name.clone(), running, cache_bytes, wait_ms: 1_000 };
         // A short deadline: a coordinator that died must not hold the heartbeat past the lease.
         match w.farm.call(&poll, Duration::from_millis(2_500), Duration::from_secs(5)).await {
-            Ok(Response::Tasks(list)) => {
+            Ok(Response::Tasks { tasks: list, resync }) => {
+                if resync {
+                    // A new leader: its tracker starts empty.
+                    *w.advertised.lock().await = None;
+                    let w = w.clone();
+                    tasks.spawn(async move { advertise(&w).await });
+                }
                 for task in list {
                     if w.running().insert((task.build, task.slice, task.attempt)) {
                         tasks.spawn(run_task(w.clone(), task));
@@ -242,7 +405,32 @@ async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOutcome, Stri
     let spec = task.spec.clone();
     let platform = task.platform.clone();
     let context = dir.clone();
+    let uploaded = uploaded_caches(w, task).await?;
+    let handle = tokio::runtime::Handle::current();
+    let origin = task.context_origin.clone();
     let result = tokio::task::spawn_blocking(move || {
+        let mut imports: Vec<Box<dyn crate::engine::RemoteCache>> = Vec::new();
+        for c in &spec.cache_from {
+            if let CacheRef::Registry { reference } = c {
+                match crate::cache::Imported::registry(reference, kiln_shared::registry::RegistryClient::new(&spec.insecure_registries), &engine.store) {
+                    Ok(i) => imports.push(Box::new(i)),
+                    // As buildx: a cache that cannot be imported is a warning, not a failure.
+                    Err(e) => {
+                        let _ = tx.send(Event::Log { id: 0, line: format!("importing cache {reference}: {e}") });
+                    }
+                }
+            }
+        }
+        for (config, origin_farm) in uploaded {
+            match crate::cache::Imported::from_config(&config, "uploaded cache".into()) {
+                Ok(imported) => imports.push(Box::new(UploadedCache { imported, origin: origin_farm, handle: handle.clone() })),
+                Err(e) => {
+                    let _ = tx.send(Event::Log { id: 0, line: e.to_string() });
+                }
+            }
+        }
+        let _ = origin;
+        let remote: Vec<&dyn crate::engine::RemoteCache> = imports.iter().map(|b| &**b).collect();
         let req = SliceRequest {
             dockerfile: &spec.dockerfile,
             dockerfile_name: &spec.dockerfile_name,
@@ -253,14 +441,27 @@ async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOutcome, Stri
             build_args: &spec.build_args,
             target: spec.target.as_deref(),
             no_cache: spec.no_cache,
+            cache_scope: &spec.cache_scope,
+            remote: &remote,
         };
-        let result = engine.run_slice(&req, &|e| {
+        let mut result = engine.run_slice(&req, &|e| {
             let _ = tx.send(e);
         })?;
         let image = if spec.zstd { engine.zstd_image(&result)? } else { (result.manifest.clone(), result.blobs.clone()) };
         if spec.push {
             push(&engine, &spec.tags, &image).map_err(EngineError::Copy)?;
         }
+        // --cache-to: this slice's records; their layers go where the cache is written.
+        result.records = match &spec.cache_to {
+            Some(export) => {
+                let records = crate::cache::select(std::mem::take(&mut result.records), export.max);
+                if let Some(reference) = &export.registry {
+                    crate::cache::push_layers(reference, &records, &engine.store, &engine.registry)?;
+                }
+                records
+            }
+            None => vec![],
+        };
         Ok::<_, EngineError>((result, image.0, image.1))
     })
     .await;
@@ -270,13 +471,22 @@ async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOutcome, Stri
         Ok(Err(e)) => return Err(e.to_string()),
         Err(e) => return Err(format!("the slice's task failed: {e}")),
     };
-    if task.spec.return_blobs {
+    // Local cache exports return their layers with the image's blobs.
+    let mut returned: Vec<Digest> = if task.spec.return_blobs { blobs } else { vec![] };
+    if task.spec.cache_to.as_ref().is_some_and(|c| c.registry.is_none()) {
+        let layers = crate::cache::layers(&result.records).map_err(|e| e.to_string())?;
+        returned.extend(layers.into_iter().map(|l| l.digest));
+    }
+    if !returned.is_empty() {
         let principal = Principal { role: kiln_shared::api::Role::Agent, name: w.cfg.name.clone() };
         let origin = reconnect(w, &task.context_origin, principal)?;
-        let sent = send_blobs(w, &origin, &blobs).await;
+        let sent = send_blobs(w, &origin, &returned, &task.spec.tenant).await;
         origin.close();
         sent?;
     }
+    // The tracker learns what this slice added before the farm learns the slice is done, so a
+    // build that follows finds it.
+    advertise(w).await;
     Ok(SliceOutcome {
         build: task.build,
         slice: task.slice,
@@ -288,7 +498,25 @@ async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOutcome, Stri
         duration_ms: result.duration_ms,
         cache_hits: result.cache_hits,
         cache_misses: result.cache_misses,
+        cache_peer_hits: result.cache_peer_hits,
+        records: result.records,
     })
+}
+
+/// The configs of caches the CLI uploaded, with a connection to fetch their blobs.
+async fn uploaded_caches(w: &Arc<Worker>, task: &SliceTask) -> Result<Vec<(Vec<u8>, Farm)>, String> {
+    let mut out = Vec::new();
+    for c in &task.spec.cache_from {
+        if let CacheRef::Uploaded { config } = c {
+            let d: Digest = config.parse().map_err(|e| format!("{config}: {e}"))?;
+            let principal = Principal { role: kiln_shared::api::Role::Agent, name: w.cfg.name.clone() };
+            let origin = reconnect(w, &task.context_origin, principal)?;
+            origin.fetch_blob(&w.engine.store, &d).await.map_err(|e| format!("imported cache: {e}"))?;
+            let bytes = w.engine.store.read(&d).map_err(|e| e.to_string())?;
+            out.push((bytes, origin));
+        }
+    }
+    Ok(out)
 }
 
 /// Pushes one platform's blobs and its manifest (by digest) to every tag's repository; the
@@ -332,19 +560,41 @@ fn inside(dir: &Path, rel: &str) -> Result<PathBuf, String> {
 async fn materialize(w: &Arc<Worker>, task: &SliceTask, dir: &Path) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let mut origin: Option<Farm> = None;
+    let mut missing = Vec::new();
     for e in &task.spec.context {
         if let EntryKind::File { digest, .. } = &e.kind {
             let d: Digest = digest.parse().map_err(|e| format!("{digest}: {e}"))?;
-            if !w.engine.store.has(&d) {
-                if origin.is_none() {
-                    let principal = Principal { role: kiln_shared::api::Role::Agent, name: w.cfg.name.clone() };
-                    origin = Some(reconnect(w, &task.context_origin, principal)?);
-                }
-                let origin = origin.as_ref().ok_or("no origin")?;
-                origin.fetch_blob(&w.engine.store, &d).await.map_err(|e| format!("context blob: {e}"))?;
+            if !w.engine.store.has(&d) && !missing.contains(&d) {
+                missing.push(d);
             }
         }
+    }
+    // Peers that hold a blob first: the coordinator that received the upload is the origin.
+    let holders = match w.engine.peers.get() {
+        Some(_) if !missing.is_empty() => {
+            let peers = FarmPeers {
+                farm: w.farm.clone(),
+                peer: w.peer.clone(),
+                handle: tokio::runtime::Handle::current(),
+                me: String::new(),
+                name: w.cfg.name.clone(),
+            };
+            peers.locate(missing.iter().map(|d| d.to_string()).collect(), vec![]).await
+        }
+        _ => vec![],
+    };
+    let mut origin: Option<Farm> = None;
+    for (i, d) in missing.iter().enumerate() {
+        let sources = holders.get(i).map(|h| h.as_slice()).unwrap_or_default();
+        if !sources.is_empty() && w.peer.fetch(d, sources).await.is_ok() {
+            continue;
+        }
+        if origin.is_none() {
+            let principal = Principal { role: kiln_shared::api::Role::Agent, name: w.cfg.name.clone() };
+            origin = Some(reconnect(w, &task.context_origin, principal)?);
+        }
+        let origin = origin.as_ref().ok_or("no origin")?;
+        origin.fetch_blob(&w.engine.store, d).await.map_err(|e| format!("context blob: {e}"))?;
     }
     if let Some(o) = origin {
         o.close();
@@ -361,9 +611,10 @@ fn reconnect(w: &Worker, origin: &[SocketAddr], principal: Principal) -> Result<
 }
 
 /// Sends the blobs the origin coordinator lacks, in chunks (for `-o type=oci` on a farm).
-async fn send_blobs(w: &Worker, origin: &Farm, blobs: &[Digest]) -> Result<(), String> {
+async fn send_blobs(w: &Worker, origin: &Farm, blobs: &[Digest], tenant: &str) -> Result<(), String> {
     let digests = blobs.iter().map(|d| d.to_string()).collect();
-    let missing = match origin.call(&Request::MissingBlobs { digests }, Duration::from_secs(30), Duration::from_secs(30)).await {
+    let ask = Request::MissingBlobs { digests, owner: Some(tenant.to_string()) };
+    let missing = match origin.call(&ask, Duration::from_secs(30), Duration::from_secs(30)).await {
         Ok(Response::Digests(d)) => d,
         Ok(other) => return Err(format!("unexpected answer {other:?}")),
         Err(e) => return Err(format!("returning the image: {e}")),
@@ -371,7 +622,7 @@ async fn send_blobs(w: &Worker, origin: &Farm, blobs: &[Digest]) -> Result<(), S
     for digest in missing {
         let d: Digest = digest.parse().map_err(|e| format!("{digest}: {e}"))?;
         let mut f = w.engine.store.open_blob(&d).map_err(|e| e.to_string())?;
-        origin.send_blob(&digest, &mut f).await.map_err(|e| e.to_string())?;
+        origin.send_blob(&digest, &mut f, Some(tenant)).await.map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -52,6 +52,10 @@ pub struct Builder {
     pub name: String,
     pub driver: String,
     pub nodes: Vec<Node>,
+    /// Builds on this builder share step cache records across tenants (`--driver-opt
+    /// share-cache=true`); otherwise each tenant sees only its own.
+    #[serde(default)]
+    pub share_cache: bool,
 }
 
 /// What `kiln create` asks for (the wire type, used as is).
@@ -129,7 +133,7 @@ impl Farm {
         }
         let index = existing.map_or(0, |b| b.nodes.len());
         let node = Node { name: req.node.clone().unwrap_or_else(|| format!("{name}{index}")), context, platforms: req.platforms.clone() };
-        let b = self.builders.entry(name.clone()).or_insert_with(|| Builder { name: name.clone(), driver: driver.clone(), nodes: vec![] });
+        let b = self.builders.entry(name.clone()).or_insert_with(|| Builder { name: name.clone(), driver: driver.clone(), nodes: vec![], share_cache: req.share_cache });
         if b.nodes.iter().any(|n| n.name == node.name) {
             return Err(BuilderError::NodeExists { builder: name, node: node.name });
         }
@@ -155,10 +159,10 @@ impl Farm {
         }
         let node = |c: &Context| Node { name: c.name.clone(), context: c.name.clone(), platforms: vec![] };
         if let Some(c) = self.contexts.get(name) {
-            return Ok(Builder { name: name.to_string(), driver: "runc".into(), nodes: vec![node(c)] });
+            return Ok(Builder { name: name.to_string(), driver: "runc".into(), nodes: vec![node(c)], share_cache: false });
         }
         if name == DEFAULT_BUILDER {
-            return Ok(Builder { name: name.to_string(), driver: "runc".into(), nodes: self.contexts.values().map(node).collect() });
+            return Ok(Builder { name: name.to_string(), driver: "runc".into(), nodes: self.contexts.values().map(node).collect(), share_cache: false });
         }
         Err(BuilderError::NoBuilder(name.to_string()))
     }

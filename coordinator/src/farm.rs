@@ -6,6 +6,8 @@
 //! same steps with the agent at the other end of a QUIC connection.
 
 use anyhow::{anyhow, bail, Context as _};
+use kiln_agent::cache::{self, Imported};
+use kiln_agent::engine::RemoteCache;
 use kiln_agent::{Agent, EngineError, Event, SliceRequest, SliceResult};
 use kiln_shared::digest::Digest;
 use kiln_shared::frontend::dockerignore::DockerIgnore;
@@ -61,6 +63,86 @@ impl Output {
     }
 }
 
+/// `--cache-from`, in buildx's syntax.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CacheFrom {
+    Local { src: PathBuf },
+    Registry { reference: String },
+}
+
+/// `--cache-to`, in buildx's syntax (`mode=min` unless `mode=max`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CacheTo {
+    Local { dest: PathBuf, max: bool },
+    Registry { reference: String, max: bool },
+}
+
+/// `k=v,k=v` fields of a cache spec; a bare value is a registry reference (as buildx reads it).
+fn cache_fields(flag: &str, spec: &str) -> anyhow::Result<Vec<(String, String)>> {
+    if !spec.contains('=') {
+        return Ok(vec![("type".into(), "registry".into()), ("ref".into(), spec.to_string())]);
+    }
+    spec.split(',')
+        .map(|f| {
+            let (k, v) = f.split_once('=').ok_or_else(|| anyhow!("{flag} {spec:?}: {f:?} is not key=value"))?;
+            Ok((k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+impl CacheFrom {
+    pub fn parse(spec: &str) -> anyhow::Result<CacheFrom> {
+        let fields = cache_fields("--cache-from", spec)?;
+        let get = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.clone());
+        for (k, _) in &fields {
+            if !["type", "src", "ref", "digest", "tag"].contains(&k.as_str()) {
+                bail!("--cache-from {spec:?}: unknown option {k:?} (expected type, src, ref)");
+            }
+        }
+        match get("type").as_deref() {
+            Some("local") => Ok(CacheFrom::Local { src: get("src").map(PathBuf::from).ok_or_else(|| anyhow!("--cache-from type=local needs src=DIR"))? }),
+            Some("registry") => Ok(CacheFrom::Registry { reference: checked_ref("--cache-from", get("ref"))? }),
+            Some(other) => bail!("--cache-from type={other} is not supported (expected local or registry)"),
+            None => bail!("--cache-from {spec:?} needs type=local|registry"),
+        }
+    }
+}
+
+impl CacheTo {
+    pub fn parse(spec: &str) -> anyhow::Result<CacheTo> {
+        let fields = cache_fields("--cache-to", spec)?;
+        let get = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.clone());
+        let max = match get("mode").as_deref() {
+            None | Some("min") => false,
+            Some("max") => true,
+            Some(other) => bail!("--cache-to mode={other}: expected min or max"),
+        };
+        for (k, _) in &fields {
+            // Accepted for buildx compatibility; kiln's format does not depend on them.
+            if !["type", "dest", "ref", "mode", "compression", "compression-level", "force-compression", "oci-mediatypes", "image-manifest", "ignore-error"]
+                .contains(&k.as_str())
+            {
+                bail!("--cache-to {spec:?}: unknown option {k:?} (expected type, dest, ref, mode)");
+            }
+        }
+        match get("type").as_deref() {
+            Some("local") => {
+                Ok(CacheTo::Local { dest: get("dest").map(PathBuf::from).ok_or_else(|| anyhow!("--cache-to type=local needs dest=DIR"))?, max })
+            }
+            Some("registry") => Ok(CacheTo::Registry { reference: checked_ref("--cache-to", get("ref"))?, max }),
+            Some("inline") => bail!("--cache-to type=inline is not supported: use type=registry,ref=REF (or type=local,dest=DIR)"),
+            Some(other) => bail!("--cache-to type={other} is not supported (expected local or registry)"),
+            None => bail!("--cache-to {spec:?} needs type=local|registry"),
+        }
+    }
+}
+
+fn checked_ref(flag: &str, r: Option<String>) -> anyhow::Result<String> {
+    let r = r.ok_or_else(|| anyhow!("{flag} type=registry needs ref=REGISTRY/REPOSITORY:TAG"))?;
+    r.parse::<Reference>().with_context(|| format!("{flag} ref={r}"))?;
+    Ok(r)
+}
+
 /// One platform's image: its manifest descriptor and every blob (the manifest last).
 pub type PlatformImage = (Descriptor, Vec<Digest>);
 
@@ -75,6 +157,8 @@ pub struct BuildRequest {
     pub no_cache: bool,
     pub tags: Vec<String>,
     pub outputs: Vec<Output>,
+    pub cache_from: Vec<CacheFrom>,
+    pub cache_to: Option<CacheTo>,
 }
 
 #[derive(Debug, Serialize)]
@@ -86,6 +170,7 @@ pub struct SliceReport {
     pub duration_ms: u64,
     pub cache_hits: u32,
     pub cache_misses: u32,
+    pub cache_peer_hits: u32,
 }
 
 #[derive(Debug)]
@@ -99,16 +184,34 @@ pub struct BuildResult {
 pub struct EmbeddedFarm {
     pub agent: Agent,
     pub agent_name: String,
+    insecure: Vec<String>,
 }
 
 impl EmbeddedFarm {
     /// Opens the farm's state under `home` (`$KILN_HOME`).
     pub fn open(home: &Path, insecure: &[String]) -> anyhow::Result<EmbeddedFarm> {
         let agent = Agent::open(&home.join("agent"), insecure).with_context(|| format!("opening kiln's state in {}", home.display()))?;
-        Ok(EmbeddedFarm { agent, agent_name: "embedded".into() })
+        Ok(EmbeddedFarm { agent, agent_name: "embedded".into(), insecure: insecure.to_vec() })
     }
 
     pub fn build(&self, req: &BuildRequest, events: &(dyn Fn(Event) + Sync)) -> Result<BuildResult, EngineError> {
+        let mut imports = Vec::new();
+        for c in &req.cache_from {
+            let imported = match c {
+                CacheFrom::Local { src } => Imported::local(src),
+                CacheFrom::Registry { reference } => {
+                    Imported::registry(reference, kiln_shared::registry::RegistryClient::new(&self.insecure), &self.agent.store)
+                }
+            };
+            match imported {
+                Ok(i) => imports.push(i),
+                // As buildx: a cache that cannot be imported is a warning, not a failure.
+                Err(e) => eprintln!("WARNING: importing cache: {e}"),
+            }
+        }
+        let remote: Vec<&dyn RemoteCache> = imports.iter().map(|i| i as &dyn RemoteCache).collect();
+        // The embedded farm has one tenant.
+        let scope = "local";
         // One slice per platform, run side by side.
         let results: Vec<Result<SliceResult, EngineError>> = std::thread::scope(|s| {
             let handles: Vec<_> = req
@@ -124,6 +227,8 @@ impl EmbeddedFarm {
                         build_args: &req.build_args,
                         target: req.target.as_deref(),
                         no_cache: req.no_cache,
+                        cache_scope: scope,
+                        remote: &remote,
                     };
                     s.spawn(move || self.agent.run_slice(&slice, events))
                 })
@@ -147,10 +252,20 @@ impl EmbeddedFarm {
                 duration_ms: s.duration_ms,
                 cache_hits: s.cache_hits,
                 cache_misses: s.cache_misses,
+                cache_peer_hits: s.cache_peer_hits,
             })
             .collect();
         for out in &req.outputs {
             self.write_output(out, req, &slices, &index).map_err(|e| EngineError::Copy(format!("{e:#}")))?;
+        }
+        if let Some(to) = &req.cache_to {
+            let all = slices.iter().flat_map(|s| s.records.iter().cloned());
+            match to {
+                CacheTo::Local { dest, max } => cache::write_local(dest, &cache::select(all, *max), &self.agent.store)?,
+                CacheTo::Registry { reference, max } => {
+                    cache::push_registry(reference, &cache::select(all, *max), &self.agent.store, &self.agent.registry)?;
+                }
+            }
         }
         Ok(BuildResult { index, index_digest, index_size: bytes.len() as u64, slices: reports })
     }

@@ -144,6 +144,85 @@ pub struct BuildSpec {
     /// Agents send every blob of their image to the coordinator that received the build, for
     /// the CLI to fetch (`-o type=oci`).
     pub return_blobs: bool,
+    /// Whose step cache records the build may use and adds: set by the leader at submit from the
+    /// caller's tenant (or `shared` when the builder shares its cache), never by the client.
+    pub cache_scope: String,
+    /// The submitting tenant (set by the leader).
+    pub tenant: String,
+    /// `--cache-from`: caches to import records from.
+    pub cache_from: Vec<CacheRef>,
+    /// `--cache-to`: where the build's records go (one cache for every platform).
+    pub cache_to: Option<CacheExport>,
+}
+
+/// A cache in a registry (`type=registry,ref=R`) or uploaded by the CLI from a directory
+/// (`type=local,src=D`: its config blob is on the build's origin coordinator).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheRef {
+    Registry { reference: String },
+    Uploaded { config: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheExport {
+    /// `mode=max`: every stage's records; `min`: the final image's only.
+    pub max: bool,
+    /// A registry reference; `None`: records and blobs return to the CLI (`type=local`).
+    pub registry: Option<String>,
+}
+
+/// One exported step cache record: the step's unscoped cache key and the image state it gives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheRecord {
+    pub key: String,
+    /// The record as the agent stores it (JSON).
+    pub state_json: String,
+    /// Part of the final image's chain (what `mode=min` exports).
+    pub in_final: bool,
+}
+
+/// What an agent's disk holds (`kiln du`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskUsage {
+    pub records: u64,
+    pub content_blobs: u64,
+    pub content_bytes: u64,
+    pub snapshots: u64,
+    pub snapshot_bytes: u64,
+    /// Bytes no step cache record references (prune removes them).
+    pub reclaimable_bytes: u64,
+}
+
+/// `kiln prune`'s filters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneSpec {
+    /// `-a`: every record, not only unreferenced data.
+    pub all: bool,
+    /// `--filter until=`: only what was unused for this long (seconds).
+    pub until_s: Option<u64>,
+    /// `--keep-storage`: remove least recently used records until what remains fits.
+    pub keep_storage: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneReport {
+    pub records_removed: u64,
+    pub blobs_removed: u64,
+    pub snapshots_removed: u64,
+    pub bytes_reclaimed: u64,
+}
+
+/// Changes to what an agent holds, for the tracker on the leader. `full`: the whole
+/// inventory (after a failover the new leader knows nothing).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    pub agent: String,
+    pub full: bool,
+    pub blobs_added: Vec<String>,
+    pub blobs_removed: Vec<String>,
+    /// Step cache record names (scoped: see [`BuildSpec::cache_scope`]).
+    pub records_added: Vec<String>,
+    pub records_removed: Vec<String>,
 }
 
 /// A slice handed to an agent. `attempt` fences reports: one from an older attempt is ignored.
@@ -171,6 +250,10 @@ pub struct SliceOutcome {
     pub duration_ms: u64,
     pub cache_hits: u32,
     pub cache_misses: u32,
+    /// Of the hits, records fetched from peers.
+    pub cache_peer_hits: u32,
+    /// With `--cache-to`: the records to export.
+    pub records: Vec<CacheRecord>,
 }
 
 /// The state of one slice, as `kiln build` and `kiln inspect` show it.
@@ -188,6 +271,7 @@ pub struct SliceView {
     pub duration_ms: u64,
     pub cache_hits: u32,
     pub cache_misses: u32,
+    pub cache_peer_hits: u32,
     pub reason: String,
 }
 
@@ -201,6 +285,8 @@ pub struct BuildView {
     pub index_json: String,
     pub index_digest: String,
     pub error: String,
+    /// With `--cache-to type=local`, once done: every slice's records.
+    pub cache_records: Vec<CacheRecord>,
 }
 
 /// One progress event of a build, labelled with where it happened.
@@ -257,6 +343,8 @@ pub struct CreateSpec {
     pub node: Option<String>,
     pub append: bool,
     pub leave: bool,
+    /// `--driver-opt share-cache=true`: tenants share step cache records on this builder.
+    pub share_cache: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -349,16 +437,48 @@ pub enum Request {
         offset: u64,
         len: u32,
     },
+    /// What an agent adds to and removes from its store and step cache.
+    Advertise(Inventory),
+    /// Which live agents hold these blobs (or are fetching them) and these records; answered
+    /// with [`Response::Holders`], blobs first, each a list of peer endpoints.
+    Locate {
+        blobs: Vec<String>,
+        records: Vec<String>,
+    },
+
+    // -- agent ↔ agent (and coordinator → agent), on the agent's peer endpoint
+    /// A blob's chunk table, with the chunks the peer holds if it is still fetching it.
+    ChunkTable {
+        digest: String,
+    },
+    GetChunk {
+        digest: String,
+        index: u32,
+    },
+    GetRecord {
+        name: String,
+    },
+    AgentUsage,
+    AgentPrune(PruneSpec),
 
     // -- CLI
+    /// Which of these blobs the caller's tenant must still upload (a tenant owns a blob only
+    /// once it has sent its content). `owner`: an agent returning blobs names the build's tenant.
     MissingBlobs {
         digests: Vec<String>,
+        owner: Option<String>,
     },
     PutBlob {
         digest: String,
         offset: u64,
         data: Vec<u8>,
         last: bool,
+        owner: Option<String>,
+    },
+    /// An admin makes a join token for a role and tenant (`kiln coordinator token`).
+    CreateToken {
+        role: Role,
+        tenant: String,
     },
     Submit(BuildSpec),
     /// Progress and state of a build; waits up to `wait_ms` for something new after `cursor`.
@@ -379,6 +499,14 @@ pub enum Request {
     Inspect {
         name: String,
     },
+    /// `kiln du` across a builder's agents (every agent when `None`).
+    DiskUsage {
+        builder: Option<String>,
+    },
+    Prune {
+        builder: Option<String>,
+        spec: PruneSpec,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -388,7 +516,21 @@ pub enum Response {
     PeerJoined { ca_cert_pem: String, ca_key_pem: String, cert_der: Vec<u8> },
     Raft { json: Vec<u8> },
     Status(ClusterStatus),
-    Tasks(Vec<SliceTask>),
+    /// New tasks; `resync`: the tracker does not know this agent's inventory (a new leader).
+    Tasks {
+        tasks: Vec<SliceTask>,
+        resync: bool,
+    },
+    Table(crate::chunks::ChunkTable),
+    Holders(Vec<Vec<String>>),
+    Usage(DiskUsage),
+    Pruned(PruneReport),
+    /// `resync`: the tracker does not know this agent; send the whole inventory.
+    Advertised {
+        resync: bool,
+    },
+    /// Per agent, for `kiln du|prune` across a builder; an unreachable agent has its error.
+    PerAgent(Vec<(String, Result<AgentStorage, String>)>),
     Bytes(Vec<u8>),
     Digests(Vec<String>),
     Submitted { build: u64 },
@@ -397,6 +539,17 @@ pub enum Response {
     Name(String),
     Builders(Vec<BuilderView>),
     Builder(BuilderView),
+}
+
+/// An agent's answer to `kiln du` or `kiln prune`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentStorage {
+    Usage(DiskUsage),
+    Pruned(PruneReport),
+    /// `resync`: the tracker does not know this agent; send the whole inventory.
+    Advertised {
+        resync: bool,
+    },
 }
 
 /// A join token: `K1` + the CA's sha256 + `.` + role + `.` + secret (as k3s pins its CA in the
@@ -471,11 +624,19 @@ mod tests {
             insecure_registries: vec![],
             submission: "x".into(),
             return_blobs: false,
+            cache_scope: "tenant:t".into(),
+            tenant: "t".into(),
+            cache_from: vec![CacheRef::Registry { reference: "127.0.0.1:5000/c:1".into() }],
+            cache_to: Some(CacheExport { max: true, registry: None }),
         };
         let principal = Principal { role: Role::User, name: "t".into() };
         let req = Request::Forward { principal, origin: "127.0.0.1:7401".parse().unwrap(), request: Box::new(Request::Submit(spec)) };
         let bytes = wire::encode(&req).unwrap();
         assert_eq!(wire::decode::<Request>(&bytes).unwrap(), req);
+        // A chunk table answer, as peers send it.
+        let table = crate::chunks::ChunkTable::compute(&mut &[7u8; 100_000][..], crate::chunks::MIN_CHUNK).unwrap().0;
+        let answer: Result<Response, wire::RemoteError> = Ok(Response::Table(table));
+        assert_eq!(wire::decode::<Result<Response, wire::RemoteError>>(&wire::encode(&answer).unwrap()).unwrap(), answer);
         let p = Principal::from_common_name("agent:a1").unwrap();
         assert_eq!(p, Principal { role: Role::Agent, name: "a1".into() });
         assert_eq!(Principal::from_common_name(&p.common_name()), Some(p));

@@ -213,7 +213,8 @@ impl Farm {
 
     /// Sends what `reader` holds as blob `digest`, chunk by chunk; the receiver verifies it.
     /// Returns the bytes sent.
-    pub async fn send_blob(&self, digest: &str, reader: &mut (dyn std::io::Read + Send)) -> Result<u64, BlobError> {
+    /// `owner`: the tenant an agent returns the blob for (ignored for other callers).
+    pub async fn send_blob(&self, digest: &str, reader: &mut (dyn std::io::Read + Send), owner: Option<&str>) -> Result<u64, BlobError> {
         let mut offset = 0u64;
         let mut buf = vec![0u8; BLOB_CHUNK as usize];
         loop {
@@ -225,7 +226,8 @@ impl Farm {
                 }
             }
             let last = n < buf.len();
-            let req = Request::PutBlob { digest: digest.to_string(), offset, data: buf[..n].to_vec(), last };
+            let req =
+                Request::PutBlob { digest: digest.to_string(), offset, data: buf[..n].to_vec(), last, owner: owner.map(str::to_string) };
             match self.call(&req, Duration::from_secs(30), Duration::from_secs(30)).await {
                 Ok(Response::Ok) => {}
                 Ok(other) => return Err(BlobError::Unexpected { digest: digest.to_string(), answer: format!("{other:?}") }),

@@ -4,6 +4,7 @@
 //! place, so a crash never leaves a half blob under a real name. Reads can be verified too.
 //! Every use touches the file's mtime, which `prune --filter until=` and `du` read.
 
+use crate::chunks::{ChunkTable, CHUNK_SIZE};
 use crate::digest::{Digest, HashingWriter};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -36,6 +37,7 @@ impl ContentStore {
         let blobs = root.join("blobs/sha256");
         fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
         fs::create_dir_all(root.join("tmp")).map_err(io_err(root))?;
+        fs::create_dir_all(root.join("chunks")).map_err(io_err(root))?;
         Ok(ContentStore { root: root.to_path_buf() })
     }
 
@@ -153,8 +155,81 @@ impl ContentStore {
 
     pub fn remove(&self, d: &Digest) -> Result<(), StoreError> {
         let p = self.path(d);
+        let _ = fs::remove_file(self.table_path(d));
         fs::remove_file(&p).map_err(io_err(&p))
     }
+
+    fn table_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("chunks").join(d.hex())
+    }
+
+    /// The chunk table of a blob, as peers fetch it. Computed on first use (reading the blob
+    /// once, which also verifies it: a blob that no longer matches its digest is removed rather
+    /// than served) and kept beside the blob.
+    pub fn table(&self, d: &Digest) -> Result<ChunkTable, StoreError> {
+        if let Some(t) = fs::read(self.table_path(d)).ok().and_then(|b| decode_table(&b)) {
+            if self.has(d) {
+                return Ok(t);
+            }
+        }
+        let mut f = self.open_blob(d)?;
+        let p = self.path(d);
+        let (table, actual) = ChunkTable::compute(&mut f, CHUNK_SIZE).map_err(io_err(&p))?;
+        if actual != *d {
+            let _ = self.remove(d);
+            return Err(StoreError::Mismatch { expected: d.clone(), actual });
+        }
+        self.save_table(d, &table);
+        Ok(table)
+    }
+
+    fn save_table(&self, d: &Digest, t: &ChunkTable) {
+        let tmp = self.temp_path();
+        if fs::write(&tmp, encode_table(t)).and_then(|_| fs::rename(&tmp, self.table_path(d))).is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+    }
+
+    /// Moves a file assembled in [`ContentStore::temp_path`] into the store, after checking
+    /// that it hashes to `expected` (the file is removed either way). `table`, already verified
+    /// chunk by chunk, is kept for serving the blob on.
+    pub fn insert_file(&self, tmp: &Path, expected: &Digest, table: Option<&ChunkTable>) -> Result<u64, StoreError> {
+        let result = (|| {
+            let mut f = File::open(tmp).map_err(io_err(tmp))?;
+            let mut w = HashingWriter::new(io::sink());
+            let size = io::copy(&mut f, &mut w).map_err(io_err(tmp))?;
+            let (_, actual, _) = w.finish();
+            if actual != *expected {
+                return Err(StoreError::Mismatch { expected: expected.clone(), actual });
+            }
+            f.sync_all().map_err(io_err(tmp))?;
+            if let Some(t) = table {
+                self.save_table(expected, t);
+            }
+            let dest = self.path(expected);
+            fs::rename(tmp, &dest).map_err(io_err(&dest))?;
+            Ok(size)
+        })();
+        let _ = fs::remove_file(tmp);
+        result
+    }
+}
+
+/// size (8 bytes) + chunk size (4) + the hashes.
+fn encode_table(t: &ChunkTable) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + 32 * t.hashes.len());
+    out.extend_from_slice(&t.size.to_le_bytes());
+    out.extend_from_slice(&t.chunk_size.to_le_bytes());
+    t.hashes.iter().for_each(|h| out.extend_from_slice(h));
+    out
+}
+
+fn decode_table(b: &[u8]) -> Option<ChunkTable> {
+    let size = u64::from_le_bytes(b.get(..8)?.try_into().ok()?);
+    let chunk_size = u32::from_le_bytes(b.get(8..12)?.try_into().ok()?);
+    let hashes = b.get(12..)?.chunks_exact(32).map(|c| c.try_into().ok()).collect::<Option<Vec<[u8; 32]>>>()?;
+    let t = ChunkTable { size, chunk_size, hashes, have: None };
+    t.validate().ok().map(|_| t)
 }
 
 #[cfg(test)]
@@ -174,6 +249,23 @@ mod tests {
         fs::write(s.path(&d), b"jello").unwrap();
         assert!(matches!(s.read(&d), Err(StoreError::Mismatch { .. })));
         assert!(matches!(s.read(&wrong), Err(StoreError::Missing(_))));
+        // A chunk table is never computed from (and served for) a corrupted blob.
+        assert!(matches!(s.table(&d), Err(StoreError::Mismatch { .. })));
+        assert!(!s.has(&d));
+        let big: Vec<u8> = (0..(CHUNK_SIZE as usize + 10)).map(|i| i as u8).collect();
+        let d = s.put(&big).unwrap();
+        let t = s.table(&d).unwrap();
+        assert_eq!((t.chunks(), t.size), (2, big.len() as u64));
+        assert_eq!(s.table(&d).unwrap(), t);
+        // A file assembled elsewhere enters only under its own digest.
+        let tmp = s.temp_path();
+        fs::write(&tmp, b"assembled").unwrap();
+        assert!(matches!(s.insert_file(&tmp, &wrong, None), Err(StoreError::Mismatch { .. })));
+        assert!(!tmp.exists() && !s.has(&wrong));
+        fs::write(&tmp, b"assembled").unwrap();
+        let d = Digest::of(b"assembled");
+        assert_eq!(s.insert_file(&tmp, &d, None).unwrap(), 9);
+        assert_eq!(s.read(&d).unwrap(), b"assembled");
         fs::remove_dir_all(dir).unwrap();
     }
 }

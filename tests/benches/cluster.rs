@@ -7,7 +7,7 @@
 //! committed per second for 1,000 four-platform builds submitted at once.
 //! Run with `make bench` (it builds the release binary first).
 
-use kiln_shared::api::{AgentInfo, BuildSpec, Request, Response, SliceOutcome};
+use kiln_shared::api::{AgentInfo, BuildSpec, Inventory, Request, Response, SliceOutcome};
 use kiln_shared::client::Farm;
 use kiln_shared::Platform;
 use kiln_tests::cluster::Cluster;
@@ -53,6 +53,10 @@ fn spec(platforms: &[&str], n: usize) -> BuildSpec {
         insecure_registries: vec![],
         submission: format!("bench-{n}"),
         return_blobs: false,
+        cache_scope: String::new(),
+        tenant: String::new(),
+        cache_from: vec![],
+        cache_to: None,
     }
 }
 
@@ -79,10 +83,15 @@ async fn poll_loop(farm: Arc<Farm>, name: String, seen: Arc<Mutex<Seen>>) {
     loop {
         let list = running.lock().expect("running").clone();
         let poll = Request::Poll { agent: name.clone(), running: list, cache_bytes: 0, wait_ms: 1000 };
-        let Ok(Response::Tasks(tasks)) = farm.call(&poll, Duration::from_secs(5), Duration::from_secs(5)).await else {
+        let Ok(Response::Tasks { tasks, resync }) = farm.call(&poll, Duration::from_secs(5), Duration::from_secs(5)).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        if resync {
+            // As `kiln agent` does: the tracker (a new leader's, or on first contact) gets the inventory.
+            let inv = Inventory { agent: name.clone(), full: true, ..Default::default() };
+            let _ = farm.call(&Request::Advertise(inv), Duration::from_secs(5), Duration::from_secs(5)).await;
+        }
         let now = Instant::now();
         for t in tasks {
             {
@@ -106,6 +115,8 @@ async fn poll_loop(farm: Arc<Farm>, name: String, seen: Arc<Mutex<Seen>>) {
                     duration_ms: 1,
                     cache_hits: 0,
                     cache_misses: 0,
+                    cache_peer_hits: 0,
+                    records: vec![],
                 };
                 let (farm, running) = (farm.clone(), running.clone());
                 tokio::spawn(async move {

@@ -8,7 +8,7 @@ use crate::farm::{self, BuildRequest, EmbeddedFarm, Output};
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use kiln_agent::EngineError;
-use kiln_shared::api::BuildSpec;
+use kiln_shared::api::{BuildSpec, CacheExport, CacheRef};
 use kiln_shared::frontend::dockerignore::DockerIgnore;
 use kiln_shared::frontend::print::{self, Style};
 use kiln_shared::frontend::resolve::{self, BuildPlan, NoImages, Options};
@@ -63,6 +63,12 @@ pub struct BuildArgs {
     /// The builder to use.
     #[arg(long)]
     pub builder: Option<String>,
+    /// Import step cache records: type=local,src=DIR | type=registry,ref=REF (or a bare REF).
+    #[arg(long = "cache-from")]
+    pub cache_from: Vec<String>,
+    /// Export step cache records: type=local,dest=DIR[,mode=min|max] | type=registry,ref=REF[,mode=max].
+    #[arg(long = "cache-to")]
+    pub cache_to: Option<String>,
     /// A registry to reach over plain HTTP (loopback registries always are).
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
@@ -148,6 +154,8 @@ fn build(
         eprintln!("WARNING: no output specified: the result will only be in the build cache (use --push, -o type=oci,dest=FILE or -o type=local,dest=DIR)");
     }
     let ignore = DockerIgnore::load(&args.path, dockerfile)?;
+    let cache_from = args.cache_from.iter().map(|c| farm::CacheFrom::parse(c)).collect::<anyhow::Result<Vec<_>>>()?;
+    let cache_to = args.cache_to.as_deref().map(farm::CacheTo::parse).transpose()?;
     if let Some(hosts) = args.farm.hosts()? {
         let mut push = false;
         let mut zstd = false;
@@ -167,7 +175,25 @@ fn build(
                 ),
             }
         }
-        let context = super::farm_build::manifest(&args.path, &ignore)?;
+        let mut context = super::farm_build::manifest(&args.path, &ignore)?;
+        // A local cache to import travels with the context: its config and layers.
+        let mut cache_refs = Vec::new();
+        for c in &cache_from {
+            match c {
+                farm::CacheFrom::Registry { reference } => cache_refs.push(CacheRef::Registry { reference: reference.clone() }),
+                farm::CacheFrom::Local { src } => match super::farm_build::local_cache_files(src) {
+                    Ok((config, files)) => {
+                        context.files.extend(files);
+                        cache_refs.push(CacheRef::Uploaded { config });
+                    }
+                    Err(e) => eprintln!("WARNING: importing cache {}: {e:#}", src.display()),
+                },
+            }
+        }
+        let export = cache_to.as_ref().map(|c| match c {
+            farm::CacheTo::Local { max, .. } => CacheExport { max: *max, registry: None },
+            farm::CacheTo::Registry { reference, max } => CacheExport { max: *max, registry: Some(reference.clone()) },
+        });
         let spec = BuildSpec {
             dockerfile: text,
             dockerfile_name: name,
@@ -183,8 +209,16 @@ fn build(
             insecure_registries: args.insecure_registries.clone(),
             submission: crate::node::random_hex(16)?,
             return_blobs: oci.is_some(),
+            cache_scope: String::new(),
+            tenant: String::new(),
+            cache_from: cache_refs,
+            cache_to: export,
         };
-        let view = super::farm_build::run(spec, context.files, &args.farm, mode, oci.as_deref())?;
+        let cache_dest = match &cache_to {
+            Some(farm::CacheTo::Local { dest, .. }) => Some(dest.as_path()),
+            _ => None,
+        };
+        let view = super::farm_build::run(spec, context.files, &args.farm, mode, oci.as_deref(), cache_dest)?;
         return super::farm_build::finish(&view, &args.tags, args.metadata_file.as_deref(), mode);
     }
     if let Some(b) = args.builder.as_deref().filter(|b| *b != crate::builders::DEFAULT_BUILDER) {
@@ -202,6 +236,8 @@ fn build(
         no_cache: args.no_cache,
         tags: args.tags.clone(),
         outputs,
+        cache_from,
+        cache_to,
     };
     let progress = Progress::new(mode);
     let result = match farm.build(&req, &|e| progress.event(e)) {

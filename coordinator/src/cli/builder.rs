@@ -41,6 +41,10 @@ pub struct CreateArgs {
     /// Wait until every node is reachable.
     #[arg(long)]
     pub bootstrap: bool,
+    /// Driver options: `share-cache=true` lets every tenant use this builder's step cache
+    /// records (by default each tenant sees only its own).
+    #[arg(long = "driver-opt")]
+    pub driver_opt: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -84,6 +88,15 @@ pub fn create(args: CreateArgs, farm: FarmArgs) -> anyhow::Result<ExitCode> {
             bail!("driver {d:?} is not supported (kiln has: runc, docker-container as its alias)");
         }
     }
+    let mut share_cache = false;
+    for o in &args.driver_opt {
+        match o.split_once('=') {
+            Some(("share-cache", v)) => {
+                share_cache = v.parse::<bool>().map_err(|_| anyhow::anyhow!("--driver-opt {o:?}: expected share-cache=true|false"))?
+            }
+            _ => bail!("--driver-opt {o:?}: kiln's runc driver takes share-cache=true|false"),
+        }
+    }
     let hosts = farm.require("kiln create")?;
     let spec = CreateSpec {
         context: args.context.clone(),
@@ -93,6 +106,7 @@ pub fn create(args: CreateArgs, farm: FarmArgs) -> anyhow::Result<ExitCode> {
         node: args.node.clone(),
         append: args.append,
         leave: args.leave,
+        share_cache,
     };
     let name = block(async {
         let f = remote::connect(&hosts, &farm).await?;

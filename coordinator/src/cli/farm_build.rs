@@ -61,7 +61,7 @@ pub async fn upload(farm: &Farm, files: &BTreeMap<String, PathBuf>) -> anyhow::R
     let digests: Vec<String> = files.keys().cloned().collect();
     let mut missing = Vec::new();
     for batch in digests.chunks(20_000) {
-        match remote::call(farm, &Request::MissingBlobs { digests: batch.to_vec() }).await? {
+        match remote::call(farm, &Request::MissingBlobs { digests: batch.to_vec(), owner: None }).await? {
             Response::Digests(d) => missing.extend(d),
             other => bail!(unexpected(other)),
         }
@@ -70,7 +70,7 @@ pub async fn upload(farm: &Farm, files: &BTreeMap<String, PathBuf>) -> anyhow::R
     for digest in &missing {
         let path = &files[digest];
         let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-        bytes += farm.send_blob(digest, &mut f).await?;
+        bytes += farm.send_blob(digest, &mut f, None).await?;
     }
     Ok((missing.len(), bytes))
 }
@@ -82,6 +82,7 @@ pub fn run(
     farm_args: &FarmArgs,
     mode: Mode,
     oci: Option<&Path>,
+    cache_dest: Option<&Path>,
 ) -> anyhow::Result<BuildView> {
     let tags = spec.tags.clone();
     let hosts = farm_args.require("building on a farm")?;
@@ -132,6 +133,9 @@ pub fn run(
                     if let Some(dest) = oci {
                         write_oci(&farm, &view, dest, &tags).await?;
                     }
+                    if let Some(dest) = cache_dest {
+                        write_cache(&farm, &view, dest).await?;
+                    }
                     return Ok(view);
                 }
                 "failed" => bail!("build {build} failed: {}", view.error),
@@ -160,6 +164,36 @@ async fn write_oci(farm: &Farm, view: &BuildView, dest: &Path, tags: &[String]) 
     Ok(())
 }
 
+/// `--cache-to type=local` on a farm: the agents sent the records' layers to the coordinator.
+async fn write_cache(farm: &Farm, view: &BuildView, dest: &Path) -> anyhow::Result<()> {
+    let store = kiln_shared::store::ContentStore::open(&super::build::kiln_home().join("client/content"))?;
+    for l in kiln_agent::cache::layers(&view.cache_records)? {
+        farm.fetch_blob(&store, &l.digest).await?;
+    }
+    kiln_agent::cache::write_local(dest, &view.cache_records, &store)?;
+    Ok(())
+}
+
+/// A local cache directory to import on a farm: its config's digest, and every blob file to
+/// upload (config and layers), by digest.
+pub fn local_cache_files(src: &Path) -> anyhow::Result<(String, BTreeMap<String, PathBuf>)> {
+    let index: kiln_shared::oci::Index =
+        serde_json::from_slice(&std::fs::read(src.join("index.json")).with_context(|| format!("reading {}/index.json", src.display()))?)
+            .context("index.json")?;
+    let m = index.manifests.first().ok_or_else(|| anyhow!("{}: index.json lists no manifest", src.display()))?;
+    let blob = |d: &Digest| src.join("blobs/sha256").join(d.hex());
+    let manifest: kiln_shared::oci::Manifest =
+        serde_json::from_slice(&std::fs::read(blob(&m.digest)).context("the cache's manifest")?).context("the cache's manifest")?;
+    if manifest.config.media_type != kiln_agent::cache::CONFIG_TYPE {
+        bail!("{} is not a kiln cache", src.display());
+    }
+    let mut files = BTreeMap::new();
+    for d in std::iter::once(&manifest.config).chain(&manifest.layers) {
+        files.insert(d.digest.to_string(), blob(&d.digest));
+    }
+    Ok((manifest.config.digest.to_string(), files))
+}
+
 /// Reports the finished build as the embedded farm does: metadata file and summary line.
 pub fn finish(view: &BuildView, tags: &[String], metadata_file: Option<&Path>, mode: Mode) -> anyhow::Result<ExitCode> {
     let slices: Vec<serde_json::Value> = view
@@ -177,6 +211,7 @@ pub fn finish(view: &BuildView, tags: &[String], metadata_file: Option<&Path>, m
                 "attempt": s.attempt,
                 "cache_hits": s.cache_hits,
                 "cache_misses": s.cache_misses,
+                "cache_peer_hits": s.cache_peer_hits,
                 "reason": s.reason,
             })
         })

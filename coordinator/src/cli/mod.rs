@@ -31,10 +31,23 @@ pub enum Command {
         #[command(subcommand)]
         command: imagetools::ImagetoolsCommand,
     },
-    /// Show disk usage of the build cache and content store.
-    Du,
-    /// Remove build cache.
-    Prune(storage::PruneArgs),
+    /// Show disk usage of the build cache and content store (per agent on a farm).
+    Du {
+        /// The builder whose agents to ask (default: the current builder, else every agent).
+        #[arg(long)]
+        builder: Option<String>,
+        #[command(flatten)]
+        farm: remote::FarmArgs,
+    },
+    /// Remove build cache (on every agent of a builder on a farm).
+    Prune {
+        #[command(flatten)]
+        args: storage::PruneArgs,
+        #[arg(long)]
+        builder: Option<String>,
+        #[command(flatten)]
+        farm: remote::FarmArgs,
+    },
     /// Create a builder, or add (--append) or remove (--leave) a node.
     Create {
         #[command(flatten)]
@@ -90,8 +103,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Build(args) => build::run(*args),
         Command::Imagetools { command } => imagetools::run(command),
-        Command::Du => storage::du(),
-        Command::Prune(args) => storage::prune(args),
+        Command::Du { builder, farm } => storage::du(builder, farm),
+        Command::Prune { args, builder, farm } => storage::prune(args, builder, farm),
         Command::Create { args, farm } => builder::create(args, farm),
         Command::Use { name, farm } => builder::use_builder(name, farm),
         Command::Ls { format, farm } => builder::ls(format, farm),

@@ -74,6 +74,15 @@ pub enum CoordinatorAction {
         #[command(flatten)]
         farm: FarmArgs,
     },
+    /// Make a join token: `--role user --tenant T` for a tenant's users (admin only).
+    Token {
+        #[arg(long, default_value = "user")]
+        role: String,
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        farm: FarmArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -96,6 +105,15 @@ pub struct AgentArgs {
     pub platform: Vec<String>,
     #[arg(long)]
     pub slots: Option<u32>,
+    /// Cap on peer transfers to and from this agent, bytes per second (e.g. 100MB; 0: none).
+    #[arg(long)]
+    pub max_bandwidth: Option<String>,
+    /// GC policy: keep at most this much cache (e.g. 20GB).
+    #[arg(long)]
+    pub gc_keep_storage: Option<String>,
+    /// GC policy: remove cache unused for this long (e.g. 168h).
+    #[arg(long)]
+    pub gc_keep_duration: Option<String>,
     /// A TOML config file (flags override it); see deploy/config.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -181,6 +199,22 @@ fn membership(action: CoordinatorAction) -> anyhow::Result<ExitCode> {
         CoordinatorAction::Add { id, addr, farm } => (farm, Some(Request::AddCoordinator { id, addr: addr.to_string() })),
         CoordinatorAction::Remove { id, farm } => (farm, Some(Request::RemoveCoordinator { id })),
         CoordinatorAction::Status { farm } => (farm, None),
+        CoordinatorAction::Token { role, tenant, farm } => {
+            let role = kiln_shared::api::Role::parse(&role)
+                .filter(|r| *r != kiln_shared::api::Role::Coordinator)
+                .ok_or_else(|| anyhow!("--role {role:?}: expected user, admin or agent"))?;
+            let hosts = farm.require("kiln coordinator token")?;
+            return remote::runtime()?.block_on(async {
+                let f = remote::connect(&hosts, &farm).await?;
+                match remote::call(&f, &Request::CreateToken { role, tenant }).await? {
+                    Response::Name(token) => {
+                        println!("{token}");
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    other => bail!(unexpected(other)),
+                }
+            });
+        }
     };
     let hosts = farm.require("kiln coordinator add|remove|status")?;
     remote::runtime()?.block_on(async {
@@ -233,6 +267,15 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(v) = args.slots {
         cfg.slots = v;
+    }
+    if let Some(v) = &args.max_bandwidth {
+        cfg.bandwidth_limit_bytes_per_s = super::storage::parse_size(v)?;
+    }
+    if let Some(v) = &args.gc_keep_storage {
+        cfg.gc_keep_bytes = super::storage::parse_size(v)?;
+    }
+    if let Some(v) = &args.gc_keep_duration {
+        cfg.gc_keep_duration_s = super::storage::parse_duration(v)?.as_secs();
     }
     cfg.validate().map_err(anyhow::Error::msg)?;
     let token = match args.token {

@@ -1,8 +1,11 @@
-//! `kiln du` and `kiln prune` over the embedded farm's agent state.
+//! `kiln du` and `kiln prune`: on every agent of a builder on a farm, else on the embedded
+//! farm's agent state.
 
 use anyhow::{bail, Context as _};
 use clap::Args;
+use super::remote::{self, FarmArgs};
 use kiln_agent::gc::{self, PruneOptions};
+use kiln_shared::api::{AgentStorage, Request, Response};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -60,19 +63,64 @@ fn human(bytes: u64) -> String {
     format!("{v:.2}TB")
 }
 
-pub fn du() -> anyhow::Result<ExitCode> {
-    let root = super::build::kiln_home().join("agent");
-    let u = gc::usage(&root);
+/// Asks every agent of a builder (through the farm) and prints one block per agent.
+fn per_agent(builder: Option<String>, farm: FarmArgs, req: impl FnOnce(Option<String>) -> Request) -> anyhow::Result<Option<Vec<(String, Result<AgentStorage, String>)>>> {
+    let Some(hosts) = farm.hosts()? else {
+        if let Some(b) = builder.filter(|b| b != crate::builders::DEFAULT_BUILDER) {
+            bail!("builder {b:?}: builders live in a farm; set --host/KILN_HOST (the embedded farm has only `default`)");
+        }
+        return Ok(None);
+    };
+    let builder = builder.or_else(|| remote::current_builder(&hosts));
+    remote::runtime()?.block_on(async {
+        let f = remote::connect(&hosts, &farm).await?;
+        match remote::call(&f, &req(builder)).await? {
+            Response::PerAgent(list) => Ok(Some(list)),
+            other => bail!(remote::unexpected(other)),
+        }
+    })
+}
+
+fn print_usage(u: &gc::Usage) {
     println!("{:<28}{:>10}{:>14}", "TYPE", "COUNT", "SIZE");
     println!("{:<28}{:>10}{:>14}", "step cache records", u.records, "");
     println!("{:<28}{:>10}{:>14}", "content blobs", u.content_blobs, human(u.content_bytes));
     println!("{:<28}{:>10}{:>14}", "snapshots", u.snapshots, human(u.snapshot_bytes));
     println!("Reclaimable:\t{}", human(u.reclaimable_bytes));
     println!("Total:\t\t{}", human(u.content_bytes + u.snapshot_bytes));
+}
+
+pub fn du(builder: Option<String>, farm: FarmArgs) -> anyhow::Result<ExitCode> {
+    if let Some(list) = per_agent(builder, farm, |builder| Request::DiskUsage { builder })? {
+        let (mut total, mut reclaimable) = (0, 0);
+        let mut failed = false;
+        for (agent, answer) in list {
+            println!("Agent:\t\t{agent}");
+            match answer {
+                Ok(AgentStorage::Usage(u)) => {
+                    print_usage(&u);
+                    total += u.content_bytes + u.snapshot_bytes;
+                    reclaimable += u.reclaimable_bytes;
+                }
+                Ok(other) => println!("unexpected answer {other:?}"),
+                Err(e) => {
+                    failed = true;
+                    println!("unreachable: {e}");
+                }
+            }
+            println!();
+        }
+        println!("Farm reclaimable:\t{}", human(reclaimable));
+        println!("Farm total:\t\t{}", human(total));
+        return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+    }
+    let root = super::build::kiln_home().join("agent");
+    let u = gc::usage(&root);
+    print_usage(&u);
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
+pub fn prune(args: PruneArgs, builder: Option<String>, farm: FarmArgs) -> anyhow::Result<ExitCode> {
     let mut until = None;
     for f in &args.filter {
         match f.split_once('=') {
@@ -81,10 +129,33 @@ pub fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let keep_storage = args.keep_storage.as_deref().map(parse_size).transpose()?;
+    let spec = PruneOptions { all: args.all, until_s: until.map(|d| d.as_secs()), keep_storage };
+    let print = |r: &gc::PruneReport| {
+        println!("Removed {} step cache records, {} blobs, {} snapshots", r.records_removed, r.blobs_removed, r.snapshots_removed);
+        println!("Total:\t{}", human(r.bytes_reclaimed));
+    };
+    if let Some(list) = per_agent(builder, farm, |builder| Request::Prune { builder, spec: spec.clone() })? {
+        let mut total = 0;
+        let mut failed = false;
+        for (agent, answer) in list {
+            println!("Agent:\t{agent}");
+            match answer {
+                Ok(AgentStorage::Pruned(r)) => {
+                    print(&r);
+                    total += r.bytes_reclaimed;
+                }
+                Ok(other) => println!("unexpected answer {other:?}"),
+                Err(e) => {
+                    failed = true;
+                    println!("unreachable: {e}");
+                }
+            }
+        }
+        println!("Farm total reclaimed:\t{}", human(total));
+        return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+    }
     let root = super::build::kiln_home().join("agent");
-    let r = gc::prune(&root, &PruneOptions { all: args.all, until, keep_storage })?;
-    println!("Removed {} step cache records, {} blobs, {} snapshots", r.records_removed, r.blobs_removed, r.snapshots_removed);
-    println!("Total:\t{}", human(r.bytes_reclaimed));
+    print(&gc::prune(&root, &spec)?);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -126,7 +126,13 @@ fn allowed(role: &Role, req: &Request) -> bool {
         Join { .. } | JoinPeer { .. } => false,
         Raft { .. } | Forward { .. } => *role == Role::Coordinator,
         Status | GetBlob { .. } => true,
-        Register(_) | Poll { .. } | Events { .. } | SliceDone(_) | SliceFailed { .. } => *role == Role::Agent,
+        Register(_) | Poll { .. } | Events { .. } | SliceDone(_) | SliceFailed { .. } | Advertise(_) | Locate { .. } => {
+            *role == Role::Agent
+        }
+        // An agent's peer endpoint serves these, not a coordinator.
+        ChunkTable { .. } | GetChunk { .. } | GetRecord { .. } | AgentUsage | AgentPrune(_) => false,
+        DiskUsage { .. } => matches!(role, Role::Admin | Role::User),
+        Prune { .. } | CreateToken { .. } => *role == Role::Admin,
         // Agents send results back this way (`-o type=oci` on a farm).
         MissingBlobs { .. } | PutBlob { .. } => matches!(role, Role::Admin | Role::User | Role::Agent),
         Submit(_) | Watch { .. } | Contexts | Builders | Inspect { .. } => {
@@ -149,9 +155,13 @@ pub async fn dispatch(node: &Node, p: Principal, origin: SocketAddr, req: Reques
             Ok(Response::Raft { json: out })
         }
         Request::Status => Ok(Response::Status(status(node))),
-        Request::GetBlob { digest, offset, len } => get_blob(node, &digest, offset, len),
-        Request::MissingBlobs { digests } => missing(node, digests),
-        Request::PutBlob { digest, offset, data, last } => put_blob(node, &digest, offset, &data, last),
+        Request::GetBlob { digest, offset, len } => get_blob(node, &p, &digest, offset, len),
+        Request::MissingBlobs { digests, owner } => missing(node, owner_of(&p, owner)?, digests),
+        Request::PutBlob { digest, offset, data, last, owner } => put_blob(node, owner_of(&p, owner)?, &digest, offset, &data, last),
+        Request::Submit(spec) if !owns_context(node, &p, &spec) => Err(err(
+            ErrorCode::PermissionDenied,
+            "the build names context or cache blobs this tenant has not uploaded to this coordinator; upload them first",
+        )),
         Request::Forward { principal, origin, request } => {
             if !node.is_leader() {
                 return Err(err(ErrorCode::Unavailable, format!("coordinator {} is no longer the leader; retry", node.id)));
@@ -209,9 +219,38 @@ fn parse_digest(d: &str) -> Result<Digest, RemoteError> {
     d.parse().map_err(|e| bad(format!("{d:?}: {e}")))
 }
 
-fn get_blob(node: &Node, digest: &str, offset: u64, len: u32) -> Answer {
+/// The tenant a blob transfer is for: a user's own, or the one an agent returns blobs for.
+fn owner_of(p: &Principal, owner: Option<String>) -> Result<Option<String>, RemoteError> {
+    match p.role {
+        Role::Admin | Role::User => Ok(Some(p.tenant().to_string())),
+        Role::Agent => Ok(owner),
+        Role::Coordinator => Ok(None),
+    }
+}
+
+/// Whether every blob a build names was uploaded by its tenant (checked where it was uploaded).
+fn owns_context(node: &Node, p: &Principal, spec: &BuildSpec) -> bool {
+    if !matches!(p.role, Role::Admin | Role::User) {
+        return true;
+    }
+    let files = spec.context.iter().filter_map(|e| match &e.kind {
+        EntryKind::File { digest, .. } => Some(digest.as_str()),
+        _ => None,
+    });
+    let caches = spec.cache_from.iter().filter_map(|c| match c {
+        CacheRef::Uploaded { config } => Some(config.as_str()),
+        CacheRef::Registry { .. } => None,
+    });
+    files.chain(caches).all(|d| node.owners.owns(p.tenant(), d))
+}
+
+fn get_blob(node: &Node, p: &Principal, digest: &str, offset: u64, len: u32) -> Answer {
     use std::io::{Read, Seek, SeekFrom};
     let d = parse_digest(digest)?;
+    // Users read back only what their tenant owns (their uploads and their builds' results).
+    if matches!(p.role, Role::Admin | Role::User) && !node.owners.owns(p.tenant(), digest) {
+        return Err(err(ErrorCode::NotFound, format!("blob {digest} is not here")));
+    }
     let mut f = node.blobs.open_blob(&d).map_err(|e| err(ErrorCode::NotFound, e.to_string()))?;
     f.seek(SeekFrom::Start(offset)).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
     let mut buf = Vec::new();
@@ -219,10 +258,11 @@ fn get_blob(node: &Node, digest: &str, offset: u64, len: u32) -> Answer {
     Ok(Response::Bytes(buf))
 }
 
-fn missing(node: &Node, digests: Vec<String>) -> Answer {
+fn missing(node: &Node, owner: Option<String>, digests: Vec<String>) -> Answer {
     let mut out = Vec::new();
     for d in digests {
-        if !node.blobs.has(&parse_digest(&d)?) {
+        let have = node.blobs.has(&parse_digest(&d)?);
+        if !have || owner.as_ref().is_some_and(|t| !node.owners.owns(t, &d)) {
             out.push(d);
         }
     }
@@ -231,14 +271,21 @@ fn missing(node: &Node, digests: Vec<String>) -> Answer {
 
 /// Appends one chunk of an upload; the last one is verified against the digest before the blob
 /// becomes visible.
-fn put_blob(node: &Node, digest: &str, offset: u64, data: &[u8], last: bool) -> Answer {
+fn put_blob(node: &Node, owner: Option<String>, digest: &str, offset: u64, data: &[u8], last: bool) -> Answer {
     use std::io::Write;
     let d = parse_digest(digest)?;
-    if node.blobs.has(&d) {
+    let owned = |t: &Option<String>| t.as_ref().is_none_or(|t| node.owners.owns(t, digest));
+    if node.blobs.has(&d) && owned(&owner) {
         return Ok(Response::Ok);
     }
+    let own = || match &owner {
+        Some(t) => node.owners.add(t, digest).map_err(|e| err(ErrorCode::Internal, format!("recording who uploaded {digest}: {e}"))),
+        None => Ok(()),
+    };
+    // Uploads are kept apart per tenant: a tenant proves it has the content by sending it.
+    let key = format!("{}\n{digest}", owner.as_deref().unwrap_or(""));
     let mut soft = node.soft();
-    let (path, have) = match soft.uploads.get(digest) {
+    let (path, have) = match soft.uploads.get(&key) {
         Some(u) => u.clone(),
         None => (node.blobs.temp_path(), 0),
     };
@@ -250,14 +297,26 @@ fn put_blob(node: &Node, digest: &str, offset: u64, data: &[u8], last: bool) -> 
     f.write_all(data).map_err(io)?;
     drop(f);
     if last {
-        soft.uploads.remove(digest);
+        soft.uploads.remove(&key);
         drop(soft);
+        // The content is verified even when the store already has the blob.
+        let mut f = std::fs::File::open(&path).map_err(io)?;
+        let (_, actual, _) = {
+            let mut w = kiln_shared::digest::HashingWriter::new(std::io::sink());
+            std::io::copy(&mut f, &mut w).map_err(io)?;
+            w.finish()
+        };
+        if actual != d {
+            let _ = std::fs::remove_file(&path);
+            return Err(bad(format!("upload of {digest}: the content hashes to {actual}")));
+        }
         let mut f = std::fs::File::open(&path).map_err(io)?;
         let result = node.blobs.put_reader(&mut f, &d);
         let _ = std::fs::remove_file(&path);
         result.map_err(|e| bad(format!("upload of {digest}: {e}")))?;
+        own()?;
     } else {
-        soft.uploads.insert(digest.to_string(), (path, have + data.len() as u64));
+        soft.uploads.insert(key, (path, have + data.len() as u64));
     }
     Ok(Response::Ok)
 }
@@ -304,6 +363,17 @@ async fn lead(node: &Node, p: Principal, origin: SocketAddr, req: Request) -> An
             Ok(Response::Ok)
         }
         Request::Submit(spec) => submit(node, &p, origin, spec).await,
+        Request::Advertise(inv) => {
+            if inv.agent != p.name {
+                return Err(err(ErrorCode::PermissionDenied, format!("agent {} may not advertise as {}", p.name, inv.agent)));
+            }
+            let applied = node.soft().tracker.apply(&inv);
+            Ok(Response::Advertised { resync: !applied })
+        }
+        Request::Locate { blobs, records } => Ok(Response::Holders(locate(node, &p.name, &blobs, &records))),
+        Request::CreateToken { role, tenant } => create_token(node, role, tenant).await,
+        Request::DiskUsage { builder } => storage(node, builder, Request::AgentUsage).await,
+        Request::Prune { builder, spec } => storage(node, builder, Request::AgentPrune(spec)).await,
         Request::Watch { build, cursor, wait_ms } => watch(node, &p, build, cursor, wait_ms).await,
         Request::Contexts => Ok(Response::Contexts(contexts(node))),
         Request::RemoveContext { name } => remove_context(node, &name).await,
@@ -347,6 +417,94 @@ async fn lead(node: &Node, p: Principal, origin: SocketAddr, req: Request) -> An
         }
         other => Err(bad(format!("unexpected request {:?}", std::mem::discriminant(&other)))),
     }
+}
+
+/// Live agents (other than the asker) that hold each blob, then each record, by peer endpoint.
+fn locate(node: &Node, asker: &str, blobs: &[String], records: &[String]) -> Vec<Vec<String>> {
+    let lease = Duration::from_millis(node.cfg.lease_timeout_ms);
+    let endpoints: std::collections::HashMap<String, String> =
+        node.read(|s| s.farm.contexts.iter().map(|(n, c)| (n.clone(), c.endpoint.clone())).collect());
+    let soft = node.soft();
+    let live = |a: &str| a != asker && soft.agents.get(a).is_some_and(|l| l.last_seen.elapsed() < lease);
+    let resolve = |holders: Vec<&str>| holders.into_iter().filter(|a| live(a)).filter_map(|a| endpoints.get(a).cloned()).collect();
+    let mut out: Vec<Vec<String>> = blobs.iter().map(|b| resolve(soft.tracker.blob_holders(b))).collect();
+    out.extend(records.iter().map(|r| resolve(soft.tracker.record_holders(r))));
+    out
+}
+
+async fn create_token(node: &Node, role: Role, tenant: String) -> Answer {
+    if !matches!(role, Role::User | Role::Admin | Role::Agent) {
+        return Err(bad("tokens are for users, admins and agents"));
+    }
+    if tenant.is_empty() || tenant.len() > 64 || !tenant.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(bad(format!("tenant {tenant:?}: use letters, digits, '-', '_' and '.'")));
+    }
+    let token = super::bootstrap::new_token(&node.ca, role.clone()).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+    node.commit(Command::PutToken { token_hash: token.hash(), role: role.as_str().into(), tenant }).await?;
+    Ok(Response::Name(token.to_string()))
+}
+
+/// `kiln du` / `kiln prune` on every agent of a builder, side by side.
+async fn storage(node: &Node, builder: Option<String>, req: Request) -> Answer {
+    let name = builder.unwrap_or_else(|| DEFAULT_BUILDER.to_string());
+    let agents: Vec<(String, String)> = node.read(|s| {
+        let b = s.farm.builder(&name).map_err(|e| err(ErrorCode::NotFound, e.to_string()))?;
+        Ok::<_, RemoteError>(
+            b.nodes
+                .iter()
+                .filter_map(|n| s.farm.contexts.get(&n.context))
+                .map(|c| (c.name.clone(), c.endpoint.clone()))
+                .collect::<Vec<_>>(),
+        )
+    })?;
+    let mut agents = agents;
+    agents.sort();
+    agents.dedup();
+    let calls = agents.into_iter().map(|(name, endpoint)| {
+        let req = req.clone();
+        async move {
+            let answer = match endpoint.parse::<SocketAddr>() {
+                Err(e) => Err(format!("endpoint {endpoint:?}: {e}")),
+                Ok(addr) => match node.pool.call(addr, req, Duration::from_secs(120)).await {
+                    Ok(Response::Usage(u)) => Ok(AgentStorage::Usage(u)),
+                    Ok(Response::Pruned(r)) => Ok(AgentStorage::Pruned(r)),
+                    Ok(other) => Err(format!("unexpected answer {other:?}")),
+                    Err(e) => Err(e.to_string()),
+                },
+            };
+            (name, answer)
+        }
+    });
+    let mut set = Vec::new();
+    for c in calls {
+        set.push(c);
+    }
+    let results = join_all(set).await;
+    Ok(Response::PerAgent(results))
+}
+
+/// Runs futures side by side on this task, outputs in order.
+async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in futs.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }
 
 /// A report is taken only from the agent running the current attempt; anything else is
@@ -421,12 +579,13 @@ async fn poll(node: &Node, p: &Principal, agent: &str, running: Vec<(u64, u32, u
     loop {
         node.soft().agents.insert(agent.to_string(), Live { last_seen: Instant::now(), running: running.clone(), cache_bytes });
         let tasks = tasks_for(node, agent, &running);
-        if !tasks.is_empty() {
-            return Ok(Response::Tasks(tasks));
+        let resync = !node.soft().tracker.knows(agent);
+        if !tasks.is_empty() || resync {
+            return Ok(Response::Tasks { tasks, resync });
         }
         let now = Instant::now();
         if now >= deadline || !node.is_leader() {
-            return Ok(Response::Tasks(vec![]));
+            return Ok(Response::Tasks { tasks, resync });
         }
         // Wake at least every second so that the heartbeat stays fresh while waiting.
         let _ = tokio::time::timeout((deadline - now).min(Duration::from_secs(1)), wake.notified()).await;
@@ -463,7 +622,7 @@ fn unrunnable(
     ))
 }
 
-async fn submit(node: &Node, p: &Principal, origin: SocketAddr, spec: BuildSpec) -> Answer {
+async fn submit(node: &Node, p: &Principal, origin: SocketAddr, mut spec: BuildSpec) -> Answer {
     if spec.platforms.is_empty() {
         return Err(bad("a build needs at least one platform"));
     }
@@ -478,6 +637,10 @@ async fn submit(node: &Node, p: &Principal, origin: SocketAddr, spec: BuildSpec)
     if let Some(build) = existing.filter(|_| !spec.submission.is_empty()) {
         return Ok(Response::Submitted { build });
     }
+    // The cache scope is the farm's decision, never the client's.
+    let shared = node.read(|s| s.farm.builder(&builder).map(|b| b.share_cache).unwrap_or(false));
+    spec.cache_scope = if shared { "shared".to_string() } else { format!("tenant:{}", p.tenant()) };
+    spec.tenant = p.tenant().to_string();
     let record = BuildRecord::new(p.tenant(), spec, vec![origin], now_ms());
     // Slices that can be placed now are assigned in the same commit as the build.
     let scheduling = node.sched.lock().await;
@@ -514,6 +677,7 @@ fn slice_view(i: usize, s: &raft::SliceRecord, now: u64) -> SliceView {
         duration_ms: s.duration_ms,
         cache_hits: s.cache_hits,
         cache_misses: s.cache_misses,
+        cache_peer_hits: s.cache_peer_hits,
         reason: s.reason.clone(),
     }
 }
@@ -532,6 +696,12 @@ pub fn build_view(b: &BuildRecord) -> BuildView {
         index_json: b.index_json.clone(),
         index_digest: b.index_digest.clone(),
         error: b.error.clone(),
+        // Sent once the build is done, and only when the CLI writes the cache itself.
+        cache_records: if b.state == BuildState::Done && b.spec.cache_to.as_ref().is_some_and(|c| c.registry.is_none()) {
+            b.slices.iter().flat_map(|s| s.records.iter().cloned()).collect()
+        } else {
+            vec![]
+        },
     }
 }
 
@@ -704,20 +874,28 @@ mod tests {
             }),
             Request::Poll { agent: "a".into(), running: vec![], cache_bytes: 0, wait_ms: 0 },
             Request::GetBlob { digest: String::new(), offset: 0, len: 0 },
-            Request::PutBlob { digest: String::new(), offset: 0, data: vec![], last: true },
+            Request::PutBlob { digest: String::new(), offset: 0, data: vec![], last: true, owner: None },
             Request::Watch { build: 1, cursor: 0, wait_ms: 0 },
             Request::CreateBuilder(spec),
             Request::RemoveContext { name: "a".into() },
+            Request::Advertise(Inventory::default()),
+            Request::Locate { blobs: vec![], records: vec![] },
+            Request::GetChunk { digest: String::new(), index: 0 },
+            Request::DiskUsage { builder: None },
+            Request::Prune { builder: None, spec: PruneSpec::default() },
+            Request::CreateToken { role: Role::User, tenant: "t".into() },
         ]
     }
 
     #[test]
     fn roles_get_what_they_need_and_nothing_else() {
         let table = |role: Role| -> Vec<bool> { every_request().iter().map(|r| allowed(&role, r)).collect() };
-        // Join, JoinPeer, Raft, Status, AddCoordinator, Register, Poll, GetBlob, PutBlob, Watch, CreateBuilder, RemoveContext
-        assert_eq!(table(Role::Admin), [false, false, false, true, true, false, false, true, true, true, true, true]);
-        assert_eq!(table(Role::User), [false, false, false, true, false, false, false, true, true, true, false, false]);
-        assert_eq!(table(Role::Agent), [false, false, false, true, false, true, true, true, true, false, false, false]);
-        assert_eq!(table(Role::Coordinator), [false, false, true, true, false, false, false, true, false, false, false, false]);
+        // Join, JoinPeer, Raft, Status, AddCoordinator, Register, Poll, GetBlob, PutBlob, Watch, CreateBuilder, RemoveContext,
+        // Advertise, Locate, GetChunk, DiskUsage, Prune, CreateToken
+        let (t, f) = (true, false);
+        assert_eq!(table(Role::Admin), [f, f, f, t, t, f, f, t, t, t, t, t, f, f, f, t, t, t]);
+        assert_eq!(table(Role::User), [f, f, f, t, f, f, f, t, t, t, f, f, f, f, f, t, f, f]);
+        assert_eq!(table(Role::Agent), [f, f, f, t, f, t, t, t, t, f, f, f, t, t, f, f, f, f]);
+        assert_eq!(table(Role::Coordinator), [f, f, t, t, f, f, f, t, f, f, f, f, f, f, f, f, f, f]);
     }
 }

@@ -39,6 +39,7 @@ pub async fn run(node: Arc<Node>) {
                 // its slices are taken back.
                 soft.leader_since = Some(Instant::now());
                 soft.agents.clear();
+                soft.tracker = Default::default();
             }
         }
         if let Err(e) = tick(&node).await {
@@ -303,6 +304,19 @@ async fn finish(node: &Arc<Node>, build: u64) -> Result<(), kiln_shared::wire::R
                     .map_err(|e| format!("pushing the index to {tag}: {e}"))?;
             }
             Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the push task failed: {e}")));
+        error = pushed.err();
+    }
+    // --cache-to type=registry: the agents pushed their layers; one cache for every platform.
+    if let (None, Some(reference)) = (&error, record.spec.cache_to.as_ref().and_then(|c| c.registry.clone())) {
+        let records: Vec<_> = record.slices.iter().flat_map(|s| s.records.iter().cloned()).collect();
+        let insecure = record.spec.insecure_registries.clone();
+        let n = node.clone();
+        let pushed = tokio::task::spawn_blocking(move || {
+            let registry = RegistryClient::new(&insecure);
+            kiln_agent::cache::push_manifest(&reference, &records, &n.blobs, &registry).map_err(|e| format!("exporting the cache to {reference}: {e}"))
         })
         .await
         .unwrap_or_else(|e| Err(format!("the push task failed: {e}")));

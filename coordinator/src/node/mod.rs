@@ -9,7 +9,9 @@
 pub mod bootstrap;
 pub mod handler;
 pub mod leader;
+pub mod owners;
 pub mod peers;
+pub mod tracker;
 
 use crate::config::CoordinatorConfig;
 use crate::raft::network::Network;
@@ -64,6 +66,8 @@ pub struct Soft {
     /// Slots taken by scheduling decisions that are being committed: counted as running so
     /// that decisions made meanwhile do not place slices on the same slots.
     pub inflight: HashMap<String, u32>,
+    /// Who holds which blob and step cache record (leader only; rebuilt after a failover).
+    pub tracker: tracker::Tracker,
 }
 
 /// agent → (build, slice, attempt) of its running slices.
@@ -80,6 +84,7 @@ pub struct Node {
     pub ca: ClusterCa,
     pub pool: peers::Pool,
     pub blobs: ContentStore,
+    pub owners: owners::Owners,
     pub soft: Mutex<Soft>,
     /// Bumped whenever build progress or state changes: `kiln build` watchers wait on it.
     pub changed: tokio::sync::watch::Sender<u64>,
@@ -231,6 +236,7 @@ pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option
     let sm = store.state_machine();
     let raft = Raft::new(cfg.id, Arc::new(raft_config), Network::new(pool.clone()), store.log_store(), sm.clone()).await?;
     let blobs = ContentStore::open(&cfg.data_dir.join("blobs"))?;
+    let owners = owners::Owners::open(&cfg.data_dir.join("blob-owners")).context("opening blob-owners")?;
     let node = Arc::new(Node {
         id: cfg.id,
         cfg: cfg.clone(),
@@ -239,6 +245,7 @@ pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option
         ca: creds.ca,
         pool,
         blobs,
+        owners,
         soft: Mutex::new(Soft::default()),
         changed: tokio::sync::watch::channel(0).0,
         agent_wake: Mutex::new(HashMap::new()),

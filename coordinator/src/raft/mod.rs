@@ -163,6 +163,11 @@ pub struct SliceRecord {
     pub duration_ms: u64,
     pub cache_hits: u32,
     pub cache_misses: u32,
+    #[serde(default)]
+    pub cache_peer_hits: u32,
+    /// Records to export (`--cache-to`).
+    #[serde(default)]
+    pub records: Vec<kiln_shared::api::CacheRecord>,
     /// Why it went where it went, or why it failed.
     pub reason: String,
 }
@@ -208,6 +213,8 @@ impl BuildRecord {
                 duration_ms: 0,
                 cache_hits: 0,
                 cache_misses: 0,
+                cache_peer_hits: 0,
+                records: vec![],
                 reason: String::new(),
             })
             .collect();
@@ -333,6 +340,8 @@ impl ClusterState {
                 s.duration_ms = outcome.duration_ms;
                 s.cache_hits = outcome.cache_hits;
                 s.cache_misses = outcome.cache_misses;
+                s.cache_peer_hits = outcome.cache_peer_hits;
+                s.records = outcome.records.clone();
                 s.emulated = outcome.emulated;
                 // Only slices that executed steps say anything about speed.
                 if outcome.cache_misses > 0 {
@@ -452,11 +461,15 @@ mod tests {
             insecure_registries: vec![],
             submission: String::new(),
             return_blobs: false,
+            cache_scope: String::new(),
+            tenant: String::new(),
+            cache_from: vec![],
+            cache_to: None,
         }
     }
 
     fn outcome(build: u64, slice: u32, attempt: u32) -> SliceOutcome {
-        SliceOutcome { build, slice, attempt, manifest_json: "{}".into(), emulated: false, duration_ms: 10, cache_hits: 0, cache_misses: 1 }
+        SliceOutcome { build, slice, attempt, manifest_json: "{}".into(), emulated: false, duration_ms: 10, cache_hits: 0, cache_misses: 1, cache_peer_hits: 0, records: vec![] }
     }
 
     fn assign(build: u64, slice: u32, attempt: u32, agent: &str) -> Command {

@@ -1,0 +1,534 @@
+//! The agent's peer side: its QUIC endpoint serves its content store and step cache records to
+//! the farm, and [`Peer::fetch`] gets a blob from several peers at once.
+//!
+//! A blob travels as chunks of its [`ChunkTable`]: the fetcher asks every source for the table
+//! (sources that disagree with the majority are not used), then keeps a few chunk requests in
+//! flight per source as the [`Plan`] decides. Every chunk is checked against its sha256 before
+//! it is written; a source that sends a bad one is dropped for this blob and the chunk is asked
+//! of another; a source whose connection fails costs only its unfinished chunks. The assembled
+//! file enters the store only if it hashes to the blob's digest. While a fetch runs, the chunks
+//! already verified are served to other agents fetching the same blob.
+
+use crate::gc;
+use kiln_shared::api::{AgentStorage, Principal, Request, Response, Role};
+use kiln_shared::chunks::{Bitmap, ChunkTable, Plan, Verdict};
+use kiln_shared::digest::Digest;
+use kiln_shared::store::{ContentStore, StoreError};
+use kiln_shared::transport::{self, Identity, TransportError};
+use kiln_shared::wire::{Envelope, ErrorCode, RemoteError};
+use rustls::pki_types::CertificateDer;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Chunk requests kept in flight per source: enough to hide a round trip behind a 4 MiB chunk.
+const DEPTH: usize = 3;
+/// A fetch that keeps no chunk for this long gives up.
+const STALL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("blob {digest}: no peer could give it ({reasons})")]
+    NoSource { digest: Digest, reasons: String },
+    #[error("blob {digest}: {missing} of {total} chunks could not be fetched from any peer ({reasons})")]
+    Incomplete { digest: Digest, missing: usize, total: usize, reasons: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("blob {digest}: {what}: {source}")]
+    Io { digest: Digest, what: String, source: std::io::Error },
+    #[error("step cache record {name}: {reason}")]
+    Record { name: String, reason: String },
+}
+
+/// What a fetch did, per source.
+#[derive(Debug, Default, Clone)]
+pub struct FetchReport {
+    pub bytes: u64,
+    pub from: Vec<(SocketAddr, u64)>,
+    /// Sources not used or dropped, and why.
+    pub dropped: Vec<(SocketAddr, String)>,
+}
+
+/// Bytes per second through a token bucket: each caller reserves its bytes' time slot and
+/// waits for its start, so the long-run rate never exceeds the cap.
+pub struct RateLimit {
+    bytes_per_s: u64,
+    next: tokio::sync::Mutex<Instant>,
+}
+
+impl RateLimit {
+    pub fn new(bytes_per_s: u64) -> Option<RateLimit> {
+        (bytes_per_s > 0).then(|| RateLimit { bytes_per_s, next: tokio::sync::Mutex::new(Instant::now()) })
+    }
+
+    pub async fn take(&self, bytes: u64) {
+        let start = {
+            let mut next = self.next.lock().await;
+            let now = Instant::now();
+            let start = (*next).max(now);
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_s as f64);
+            start
+        };
+        tokio::time::sleep_until(start.into()).await;
+    }
+}
+
+/// A blob being fetched: its verified chunks are already in `path`.
+struct Partial {
+    table: ChunkTable,
+    path: PathBuf,
+    file: Arc<std::fs::File>,
+    have: Mutex<Bitmap>,
+}
+
+pub struct Peer {
+    pub store: ContentStore,
+    /// The agent's data dir (step cache records in `cache/`, what `du` and `prune` work on).
+    pub root: PathBuf,
+    partials: Mutex<HashMap<Digest, Arc<Partial>>>,
+    up: Option<RateLimit>,
+    down: Option<RateLimit>,
+    endpoint: quinn::Endpoint,
+    conns: tokio::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    next_id: AtomicU64,
+    /// Bytes served to peers.
+    pub served: AtomicU64,
+}
+
+fn remote(code: ErrorCode, message: impl Into<String>) -> RemoteError {
+    RemoteError { code, message: message.into() }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A step cache record's file name: 64 hex digits, nothing that could leave the directory.
+pub fn record_path(root: &Path, name: &str) -> Option<PathBuf> {
+    (name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())).then(|| root.join("cache").join(format!("{name}.json")))
+}
+
+impl Peer {
+    /// `limit_bytes_per_s` caps both what peers fetch from this agent and what it fetches.
+    pub fn new(
+        root: &Path,
+        ca: &CertificateDer<'static>,
+        identity: &Identity,
+        limit_bytes_per_s: u64,
+    ) -> Result<Peer, TransportError> {
+        let store = ContentStore::open(&root.join("content")).map_err(|e| TransportError::Closed(e.to_string()))?;
+        Ok(Peer {
+            store,
+            root: root.to_path_buf(),
+            partials: Mutex::new(HashMap::new()),
+            up: RateLimit::new(limit_bytes_per_s),
+            down: RateLimit::new(limit_bytes_per_s),
+            endpoint: transport::client(ca, Some(identity))?,
+            conns: tokio::sync::Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            served: AtomicU64::new(0),
+        })
+    }
+
+    /// Accepts peers on `endpoint` until it closes.
+    pub async fn serve(self: Arc<Self>, endpoint: quinn::Endpoint) {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Some(incoming) = endpoint.accept().await {
+            let peer = self.clone();
+            conns.spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                let role = transport::peer_common_name(&conn).and_then(|cn| Principal::from_common_name(&cn)).map(|p| p.role);
+                transport::serve_connection(conn, move |req: Request| {
+                    let (peer, role) = (peer.clone(), role.clone());
+                    async move { peer.answer(role, req).await }
+                })
+                .await;
+            });
+            while conns.try_join_next().is_some() {}
+        }
+    }
+
+    async fn answer(&self, role: Option<Role>, req: Request) -> Result<Response, RemoteError> {
+        let coordinator = role == Some(Role::Coordinator);
+        if !(coordinator || role == Some(Role::Agent)) {
+            return Err(remote(ErrorCode::PermissionDenied, "only agents and coordinators talk to an agent's peer endpoint"));
+        }
+        let parse = |d: &str| d.parse::<Digest>().map_err(|e| remote(ErrorCode::BadRequest, format!("{d:?}: {e}")));
+        match req {
+            Request::ChunkTable { digest } => Ok(Response::Table(self.table(&parse(&digest)?)?)),
+            Request::GetChunk { digest, index } => self.chunk(&parse(&digest)?, index as usize).await.map(Response::Bytes),
+            Request::GetBlob { digest, offset, len } => {
+                let d = parse(&digest)?;
+                let f = self.store.open_blob(&d).map_err(|e| remote(ErrorCode::NotFound, e.to_string()))?;
+                let mut buf = vec![0u8; len.min(kiln_shared::client::BLOB_CHUNK) as usize];
+                let n = read_full(&f, &mut buf, offset).map_err(|e| remote(ErrorCode::Internal, e.to_string()))?;
+                buf.truncate(n);
+                Ok(Response::Bytes(buf))
+            }
+            Request::GetRecord { name } => {
+                let path = record_path(&self.root, &name).ok_or_else(|| remote(ErrorCode::BadRequest, format!("{name:?} is no record name")))?;
+                std::fs::read(path).map(Response::Bytes).map_err(|_| remote(ErrorCode::NotFound, format!("no step cache record {name}")))
+            }
+            Request::AgentUsage if coordinator => {
+                let root = self.root.clone();
+                let u = tokio::task::spawn_blocking(move || gc::usage(&root)).await.map_err(|e| remote(ErrorCode::Internal, e.to_string()))?;
+                Ok(Response::Usage(u))
+            }
+            Request::AgentPrune(spec) if coordinator => {
+                let root = self.root.clone();
+                let r = tokio::task::spawn_blocking(move || gc::prune(&root, &spec))
+                    .await
+                    .map_err(|e| remote(ErrorCode::Internal, e.to_string()))?
+                    .map_err(|e| remote(ErrorCode::Internal, e.to_string()))?;
+                Ok(Response::Pruned(r))
+            }
+            Request::AgentUsage | Request::AgentPrune(_) => Err(remote(ErrorCode::PermissionDenied, "only coordinators manage an agent's storage")),
+            _ => Err(remote(ErrorCode::BadRequest, "an agent's peer endpoint serves chunks, blobs and step cache records")),
+        }
+    }
+
+    fn table(&self, d: &Digest) -> Result<ChunkTable, RemoteError> {
+        if self.store.has(d) {
+            return self.store.table(d).map_err(|e| remote(ErrorCode::NotFound, e.to_string()));
+        }
+        let partial = lock(&self.partials).get(d).cloned();
+        match partial {
+            Some(p) => Ok(ChunkTable { have: Some(lock(&p.have).clone()), ..p.table.clone() }),
+            None => Err(remote(ErrorCode::NotFound, format!("blob {d} is not here"))),
+        }
+    }
+
+    async fn chunk(&self, d: &Digest, i: usize) -> Result<Vec<u8>, RemoteError> {
+        let (file, table) = if self.store.has(d) {
+            let t = self.store.table(d).map_err(|e| remote(ErrorCode::NotFound, e.to_string()))?;
+            (Arc::new(self.store.open_blob(d).map_err(|e| remote(ErrorCode::NotFound, e.to_string()))?), t)
+        } else {
+            let p = lock(&self.partials).get(d).cloned().ok_or_else(|| remote(ErrorCode::NotFound, format!("blob {d} is not here")))?;
+            if !lock(&p.have).get(i) {
+                return Err(remote(ErrorCode::NotFound, format!("chunk {i} of {d} is not here yet")));
+            }
+            (p.file.clone(), p.table.clone())
+        };
+        if i >= table.chunks() {
+            return Err(remote(ErrorCode::BadRequest, format!("blob {d} has {} chunks, not {}", table.chunks(), i + 1)));
+        }
+        let (offset, len) = table.range(i);
+        if let Some(up) = &self.up {
+            up.take(len as u64).await;
+        }
+        let mut buf = vec![0u8; len];
+        let n = read_full(&file, &mut buf, offset).map_err(|e| remote(ErrorCode::Internal, format!("reading {d}: {e}")))?;
+        buf.truncate(n);
+        self.served.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(buf)
+    }
+
+    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, TransportError> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(&addr) {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let c = transport::connect(&self.endpoint, addr, Duration::from_secs(3)).await?;
+        conns.insert(addr, c.clone());
+        Ok(c)
+    }
+
+    async fn call(&self, addr: SocketAddr, body: Request, deadline: Duration) -> Result<Response, TransportError> {
+        let conn = self.connection(addr).await?;
+        let env = Envelope { request_id: self.next_id.fetch_add(1, Ordering::Relaxed), deadline_ms: deadline.as_millis() as u32, body };
+        let r = transport::call(&conn, &env).await;
+        if matches!(r, Err(TransportError::Closed(_) | TransportError::Timeout { .. })) {
+            self.conns.lock().await.remove(&addr);
+        }
+        r
+    }
+
+    /// A step cache record from the first of `sources` that has it.
+    pub async fn record(&self, name: &str, sources: &[SocketAddr]) -> Result<Vec<u8>, FetchError> {
+        let mut reasons = Vec::new();
+        for &s in sources {
+            match self.call(s, Request::GetRecord { name: name.to_string() }, Duration::from_secs(10)).await {
+                Ok(Response::Bytes(b)) => return Ok(b),
+                Ok(other) => reasons.push(format!("{s}: unexpected answer {other:?}")),
+                Err(e) => reasons.push(format!("{s}: {e}")),
+            }
+        }
+        Err(FetchError::Record { name: name.to_string(), reason: if reasons.is_empty() { "no peer holds it".into() } else { reasons.join("; ") } })
+    }
+
+    /// Fetches blob `d` from `sources` into the store (nothing to do if it is there).
+    pub async fn fetch(&self, d: &Digest, sources: &[SocketAddr]) -> Result<FetchReport, FetchError> {
+        if self.store.has(d) {
+            return Ok(FetchReport::default());
+        }
+        let mut report = FetchReport::default();
+        // Every source's table; the majority's is used (a lone source is trusted until the
+        // chunks or the digest say otherwise).
+        let asks = sources.iter().map(|&s| async move {
+            (s, self.call(s, Request::ChunkTable { digest: d.to_string() }, Duration::from_secs(20)).await)
+        });
+        let mut tables: Vec<(SocketAddr, ChunkTable)> = Vec::new();
+        for (s, answer) in futures_join_all(asks).await {
+            match answer {
+                Ok(Response::Table(t)) => match t.validate() {
+                    Ok(()) => tables.push((s, t)),
+                    Err(e) => report.dropped.push((s, e.to_string())),
+                },
+                Ok(other) => report.dropped.push((s, format!("unexpected answer {other:?}"))),
+                Err(e) => report.dropped.push((s, e.to_string())),
+            }
+        }
+        let mut votes: Vec<(ChunkTable, usize)> = Vec::new();
+        for (_, t) in &tables {
+            match votes.iter_mut().find(|(v, _)| *v == t.content()) {
+                Some(v) => v.1 += 1,
+                None => votes.push((t.content(), 1)),
+            }
+        }
+        let Some(table) = votes.iter().max_by_key(|(_, n)| *n).map(|(t, _)| t.clone()) else {
+            return Err(FetchError::NoSource { digest: d.clone(), reasons: reasons(&report.dropped, "no peer holds it") });
+        };
+        let (used, disagree): (Vec<_>, Vec<_>) = tables.into_iter().partition(|(_, t)| t.content() == table);
+        report.dropped.extend(disagree.into_iter().map(|(s, _)| (s, "its chunk table disagrees with the other peers'".to_string())));
+
+        let tmp = self.store.temp_path();
+        let io = |what: &str| {
+            let what = what.to_string();
+            move |source| FetchError::Io { digest: d.clone(), what, source }
+        };
+        let file = std::fs::File::options().create(true).truncate(true).read(true).write(true).open(&tmp).map_err(io("creating"))?;
+        file.set_len(table.size).map_err(io("sizing"))?;
+        let partial = Arc::new(Partial {
+            table: table.clone(),
+            path: tmp.clone(),
+            file: Arc::new(file),
+            have: Mutex::new(Bitmap::new(table.chunks())),
+        });
+        lock(&self.partials).insert(d.clone(), partial.clone());
+        let result = self.fetch_chunks(d, &partial, &used, &mut report).await;
+        lock(&self.partials).remove(d);
+        let result = match result {
+            Ok(()) => self.store.insert_file(&partial.path, d, Some(&table)).map_err(FetchError::from),
+            Err(e) => Err(e),
+        };
+        let _ = std::fs::remove_file(&tmp);
+        report.bytes = result?;
+        Ok(report)
+    }
+
+    async fn fetch_chunks(
+        &self,
+        d: &Digest,
+        partial: &Arc<Partial>,
+        sources: &[(SocketAddr, ChunkTable)],
+        report: &mut FetchReport,
+    ) -> Result<(), FetchError> {
+        let table = &partial.table;
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|t| t.subsec_nanos() as usize).unwrap_or(0);
+        let plan = Mutex::new(Plan::new(table.chunks(), DEPTH, seed));
+        for (_, t) in sources {
+            lock(&plan).add_source(t.have.clone());
+        }
+        let shared = Shared {
+            plan,
+            changed: tokio::sync::Notify::new(),
+            progress: Mutex::new(Instant::now()),
+            bytes: sources.iter().map(|_| AtomicU64::new(0)).collect(),
+            dropped: Mutex::new(Vec::new()),
+            refreshed: sources.iter().map(|_| Mutex::new(Instant::now())).collect(),
+        };
+        let loops = sources.iter().enumerate().flat_map(|(src, (addr, _))| (0..DEPTH).map(move |_| (src, *addr)));
+        futures_join_all(loops.map(|(src, addr)| self.chunk_loop(d, partial, &shared, src, addr))).await;
+        for (i, (addr, _)) in sources.iter().enumerate() {
+            let n = shared.bytes[i].load(Ordering::Relaxed);
+            if n > 0 {
+                report.from.push((*addr, n));
+            }
+        }
+        report.dropped.extend(lock(&shared.dropped).drain(..));
+        let plan = lock(&shared.plan);
+        if !plan.complete() {
+            let missing = table.chunks() - plan.done();
+            return Err(FetchError::Incomplete {
+                digest: d.clone(),
+                missing,
+                total: table.chunks(),
+                reasons: reasons(&report.dropped, "the peers stopped answering"),
+            });
+        }
+        Ok(())
+    }
+
+    /// One of a source's request slots: asks for chunks until the blob is complete, the source
+    /// is dropped, or nothing has been kept for [`STALL`].
+    async fn chunk_loop(&self, d: &Digest, partial: &Partial, shared: &Shared, src: usize, addr: SocketAddr) {
+        let table = &partial.table;
+        loop {
+            let next = {
+                let mut plan = lock(&shared.plan);
+                if plan.complete() || plan.is_gone(src) {
+                    shared.changed.notify_waiters();
+                    return;
+                }
+                plan.next(src)
+            };
+            let Some(i) = next else {
+                if lock(&shared.progress).elapsed() > STALL {
+                    return;
+                }
+                // A source that is itself fetching gets more chunks over time: ask what it has.
+                let refresh = {
+                    let mut last = lock(&shared.refreshed[src]);
+                    let due = sources_partial(shared, src) && last.elapsed() > Duration::from_millis(200);
+                    if due {
+                        *last = Instant::now();
+                    }
+                    due
+                };
+                if refresh {
+                    if let Ok(Response::Table(t)) =
+                        self.call(addr, Request::ChunkTable { digest: d.to_string() }, Duration::from_secs(10)).await
+                    {
+                        if t.content() == table.content() {
+                            lock(&shared.plan).update_have(src, t.have);
+                        }
+                    }
+                    continue;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(100), shared.changed.notified()).await;
+                continue;
+            };
+            if let Some(down) = &self.down {
+                down.take(table.range(i).1 as u64).await;
+            }
+            let answer = self.call(addr, Request::GetChunk { digest: d.to_string(), index: i as u32 }, Duration::from_secs(30)).await;
+            let data = match answer {
+                Ok(Response::Bytes(b)) => b,
+                Err(TransportError::Remote(e)) if e.code == ErrorCode::NotFound && sources_partial(shared, src) => {
+                    // A partial source that lost the race: the chunk goes back, the source stays.
+                    let mut plan = lock(&shared.plan);
+                    plan.give_back(src, i);
+                    plan.update_have(src, Some(Bitmap::new(table.chunks())));
+                    drop(plan);
+                    shared.changed.notify_waiters();
+                    continue;
+                }
+                Ok(other) => {
+                    self.drop_source(shared, src, addr, format!("unexpected answer {other:?}"));
+                    return;
+                }
+                Err(e) => {
+                    self.drop_source(shared, src, addr, e.to_string());
+                    return;
+                }
+            };
+            let valid = table.verify(i, &data);
+            let verdict = lock(&shared.plan).received(src, i, valid);
+            match verdict {
+                Verdict::Kept => {
+                    let (offset, _) = table.range(i);
+                    if let Err(e) = partial.file.write_all_at(&data, offset) {
+                        // The disk, not the peer, failed: nothing more can be kept.
+                        lock(&shared.dropped).push((addr, format!("writing chunk {i}: {e}")));
+                        lock(&shared.plan).drop_source(src);
+                        return;
+                    }
+                    lock(&partial.have).set(i);
+                    shared.bytes[src].fetch_add(data.len() as u64, Ordering::Relaxed);
+                    *lock(&shared.progress) = Instant::now();
+                }
+                Verdict::Duplicate => {}
+                Verdict::Dropped => {
+                    lock(&shared.dropped).push((addr, format!("sent a corrupt chunk {i}")));
+                    shared.changed.notify_waiters();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn drop_source(&self, shared: &Shared, src: usize, addr: SocketAddr, why: String) {
+        let mut plan = lock(&shared.plan);
+        if !plan.is_gone(src) {
+            plan.drop_source(src);
+            lock(&shared.dropped).push((addr, why));
+        }
+        drop(plan);
+        shared.changed.notify_waiters();
+    }
+
+    /// Asks `addr` about this agent's storage (coordinators use the same requests).
+    pub async fn storage(&self, addr: SocketAddr, req: Request) -> Result<AgentStorage, TransportError> {
+        match self.call(addr, req, Duration::from_secs(120)).await? {
+            Response::Usage(u) => Ok(AgentStorage::Usage(u)),
+            Response::Pruned(r) => Ok(AgentStorage::Pruned(r)),
+            other => Err(TransportError::Closed(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"bye");
+    }
+}
+
+struct Shared {
+    plan: Mutex<Plan>,
+    changed: tokio::sync::Notify,
+    progress: Mutex<Instant>,
+    bytes: Vec<AtomicU64>,
+    dropped: Mutex<Vec<(SocketAddr, String)>>,
+    refreshed: Vec<Mutex<Instant>>,
+}
+
+/// Whether `src` is itself still fetching the blob (it announced a have-map).
+fn sources_partial(shared: &Shared, src: usize) -> bool {
+    lock(&shared.plan).is_partial(src)
+}
+
+fn reasons(dropped: &[(SocketAddr, String)], none: &str) -> String {
+    if dropped.is_empty() {
+        return none.to_string();
+    }
+    dropped.iter().map(|(s, r)| format!("{s}: {r}")).collect::<Vec<_>>().join("; ")
+}
+
+fn read_full(f: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], offset + n as u64)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Runs futures side by side on this task and collects their outputs in order.
+async fn futures_join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in futs.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
