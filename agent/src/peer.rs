@@ -97,6 +97,8 @@ pub struct Peer {
     next_id: AtomicU64,
     /// Bytes served to peers.
     pub served: AtomicU64,
+    /// Chunk size of the tables this agent computes ([`kiln_shared::chunks::CHUNK_SIZE`]).
+    pub chunk_size: u32,
 }
 
 fn remote(code: ErrorCode, message: impl Into<String>) -> RemoteError {
@@ -131,7 +133,21 @@ impl Peer {
             conns: tokio::sync::Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             served: AtomicU64::new(0),
+            chunk_size: kiln_shared::chunks::CHUNK_SIZE,
         })
+    }
+
+    /// Serves peers on `addr` (port 0: any free port); returns the endpoint, whose address
+    /// peers dial. Closing the endpoint stops the server.
+    pub fn listen(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        ca: &CertificateDer<'static>,
+        identity: &Identity,
+    ) -> Result<quinn::Endpoint, TransportError> {
+        let endpoint = transport::server(addr, ca, identity, false)?;
+        tokio::spawn(self.clone().serve(endpoint.clone()));
+        Ok(endpoint)
     }
 
     /// Accepts peers on `endpoint` until it closes.
@@ -159,7 +175,7 @@ impl Peer {
         }
         let parse = |d: &str| d.parse::<Digest>().map_err(|e| remote(ErrorCode::BadRequest, format!("{d:?}: {e}")));
         match req {
-            Request::ChunkTable { digest } => Ok(Response::Table(self.table(&parse(&digest)?)?)),
+            Request::ChunkTable { digest } => Ok(Response::Table(self.table(&parse(&digest)?).await?)),
             Request::GetChunk { digest, index } => self.chunk(&parse(&digest)?, index as usize).await.map(Response::Bytes),
             Request::GetBlob { digest, offset, len } => {
                 let d = parse(&digest)?;
@@ -191,9 +207,19 @@ impl Peer {
         }
     }
 
-    fn table(&self, d: &Digest) -> Result<ChunkTable, RemoteError> {
+    /// The store's table for a blob (computed on a blocking thread the first time).
+    async fn stored_table(&self, d: &Digest) -> Result<ChunkTable, RemoteError> {
+        let (store, d, size) = (ContentStore::open(&self.root.join("content")), d.clone(), self.chunk_size);
+        let store = store.map_err(|e| remote(ErrorCode::Internal, e.to_string()))?;
+        tokio::task::spawn_blocking(move || store.table_sized(&d, size))
+            .await
+            .map_err(|e| remote(ErrorCode::Internal, e.to_string()))?
+            .map_err(|e| remote(ErrorCode::NotFound, e.to_string()))
+    }
+
+    async fn table(&self, d: &Digest) -> Result<ChunkTable, RemoteError> {
         if self.store.has(d) {
-            return self.store.table(d).map_err(|e| remote(ErrorCode::NotFound, e.to_string()));
+            return self.stored_table(d).await;
         }
         let partial = lock(&self.partials).get(d).cloned();
         match partial {
@@ -204,7 +230,7 @@ impl Peer {
 
     async fn chunk(&self, d: &Digest, i: usize) -> Result<Vec<u8>, RemoteError> {
         let (file, table) = if self.store.has(d) {
-            let t = self.store.table(d).map_err(|e| remote(ErrorCode::NotFound, e.to_string()))?;
+            let t = self.stored_table(d).await?;
             (Arc::new(self.store.open_blob(d).map_err(|e| remote(ErrorCode::NotFound, e.to_string()))?), t)
         } else {
             let p = lock(&self.partials).get(d).cloned().ok_or_else(|| remote(ErrorCode::NotFound, format!("blob {d} is not here")))?;
@@ -220,10 +246,16 @@ impl Peer {
         if let Some(up) = &self.up {
             up.take(len as u64).await;
         }
-        let mut buf = vec![0u8; len];
-        let n = read_full(&file, &mut buf, offset).map_err(|e| remote(ErrorCode::Internal, format!("reading {d}: {e}")))?;
-        buf.truncate(n);
-        self.served.fetch_add(n as u64, Ordering::Relaxed);
+        let buf = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len];
+            let n = read_full(&file, &mut buf, offset)?;
+            buf.truncate(n);
+            Ok::<_, std::io::Error>(buf)
+        })
+        .await
+        .map_err(|e| remote(ErrorCode::Internal, e.to_string()))?
+        .map_err(|e| remote(ErrorCode::Internal, format!("reading {d}: {e}")))?;
+        self.served.fetch_add(buf.len() as u64, Ordering::Relaxed);
         Ok(buf)
     }
 
@@ -274,12 +306,15 @@ impl Peer {
             (s, self.call(s, Request::ChunkTable { digest: d.to_string() }, Duration::from_secs(20)).await)
         });
         let mut tables: Vec<(SocketAddr, ChunkTable)> = Vec::new();
+        // Peers that do not hold it yet may be fetching it too: they are asked again later.
+        let mut later: Vec<SocketAddr> = Vec::new();
         for (s, answer) in futures_join_all(asks).await {
             match answer {
                 Ok(Response::Table(t)) => match t.validate() {
                     Ok(()) => tables.push((s, t)),
                     Err(e) => report.dropped.push((s, e.to_string())),
                 },
+                Err(TransportError::Remote(e)) if e.code == ErrorCode::NotFound => later.push(s),
                 Ok(other) => report.dropped.push((s, format!("unexpected answer {other:?}"))),
                 Err(e) => report.dropped.push((s, e.to_string())),
             }
@@ -294,8 +329,9 @@ impl Peer {
         let Some(table) = votes.iter().max_by_key(|(_, n)| *n).map(|(t, _)| t.clone()) else {
             return Err(FetchError::NoSource { digest: d.clone(), reasons: reasons(&report.dropped, "no peer holds it") });
         };
-        let (used, disagree): (Vec<_>, Vec<_>) = tables.into_iter().partition(|(_, t)| t.content() == table);
+        let (mut used, disagree): (Vec<_>, Vec<_>) = tables.into_iter().partition(|(_, t)| t.content() == table);
         report.dropped.extend(disagree.into_iter().map(|(s, _)| (s, "its chunk table disagrees with the other peers'".to_string())));
+        used.extend(later.into_iter().map(|s| (s, ChunkTable { have: Some(Bitmap::new(table.chunks())), ..table.clone() })));
 
         let tmp = self.store.temp_path();
         let io = |what: &str| {
@@ -314,7 +350,13 @@ impl Peer {
         let result = self.fetch_chunks(d, &partial, &used, &mut report).await;
         lock(&self.partials).remove(d);
         let result = match result {
-            Ok(()) => self.store.insert_file(&partial.path, d, Some(&table)).map_err(FetchError::from),
+            Ok(()) => {
+                let (store, path, dd) = (ContentStore::open(&self.root.join("content"))?, partial.path.clone(), d.clone());
+                tokio::task::spawn_blocking(move || store.insert_file(&path, &dd, Some(&table)))
+                    .await
+                    .map_err(|e| FetchError::Io { digest: d.clone(), what: "storing".into(), source: std::io::Error::other(e.to_string()) })?
+                    .map_err(FetchError::from)
+            }
             Err(e) => Err(e),
         };
         let _ = std::fs::remove_file(&tmp);
@@ -428,19 +470,29 @@ impl Peer {
                     return;
                 }
             };
-            let valid = table.verify(i, &data);
+            // Hashing and writing 4 MiB would hold a runtime thread: a blocking thread does it.
+            let (t, file) = (table.hashes[i], partial.file.clone());
+            let (offset, _) = table.range(i);
+            let checked = tokio::task::spawn_blocking(move || {
+                let valid = <[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(&data)) == t;
+                (valid, data)
+            })
+            .await;
+            let Ok((valid, data)) = checked else { return };
+            let valid = valid && data.len() == table.range(i).1;
             let verdict = lock(&shared.plan).received(src, i, valid);
             match verdict {
                 Verdict::Kept => {
-                    let (offset, _) = table.range(i);
-                    if let Err(e) = partial.file.write_all_at(&data, offset) {
+                    let written = tokio::task::spawn_blocking(move || file.write_all_at(&data, offset).map(|_| data.len())).await;
+                    let written = written.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+                    if let Err(e) = written.as_ref() {
                         // The disk, not the peer, failed: nothing more can be kept.
                         lock(&shared.dropped).push((addr, format!("writing chunk {i}: {e}")));
                         lock(&shared.plan).drop_source(src);
                         return;
                     }
                     lock(&partial.have).set(i);
-                    shared.bytes[src].fetch_add(data.len() as u64, Ordering::Relaxed);
+                    shared.bytes[src].fetch_add(written.unwrap_or(0) as u64, Ordering::Relaxed);
                     *lock(&shared.progress) = Instant::now();
                 }
                 Verdict::Duplicate => {}

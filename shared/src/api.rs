@@ -392,6 +392,7 @@ pub enum Request {
     // -- coordinators
     Raft {
         rpc: RaftRpc,
+        #[serde(with = "serde_bytes")]
         json: Vec<u8>,
     },
     /// A follower passes on a request it authenticated.
@@ -471,6 +472,7 @@ pub enum Request {
     PutBlob {
         digest: String,
         offset: u64,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
         last: bool,
         owner: Option<String>,
@@ -514,7 +516,10 @@ pub enum Response {
     Ok,
     Joined { cert_der: Vec<u8>, ca_der: Vec<u8>, principal: Principal },
     PeerJoined { ca_cert_pem: String, ca_key_pem: String, cert_der: Vec<u8> },
-    Raft { json: Vec<u8> },
+    Raft {
+        #[serde(with = "serde_bytes")]
+        json: Vec<u8>,
+    },
     Status(ClusterStatus),
     /// New tasks; `resync`: the tracker does not know this agent's inventory (a new leader).
     Tasks {
@@ -531,7 +536,8 @@ pub enum Response {
     },
     /// Per agent, for `kiln du|prune` across a builder; an unreachable agent has its error.
     PerAgent(Vec<(String, Result<AgentStorage, String>)>),
-    Bytes(Vec<u8>),
+    /// Blob content (a chunk); sent as one byte string, not a sequence of numbers.
+    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
     Digests(Vec<String>),
     Submitted { build: u64 },
     Build { view: BuildView, events: Vec<BuildEvent>, cursor: u64 },

@@ -238,6 +238,9 @@ impl Plan {
             false
         };
         if !valid {
+            if was_mine && self.chunks.get(i) == Some(&Chunk::InFlight) {
+                self.chunks[i] = Chunk::Pending;
+            }
             self.drop_source(src);
             return Verdict::Dropped;
         }

@@ -167,14 +167,19 @@ impl ContentStore {
     /// once, which also verifies it: a blob that no longer matches its digest is removed rather
     /// than served) and kept beside the blob.
     pub fn table(&self, d: &Digest) -> Result<ChunkTable, StoreError> {
+        self.table_sized(d, CHUNK_SIZE)
+    }
+
+    /// [`ContentStore::table`] with chunks of `chunk_size` (benchmarks compare sizes).
+    pub fn table_sized(&self, d: &Digest, chunk_size: u32) -> Result<ChunkTable, StoreError> {
         if let Some(t) = fs::read(self.table_path(d)).ok().and_then(|b| decode_table(&b)) {
-            if self.has(d) {
+            if self.has(d) && t.chunk_size == chunk_size {
                 return Ok(t);
             }
         }
         let mut f = self.open_blob(d)?;
         let p = self.path(d);
-        let (table, actual) = ChunkTable::compute(&mut f, CHUNK_SIZE).map_err(io_err(&p))?;
+        let (table, actual) = ChunkTable::compute(&mut f, chunk_size).map_err(io_err(&p))?;
         if actual != *d {
             let _ = self.remove(d);
             return Err(StoreError::Mismatch { expected: d.clone(), actual });
