@@ -28,6 +28,7 @@ lint:
 bench:
 	$(CARGO) bench -p kiln-shared --bench frontend
 	$(CARGO) bench -p kiln-coordinator --bench scheduler
+	$(CARGO) bench -p kiln-agent --bench transfer
 	$(CARGO) build --release --bin kiln
 	$(CARGO) bench -p kiln-tests --bench cluster
 

@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 /// Chunk requests kept in flight per source: enough to hide a round trip behind a 4 MiB chunk.
 const DEPTH: usize = 3;
+/// Bytes written between background syncs of a blob being fetched.
+const SYNC_EVERY: u64 = 64 << 20;
 /// A fetch that keeps no chunk for this long gives up.
 const STALL: Duration = Duration::from_secs(30);
 
@@ -79,7 +81,7 @@ impl RateLimit {
 
 /// A blob being fetched: its verified chunks are already in `path`.
 struct Partial {
-    table: ChunkTable,
+    table: Arc<ChunkTable>,
     path: PathBuf,
     file: Arc<std::fs::File>,
     have: Mutex<Bitmap>,
@@ -158,9 +160,22 @@ impl Peer {
             conns.spawn(async move {
                 let Ok(conn) = incoming.await else { return };
                 let role = transport::peer_common_name(&conn).and_then(|cn| Principal::from_common_name(&cn)).map(|p| p.role);
-                transport::serve_connection(conn, move |req: Request| {
+                transport::serve_connection_with_bodies(conn, move |req: Request| {
                     let (peer, role) = (peer.clone(), role.clone());
-                    async move { peer.answer(role, req).await }
+                    async move {
+                        match req {
+                            // Chunks travel raw after their answer: no copy into a frame.
+                            Request::GetChunk { digest, index } => {
+                                let d = digest.parse::<Digest>().map_err(|e| remote(ErrorCode::BadRequest, format!("{digest:?}: {e}")))?;
+                                if !matches!(role, Some(Role::Agent | Role::Coordinator)) {
+                                    return Err(remote(ErrorCode::PermissionDenied, "only agents and coordinators fetch chunks"));
+                                }
+                                let data = peer.chunk(&d, index as usize).await?;
+                                Ok((Response::Body { len: data.len() as u64 }, Some(bytes::Bytes::from(data))))
+                            }
+                            req => peer.answer(role, req).await.map(|r| (r, None)),
+                        }
+                    }
                 })
                 .await;
             });
@@ -176,7 +191,6 @@ impl Peer {
         let parse = |d: &str| d.parse::<Digest>().map_err(|e| remote(ErrorCode::BadRequest, format!("{d:?}: {e}")));
         match req {
             Request::ChunkTable { digest } => Ok(Response::Table(self.table(&parse(&digest)?).await?)),
-            Request::GetChunk { digest, index } => self.chunk(&parse(&digest)?, index as usize).await.map(Response::Bytes),
             Request::GetBlob { digest, offset, len } => {
                 let d = parse(&digest)?;
                 let f = self.store.open_blob(&d).map_err(|e| remote(ErrorCode::NotFound, e.to_string()))?;
@@ -223,7 +237,7 @@ impl Peer {
         }
         let partial = lock(&self.partials).get(d).cloned();
         match partial {
-            Some(p) => Ok(ChunkTable { have: Some(lock(&p.have).clone()), ..p.table.clone() }),
+            Some(p) => Ok(ChunkTable { have: Some(lock(&p.have).clone()), ..(*p.table).clone() }),
             None => Err(remote(ErrorCode::NotFound, format!("blob {d} is not here"))),
         }
     }
@@ -237,7 +251,7 @@ impl Peer {
             if !lock(&p.have).get(i) {
                 return Err(remote(ErrorCode::NotFound, format!("chunk {i} of {d} is not here yet")));
             }
-            (p.file.clone(), p.table.clone())
+            (p.file.clone(), (*p.table).clone())
         };
         if i >= table.chunks() {
             return Err(remote(ErrorCode::BadRequest, format!("blob {d} has {} chunks, not {}", table.chunks(), i + 1)));
@@ -247,9 +261,10 @@ impl Peer {
             up.take(len as u64).await;
         }
         let buf = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len];
-            let n = read_full(&file, &mut buf, offset)?;
-            buf.truncate(n);
+            use std::io::Read;
+            let mut buf = Vec::with_capacity(len);
+            let mut at = ReadAt { file: &file, offset };
+            (&mut at).take(len as u64).read_to_end(&mut buf)?;
             Ok::<_, std::io::Error>(buf)
         })
         .await
@@ -275,6 +290,17 @@ impl Peer {
         let conn = self.connection(addr).await?;
         let env = Envelope { request_id: self.next_id.fetch_add(1, Ordering::Relaxed), deadline_ms: deadline.as_millis() as u32, body };
         let r = transport::call(&conn, &env).await;
+        if matches!(r, Err(TransportError::Closed(_) | TransportError::Timeout { .. })) {
+            self.conns.lock().await.remove(&addr);
+        }
+        r
+    }
+
+    async fn call_chunk(&self, addr: SocketAddr, d: &Digest, i: usize, buf: Vec<u8>) -> Result<(Response, Vec<u8>), TransportError> {
+        let conn = self.connection(addr).await?;
+        let body = Request::GetChunk { digest: d.to_string(), index: i as u32 };
+        let env = Envelope { request_id: self.next_id.fetch_add(1, Ordering::Relaxed), deadline_ms: 30_000, body };
+        let r = transport::call_with_body(&conn, &env, kiln_shared::chunks::MAX_CHUNK as usize, buf).await;
         if matches!(r, Err(TransportError::Closed(_) | TransportError::Timeout { .. })) {
             self.conns.lock().await.remove(&addr);
         }
@@ -311,7 +337,8 @@ impl Peer {
         for (s, answer) in futures_join_all(asks).await {
             match answer {
                 Ok(Response::Table(t)) => match t.validate() {
-                    Ok(()) => tables.push((s, t)),
+                    Ok(()) if t.digest() == *d => tables.push((s, t)),
+                    Ok(()) => report.dropped.push((s, format!("its chunk table is for {}", t.digest()))),
                     Err(e) => report.dropped.push((s, e.to_string())),
                 },
                 Err(TransportError::Remote(e)) if e.code == ErrorCode::NotFound => later.push(s),
@@ -341,18 +368,21 @@ impl Peer {
         let file = std::fs::File::options().create(true).truncate(true).read(true).write(true).open(&tmp).map_err(io("creating"))?;
         file.set_len(table.size).map_err(io("sizing"))?;
         let partial = Arc::new(Partial {
-            table: table.clone(),
+            table: Arc::new(table.clone()),
             path: tmp.clone(),
             file: Arc::new(file),
             have: Mutex::new(Bitmap::new(table.chunks())),
         });
         lock(&self.partials).insert(d.clone(), partial.clone());
+        let t0 = Instant::now();
         let result = self.fetch_chunks(d, &partial, &used, &mut report).await;
+        if std::env::var_os("KILN_TRACE_FETCH").is_some() { eprintln!("chunks {:?}", t0.elapsed()); }
         lock(&self.partials).remove(d);
         let result = match result {
             Ok(()) => {
-                let (store, path, dd) = (ContentStore::open(&self.root.join("content"))?, partial.path.clone(), d.clone());
-                tokio::task::spawn_blocking(move || store.insert_file(&path, &dd, Some(&table)))
+                // Every chunk passed its link of the SHA-256 chain that ends in the digest.
+                let (store, path) = (ContentStore::open(&self.root.join("content"))?, partial.path.clone());
+                tokio::task::spawn_blocking(move || store.insert_chunked(&path, &table))
                     .await
                     .map_err(|e| FetchError::Io { digest: d.clone(), what: "storing".into(), source: std::io::Error::other(e.to_string()) })?
                     .map_err(FetchError::from)
@@ -360,6 +390,7 @@ impl Peer {
             Err(e) => Err(e),
         };
         let _ = std::fs::remove_file(&tmp);
+        if std::env::var_os("KILN_TRACE_FETCH").is_some() { eprintln!("total {:?}", t0.elapsed()); }
         report.bytes = result?;
         Ok(report)
     }
@@ -384,6 +415,8 @@ impl Peer {
             bytes: sources.iter().map(|_| AtomicU64::new(0)).collect(),
             dropped: Mutex::new(Vec::new()),
             refreshed: sources.iter().map(|_| Mutex::new(Instant::now())).collect(),
+            dirty: AtomicU64::new(0),
+            syncing: Arc::default(),
         };
         let loops = sources.iter().enumerate().flat_map(|(src, (addr, _))| (0..DEPTH).map(move |_| (src, *addr)));
         futures_join_all(loops.map(|(src, addr)| self.chunk_loop(d, partial, &shared, src, addr))).await;
@@ -411,6 +444,8 @@ impl Peer {
     /// is dropped, or nothing has been kept for [`STALL`].
     async fn chunk_loop(&self, d: &Digest, partial: &Partial, shared: &Shared, src: usize, addr: SocketAddr) {
         let table = &partial.table;
+        // One buffer per request slot, reused for every chunk it fetches.
+        let mut buf: Vec<u8> = Vec::new();
         loop {
             let next = {
                 let mut plan = lock(&shared.plan);
@@ -449,9 +484,9 @@ impl Peer {
             if let Some(down) = &self.down {
                 down.take(table.range(i).1 as u64).await;
             }
-            let answer = self.call(addr, Request::GetChunk { digest: d.to_string(), index: i as u32 }, Duration::from_secs(30)).await;
+            let answer = self.call_chunk(addr, d, i, std::mem::take(&mut buf)).await;
             let data = match answer {
-                Ok(Response::Bytes(b)) => b,
+                Ok((Response::Body { len }, b)) if len == b.len() as u64 => b,
                 Err(TransportError::Remote(e)) if e.code == ErrorCode::NotFound && sources_partial(shared, src) => {
                     // A partial source that lost the race: the chunk goes back, the source stays.
                     let mut plan = lock(&shared.plan);
@@ -461,7 +496,7 @@ impl Peer {
                     shared.changed.notify_waiters();
                     continue;
                 }
-                Ok(other) => {
+                Ok((other, _)) => {
                     self.drop_source(shared, src, addr, format!("unexpected answer {other:?}"));
                     return;
                 }
@@ -471,19 +506,24 @@ impl Peer {
                 }
             };
             // Hashing and writing 4 MiB would hold a runtime thread: a blocking thread does it.
-            let (t, file) = (table.hashes[i], partial.file.clone());
+            let (t, file) = (partial.table.clone(), partial.file.clone());
             let (offset, _) = table.range(i);
-            let checked = tokio::task::spawn_blocking(move || {
-                let valid = <[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(&data)) == t;
-                (valid, data)
-            })
-            .await;
+            let checked = tokio::task::spawn_blocking(move || (t.verify(i, &data), data)).await;
             let Ok((valid, data)) = checked else { return };
-            let valid = valid && data.len() == table.range(i).1;
             let verdict = lock(&shared.plan).received(src, i, valid);
             match verdict {
                 Verdict::Kept => {
-                    let written = tokio::task::spawn_blocking(move || file.write_all_at(&data, offset).map(|_| data.len())).await;
+                    let written = tokio::task::spawn_blocking(move || file.write_all_at(&data, offset).map(|_| data)).await;
+                    // Write back as the chunks come, so the final fsync has little left to wait for.
+                    let dirty = shared.dirty.fetch_add(table.range(i).1 as u64, Ordering::Relaxed);
+                    if dirty > SYNC_EVERY && !shared.syncing.swap(true, Ordering::AcqRel) {
+                        shared.dirty.store(0, Ordering::Relaxed);
+                        let (file, flag) = (partial.file.clone(), shared.syncing.clone());
+                        tokio::task::spawn_blocking(move || {
+                            let _ = file.sync_data();
+                            flag.store(false, Ordering::Release);
+                        });
+                    }
                     let written = written.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
                     if let Err(e) = written.as_ref() {
                         // The disk, not the peer, failed: nothing more can be kept.
@@ -492,10 +532,12 @@ impl Peer {
                         return;
                     }
                     lock(&partial.have).set(i);
-                    shared.bytes[src].fetch_add(written.unwrap_or(0) as u64, Ordering::Relaxed);
+                    let data = written.unwrap_or_default();
+                    shared.bytes[src].fetch_add(data.len() as u64, Ordering::Relaxed);
+                    buf = data;
                     *lock(&shared.progress) = Instant::now();
                 }
-                Verdict::Duplicate => {}
+                Verdict::Duplicate => buf = data,
                 Verdict::Dropped => {
                     lock(&shared.dropped).push((addr, format!("sent a corrupt chunk {i}")));
                     shared.changed.notify_waiters();
@@ -536,6 +578,9 @@ struct Shared {
     bytes: Vec<AtomicU64>,
     dropped: Mutex<Vec<(SocketAddr, String)>>,
     refreshed: Vec<Mutex<Instant>>,
+    /// Bytes written since the last background fdatasync, and whether one runs.
+    dirty: AtomicU64,
+    syncing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Whether `src` is itself still fetching the blob (it announced a have-map).
@@ -548,6 +593,20 @@ fn reasons(dropped: &[(SocketAddr, String)], none: &str) -> String {
         return none.to_string();
     }
     dropped.iter().map(|(s, r)| format!("{s}: {r}")).collect::<Vec<_>>().join("; ")
+}
+
+/// A file read from an offset on, without moving a shared cursor.
+struct ReadAt<'a> {
+    file: &'a std::fs::File,
+    offset: u64,
+}
+
+impl std::io::Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.offset)?;
+        self.offset += n as u64;
+        Ok(n)
+    }
 }
 
 fn read_full(f: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {

@@ -536,8 +536,12 @@ pub enum Response {
     },
     /// Per agent, for `kiln du|prune` across a builder; an unreachable agent has its error.
     PerAgent(Vec<(String, Result<AgentStorage, String>)>),
-    /// Blob content (a chunk); sent as one byte string, not a sequence of numbers.
+    /// Blob content; sent as one byte string, not a sequence of numbers.
     Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A chunk of `len` bytes follows this answer on the stream, raw (`GetChunk`).
+    Body {
+        len: u64,
+    },
     Digests(Vec<String>),
     Submitted { build: u64 },
     Build { view: BuildView, events: Vec<BuildEvent>, cursor: u64 },
@@ -640,7 +644,7 @@ mod tests {
         let bytes = wire::encode(&req).unwrap();
         assert_eq!(wire::decode::<Request>(&bytes).unwrap(), req);
         // A chunk table answer, as peers send it.
-        let table = crate::chunks::ChunkTable::compute(&mut &[7u8; 100_000][..], crate::chunks::MIN_CHUNK).unwrap().0;
+        let table = crate::chunks::ChunkTable::compute(&mut &[7u8; 100_000][..], 100_000, crate::chunks::MIN_CHUNK).unwrap().0;
         let answer: Result<Response, wire::RemoteError> = Ok(Response::Table(table));
         assert_eq!(wire::decode::<Result<Response, wire::RemoteError>>(&wire::encode(&answer).unwrap()).unwrap(), answer);
         let p = Principal::from_common_name("agent:a1").unwrap();

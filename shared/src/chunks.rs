@@ -24,7 +24,7 @@ pub const MAX_CHUNKS: usize = 1 << 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChunkError {
-    #[error("chunk table: chunk size {0} is outside {MIN_CHUNK}..={MAX_CHUNK}")]
+    #[error("chunk table: chunk size {0} is not a multiple of 64 in {MIN_CHUNK}..={MAX_CHUNK}")]
     ChunkSize(u32),
     #[error("chunk table: {size} bytes in chunks of {chunk_size} need {want} chunks, the table lists {got}")]
     Count { size: u64, chunk_size: u32, want: u64, got: usize },
@@ -45,36 +45,41 @@ pub struct ChunkTable {
 }
 
 impl ChunkTable {
-    /// Reads a whole blob once: its chunk table and its digest.
-    pub fn compute(r: &mut dyn Read, chunk_size: u32) -> io::Result<(ChunkTable, Digest)> {
-        let mut whole = Sha256::new();
-        let mut hashes = Vec::new();
-        let mut size = 0u64;
+    /// Reads a whole blob of `size` bytes once: its chunk table and its digest.
+    pub fn compute(r: &mut dyn Read, size: u64, chunk_size: u32) -> io::Result<(ChunkTable, Digest)> {
+        let mut t = ChunkTable { size, chunk_size, hashes: Vec::new(), have: None };
+        let n = size.div_ceil(u64::from(chunk_size)) as usize;
+        let mut state = IV;
         let mut buf = vec![0u8; chunk_size as usize];
-        loop {
-            let mut n = 0;
-            while n < buf.len() {
-                match r.read(&mut buf[n..])? {
-                    0 => break,
-                    k => n += k,
-                }
-            }
-            if n == 0 {
-                break;
-            }
-            whole.update(&buf[..n]);
-            hashes.push(Sha256::digest(&buf[..n]).into());
-            size += n as u64;
-            if n < buf.len() {
-                break;
+        for i in 0..n {
+            let len = t.range(i).1;
+            r.read_exact(&mut buf[..len])?;
+            if i + 1 < n {
+                compress(&mut state, &buf[..len]);
+                t.hashes.push(bytes_of(&state));
+            } else {
+                t.hashes.push(finish(state, &buf[..len], size));
             }
         }
-        Ok((ChunkTable { size, chunk_size, hashes, have: None }, Digest::from_sha256(whole.finalize().into())))
+        // Nothing may follow the announced size.
+        if r.read(&mut [0u8; 1])? != 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "the blob is longer than its size"));
+        }
+        let digest = t.digest();
+        Ok((t, digest))
+    }
+
+    /// The blob's digest, as the table claims it (the chaining value after the last chunk).
+    pub fn digest(&self) -> Digest {
+        match self.hashes.last() {
+            Some(h) => Digest::from_sha256(*h),
+            None => Digest::from_sha256(Sha256::digest(b"").into()),
+        }
     }
 
     /// Checks a table from the network before anything is allocated from it.
     pub fn validate(&self) -> Result<(), ChunkError> {
-        if !(MIN_CHUNK..=MAX_CHUNK).contains(&self.chunk_size) {
+        if !(MIN_CHUNK..=MAX_CHUNK).contains(&self.chunk_size) || self.chunk_size % 64 != 0 {
             return Err(ChunkError::ChunkSize(self.chunk_size));
         }
         let want = self.size.div_ceil(u64::from(self.chunk_size));
@@ -102,15 +107,75 @@ impl ChunkTable {
         (start, (self.size - start).min(u64::from(self.chunk_size)) as usize)
     }
 
-    /// Whether `data` is chunk `i`.
+    /// Whether `data` is chunk `i`: SHA-256 run from the chaining value after chunk `i - 1`
+    /// over `data` must give the table's value for chunk `i`. So every chunk is checked on its
+    /// own as it arrives, and chunks that all pass make up exactly the blob of the table's
+    /// digest (the last value is the digest itself): no second pass over the blob is needed.
     pub fn verify(&self, i: usize, data: &[u8]) -> bool {
-        i < self.hashes.len() && data.len() == self.range(i).1 && <[u8; 32]>::from(Sha256::digest(data)) == self.hashes[i]
+        if i >= self.hashes.len() || data.len() != self.range(i).1 {
+            return false;
+        }
+        let mut state = if i == 0 { IV } else { state_of(&self.hashes[i - 1]) };
+        if i + 1 < self.hashes.len() {
+            compress(&mut state, data);
+            bytes_of(&state) == self.hashes[i]
+        } else {
+            finish(state, data, self.size) == self.hashes[i]
+        }
     }
 
     /// The same table without the have-map (what two sources must agree on).
     pub fn content(&self) -> ChunkTable {
         ChunkTable { have: None, ..self.clone() }
     }
+}
+
+/// SHA-256's initial chaining value (FIPS 180-4, 5.3.3).
+const IV: [u32; 8] = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
+
+fn state_of(b: &[u8; 32]) -> [u32; 8] {
+    let mut s = [0u32; 8];
+    for (w, c) in s.iter_mut().zip(b.chunks_exact(4)) {
+        *w = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+    }
+    s
+}
+
+fn bytes_of(s: &[u32; 8]) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    for (c, w) in b.chunks_exact_mut(4).zip(s) {
+        c.copy_from_slice(&w.to_be_bytes());
+    }
+    b
+}
+
+/// SHA-256's compression over whole 64-byte blocks.
+fn compress(state: &mut [u32; 8], data: &[u8]) {
+    use sha2::digest::generic_array::{typenum::U64, GenericArray};
+    debug_assert!(data.len() % 64 == 0);
+    // Blocks in batches: one copy, then SHA-256's block function over the batch.
+    let mut blocks = vec![GenericArray::<u8, U64>::default(); (data.len() / 64).min(1024)];
+    for batch in data.chunks(64 * 1024) {
+        let n = batch.len() / 64;
+        for (b, src) in blocks.iter_mut().zip(batch.chunks_exact(64)) {
+            b.copy_from_slice(src);
+        }
+        sha2::compress256(state, &blocks[..n]);
+    }
+}
+
+/// The last chunk: its whole blocks, then the padding with the blob's length (FIPS 180-4, 5.1.1).
+fn finish(mut state: [u32; 8], tail: &[u8], total: u64) -> [u8; 32] {
+    let whole = tail.len() / 64 * 64;
+    compress(&mut state, &tail[..whole]);
+    let mut last = tail[whole..].to_vec();
+    last.push(0x80);
+    while last.len() % 64 != 56 {
+        last.push(0);
+    }
+    last.extend_from_slice(&(total.wrapping_mul(8)).to_be_bytes());
+    compress(&mut state, &last);
+    bytes_of(&state)
 }
 
 /// A set of chunk indices.
@@ -316,14 +381,17 @@ mod tests {
     use proptest::prelude::*;
 
     fn table(data: &[u8], chunk: u32) -> ChunkTable {
-        ChunkTable::compute(&mut &data[..], chunk).unwrap().0
+        ChunkTable::compute(&mut &data[..], data.len() as u64, chunk).unwrap().0
     }
 
     #[test]
     fn compute_and_verify() {
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        let (t, d) = ChunkTable::compute(&mut &data[..], MIN_CHUNK).unwrap();
+        let (t, d) = ChunkTable::compute(&mut &data[..], data.len() as u64, MIN_CHUNK).unwrap();
         assert_eq!(d, Digest::of(&data));
+        assert_eq!(t.digest(), d);
+        // A chunk is checked against its place in the chain, not only its content.
+        assert!(t.verify(1, &data[65536..131072]) && !t.verify(2, &data[65536..131072]));
         assert_eq!(t.chunks(), 4);
         t.validate().unwrap();
         let (off, len) = t.range(3);
@@ -334,9 +402,14 @@ mod tests {
         assert!(!t.verify(3, &bad));
         assert!(!t.verify(9, &bad));
         // An empty blob has no chunks.
-        let (empty, d) = ChunkTable::compute(&mut &b""[..], MIN_CHUNK).unwrap();
+        let (empty, d) = ChunkTable::compute(&mut &b""[..], 0, MIN_CHUNK).unwrap();
         assert_eq!((empty.chunks(), d), (0, Digest::of(b"")));
         empty.validate().unwrap();
+        // Sizes that end on a chunk boundary, and the reader's length must be the size.
+        let exact = &data[..131072];
+        assert_eq!(ChunkTable::compute(&mut &exact[..], 131072, MIN_CHUNK).unwrap().1, Digest::of(exact));
+        assert!(ChunkTable::compute(&mut &exact[..], 131000, MIN_CHUNK).is_err());
+        assert!(ChunkTable::compute(&mut &exact[..], 140000, MIN_CHUNK).is_err());
     }
 
     #[test]
@@ -414,6 +487,18 @@ mod tests {
     }
 
     proptest! {
+        /// The chain's last value is SHA-256 of the blob, for any size and chunking.
+        #[test]
+        fn chained_values_end_in_the_digest(len in 0usize..300_000, chunk_k in 1u32..4) {
+            let data: Vec<u8> = (0..len).map(|i| (i * 31 % 253) as u8).collect();
+            let t = table(&data, chunk_k * MIN_CHUNK);
+            prop_assert_eq!(t.digest(), Digest::of(&data));
+            for i in 0..t.chunks() {
+                let (off, n) = t.range(i);
+                prop_assert!(t.verify(i, &data[off as usize..off as usize + n]));
+            }
+        }
+
         /// Whatever sources fail or lie, every chunk is kept exactly once from a source that
         /// had it, and the plan never hands out a chunk twice at once.
         #[test]

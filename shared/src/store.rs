@@ -179,7 +179,8 @@ impl ContentStore {
         }
         let mut f = self.open_blob(d)?;
         let p = self.path(d);
-        let (table, actual) = ChunkTable::compute(&mut f, chunk_size).map_err(io_err(&p))?;
+        let size = f.metadata().map_err(io_err(&p))?.len();
+        let (table, actual) = ChunkTable::compute(&mut io::BufReader::with_capacity(1 << 20, &mut f), size, chunk_size).map_err(io_err(&p))?;
         if actual != *d {
             let _ = self.remove(d);
             return Err(StoreError::Mismatch { expected: d.clone(), actual });
@@ -193,6 +194,30 @@ impl ContentStore {
         if fs::write(&tmp, encode_table(t)).and_then(|_| fs::rename(&tmp, self.table_path(d))).is_err() {
             let _ = fs::remove_file(&tmp);
         }
+    }
+
+    /// Moves a file assembled from chunks that each passed [`ChunkTable::verify`] into the
+    /// store: the verified chain ends in the blob's digest, so the file is not hashed again;
+    /// it is fsynced and renamed.
+    pub fn insert_chunked(&self, tmp: &Path, table: &ChunkTable) -> Result<u64, StoreError> {
+        let d = table.digest();
+        let result = (|| {
+            let f = File::open(tmp).map_err(io_err(tmp))?;
+            let size = f.metadata().map_err(io_err(tmp))?.len();
+            if size != table.size {
+                return Err(StoreError::Io {
+                    path: tmp.to_path_buf(),
+                    source: io::Error::new(io::ErrorKind::InvalidData, format!("{size} bytes where {} were verified", table.size)),
+                });
+            }
+            f.sync_all().map_err(io_err(tmp))?;
+            self.save_table(&d, table);
+            let dest = self.path(&d);
+            fs::rename(tmp, &dest).map_err(io_err(&dest))?;
+            Ok(size)
+        })();
+        let _ = fs::remove_file(tmp);
+        result
     }
 
     /// Moves a file assembled in [`ContentStore::temp_path`] into the store, after checking

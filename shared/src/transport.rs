@@ -260,6 +260,11 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     // lease); keep-alives keep idle but live connections open.
     t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(5_000))));
     t.keep_alive_interval(Some(Duration::from_secs(1)));
+    // Windows for blob chunks: a few 4 MiB answers in flight per connection without waiting
+    // for window updates.
+    t.stream_receive_window(quinn::VarInt::from_u32(8 << 20));
+    t.receive_window(quinn::VarInt::from_u32(64 << 20));
+    t.send_window(64 << 20);
     Arc::new(t)
 }
 
@@ -339,6 +344,37 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(conn: &quinn::Connecti
     tokio::time::timeout(Duration::from_millis(ms), work).await.map_err(|_| TransportError::Timeout { ms })?
 }
 
+/// [`call`] for an answer followed by a raw body on the same stream (a blob chunk: it is not
+/// copied into and out of a frame). The body may be at most `max_body` bytes; it is read into
+/// `buf` (cleared first), so that a caller reusing its buffer allocates nothing per call.
+pub async fn call_with_body<Req: Serialize, Resp: DeserializeOwned>(
+    conn: &quinn::Connection,
+    req: &Envelope<Req>,
+    max_body: usize,
+    mut buf: Vec<u8>,
+) -> Result<(Resp, Vec<u8>), TransportError> {
+    let ms = u64::from(req.deadline_ms);
+    let work = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| TransportError::Closed(e.to_string()))?;
+        send.write_all(&wire::encode(req)?).await.map_err(|e| TransportError::Closed(e.to_string()))?;
+        send.finish().map_err(|e| TransportError::Closed(e.to_string()))?;
+        let frame = read_frame(&mut recv, wire::MAX_FRAME).await?;
+        let answer = match wire::decode::<Result<Resp, RemoteError>>(&frame)? {
+            Ok(r) => r,
+            Err(e) => return Err(TransportError::Remote(e)),
+        };
+        buf.clear();
+        while let Some(chunk) = recv.read_chunk(max_body, true).await.map_err(|e| TransportError::Closed(e.to_string()))? {
+            if buf.len() + chunk.bytes.len() > max_body {
+                return Err(TransportError::Closed(format!("a body of more than {max_body} bytes")));
+            }
+            buf.extend_from_slice(&chunk.bytes);
+        }
+        Ok((answer, buf))
+    };
+    tokio::time::timeout(Duration::from_millis(ms), work).await.map_err(|_| TransportError::Timeout { ms })?
+}
+
 /// Serves one connection: each stream carries one request to `handler`. A frame that does not
 /// decode gets a `BadRequest` answer; the connection stays up.
 pub async fn serve_connection<Req, Resp, F, Fut>(conn: quinn::Connection, handler: F)
@@ -348,11 +384,27 @@ where
     F: Fn(Req) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Resp, RemoteError>> + Send,
 {
+    serve_connection_with_bodies(conn, move |req| {
+        let fut = handler(req);
+        async move { fut.await.map(|r| (r, None)) }
+    })
+    .await
+}
+
+/// [`serve_connection`] for handlers that may follow their answer with a raw body
+/// (see [`call_with_body`]).
+pub async fn serve_connection_with_bodies<Req, Resp, F, Fut>(conn: quinn::Connection, handler: F)
+where
+    Req: DeserializeOwned + Send + 'static,
+    Resp: Serialize + Send + 'static,
+    F: Fn(Req) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(Resp, Option<bytes::Bytes>), RemoteError>> + Send,
+{
     let mut tasks = tokio::task::JoinSet::new();
     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
         let handler = handler.clone();
         tasks.spawn(async move {
-            let answer: Result<Resp, RemoteError> =
+            let answer: Result<(Resp, Option<bytes::Bytes>), RemoteError> =
                 match read_frame(&mut recv, wire::MAX_FRAME).await.and_then(|f| Ok(wire::decode::<Envelope<Req>>(&f)?)) {
                     Err(e) => Err(RemoteError { code: ErrorCode::BadRequest, message: format!("bad request frame: {e}") }),
                     Ok(env) => {
@@ -366,8 +418,15 @@ where
                         }
                     }
                 };
+            let (answer, body) = match answer {
+                Ok((r, body)) => (Ok(r), body),
+                Err(e) => (Err(e), None),
+            };
             if let Ok(bytes) = wire::encode(&answer) {
                 let _ = send.write_all(&bytes).await;
+                if let Some(body) = body {
+                    let _ = send.write_chunk(body).await;
+                }
                 let _ = send.finish();
             }
         });
