@@ -94,14 +94,24 @@ pub fn write_local(dest: &Path, records: &[CacheRecord], store: &ContentStore) -
 }
 
 /// `--cache-to type=registry,ref=R`: pushes the layers, the config and the manifest under R.
-pub fn push_registry(reference: &str, records: &[CacheRecord], store: &ContentStore, registry: &RegistryClient) -> Result<Digest, EngineError> {
+pub fn push_registry(
+    reference: &str,
+    records: &[CacheRecord],
+    store: &ContentStore,
+    registry: &RegistryClient,
+) -> Result<Digest, EngineError> {
     push_layers(reference, records, store, registry)?;
     push_manifest(reference, records, store, registry)
 }
 
 /// The config and manifest of a cache whose layers are already in the registry (a farm's
 /// agents push their own; the leader writes the one manifest for every platform).
-pub fn push_manifest(reference: &str, records: &[CacheRecord], store: &ContentStore, registry: &RegistryClient) -> Result<Digest, EngineError> {
+pub fn push_manifest(
+    reference: &str,
+    records: &[CacheRecord],
+    store: &ContentStore,
+    registry: &RegistryClient,
+) -> Result<Digest, EngineError> {
     let r: Reference = reference.parse()?;
     let (desc, blobs) = manifest(records, store)?;
     if let Some(config) = blobs.last() {
@@ -154,8 +164,8 @@ impl Imported {
     pub fn local(src: &Path) -> Result<Imported, EngineError> {
         let source = src.display().to_string();
         let read = |p: PathBuf| std::fs::read(&p).map_err(io(format!("reading cache {}", p.display())));
-        let index: Index = serde_json::from_slice(&read(src.join("index.json"))?)
-            .map_err(|e| bad(format!("cache {source}: bad index.json: {e}")))?;
+        let index: Index =
+            serde_json::from_slice(&read(src.join("index.json"))?).map_err(|e| bad(format!("cache {source}: bad index.json: {e}")))?;
         let m = index.manifests.first().ok_or_else(|| bad(format!("cache {source}: index.json lists no manifest")))?;
         let blob = |d: &Digest| src.join("blobs/sha256").join(d.hex());
         let manifest = read(blob(&m.digest))?;

@@ -595,7 +595,8 @@ impl SliceRun<'_> {
             let Some(bytes) = remote.record(name, key) else { continue };
             let Ok(cached) = serde_json::from_slice::<State>(&bytes) else { continue };
             // A record is usable only with its layers, and only if it is for this very step.
-            if cached.key != key || !cached.layers.iter().all(|l| self.agent.store.has(&l.digest) || remote.blob(&l.digest, &self.agent.store))
+            if cached.key != key
+                || !cached.layers.iter().all(|l| self.agent.store.has(&l.digest) || remote.blob(&l.digest, &self.agent.store))
             {
                 continue;
             }

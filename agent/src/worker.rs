@@ -9,7 +9,9 @@
 use crate::config::AgentConfig;
 use crate::engine::{Agent, EngineError, SliceRequest};
 use crate::peer::Peer;
-use kiln_shared::api::{AgentInfo, CacheRef, EntryKind, Event, Inventory, Principal, PruneSpec, Request, Response, SliceOutcome, SliceTask};
+use kiln_shared::api::{
+    AgentInfo, CacheRef, EntryKind, Event, Inventory, Principal, PruneSpec, Request, Response, SliceOutcome, SliceTask,
+};
 use kiln_shared::client::Farm;
 use kiln_shared::digest::Digest;
 use kiln_shared::frontend::dockerignore::DockerIgnore;
@@ -227,7 +229,10 @@ async fn collect_garbage(w: Arc<Worker>) {
         let (root, spec) = (w.cfg.data_dir.clone(), spec.clone());
         match tokio::task::spawn_blocking(move || crate::gc::prune(&root, &spec)).await {
             Ok(Ok(r)) if r.records_removed + r.blobs_removed > 0 => {
-                eprintln!("agent {}: gc removed {} records, {} blobs ({} bytes)", w.cfg.name, r.records_removed, r.blobs_removed, r.bytes_reclaimed);
+                eprintln!(
+                    "agent {}: gc removed {} records, {} blobs ({} bytes)",
+                    w.cfg.name, r.records_removed, r.blobs_removed, r.bytes_reclaimed
+                );
                 advertise(&w).await;
             }
             Ok(Err(e)) => eprintln!("agent {}: gc: {e}", w.cfg.name),
@@ -412,7 +417,11 @@ async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOutcome, Stri
         let mut imports: Vec<Box<dyn crate::engine::RemoteCache>> = Vec::new();
         for c in &spec.cache_from {
             if let CacheRef::Registry { reference } = c {
-                match crate::cache::Imported::registry(reference, kiln_shared::registry::RegistryClient::new(&spec.insecure_registries), &engine.store) {
+                match crate::cache::Imported::registry(
+                    reference,
+                    kiln_shared::registry::RegistryClient::new(&spec.insecure_registries),
+                    &engine.store,
+                ) {
                     Ok(i) => imports.push(Box::new(i)),
                     // As buildx: a cache that cannot be imported is a warning, not a failure.
                     Err(e) => {

@@ -111,7 +111,8 @@ async fn a_peer_killed_mid_transfer_costs_only_its_unfinished_chunks() {
     let killer = tokio::spawn(async move {
         // Once the victim has served a few chunks, it dies: its endpoint closes at once.
         let t = Instant::now();
-        while victim_peer.served.load(std::sync::atomic::Ordering::Relaxed) < 4 * CHUNK_SIZE as u64 && t.elapsed() < Duration::from_secs(20) {
+        while victim_peer.served.load(std::sync::atomic::Ordering::Relaxed) < 4 * CHUNK_SIZE as u64 && t.elapsed() < Duration::from_secs(20)
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // Let what it sent arrive; then it dies, in the middle of the chunks it was sending.

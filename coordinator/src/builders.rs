@@ -133,7 +133,12 @@ impl Farm {
         }
         let index = existing.map_or(0, |b| b.nodes.len());
         let node = Node { name: req.node.clone().unwrap_or_else(|| format!("{name}{index}")), context, platforms: req.platforms.clone() };
-        let b = self.builders.entry(name.clone()).or_insert_with(|| Builder { name: name.clone(), driver: driver.clone(), nodes: vec![], share_cache: req.share_cache });
+        let b = self.builders.entry(name.clone()).or_insert_with(|| Builder {
+            name: name.clone(),
+            driver: driver.clone(),
+            nodes: vec![],
+            share_cache: req.share_cache,
+        });
         if b.nodes.iter().any(|n| n.name == node.name) {
             return Err(BuilderError::NodeExists { builder: name, node: node.name });
         }
@@ -162,7 +167,12 @@ impl Farm {
             return Ok(Builder { name: name.to_string(), driver: "runc".into(), nodes: vec![node(c)], share_cache: false });
         }
         if name == DEFAULT_BUILDER {
-            return Ok(Builder { name: name.to_string(), driver: "runc".into(), nodes: self.contexts.values().map(node).collect(), share_cache: false });
+            return Ok(Builder {
+                name: name.to_string(),
+                driver: "runc".into(),
+                nodes: self.contexts.values().map(node).collect(),
+                share_cache: false,
+            });
         }
         Err(BuilderError::NoBuilder(name.to_string()))
     }

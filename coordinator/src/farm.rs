@@ -100,7 +100,9 @@ impl CacheFrom {
             }
         }
         match get("type").as_deref() {
-            Some("local") => Ok(CacheFrom::Local { src: get("src").map(PathBuf::from).ok_or_else(|| anyhow!("--cache-from type=local needs src=DIR"))? }),
+            Some("local") => {
+                Ok(CacheFrom::Local { src: get("src").map(PathBuf::from).ok_or_else(|| anyhow!("--cache-from type=local needs src=DIR"))? })
+            }
             Some("registry") => Ok(CacheFrom::Registry { reference: checked_ref("--cache-from", get("ref"))? }),
             Some(other) => bail!("--cache-from type={other} is not supported (expected local or registry)"),
             None => bail!("--cache-from {spec:?} needs type=local|registry"),
@@ -119,16 +121,28 @@ impl CacheTo {
         };
         for (k, _) in &fields {
             // Accepted for buildx compatibility; kiln's format does not depend on them.
-            if !["type", "dest", "ref", "mode", "compression", "compression-level", "force-compression", "oci-mediatypes", "image-manifest", "ignore-error"]
-                .contains(&k.as_str())
+            if ![
+                "type",
+                "dest",
+                "ref",
+                "mode",
+                "compression",
+                "compression-level",
+                "force-compression",
+                "oci-mediatypes",
+                "image-manifest",
+                "ignore-error",
+            ]
+            .contains(&k.as_str())
             {
                 bail!("--cache-to {spec:?}: unknown option {k:?} (expected type, dest, ref, mode)");
             }
         }
         match get("type").as_deref() {
-            Some("local") => {
-                Ok(CacheTo::Local { dest: get("dest").map(PathBuf::from).ok_or_else(|| anyhow!("--cache-to type=local needs dest=DIR"))?, max })
-            }
+            Some("local") => Ok(CacheTo::Local {
+                dest: get("dest").map(PathBuf::from).ok_or_else(|| anyhow!("--cache-to type=local needs dest=DIR"))?,
+                max,
+            }),
             Some("registry") => Ok(CacheTo::Registry { reference: checked_ref("--cache-to", get("ref"))?, max }),
             Some("inline") => bail!("--cache-to type=inline is not supported: use type=registry,ref=REF (or type=local,dest=DIR)"),
             Some(other) => bail!("--cache-to type={other} is not supported (expected local or registry)"),

@@ -514,8 +514,16 @@ pub enum Request {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Response {
     Ok,
-    Joined { cert_der: Vec<u8>, ca_der: Vec<u8>, principal: Principal },
-    PeerJoined { ca_cert_pem: String, ca_key_pem: String, cert_der: Vec<u8> },
+    Joined {
+        cert_der: Vec<u8>,
+        ca_der: Vec<u8>,
+        principal: Principal,
+    },
+    PeerJoined {
+        ca_cert_pem: String,
+        ca_key_pem: String,
+        cert_der: Vec<u8>,
+    },
     Raft {
         #[serde(with = "serde_bytes")]
         json: Vec<u8>,
@@ -543,8 +551,14 @@ pub enum Response {
         len: u64,
     },
     Digests(Vec<String>),
-    Submitted { build: u64 },
-    Build { view: BuildView, events: Vec<BuildEvent>, cursor: u64 },
+    Submitted {
+        build: u64,
+    },
+    Build {
+        view: BuildView,
+        events: Vec<BuildEvent>,
+        cursor: u64,
+    },
     Contexts(Vec<ContextView>),
     Name(String),
     Builders(Vec<BuilderView>),

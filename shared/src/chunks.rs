@@ -357,17 +357,13 @@ impl Plan {
 
     /// Chunks not fetched that no live source can give now (partial sources may still get them).
     pub fn unobtainable(&self) -> usize {
-        (0..self.chunks.len())
-            .filter(|&i| self.chunks[i] == Chunk::Pending && !(0..self.sources.len()).any(|s| self.has(s, i)))
-            .count()
+        (0..self.chunks.len()).filter(|&i| self.chunks[i] == Chunk::Pending && !(0..self.sources.len()).any(|s| self.has(s, i))).count()
     }
 
     /// Whether every live source is partial or idle with nothing to give, and nothing is in
     /// flight: waiting longer is the only hope.
     pub fn stalled(&self) -> bool {
-        !self.complete()
-            && self.sources.iter().all(|s| s.inflight.is_empty())
-            && !self.sources.iter().any(|s| !s.gone && s.have.is_none())
+        !self.complete() && self.sources.iter().all(|s| s.inflight.is_empty()) && !self.sources.iter().any(|s| !s.gone && s.have.is_none())
     }
 
     pub fn live_sources(&self) -> usize {

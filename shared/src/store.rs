@@ -180,7 +180,8 @@ impl ContentStore {
         let mut f = self.open_blob(d)?;
         let p = self.path(d);
         let size = f.metadata().map_err(io_err(&p))?.len();
-        let (table, actual) = ChunkTable::compute(&mut io::BufReader::with_capacity(1 << 20, &mut f), size, chunk_size).map_err(io_err(&p))?;
+        let (table, actual) =
+            ChunkTable::compute(&mut io::BufReader::with_capacity(1 << 20, &mut f), size, chunk_size).map_err(io_err(&p))?;
         if actual != *d {
             let _ = self.remove(d);
             return Err(StoreError::Mismatch { expected: d.clone(), actual });

@@ -262,9 +262,6 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     t.keep_alive_interval(Some(Duration::from_secs(1)));
     // Windows for blob chunks: a few 4 MiB answers in flight per connection without waiting
     // for window updates.
-    t.stream_receive_window(quinn::VarInt::from_u32(8 << 20));
-    t.receive_window(quinn::VarInt::from_u32(64 << 20));
-    t.send_window(64 << 20);
     Arc::new(t)
 }
 
@@ -346,13 +343,16 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(conn: &quinn::Connecti
 
 /// [`call`] for an answer followed by a raw body on the same stream (a blob chunk: it is not
 /// copied into and out of a frame). The body may be at most `max_body` bytes; it is read into
-/// `buf` (cleared first), so that a caller reusing its buffer allocates nothing per call.
+/// `buf` (cleared first), so that a caller reusing its buffer allocates nothing per call. The
+/// body starts at the returned offset in the buffer, which is a multiple of `align` in memory
+/// (for direct I/O; 1: no alignment).
 pub async fn call_with_body<Req: Serialize, Resp: DeserializeOwned>(
     conn: &quinn::Connection,
     req: &Envelope<Req>,
     max_body: usize,
     mut buf: Vec<u8>,
-) -> Result<(Resp, Vec<u8>), TransportError> {
+    align: usize,
+) -> Result<(Resp, Vec<u8>, usize), TransportError> {
     let ms = u64::from(req.deadline_ms);
     let work = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| TransportError::Closed(e.to_string()))?;
@@ -364,13 +364,18 @@ pub async fn call_with_body<Req: Serialize, Resp: DeserializeOwned>(
             Err(e) => return Err(TransportError::Remote(e)),
         };
         buf.clear();
+        // Room for the body, its alignment and padding to a whole block: no reallocation below.
+        let align = align.max(1);
+        buf.reserve(max_body + 2 * align);
+        let start = (align - buf.as_ptr() as usize % align) % align;
+        buf.resize(start, 0);
         while let Some(chunk) = recv.read_chunk(max_body, true).await.map_err(|e| TransportError::Closed(e.to_string()))? {
-            if buf.len() + chunk.bytes.len() > max_body {
+            if buf.len() - start + chunk.bytes.len() > max_body {
                 return Err(TransportError::Closed(format!("a body of more than {max_body} bytes")));
             }
             buf.extend_from_slice(&chunk.bytes);
         }
-        Ok((answer, buf))
+        Ok((answer, buf, start))
     };
     tokio::time::timeout(Duration::from_millis(ms), work).await.map_err(|_| TransportError::Timeout { ms })?
 }

@@ -1,9 +1,9 @@
 //! `kiln du` and `kiln prune`: on every agent of a builder on a farm, else on the embedded
 //! farm's agent state.
 
+use super::remote::{self, FarmArgs};
 use anyhow::{bail, Context as _};
 use clap::Args;
-use super::remote::{self, FarmArgs};
 use kiln_agent::gc::{self, PruneOptions};
 use kiln_shared::api::{AgentStorage, Request, Response};
 use std::process::ExitCode;
@@ -64,7 +64,11 @@ fn human(bytes: u64) -> String {
 }
 
 /// Asks every agent of a builder (through the farm) and prints one block per agent.
-fn per_agent(builder: Option<String>, farm: FarmArgs, req: impl FnOnce(Option<String>) -> Request) -> anyhow::Result<Option<Vec<(String, Result<AgentStorage, String>)>>> {
+fn per_agent(
+    builder: Option<String>,
+    farm: FarmArgs,
+    req: impl FnOnce(Option<String>) -> Request,
+) -> anyhow::Result<Option<Vec<(String, Result<AgentStorage, String>)>>> {
     let Some(hosts) = farm.hosts()? else {
         if let Some(b) = builder.filter(|b| b != crate::builders::DEFAULT_BUILDER) {
             bail!("builder {b:?}: builders live in a farm; set --host/KILN_HOST (the embedded farm has only `default`)");

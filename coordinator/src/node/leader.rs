@@ -316,7 +316,8 @@ async fn finish(node: &Arc<Node>, build: u64) -> Result<(), kiln_shared::wire::R
         let n = node.clone();
         let pushed = tokio::task::spawn_blocking(move || {
             let registry = RegistryClient::new(&insecure);
-            kiln_agent::cache::push_manifest(&reference, &records, &n.blobs, &registry).map_err(|e| format!("exporting the cache to {reference}: {e}"))
+            kiln_agent::cache::push_manifest(&reference, &records, &n.blobs, &registry)
+                .map_err(|e| format!("exporting the cache to {reference}: {e}"))
         })
         .await
         .unwrap_or_else(|e| Err(format!("the push task failed: {e}")));

@@ -469,7 +469,18 @@ mod tests {
     }
 
     fn outcome(build: u64, slice: u32, attempt: u32) -> SliceOutcome {
-        SliceOutcome { build, slice, attempt, manifest_json: "{}".into(), emulated: false, duration_ms: 10, cache_hits: 0, cache_misses: 1, cache_peer_hits: 0, records: vec![] }
+        SliceOutcome {
+            build,
+            slice,
+            attempt,
+            manifest_json: "{}".into(),
+            emulated: false,
+            duration_ms: 10,
+            cache_hits: 0,
+            cache_misses: 1,
+            cache_peer_hits: 0,
+            records: vec![],
+        }
     }
 
     fn assign(build: u64, slice: u32, attempt: u32, agent: &str) -> Command {

@@ -517,7 +517,9 @@ mod tests {
 
     fn put_builder(name: &str) -> Command {
         let node = crate::builders::Node { name: name.into(), context: name.into(), platforms: vec![] };
-        Command::PutBuilder { builder: crate::builders::Builder { name: name.into(), driver: "runc".into(), nodes: vec![node], share_cache: false } }
+        Command::PutBuilder {
+            builder: crate::builders::Builder { name: name.into(), driver: "runc".into(), nodes: vec![node], share_cache: false },
+        }
     }
 
     fn context(name: &str) -> Command {
