@@ -31,6 +31,7 @@ bench:
 	$(CARGO) bench -p kiln-agent --bench transfer
 	$(CARGO) build --release --bin kiln
 	$(CARGO) bench -p kiln-tests --bench cluster
+	$(CARGO) bench -p kiln-tests --bench upload
 
 # Needs cargo-fuzz (`cargo install cargo-fuzz`); RUSTC_BOOTSTRAP lets the stable toolchain
 # build with the sanitizer flags cargo-fuzz passes.

@@ -136,7 +136,7 @@ enum Blobs {
     /// The caller fetches them (an uploaded cache's blobs are on a coordinator).
     Elsewhere,
     Dir(PathBuf),
-    Registry(Reference, RegistryClient),
+    Registry(Reference, Box<RegistryClient>),
 }
 
 /// An imported cache (`--cache-from`): records by key, blobs fetched on a hit.
@@ -187,7 +187,7 @@ impl Imported {
         let config_digest = Self::config_of(&fetched.bytes, reference)?;
         registry.fetch_blob(&r, &config_digest, store)?;
         let config = store.read(&config_digest)?;
-        Self::new(&config, Blobs::Registry(r, registry), reference.to_string())
+        Self::new(&config, Blobs::Registry(r, Box::new(registry)), reference.to_string())
     }
 
     /// An uploaded cache's config (the blobs come from `fetch`).

@@ -79,7 +79,7 @@ impl ChunkTable {
 
     /// Checks a table from the network before anything is allocated from it.
     pub fn validate(&self) -> Result<(), ChunkError> {
-        if !(MIN_CHUNK..=MAX_CHUNK).contains(&self.chunk_size) || self.chunk_size % 64 != 0 {
+        if !(MIN_CHUNK..=MAX_CHUNK).contains(&self.chunk_size) || !self.chunk_size.is_multiple_of(64) {
             return Err(ChunkError::ChunkSize(self.chunk_size));
         }
         let want = self.size.div_ceil(u64::from(self.chunk_size));
@@ -152,7 +152,7 @@ fn bytes_of(s: &[u32; 8]) -> [u8; 32] {
 /// SHA-256's compression over whole 64-byte blocks.
 fn compress(state: &mut [u32; 8], data: &[u8]) {
     use sha2::digest::generic_array::{typenum::U64, GenericArray};
-    debug_assert!(data.len() % 64 == 0);
+    debug_assert!(data.len().is_multiple_of(64));
     // Blocks in batches: one copy, then SHA-256's block function over the batch.
     let mut blocks = vec![GenericArray::<u8, U64>::default(); (data.len() / 64).min(1024)];
     for batch in data.chunks(64 * 1024) {

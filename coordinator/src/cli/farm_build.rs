@@ -90,7 +90,12 @@ pub fn run(
         let farm = remote::connect(&hosts, farm_args).await?;
         let (sent, bytes) = upload(&farm, &files).await?;
         if mode == Mode::Plain {
-            eprintln!("#0 context: {} files, {sent} sent ({bytes} bytes), the rest already on the farm", files.len());
+            // The manifest (names, modes, digests) travels in the build request.
+            let manifest = kiln_shared::wire::encode(&Request::Submit(spec.clone())).map(|f| f.len()).unwrap_or(0);
+            eprintln!(
+                "#0 context: {} files, {sent} sent ({bytes} bytes) + manifest ({manifest} bytes), the rest already on the farm",
+                files.len()
+            );
         }
         let build = match remote::call(&farm, &Request::Submit(spec)).await? {
             Response::Submitted { build } => build,

@@ -63,12 +63,11 @@ fn human(bytes: u64) -> String {
     format!("{v:.2}TB")
 }
 
+/// Each agent's answer, or why it gave none.
+type PerAgent = Vec<(String, Result<AgentStorage, String>)>;
+
 /// Asks every agent of a builder (through the farm) and prints one block per agent.
-fn per_agent(
-    builder: Option<String>,
-    farm: FarmArgs,
-    req: impl FnOnce(Option<String>) -> Request,
-) -> anyhow::Result<Option<Vec<(String, Result<AgentStorage, String>)>>> {
+fn per_agent(builder: Option<String>, farm: FarmArgs, req: impl FnOnce(Option<String>) -> Request) -> anyhow::Result<Option<PerAgent>> {
     let Some(hosts) = farm.hosts()? else {
         if let Some(b) = builder.filter(|b| b != crate::builders::DEFAULT_BUILDER) {
             bail!("builder {b:?}: builders live in a farm; set --host/KILN_HOST (the embedded farm has only `default`)");
