@@ -4,18 +4,23 @@
 #![no_main]
 
 use kiln_shared::api::Response;
-use kiln_shared::chunks::{Plan, MAX_CHUNK};
+use kiln_shared::chunks::{Bitmap, ChunkTable, Plan, MAX_CHUNK};
 use kiln_shared::wire::{self, RemoteError};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let split = data.first().map(|&b| b as usize).unwrap_or(0).min(data.len());
     let (frame, rest) = data.split_at(split);
-    let Ok(Ok(Response::Table(table))) = wire::decode::<Result<Response, RemoteError>>(frame) else {
-        // Raw bodies are only ever read up to the chunk size limit.
-        let _ = rest.len() <= MAX_CHUNK as usize;
-        return;
+    let table = match wire::decode::<Result<Response, RemoteError>>(frame) {
+        Ok(Ok(Response::Table(table))) => table,
+        // Random bytes rarely decode: make a table of them directly, so that what a decoded
+        // table goes through (checks, ranges, verification, the plan) is fuzzed all the same.
+        _ => match direct(frame) {
+            Some(t) => t,
+            None => return,
+        },
     };
+    let _ = rest.len() <= MAX_CHUNK as usize;
     if table.validate().is_err() {
         return;
     }
@@ -57,3 +62,20 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = (plan.complete(), plan.unobtainable(), plan.stalled(), plan.live_sources());
 });
+
+/// A table from raw bytes: size, chunk size, hashes, and a have-map when a byte says so.
+fn direct(b: &[u8]) -> Option<ChunkTable> {
+    let size = u64::from_le_bytes(b.get(1..9)?.try_into().ok()?) % (64 << 20);
+    let chunk_size = u32::from_le_bytes(b.get(9..13)?.try_into().ok()?);
+    let hashes: Vec<[u8; 32]> = b.get(14..)?.chunks_exact(32).take(64).map(|c| c.try_into().unwrap_or([0; 32])).collect();
+    let have = (b[13] & 1 == 1).then(|| {
+        let mut m = Bitmap::new(hashes.len());
+        for i in 0..hashes.len() {
+            if b[13] >> (i % 7) & 1 == 1 {
+                m.set(i);
+            }
+        }
+        m
+    });
+    Some(ChunkTable { size, chunk_size, hashes, have })
+}
