@@ -161,7 +161,10 @@ impl Agent {
     pub(crate) fn pull(&self, image: &str, platform: &Platform) -> Result<(State, Digest), EngineError> {
         let key = (image.to_string(), platform.clone());
         if let Some(hit) = self.pulled.lock().ok().and_then(|p| p.get(&key).cloned()) {
-            return Ok(hit);
+            // A prune may have removed the layers since: then the image is pulled again.
+            if hit.0.layers.iter().all(|l| self.store.has(&l.digest)) {
+                return Ok(hit);
+            }
         }
         let r: Reference = image.parse()?;
         let mut fetched = self.registry.get_manifest(&r)?;

@@ -34,25 +34,15 @@ fn farm_build(
     builder: &str,
     tag: &str,
     token: Option<&str>,
+    extra: &[&str],
 ) -> (serde_json::Value, String) {
     let meta = work.join(format!("{builder}-{tag}.json"));
     let reference = format!("{registry}/app/{tag}:1");
     let m = meta.display().to_string();
-    let args = [
-        "build",
-        "--progress",
-        "plain",
-        "--builder",
-        builder,
-        "--platform",
-        "linux/amd64",
-        "-t",
-        &reference,
-        "--push",
-        "--metadata-file",
-        &m,
-        ".",
-    ];
+    let mut args = vec!["build", "--progress", "plain", "--builder", builder, "--platform", "linux/amd64", "-t", &reference, "--push"];
+    args.extend(["--metadata-file", &m]);
+    args.extend_from_slice(extra);
+    args.push(".");
     let out = match token {
         Some(t) => c.kiln_with_token(&args, src, t),
         None => c.kiln(&args, src),
@@ -90,7 +80,7 @@ fn agents_share_cache_within_a_tenant_only_and_storage_is_managed_farm_wide() {
     let src = TempDir::new("peer-cache-app");
     app(src.path(), &base);
     let build = |c: &Cluster, builder: &str, tag: &str, token: Option<&str>| {
-        farm_build(c, work.path(), src.path(), &registry.addr, builder, tag, token)
+        farm_build(c, work.path(), src.path(), &registry.addr, builder, tag, token, &[])
     };
 
     // Agent a builds; agent b then builds the same: every step comes from a, nothing runs.
@@ -140,6 +130,18 @@ fn agents_share_cache_within_a_tenant_only_and_storage_is_managed_farm_wide() {
     let (again, _) = build(&c, "on-b", "again", None);
     assert_eq!(sum(&again, "cache_misses"), 0, "{again}");
     assert!(sum(&again, "cache_peer_hits") >= 4, "after the prune and a coordinator restart, b fetches from a again: {again}");
+
+    // On a farm too: a local cache export comes back through the coordinator, and after every
+    // agent is pruned, importing it makes the build fully cached.
+    let dest = work.path().join("farm-cache");
+    let to = format!("type=local,dest={},mode=max", dest.display());
+    farm_build(&c, work.path(), src.path(), &registry.addr, "on-a", "export", None, &["--cache-to", &to]);
+    assert!(dest.join("index.json").exists());
+    c.ok(c.kiln(&["prune", "-a", "-f"], work.path()));
+    let from = format!("type=local,src={}", dest.display());
+    let (imported, log) = farm_build(&c, work.path(), src.path(), &registry.addr, "on-b", "import", None, &["--cache-from", &from]);
+    assert_eq!(sum(&imported, "cache_misses"), 0, "{imported}\n{log}");
+    assert_eq!(imported["containerimage.digest"], first["containerimage.digest"]);
 }
 
 #[test]
