@@ -10,7 +10,7 @@ const FILES: usize = 200;
 const FILE_BYTES: usize = 1_000_000;
 
 fn fill(path: &std::path::Path, seed: u64) {
-    let mut x = seed | 1;
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut buf = vec![0u8; FILE_BYTES];
     for c in buf.chunks_mut(8) {
         x ^= x << 13;

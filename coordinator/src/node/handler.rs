@@ -371,9 +371,11 @@ async fn lead(node: &Node, p: Principal, origin: SocketAddr, req: Request) -> An
             Ok(Response::Advertised { resync: !applied })
         }
         Request::Locate { blobs, records } => Ok(Response::Holders(locate(node, &p.name, &blobs, &records))),
-        Request::CreateToken { role, tenant } => create_token(node, role, tenant).await,
-        Request::DiskUsage { builder } => storage(node, builder, Request::AgentUsage).await,
-        Request::Prune { builder, spec } => storage(node, builder, Request::AgentPrune(spec)).await,
+        // Rare requests with large futures are boxed: every pending long poll holds this
+        // function's future, sized for its largest arm.
+        Request::CreateToken { role, tenant } => Box::pin(create_token(node, role, tenant)).await,
+        Request::DiskUsage { builder } => Box::pin(storage(node, builder, Request::AgentUsage)).await,
+        Request::Prune { builder, spec } => Box::pin(storage(node, builder, Request::AgentPrune(spec))).await,
         Request::Watch { build, cursor, wait_ms } => watch(node, &p, build, cursor, wait_ms).await,
         Request::Contexts => Ok(Response::Contexts(contexts(node))),
         Request::RemoveContext { name } => remove_context(node, &name).await,
