@@ -306,6 +306,8 @@ pub struct ContextView {
     pub running: u32,
     pub last_seen_ms_ago: u64,
     pub cache_bytes: u64,
+    /// Step cache records the tracker knows the agent holds (`None`: not advertised yet).
+    pub cache_records: Option<u64>,
 }
 
 /// A builder node as `kiln ls|inspect` shows it.

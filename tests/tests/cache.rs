@@ -25,27 +25,25 @@ fn app(dir: &Path, base: &str) {
     std::fs::write(dir.join("data.txt"), "some context\n".repeat(1000)).expect("data");
 }
 
+/// Where the app is built: the farm, a scratch dir for metadata, the sources, the registry.
+struct Site<'a> {
+    work: &'a Path,
+    src: &'a Path,
+    registry: &'a str,
+}
+
 /// Builds the app on a farm's builder for linux/amd64 and pushes it; (metadata, progress).
-fn farm_build(
-    c: &Cluster,
-    work: &Path,
-    src: &Path,
-    registry: &str,
-    builder: &str,
-    tag: &str,
-    token: Option<&str>,
-    extra: &[&str],
-) -> (serde_json::Value, String) {
-    let meta = work.join(format!("{builder}-{tag}.json"));
-    let reference = format!("{registry}/app/{tag}:1");
+fn farm_build(c: &Cluster, site: &Site, builder: &str, tag: &str, token: Option<&str>, extra: &[&str]) -> (serde_json::Value, String) {
+    let meta = site.work.join(format!("{builder}-{tag}.json"));
+    let reference = format!("{}/app/{tag}:1", site.registry);
     let m = meta.display().to_string();
     let mut args = vec!["build", "--progress", "plain", "--builder", builder, "--platform", "linux/amd64", "-t", &reference, "--push"];
     args.extend(["--metadata-file", &m]);
     args.extend_from_slice(extra);
     args.push(".");
     let out = match token {
-        Some(t) => c.kiln_with_token(&args, src, t),
-        None => c.kiln(&args, src),
+        Some(t) => c.kiln_with_token(&args, site.src, t),
+        None => c.kiln(&args, site.src),
     };
     let out = c.ok(out);
     (metadata(&meta), stderr(&out))
@@ -79,9 +77,8 @@ fn agents_share_cache_within_a_tenant_only_and_storage_is_managed_farm_wide() {
     c.ok(c.kiln(&["create", "b", "--name", "on-b"], work.path()));
     let src = TempDir::new("peer-cache-app");
     app(src.path(), &base);
-    let build = |c: &Cluster, builder: &str, tag: &str, token: Option<&str>| {
-        farm_build(c, work.path(), src.path(), &registry.addr, builder, tag, token, &[])
-    };
+    let site = Site { work: work.path(), src: src.path(), registry: &registry.addr };
+    let build = |c: &Cluster, builder: &str, tag: &str, token: Option<&str>| farm_build(c, &site, builder, tag, token, &[]);
 
     // Agent a builds; agent b then builds the same: every step comes from a, nothing runs.
     let (first, _) = build(&c, "on-a", "first", None);
@@ -124,8 +121,10 @@ fn agents_share_cache_within_a_tenant_only_and_storage_is_managed_farm_wide() {
     // The tracker is soft state: a restarted coordinator rebuilds it from the agents.
     c.coordinators[0].restart();
     c.leader();
-    kiln_tests::wait_for("both agents to be back", std::time::Duration::from_secs(60), || {
-        c.context_status("a").as_deref() == Some("ready") && c.context_status("b").as_deref() == Some("ready")
+    kiln_tests::wait_for("both agents to be back, with a's records in the new tracker", std::time::Duration::from_secs(60), || {
+        let ctxs = c.contexts();
+        let get = |n: &str| ctxs.iter().find(|x| x["name"] == n).cloned().unwrap_or_default();
+        get("a")["status"] == "ready" && get("b")["status"] == "ready" && get("a")["cache_records"].as_u64().unwrap_or(0) > 0
     });
     let (again, _) = build(&c, "on-b", "again", None);
     assert_eq!(sum(&again, "cache_misses"), 0, "{again}");
@@ -135,11 +134,11 @@ fn agents_share_cache_within_a_tenant_only_and_storage_is_managed_farm_wide() {
     // agent is pruned, importing it makes the build fully cached.
     let dest = work.path().join("farm-cache");
     let to = format!("type=local,dest={},mode=max", dest.display());
-    farm_build(&c, work.path(), src.path(), &registry.addr, "on-a", "export", None, &["--cache-to", &to]);
+    farm_build(&c, &site, "on-a", "export", None, &["--cache-to", &to]);
     assert!(dest.join("index.json").exists());
     c.ok(c.kiln(&["prune", "-a", "-f"], work.path()));
     let from = format!("type=local,src={}", dest.display());
-    let (imported, log) = farm_build(&c, work.path(), src.path(), &registry.addr, "on-b", "import", None, &["--cache-from", &from]);
+    let (imported, log) = farm_build(&c, &site, "on-b", "import", None, &["--cache-from", &from]);
     assert_eq!(sum(&imported, "cache_misses"), 0, "{imported}\n{log}");
     assert_eq!(imported["containerimage.digest"], first["containerimage.digest"]);
 }

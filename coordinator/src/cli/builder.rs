@@ -404,6 +404,7 @@ fn context_json(c: &ContextView) -> serde_json::Value {
         "labels": c.info.labels,
         "version": c.info.version,
         "cache_bytes": c.cache_bytes,
+        "cache_records": c.cache_records,
         "last_seen_ms_ago": if c.last_seen_ms_ago == u64::MAX { serde_json::Value::Null } else { c.last_seen_ms_ago.into() },
     })
 }

@@ -748,9 +748,11 @@ fn contexts(node: &Node) -> Vec<ContextView> {
         }
         (s.farm.contexts.clone(), s.draining.clone(), running)
     });
-    let (soft, since) = {
+    let (soft, since, records) = {
         let g = node.soft();
-        (g.agents.clone(), g.leader_since)
+        let records: std::collections::HashMap<String, u64> =
+            ctxs.keys().filter_map(|n| g.tracker.record_count(n).map(|r| (n.clone(), r as u64))).collect();
+        (g.agents.clone(), g.leader_since, records)
     };
     ctxs.into_values()
         .map(|c| {
@@ -767,6 +769,7 @@ fn contexts(node: &Node) -> Vec<ContextView> {
                 running: running.get(&c.name).copied().unwrap_or(0),
                 last_seen_ms_ago: live.map(|l| now.duration_since(l.last_seen).as_millis() as u64).unwrap_or(u64::MAX),
                 cache_bytes: live.map(|l| l.cache_bytes).unwrap_or(0),
+                cache_records: records.get(&c.name).copied(),
                 info: c,
             }
         })

@@ -81,6 +81,11 @@ impl Tracker {
         self.records.get(name).map(|s| s.iter().map(|a| &**a).collect()).unwrap_or_default()
     }
 
+    /// How many records an agent advertised; `None` until its inventory is known.
+    pub fn record_count(&self, agent: &str) -> Option<usize> {
+        self.known.get(agent).map(|(_, r)| r.len())
+    }
+
     /// Records of `names` an agent holds (how warm its cache is for a build).
     pub fn records_held(&self, agent: &str, names: &[String]) -> usize {
         self.known.get(agent).map(|(_, r)| names.iter().filter(|n| r.contains(*n)).count()).unwrap_or(0)
