@@ -10,7 +10,7 @@
 //! already verified are served to other agents fetching the same blob.
 
 use crate::gc;
-use kiln_shared::api::{AgentStorage, Principal, Request, Response, Role};
+use kiln_shared::api::{Principal, Request, Response, Role};
 use kiln_shared::chunks::{Bitmap, ChunkTable, Plan, Verdict};
 use kiln_shared::digest::Digest;
 use kiln_shared::store::{ContentStore, StoreError};
@@ -444,6 +444,7 @@ impl Peer {
             bytes: sources.iter().map(|_| AtomicU64::new(0)).collect(),
             dropped: Mutex::new(Vec::new()),
             refreshed: sources.iter().map(|_| Mutex::new(Instant::now())).collect(),
+            broken: Mutex::new(None),
             dirty: AtomicU64::new(0),
             syncing: Arc::default(),
         };
@@ -456,6 +457,9 @@ impl Peer {
             }
         }
         report.dropped.extend(lock(&shared.dropped).drain(..));
+        if let Some(why) = lock(&shared.broken).take() {
+            return Err(FetchError::Io { digest: d.clone(), what: why, source: std::io::Error::other("the blob was not stored") });
+        }
         let plan = lock(&shared.plan);
         if !plan.complete() {
             let missing = table.chunks() - plan.done();
@@ -478,7 +482,7 @@ impl Peer {
         loop {
             let next = {
                 let mut plan = lock(&shared.plan);
-                if plan.complete() || plan.is_gone(src) {
+                if plan.complete() || plan.is_gone(src) || lock(&shared.broken).is_some() {
                     shared.changed.notify_waiters();
                     return;
                 }
@@ -567,9 +571,10 @@ impl Peer {
                     }
                     let written = written.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
                     if let Err(e) = written.as_ref() {
-                        // The disk, not the peer, failed: nothing more can be kept.
-                        lock(&shared.dropped).push((addr, format!("writing chunk {i}: {e}")));
-                        lock(&shared.plan).drop_source(src);
+                        // The disk, not the peer, failed: the chunk counts as kept but is not
+                        // there, so the whole fetch fails rather than store a hole.
+                        *lock(&shared.broken) = Some(format!("writing chunk {i}: {e}"));
+                        shared.changed.notify_waiters();
                         return;
                     }
                     lock(&partial.have).set(i);
@@ -597,15 +602,6 @@ impl Peer {
         shared.changed.notify_waiters();
     }
 
-    /// Asks `addr` about this agent's storage (coordinators use the same requests).
-    pub async fn storage(&self, addr: SocketAddr, req: Request) -> Result<AgentStorage, TransportError> {
-        match self.call(addr, req, Duration::from_secs(120)).await? {
-            Response::Usage(u) => Ok(AgentStorage::Usage(u)),
-            Response::Pruned(r) => Ok(AgentStorage::Pruned(r)),
-            other => Err(TransportError::Closed(format!("unexpected answer {other:?}"))),
-        }
-    }
-
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"bye");
     }
@@ -618,6 +614,8 @@ struct Shared {
     bytes: Vec<AtomicU64>,
     dropped: Mutex<Vec<(SocketAddr, String)>>,
     refreshed: Vec<Mutex<Instant>>,
+    /// A local write failed: the fetch fails whatever the plan says.
+    broken: Mutex<Option<String>>,
     /// Bytes written since the last background fdatasync, and whether one runs.
     dirty: AtomicU64,
     syncing: Arc<std::sync::atomic::AtomicBool>,

@@ -412,7 +412,6 @@ async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOutcome, Stri
     let context = dir.clone();
     let uploaded = uploaded_caches(w, task).await?;
     let handle = tokio::runtime::Handle::current();
-    let origin = task.context_origin.clone();
     let result = tokio::task::spawn_blocking(move || {
         let mut imports: Vec<Box<dyn crate::engine::RemoteCache>> = Vec::new();
         for c in &spec.cache_from {
@@ -438,7 +437,6 @@ async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOutcome, Stri
                 }
             }
         }
-        let _ = origin;
         let remote: Vec<&dyn crate::engine::RemoteCache> = imports.iter().map(|b| &**b).collect();
         let req = SliceRequest {
             dockerfile: &spec.dockerfile,

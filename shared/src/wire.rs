@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 pub const MAGIC: [u8; 2] = *b"KL";
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: blob bytes travel as byte strings, chunks as raw bodies after their answer.
+pub const PROTOCOL_VERSION: u16 = 2;
 pub const HEADER_LEN: usize = 8;
 /// The largest control frame (chunks of blobs travel in their own frames, also bounded).
 pub const MAX_FRAME: usize = 16 << 20;
@@ -182,8 +183,9 @@ mod tests {
         assert_eq!(decode::<u64>(b"GET / HTTP/1.1"), Err(WireError::BadMagic(*b"GE")));
         let mut v = encode(&7u64).unwrap();
         v[3] = 9;
-        assert_eq!(decode::<u64>(&v), Err(WireError::UnsupportedVersion { got: 9, supported: 1 }));
-        let huge = [b'K', b'L', 0, 1, 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(decode::<u64>(&v), Err(WireError::UnsupportedVersion { got: 9, supported: PROTOCOL_VERSION }));
+        let [v0, v1] = PROTOCOL_VERSION.to_be_bytes();
+        let huge = [b'K', b'L', v0, v1, 0xff, 0xff, 0xff, 0xff];
         assert!(matches!(decode_header(&huge, MAX_FRAME), Err(WireError::TooLarge { .. })));
         let v = encode(&7u64).unwrap();
         assert!(matches!(decode::<u64>(&v[..v.len() - 1]), Err(WireError::Truncated { .. })));
