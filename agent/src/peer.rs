@@ -13,6 +13,7 @@ use crate::gc;
 use kiln_shared::api::{Principal, Request, Response, Role};
 use kiln_shared::chunks::{Bitmap, ChunkTable, Plan, Verdict};
 use kiln_shared::digest::Digest;
+use kiln_shared::join::join_all;
 use kiln_shared::store::{ContentStore, StoreError};
 use kiln_shared::transport::{self, Identity, TransportError};
 use kiln_shared::wire::{Envelope, ErrorCode, RemoteError};
@@ -351,7 +352,7 @@ impl Peer {
         let mut tables: Vec<(SocketAddr, ChunkTable)> = Vec::new();
         // Peers that do not hold it yet may be fetching it too: they are asked again later.
         let mut later: Vec<SocketAddr> = Vec::new();
-        for (s, answer) in futures_join_all(asks).await {
+        for (s, answer) in join_all(asks).await {
             match answer {
                 Ok(Response::Table(t)) => match t.validate() {
                     Ok(()) if t.digest() == *d => tables.push((s, t)),
@@ -449,7 +450,7 @@ impl Peer {
             syncing: Arc::default(),
         };
         let loops = sources.iter().enumerate().flat_map(|(src, (addr, _))| (0..DEPTH).map(move |_| (src, *addr)));
-        futures_join_all(loops.map(|(src, addr)| self.chunk_loop(d, partial, &shared, src, addr))).await;
+        join_all(loops.map(|(src, addr)| self.chunk_loop(d, partial, &shared, src, addr))).await;
         for (i, (addr, _)) in sources.iter().enumerate() {
             let n = shared.bytes[i].load(Ordering::Relaxed);
             if n > 0 {
@@ -656,28 +657,4 @@ fn read_full(f: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<
         }
     }
     Ok(n)
-}
-
-/// Runs futures side by side on this task and collects their outputs in order.
-async fn futures_join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in futs.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
 }

@@ -10,6 +10,7 @@ pub mod chunks;
 pub mod client;
 pub mod digest;
 pub mod frontend;
+pub mod join;
 pub mod layout;
 pub mod oci;
 pub mod platform;

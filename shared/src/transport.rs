@@ -325,19 +325,26 @@ async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<Vec<u8>,
     Ok(frame)
 }
 
+/// Sends a request on a fresh stream and reads its answer frame; the stream stays open for
+/// whatever follows the answer.
+async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
+    conn: &quinn::Connection,
+    req: &Envelope<Req>,
+) -> Result<(Resp, quinn::RecvStream), TransportError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| TransportError::Closed(e.to_string()))?;
+    send.write_all(&wire::encode(req)?).await.map_err(|e| TransportError::Closed(e.to_string()))?;
+    send.finish().map_err(|e| TransportError::Closed(e.to_string()))?;
+    let frame = read_frame(&mut recv, wire::MAX_FRAME).await?;
+    match wire::decode::<Result<Resp, RemoteError>>(&frame)? {
+        Ok(r) => Ok((r, recv)),
+        Err(e) => Err(TransportError::Remote(e)),
+    }
+}
+
 /// One request and its response over a fresh stream, within the envelope's deadline.
 pub async fn call<Req: Serialize, Resp: DeserializeOwned>(conn: &quinn::Connection, req: &Envelope<Req>) -> Result<Resp, TransportError> {
     let ms = u64::from(req.deadline_ms);
-    let work = async {
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| TransportError::Closed(e.to_string()))?;
-        send.write_all(&wire::encode(req)?).await.map_err(|e| TransportError::Closed(e.to_string()))?;
-        send.finish().map_err(|e| TransportError::Closed(e.to_string()))?;
-        let frame = read_frame(&mut recv, wire::MAX_FRAME).await?;
-        match wire::decode::<Result<Resp, RemoteError>>(&frame)? {
-            Ok(r) => Ok(r),
-            Err(e) => Err(TransportError::Remote(e)),
-        }
-    };
+    let work = async { exchange(conn, req).await.map(|(r, _)| r) };
     tokio::time::timeout(Duration::from_millis(ms), work).await.map_err(|_| TransportError::Timeout { ms })?
 }
 
@@ -355,14 +362,7 @@ pub async fn call_with_body<Req: Serialize, Resp: DeserializeOwned>(
 ) -> Result<(Resp, Vec<u8>, usize), TransportError> {
     let ms = u64::from(req.deadline_ms);
     let work = async {
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| TransportError::Closed(e.to_string()))?;
-        send.write_all(&wire::encode(req)?).await.map_err(|e| TransportError::Closed(e.to_string()))?;
-        send.finish().map_err(|e| TransportError::Closed(e.to_string()))?;
-        let frame = read_frame(&mut recv, wire::MAX_FRAME).await?;
-        let answer = match wire::decode::<Result<Resp, RemoteError>>(&frame)? {
-            Ok(r) => r,
-            Err(e) => return Err(TransportError::Remote(e)),
-        };
+        let (answer, mut recv) = exchange(conn, req).await?;
         buf.clear();
         // Room for the body, its alignment and padding to a whole block: no reallocation below.
         let align = align.max(1);

@@ -136,7 +136,9 @@ impl Cluster {
             coordinators.push(p);
         }
         let c1 = dir.path().join("c1");
-        wait_for("the first coordinator's tokens", Duration::from_secs(60), || c1.join("agent.token").exists());
+        wait_for("the first coordinator's tokens", Duration::from_secs(60), || {
+            c1.join("admin.token").exists() && c1.join("agent.token").exists()
+        });
         let read = |f: &str| std::fs::read_to_string(c1.join(f)).expect("token").trim().to_string();
         let (admin_token, agent_token) = (read("admin.token"), read("agent.token"));
         let cluster = Cluster { dir, coordinators, addrs, agents: vec![], admin_token, agent_token };

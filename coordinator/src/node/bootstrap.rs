@@ -107,8 +107,9 @@ pub async fn credentials(
 
 /// Writes the first tokens where the by-hand instructions expect them (`c1/admin.token`,
 /// `c1/agent.token`), once they are committed.
+/// `agent.token` comes last: once it is there, both are.
 pub fn write_tokens(dir: &Path, admin: &Token, agent: &Token) -> anyhow::Result<()> {
-    write_private(&dir.join("agent.token"), &format!("{agent}\n"))?;
     write_private(&dir.join("admin.token"), &format!("{admin}\n"))?;
+    write_private(&dir.join("agent.token"), &format!("{agent}\n"))?;
     Ok(())
 }

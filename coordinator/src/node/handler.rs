@@ -477,36 +477,8 @@ async fn storage(node: &Node, builder: Option<String>, req: Request) -> Answer {
             (name, answer)
         }
     });
-    let mut set = Vec::new();
-    for c in calls {
-        set.push(c);
-    }
-    let results = join_all(set).await;
+    let results = kiln_shared::join::join_all(calls).await;
     Ok(Response::PerAgent(results))
-}
-
-/// Runs futures side by side on this task, outputs in order.
-async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
-    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in futs.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
 }
 
 /// A report is taken only from the agent running the current attempt; anything else is
