@@ -101,6 +101,8 @@ pub struct Peer {
     /// The agent's data dir (step cache records in `cache/`, what `du` and `prune` work on).
     pub root: PathBuf,
     partials: Mutex<HashMap<Digest, Arc<Partial>>>,
+    /// Chunk tables of stored blobs already served (a blob's table never changes).
+    tables: Mutex<HashMap<Digest, Arc<ChunkTable>>>,
     up: Option<RateLimit>,
     down: Option<RateLimit>,
     endpoint: quinn::Endpoint,
@@ -133,6 +135,7 @@ impl Peer {
             store,
             root: root.to_path_buf(),
             partials: Mutex::new(HashMap::new()),
+            tables: Mutex::new(HashMap::new()),
             up: RateLimit::new(limit_bytes_per_s),
             down: RateLimit::new(limit_bytes_per_s),
             endpoint: transport::client(ca, Some(identity))?,
@@ -197,10 +200,13 @@ impl Peer {
             Request::ChunkTable { digest } => Ok(Response::Table(self.table(&parse(&digest)?).await?)),
             Request::GetBlob { digest, offset, len } => {
                 let d = parse(&digest)?;
+                use std::io::Read;
                 let f = self.store.open_blob(&d).map_err(|e| remote(ErrorCode::NotFound, e.to_string()))?;
-                let mut buf = vec![0u8; len.min(kiln_shared::client::BLOB_CHUNK) as usize];
-                let n = read_full(&f, &mut buf, offset).map_err(|e| remote(ErrorCode::Internal, e.to_string()))?;
-                buf.truncate(n);
+                let mut buf = Vec::new();
+                ReadAt { file: &f, offset }
+                    .take(u64::from(len.min(kiln_shared::client::BLOB_CHUNK)))
+                    .read_to_end(&mut buf)
+                    .map_err(|e| remote(ErrorCode::Internal, e.to_string()))?;
                 Ok(Response::Bytes(buf))
             }
             Request::GetRecord { name } => {
@@ -229,19 +235,25 @@ impl Peer {
         }
     }
 
-    /// The store's table for a blob (computed on a blocking thread the first time).
-    async fn stored_table(&self, d: &Digest) -> Result<ChunkTable, RemoteError> {
-        let (store, d, size) = (ContentStore::open(&self.root.join("content")), d.clone(), self.chunk_size);
-        let store = store.map_err(|e| remote(ErrorCode::Internal, e.to_string()))?;
-        tokio::task::spawn_blocking(move || store.table_sized(&d, size))
+    /// The store's table for a blob: computed on a blocking thread the first time, then kept in
+    /// memory, so serving a chunk reads nothing but the chunk.
+    async fn stored_table(&self, d: &Digest) -> Result<Arc<ChunkTable>, RemoteError> {
+        if let Some(t) = lock(&self.tables).get(d).filter(|t| t.chunk_size == self.chunk_size) {
+            return Ok(t.clone());
+        }
+        let (store, dd, size) = (self.store.clone(), d.clone(), self.chunk_size);
+        let t = tokio::task::spawn_blocking(move || store.table_sized(&dd, size))
             .await
             .map_err(|e| remote(ErrorCode::Internal, e.to_string()))?
-            .map_err(|e| remote(ErrorCode::NotFound, e.to_string()))
+            .map_err(|e| remote(ErrorCode::NotFound, e.to_string()))?;
+        let t = Arc::new(t);
+        lock(&self.tables).insert(d.clone(), t.clone());
+        Ok(t)
     }
 
     async fn table(&self, d: &Digest) -> Result<ChunkTable, RemoteError> {
         if self.store.has(d) {
-            return self.stored_table(d).await;
+            return self.stored_table(d).await.map(|t| (*t).clone());
         }
         let partial = lock(&self.partials).get(d).cloned();
         match partial {
@@ -259,7 +271,7 @@ impl Peer {
             if !lock(&p.have).get(i) {
                 return Err(remote(ErrorCode::NotFound, format!("chunk {i} of {d} is not here yet")));
             }
-            (p.reader.clone(), (*p.table).clone())
+            (p.reader.clone(), p.table.clone())
         };
         if i >= table.chunks() {
             return Err(remote(ErrorCode::BadRequest, format!("blob {d} has {} chunks, not {}", table.chunks(), i + 1)));
@@ -408,7 +420,7 @@ impl Peer {
             Ok(()) => {
                 // Every chunk passed its link of the SHA-256 chain that ends in the digest.
                 partial.file.set_len(table.size).map_err(io("sizing"))?;
-                let (store, path) = (ContentStore::open(&self.root.join("content"))?, partial.path.clone());
+                let (store, path) = (self.store.clone(), partial.path.clone());
                 tokio::task::spawn_blocking(move || store.insert_chunked(&path, &table))
                     .await
                     .map_err(|e| FetchError::Io {
@@ -646,15 +658,4 @@ impl std::io::Read for ReadAt<'_> {
         self.offset += n as u64;
         Ok(n)
     }
-}
-
-fn read_full(f: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read_at(&mut buf[n..], offset + n as u64)? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }

@@ -25,7 +25,8 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| StoreError::Io { path: path.to_path_buf(), source }
 }
 
-#[derive(Debug)]
+/// A handle on a store directory (cloning it opens nothing).
+#[derive(Clone, Debug)]
 pub struct ContentStore {
     root: PathBuf,
 }
