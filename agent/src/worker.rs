@@ -51,6 +51,8 @@ struct Worker {
     running: Mutex<BTreeSet<Key>>,
     cache_bytes: std::sync::atomic::AtomicU64,
     peer: Arc<Peer>,
+    /// The farm's other agents, through the tracker (also the engine's remote step cache).
+    peers: Arc<FarmPeers>,
     /// What the tracker was last told this agent holds; `None`: it must be told everything.
     advertised: tokio::sync::Mutex<Option<Holdings>>,
 }
@@ -91,13 +93,14 @@ pub async fn run(mut cfg: AgentConfig, token: String, stop: CancellationToken) -
             .map_err(|e| WorkerError::Config(format!("peer endpoint: {e}")))?,
     );
     let farm = Arc::new(farm);
-    let _ = engine.peers.set(Arc::new(FarmPeers {
+    let peers = Arc::new(FarmPeers {
         farm: farm.clone(),
         peer: peer.clone(),
         handle: tokio::runtime::Handle::current(),
         me: endpoint.clone(),
         name: cfg.name.clone(),
-    }));
+    });
+    let _ = engine.peers.set(peers.clone());
     let native = if cfg.platforms.is_empty() { engine.platforms.native.clone() } else { cfg.platforms.clone() };
     // Emulated: whatever the host runs (probed) that is not declared native.
     let emulated: Vec<Platform> =
@@ -124,6 +127,7 @@ pub async fn run(mut cfg: AgentConfig, token: String, stop: CancellationToken) -
         running: Mutex::new(BTreeSet::new()),
         cache_bytes: Default::default(),
         peer: peer.clone(),
+        peers,
         advertised: tokio::sync::Mutex::new(None),
     });
     let mut tasks = tokio::task::JoinSet::new();
@@ -577,19 +581,7 @@ async fn materialize(w: &Arc<Worker>, task: &SliceTask, dir: &Path) -> Result<()
         }
     }
     // Peers that hold a blob first: the coordinator that received the upload is the origin.
-    let holders = match w.engine.peers.get() {
-        Some(_) if !missing.is_empty() => {
-            let peers = FarmPeers {
-                farm: w.farm.clone(),
-                peer: w.peer.clone(),
-                handle: tokio::runtime::Handle::current(),
-                me: String::new(),
-                name: w.cfg.name.clone(),
-            };
-            peers.locate(missing.iter().map(|d| d.to_string()).collect(), vec![]).await
-        }
-        _ => vec![],
-    };
+    let holders = if missing.is_empty() { vec![] } else { w.peers.locate(missing.iter().map(|d| d.to_string()).collect(), vec![]).await };
     let mut origin: Option<Farm> = None;
     for (i, d) in missing.iter().enumerate() {
         let sources = holders.get(i).map(|h| h.as_slice()).unwrap_or_default();
