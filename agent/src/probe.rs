@@ -7,6 +7,10 @@
 use kiln_shared::Platform;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Numbers the probe files of this process (several probes may run at once in one process).
+static PROBES: AtomicU64 = AtomicU64::new(0);
 
 /// A minimal 64-bit little-endian ELF executable: one PT_LOAD segment holding `code`.
 fn elf64(machine: u16, code: &[u8]) -> Vec<u8> {
@@ -61,26 +65,28 @@ pub struct HostPlatforms {
 }
 
 impl HostPlatforms {
-    /// Probes every architecture with a probe binary, writing them under `scratch`.
+    /// Probes every architecture with a probe binary, writing them under `scratch`. The probes
+    /// run at once, and their names are this process's own: several agents or `kiln` processes
+    /// may probe in one directory at the same time.
     pub fn detect(scratch: &Path) -> HostPlatforms {
         let host = Platform::host();
         let mut out = HostPlatforms { native: vec![host.clone()], emulated: vec![] };
         let _ = std::fs::create_dir_all(scratch);
+        let mut running = Vec::new();
         for arch in ["amd64", "arm64", "riscv64", "ppc64le"] {
             if arch == host.arch() {
                 continue;
             }
             let Some(bin) = probe_binary(arch) else { continue };
-            let path = scratch.join(format!("probe-{arch}"));
+            let path = scratch.join(format!("probe-{arch}-{}-{}", std::process::id(), PROBES.fetch_add(1, Ordering::Relaxed)));
             if write_executable(&path, &bin).is_err() {
                 continue;
             }
-            let ran = Command::new(&path)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .map(|s| s.code() == Some(42))
-                .unwrap_or(false);
+            let child = Command::new(&path).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn();
+            running.push((arch, path, child));
+        }
+        for (arch, path, child) in running {
+            let ran = child.and_then(|mut c| c.wait()).map(|s| s.code() == Some(42)).unwrap_or(false);
             let _ = std::fs::remove_file(&path);
             if ran {
                 if let Ok(p) = Platform::new("linux", arch, None) {

@@ -43,6 +43,9 @@ pub enum WorkerError {
 
 type Key = (u64, u32, u32);
 
+/// Progress events of a slice travel to the coordinators in batches this far apart.
+const EVENT_BATCH: Duration = Duration::from_millis(50);
+
 struct Worker {
     cfg: AgentConfig,
     engine: Arc<Agent>,
@@ -70,8 +73,14 @@ impl Worker {
     }
 }
 
-/// Runs the agent until `stop` is cancelled (or it is removed from the farm).
-pub async fn run(mut cfg: AgentConfig, token: String, stop: CancellationToken) -> Result<(), WorkerError> {
+/// Runs the agent until `stop` is cancelled (or it is removed from the farm); `ready` hears
+/// what the agent registered as, once it can be given slices.
+pub async fn run(
+    mut cfg: AgentConfig,
+    token: String,
+    stop: CancellationToken,
+    ready: Option<tokio::sync::oneshot::Sender<AgentInfo>>,
+) -> Result<(), WorkerError> {
     cfg.validate().map_err(WorkerError::Config)?;
     // runc resolves paths against the bundle: everything under the data dir must be absolute.
     let dir_err = |e: std::io::Error| WorkerError::Config(format!("data dir {}: {e}", cfg.data_dir.display()));
@@ -118,7 +127,7 @@ pub async fn run(mut cfg: AgentConfig, token: String, stop: CancellationToken) -
     farm.call(&Request::Register(info.clone()), Duration::from_secs(10), Duration::from_secs(60))
         .await
         .map_err(|source| WorkerError::Register { name: name.clone(), source })?;
-    eprintln!("kiln agent {name}: registered; native {}, emulated {}, {} slots", list(&info.native), list(&info.emulated), cfg.slots);
+    tracing::info!(agent = %name, native = %list(&info.native), emulated = %list(&info.emulated), slots = cfg.slots, "registered");
     let worker = Arc::new(Worker {
         cfg,
         engine: Arc::new(engine),
@@ -130,6 +139,9 @@ pub async fn run(mut cfg: AgentConfig, token: String, stop: CancellationToken) -
         peers,
         advertised: tokio::sync::Mutex::new(None),
     });
+    if let Some(ready) = ready {
+        let _ = ready.send(info.clone());
+    }
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(measure_cache(worker.clone()));
     tasks.spawn(peer.clone().serve(listener.clone()));
@@ -191,7 +203,7 @@ async fn advertise(w: &Worker) {
         // The tracker does not know this agent (a new leader): tell it everything next time.
         Ok(_) => *advertised = None,
         Err(e) => {
-            eprintln!("agent {}: advertising to the tracker: {e}", w.cfg.name);
+            tracing::warn!(agent = %w.cfg.name, "advertising to the tracker: {e}");
             *advertised = if full { None } else { Some(before) };
         }
     }
@@ -233,13 +245,16 @@ async fn collect_garbage(w: Arc<Worker>) {
         let (root, spec) = (w.cfg.data_dir.clone(), spec.clone());
         match tokio::task::spawn_blocking(move || crate::gc::prune(&root, &spec)).await {
             Ok(Ok(r)) if r.records_removed + r.blobs_removed > 0 => {
-                eprintln!(
-                    "agent {}: gc removed {} records, {} blobs ({} bytes)",
-                    w.cfg.name, r.records_removed, r.blobs_removed, r.bytes_reclaimed
+                tracing::info!(
+                    agent = %w.cfg.name,
+                    records = r.records_removed,
+                    blobs = r.blobs_removed,
+                    bytes = r.bytes_reclaimed,
+                    "gc removed cache"
                 );
                 advertise(&w).await;
             }
-            Ok(Err(e)) => eprintln!("agent {}: gc: {e}", w.cfg.name),
+            Ok(Err(e)) => tracing::warn!(agent = %w.cfg.name, "gc: {e}"),
             _ => {}
         }
     }
@@ -266,7 +281,7 @@ impl FarmPeers {
             }
             Ok(_) => vec![vec![]; n],
             Err(e) => {
-                eprintln!("agent {}: asking the tracker: {e}", self.name);
+                tracing::warn!(agent = %self.name, "asking the tracker: {e}");
                 vec![vec![]; n]
             }
         }
@@ -280,12 +295,12 @@ impl FarmPeers {
         match self.peer.fetch(d, &holders).await {
             Ok(report) => {
                 for (addr, why) in &report.dropped {
-                    eprintln!("agent {}: blob {d}: peer {addr} not used: {why}", self.name);
+                    tracing::warn!(agent = %self.name, blob = %d, peer = %addr, "peer not used: {why}");
                 }
                 true
             }
             Err(e) => {
-                eprintln!("agent {}: {e}", self.name);
+                tracing::warn!(agent = %self.name, "{e}");
                 false
             }
         }
@@ -350,11 +365,11 @@ async fn poll_loop(w: Arc<Worker>, tasks: &mut tokio::task::JoinSet<()>) -> Resu
                     }
                 }
             }
-            Ok(other) => eprintln!("agent {}: unexpected answer to a poll: {other:?}", w.cfg.name),
+            Ok(other) => tracing::warn!(agent = %w.cfg.name, "unexpected answer to a poll: {other:?}"),
             Err(TransportError::Remote(e)) if e.code == ErrorCode::NotFound => return Err(WorkerError::Removed(w.cfg.name.clone())),
             Err(e) => {
                 // The registration is in Raft and survives any coordinator; only the poll is retried.
-                eprintln!("agent {}: poll: {e}", w.cfg.name);
+                tracing::warn!(agent = %w.cfg.name, "poll: {e}");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -370,7 +385,7 @@ async fn run_task(w: Arc<Worker>, task: SliceTask) {
         Err(message) => Request::SliceFailed { build: task.build, slice: task.slice, attempt: task.attempt, message },
     };
     if let Err(e) = w.farm.call(&report, Duration::from_secs(10), Duration::from_secs(300)).await {
-        eprintln!("agent {}: reporting slice {}/{} attempt {}: {e}", w.cfg.name, task.build, task.slice, task.attempt);
+        tracing::warn!(agent = %w.cfg.name, build = task.build, slice = task.slice, attempt = task.attempt, "reporting the slice: {e}");
     }
     w.running().remove(&key);
 }
@@ -378,7 +393,9 @@ async fn run_task(w: Arc<Worker>, task: SliceTask) {
 async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOutcome, String> {
     let dir = w.cfg.data_dir.join("contexts").join(format!("{}-{}-{}", task.build, task.slice, task.attempt));
     let _cleanup = RemoveOnDrop(dir.clone());
+    let started = std::time::Instant::now();
     materialize(w, task, &dir).await?;
+    let materialized = started.elapsed();
 
     // Progress goes to the coordinators in small batches while the slice runs.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
@@ -393,15 +410,19 @@ async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOutcome, Stri
                     Some(e) => events.push(e),
                     None => break,
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Batch what follows within EVENT_BATCH, but send at once when the slice ends.
+                let window = tokio::time::sleep(EVENT_BATCH);
+                tokio::pin!(window);
                 loop {
-                    match rx.try_recv() {
-                        Ok(e) => events.push(e),
-                        Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
-                        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
-                            open = false;
-                            break;
-                        }
+                    tokio::select! {
+                        e = rx.recv() => match e {
+                            Some(e) => events.push(e),
+                            None => {
+                                open = false;
+                                break;
+                            }
+                        },
+                        _ = &mut window => break,
                     }
                 }
                 let _ =
@@ -495,9 +516,19 @@ async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOutcome, Stri
         origin.close();
         sent?;
     }
+    let built = started.elapsed();
     // The tracker learns what this slice added before the farm learns the slice is done, so a
     // build that follows finds it.
     advertise(w).await;
+    tracing::debug!(
+        agent = %w.cfg.name,
+        build = task.build,
+        slice = task.slice,
+        materialize_ms = materialized.as_secs_f64() * 1e3,
+        build_ms = (built - materialized).as_secs_f64() * 1e3,
+        advertise_ms = (started.elapsed() - built).as_secs_f64() * 1e3,
+        "slice done"
+    );
     Ok(SliceOutcome {
         build: task.build,
         slice: task.slice,

@@ -40,6 +40,9 @@ fn default_emulation_slowdown() -> f64 {
 fn default_snapshot_every_entries() -> u64 {
     5000
 }
+fn default_shutdown_drain_ms() -> u64 {
+    2000
+}
 
 /// A coordinator: one member of the Raft cluster.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -74,6 +77,9 @@ pub struct CoordinatorConfig {
     /// Log entries between snapshots (default 5000).
     #[serde(default = "default_snapshot_every_entries")]
     pub snapshot_every_entries: u64,
+    /// On shutdown, how long connections may take to close cleanly (default 2000 ms).
+    #[serde(default = "default_shutdown_drain_ms")]
+    pub shutdown_drain_ms: u64,
 }
 
 impl CoordinatorConfig {

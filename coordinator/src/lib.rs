@@ -1,7 +1,7 @@
 //! kiln-coordinator: the coordinator cluster and the `kiln` command line.
 //!
 //! - `cli`: every verb of the one binary;
-//! - `farm`: the embedded farm (one coordinator and one agent in this process);
+//! - `embedded`: the embedded farm (a real coordinator and agent in this process);
 //! - `node`: a coordinator process (`kiln coordinator`): bootstrap, requests, leader duties;
 //! - `raft`: the replicated state, its commands, and its storage and network for openraft;
 //! - `scheduler`: the pure placement of slices; `builders`: buildx's builders and contexts;
@@ -10,7 +10,7 @@
 pub mod builders;
 pub mod cli;
 pub mod config;
-pub mod farm;
+pub mod embedded;
 pub mod node;
 pub mod raft;
 pub mod scheduler;

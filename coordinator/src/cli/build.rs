@@ -2,12 +2,11 @@
 //! `--dry-run`, prints the stages that would run with every instruction expanded.
 
 use super::context::{self, ContextSummary};
-use super::progress::{Mode, Progress};
+use super::progress::Mode;
 use super::remote::FarmArgs;
-use crate::farm::{self, BuildRequest, EmbeddedFarm, Output};
+use super::outputs::{CacheFrom, CacheTo, Output};
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
-use kiln_agent::EngineError;
 use kiln_shared::api::{BuildSpec, CacheExport, CacheRef};
 use kiln_shared::frontend::dockerignore::DockerIgnore;
 use kiln_shared::frontend::print::{self, Style};
@@ -130,7 +129,8 @@ pub fn kiln_home() -> PathBuf {
     }
 }
 
-/// A real build on the embedded farm.
+/// A real build, on the farm named by `--host`/`KILN_HOST` or on the embedded farm: the same
+/// path either way (upload what the farm lacks, submit, follow, write the outputs).
 fn build(
     args: BuildArgs,
     name: String,
@@ -154,136 +154,56 @@ fn build(
         eprintln!("WARNING: no output specified: the result will only be in the build cache (use --push, -o type=oci,dest=FILE or -o type=local,dest=DIR)");
     }
     let ignore = DockerIgnore::load(&args.path, dockerfile)?;
-    let cache_from = args.cache_from.iter().map(|c| farm::CacheFrom::parse(c)).collect::<anyhow::Result<Vec<_>>>()?;
-    let cache_to = args.cache_to.as_deref().map(farm::CacheTo::parse).transpose()?;
-    if let Some(hosts) = args.farm.hosts()? {
-        let mut push = false;
-        let mut zstd = false;
-        let mut oci = None;
-        for o in &outputs {
-            match o {
-                Output::Registry { zstd: z } => {
-                    push = true;
-                    zstd |= *z;
+    let cache_from = args.cache_from.iter().map(|c| CacheFrom::parse(c)).collect::<anyhow::Result<Vec<_>>>()?;
+    let cache_to = args.cache_to.as_deref().map(CacheTo::parse).transpose()?;
+    let zstd = outputs.iter().any(|o| matches!(o, Output::Registry { zstd: true } | Output::Oci { zstd: true, .. }));
+    let push = outputs.iter().any(Output::is_registry);
+    let mut context = super::farm_build::manifest(&args.path, &ignore)?;
+    // A local cache to import travels with the context: its config and layers.
+    let mut cache_refs = Vec::new();
+    for c in &cache_from {
+        match c {
+            CacheFrom::Registry { reference } => cache_refs.push(CacheRef::Registry { reference: reference.clone() }),
+            CacheFrom::Local { src } => match super::farm_build::local_cache_files(src) {
+                Ok((config, files)) => {
+                    context.files.extend(files);
+                    cache_refs.push(CacheRef::Uploaded { config });
                 }
-                Output::Oci { dest, zstd: z } => {
-                    oci = Some(dest.clone());
-                    zstd |= *z;
-                }
-                Output::Local { .. } => bail!(
-                    "-o type=local is not available on a farm yet: use -o type=oci,dest=FILE or --push (or build on the embedded farm)"
-                ),
-            }
+                Err(e) => eprintln!("WARNING: importing cache {}: {e:#}", src.display()),
+            },
         }
-        let mut context = super::farm_build::manifest(&args.path, &ignore)?;
-        // A local cache to import travels with the context: its config and layers.
-        let mut cache_refs = Vec::new();
-        for c in &cache_from {
-            match c {
-                farm::CacheFrom::Registry { reference } => cache_refs.push(CacheRef::Registry { reference: reference.clone() }),
-                farm::CacheFrom::Local { src } => match super::farm_build::local_cache_files(src) {
-                    Ok((config, files)) => {
-                        context.files.extend(files);
-                        cache_refs.push(CacheRef::Uploaded { config });
-                    }
-                    Err(e) => eprintln!("WARNING: importing cache {}: {e:#}", src.display()),
-                },
-            }
-        }
-        let export = cache_to.as_ref().map(|c| match c {
-            farm::CacheTo::Local { max, .. } => CacheExport { max: *max, registry: None },
-            farm::CacheTo::Registry { reference, max } => CacheExport { max: *max, registry: Some(reference.clone()) },
-        });
-        let spec = BuildSpec {
-            dockerfile: text,
-            dockerfile_name: name,
-            platforms,
-            build_args,
-            target: args.target.clone(),
-            no_cache: args.no_cache,
-            context: context.entries,
-            tags: args.tags.clone(),
-            push,
-            zstd,
-            builder: args.builder.clone().or_else(|| super::remote::current_builder(&hosts)),
-            insecure_registries: args.insecure_registries.clone(),
-            submission: crate::node::random_hex(16)?,
-            return_blobs: oci.is_some(),
-            cache_scope: String::new(),
-            tenant: String::new(),
-            cache_from: cache_refs,
-            cache_to: export,
-        };
-        let cache_dest = match &cache_to {
-            Some(farm::CacheTo::Local { dest, .. }) => Some(dest.as_path()),
-            _ => None,
-        };
-        let view = super::farm_build::run(spec, context.files, &args.farm, mode, oci.as_deref(), cache_dest)?;
-        return super::farm_build::finish(&view, &args.tags, args.metadata_file.as_deref(), mode);
     }
-    if let Some(b) = args.builder.as_deref().filter(|b| *b != crate::builders::DEFAULT_BUILDER) {
-        bail!("builder {b:?}: builders live in a farm; set --host/KILN_HOST (the embedded farm has only `default`)");
-    }
-    let farm = EmbeddedFarm::open(&kiln_home(), &args.insecure_registries)?;
-    let req = BuildRequest {
+    let export = cache_to.as_ref().map(|c| match c {
+        CacheTo::Local { max, .. } => CacheExport { max: *max, registry: None },
+        CacheTo::Registry { reference, max } => CacheExport { max: *max, registry: Some(reference.clone()) },
+    });
+    let session = args.farm.open()?;
+    let spec = BuildSpec {
         dockerfile: text,
         dockerfile_name: name,
-        context: args.path.clone(),
-        ignore,
         platforms,
         build_args,
         target: args.target.clone(),
         no_cache: args.no_cache,
+        context: context.entries,
         tags: args.tags.clone(),
-        outputs,
-        cache_from,
-        cache_to,
+        push,
+        zstd,
+        builder: args.builder.clone().or_else(|| session.current_builder()),
+        insecure_registries: args.insecure_registries.clone(),
+        submission: crate::node::random_hex(16)?,
+        return_blobs: outputs.iter().any(|o| !o.is_registry()),
+        cache_scope: String::new(),
+        tenant: String::new(),
+        cache_from: cache_refs,
+        cache_to: export,
     };
-    let progress = Progress::new(mode);
-    let result = match farm.build(&req, &|e| progress.event(e)) {
-        Ok(r) => r,
-        Err(e) => {
-            if let Some(lines) = failed_output(&e) {
-                if mode == Mode::Quiet || mode == Mode::Tty {
-                    for l in lines {
-                        eprintln!("> {l}");
-                    }
-                }
-            }
-            return Err(e.into());
-        }
-    };
-    if let Some(path) = &args.metadata_file {
-        let meta = serde_json::json!({
-            "containerimage.digest": result.index_digest.to_string(),
-            "containerimage.descriptor": farm::index_descriptor(&result),
-            "image.name": args.tags.join(","),
-            "kiln.slices": result.slices,
-        });
-        std::fs::write(path, serde_json::to_vec_pretty(&meta)?).with_context(|| format!("writing {}", path.display()))?;
-    }
-    if mode == Mode::Quiet {
-        println!("{}", result.index_digest);
-    } else {
-        let cached: u32 = result.slices.iter().map(|s| s.cache_hits).sum();
-        let ran: u32 = result.slices.iter().map(|s| s.cache_misses).sum();
-        let n = result.slices.len();
-        eprintln!(
-            "=> image index {} ({n} platform{}; {ran} steps run, {cached} cached)",
-            result.index_digest,
-            if n == 1 { "" } else { "s" }
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The last output lines of a failed RUN, if that is what failed.
-fn failed_output(e: &EngineError) -> Option<&[String]> {
-    match e {
-        EngineError::Step { error, .. } => failed_output(error),
-        EngineError::Run(kiln_agent::runc::RunError::Failed { last_lines, .. }) => Some(last_lines),
+    let cache_dest = match &cache_to {
+        Some(CacheTo::Local { dest, .. }) => Some(dest.as_path()),
         _ => None,
-    }
+    };
+    let view = super::farm_build::run(&session, spec, context.files, mode, &outputs, cache_dest)?;
+    super::farm_build::finish(&view, &args.tags, args.metadata_file.as_deref(), mode)
 }
 
 fn dockerfile_path(args: &BuildArgs) -> PathBuf {

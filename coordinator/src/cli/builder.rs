@@ -71,10 +71,6 @@ pub enum ContextCommand {
     Rm { names: Vec<String> },
 }
 
-fn block<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-    remote::runtime()?.block_on(f)
-}
-
 fn platforms(list: &[String]) -> anyhow::Result<Vec<Platform>> {
     if list.is_empty() {
         return Ok(vec![]);
@@ -97,7 +93,7 @@ pub fn create(args: CreateArgs, farm: FarmArgs) -> anyhow::Result<ExitCode> {
             _ => bail!("--driver-opt {o:?}: kiln's runc driver takes share-cache=true|false"),
         }
     }
-    let hosts = farm.require("kiln create")?;
+    let session = farm.open()?;
     let spec = CreateSpec {
         context: args.context.clone(),
         name: args.name.clone(),
@@ -108,8 +104,8 @@ pub fn create(args: CreateArgs, farm: FarmArgs) -> anyhow::Result<ExitCode> {
         leave: args.leave,
         share_cache,
     };
-    let name = block(async {
-        let f = remote::connect(&hosts, &farm).await?;
+    let name = session.block_on(async {
+        let f = session.connect().await?;
         let name = match remote::call(&f, &Request::CreateBuilder(spec)).await? {
             Response::Name(n) => n,
             other => bail!(unexpected(other)),
@@ -120,7 +116,7 @@ pub fn create(args: CreateArgs, farm: FarmArgs) -> anyhow::Result<ExitCode> {
         Ok(name)
     })?;
     if args.use_it {
-        remote::set_current_builder(&hosts, Some(&name))?;
+        session.set_current_builder(Some(&name))?;
     }
     println!("{name}");
     Ok(ExitCode::SUCCESS)
@@ -150,38 +146,16 @@ async fn bootstrap(f: &kiln_shared::client::Farm, name: &str) -> anyhow::Result<
 }
 
 pub fn use_builder(name: String, farm: FarmArgs) -> anyhow::Result<ExitCode> {
-    let hosts = farm.require("kiln use")?;
-    block(async {
-        let f = remote::connect(&hosts, &farm).await?;
+    let session = farm.open()?;
+    session.block_on(async {
+        let f = session.connect().await?;
         match remote::call(&f, &Request::Inspect { name: name.clone() }).await? {
             Response::Builder(_) => Ok(()),
             other => bail!(unexpected(other)),
         }
     })?;
-    remote::set_current_builder(&hosts, if name == DEFAULT_BUILDER { None } else { Some(&name) })?;
+    session.set_current_builder(if name == DEFAULT_BUILDER { None } else { Some(&name) })?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// The embedded farm's one builder, for `ls`/`inspect` without a farm.
-fn embedded() -> BuilderView {
-    let probe = kiln_agent::probe::HostPlatforms::detect(&std::env::temp_dir());
-    let all: Vec<Platform> = probe.native.iter().chain(&probe.emulated).cloned().collect();
-    BuilderView {
-        name: DEFAULT_BUILDER.into(),
-        driver: "runc".into(),
-        nodes: vec![NodeView {
-            name: "embedded".into(),
-            context: "embedded".into(),
-            endpoint: "in-process".into(),
-            status: "running".into(),
-            platforms: all,
-            native: probe.native,
-            slots: 1,
-            running: 0,
-            cache_bytes: 0,
-        }],
-        recent: vec![],
-    }
 }
 
 fn platform_list(n: &NodeView) -> String {
@@ -196,20 +170,15 @@ fn platform_list(n: &NodeView) -> String {
 }
 
 pub fn ls(format: ListFormat, farm: FarmArgs) -> anyhow::Result<ExitCode> {
-    let (builders, current) = match farm.hosts()? {
-        None => (vec![embedded()], DEFAULT_BUILDER.to_string()),
-        Some(hosts) => {
-            let list = block(async {
-                let f = remote::connect(&hosts, &farm).await?;
-                match remote::call(&f, &Request::Builders).await? {
-                    Response::Builders(b) => Ok(b),
-                    other => bail!(unexpected(other)),
-                }
-            })?;
-            let current = remote::current_builder(&hosts).unwrap_or_else(|| DEFAULT_BUILDER.to_string());
-            (list, current)
+    let session = farm.open()?;
+    let builders = session.block_on(async {
+        let f = session.connect().await?;
+        match remote::call(&f, &Request::Builders).await? {
+            Response::Builders(b) => Ok(b),
+            other => bail!(unexpected(other)),
         }
-    };
+    })?;
+    let current = session.current_builder().unwrap_or_else(|| DEFAULT_BUILDER.to_string());
     if format == ListFormat::Json {
         let v: Vec<serde_json::Value> = builders
             .iter()
@@ -286,13 +255,10 @@ fn print_builder(b: &BuilderView) {
 }
 
 pub fn inspect(name: Option<String>, bootstrap_it: bool, farm: FarmArgs) -> anyhow::Result<ExitCode> {
-    let Some(hosts) = farm.hosts()? else {
-        print_builder(&embedded());
-        return Ok(ExitCode::SUCCESS);
-    };
-    let name = name.or_else(|| remote::current_builder(&hosts)).unwrap_or_else(|| DEFAULT_BUILDER.to_string());
-    let b = block(async {
-        let f = remote::connect(&hosts, &farm).await?;
+    let session = farm.open()?;
+    let name = name.or_else(|| session.current_builder()).unwrap_or_else(|| DEFAULT_BUILDER.to_string());
+    let b = session.block_on(async {
+        let f = session.connect().await?;
         if bootstrap_it {
             return bootstrap(&f, &name).await;
         }
@@ -306,13 +272,13 @@ pub fn inspect(name: Option<String>, bootstrap_it: bool, farm: FarmArgs) -> anyh
 }
 
 pub fn rm(args: RmArgs, farm: FarmArgs) -> anyhow::Result<ExitCode> {
-    let hosts = farm.require("kiln rm")?;
     if args.names.is_empty() && !args.all_inactive {
         bail!("kiln rm needs a builder name (or --all-inactive)");
     }
-    let current = remote::current_builder(&hosts);
-    block(async {
-        let f = remote::connect(&hosts, &farm).await?;
+    let session = farm.open()?;
+    let current = session.current_builder();
+    session.block_on(async {
+        let f = session.connect().await?;
         let mut names = args.names.clone();
         if args.all_inactive {
             if let Response::Builders(list) = remote::call(&f, &Request::Builders).await? {
@@ -332,18 +298,18 @@ pub fn rm(args: RmArgs, farm: FarmArgs) -> anyhow::Result<ExitCode> {
             expect_ok(remote::call(&f, &Request::RemoveBuilder { name: name.clone() }).await?)?;
             println!("{name} removed");
         }
-        Ok(())
+        anyhow::Ok(())
     })?;
     if current.is_some_and(|c| args.names.contains(&c)) {
-        remote::set_current_builder(&hosts, None)?;
+        session.set_current_builder(None)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn context(cmd: ContextCommand, farm: FarmArgs) -> anyhow::Result<ExitCode> {
-    let hosts = farm.require("kiln context")?;
+    let session = farm.open()?;
     let list = || async {
-        let f = remote::connect(&hosts, &farm).await?;
+        let f = session.connect().await?;
         match remote::call(&f, &Request::Contexts).await? {
             Response::Contexts(c) => Ok::<_, anyhow::Error>(c),
             other => bail!(unexpected(other)),
@@ -351,7 +317,7 @@ pub fn context(cmd: ContextCommand, farm: FarmArgs) -> anyhow::Result<ExitCode> 
     };
     match cmd {
         ContextCommand::Ls { format } => {
-            let contexts = block(list())?;
+            let contexts = session.block_on(list())?;
             if format == ListFormat::Json {
                 println!("{}", serde_json::to_string_pretty(&contexts.iter().map(context_json).collect::<Vec<_>>())?);
                 return Ok(ExitCode::SUCCESS);
@@ -370,7 +336,7 @@ pub fn context(cmd: ContextCommand, farm: FarmArgs) -> anyhow::Result<ExitCode> 
             print_table(&rows);
         }
         ContextCommand::Inspect { name } => {
-            let contexts = block(list())?;
+            let contexts = session.block_on(list())?;
             let c = contexts.iter().find(|c| c.info.name == name).with_context(|| format!("no context {name:?} found"))?;
             println!("{}", serde_json::to_string_pretty(&context_json(c))?);
         }
@@ -378,14 +344,14 @@ pub fn context(cmd: ContextCommand, farm: FarmArgs) -> anyhow::Result<ExitCode> 
             if names.is_empty() {
                 bail!("kiln context rm needs a context name");
             }
-            block(async {
-                let f = remote::connect(&hosts, &farm).await?;
+            session.block_on(async {
+                let f = session.connect().await?;
                 for name in &names {
                     let r = f.call(&Request::RemoveContext { name: name.clone() }, Duration::from_secs(120), Duration::from_secs(20)).await;
                     expect_ok(r.map_err(|e| anyhow::anyhow!("{e}"))?)?;
                     println!("{name} removed");
                 }
-                Ok(())
+                anyhow::Ok(())
             })?;
         }
     }

@@ -1,8 +1,9 @@
-//! `kiln build` on a farm: send the context once (only the blobs the farm lacks), submit the
-//! build, and follow its slices live until the index is pushed.
+//! `kiln build` on a farm (a real one, or the embedded one): send the context once (only the
+//! blobs the farm lacks), submit the build, follow its slices live, write the outputs.
 
 use super::progress::{Mode, Progress};
-use super::remote::{self, unexpected, FarmArgs};
+use super::outputs::Output;
+use super::remote::{self, unexpected, Session};
 use anyhow::{anyhow, bail, Context as _};
 use kiln_agent::Event;
 use kiln_shared::api::{BuildSpec, BuildView, ContextEntry, EntryKind, Request, Response};
@@ -75,19 +76,18 @@ pub async fn upload(farm: &Farm, files: &BTreeMap<String, PathBuf>) -> anyhow::R
     Ok((missing.len(), bytes))
 }
 
-/// Runs a build on the farm and follows it; returns the finished build.
+/// Runs a build on the farm and follows it; writes the outputs; returns the finished build.
 pub fn run(
+    session: &Session,
     spec: BuildSpec,
     files: BTreeMap<String, PathBuf>,
-    farm_args: &FarmArgs,
     mode: Mode,
-    oci: Option<&Path>,
+    outputs: &[Output],
     cache_dest: Option<&Path>,
 ) -> anyhow::Result<BuildView> {
     let tags = spec.tags.clone();
-    let hosts = farm_args.require("building on a farm")?;
-    remote::runtime()?.block_on(async {
-        let farm = remote::connect(&hosts, farm_args).await?;
+    session.block_on(async {
+        let farm = session.connect().await?;
         let (sent, bytes) = upload(&farm, &files).await?;
         if mode == Mode::Plain {
             // The manifest (names, modes, digests) travels in the build request.
@@ -135,8 +135,8 @@ pub fn run(
             }
             match view.state.as_str() {
                 "done" => {
-                    if let Some(dest) = oci {
-                        write_oci(&farm, &view, dest, &tags).await?;
+                    if outputs.iter().any(|o| !o.is_registry()) {
+                        write_outputs(&farm, &view, outputs, &tags).await?;
                     }
                     if let Some(dest) = cache_dest {
                         write_cache(&farm, &view, dest).await?;
@@ -150,12 +150,13 @@ pub fn run(
     })
 }
 
-/// `-o type=oci,dest=F` on a farm: the agents sent their images to the coordinator; fetch the
-/// manifests, configs and layers and write the archive.
-async fn write_oci(farm: &Farm, view: &BuildView, dest: &Path, tags: &[String]) -> anyhow::Result<()> {
+/// `-o type=oci` and `-o type=local`: the agents sent their images to the coordinator; fetch
+/// the manifests, configs and layers into the client's store and write each output.
+async fn write_outputs(farm: &Farm, view: &BuildView, outputs: &[Output], tags: &[String]) -> anyhow::Result<()> {
     let store = kiln_shared::store::ContentStore::open(&super::build::kiln_home().join("client/content"))?;
     let index: kiln_shared::oci::Index = serde_json::from_str(&view.index_json).context("the build's index")?;
     let mut blobs = Vec::new();
+    let mut images = Vec::new();
     for m in &index.manifests {
         farm.fetch_blob(&store, &m.digest).await?;
         let manifest: kiln_shared::oci::Manifest = serde_json::from_slice(&store.read(&m.digest)?).context("a slice's manifest")?;
@@ -164,8 +165,26 @@ async fn write_oci(farm: &Farm, view: &BuildView, dest: &Path, tags: &[String]) 
             blobs.push(d.digest.clone());
         }
         blobs.push(m.digest.clone());
+        images.push((m.platform.as_ref().and_then(|p| p.to_platform()), manifest));
     }
-    kiln_shared::layout::write_archive(dest, &store, &index, &blobs, tags)?;
+    for out in outputs {
+        match out {
+            Output::Oci { dest, .. } => kiln_shared::layout::write_archive(dest, &store, &index, &blobs, tags)?,
+            Output::Local { dest } => {
+                for (platform, manifest) in &images {
+                    let dir = match platform {
+                        Some(p) if images.len() > 1 => dest.join(p.to_string().replace('/', "_")),
+                        _ => dest.clone(),
+                    };
+                    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                    for l in &manifest.layers {
+                        kiln_agent::layers::unpack(&store, &l.digest, &dir, kiln_agent::layers::Whiteouts::Delete)?;
+                    }
+                }
+            }
+            Output::Registry { .. } => {}
+        }
+    }
     Ok(())
 }
 

@@ -7,6 +7,7 @@ pub mod builder;
 pub mod context;
 pub mod farm_build;
 pub mod imagetools;
+pub mod outputs;
 pub mod progress;
 pub mod remote;
 pub mod serve;
@@ -18,8 +19,34 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(name = "kiln", version, about = "A distributed build farm for multi-platform container images")]
 pub struct Cli {
+    /// How log lines are written to standard error (`KILN_LOG` sets the filter, e.g. `debug`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Log lines go to standard error: `info` and up for the servers (`kiln coordinator`, `kiln
+/// agent`), warnings and errors only for client verbs (whose embedded farm is not news).
+pub fn init_logging(cli: &Cli) {
+    let serving = match &cli.command {
+        Command::Coordinator(c) => c.action.is_none(),
+        Command::Agent(_) => true,
+        _ => false,
+    };
+    let default = if serving { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let _ = match cli.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.with_ansi(false).try_init(),
+    };
 }
 
 #[derive(Debug, Subcommand)]

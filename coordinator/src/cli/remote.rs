@@ -1,8 +1,9 @@
 //! Talking to a farm from the CLI: which farm (`--host`, else `KILN_HOST`), with which token
-//! (`--token`, else `KILN_TOKEN`), and the builder in use (`kiln use`, kept per farm in
-//! `$KILN_HOME/client.json`).
+//! (`--token`, else `KILN_TOKEN`), with neither the embedded farm started in this process, and the
+//! builder in use (`kiln use`, kept per farm in `$KILN_HOME/client.json`).
 
 use super::build::kiln_home;
+use crate::embedded::Embedded;
 use anyhow::{anyhow, bail, Context as _};
 use clap::Args;
 use kiln_shared::api::{Request, Response};
@@ -29,9 +30,85 @@ impl FarmArgs {
         }
     }
 
-    /// The farm, or an error saying how to name one.
+    /// The farm, or an error saying how to name one (for verbs without an embedded form).
     pub fn require(&self, what: &str) -> anyhow::Result<Vec<SocketAddr>> {
         self.hosts()?.ok_or_else(|| anyhow!("{what} needs a farm: pass --host ADDR[,ADDR..] or set KILN_HOST (and KILN_TOKEN)"))
+    }
+
+    /// The farm named by `--host`/`KILN_HOST`, else the embedded farm, started in this process.
+    pub fn open(&self) -> anyhow::Result<Session> {
+        let runtime = runtime()?;
+        match self.hosts()? {
+            Some(hosts) => Ok(Session { embedded: None, hosts, token: self.token.clone(), runtime }),
+            None => {
+                let farm = Embedded::start(&kiln_home(), &runtime)?;
+                let (hosts, token) = (farm.hosts.clone(), Some(farm.token.clone()));
+                Ok(Session { embedded: Some(farm), hosts, token, runtime })
+            }
+        }
+    }
+}
+
+/// The farm a verb talks to, and the runtime its calls (and an embedded farm) run on.
+pub struct Session {
+    /// Declared first: it stops before the runtime it runs on is dropped.
+    embedded: Option<Embedded>,
+    pub hosts: Vec<SocketAddr>,
+    token: Option<String>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Session {
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+
+    pub fn is_embedded(&self) -> bool {
+        self.embedded.is_some()
+    }
+
+    /// Joins the farm with the token.
+    pub async fn connect(&self) -> anyhow::Result<Farm> {
+        let token = self.token.as_deref().map(str::trim).filter(|t| !t.is_empty());
+        let token = token.ok_or_else(|| {
+            anyhow!("talking to a farm needs a token: pass --token or set KILN_TOKEN (e.g. the content of c1/admin.token)")
+        })?;
+        let list = self.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(",");
+        Farm::join(&self.hosts, token, "").await.map_err(|e| anyhow!("cannot join the farm at {list}: {e}"))
+    }
+
+    /// Names this farm in `client.json`: its coordinators, or `embedded` (whose port changes).
+    fn key(&self) -> String {
+        if self.is_embedded() {
+            return crate::embedded::AGENT_NAME.to_string();
+        }
+        let mut v: Vec<String> = self.hosts.iter().map(|h| h.to_string()).collect();
+        v.sort();
+        v.join(",")
+    }
+
+    /// The builder `kiln use` chose for this farm.
+    pub fn current_builder(&self) -> Option<String> {
+        let text = std::fs::read_to_string(client_file()).ok()?;
+        let map: BTreeMap<String, String> = serde_json::from_str(&text).ok()?;
+        map.get(&self.key()).cloned()
+    }
+
+    pub fn set_current_builder(&self, name: Option<&str>) -> anyhow::Result<()> {
+        let path = client_file();
+        let mut map: BTreeMap<String, String> =
+            std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        match name {
+            Some(n) => map.insert(self.key(), n.to_string()),
+            None => map.remove(&self.key()),
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&map)?).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
     }
 }
 
@@ -41,7 +118,7 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().context("starting the async runtime")
 }
 
-/// Joins the farm with the token.
+/// Joins the farm at `hosts` with the token of `args` (membership verbs, which need a farm).
 pub async fn connect(hosts: &[SocketAddr], args: &FarmArgs) -> anyhow::Result<Farm> {
     let token = args.token.as_deref().map(str::trim).filter(|t| !t.is_empty());
     let token = token
@@ -57,36 +134,6 @@ pub async fn call(farm: &Farm, req: &Request) -> anyhow::Result<Response> {
 
 fn client_file() -> std::path::PathBuf {
     kiln_home().join("client.json")
-}
-
-fn farm_key(hosts: &[SocketAddr]) -> String {
-    let mut v: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
-    v.sort();
-    v.join(",")
-}
-
-/// The builder `kiln use` chose for this farm.
-pub fn current_builder(hosts: &[SocketAddr]) -> Option<String> {
-    let text = std::fs::read_to_string(client_file()).ok()?;
-    let map: BTreeMap<String, String> = serde_json::from_str(&text).ok()?;
-    map.get(&farm_key(hosts)).cloned()
-}
-
-pub fn set_current_builder(hosts: &[SocketAddr], name: Option<&str>) -> anyhow::Result<()> {
-    let path = client_file();
-    let mut map: BTreeMap<String, String> =
-        std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-    match name {
-        Some(n) => map.insert(farm_key(hosts), n.to_string()),
-        None => map.remove(&farm_key(hosts)),
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&map)?).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }
 
 pub fn unexpected(r: Response) -> anyhow::Error {

@@ -285,5 +285,5 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         }
         None => bail!("kiln agent needs --token (the content of c1/agent.token), KILN_TOKEN, or token_file in its config"),
     };
-    serve(|stop| async move { kiln_agent::worker::run(cfg, token.trim().to_string(), stop).await.map_err(anyhow::Error::from) })
+    serve(|stop| async move { kiln_agent::worker::run(cfg, token.trim().to_string(), stop, None).await.map_err(anyhow::Error::from) })
 }

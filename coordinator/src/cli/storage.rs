@@ -1,5 +1,5 @@
-//! `kiln du` and `kiln prune`: on every agent of a builder on a farm, else on the embedded
-//! farm's agent state.
+//! `kiln du` and `kiln prune`: on every agent of a builder (the embedded farm's one agent
+//! without `--host`).
 
 use super::remote::{self, FarmArgs};
 use anyhow::{bail, Context as _};
@@ -67,18 +67,13 @@ fn human(bytes: u64) -> String {
 type PerAgent = Vec<(String, Result<AgentStorage, String>)>;
 
 /// Asks every agent of a builder (through the farm) and prints one block per agent.
-fn per_agent(builder: Option<String>, farm: FarmArgs, req: impl FnOnce(Option<String>) -> Request) -> anyhow::Result<Option<PerAgent>> {
-    let Some(hosts) = farm.hosts()? else {
-        if let Some(b) = builder.filter(|b| b != crate::builders::DEFAULT_BUILDER) {
-            bail!("builder {b:?}: builders live in a farm; set --host/KILN_HOST (the embedded farm has only `default`)");
-        }
-        return Ok(None);
-    };
-    let builder = builder.or_else(|| remote::current_builder(&hosts));
-    remote::runtime()?.block_on(async {
-        let f = remote::connect(&hosts, &farm).await?;
+fn per_agent(builder: Option<String>, farm: FarmArgs, req: impl FnOnce(Option<String>) -> Request) -> anyhow::Result<PerAgent> {
+    let session = farm.open()?;
+    let builder = builder.or_else(|| session.current_builder());
+    session.block_on(async {
+        let f = session.connect().await?;
         match remote::call(&f, &req(builder)).await? {
-            Response::PerAgent(list) => Ok(Some(list)),
+            Response::PerAgent(list) => Ok(list),
             other => bail!(remote::unexpected(other)),
         }
     })
@@ -94,33 +89,28 @@ fn print_usage(u: &gc::Usage) {
 }
 
 pub fn du(builder: Option<String>, farm: FarmArgs) -> anyhow::Result<ExitCode> {
-    if let Some(list) = per_agent(builder, farm, |builder| Request::DiskUsage { builder })? {
-        let (mut total, mut reclaimable) = (0, 0);
-        let mut failed = false;
-        for (agent, answer) in list {
-            println!("Agent:\t\t{agent}");
-            match answer {
-                Ok(AgentStorage::Usage(u)) => {
-                    print_usage(&u);
-                    total += u.content_bytes + u.snapshot_bytes;
-                    reclaimable += u.reclaimable_bytes;
-                }
-                Ok(other) => println!("unexpected answer {other:?}"),
-                Err(e) => {
-                    failed = true;
-                    println!("unreachable: {e}");
-                }
+    let list = per_agent(builder, farm, |builder| Request::DiskUsage { builder })?;
+    let (mut total, mut reclaimable) = (0, 0);
+    let mut failed = false;
+    for (agent, answer) in list {
+        println!("Agent:\t\t{agent}");
+        match answer {
+            Ok(AgentStorage::Usage(u)) => {
+                print_usage(&u);
+                total += u.content_bytes + u.snapshot_bytes;
+                reclaimable += u.reclaimable_bytes;
             }
-            println!();
+            Ok(other) => println!("unexpected answer {other:?}"),
+            Err(e) => {
+                failed = true;
+                println!("unreachable: {e}");
+            }
         }
-        println!("Farm reclaimable:\t{}", human(reclaimable));
-        println!("Farm total:\t\t{}", human(total));
-        return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+        println!();
     }
-    let root = super::build::kiln_home().join("agent");
-    let u = gc::usage(&root);
-    print_usage(&u);
-    Ok(ExitCode::SUCCESS)
+    println!("Farm reclaimable:\t{}", human(reclaimable));
+    println!("Farm total:\t\t{}", human(total));
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 pub fn prune(args: PruneArgs, builder: Option<String>, farm: FarmArgs) -> anyhow::Result<ExitCode> {
@@ -137,29 +127,25 @@ pub fn prune(args: PruneArgs, builder: Option<String>, farm: FarmArgs) -> anyhow
         println!("Removed {} step cache records, {} blobs, {} snapshots", r.records_removed, r.blobs_removed, r.snapshots_removed);
         println!("Total:\t{}", human(r.bytes_reclaimed));
     };
-    if let Some(list) = per_agent(builder, farm, |builder| Request::Prune { builder, spec: spec.clone() })? {
-        let mut total = 0;
-        let mut failed = false;
-        for (agent, answer) in list {
-            println!("Agent:\t{agent}");
-            match answer {
-                Ok(AgentStorage::Pruned(r)) => {
-                    print(&r);
-                    total += r.bytes_reclaimed;
-                }
-                Ok(other) => println!("unexpected answer {other:?}"),
-                Err(e) => {
-                    failed = true;
-                    println!("unreachable: {e}");
-                }
+    let list = per_agent(builder, farm, |builder| Request::Prune { builder, spec: spec.clone() })?;
+    let mut total = 0;
+    let mut failed = false;
+    for (agent, answer) in list {
+        println!("Agent:\t{agent}");
+        match answer {
+            Ok(AgentStorage::Pruned(r)) => {
+                print(&r);
+                total += r.bytes_reclaimed;
+            }
+            Ok(other) => println!("unexpected answer {other:?}"),
+            Err(e) => {
+                failed = true;
+                println!("unreachable: {e}");
             }
         }
-        println!("Farm total reclaimed:\t{}", human(total));
-        return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
     }
-    let root = super::build::kiln_home().join("agent");
-    print(&gc::prune(&root, &spec)?);
-    Ok(ExitCode::SUCCESS)
+    println!("Farm total reclaimed:\t{}", human(total));
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 #[cfg(test)]

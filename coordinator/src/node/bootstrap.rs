@@ -94,7 +94,7 @@ pub async fn credentials(
                 bail!("coordinator {target} refused to let coordinator {} join: {}", cfg.id, e.message)
             }
             Err(e) => {
-                eprintln!("coordinator {}: waiting for coordinator {target} to hand out the cluster CA: {e}", cfg.id);
+                tracing::warn!(coordinator = cfg.id, "waiting for coordinator {target} to hand out the cluster CA: {e}");
             }
         }
         tokio::select! {

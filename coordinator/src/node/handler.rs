@@ -38,16 +38,26 @@ pub async fn serve(node: Arc<Node>, conn: quinn::Connection) {
         let node = node.clone();
         let principal = principal.clone();
         async move {
-            match principal {
+            let started = std::time::Instant::now();
+            let kind = if tracing::enabled!(tracing::Level::DEBUG) { request_kind(&req) } else { String::new() };
+            let answer = match principal {
                 None => anonymous(&node, remote, req).await,
-                Some(p) => {
+                Some(ref p) => {
                     let origin = node.cfg.listen;
-                    dispatch(&node, p, origin, req).await
+                    dispatch(&node, p.clone(), origin, req).await
                 }
-            }
+            };
+            tracing::debug!(coordinator = node.id, request = %kind, ms = started.elapsed().as_secs_f64() * 1e3, ok = answer.is_ok(), "served");
+            answer
         }
     })
     .await;
+}
+
+/// The variant of a request, for logs.
+fn request_kind(req: &Request) -> String {
+    let text = format!("{req:?}");
+    text.split(|c: char| !c.is_alphanumeric()).next().unwrap_or_default().to_string()
 }
 
 async fn anonymous(node: &Node, remote: SocketAddr, req: Request) -> Answer {

@@ -44,7 +44,7 @@ pub async fn run(node: Arc<Node>) {
         }
         if let Err(e) = tick(&node).await {
             // Typically a lost leadership mid-tick; the next tick sees it.
-            eprintln!("coordinator {}: {}", node.id, e.message);
+            tracing::warn!(coordinator = node.id, "{}", e.message);
         }
     }
 }
@@ -263,7 +263,7 @@ async fn tick(node: &Arc<Node>) -> Result<(), kiln_shared::wire::RemoteError> {
         tokio::spawn(async move {
             let outcome = finish(&node, build).await;
             if let Err(e) = outcome {
-                eprintln!("coordinator {}: finishing build {build}: {}", node.id, e.message);
+                tracing::warn!(coordinator = node.id, build, "finishing the build: {}", e.message);
                 node.soft().finishing.remove(&build);
             }
         });

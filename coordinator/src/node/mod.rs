@@ -281,13 +281,13 @@ pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option
         }
         conns.abort_all();
     });
-    eprintln!("kiln coordinator {} listening on {} (data in {})", cfg.id, cfg.listen, cfg.data_dir.display());
+    tracing::info!(coordinator = cfg.id, listen = %cfg.listen, data_dir = %cfg.data_dir.display(), "listening");
     stop.cancelled().await;
     tasks.abort_all();
     endpoint.close(0u32.into(), b"shutdown");
     node.pool.close();
     let _ = node.raft.shutdown().await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    let _ = tokio::time::timeout(Duration::from_millis(cfg.shutdown_drain_ms), endpoint.wait_idle()).await;
     Ok(())
 }
 
@@ -295,7 +295,7 @@ pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option
 async fn found(node: Arc<Node>) {
     let tokens = (bootstrap::new_token(&node.ca, Role::Admin), bootstrap::new_token(&node.ca, Role::Agent));
     let (Ok(admin), Ok(agent)) = tokens else {
-        eprintln!("coordinator {}: cannot make tokens (no /dev/urandom?)", node.id);
+        tracing::error!(coordinator = node.id, "cannot make tokens (no /dev/urandom?)");
         return;
     };
     let put = |t: &Token, tenant: &str| Command::PutToken { token_hash: t.hash(), role: t.role.as_str().into(), tenant: tenant.into() };
@@ -313,6 +313,6 @@ async fn found(node: Arc<Node>) {
         }
     }
     if let Err(e) = bootstrap::write_tokens(&node.cfg.data_dir, &admin, &agent) {
-        eprintln!("coordinator {}: writing tokens: {e:#}", node.id);
+        tracing::error!(coordinator = node.id, "writing tokens: {e:#}");
     }
 }
