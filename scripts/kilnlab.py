@@ -77,3 +77,49 @@ def cases():
 def buildah(root, *args, **kw):
     """buildah with its own vfs storage under `root`."""
     return subprocess.run(["buildah", "--root", f"{root}/storage", "--runroot", f"{root}/run", "--storage-driver", "vfs", *args], **kw)
+
+
+class Dockerd:
+    """A private dockerd (Debian's docker.io, with its built-in BuildKit) on its own socket and
+    data root, without touching the host's network (no bridge, no iptables). Stops only the
+    dockerd it started. RUN steps need `--network=host`: there is no bridge."""
+
+    def __init__(self, insecure_registry=None):
+        self.insecure = insecure_registry
+
+    def __enter__(self):
+        if not os.path.exists("/usr/bin/dockerd"):
+            raise RuntimeError("dockerd is missing: apt-get install docker.io")
+        self.dir = tempfile.mkdtemp(prefix="kiln-dockerd-")
+        self.sock = os.path.join(self.dir, "docker.sock")
+        args = ["/usr/bin/dockerd", "--iptables=false", "--ip6tables=false", "--bridge=none",
+                "--data-root", f"{self.dir}/data", "--exec-root", f"{self.dir}/exec",
+                "--pidfile", f"{self.dir}/docker.pid", "-H", f"unix://{self.sock}"]
+        if self.insecure:
+            args += ["--insecure-registry", self.insecure]
+        self.log = open(os.path.join(self.dir, "dockerd.log"), "w")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log)
+        deadline = time.time() + 60
+        while subprocess.run(self.cli("version"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode != 0:
+            if time.time() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"dockerd did not start; see {self.dir}/dockerd.log")
+            time.sleep(0.2)
+        return self
+
+    def cli(self, *args):
+        """A /usr/bin/docker command line against this daemon (the Debian CLI, not another on PATH)."""
+        return ["/usr/bin/docker", "-H", f"unix://{self.sock}", *args]
+
+    def env(self):
+        return dict(os.environ, DOCKER_BUILDKIT="1", DOCKER_CONFIG=os.path.join(self.dir, "config"))
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+        subprocess.run(["umount", "-R", f"{self.dir}/exec"], stderr=subprocess.DEVNULL)
+        shutil.rmtree(self.dir, ignore_errors=True)

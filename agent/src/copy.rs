@@ -16,7 +16,7 @@ use kiln_shared::frontend::resolve::{join_path, Stage, Step};
 use sha2::{Digest as _, Sha256};
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 fn copy_err(msg: impl Into<String>) -> EngineError {
@@ -154,11 +154,19 @@ pub(crate) fn context_checksum(context: &Path, ignore: &DockerIgnore, sources: &
 }
 
 fn hash_tree(root: &Path, rel: &str, ignore: &DockerIgnore, h: &mut Sha256) -> Result<(), EngineError> {
+    hash_entry(root, Path::new(rel), ignore, h)
+}
+
+/// Hashes one context path and what is under it. Names are hashed as the file system's bytes
+/// (they need not be UTF-8); `.dockerignore` matches their text.
+fn hash_entry(root: &Path, rel: &Path, ignore: &DockerIgnore, h: &mut Sha256) -> Result<(), EngineError> {
+    use std::os::unix::ffi::OsStrExt;
     let p = root.join(rel);
     let m = fs::symlink_metadata(&p).map_err(io("reading", &p))?;
-    h.update(format!("{rel}\0{:o}\0", m.mode()).as_bytes());
+    h.update(rel.as_os_str().as_bytes());
+    h.update(format!("\0{:o}\0", m.mode()).as_bytes());
     if m.file_type().is_symlink() {
-        h.update(fs::read_link(&p).map_err(io("reading", &p))?.to_string_lossy().as_bytes());
+        h.update(fs::read_link(&p).map_err(io("reading", &p))?.as_os_str().as_bytes());
     } else if m.is_file() {
         let mut f = fs::File::open(&p).map_err(io("reading", &p))?;
         let mut buf = vec![0u8; 1 << 16];
@@ -170,13 +178,12 @@ fn hash_tree(root: &Path, rel: &str, ignore: &DockerIgnore, h: &mut Sha256) -> R
             h.update(&buf[..n]);
         }
     } else if m.is_dir() {
-        let mut names: Vec<String> =
-            fs::read_dir(&p).map_err(io("reading", &p))?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<std::ffi::OsString> = fs::read_dir(&p).map_err(io("reading", &p))?.flatten().map(|e| e.file_name()).collect();
         names.sort();
         for n in names {
-            let child = if rel.is_empty() { n } else { format!("{rel}/{n}") };
-            if !ignore.is_excluded(&child) {
-                hash_tree(root, &child, ignore, h)?;
+            let child = rel.join(&n);
+            if !ignore.is_excluded(&child.to_string_lossy()) {
+                hash_entry(root, &child, ignore, h)?;
             }
         }
     }
@@ -267,15 +274,20 @@ fn copy_tree(src: &Path, dst: &Path, own: &Owner) -> Result<(), EngineError> {
     } else if m.is_file() {
         fs::copy(src, dst).map_err(io("copying to", dst))?;
         fs::set_permissions(dst, fs::Permissions::from_mode(own.chmod.unwrap_or(m.mode() & 0o7777))).map_err(io("chmod", dst))?;
+    } else if m.file_type().is_fifo() {
+        // BuildKit copies a named pipe as a named pipe.
+        let _ = fs::remove_file(dst);
+        let mode = own.chmod.unwrap_or(m.mode() & 0o7777);
+        nix::unistd::mkfifo(dst, nix::sys::stat::Mode::from_bits_truncate(mode)).map_err(|e| io("creating", dst)(e.into()))?;
     } else {
-        return Ok(()); // Sockets and devices in a context are skipped, as Docker does.
+        return Ok(()); // Sockets and devices in a context are skipped.
     }
     std::os::unix::fs::lchown(dst, Some(uid), Some(gid)).map_err(io("chown", dst))?;
     set_times(dst, m.mtime())
 }
 
 /// Creates the parents of `rel` in `upper`, copying their metadata from the image below.
-fn make_parents(agent: &Agent, state: &State, upper: &Path, rel: &str) -> Result<(), EngineError> {
+fn make_parents(agent: &Agent, state: &State, upper: &Path, rel: &str, epoch: Option<u64>) -> Result<(), EngineError> {
     let mut path = String::new();
     let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
     for part in parts.iter().take(parts.len().saturating_sub(1)) {
@@ -287,7 +299,7 @@ fn make_parents(agent: &Agent, state: &State, upper: &Path, rel: &str) -> Result
         fs::create_dir(&dst).map_err(io("creating", &dst))?;
         let (mode, uid, gid, mtime) = match lookup_lower(agent, state, &path)?.and_then(|p| fs::metadata(p).ok()) {
             Some(m) => (m.mode() & 0o7777, m.uid(), m.gid(), m.mtime()),
-            None => (0o755, 0, 0, layers::source_date_epoch().unwrap_or(0) as i64),
+            None => (0o755, 0, 0, epoch.unwrap_or(0) as i64),
         };
         fs::set_permissions(&dst, fs::Permissions::from_mode(mode)).map_err(io("chmod", &dst))?;
         std::os::unix::fs::lchown(&dst, Some(uid), Some(gid)).map_err(io("chown", &dst))?;
@@ -297,7 +309,7 @@ fn make_parents(agent: &Agent, state: &State, upper: &Path, rel: &str) -> Result
 }
 
 /// WORKDIR creates its directory when the image lacks it.
-pub(crate) fn workdir(agent: &Agent, state: &State, path: &str) -> Result<Option<Layer>, EngineError> {
+pub(crate) fn workdir(agent: &Agent, state: &State, path: &str, epoch: Option<u64>) -> Result<Option<Layer>, EngineError> {
     let rel = path.trim_start_matches('/');
     if rel.is_empty() || lookup_lower(agent, state, rel)?.is_some() {
         return Ok(None);
@@ -308,8 +320,8 @@ pub(crate) fn workdir(agent: &Agent, state: &State, path: &str) -> Result<Option
         .join(format!("workdir-{}", Digest::of(format!("{path}{:?}", std::time::SystemTime::now()).as_bytes()).hex()));
     fs::create_dir_all(&upper).map_err(io("creating", &upper))?;
     let res = (|| {
-        make_parents(agent, state, &upper, &format!("{rel}/x"))?;
-        Ok(layers::diff(&upper, &agent.store)?)
+        make_parents(agent, state, &upper, &format!("{rel}/x"), epoch)?;
+        Ok(layers::diff(&upper, &agent.store, epoch)?)
     })();
     let _ = fs::remove_dir_all(&upper);
     res
@@ -463,9 +475,9 @@ pub(crate) fn copy(run: &SliceRun, stage: &Stage, step: &Step, state: &State) ->
         }
         let dest_dir = upper.join(&dest_rel);
         if dest_is_dir {
-            make_parents(agent, state, &upper, &format!("{dest_rel}/x"))?;
+            make_parents(agent, state, &upper, &format!("{dest_rel}/x"), run.req.epoch())?;
         } else {
-            make_parents(agent, state, &upper, &dest_rel)?;
+            make_parents(agent, state, &upper, &dest_rel, run.req.epoch())?;
         }
         for (src, name) in &items {
             let is_dir =
@@ -485,10 +497,10 @@ pub(crate) fn copy(run: &SliceRun, stage: &Stage, step: &Step, state: &State) ->
             fs::set_permissions(&target, fs::Permissions::from_mode(own.chmod.unwrap_or(0o644))).map_err(io("chmod", &target))?;
             let (uid, gid) = own.chown.unwrap_or((0, 0));
             std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(io("chown", &target))?;
-            set_times(&target, layers::source_date_epoch().unwrap_or(0) as i64)?;
+            set_times(&target, run.req.epoch().unwrap_or(0) as i64)?;
         }
         drop(mounts);
-        Ok(layers::diff(&upper, &agent.store)?)
+        Ok(layers::diff(&upper, &agent.store, run.req.epoch())?)
     })();
     let _ = fs::remove_dir_all(&upper);
     for i in 0..sources.len() {

@@ -80,6 +80,14 @@ pub struct SliceRequest<'a> {
     pub remote: &'a [&'a dyn RemoteCache],
 }
 
+impl SliceRequest<'_> {
+    /// `SOURCE_DATE_EPOCH`, a build argument as in BuildKit (the CLI passes its environment's
+    /// value as one, as buildx does): timestamps in layers and the config are clamped to it.
+    pub fn epoch(&self) -> Option<u64> {
+        self.build_args.iter().rev().find(|(k, _)| k == "SOURCE_DATE_EPOCH").and_then(|(_, v)| v.trim().parse().ok())
+    }
+}
+
 /// A step cache beyond this agent's own: the farm's other agents (through the tracker) or a
 /// cache imported with `--cache-from`. Called from the engine's blocking threads.
 pub trait RemoteCache: Sync {
@@ -329,7 +337,7 @@ impl Agent {
         }
         let final_state =
             run.finished.get(&plan.target).cloned().ok_or_else(|| EngineError::Copy("the target stage was not built".into()))?;
-        let (manifest, blobs) = self.write_image(&final_state, &req.platform)?;
+        let (manifest, blobs) = self.write_image(&final_state, &req.platform, req.epoch())?;
         // The final image's chain: the target stage and the stages it builds on.
         let mut chain = vec![plan.target];
         while let Some(Base::Stage(i)) = chain.last().and_then(|&s| plan.stages.iter().find(|st| st.index == s)).map(|st| &st.base) {
@@ -356,9 +364,9 @@ impl Agent {
         })
     }
 
-    fn write_image(&self, state: &State, platform: &Platform) -> Result<(Descriptor, Vec<Digest>), EngineError> {
+    fn write_image(&self, state: &State, platform: &Platform, epoch: Option<u64>) -> Result<(Descriptor, Vec<Digest>), EngineError> {
         let mut config = state.config.clone();
-        config.created = layers::source_date_epoch().map(rfc3339).or(config.created);
+        config.created = epoch.map(rfc3339).or(config.created);
         let config_bytes = oci::to_json(&config);
         let config_digest = self.store.put(&config_bytes)?;
         let manifest = Manifest {
@@ -545,6 +553,11 @@ impl SliceRun<'_> {
     /// Runs one step; true when it came from the cache.
     fn step(&self, stage: &Stage, step: &Step, text: &str, state: &mut State, id: u64) -> Result<bool, EngineError> {
         let extra = self.cache_extra(stage, step)?;
+        // The epoch changes every timestamp a step writes: it is part of the key.
+        let extra = match self.req.epoch() {
+            Some(e) => format!("{extra}\nSOURCE_DATE_EPOCH={e}"),
+            None => extra,
+        };
         let key = cache_key(&state.key, text, &stage.platform, &extra);
         let name = record_name(self.req.cache_scope, &key);
         let record = self.agent.root.join("cache").join(format!("{name}.json"));
@@ -563,7 +576,7 @@ impl SliceRun<'_> {
             _ => text.to_string(),
         };
         let mut history = History { created_by: Some(created_by), comment: Some("buildkit.dockerfile.v0".into()), ..Default::default() };
-        history.created = layers::source_date_epoch().map(rfc3339);
+        history.created = self.req.epoch().map(rfc3339);
         match layer {
             Some(l) => {
                 state.config.rootfs.diff_ids.push(l.diff_id.clone());
@@ -703,7 +716,7 @@ impl SliceRun<'_> {
             Instruction::Arg { .. } | Instruction::From(_) => {}
             Instruction::Workdir { .. } => {
                 cfg.working_dir = step.workdir.clone();
-                return copy::workdir(self.agent, state, &step.workdir);
+                return copy::workdir(self.agent, state, &step.workdir, self.req.epoch());
             }
             Instruction::Copy(_) | Instruction::Add(_) => return copy::copy(self, stage, step, state),
             Instruction::Run(_) => return self.run(stage, step, state, id),
@@ -802,7 +815,7 @@ impl SliceRun<'_> {
             drop(keep);
             drop(overlay);
             res?;
-            Ok(layers::diff(&upper, &self.agent.store)?)
+            Ok(layers::diff(&upper, &self.agent.store, self.req.epoch())?)
         })();
         let _ = std::fs::remove_dir_all(&dir);
         result

@@ -92,8 +92,46 @@ pub fn unpack(store: &ContentStore, digest: &Digest, dest: &Path, mode: Whiteout
                 }
             }
         }
+        let kind = entry.header().entry_type();
+        if kind.is_fifo() || kind.is_character_special() || kind.is_block_special() {
+            // The tar crate would write these as empty regular files.
+            unpack_special(&entry, &path, dest).map_err(err)?;
+            continue;
+        }
         entry.unpack_in(dest).map_err(err)?;
     }
+    Ok(())
+}
+
+/// Creates a named pipe or device node of a layer, with its mode, owner and time.
+fn unpack_special<R: Read>(entry: &tar::Entry<R>, path: &Path, dest: &Path) -> io::Result<()> {
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    if path.is_absolute() || path.components().any(|c| !matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir)) {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("layer entry {} leaves the layer", path.display())));
+    }
+    let h = entry.header();
+    let target = dest.join(path);
+    if let Some(parent) = target.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    remove_any(&target)?;
+    let kind = h.entry_type();
+    let flag = if kind.is_fifo() {
+        SFlag::S_IFIFO
+    } else if kind.is_character_special() {
+        SFlag::S_IFCHR
+    } else {
+        SFlag::S_IFBLK
+    };
+    let dev = makedev(u64::from(h.device_major()?.unwrap_or(0)), u64::from(h.device_minor()?.unwrap_or(0)));
+    let mode = h.mode()? & 0o7777;
+    mknod(&target, flag, Mode::from_bits_truncate(mode), dev).map_err(io::Error::from)?;
+    // mknod applies the umask: set the mode as recorded.
+    fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    let id = |v: u64| u32::try_from(v).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("owner {v} out of range")));
+    std::os::unix::fs::lchown(&target, Some(id(h.uid()?)?), Some(id(h.gid()?)?))?;
+    let t = nix::sys::time::TimeSpec::new(h.mtime()? as i64, 0);
+    nix::sys::stat::utimensat(None, &target, &t, &t, nix::sys::stat::UtimensatFlags::NoFollowSymlink).map_err(io::Error::from)?;
     Ok(())
 }
 
@@ -139,20 +177,16 @@ pub struct Layer {
     pub media_type: String,
 }
 
-/// `SOURCE_DATE_EPOCH`, when set and valid.
-pub fn source_date_epoch() -> Option<u64> {
-    std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse().ok())
-}
-
-/// Packs the overlay upper directory `upper` into a gzip layer in the store. Returns None when
-/// the directory is empty (the step changed nothing).
-pub fn diff(upper: &Path, store: &ContentStore) -> Result<Option<Layer>, LayerError> {
+/// Packs the overlay upper directory `upper` into a gzip layer in the store, timestamps clamped
+/// to `epoch` (`SOURCE_DATE_EPOCH`). Returns None when the directory is empty (the step
+/// changed nothing).
+pub fn diff(upper: &Path, store: &ContentStore, epoch: Option<u64>) -> Result<Option<Layer>, LayerError> {
     let mut entries = Vec::new();
     collect(upper, Path::new(""), &mut entries).map_err(|source| LayerError::Diff { path: upper.to_path_buf(), source })?;
     if entries.is_empty() {
         return Ok(None);
     }
-    let clamp = source_date_epoch();
+    let clamp = epoch;
     let mut diff_id = None;
     let (digest, size) = store.write_with(
         |w| {

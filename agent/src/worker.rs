@@ -588,11 +588,12 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// A relative path from the wire that stays inside the context directory.
-fn inside(dir: &Path, rel: &str) -> Result<PathBuf, String> {
-    let p = Path::new(rel);
-    if p.is_absolute() || p.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
-        return Err(format!("context entry {rel:?} leaves the context"));
+/// A relative path from the wire (bytes) that stays inside the context directory.
+fn inside(dir: &Path, rel: &[u8]) -> Result<PathBuf, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = Path::new(std::ffi::OsStr::from_bytes(rel));
+    if rel.is_empty() || p.is_absolute() || p.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+        return Err(format!("context entry {:?} leaves the context", String::from_utf8_lossy(rel)));
     }
     Ok(dir.join(p))
 }
@@ -662,7 +663,7 @@ fn write_entries(engine: &Agent, entries: &[kiln_shared::api::ContextEntry], dir
     let mut dirs = Vec::new();
     for e in entries {
         let path = inside(dir, &e.path)?;
-        let io = |err: std::io::Error| format!("context entry {}: {err}", e.path);
+        let io = |err: std::io::Error| format!("context entry {}: {err}", String::from_utf8_lossy(&e.path));
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
@@ -677,14 +678,19 @@ fn write_entries(engine: &Agent, entries: &[kiln_shared::api::ContextEntry], dir
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(e.mode & 0o7777)).map_err(io)?;
             }
             EntryKind::Symlink { target } => {
-                std::os::unix::fs::symlink(target, &path).map_err(io)?;
+                use std::os::unix::ffi::OsStrExt;
+                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &path).map_err(io)?;
+            }
+            EntryKind::Fifo => {
+                nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(e.mode & 0o777)).map_err(|err| io(err.into()))?;
             }
         }
         std::os::unix::fs::lchown(&path, Some(e.uid), Some(e.gid)).map_err(io)?;
     }
     // Directory modes last: a read-only directory must not stop its contents being written.
     for (path, e) in dirs.iter().rev() {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(e.mode & 0o7777)).map_err(|err| format!("{}: {err}", e.path))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(e.mode & 0o7777))
+            .map_err(|err| format!("{}: {err}", String::from_utf8_lossy(&e.path)))?;
     }
     Ok(())
 }

@@ -109,8 +109,9 @@ pub struct AgentInfo {
 /// One entry of a build context, as the CLI walked it (after `.dockerignore`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContextEntry {
-    /// Relative, `/`-separated.
-    pub path: String,
+    /// Relative, `/`-separated; bytes, as the file system has them (a name need not be UTF-8).
+    #[serde(with = "serde_bytes")]
+    pub path: Vec<u8>,
     pub kind: EntryKind,
     pub mode: u32,
     pub uid: u32,
@@ -120,8 +121,16 @@ pub struct ContextEntry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryKind {
     Dir,
-    File { digest: String, size: u64 },
-    Symlink { target: String },
+    File {
+        digest: String,
+        size: u64,
+    },
+    Symlink {
+        #[serde(with = "serde_bytes")]
+        target: Vec<u8>,
+    },
+    /// A named pipe: BuildKit's context transfer keeps them, and COPY copies them as pipes.
+    Fifo,
 }
 
 /// What `kiln build` submits.
@@ -637,7 +646,7 @@ mod tests {
             target: None,
             no_cache: false,
             context: vec![ContextEntry {
-                path: "a/b".into(),
+                path: b"a/b".to_vec(),
                 kind: EntryKind::File { digest: "sha256:00".into(), size: 3 },
                 mode: 0o644,
                 uid: 0,

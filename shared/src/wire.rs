@@ -13,7 +13,7 @@ use std::fmt;
 
 pub const MAGIC: [u8; 2] = *b"KL";
 /// 2: blob bytes travel as byte strings, chunks as raw bodies after their answer.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 pub const HEADER_LEN: usize = 8;
 /// The largest control frame (chunks of blobs travel in their own frames, also bounded).
 pub const MAX_FRAME: usize = 16 << 20;

@@ -89,7 +89,7 @@ fn du_and_prune_with_each_filter() {
 
     // Plain prune removes only data no record references (configs, manifests): records stay.
     let text = out(kiln(home.path(), &["prune", "-f"], ctx.path()));
-    assert!(text.starts_with("Removed 0 step cache records"), "{text}");
+    assert!(text.contains("Agent:\tembedded\nRemoved 0 step cache records"), "{text}");
     assert_eq!(du_count(home.path(), "step cache records"), records);
 
     // until: only records unused for longer than the filter go. Age the first build's records.
@@ -103,12 +103,12 @@ fn du_and_prune_with_each_filter() {
         }
     }
     let text = out(kiln(home.path(), &["prune", "--filter", "until=24h"], ctx.path()));
-    assert!(text.starts_with("Removed 2 step cache records"), "{text}");
+    assert!(text.contains("\nRemoved 2 step cache records"), "{text}");
     assert_eq!(du_count(home.path(), "step cache records"), records - 2);
 
     // keep-storage: the least recently used records go until what is left fits.
     let text = out(kiln(home.path(), &["prune", "--keep-storage", "1B"], ctx.path()));
-    assert!(text.starts_with(&format!("Removed {} step cache records", records - 2)), "{text}");
+    assert!(text.contains(&format!("\nRemoved {} step cache records", records - 2)), "{text}");
     assert_eq!(du_count(home.path(), "content blobs"), 0);
 
     // -a removes everything; a build afterwards starts cold and works.

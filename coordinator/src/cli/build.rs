@@ -2,9 +2,9 @@
 //! `--dry-run`, prints the stages that would run with every instruction expanded.
 
 use super::context::{self, ContextSummary};
+use super::outputs::{CacheFrom, CacheTo, Output};
 use super::progress::Mode;
 use super::remote::FarmArgs;
-use super::outputs::{CacheFrom, CacheTo, Output};
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use kiln_shared::api::{BuildSpec, CacheExport, CacheRef};
@@ -93,7 +93,14 @@ struct DryRun<'a> {
 pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let (name, text) = read_dockerfile(&args)?;
     let platforms = if args.platform.is_empty() { vec![Platform::host()] } else { Platform::parse_list(&args.platform.join(","))? };
-    let build_args = parse_build_args(&args.build_args)?;
+    let mut build_args = parse_build_args(&args.build_args)?;
+    // As buildx: the client's SOURCE_DATE_EPOCH reaches the builder as a build argument (the
+    // agents' own environment never decides an image's timestamps).
+    if let Ok(epoch) = std::env::var("SOURCE_DATE_EPOCH") {
+        if !build_args.iter().any(|(k, _)| k == "SOURCE_DATE_EPOCH") {
+            build_args.push(("SOURCE_DATE_EPOCH".into(), epoch));
+        }
+    }
     // Errors in the Dockerfile are reported before anything runs.
     let df = frontend::parse(&text).map_err(|e| e.in_file(&name))?;
     let dockerfile_path = dockerfile_path(&args);

@@ -38,8 +38,10 @@ pub fn summarize(root: &Path, dockerfile: &Path) -> anyhow::Result<ContextSummar
 
 /// One path met by [`walk`].
 pub struct Visit<'a> {
-    /// Relative to the context, `/`-separated.
+    /// Relative to the context, `/`-separated, as text (`.dockerignore` patterns match this).
     pub rel: &'a str,
+    /// The same path as the file system's bytes (a name need not be UTF-8).
+    pub rel_bytes: &'a [u8],
     pub path: &'a Path,
     /// Of the path itself (symlinks are not followed).
     pub meta: &'a std::fs::Metadata,
@@ -50,23 +52,33 @@ pub struct Visit<'a> {
 /// following symlinks; an excluded directory is entered only when an exception pattern could
 /// bring something inside it back.
 pub fn walk(root: &Path, ignore: &DockerIgnore, visit: &mut dyn FnMut(Visit) -> anyhow::Result<()>) -> anyhow::Result<()> {
-    walk_dir(root, "", ignore, visit)
+    walk_dir(root, "", b"", ignore, visit)
 }
 
-fn walk_dir(dir: &Path, rel: &str, ignore: &DockerIgnore, visit: &mut dyn FnMut(Visit) -> anyhow::Result<()>) -> anyhow::Result<()> {
+fn walk_dir(
+    dir: &Path,
+    rel: &str,
+    rel_bytes: &[u8],
+    ignore: &DockerIgnore,
+    visit: &mut dyn FnMut(Visit) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("reading build context directory {}", dir.display()))?
         .collect::<Result<_, _>>()
         .with_context(|| format!("reading build context directory {}", dir.display()))?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let path = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+        let file_name = entry.file_name();
+        let name = file_name.to_string_lossy();
+        let path = if rel.is_empty() { name.into_owned() } else { format!("{rel}/{name}") };
+        let path_bytes =
+            if rel_bytes.is_empty() { file_name.as_bytes().to_vec() } else { [rel_bytes, b"/", file_name.as_bytes()].concat() };
         let meta = entry.metadata().with_context(|| format!("reading {}", entry.path().display()))?;
         let excluded = ignore.is_excluded(&path);
-        visit(Visit { rel: &path, path: &entry.path(), meta: &meta, excluded })?;
+        visit(Visit { rel: &path, rel_bytes: &path_bytes, path: &entry.path(), meta: &meta, excluded })?;
         if meta.is_dir() && (!excluded || ignore.may_reinclude_under(&path)) {
-            walk_dir(&entry.path(), &path, ignore, visit)?;
+            walk_dir(&entry.path(), &path, &path_bytes, ignore, visit)?;
         }
     }
     Ok(())

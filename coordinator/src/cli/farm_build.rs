@@ -1,8 +1,8 @@
 //! `kiln build` on a farm (a real one, or the embedded one): send the context once (only the
 //! blobs the farm lacks), submit the build, follow its slices live, write the outputs.
 
-use super::progress::{Mode, Progress};
 use super::outputs::Output;
+use super::progress::{Mode, Progress};
 use super::remote::{self, unexpected, Session};
 use anyhow::{anyhow, bail, Context as _};
 use kiln_agent::Event;
@@ -11,7 +11,8 @@ use kiln_shared::client::Farm;
 use kiln_shared::digest::Digest;
 use kiln_shared::frontend::dockerignore::DockerIgnore;
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -31,19 +32,22 @@ pub fn manifest(root: &Path, ignore: &DockerIgnore) -> anyhow::Result<ContextMan
             return Ok(());
         }
         let meta = v.meta;
-        let entry_of = |kind| ContextEntry { path: v.rel.to_string(), kind, mode: meta.mode() & 0o7777, uid: meta.uid(), gid: meta.gid() };
+        let entry_of =
+            |kind| ContextEntry { path: v.rel_bytes.to_vec(), kind, mode: meta.mode() & 0o7777, uid: meta.uid(), gid: meta.gid() };
         if meta.is_dir() {
             out.entries.push(entry_of(EntryKind::Dir));
         } else if meta.file_type().is_symlink() {
             let target = std::fs::read_link(v.path).with_context(|| format!("reading {}", v.path.display()))?;
-            out.entries.push(entry_of(EntryKind::Symlink { target: target.to_string_lossy().into_owned() }));
+            out.entries.push(entry_of(EntryKind::Symlink { target: target.into_os_string().into_vec() }));
         } else if meta.is_file() {
             let digest = hash_file(v.path)?;
             out.bytes += meta.len();
             out.files.insert(digest.to_string(), v.path.to_path_buf());
             out.entries.push(entry_of(EntryKind::File { digest: digest.to_string(), size: meta.len() }));
+        } else if meta.file_type().is_fifo() {
+            out.entries.push(entry_of(EntryKind::Fifo));
         }
-        // Sockets, FIFOs and devices are not sent, as docker does not send them.
+        // Sockets and devices are not sent.
         Ok(())
     })?;
     Ok(out)
@@ -143,7 +147,7 @@ pub fn run(
                     }
                     return Ok(view);
                 }
-                "failed" => bail!("build {build} failed: {}", view.error),
+                "failed" => bail!("{}", view.error),
                 _ => {}
             }
         }

@@ -600,10 +600,14 @@ fn unrunnable(
             )
         })
         .collect();
-    Some(format!(
-        "no agent of builder {builder:?} can run {platform} (natively or under emulation); {}",
-        if have.is_empty() { "the builder has no agents".to_string() } else { format!("its agents run {}", have.join("; ")) }
-    ))
+    Some(
+        format!(
+            "no agent of builder {builder:?} can run {platform} (natively or under emulation); {}",
+            if have.is_empty() { "the builder has no agents".to_string() } else { format!("its agents run {}", have.join("; ")) }
+        ) + &format!(
+        "; to emulate {platform}, install qemu-user-static on an agent and register it with binfmt_misc (scripts/setup-host.sh does both)"
+    ),
+    )
 }
 
 async fn submit(node: &Node, p: &Principal, origin: SocketAddr, mut spec: BuildSpec) -> Answer {

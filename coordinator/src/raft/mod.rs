@@ -370,7 +370,9 @@ impl ClusterState {
                 let platform = s.platform.clone();
                 if let Some(b) = self.builds.get_mut(build) {
                     b.state = BuildState::Failed;
-                    b.error = format!("{platform}: {message}");
+                    // Engine errors name their platform already (`[linux/arm64 stage-0] ...`).
+                    b.error =
+                        if message.contains(platform.to_string().as_str()) { message.clone() } else { format!("{platform}: {message}") };
                 }
                 CommandResult::ok()
             }

@@ -671,6 +671,8 @@ impl<'a> Resolver<'a> {
             .build_args
             .iter()
             .map(|(k, _)| k.as_str())
+            // SOURCE_DATE_EPOCH is read by the builder itself, as in BuildKit.
+            .filter(|k| *k != "SOURCE_DATE_EPOCH")
             .filter(|k| !self.consumed.contains(*k) && !PROXY_ARGS.contains(k) && !self.meta.iter().take(8).any(|(m, _)| m == k))
             .collect();
         unused.sort();

@@ -1,0 +1,232 @@
+//! One build path: the same assertions against the embedded farm and a three-coordinator farm.
+//!
+//! Each check builds with `kiln` on a [`Target`] and looks only at what a user sees: the
+//! outputs, the registry, the build context afterwards and the metadata file. The embedded farm
+//! must behave exactly as the farm does (DESIGN.md: a behaviour that differs is a bug).
+
+use kiln_tests::cluster::Cluster;
+use kiln_tests::{base_image, kiln_bin, stderr, Registry, TempDir};
+use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+use std::process::{Command, Output};
+
+const EPOCH: &str = "1700000000";
+
+/// Where a build runs.
+enum Target {
+    Embedded(TempDir),
+    Farm(Cluster),
+}
+
+impl Target {
+    fn name(&self) -> &'static str {
+        match self {
+            Target::Embedded(_) => "embedded",
+            Target::Farm(_) => "farm",
+        }
+    }
+
+    /// Runs the CLI; `SOURCE_DATE_EPOCH` is set for the CLI alone, as a user sets it: the
+    /// farm's agents never see this process's environment.
+    fn kiln(&self, args: &[&str], cwd: &Path) -> Output {
+        let mut cmd = Command::new(kiln_bin());
+        cmd.args(args).current_dir(cwd).env("SOURCE_DATE_EPOCH", EPOCH);
+        match self {
+            Target::Embedded(home) => cmd.env("KILN_HOME", home.path()).env_remove("KILN_HOST"),
+            Target::Farm(c) => cmd.env("KILN_HOME", c.home()).env("KILN_HOST", c.hosts()).env("KILN_TOKEN", &c.admin_token),
+        };
+        cmd.output().expect("run kiln")
+    }
+
+    fn ok(&self, args: &[&str], cwd: &Path) -> Output {
+        let out = self.kiln(args, cwd);
+        assert!(out.status.success(), "{}: kiln {args:?} failed:\n{}", self.name(), stderr(&out));
+        out
+    }
+}
+
+/// A 3-coordinator farm with one agent.
+fn farm() -> Target {
+    let mut c = Cluster::start(3);
+    c.add_agent("a1", &[], 4);
+    Target::Farm(c)
+}
+
+/// Every path under `root` with its type, mode, owner and content (or link target).
+fn tree(root: &Path) -> BTreeMap<Vec<u8>, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<Vec<u8>, String>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir).expect("read dir").flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).expect("stat");
+            let rel = p.strip_prefix(root).expect("inside").as_os_str().as_bytes().to_vec();
+            let what = if m.file_type().is_symlink() {
+                format!("link {}", std::fs::read_link(&p).expect("link").display())
+            } else if m.is_dir() {
+                "dir".to_string()
+            } else if m.file_type().is_fifo() {
+                "fifo".to_string()
+            } else {
+                format!("file {}", String::from_utf8_lossy(&std::fs::read(&p).expect("read")))
+            };
+            out.insert(rel, format!("{what} {:o} {}:{}", m.mode() & 0o7777, m.uid(), m.gid()));
+            if m.is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn metadata(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).expect("metadata file")).expect("metadata JSON")
+}
+
+/// The context every check builds: `.dockerignore`d files, a non-UTF-8 name, a FIFO.
+fn context(dir: &Path, base: &str) {
+    let w = |rel: &str, text: &str| {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+    };
+    w(".dockerignore", "secret.txt\nlogs/\n*.tmp\n!keep.tmp\n");
+    w("keep.txt", "kept\n");
+    w("secret.txt", "must not be sent\n");
+    w("logs/today.log", "log\n");
+    w("a.tmp", "tmp\n");
+    w("keep.tmp", "exception\n");
+    w("sub/inner.txt", "inner\n");
+    std::fs::write(dir.join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt")), "latin-1 name\n").expect("non-UTF-8 name");
+    let fifo = Command::new("mkfifo").args(["-m", "640"]).arg(dir.join("pipe")).status().expect("mkfifo");
+    assert!(fifo.success());
+    w(
+        "Dockerfile",
+        &format!(
+            "FROM {base}\n\
+             COPY . /ctx/\n\
+             ADD sub /added/\n\
+             RUN --mount=type=bind,target=/src ls -a /src | sort > /bind-listing\n\
+             RUN --mount=type=bind,target=/src,rw rm /src/keep.txt && echo changed > /src/sub/inner.txt && touch /src/new && echo ok > /rw-done\n"
+        ),
+    );
+}
+
+/// The checks of one target; returns the image index digest of the OCI output.
+fn check(t: &Target, base: &str, registry: &Registry) -> String {
+    let work = TempDir::new(&format!("paths-{}", t.name()));
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir_all(&ctx).expect("ctx");
+    context(&ctx, base);
+    let before = tree(&ctx);
+    let local = work.path().join("local");
+    let oci = work.path().join("image.tar");
+    let meta = work.path().join("meta.json");
+    let tag = format!("{}/paths/{}:1", registry.addr, t.name());
+    let (l, o, m) = (local.display().to_string(), oci.display().to_string(), meta.display().to_string());
+    let out = t.ok(
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-o",
+            &format!("type=local,dest={l}"),
+            "-o",
+            &format!("type=oci,dest={o}"),
+            "-t",
+            &tag,
+            "--push",
+            "--metadata-file",
+            &m,
+            ".",
+        ],
+        &ctx,
+    );
+    let progress = stderr(&out);
+
+    // The build context is untouched: rw bind mounts wrote to a private copy.
+    assert_eq!(tree(&ctx), before, "{}: the build changed its context", t.name());
+
+    for arch in ["amd64", "arm64"] {
+        let root = local.join(format!("linux_{arch}"));
+        let files = tree(&root.join("ctx"));
+        let names: Vec<String> = files.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
+        // .dockerignore applies to COPY . (and the exception brings keep.tmp back).
+        for gone in ["secret.txt", "logs", "a.tmp"] {
+            assert!(!names.iter().any(|n| n == gone || n.starts_with(&format!("{gone}/"))), "{}: {gone} was copied: {names:?}", t.name());
+        }
+        assert!(names.contains(&"keep.tmp".to_string()), "{}: {names:?}", t.name());
+        // The non-UTF-8 name arrives as the same bytes.
+        assert!(files.contains_key(&b"caf\xe9.txt"[..]), "{}: non-UTF-8 name lost: {names:?}", t.name());
+        // The FIFO is copied as a FIFO, as BuildKit does.
+        assert!(files.get(&b"pipe"[..]).is_some_and(|d| d.starts_with("fifo 640")), "{}: pipe: {:?}", t.name(), files.get(&b"pipe"[..]));
+        assert_eq!(std::fs::read_to_string(root.join("added/inner.txt")).expect("ADD sub"), "inner\n");
+        // A bind mount shows the context as .dockerignore leaves it.
+        let listing = std::fs::read_to_string(root.join("bind-listing")).expect("bind listing");
+        assert!(listing.contains("keep.txt") && !listing.contains("secret.txt") && !listing.contains("logs"), "{}: {listing}", t.name());
+        assert_eq!(std::fs::read_to_string(root.join("rw-done")).expect("rw step"), "ok\n");
+    }
+
+    // Every output: the OCI archive and the registry hold the same index.
+    let md = metadata(&meta);
+    let digest = md["containerimage.digest"].as_str().expect("digest").to_string();
+    let raw = Command::new("skopeo").args(["inspect", "--raw", &format!("oci-archive:{o}")]).output().expect("skopeo");
+    assert!(raw.status.success(), "{}: skopeo: {}", t.name(), stderr(&raw));
+    assert_eq!(format!("sha256:{}", sha256(&raw.stdout)), digest, "{}: the archive's index is not the reported one", t.name());
+    let pushed =
+        Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{tag}")]).output().expect("skopeo");
+    assert!(pushed.status.success(), "{}: skopeo: {}", t.name(), stderr(&pushed));
+    assert_eq!(pushed.stdout, raw.stdout, "{}: the pushed index differs from the archive's", t.name());
+    // One metadata writer: the same keys on both paths.
+    let slices = md["kiln.slices"].as_array().expect("slices");
+    assert_eq!(slices.len(), 2);
+    for s in slices {
+        for key in ["platform", "agent", "emulated", "manifest_digest", "duration_ms", "queue_ms", "attempt", "cache_hits", "cache_misses"]
+        {
+            assert!(s.get(key).is_some(), "{}: metadata lacks {key}: {s}", t.name());
+        }
+    }
+    assert!(progress.contains("[linux/amd64") || progress.contains(" linux/amd64 "), "{}: {progress}", t.name());
+    digest
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    kiln_shared::Digest::of(bytes).hex().to_string()
+}
+
+#[test]
+fn the_embedded_farm_and_a_farm_build_the_same() {
+    let registry = Registry::start();
+    let home = TempDir::new("paths-home");
+    let base = base_image(&registry, home.path());
+    let embedded = Target::Embedded(home);
+    let a = check(&embedded, &base, &registry);
+    let b = check(&farm(), &base, &registry);
+    // Same Dockerfile, same context, same base: the same image, bit for bit.
+    assert_eq!(a, b, "the embedded farm and the farm built different images");
+}
+
+#[test]
+fn builders_work_embedded() {
+    let home = TempDir::new("paths-builders");
+    let t = Target::Embedded(home);
+    let dir = TempDir::new("paths-builders-cwd");
+    let out = t.ok(&["create", "--name", "local-x", "--use"], dir.path());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("local-x"));
+    let ls = t.ok(&["ls", "--format", "json"], dir.path());
+    let v: serde_json::Value = serde_json::from_slice(&ls.stdout).expect("ls json");
+    let x = v.as_array().expect("list").iter().find(|b| b["name"] == "local-x").expect("local-x listed").clone();
+    assert_eq!(x["current"], true, "{v}");
+    assert_eq!(x["nodes"][0]["context"], "embedded", "{v}");
+    let ctx = t.ok(&["context", "ls", "--format", "json"], dir.path());
+    assert!(String::from_utf8_lossy(&ctx.stdout).contains("\"embedded\""));
+    t.ok(&["rm", "local-x"], dir.path());
+    let out = t.kiln(&["rm", "embedded"], dir.path());
+    assert!(stderr(&out).contains("context builder cannot be removed"), "{}", stderr(&out));
+}
