@@ -262,6 +262,23 @@ fn heredocs() {
 }
 
 #[test]
+fn heredocs_with_whitespace_after_the_operator() {
+    let Instruction::Run(r) = one("RUN <<  EOF\necho hi\nEOF") else { panic!() };
+    assert_eq!(r.heredocs, vec![Heredoc { name: "EOF".into(), expand: true, chomp: false, content: "echo hi\n".into() }]);
+    let Instruction::Run(r) = one("RUN <<  EOF  > foo\nEOF") else { panic!() };
+    assert_eq!(r.heredocs.len(), 1);
+    assert_eq!(r.heredocs[0].content, "");
+    let Instruction::Run(r) = one("RUN << -EOF\nx\n-EOF") else { panic!() };
+    assert_eq!(r.heredocs[0].name, "-EOF");
+    assert!(!r.heredocs[0].chomp);
+    let Instruction::Run(r) = one("RUN cat <<\t'RAW'\n$x\nRAW") else { panic!() };
+    assert_eq!(r.heredocs[0].name, "RAW");
+    assert!(!r.heredocs[0].expand);
+    // `<<- EOF` is two words to BuildKit's lexer, so no heredoc: the next line is an instruction.
+    assert!(err("RUN <<- EOF\nEOF").0.starts_with("2:1: unknown instruction: EOF"));
+}
+
+#[test]
 fn instruction_keywords_are_case_insensitive() {
     assert!(matches!(one("workdir /x"), Instruction::Workdir { .. }));
     assert!(matches!(one("Copy a b"), Instruction::Copy(_)));

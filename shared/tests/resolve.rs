@@ -174,6 +174,18 @@ fn run_argv_follows_shell_and_heredoc_rules() {
 }
 
 #[test]
+fn run_heredoc_after_blanks_is_the_script() {
+    // `RUN <<  EOF` is one heredoc word (BuildKit), so the body is the whole script.
+    let src = "FROM a\nRUN <<  EOF\necho one\nEOF\nRUN << -EOF\n#!/bin/sh\necho two\n-EOF\nRUN <<  EOF  > /out\nx\nEOF\n";
+    let pl = plan(src, "linux/amd64", &[], None);
+    let argv: Vec<Option<Vec<String>>> = pl.stages[0].steps.iter().map(|s| s.argv.clone()).collect();
+    let v = |a: &[&str]| Some(a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    assert_eq!(argv[0], v(&["/bin/sh", "-c", "echo one\n"]));
+    assert_eq!(argv[1], v(&["/dev/pipes/-EOF"]));
+    assert_eq!(argv[2], v(&["/bin/sh", "-c", "<<  EOF  > /out\nx\nEOF\n"]));
+}
+
+#[test]
 fn copy_heredocs_expand_unless_quoted() {
     let src = "FROM a\nARG NAME=kiln\nCOPY <<EOF <<'RAW' /etc/\nhello $NAME \"q\"\nEOF\nhello $NAME\nRAW\nCOPY <<-EOF /motd\n\tindented $NAME\n\tEOF\n";
     let pl = plan(src, "linux/amd64", &[], None);

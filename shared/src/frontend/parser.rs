@@ -177,7 +177,7 @@ fn join_continuations(lines: &[&str], i: usize, escape: char) -> Option<(Logical
     Some((ll, j))
 }
 
-/// Heredoc words of a line: `<<EOF`, `<<-EOF`, `<<'EOF'`, `<<"EOF"`, `3<<EOF`.
+/// Heredoc words of a line: `<<EOF`, `<<-EOF`, `<<'EOF'`, `<<"EOF"`, `3<<EOF`, `<< EOF`.
 pub fn heredoc_words(line: &str) -> Vec<(String, bool, bool)> {
     if !line.contains("<<") {
         return vec![];
@@ -187,7 +187,9 @@ pub fn heredoc_words(line: &str) -> Vec<(String, bool, bool)> {
     words.iter().filter_map(|w| heredoc_word(w)).collect()
 }
 
-/// Parses one word as a heredoc opener: (name, expand, chomp).
+/// Parses one word as a heredoc opener: (name, expand, chomp). This is BuildKit's
+/// `^(\d*)<<(-?)\s*([^<]*)$`: whitespace may follow `<<` or `<<-` (the lexer keeps it in the
+/// word), so `<<  EOF` names `EOF` and `<< -EOF` names `-EOF`.
 pub fn heredoc_word(word: &str) -> Option<(String, bool, bool)> {
     let digits = word.find(|c: char| !c.is_ascii_digit()).unwrap_or(word.len());
     let rest = word[digits..].strip_prefix("<<")?;
@@ -195,6 +197,8 @@ pub fn heredoc_word(word: &str) -> Option<(String, bool, bool)> {
         Some(r) => (true, r),
         None => (false, rest),
     };
+    // Go's `\s`: ASCII space, \t, \n, \f, \r (not \v).
+    let rest = rest.trim_start_matches([' ', '\t', '\n', '\x0c', '\r']);
     if rest.is_empty() || rest.contains('<') {
         return None;
     }
@@ -306,5 +310,27 @@ mod tests {
         assert_eq!(heredoc_word("<<<EOF"), None);
         let words: Vec<String> = heredoc_words("RUN cat <<A > /a && cat <<-'B' > /b").into_iter().map(|w| w.0).collect();
         assert_eq!(words, vec!["A", "B"]);
+    }
+
+    #[test]
+    fn heredoc_words_after_whitespace() {
+        // BuildKit's `^(\d*)<<(-?)\s*([^<]*)$`: blanks may follow `<<` or `<<-`.
+        assert_eq!(heredoc_word("<<  EOF"), Some(("EOF".into(), true, false)));
+        assert_eq!(heredoc_word("<<\t\r EOF"), Some(("EOF".into(), true, false)));
+        assert_eq!(heredoc_word("<<- EOF"), Some(("EOF".into(), true, true)));
+        assert_eq!(heredoc_word("3<< 'EOF'"), Some(("EOF".into(), false, false)));
+        // `-` after the blanks is part of the name, not the chomp marker.
+        assert_eq!(heredoc_word("<< -EOF"), Some(("-EOF".into(), true, false)));
+        assert_eq!(heredoc_word("<<  "), None);
+        assert_eq!(heredoc_word("<< <EOF"), None);
+        let names = |line: &str| heredoc_words(line).into_iter().map(|w| w.0).collect::<Vec<_>>();
+        assert_eq!(names("RUN <<  EOF"), vec!["EOF"]);
+        assert_eq!(names("RUN <<  EOF  > foo"), vec!["EOF"]);
+        assert_eq!(names("RUN << -EOF"), vec!["-EOF"]);
+        assert_eq!(names("RUN cat << A <<\tB"), vec!["A", "B"]);
+        // The lexer splits `<<-` from a following word, so BuildKit finds no heredoc here.
+        assert!(names("RUN <<- EOF").is_empty());
+        assert!(names("RUN '<< EOF'").is_empty());
+        assert!(names("RUN \\<< EOF").is_empty());
     }
 }

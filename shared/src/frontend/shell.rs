@@ -71,8 +71,8 @@ impl ShellLex {
     }
 
     fn run(&self, input: &str, env: &dyn Env) -> Res<(String, Vec<String>)> {
-        let mut w = Word { lex: self, env, chars: input.chars().collect(), pos: 0 };
-        w.process_stop_on(None, false)
+        let mut w = Word { lex: self, env, chars: input.chars().collect(), pos: 0, raw_escapes: self.raw_escapes };
+        w.process_stop_on(None, self.raw_escapes)
     }
 }
 
@@ -118,6 +118,10 @@ struct Word<'a> {
     env: &'a dyn Env,
     chars: Vec<char>,
     pos: usize,
+    /// Whether escapes are kept, for the word being read now. BuildKit switches this per
+    /// nested word: on for `#`, `%` and `/` patterns and replacements, off for `-`, `+`, `?`
+    /// words, whatever the lexer's own setting.
+    raw_escapes: bool,
 }
 
 impl Word<'_> {
@@ -132,10 +136,17 @@ impl Word<'_> {
         c
     }
 
+    /// Reads up to `stop` (consumed) or the end, with escapes kept or not for this word only.
     fn process_stop_on(&mut self, stop: Option<char>, raw_escapes: bool) -> Res<(String, Vec<String>)> {
+        let saved = std::mem::replace(&mut self.raw_escapes, raw_escapes);
+        let r = self.stop_on(stop);
+        self.raw_escapes = saved;
+        r
+    }
+
+    fn stop_on(&mut self, stop: Option<char>) -> Res<(String, Vec<String>)> {
         let mut result = String::new();
         let mut words = Words::default();
-        let raw_escapes = raw_escapes || self.lex.raw_escapes;
         while let Some(c) = self.peek() {
             if Some(c) == stop {
                 self.next();
@@ -157,10 +168,15 @@ impl Word<'_> {
                     result.push_str(&s);
                     words.add_string(&s);
                 }
+                '<' => {
+                    let s = self.possible_heredoc();
+                    result.push_str(&s);
+                    words.add_raw_string(&s);
+                }
                 _ => {
                     self.next();
                     if c == self.lex.escape {
-                        if raw_escapes {
+                        if self.raw_escapes {
                             words.add_raw_char(c);
                             result.push(c);
                         }
@@ -222,21 +238,18 @@ impl Word<'_> {
             }
             self.next();
             if c == self.lex.escape {
-                if self.lex.raw_escapes {
+                if self.raw_escapes {
                     out.push(c);
                 }
                 match self.peek() {
                     None => continue,
-                    // Only these can be escaped inside double quotes; other escapes stay as-is.
+                    // Only these can be escaped inside double quotes; other escapes stay as-is
+                    // (so with raw escapes, BuildKit writes that escape twice).
                     Some(n) if n == '"' || n == '$' || n == self.lex.escape => {
                         self.next();
                         out.push(n);
                     }
-                    Some(_) => {
-                        if !self.lex.raw_escapes {
-                            out.push(c);
-                        }
-                    }
+                    Some(_) => out.push(c),
                 }
                 continue;
             }
@@ -246,6 +259,22 @@ impl Word<'_> {
             out.push('"');
         }
         Ok(out)
+    }
+
+    /// `<` outside quotes: `<<` takes the spaces, tabs and CRs after it into the same word, so
+    /// that `<<  EOF` stays one word for heredoc detection (BuildKit's processPossibleHeredoc).
+    fn possible_heredoc(&mut self) -> String {
+        self.next();
+        if self.peek() != Some('<') {
+            return "<".into();
+        }
+        self.next();
+        let mut out = String::from("<<");
+        while let Some(c) = self.peek().filter(|c| matches!(c, ' ' | '\t' | '\r')) {
+            self.next();
+            out.push(c);
+        }
+        out
     }
 
     fn name(&mut self) -> String {
@@ -355,6 +384,25 @@ impl Word<'_> {
                 let v = value.unwrap_or_default();
                 Ok(if op == '#' { trim_prefix(&v, &pattern, greedy) } else { trim_suffix(&v, &pattern, greedy) })
             }
+            '/' => {
+                let replace_all = self.peek() == Some('/');
+                if replace_all {
+                    self.next();
+                }
+                let pattern = match self.process_stop_on(Some('/'), true) {
+                    Ok((w, _)) => w,
+                    Err(_) if self.peek().is_none() => return err("syntax error: missing '/' in ${}"),
+                    Err(e) => return Err(e),
+                };
+                let replacement = self.modifier_word(true)?;
+                if self.lex.skip_unset && value.is_none() {
+                    // As BuildKit writes it back: one `/` even for `//`.
+                    return Ok(format!("${{{name}/{pattern}/{replacement}}}"));
+                }
+                let glob = Glob::parse(&pattern).map_err(|e| ExpandError(format!("invalid pattern ({pattern}) in substitution: {e}")))?;
+                let v: Vec<char> = value.unwrap_or_default().chars().collect();
+                Ok(if replace_all { glob.replace_all(&v, &replacement) } else { glob.replace_first(&v, &replacement) })
+            }
             c => err(format!("unsupported modifier ({c}) in substitution")),
         }
     }
@@ -399,6 +447,186 @@ fn trim_suffix(value: &str, pattern: &str, greedy: bool) -> String {
         Some(i) => v[..i].iter().collect(),
         None => value.to_string(),
     }
+}
+
+/// One element of a `${VAR/pattern/replacement}` pattern.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GlobTok {
+    Lit(char),
+    /// `?`: any one character but a newline (BuildKit makes it the regexp `.`).
+    Any,
+    /// `*`: greedy, any run of characters without a newline (the regexp `.*`).
+    Star,
+}
+
+/// The pattern of `${VAR/pattern/replacement}` and `${VAR//pattern/replacement}`.
+///
+/// BuildKit turns it into a Go regexp (`convertShellPatternToRegex`, greedy, not anchored) and
+/// uses that regexp's leftmost-first match: the leftmost start at which the pattern matches,
+/// and from there each `*` takes the longest run after which the rest still matches (what a
+/// backtracking matcher prefers). That regexp can only be a sequence of literals, `.` and
+/// `.*`, so it is run here directly rather than through a regexp engine. There are no bracket
+/// expressions: `[`, `]` and all other characters are literal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Glob(Vec<GlobTok>);
+
+/// A match in progress: at token `.0` (or done), started at `.1`.
+#[derive(Clone, Copy, Debug)]
+enum Thread {
+    At(usize, usize),
+    Done(usize),
+}
+
+impl Glob {
+    /// Reads the pattern as BuildKit does: `\*`, `\?` and `\\` are literal; the `\` of `\}`
+    /// and `\/` is dropped (they had to be escaped in `${}`); any other escape is an error.
+    fn parse(pattern: &str) -> Result<Glob, String> {
+        let mut toks = Vec::new();
+        let mut chars = pattern.chars().peekable();
+        while let Some(c) = chars.next() {
+            toks.push(match c {
+                '*' => GlobTok::Star,
+                '?' => GlobTok::Any,
+                '\\' if matches!(chars.peek(), Some('}' | '/')) => continue,
+                '\\' => match chars.next() {
+                    Some(e @ ('*' | '?' | '\\')) => GlobTok::Lit(e),
+                    // Go prints the scanner's EOF with %c as U+FFFD.
+                    e => return Err(format!("invalid escape '\\{}'", e.unwrap_or('\u{fffd}'))),
+                },
+                c => GlobTok::Lit(c),
+            });
+        }
+        Ok(Glob(toks))
+    }
+
+    /// Adds the thread at token `j` to `list`, with what it reaches without reading: a `*` is
+    /// tried first as one more character (greedy), then as done. `seen` stamps the tokens
+    /// already in this list, so a thread of lower priority does not come in twice.
+    fn add(&self, list: &mut Vec<Thread>, seen: &mut [usize], stamp: usize, mut j: usize, start: usize) {
+        loop {
+            if seen[j] == stamp {
+                return;
+            }
+            seen[j] = stamp;
+            if j == self.0.len() {
+                list.push(Thread::Done(start));
+                return;
+            }
+            list.push(Thread::At(j, start));
+            if self.0[j] != GlobTok::Star {
+                return;
+            }
+            j += 1;
+        }
+    }
+
+    /// The leftmost-first match starting at `from` or later, as (start, end). This runs the
+    /// pattern the way Go's regexp NFA does: threads in priority order, a new start (of lowest
+    /// priority) at each position until something matched, and the threads after a finished
+    /// one dropped. Time is value length times pattern length, memory only pattern length.
+    fn find_at(&self, s: &[char], from: usize) -> Option<(usize, usize)> {
+        let mut seen = vec![usize::MAX; self.0.len() + 1];
+        let (mut now, mut next) = (Vec::new(), Vec::new());
+        let mut found = None;
+        let mut p = from;
+        loop {
+            if found.is_none() {
+                self.add(&mut now, &mut seen, p, 0, p);
+            }
+            if now.is_empty() {
+                break;
+            }
+            let c = s.get(p).copied();
+            next.clear();
+            for &t in &now {
+                let (j, start) = match t {
+                    Thread::Done(start) => {
+                        found = Some((start, p));
+                        break;
+                    }
+                    Thread::At(j, start) => (j, start),
+                };
+                let reads = match (self.0[j], c) {
+                    (GlobTok::Lit(l), Some(c)) => l == c,
+                    (GlobTok::Any | GlobTok::Star, Some(c)) => c != '\n',
+                    (_, None) => false,
+                };
+                if reads {
+                    let to = if self.0[j] == GlobTok::Star { j } else { j + 1 };
+                    self.add(&mut next, &mut seen, p + 1, to, start);
+                }
+            }
+            std::mem::swap(&mut now, &mut next);
+            if p == s.len() {
+                break;
+            }
+            p += 1;
+        }
+        found
+    }
+
+    /// `${VAR/pattern/replacement}`: the first match replaced, the replacement taken as is.
+    fn replace_first(&self, s: &[char], replacement: &str) -> String {
+        let mut out: String = s.iter().collect();
+        if let Some((a, b)) = self.find_at(s, 0) {
+            out = s[..a].iter().collect();
+            out.push_str(replacement);
+            out.extend(&s[b..]);
+        }
+        out
+    }
+
+    /// `${VAR//pattern/replacement}`: Go's `Regexp.ReplaceAllString`, so every match is replaced,
+    /// an empty match right after a match is not, and `$0`/`${0}` in the replacement is the match
+    /// (`$$` is `$`, any other `$name` is empty).
+    fn replace_all(&self, s: &[char], replacement: &str) -> String {
+        let mut out = String::new();
+        let (mut last_end, mut search) = (0, 0);
+        while search <= s.len() {
+            let Some((a, b)) = self.find_at(s, search) else { break };
+            out.extend(&s[last_end..a]);
+            if b > last_end || a == 0 {
+                let matched: String = s[a..b].iter().collect();
+                expand_template(&mut out, replacement, &matched);
+            }
+            last_end = b;
+            // Always move on by at least one character.
+            search = if search + 1 > b { search + 1 } else { b };
+        }
+        out.extend(&s[last_end..]);
+        out
+    }
+}
+
+/// Go's `Regexp.Expand` for a regexp without groups: `$$` is `$`; `$name` and `${name}` (letters,
+/// digits, `_`) are the match for `0` and empty otherwise; a `$` that starts neither is kept.
+fn expand_template(out: &mut String, template: &str, matched: &str) {
+    let mut rest = template;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i + 1..];
+        if let Some(r) = rest.strip_prefix('$') {
+            out.push('$');
+            rest = r;
+            continue;
+        }
+        let (brace, body) = match rest.strip_prefix('{') {
+            Some(b) => (true, b),
+            None => (false, rest),
+        };
+        let len = body.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(body.len());
+        let after = if brace { body[len..].strip_prefix('}') } else { Some(&body[len..]) };
+        match after {
+            Some(after) if len > 0 => {
+                if &body[..len] == "0" {
+                    out.push_str(matched);
+                }
+                rest = after;
+            }
+            _ => out.push('$'),
+        }
+    }
+    out.push_str(rest);
 }
 
 #[cfg(test)]
@@ -494,6 +722,154 @@ mod tests {
         let lex = ShellLex::new('`');
         assert_eq!(lex.process_word("`$A", &env()).unwrap(), "$A");
         assert_eq!(lex.process_word("c:\\dir", &env()).unwrap(), "c:\\dir");
+    }
+
+    fn penv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn sub(s: &str, pairs: &[(&str, &str)]) -> String {
+        ShellLex::new('\\').process_word(s, &penv(pairs)).unwrap_or_else(|e| panic!("{s}: {}", e.0))
+    }
+
+    fn sub_err(s: &str, pairs: &[(&str, &str)]) -> String {
+        ShellLex::new('\\').process_word(s, &penv(pairs)).unwrap_err().0
+    }
+
+    #[test]
+    fn replace_first_and_all() {
+        let e = [("P", "dir/file.tar.gz"), ("R", "aXbXc")];
+        assert_eq!(sub("${P/file/x}", &e), "dir/x.tar.gz");
+        assert_eq!(sub("${P/./_}", &e), "dir/file_tar.gz");
+        assert_eq!(sub("${P//./_}", &e), "dir/file_tar_gz");
+        assert_eq!(sub("${R//X/}", &e), "abc");
+        assert_eq!(sub("${R/nomatch/y}", &e), "aXbXc");
+        // The replacement is a word of its own: variables, quotes and `/` in it are fine.
+        assert_eq!(sub("${R//X/$P}", &e), "adir/file.tar.gzbdir/file.tar.gzc");
+        assert_eq!(sub("${R//X/' '}", &e), "a b c");
+        assert_eq!(sub("${R/X/a/b}", &e), "aa/bbXc");
+    }
+
+    #[test]
+    fn replace_glob_star_and_question_mark() {
+        let e = [("P", "dir/file.tar.gz"), ("A", "aaa"), ("U8", "ÄbÄc")];
+        // `*` is greedy, and the leftmost match wins.
+        assert_eq!(sub("${P/*./X}", &e), "Xgz");
+        assert_eq!(sub("${P/.*/X}", &e), "dir/fileX");
+        assert_eq!(sub("${P/f*r/X}", &e), "dir/X.gz");
+        assert_eq!(sub("${P//*/X}", &e), "X");
+        assert_eq!(sub("${A//a*/b}", &e), "b");
+        assert_eq!(sub("${A/*b/X}", &e), "aaa");
+        assert_eq!(sub("${A/*/X}", &e), "X");
+        assert_eq!(sub("${A/b*/X}", &e), "aaa");
+        assert_eq!(sub("${A//?/b}", &e), "bbb");
+        assert_eq!(sub("${A/??/b}", &e), "ba");
+        assert_eq!(sub("${U8//?c/x}", &e), "Äbx");
+        assert_eq!(sub("${U8//Ä?/x}", &e), "xx");
+        // A pattern that comes from a variable is a pattern too (BuildKit expands it first).
+        assert_eq!(sub("${P/$S/X}", &[("P", "a.b"), ("S", "*.")]), "Xb");
+        // Quotes do not make a glob character literal: they are gone before the pattern is read.
+        assert_eq!(sub("${P/'*'/X}", &[("P", "a*b")]), "X");
+        // No bracket expressions: `[`, `]` and regexp characters are literal.
+        assert_eq!(sub("${B/[a]/x}", &[("B", "[a]b")]), "xb");
+        assert_eq!(sub("${B/[a]/x}", &[("B", "ab")]), "ab");
+        assert_eq!(sub("${B//[ab]/x}", &[("B", "ab")]), "ab");
+        assert_eq!(sub("${B//(a|b)+^$.{1}/x}", &[("B", "-(a|b)+^$.{1}-")]), "-x-");
+    }
+
+    #[test]
+    fn replace_does_not_cross_newlines() {
+        // `*` and `?` are the regexp's `.`, which does not match a newline.
+        let e = [("NL", "ab\ncd")];
+        assert_eq!(sub("${NL/*/x}", &e), "x\ncd");
+        assert_eq!(sub("${NL//*/x}", &e), "x\nx");
+        assert_eq!(sub("${NL//b?c/x}", &e), "ab\ncd");
+        assert_eq!(sub("${NL//b*d/x}", &e), "ab\ncd");
+        assert_eq!(sub("${NL//?/x}", &e), "xx\nxx");
+    }
+
+    #[test]
+    fn replace_escapes() {
+        let e = [("S", "a*b?c\\d"), ("T", "/tmp/foo.txt"), ("C", "}x}")];
+        assert_eq!(sub("${S/\\*/x}", &e), "axb?c\\d");
+        assert_eq!(sub("${S/\\?/x}", &e), "a*bxc\\d");
+        assert_eq!(sub("${S/\\\\/x}", &e), "a*b?cxd");
+        // `\/` and `\}` are needed inside `${}`; the escape is not part of the pattern.
+        assert_eq!(sub("${T//\\//_}", &e), "_tmp_foo.txt");
+        assert_eq!(sub("${C//\\}/_}", &e), "_x_");
+        // The replacement keeps its escapes as written.
+        assert_eq!(sub("${T//\\//\\/}", &e), "\\/tmp\\/foo.txt");
+        assert_eq!(sub("${T/foo/\\n}", &e), "/tmp/\\n.txt");
+        // Any other escape in the pattern is an error.
+        assert_eq!(sub_err("${S/\\d/x}", &e), "invalid pattern (\\d) in substitution: invalid escape '\\d'");
+        assert_eq!(sub_err("${S/$B/x}", &[("B", "\\")]), "invalid pattern (\\) in substitution: invalid escape '\\\u{fffd}'");
+        // In double quotes with raw escapes, BuildKit keeps an escape before an ordinary
+        // character twice: `"\d"` is the pattern `\\d`, a literal backslash and `d`.
+        assert_eq!(sub("${S/\"\\d\"/x}", &e), "a*b?cx");
+    }
+
+    #[test]
+    fn replace_empty_pattern_and_unset_variable() {
+        let e = [("A", "ab"), ("E", "")];
+        // `${A//x}` is `//` without its second `/`: an empty pattern for one replacement can
+        // only come from quotes or a variable.
+        assert_eq!(sub_err("${A//x}", &e), "syntax error: missing '/' in ${}");
+        assert_eq!(sub("${A/''/x}", &e), "xab");
+        assert_eq!(sub("${A/$E/x}", &e), "xab");
+        assert_eq!(sub("${A///x}", &e), "xaxbx");
+        assert_eq!(sub("${A///}", &e), "ab");
+        assert_eq!(sub("${E///x}", &e), "x");
+        assert_eq!(sub("${E/a/x}", &e), "");
+        assert_eq!(sub("${U/a/x}", &e), "");
+        assert_eq!(sub("${U//a/x}", &e), "");
+        assert_eq!(sub("${U///}", &e), "");
+        assert_eq!(sub("${U/''/x}", &e), "x");
+        let lex = ShellLex { escape: '\\', raw_quotes: false, raw_escapes: false, skip_unset: true };
+        // BuildKit writes an unset `//` back with a single `/`.
+        assert_eq!(lex.process_word("${U/a/b}-${U//a/b}", &penv(&e)).unwrap(), "${U/a/b}-${U/a/b}");
+        assert_eq!(lex.process_word("${A//a/b}", &penv(&e)).unwrap(), "bb");
+    }
+
+    #[test]
+    fn replace_all_expands_dollar_zero() {
+        // `//` goes through Go's ReplaceAllString: `$0` is the match, `$$` a `$`, other names
+        // are empty. `/` inserts the replacement as is.
+        let e = [("A", "ab")];
+        assert_eq!(sub("${A//?/<'$0'>}", &e), "<a><b>");
+        assert_eq!(sub("${A//?/<'${0}'>}", &e), "<a><b>");
+        assert_eq!(sub("${A/?/<'$0'>}", &e), "<$0>b");
+        assert_eq!(sub("${A//a/'$$'}", &e), "$b");
+        assert_eq!(sub("${A//a/'$1$x${y}'}", &e), "b");
+        assert_eq!(sub("${A//a/'$'}", &e), "$b");
+        assert_eq!(sub("${A//a/'${0'}", &e), "${0b");
+        assert_eq!(sub("${A//a/\\$0}", &e), "\\ab");
+        // An empty match right after a match is not replaced.
+        assert_eq!(sub("${A//*/x}", &e), "x");
+    }
+
+    #[test]
+    fn replace_syntax_errors() {
+        let e = [("A", "ab")];
+        assert_eq!(sub_err("${A/a}", &e), "syntax error: missing '/' in ${}");
+        assert_eq!(sub_err("${A//}", &e), "syntax error: missing '/' in ${}");
+        assert_eq!(sub_err("${A/'a/b}", &e), "syntax error: missing '/' in ${}");
+        assert_eq!(sub_err("${A/a/b", &e), "syntax error: missing '}'");
+        assert_eq!(sub_err("${A/a/'b}", &e), "syntax error: missing '}'");
+    }
+
+    #[test]
+    fn heredoc_operator_keeps_following_blanks_in_its_word() {
+        // BuildKit's lexer takes spaces, tabs and CRs after `<<` into the same word.
+        assert_eq!(words("<<  EOF"), vec!["<<  EOF"]);
+        assert_eq!(words("cat <<\tEOF > f"), vec!["cat", "<<\tEOF", ">", "f"]);
+        assert_eq!(words("a<< b"), vec!["a<< b"]);
+        // Not after `<<-`, a single `<`, or an escaped or quoted `<<`.
+        assert_eq!(words("<<- EOF"), vec!["<<-", "EOF"]);
+        assert_eq!(words("< EOF"), vec!["<", "EOF"]);
+        assert_eq!(words("\\<< EOF"), vec!["<<", "EOF"]);
+        assert_eq!(words("'<<' EOF"), vec!["<<", "EOF"]);
+        // Expansion itself is unchanged.
+        assert_eq!(word("<<  $A"), "<<  a");
     }
 
     #[test]
