@@ -265,13 +265,48 @@ pub struct SliceOutcome {
     pub records: Vec<CacheRecord>,
 }
 
+/// Where a slice is: the same value in the Raft state and on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SliceState {
+    Queued,
+    Running,
+    Done,
+    Failed,
+}
+
+/// Where a build is: the same value in the Raft state and on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildState {
+    Running,
+    Done,
+    Failed,
+}
+
+impl SliceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SliceState::Queued => "queued",
+            SliceState::Running => "running",
+            SliceState::Done => "done",
+            SliceState::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for SliceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// The state of one slice, as `kiln build` and `kiln inspect` show it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SliceView {
     pub slice: u32,
     pub platform: Platform,
-    /// queued, running, done, failed.
-    pub state: String,
+    pub state: SliceState,
     pub agent: String,
     pub emulated: bool,
     pub attempt: u32,
@@ -287,8 +322,7 @@ pub struct SliceView {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BuildView {
     pub id: u64,
-    /// running, done, failed.
-    pub state: String,
+    pub state: BuildState,
     pub slices: Vec<SliceView>,
     /// The index (OCI JSON) once done.
     pub index_json: String,

@@ -6,7 +6,7 @@ use super::progress::{Mode, Progress};
 use super::remote::{self, unexpected, Session};
 use anyhow::{anyhow, bail, Context as _};
 use kiln_agent::Event;
-use kiln_shared::api::{BuildSpec, BuildView, ContextEntry, EntryKind, Request, Response};
+use kiln_shared::api::{BuildSpec, BuildState, BuildView, ContextEntry, EntryKind, Request, Response};
 use kiln_shared::client::Farm;
 use kiln_shared::digest::Digest;
 use kiln_shared::frontend::dockerignore::DockerIgnore;
@@ -137,8 +137,8 @@ pub fn run(
                 };
                 progress.event(event);
             }
-            match view.state.as_str() {
-                "done" => {
+            match view.state {
+                BuildState::Done => {
                     if outputs.iter().any(|o| !o.is_registry()) {
                         write_outputs(&farm, &view, outputs, &tags).await?;
                     }
@@ -147,8 +147,8 @@ pub fn run(
                     }
                     return Ok(view);
                 }
-                "failed" => bail!("{}", view.error),
-                _ => {}
+                BuildState::Failed => bail!("{}", view.error),
+                BuildState::Running => {}
             }
         }
     })

@@ -643,12 +643,6 @@ async fn submit(node: &Node, p: &Principal, origin: SocketAddr, mut spec: BuildS
 }
 
 fn slice_view(i: usize, s: &raft::SliceRecord, now: u64) -> SliceView {
-    let state = match s.state {
-        SliceState::Queued => "queued",
-        SliceState::Running => "running",
-        SliceState::Done => "done",
-        SliceState::Failed => "failed",
-    };
     let queue_ms = match s.state {
         SliceState::Queued => now.saturating_sub(s.queued_at_ms),
         _ => s.assigned_at_ms.saturating_sub(s.queued_at_ms),
@@ -656,7 +650,7 @@ fn slice_view(i: usize, s: &raft::SliceRecord, now: u64) -> SliceView {
     SliceView {
         slice: i as u32,
         platform: s.platform.clone(),
-        state: state.into(),
+        state: s.state,
         agent: s.agent.clone(),
         emulated: s.emulated,
         attempt: s.attempt,
@@ -674,12 +668,7 @@ pub fn build_view(b: &BuildRecord) -> BuildView {
     let now = now_ms();
     BuildView {
         id: b.id,
-        state: match b.state {
-            BuildState::Running => "running",
-            BuildState::Done => "done",
-            BuildState::Failed => "failed",
-        }
-        .into(),
+        state: b.state,
         slices: b.slices.iter().enumerate().map(|(i, s)| slice_view(i, s, now)).collect(),
         index_json: b.index_json.clone(),
         index_digest: b.index_digest.clone(),
@@ -706,7 +695,7 @@ async fn watch(node: &Node, p: &Principal, build: u64, cursor: u64, wait_ms: u32
             (all[from..].to_vec(), all.len() as u64)
         };
         let now = Instant::now();
-        if !events.is_empty() || view.state != "running" || now >= deadline {
+        if !events.is_empty() || view.state != BuildState::Running || now >= deadline {
             return Ok(Response::Build { view, events, cursor: next });
         }
         let _ = tokio::time::timeout(deadline - now, changed.changed()).await;

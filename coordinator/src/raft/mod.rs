@@ -13,6 +13,7 @@ pub mod store;
 
 use crate::builders::{Builder, Context, Farm};
 use kiln_shared::api::{BuildSpec, SliceOutcome};
+pub use kiln_shared::api::{BuildState, SliceState};
 use kiln_shared::Platform;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -139,15 +140,6 @@ pub struct TokenRecord {
     pub tenant: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SliceState {
-    Queued,
-    Running,
-    Done,
-    Failed,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SliceRecord {
     pub platform: Platform,
@@ -170,14 +162,6 @@ pub struct SliceRecord {
     pub records: Vec<kiln_shared::api::CacheRecord>,
     /// Why it went where it went, or why it failed.
     pub reason: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BuildState {
-    Running,
-    Done,
-    Failed,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
