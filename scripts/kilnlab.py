@@ -88,11 +88,11 @@ class Dockerd:
         self.insecure = insecure_registry
 
     def __enter__(self):
-        if not os.path.exists("/usr/bin/dockerd"):
+        if not os.path.exists("/usr/sbin/dockerd"):
             raise RuntimeError("dockerd is missing: apt-get install docker.io")
         self.dir = tempfile.mkdtemp(prefix="kiln-dockerd-")
         self.sock = os.path.join(self.dir, "docker.sock")
-        args = ["/usr/bin/dockerd", "--iptables=false", "--ip6tables=false", "--bridge=none",
+        args = ["/usr/sbin/dockerd", "--iptables=false", "--ip6tables=false", "--bridge=none",
                 "--data-root", f"{self.dir}/data", "--exec-root", f"{self.dir}/exec",
                 "--pidfile", f"{self.dir}/docker.pid", "-H", f"unix://{self.sock}"]
         if self.insecure:
