@@ -69,12 +69,7 @@ impl Session {
 
     /// Joins the farm with the token.
     pub async fn connect(&self) -> anyhow::Result<Farm> {
-        let token = self.token.as_deref().map(str::trim).filter(|t| !t.is_empty());
-        let token = token.ok_or_else(|| {
-            anyhow!("talking to a farm needs a token: pass --token or set KILN_TOKEN (e.g. the content of c1/admin.token)")
-        })?;
-        let list = self.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(",");
-        Farm::join(&self.hosts, token, "").await.map_err(|e| anyhow!("cannot join the farm at {list}: {e}"))
+        join(&self.hosts, self.token.as_deref()).await
     }
 
     /// Names this farm in `client.json`: its coordinators, or `embedded` (whose port changes).
@@ -120,7 +115,11 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Joins the farm at `hosts` with the token of `args` (membership verbs, which need a farm).
 pub async fn connect(hosts: &[SocketAddr], args: &FarmArgs) -> anyhow::Result<Farm> {
-    let token = args.token.as_deref().map(str::trim).filter(|t| !t.is_empty());
+    join(hosts, args.token.as_deref()).await
+}
+
+async fn join(hosts: &[SocketAddr], token: Option<&str>) -> anyhow::Result<Farm> {
+    let token = token.map(str::trim).filter(|t| !t.is_empty());
     let token = token
         .ok_or_else(|| anyhow!("talking to a farm needs a token: pass --token or set KILN_TOKEN (e.g. the content of c1/admin.token)"))?;
     let list = hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(",");
