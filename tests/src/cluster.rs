@@ -1,6 +1,7 @@
 //! The cluster harness: N coordinators and M agents as real `kiln` processes on loopback ports
 //! chosen at run time, with kill, restart, pause and resume, and the CLI pointed at them.
 
+use crate::Bounded;
 use crate::{kiln_bin, stderr, wait_for, TempDir};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -247,7 +248,7 @@ impl Cluster {
             .env("KILN_HOST", self.hosts())
             .env("KILN_TOKEN", token)
             .current_dir(cwd)
-            .output()
+            .bounded()
             .expect("run kiln")
     }
 

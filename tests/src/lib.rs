@@ -6,6 +6,8 @@
 //! - [`busybox`]: busybox-static for amd64 and arm64 from Debian's packages;
 //! - [`base_image`]: those built by kiln into a two-platform image and pushed to a registry;
 //! - [`wait_for`]: polling with a deadline instead of sleeping;
+//! - [`Bounded`]: `Command::output` with a deadline, so a hung command fails its test instead
+//!   of the whole suite;
 //! - [`cluster::Cluster`]: coordinators and agents as real processes, with fault injection.
 
 pub mod cluster;
@@ -42,6 +44,55 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     while !cond() {
         assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How long one command of a test may run (`KILN_TEST_COMMAND_SECS`, default 300).
+pub fn command_deadline() -> Duration {
+    let secs = std::env::var("KILN_TEST_COMMAND_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    Duration::from_secs(secs)
+}
+
+/// `Command::output` with a deadline: a command still running after [`command_deadline`] is
+/// killed and the test fails with what it printed so far.
+pub trait Bounded {
+    fn bounded(&mut self) -> std::io::Result<Output>;
+}
+
+impl Bounded for Command {
+    fn bounded(&mut self) -> std::io::Result<Output> {
+        use std::io::Read;
+        let deadline = command_deadline();
+        let mut child = self.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut p) = pipe {
+                    let _ = p.read_to_end(&mut buf);
+                }
+                buf
+            })
+        };
+        let out = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+        let err = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if start.elapsed() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let stderr = err.join().unwrap_or_default();
+                panic!(
+                    "{:?} did not finish within {deadline:?}; it printed:\n{}",
+                    self.get_args().collect::<Vec<_>>(),
+                    String::from_utf8_lossy(&stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Ok(Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() })
     }
 }
 
@@ -104,7 +155,7 @@ impl Registry {
             dir.0.join("data").display()
         );
         if let Some((u, p)) = auth {
-            let out = Command::new("htpasswd").args(["-Bbn", u, p]).output().expect("htpasswd (apt-get install apache2-utils)");
+            let out = Command::new("htpasswd").args(["-Bbn", u, p]).bounded().expect("htpasswd (apt-get install apache2-utils)");
             std::fs::write(dir.0.join("htpasswd"), &out.stdout).expect("write htpasswd");
             config.push_str(&format!("auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n", dir.0.join("htpasswd").display()));
         }
@@ -173,7 +224,7 @@ pub fn ok(o: Output) -> Output {
 
 /// Runs kiln with `KILN_HOME` set.
 pub fn kiln(home: &Path, args: &[&str], cwd: &Path) -> Output {
-    Command::new(kiln_bin()).args(args).env("KILN_HOME", home).current_dir(cwd).output().expect("run kiln")
+    Command::new(kiln_bin()).args(args).env("KILN_HOME", home).current_dir(cwd).bounded().expect("run kiln")
 }
 
 /// Builds the two-platform busybox base image with kiln and pushes it to `registry`;

@@ -3,6 +3,7 @@
 //! and `kiln du` / `kiln prune` work across a builder's agents.
 
 use kiln_tests::cluster::Cluster;
+use kiln_tests::Bounded;
 use kiln_tests::{base_image, busybox, kiln, ok, stderr, stdout, TempDir, BASE_DOCKERFILE};
 use std::path::Path;
 use std::sync::Mutex;
@@ -173,11 +174,12 @@ fn caches_export_and_import_locally_and_through_a_registry() {
     let index: serde_json::Value = serde_json::from_slice(&std::fs::read(dest.join("index.json")).expect("index.json")).expect("index");
     assert_eq!(index["manifests"].as_array().map(Vec::len), Some(1), "{index}");
     // skopeo, an independent judge, reads both as OCI images.
-    let out = std::process::Command::new("skopeo").args(["inspect", "--raw", &format!("oci:{}", dest.display())]).output().expect("skopeo");
+    let out =
+        std::process::Command::new("skopeo").args(["inspect", "--raw", &format!("oci:{}", dest.display())]).bounded().expect("skopeo");
     assert!(out.status.success(), "{}", stderr(&out));
     let out = std::process::Command::new("skopeo")
         .args(["inspect", "--tls-verify=false", "--raw", &format!("docker://{cache_ref}")])
-        .output()
+        .bounded()
         .expect("skopeo");
     assert!(out.status.success(), "{}", stderr(&out));
 

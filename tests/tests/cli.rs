@@ -1,12 +1,13 @@
 //! `kiln build --dry-run` end to end: the binary, real files, its output and exit codes.
 
+use kiln_tests::Bounded;
 use kiln_tests::{kiln_bin, repo_root, stderr, stdout, TempDir};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 fn kiln(args: &[&str], dir: &Path) -> Output {
-    Command::new(kiln_bin()).args(args).current_dir(dir).output().expect("run kiln")
+    Command::new(kiln_bin()).args(args).current_dir(dir).bounded().expect("run kiln")
 }
 
 #[test]
@@ -111,7 +112,7 @@ fn a_farm_needs_a_token_and_an_answer() {
         if let Some(t) = token {
             cmd.env("KILN_TOKEN", t);
         }
-        cmd.current_dir(repo_root()).output().expect("run kiln")
+        cmd.current_dir(repo_root()).bounded().expect("run kiln")
     };
     let out = run(None);
     assert_eq!(out.status.code(), Some(1));

@@ -4,6 +4,7 @@
 //! time: each starts five processes on a 2-core machine.
 
 use kiln_tests::cluster::{Cluster, LEASE_MS};
+use kiln_tests::Bounded;
 use kiln_tests::{busybox, stderr, stdout, wait_for, TempDir, BASE_DOCKERFILE};
 use std::path::Path;
 use std::process::Command;
@@ -62,8 +63,10 @@ fn placements(meta: &serde_json::Value) -> std::collections::BTreeMap<String, (S
 
 /// The index in the registry has exactly one manifest per platform.
 fn assert_index(reference: &str, platforms: &[&str]) {
-    let out =
-        Command::new("skopeo").args(["inspect", "--tls-verify=false", "--raw", &format!("docker://{reference}")]).output().expect("skopeo");
+    let out = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--raw", &format!("docker://{reference}")])
+        .bounded()
+        .expect("skopeo");
     assert!(out.status.success(), "skopeo: {}", stderr(&out));
     let index: serde_json::Value = serde_json::from_slice(&out.stdout).expect("index JSON");
     let mut got: Vec<String> = index["manifests"]
@@ -114,7 +117,7 @@ fn farm_builds_pushes_and_manages_builders() {
     for arch in ["amd64", "arm64"] {
         let out = Command::new("skopeo")
             .args(["inspect", "--tls-verify=false", "--override-arch", arch, "--config", &format!("docker://{app}")])
-            .output()
+            .bounded()
             .expect("skopeo");
         let config: serde_json::Value = serde_json::from_slice(&out.stdout).expect("config");
         assert_eq!(config["architecture"], arch);
@@ -137,14 +140,14 @@ fn farm_builds_pushes_and_manages_builders() {
         ],
         work.path(),
     ));
-    let out = Command::new("skopeo").arg("inspect").arg("--raw").arg(format!("oci-archive:{}", tar.display())).output().expect("skopeo");
+    let out = Command::new("skopeo").arg("inspect").arg("--raw").arg(format!("oci-archive:{}", tar.display())).bounded().expect("skopeo");
     assert!(out.status.success(), "skopeo: {}", stderr(&out));
     let index: serde_json::Value = serde_json::from_slice(&out.stdout).expect("index");
     assert_eq!(index["manifests"].as_array().map(Vec::len), Some(2), "{index}");
     let out = Command::new("skopeo")
         .args(["inspect", "--override-arch", "arm64", "--config"])
         .arg(format!("oci-archive:{}:example/hello:1", tar.display()))
-        .output()
+        .bounded()
         .expect("skopeo");
     let config: serde_json::Value = serde_json::from_slice(&out.stdout).expect("config");
     assert_eq!(config["architecture"], "arm64", "{}", stderr(&out));
@@ -160,7 +163,7 @@ fn farm_builds_pushes_and_manages_builders() {
         .args(["coordinator", "--id", "2", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(work.path().join("impostor"))
         .args(["--peers", &format!("1={},2=127.0.0.1:{port}", c.addrs[0])])
-        .output()
+        .bounded()
         .expect("kiln coordinator");
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not a listed peer on its first start"), "{}", stderr(&out));

@@ -7,6 +7,7 @@
 use kiln_shared::frontend::resolve::{resolve, NoImages, Options};
 use kiln_shared::frontend::{parse, print};
 use kiln_shared::Platform;
+use kiln_tests::Bounded;
 use kiln_tests::{kiln_bin, repo_root};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -88,7 +89,7 @@ fn every_case_goes_through_the_cli_dry_run() {
         for (k, v) in &case.build_args {
             cmd.arg("--build-arg").arg(format!("{k}={v}"));
         }
-        let out = cmd.arg(&case.dir).output().expect("run kiln");
+        let out = cmd.arg(&case.dir).bounded().expect("run kiln");
         assert!(out.status.success(), "{}: {}", case.dir.display(), String::from_utf8_lossy(&out.stderr));
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("dry-run JSON");
         let platforms = json["platforms"].as_array().expect("platforms array");

@@ -3,6 +3,7 @@
 //! to a loopback registry, images run with runc, the step cache, outputs and error cases.
 
 use base64::Engine as _;
+use kiln_tests::Bounded;
 use kiln_tests::{base_image, kiln, ok, stderr, Registry, TempDir};
 use std::path::Path;
 use std::process::{Command, Output};
@@ -28,7 +29,7 @@ fn assert_store_consistent(home: &Path) {
 }
 
 fn skopeo(args: &[&str]) -> Output {
-    let out = Command::new("skopeo").args(args).output().expect("skopeo (apt-get install skopeo)");
+    let out = Command::new("skopeo").args(args).bounded().expect("skopeo (apt-get install skopeo)");
     assert!(out.status.success(), "skopeo {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     out
 }
@@ -45,7 +46,7 @@ fn run_image(src: &str, arch: &str, args: &[&str], work: &Path) -> String {
     let out = Command::new("umoci")
         .args(["unpack", "--image", &format!("{}:img", layout.display())])
         .arg(&bundle)
-        .output()
+        .bounded()
         .expect("umoci (apt-get install umoci)");
     assert!(out.status.success(), "umoci: {}", String::from_utf8_lossy(&out.stderr));
     let cfg_path = bundle.join("config.json");
@@ -60,7 +61,7 @@ fn run_image(src: &str, arch: &str, args: &[&str], work: &Path) -> String {
         .args(["run", "--bundle"])
         .arg(&bundle)
         .arg(&id)
-        .output()
+        .bounded()
         .expect("runc");
     assert!(out.status.success(), "runc: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -290,7 +291,7 @@ fn registry_credentials_basic_auth() {
             .env("KILN_HOME", home.path())
             .env("DOCKER_CONFIG", docker_config.path())
             .current_dir(ctx.path())
-            .output()
+            .bounded()
             .expect("kiln")
     };
     let out = push("kiln", "wrong");

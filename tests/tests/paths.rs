@@ -5,6 +5,7 @@
 //! must behave exactly as the farm does (DESIGN.md: a behaviour that differs is a bug).
 
 use kiln_tests::cluster::Cluster;
+use kiln_tests::Bounded;
 use kiln_tests::{base_image, kiln_bin, stderr, Registry, TempDir};
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
@@ -37,7 +38,7 @@ impl Target {
             Target::Embedded(home) => cmd.env("KILN_HOME", home.path()).env_remove("KILN_HOST"),
             Target::Farm(c) => cmd.env("KILN_HOME", c.home()).env("KILN_HOST", c.hosts()).env("KILN_TOKEN", &c.admin_token),
         };
-        cmd.output().expect("run kiln")
+        cmd.bounded().expect("run kiln")
     }
 
     fn ok(&self, args: &[&str], cwd: &Path) -> Output {
@@ -176,11 +177,11 @@ fn check(t: &Target, base: &str, registry: &Registry) -> String {
     // Every output: the OCI archive and the registry hold the same index.
     let md = metadata(&meta);
     let digest = md["containerimage.digest"].as_str().expect("digest").to_string();
-    let raw = Command::new("skopeo").args(["inspect", "--raw", &format!("oci-archive:{o}")]).output().expect("skopeo");
+    let raw = Command::new("skopeo").args(["inspect", "--raw", &format!("oci-archive:{o}")]).bounded().expect("skopeo");
     assert!(raw.status.success(), "{}: skopeo: {}", t.name(), stderr(&raw));
     assert_eq!(format!("sha256:{}", sha256(&raw.stdout)), digest, "{}: the archive's index is not the reported one", t.name());
     let pushed =
-        Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{tag}")]).output().expect("skopeo");
+        Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{tag}")]).bounded().expect("skopeo");
     assert!(pushed.status.success(), "{}: skopeo: {}", t.name(), stderr(&pushed));
     assert_eq!(pushed.stdout, raw.stdout, "{}: the pushed index differs from the archive's", t.name());
     // One metadata writer: the same keys on both paths.

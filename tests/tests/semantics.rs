@@ -1,5 +1,6 @@
 //! Instruction semantics on the real engine: what each image ends up containing and declaring.
 
+use kiln_tests::Bounded;
 use kiln_tests::{base_image, kiln, ok, stderr, Registry, TempDir};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -37,7 +38,7 @@ impl Env {
         let cfg = Command::new("skopeo")
             .args(["inspect", "--config", "--raw", "--override-arch", arch])
             .arg(format!("oci-archive:{}:t/t:1", archive.display()))
-            .output()
+            .bounded()
             .expect("skopeo");
         assert!(cfg.status.success(), "{}", String::from_utf8_lossy(&cfg.stderr));
         (out, serde_json::from_slice(&cfg.stdout).expect("config json"))
@@ -143,7 +144,7 @@ fn equal_inputs_give_equal_digests_with_source_date_epoch() {
             .env("KILN_HOME", home)
             .env("SOURCE_DATE_EPOCH", "1700000000")
             .current_dir(e.ctx.path())
-            .output()
+            .bounded()
             .expect("kiln");
         ok(out);
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).expect("meta")).expect("json");
@@ -212,14 +213,14 @@ fn zstd_outputs_and_zstd_base_images() {
     let raw = Command::new("skopeo")
         .args(["inspect", "--raw", "--override-arch", "arm64"])
         .arg(format!("oci-archive:{}", archive.display()))
-        .output()
+        .bounded()
         .expect("skopeo");
     let index: serde_json::Value = serde_json::from_slice(&raw.stdout).expect("index");
     assert_eq!(index["manifests"].as_array().map(Vec::len), Some(2));
     let m = Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false", "--override-arch", "arm64"])
         .arg(format!("docker://{tag}"))
-        .output()
+        .bounded()
         .expect("skopeo");
     let idx: serde_json::Value = serde_json::from_slice(&m.stdout).expect("index");
     let digest = idx["manifests"][1]["digest"].as_str().expect("digest").to_string();
@@ -227,7 +228,7 @@ fn zstd_outputs_and_zstd_base_images() {
     let m = Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false"])
         .arg(format!("docker://{repo}@{digest}"))
-        .output()
+        .bounded()
         .expect("skopeo");
     let manifest: serde_json::Value = serde_json::from_slice(&m.stdout).expect("manifest");
     assert!(
