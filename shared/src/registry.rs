@@ -75,21 +75,76 @@ impl FromStr for Reference {
             _ if name.contains('/') => ("docker.io".to_string(), name.to_string()),
             _ => ("docker.io".to_string(), format!("library/{name}")),
         };
-        let valid = |s: &str| {
-            !s.is_empty()
-                && s.split('/')
-                    .all(|c| !c.is_empty() && c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch)))
-        };
-        if !valid(&repository) {
-            return Err(bad("repository names are lowercase letters, digits and . _ - separated by /"));
+        if let Some(reason) = bad_domain(&registry) {
+            return Err(bad(&reason));
+        }
+        if !repository.split('/').all(path_component) {
+            return Err(bad(
+                "repository names are lowercase letters and digits, separated by one . _ __ or dashes, in components separated by /",
+            ));
         }
         if let Some(t) = &tag {
-            if t.is_empty() || t.len() > 128 || !t.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
-                return Err(bad("tags are up to 128 letters, digits and . _ -"));
+            let first = t.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !first || t.len() > 128 || !t.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+                return Err(bad("tags are up to 128 letters, digits and . _ -, not starting with . or -"));
             }
         }
         let tag = if tag.is_none() && digest.is_none() { Some("latest".to_string()) } else { tag };
         Ok(Reference { registry, repository, tag, digest })
+    }
+}
+
+/// One component of a repository path, as the distribution reference grammar has it:
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
+fn path_component(c: &str) -> bool {
+    let alnum = |ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit();
+    let b = c.as_bytes();
+    if b.is_empty() || !alnum(b[0] as char) || !alnum(b[b.len() - 1] as char) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        let ch = b[i] as char;
+        if alnum(ch) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && !alnum(b[i] as char) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        if !(sep == "." || sep == "_" || sep == "__" || sep.chars().all(|x| x == '-')) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Why `host[:port]` is not a registry address (`None` when it is one).
+fn bad_domain(domain: &str) -> Option<String> {
+    let (host, port) = if let Some(rest) = domain.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return Some(format!("{domain} is not an IPv6 address in brackets"));
+        }
+        (None, after.strip_prefix(':'))
+    } else {
+        match domain.rsplit_once(':') {
+            Some((h, p)) => (Some(h), Some(p)),
+            None => (Some(domain), None),
+        }
+    };
+    if let Some(p) = port {
+        if p.is_empty() || !p.chars().all(|c| c.is_ascii_digit()) || p.parse::<u16>().map_or(true, |n| n == 0) {
+            return Some(format!("the registry port {p:?} is not a number from 1 to 65535"));
+        }
+    }
+    let label =
+        |l: &str| !l.is_empty() && !l.starts_with('-') && !l.ends_with('-') && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    match host {
+        Some(h) if !h.split('.').all(label) => Some(format!("{h:?} is not a registry host name")),
+        _ => None,
     }
 }
 
@@ -116,6 +171,8 @@ pub struct Fetched {
 
 pub struct RegistryClient {
     agent: ureq::Agent,
+    /// The deadline of a request without a layer body.
+    total: Duration,
     insecure: Vec<String>,
     credentials: HashMap<String, String>,
     tokens: Mutex<HashMap<(String, String), String>>,
@@ -129,11 +186,45 @@ fn is_loopback(host: &str) -> bool {
     h == "localhost" || h.starts_with("127.") || h == "[::1]"
 }
 
+/// How long the registry client waits: to connect, for the next bytes of an answer (or for a
+/// write to drain: a stalled layer transfer fails after this), and for a whole request that
+/// carries no layer (manifests, HEADs, tokens). Set with `KILN_REGISTRY_CONNECT_TIMEOUT_SECS`
+/// (default 10), `KILN_REGISTRY_READ_TIMEOUT_SECS` (30) and `KILN_REGISTRY_TOTAL_TIMEOUT_SECS`
+/// (60).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    pub total: Duration,
+}
+
+impl Timeouts {
+    pub fn from_env() -> Timeouts {
+        let secs = |name: &str, default: u64| {
+            Duration::from_secs(std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).filter(|&n| n > 0).unwrap_or(default))
+        };
+        Timeouts {
+            connect: secs("KILN_REGISTRY_CONNECT_TIMEOUT_SECS", 10),
+            read: secs("KILN_REGISTRY_READ_TIMEOUT_SECS", 30),
+            total: secs("KILN_REGISTRY_TOTAL_TIMEOUT_SECS", 60),
+        }
+    }
+}
+
 impl RegistryClient {
     pub fn new(insecure: &[String]) -> RegistryClient {
-        let agent =
-            ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(10)).timeout_read(Duration::from_secs(300)).redirects(5).build();
-        RegistryClient { agent, insecure: insecure.to_vec(), credentials: load_docker_credentials(), tokens: Mutex::new(HashMap::new()) }
+        RegistryClient::with_timeouts(insecure, Timeouts::from_env())
+    }
+
+    pub fn with_timeouts(insecure: &[String], t: Timeouts) -> RegistryClient {
+        let agent = ureq::AgentBuilder::new().timeout_connect(t.connect).timeout_read(t.read).timeout_write(t.read).redirects(5).build();
+        RegistryClient {
+            agent,
+            total: t.total,
+            insecure: insecure.to_vec(),
+            credentials: load_docker_credentials(),
+            tokens: Mutex::new(HashMap::new()),
+        }
     }
 
     fn base(&self, registry: &str) -> String {
@@ -178,6 +269,12 @@ impl RegistryClient {
         let mut auth = self.tokens.lock().ok().and_then(|t| t.get(&key).cloned());
         for attempt in 0..2 {
             let mut req = self.agent.request(method, url);
+            // Layers stream for as long as they make progress (the read and write timeouts);
+            // everything else has a whole-request deadline.
+            let streams = matches!(body, Some(Body::File(..))) || (method == "GET" && url.contains("/blobs/"));
+            if !streams {
+                req = req.timeout(self.total);
+            }
             for (k, v) in headers {
                 req = req.set(k, v);
             }
@@ -232,7 +329,7 @@ impl RegistryClient {
             url.push_str(&format!("service={s}&"));
         }
         url.push_str(&format!("scope=repository:{}:pull,push", r.repository));
-        let mut req = self.agent.get(&url);
+        let mut req = self.agent.get(&url).timeout(self.total);
         if let Some(b) = &basic {
             req = req.set("Authorization", &format!("Basic {b}"));
         }
@@ -285,36 +382,75 @@ impl RegistryClient {
     }
 
     pub fn has_blob(&self, r: &Reference, d: &Digest) -> Result<bool, RegistryError> {
+        self.has_blob_sized(r, d, None)
+    }
+
+    /// HEAD on a blob. A 200 counts only when the registry names the same digest
+    /// (`Docker-Content-Digest`) or, without that header, the expected size: a server that
+    /// answers 200 to everything does not make a push "already there".
+    fn has_blob_sized(&self, r: &Reference, d: &Digest, size: Option<u64>) -> Result<bool, RegistryError> {
         let url = format!("{}/v2/{}/blobs/{d}", self.base(&r.registry), r.repository);
         match self.send("HEAD", &url, r, &[], None) {
-            Ok(_) => Ok(true),
+            Ok(resp) if resp.status() == 200 => match resp.header("docker-content-digest") {
+                Some(named) => Ok(named.trim() == d.as_str()),
+                None => Ok(size.is_some_and(|n| resp.header("content-length").and_then(|l| l.trim().parse::<u64>().ok()) == Some(n))),
+            },
+            Ok(_) => Ok(false),
             Err(RegistryError::NotFound { .. }) => Ok(false),
             Err(e) => Err(e),
         }
     }
 
-    /// Pushes a blob from the store; returns false when the registry already had it.
+    /// Pushes a blob from the store; returns false when the registry already had it. The blob
+    /// is verified first: a corrupt one is removed from the store, not pushed.
     pub fn push_blob(&self, r: &Reference, d: &Digest, store: &ContentStore) -> Result<bool, RegistryError> {
-        if self.has_blob(r, d)? {
+        let size = store.verify(d)?;
+        if self.has_blob_sized(r, d, Some(size))? {
             return Ok(false);
         }
         let url = format!("{}/v2/{}/blobs/uploads/", self.base(&r.registry), r.repository);
         let resp = self.send("POST", &url, r, &[("Content-Length", "0")], Some(b""))?;
+        expect_status(&resp, 202, r, "starting a blob upload")?;
         let location = resp
             .header("location")
             .ok_or_else(|| RegistryError::Protocol { registry: r.registry.clone(), reason: "upload without a Location".into() })?
             .to_string();
         let location = if location.starts_with("http") { location } else { format!("{}{location}", self.base(&r.registry)) };
         let sep = if location.contains('?') { '&' } else { '?' };
-        let body = Body::File(store.path(d), store.size(d)?);
-        self.send_body("PUT", &format!("{location}{sep}digest={d}"), r, &[("Content-Type", "application/octet-stream")], Some(body))?;
+        let body = Body::File(store.path(d), size);
+        let resp =
+            self.send_body("PUT", &format!("{location}{sep}digest={d}"), r, &[("Content-Type", "application/octet-stream")], Some(body))?;
+        expect_status(&resp, 201, r, &format!("uploading blob {d}"))?;
+        expect_digest(&resp, d, r)?;
         Ok(true)
     }
 
+    /// Puts a manifest or index; the registry must answer 201 and, when it names a digest,
+    /// the digest of these bytes.
     pub fn put_manifest(&self, r: &Reference, reference: &str, media_type: &str, bytes: &[u8]) -> Result<(), RegistryError> {
         let url = format!("{}/v2/{}/manifests/{reference}", self.base(&r.registry), r.repository);
-        self.send("PUT", &url, r, &[("Content-Type", media_type)], Some(bytes))?;
-        Ok(())
+        let resp = self.send("PUT", &url, r, &[("Content-Type", media_type)], Some(bytes))?;
+        expect_status(&resp, 201, r, &format!("putting manifest {reference}"))?;
+        expect_digest(&resp, &Digest::of(bytes), r)
+    }
+}
+
+fn expect_status(resp: &ureq::Response, want: u16, r: &Reference, what: &str) -> Result<(), RegistryError> {
+    if resp.status() == want {
+        return Ok(());
+    }
+    Err(RegistryError::Protocol {
+        registry: r.registry.clone(),
+        reason: format!("{what}: answered HTTP {} where the distribution API says {want}; is this a registry?", resp.status()),
+    })
+}
+
+fn expect_digest(resp: &ureq::Response, d: &Digest, r: &Reference) -> Result<(), RegistryError> {
+    match resp.header("docker-content-digest") {
+        Some(named) if named.trim() != d.as_str() => {
+            Err(RegistryError::Protocol { registry: r.registry.clone(), reason: format!("stored {} where {d} was sent", named.trim()) })
+        }
+        _ => Ok(()),
     }
 }
 
@@ -409,6 +545,78 @@ mod tests {
         assert!("UPPER/case".parse::<Reference>().is_err());
         assert!("a:b c".parse::<Reference>().is_err());
         assert!("app@sha256:zz".parse::<Reference>().is_err());
+        // The distribution grammar: no path tricks, ports that exist, tags that start well.
+        for bad in ["../../etc/passwd", "host:99999/x", "host:0/x", "a/../b", "a/.b", "a-/b", "reg.io/a//b", "x:.tag", "x:-t", "-h.io/x"] {
+            assert!(bad.parse::<Reference>().is_err(), "{bad} must be refused");
+        }
+        for good in ["a__b/c-d/e.f_g", "[::1]:5000/x:1", "my-reg.example.com:443/team/app:v1.2_3", "a---b"] {
+            assert!(good.parse::<Reference>().is_ok(), "{good} is a valid reference");
+        }
+    }
+
+    /// A loopback server answering every request with `answer` (or never, when `None`).
+    fn fake_server(answer: Option<&'static str>) -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for (n, conn) in l.incoming().enumerate() {
+                let Ok(mut c) = conn else { return };
+                if n > 50 {
+                    return;
+                }
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut buf = [0u8; 65536];
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                    let _ = c.read(&mut buf);
+                    match answer {
+                        Some(a) => {
+                            let _ = c.write_all(a.as_bytes());
+                        }
+                        None => std::thread::sleep(Duration::from_secs(5)),
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn a_server_answering_200_to_everything_is_no_registry() {
+        let addr = fake_server(Some("HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\njunk"));
+        let dir = std::env::temp_dir().join(format!("kiln-registry-junk-{}", std::process::id()));
+        let store = ContentStore::open(&dir).unwrap();
+        let d = store.put(b"a layer").unwrap();
+        let client = RegistryClient::new(&[]);
+        let r = r(&format!("{addr}/x:1"));
+        let e = client.push_blob(&r, &d, &store).unwrap_err().to_string();
+        assert!(e.contains("answered HTTP 200 where the distribution API says 202"), "{e}");
+        let e = client.put_manifest(&r, "1", oci::MEDIA_MANIFEST, b"{}").unwrap_err().to_string();
+        assert!(e.contains("answered HTTP 200 where the distribution API says 201"), "{e}");
+        // A corrupt blob is not pushed: it leaves the store.
+        std::fs::write(store.path(&d), b"a layeR").unwrap();
+        assert!(matches!(client.push_blob(&r, &d, &store), Err(RegistryError::Store(StoreError::Mismatch { .. }))));
+        assert!(!store.has(&d));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_hanging_registry_times_out() {
+        let addr = fake_server(None);
+        let t = Timeouts { connect: Duration::from_secs(2), read: Duration::from_millis(300), total: Duration::from_secs(1) };
+        let client = RegistryClient::with_timeouts(&[], t);
+        let start = std::time::Instant::now();
+        let e = client.get_manifest(&r(&format!("{addr}/x:1"))).unwrap_err();
+        assert!(matches!(e, RegistryError::Unreachable { .. }), "{e}");
+        assert!(start.elapsed() < Duration::from_millis(2500), "a manifest waited {:?}", start.elapsed());
+        // A layer download that stalls fails after the read timeout.
+        let dir = std::env::temp_dir().join(format!("kiln-registry-hang-{}", std::process::id()));
+        let store = ContentStore::open(&dir).unwrap();
+        let start = std::time::Instant::now();
+        let e = client.fetch_blob(&r(&format!("{addr}/x:1")), &Digest::of(b"x"), &store).unwrap_err();
+        assert!(matches!(e, RegistryError::Unreachable { .. }), "{e}");
+        assert!(start.elapsed() < Duration::from_millis(900), "a layer waited {:?}", start.elapsed());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

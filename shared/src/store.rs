@@ -129,6 +129,23 @@ impl ContentStore {
         Ok(f)
     }
 
+    /// Reads a blob through and checks it against its digest; a blob that no longer matches is
+    /// removed (so the next use fetches or rebuilds it) and [`StoreError::Mismatch`] returned.
+    /// Returns the size.
+    pub fn verify(&self, d: &Digest) -> Result<u64, StoreError> {
+        let mut f = self.open_blob(d)?;
+        let p = self.path(d);
+        let mut w = HashingWriter::new(io::sink());
+        let size = io::copy(&mut io::BufReader::with_capacity(1 << 20, &mut f), &mut w).map_err(io_err(&p))?;
+        let (_, actual, _) = w.finish();
+        if actual != *d {
+            tracing::warn!(blob = %d, actual = %actual, "a blob in the content store is corrupt; removed");
+            let _ = self.remove(d);
+            return Err(StoreError::Mismatch { expected: d.clone(), actual });
+        }
+        Ok(size)
+    }
+
     pub fn size(&self, d: &Digest) -> Result<u64, StoreError> {
         let p = self.path(d);
         Ok(fs::metadata(&p).map_err(io_err(&p))?.len())
@@ -281,6 +298,12 @@ mod tests {
         fs::write(s.path(&d), b"jello").unwrap();
         assert!(matches!(s.read(&d), Err(StoreError::Mismatch { .. })));
         assert!(matches!(s.read(&wrong), Err(StoreError::Missing(_))));
+        // `verify` removes what no longer matches, so the next user fetches it again.
+        let v = s.put(b"verified").unwrap();
+        assert_eq!(s.verify(&v).unwrap(), 8);
+        fs::write(s.path(&v), b"verifieD").unwrap();
+        assert!(matches!(s.verify(&v), Err(StoreError::Mismatch { .. })));
+        assert!(!s.has(&v));
         // A chunk table is never computed from (and served for) a corrupted blob.
         assert!(matches!(s.table(&d), Err(StoreError::Mismatch { .. })));
         assert!(!s.has(&d));
