@@ -133,6 +133,26 @@ fn bad_outputs_and_push_without_tag() {
     assert!(stderr(&out).contains("--push needs at least one tag"), "{}", stderr(&out));
     let out = kiln(&["build", "--progress", "fancy", "examples/hello"], &repo_root());
     assert!(stderr(&out).contains("--progress \"fancy\""), "{}", stderr(&out));
+    // Tags are checked against the reference grammar before anything is built or uploaded.
+    for (tag, why) in [
+        ("../../etc/passwd", "is not a registry host name"),
+        ("host:99999/x", "is not a number from 1 to 65535"),
+        ("Reg/App", "repository names are lowercase"),
+    ] {
+        let home = kiln_tests::TempDir::new("bad-tag");
+        let out = Command::new(kiln_bin())
+            .args(["build", "--push", "-t", tag, "examples/hello"])
+            .env("KILN_HOME", home.path())
+            .env_remove("KILN_HOST")
+            .current_dir(repo_root())
+            .bounded()
+            .expect("run kiln");
+        assert_eq!(out.status.code(), Some(1), "{tag}");
+        let err = stderr(&out);
+        assert!(err.starts_with(&format!("error: invalid image reference {tag:?}")) && err.contains(why), "{tag}: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(!home.path().join("embedded.lock").exists(), "nothing was started for {tag}");
+    }
 }
 
 #[test]
