@@ -6,13 +6,14 @@
 //! and `mount`); `shell` expands variables the way Docker's shell lexer does; `resolve` applies
 //! ARG scoping, builds the stage graph and expands every instruction for one target platform
 //! (with `semantics` for what an expanded instruction means);
-//! `print` writes instructions back; `dockerignore` filters the build context.
+//! `lint` runs BuildKit's build checks; `print` writes instructions back; `dockerignore` filters the build context.
 
 pub mod ast;
 pub mod dockerignore;
 pub mod error;
 pub mod flags;
 pub mod instructions;
+pub mod lint;
 pub mod mount;
 pub mod parser;
 pub mod print;
