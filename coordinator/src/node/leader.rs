@@ -5,7 +5,7 @@
 //! Decisions come from the pure [`crate::scheduler`]; this module gathers its inputs from the
 //! replicated state and the soft state, and commits its outputs through Raft.
 
-use super::handler::alive;
+use super::live::alive;
 use super::{now_ms, Node};
 use crate::raft::{BuildRecord, BuildState, ClusterState, Command, SliceAssignment, SliceState};
 use crate::scheduler::{self, AgentSnapshot, Params, PendingSlice, TenantUsage};

@@ -2,16 +2,29 @@
 //! the agents and the other coordinators on one QUIC endpoint.
 //!
 //! - [`bootstrap`]: the cluster CA, this member's certificate, the first tokens;
-//! - [`handler`]: authentication, authorisation and every request; followers forward to the leader;
+//! - [`dispatch`]: every request: who may send it, and where it runs (followers forward to the
+//!   leader); the rooms that do the work: [`auth`] (tokens, joining), [`blobs`] (uploads and
+//!   downloads), [`agents`] (registering, polls, slice reports), [`builds`] (submit, watch),
+//!   [`admin`] (builders, contexts, coordinators, storage), with [`views`] of what the CLI sees;
 //! - [`leader`]: what only the leader does: leases, scheduling, finishing builds, draining;
+//! - [`live`]: which agents are alive; [`tracker`]: who holds which blob and record;
+//!   [`owners`]: which tenant uploaded which blob;
 //! - [`peers`]: connections to the other coordinators.
 
+pub mod admin;
+pub mod agents;
+pub mod auth;
+pub mod blobs;
 pub mod bootstrap;
-pub mod handler;
+pub mod builds;
+pub mod dispatch;
 pub mod leader;
+pub mod live;
 pub mod owners;
 pub mod peers;
+mod reply;
 pub mod tracker;
+pub mod views;
 
 use crate::config::CoordinatorConfig;
 use crate::raft::network::Network;
@@ -22,6 +35,7 @@ use kiln_shared::api::{BuildEvent, Role, Token};
 use kiln_shared::store::ContentStore;
 use kiln_shared::transport::{self, ClusterCa};
 use kiln_shared::wire::{ErrorCode, RemoteError};
+use live::Live;
 use openraft::{BasicNode, Raft};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -38,14 +52,6 @@ pub fn random_hex(n: usize) -> anyhow::Result<String> {
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// What the leader knows about a live agent (soft state: rebuilt from polls after a failover).
-#[derive(Clone, Debug)]
-pub struct Live {
-    pub last_seen: Instant,
-    pub running: Vec<(u64, u32, u32)>,
-    pub cache_bytes: u64,
 }
 
 /// Soft state of this coordinator.
@@ -272,7 +278,7 @@ pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option
                     let node = server.clone();
                     conns.spawn(async move {
                         if let Ok(conn) = incoming.await {
-                            handler::serve(node, conn).await;
+                            dispatch::serve(node, conn).await;
                         }
                     });
                 }
