@@ -6,7 +6,7 @@ use super::live::Live;
 use super::reply::{bad, err, Answer};
 use super::{now_ms, Node, MAX_EVENTS};
 use crate::builders::Context;
-use crate::raft::{BuildState, Command, SliceState};
+use crate::raft::{BuildState, Command, SliceAttempt, SliceState};
 use kiln_shared::api::{AgentInfo, BuildEvent, Event, Inventory, Principal, Response, SliceOutcome, SliceTask};
 use kiln_shared::wire::{ErrorCode, RemoteError};
 use std::time::{Duration, Instant};
@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 /// Builds whose progress events the leader keeps (a watcher of an older one sees its state).
 const MAX_BUILDS_WITH_EVENTS: usize = 256;
 
-pub fn events(node: &Node, p: &Principal, build: u64, slice: u32, attempt: u32, events: Vec<Event>) -> Answer {
+pub fn events(node: &Node, p: &Principal, at: SliceAttempt, events: Vec<Event>) -> Answer {
+    let build = at.slice.build;
     let platform = node.read(|s| {
-        let sl = s.builds.get(&build)?.slices.get(slice as usize)?;
-        (sl.attempt == attempt && sl.agent == p.name).then(|| sl.platform.clone())
+        let sl = s.slice(at.slice)?;
+        (sl.attempt == at.attempt && sl.agent == p.name).then(|| sl.platform.clone())
     });
     if let Some(platform) = platform {
         let mut soft = node.soft();
@@ -39,16 +40,16 @@ pub fn events(node: &Node, p: &Principal, build: u64, slice: u32, attempt: u32, 
 }
 
 pub async fn slice_done(node: &Node, p: &Principal, outcome: SliceOutcome) -> Answer {
-    owned_by(node, p, outcome.build, outcome.slice, outcome.attempt)?;
+    owned_by(node, p, SliceAttempt::from_wire((outcome.build, outcome.slice, outcome.attempt)))?;
     node.commit(Command::SliceDone { at_ms: now_ms(), outcome }).await?;
     node.wake_leader.notify_one();
     node.bump();
     Ok(Response::Ok)
 }
 
-pub async fn slice_failed(node: &Node, p: &Principal, build: u64, slice: u32, attempt: u32, message: String) -> Answer {
-    owned_by(node, p, build, slice, attempt)?;
-    node.commit(Command::SliceFailed { at_ms: now_ms(), build, slice, attempt, message }).await?;
+pub async fn slice_failed(node: &Node, p: &Principal, at: SliceAttempt, message: String) -> Answer {
+    owned_by(node, p, at)?;
+    node.commit(Command::SliceFailed { at_ms: now_ms(), slice: at.slice, attempt: at.attempt, message }).await?;
     node.bump();
     Ok(Response::Ok)
 }
@@ -76,16 +77,17 @@ pub fn locate(node: &Node, asker: &str, blobs: &[String], records: &[String]) ->
 
 /// A report is taken only from the agent running the current attempt; anything else is
 /// refused here, without a commit (a partitioned agent coming back, a duplicate).
-fn owned_by(node: &Node, p: &Principal, build: u64, slice: u32, attempt: u32) -> Result<(), RemoteError> {
+fn owned_by(node: &Node, p: &Principal, at: SliceAttempt) -> Result<(), RemoteError> {
+    let SliceAttempt { slice, attempt } = at;
     let current = node.read(|s| {
-        let b = s.builds.get(&build)?;
-        let sl = b.slices.get(slice as usize)?;
+        let b = s.builds.get(&slice.build)?;
+        let sl = b.slices.get(slice.index as usize)?;
         Some((sl.agent.clone(), sl.attempt, sl.state == SliceState::Running && b.state == BuildState::Running))
     });
     match current {
         Some((a, at, true)) if a == p.name && at == attempt => Ok(()),
-        Some(_) => Err(bad(format!("attempt {attempt} of slice {build}/{slice} is no longer current on {}", p.name))),
-        None => Err(err(ErrorCode::NotFound, format!("no slice {build}/{slice}"))),
+        Some(_) => Err(bad(format!("attempt {attempt} of slice {slice} is no longer current on {}", p.name))),
+        None => Err(err(ErrorCode::NotFound, format!("no slice {slice}"))),
     }
 }
 
@@ -108,19 +110,20 @@ pub async fn register(node: &Node, p: &Principal, info: AgentInfo) -> Answer {
 
 /// Slices assigned to `agent` that it does not know it runs: new assignments, or ones whose
 /// delivery was lost with a previous leader.
-fn tasks_for(node: &Node, agent: &str, running: &[(u64, u32, u32)]) -> Vec<SliceTask> {
+fn tasks_for(node: &Node, agent: &str, running: &[SliceAttempt]) -> Vec<SliceTask> {
     let assigned = node.assigned();
     let Some(mine) = assigned.get(agent) else { return vec![] };
-    let new: Vec<&(u64, u32, u32)> = mine.iter().filter(|k| !running.contains(k)).collect();
+    let new: Vec<SliceAttempt> = mine.iter().filter(|k| !running.contains(k)).copied().collect();
     if new.is_empty() {
         return vec![];
     }
     node.read(|s| {
         new.iter()
-            .filter_map(|&&(build, slice, attempt)| {
-                let b = s.builds.get(&build)?;
-                let sl = b.slices.get(slice as usize)?;
-                (sl.state == SliceState::Running && sl.attempt == attempt && sl.agent == agent).then(|| SliceTask {
+            .filter_map(|&at| {
+                let b = s.builds.get(&at.slice.build)?;
+                let sl = b.slices.get(at.slice.index as usize)?;
+                let (build, slice, attempt) = at.to_wire();
+                (sl.state == SliceState::Running && sl.attempt == at.attempt && sl.agent == agent).then(|| SliceTask {
                     build,
                     slice,
                     attempt,
@@ -134,7 +137,7 @@ fn tasks_for(node: &Node, agent: &str, running: &[(u64, u32, u32)]) -> Vec<Slice
     })
 }
 
-pub async fn poll(node: &Node, p: &Principal, agent: &str, running: Vec<(u64, u32, u32)>, cache_bytes: u64, wait_ms: u32) -> Answer {
+pub async fn poll(node: &Node, p: &Principal, agent: &str, running: Vec<SliceAttempt>, cache_bytes: u64, wait_ms: u32) -> Answer {
     if agent != p.name {
         return Err(err(ErrorCode::PermissionDenied, format!("agent {} may not poll as {agent}", p.name)));
     }

@@ -5,7 +5,7 @@
 use super::reply::{bad, err, Answer};
 use super::{leader, now_ms, views, Node};
 use crate::builders::{self, DEFAULT_BUILDER};
-use crate::raft::{BuildRecord, BuildState, Command};
+use crate::raft::{BuildId, BuildRecord, BuildState, Command};
 use kiln_shared::api::{BuildSpec, Principal, Response, Role};
 use kiln_shared::wire::ErrorCode;
 use std::net::SocketAddr;
@@ -58,7 +58,7 @@ pub async fn submit(node: &Node, p: &Principal, origin: SocketAddr, mut spec: Bu
     let existing =
         node.read(|s| s.builds.values().rev().find(|b| b.tenant == p.tenant() && b.spec.submission == spec.submission).map(|b| b.id));
     if let Some(build) = existing.filter(|_| !spec.submission.is_empty()) {
-        return Ok(Response::Submitted { build });
+        return Ok(Response::Submitted { build: build.to_wire() });
     }
     // The cache scope is the farm's decision, never the client's.
     let shared = node.read(|s| s.farm.builder(&builder).map(|b| b.share_cache).unwrap_or(false));
@@ -77,7 +77,7 @@ pub async fn submit(node: &Node, p: &Principal, origin: SocketAddr, mut spec: Bu
     Ok(Response::Submitted { build: r.value })
 }
 
-pub async fn watch(node: &Node, p: &Principal, build: u64, cursor: u64, wait_ms: u32) -> Answer {
+pub async fn watch(node: &Node, p: &Principal, build: BuildId, cursor: u64, wait_ms: u32) -> Answer {
     let mut changed = node.changed.subscribe();
     let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms.min(30_000)));
     loop {

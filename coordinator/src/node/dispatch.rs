@@ -8,6 +8,7 @@
 
 use super::reply::{bad, err, Answer};
 use super::{admin, agents, auth, blobs, builds, views, Node};
+use crate::raft::{BuildId, SliceAttempt};
 use kiln_shared::api::*;
 use kiln_shared::transport;
 use kiln_shared::wire::ErrorCode;
@@ -137,10 +138,17 @@ fn request_timeout(req: &Request) -> Duration {
 async fn lead(node: &Node, p: Principal, origin: SocketAddr, req: Request) -> Answer {
     match req {
         Request::Register(info) => agents::register(node, &p, info).await,
-        Request::Poll { agent, running, cache_bytes, wait_ms } => agents::poll(node, &p, &agent, running, cache_bytes, wait_ms).await,
-        Request::Events { build, slice, attempt, events } => agents::events(node, &p, build, slice, attempt, events),
+        Request::Poll { agent, running, cache_bytes, wait_ms } => {
+            let running = running.into_iter().map(SliceAttempt::from_wire).collect();
+            agents::poll(node, &p, &agent, running, cache_bytes, wait_ms).await
+        }
+        Request::Events { build, slice, attempt, events } => {
+            agents::events(node, &p, SliceAttempt::from_wire((build, slice, attempt)), events)
+        }
         Request::SliceDone(outcome) => agents::slice_done(node, &p, outcome).await,
-        Request::SliceFailed { build, slice, attempt, message } => agents::slice_failed(node, &p, build, slice, attempt, message).await,
+        Request::SliceFailed { build, slice, attempt, message } => {
+            agents::slice_failed(node, &p, SliceAttempt::from_wire((build, slice, attempt)), message).await
+        }
         Request::Submit(spec) => builds::submit(node, &p, origin, spec).await,
         Request::Advertise(inv) => agents::advertise(node, &p, &inv),
         Request::Locate { blobs, records } => Ok(Response::Holders(agents::locate(node, &p.name, &blobs, &records))),
@@ -149,7 +157,7 @@ async fn lead(node: &Node, p: Principal, origin: SocketAddr, req: Request) -> An
         Request::CreateToken { role, tenant } => Box::pin(auth::create_token(node, role, tenant)).await,
         Request::DiskUsage { builder } => Box::pin(admin::storage(node, builder, Request::AgentUsage)).await,
         Request::Prune { builder, spec } => Box::pin(admin::storage(node, builder, Request::AgentPrune(spec))).await,
-        Request::Watch { build, cursor, wait_ms } => builds::watch(node, &p, build, cursor, wait_ms).await,
+        Request::Watch { build, cursor, wait_ms } => builds::watch(node, &p, BuildId::from_wire(build), cursor, wait_ms).await,
         Request::Contexts => Ok(Response::Contexts(views::contexts(node))),
         Request::RemoveContext { name } => admin::remove_context(node, &name).await,
         Request::CreateBuilder(spec) => admin::create_builder(node, spec).await,

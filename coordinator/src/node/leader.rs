@@ -7,7 +7,7 @@
 
 use super::live::alive;
 use super::{now_ms, Node};
-use crate::raft::{BuildRecord, BuildState, ClusterState, Command, SliceAssignment, SliceState};
+use crate::raft::{Attempt, BuildId, BuildRecord, BuildState, ClusterState, Command, SliceAssignment, SliceAttempt, SliceKey, SliceState};
 use crate::scheduler::{self, AgentSnapshot, Params, PendingSlice, TenantUsage};
 use kiln_shared::digest::Digest;
 use kiln_shared::oci::{self, Descriptor, Index};
@@ -51,18 +51,19 @@ pub async fn run(node: Arc<Node>) {
 
 /// What a tick finds to do besides scheduling.
 struct Plan {
-    expired: Vec<(u64, u32, u32, String)>,
+    expired: Vec<(SliceAttempt, String)>,
     /// Some slice waits for an agent.
     queued: bool,
-    finished: Vec<u64>,
+    finished: Vec<BuildId>,
     drained: Vec<String>,
 }
 
 /// The scheduler's inputs, read under `node.sched`.
 struct Inputs {
     pending: Vec<PendingSlice>,
-    /// Pending slice id → the attempt an assignment starts.
-    attempts: HashMap<u64, u32>,
+    /// The slice of each pending id (the scheduler's ids index this list), and the attempt an
+    /// assignment starts.
+    keys: Vec<(SliceKey, Attempt)>,
     view: FarmView,
     params: Params,
 }
@@ -70,22 +71,21 @@ struct Inputs {
 fn inputs(node: &Node, now: Instant) -> Inputs {
     node.read(|s| {
         let mut pending = Vec::new();
-        let mut attempts = HashMap::new();
+        let mut keys = Vec::new();
         for b in s.builds.values().filter(|b| b.state == BuildState::Running) {
             if b.slices.iter().any(|sl| sl.state == SliceState::Queued) {
                 let candidates = candidates(s, b);
-                for (i, sl) in b.slices.iter().enumerate() {
+                for (key, sl) in b.keyed_slices() {
                     if sl.state == SliceState::Queued {
-                        let p = pending_slice(s, b, i, candidates.clone());
-                        attempts.insert(p.id, sl.attempt + 1);
-                        pending.push(p);
+                        pending.push(pending_slice(s, b, key.index as usize, keys.len() as u64, candidates.clone()));
+                        keys.push((key, sl.attempt.next()));
                     }
                 }
             }
         }
         Inputs {
             pending,
-            attempts,
+            keys,
             view: farm_view(node, s, now),
             params: Params { slowdown: s.slowdowns(), default_slowdown: node.cfg.emulation_slowdown },
         }
@@ -137,15 +137,16 @@ pub fn candidates(s: &ClusterState, b: &BuildRecord) -> Option<Vec<String>> {
     s.farm.candidates(name).ok().map(|c| c.into_iter().map(|(n, _)| n).collect())
 }
 
-/// Slice `i` of `b` as the scheduler sees it; its id packs build and slice.
-pub fn pending_slice(s: &ClusterState, b: &BuildRecord, i: usize, candidates: Option<Vec<String>>) -> PendingSlice {
+/// Slice `i` of `b` as the scheduler sees it, under the caller's opaque `id`; ids are handed
+/// out in queue order (builds by id, then slices), which is also the order of arrival.
+pub fn pending_slice(s: &ClusterState, b: &BuildRecord, i: usize, id: u64, candidates: Option<Vec<String>>) -> PendingSlice {
     let platform = b.slices[i].platform.clone();
     let expected = s.run_times.get(platform.arch()).filter(|t| t.native_count > 0).map(|t| t.native_ms / t.native_count);
     PendingSlice {
-        id: (b.id << 16) | i as u64,
-        build: b.id,
+        id,
+        build: b.id.to_wire(),
         tenant: b.tenant.clone(),
-        queued_seq: (b.id << 16) | i as u64,
+        queued_seq: id,
         candidates,
         expected_native_ms: expected.unwrap_or(DEFAULT_EXPECTED_MS),
         platform,
@@ -159,15 +160,15 @@ pub fn place_new(node: &Node, record: &BuildRecord) -> Vec<SliceAssignment> {
     node.read(|s| {
         let view = farm_view(node, s, now);
         let candidates = candidates(s, record);
-        let pending: Vec<PendingSlice> = (0..record.slices.len()).map(|i| pending_slice(s, record, i, candidates.clone())).collect();
+        let pending: Vec<PendingSlice> =
+            (0..record.slices.len()).map(|i| pending_slice(s, record, i, i as u64, candidates.clone())).collect();
         let params = Params { slowdown: s.slowdowns(), default_slowdown: node.cfg.emulation_slowdown };
         scheduler::schedule(&pending, &view.agents, &view.usage, &params)
             .assignments
             .into_iter()
             .map(|a| SliceAssignment {
-                build: 0,
-                slice: (a.slice & 0xffff) as u32,
-                attempt: 1,
+                slice: SliceKey::new(BuildId::UNNUMBERED, a.slice as u32),
+                attempt: Attempt::FIRST,
                 agent: a.agent,
                 emulated: a.emulated,
                 reason: a.reason,
@@ -185,12 +186,12 @@ async fn tick(node: &Arc<Node>) -> Result<(), kiln_shared::wire::RemoteError> {
         let mut plan = Plan { expired: vec![], queued: false, finished: vec![], drained: vec![] };
         let mut busy = std::collections::HashSet::new();
         for b in s.builds.values().filter(|b| b.state == BuildState::Running) {
-            for (i, sl) in b.slices.iter().enumerate() {
+            for (key, sl) in b.keyed_slices() {
                 match sl.state {
                     SliceState::Running => {
                         busy.insert(sl.agent.as_str());
                         if lost(&sl.agent) {
-                            plan.expired.push((b.id, i as u32, sl.attempt, sl.agent.clone()));
+                            plan.expired.push((SliceAttempt::new(key, sl.attempt), sl.agent.clone()));
                         }
                     }
                     SliceState::Queued => plan.queued = true,
@@ -206,9 +207,9 @@ async fn tick(node: &Arc<Node>) -> Result<(), kiln_shared::wire::RemoteError> {
     });
 
     if !plan.expired.is_empty() {
-        let mut by_agent: HashMap<&str, Vec<(u64, u32, u32)>> = HashMap::new();
-        for (b, s, a, agent) in &plan.expired {
-            by_agent.entry(agent.as_str()).or_default().push((*b, *s, *a));
+        let mut by_agent: HashMap<&str, Vec<SliceAttempt>> = HashMap::new();
+        for (at, agent) in &plan.expired {
+            by_agent.entry(agent.as_str()).or_default().push(*at);
         }
         for (agent, slices) in by_agent {
             let reason = format!("agent {agent} stopped answering (its lease of {} ms ran out)", node.cfg.lease_timeout_ms);
@@ -220,16 +221,15 @@ async fn tick(node: &Arc<Node>) -> Result<(), kiln_shared::wire::RemoteError> {
     // Scheduling holds `sched` (as submits do) and decides on a fresh read made under it.
     if plan.queued {
         let mut scheduling = Some(node.sched.lock().await);
-        let Inputs { pending, attempts, view, params } = inputs(node, Instant::now());
+        let Inputs { pending, keys, view, params } = inputs(node, Instant::now());
         let decisions = scheduler::schedule(&pending, &view.agents, &view.usage, &params);
         if !decisions.assignments.is_empty() {
             let assignments = decisions
                 .assignments
                 .iter()
                 .map(|a| SliceAssignment {
-                    build: a.slice >> 16,
-                    slice: (a.slice & 0xffff) as u32,
-                    attempt: attempts.get(&a.slice).copied().unwrap_or(1),
+                    slice: keys[a.slice as usize].0,
+                    attempt: keys[a.slice as usize].1,
                     agent: a.agent.clone(),
                     emulated: a.emulated,
                     reason: a.reason.clone(),
@@ -249,7 +249,7 @@ async fn tick(node: &Arc<Node>) -> Result<(), kiln_shared::wire::RemoteError> {
             if platform.is_some_and(|p| view.absent.iter().any(|runs| scheduler::runs(runs, &p))) {
                 continue;
             }
-            let build = id >> 16;
+            let build = keys[id as usize].0.build;
             let error = Some(reason);
             node.propose(Command::FinishBuild { at_ms: now_ms(), build, index_json: String::new(), index_digest: String::new(), error })
                 .await?;
@@ -263,7 +263,7 @@ async fn tick(node: &Arc<Node>) -> Result<(), kiln_shared::wire::RemoteError> {
         tokio::spawn(async move {
             let outcome = finish(&node, build).await;
             if let Err(e) = outcome {
-                tracing::warn!(coordinator = node.id, build, "finishing the build: {}", e.message);
+                tracing::warn!(coordinator = node.id, %build, "finishing the build: {}", e.message);
                 node.soft().finishing.remove(&build);
             }
         });
@@ -279,7 +279,7 @@ async fn tick(node: &Arc<Node>) -> Result<(), kiln_shared::wire::RemoteError> {
 /// Merges the slices' manifests into the index and, with `--push`, puts it under every tag
 /// (the agents have pushed their blobs and manifests by digest). Pushing is idempotent, so a
 /// new leader may do it again after a failover.
-async fn finish(node: &Arc<Node>, build: u64) -> Result<(), kiln_shared::wire::RemoteError> {
+async fn finish(node: &Arc<Node>, build: BuildId) -> Result<(), kiln_shared::wire::RemoteError> {
     let Some(record) = node.read(|s| s.builds.get(&build).cloned()) else { return Ok(()) };
     let mut manifests = Vec::new();
     let mut error = None;

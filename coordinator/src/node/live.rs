@@ -3,13 +3,14 @@
 //! Soft state, kept by the leader from polls (see [`super::agents`]) and read by the leader's
 //! plan and the context views; a new leader rebuilds it from the next polls.
 
+use crate::raft::SliceAttempt;
 use std::time::{Duration, Instant};
 
 /// What the leader knows about a live agent (soft state: rebuilt from polls after a failover).
 #[derive(Clone, Debug)]
 pub struct Live {
     pub last_seen: Instant,
-    pub running: Vec<(u64, u32, u32)>,
+    pub running: Vec<SliceAttempt>,
     pub cache_bytes: u64,
 }
 

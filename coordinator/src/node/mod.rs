@@ -29,7 +29,7 @@ pub mod views;
 use crate::config::CoordinatorConfig;
 use crate::raft::network::Network;
 use crate::raft::store::{StateMachineStore, Store};
-use crate::raft::{ClusterState, Command, CommandResult, NodeId, TypeConfig};
+use crate::raft::{BuildId, ClusterState, Command, CommandResult, NodeId, SliceAttempt, TypeConfig};
 use anyhow::Context as _;
 use kiln_shared::api::{BuildEvent, Role, Token};
 use kiln_shared::store::ContentStore;
@@ -59,9 +59,9 @@ pub fn now_ms() -> u64 {
 pub struct Soft {
     pub agents: HashMap<String, Live>,
     /// Progress of running builds, per build (bounded; see [`MAX_EVENTS`]).
-    pub events: HashMap<u64, Vec<BuildEvent>>,
+    pub events: HashMap<BuildId, Vec<BuildEvent>>,
     /// Builds whose index is being pushed by this leader.
-    pub finishing: HashSet<u64>,
+    pub finishing: HashSet<BuildId>,
     /// When this coordinator last became leader: agents get a grace period from then.
     pub leader_since: Option<Instant>,
     /// Partial uploads: digest → bytes received so far (in a temp file).
@@ -76,8 +76,8 @@ pub struct Soft {
     pub tracker: tracker::Tracker,
 }
 
-/// agent → (build, slice, attempt) of its running slices.
-pub type Assigned = HashMap<String, Vec<(u64, u32, u32)>>;
+/// agent → the attempts of its running slices.
+pub type Assigned = HashMap<String, Vec<SliceAttempt>>;
 
 /// Events kept per build; a client that falls further behind sees a gap, not an unbounded heap.
 pub const MAX_EVENTS: usize = 100_000;
@@ -182,9 +182,9 @@ impl Node {
         let map = self.read(|s| {
             let mut map = Assigned::new();
             for b in s.builds.values().filter(|b| b.state == crate::raft::BuildState::Running) {
-                for (i, sl) in b.slices.iter().enumerate() {
+                for (key, sl) in b.keyed_slices() {
                     if sl.state == crate::raft::SliceState::Running {
-                        map.entry(sl.agent.clone()).or_default().push((b.id, i as u32, sl.attempt));
+                        map.entry(sl.agent.clone()).or_default().push(SliceAttempt::new(key, sl.attempt));
                     }
                 }
             }

@@ -5,22 +5,22 @@
 use super::live::alive;
 use super::{now_ms, Node};
 use crate::builders;
-use crate::raft::{self, BuildRecord, BuildState, SliceState};
+use crate::raft::{self, BuildRecord, BuildState, SliceKey, SliceState};
 use kiln_shared::api::{BuildView, BuilderView, ContextView, NodeView, SliceView};
 use std::time::Instant;
 
-fn slice_view(i: usize, s: &raft::SliceRecord, now: u64) -> SliceView {
+fn slice_view(key: SliceKey, s: &raft::SliceRecord, now: u64) -> SliceView {
     let queue_ms = match s.state {
         SliceState::Queued => now.saturating_sub(s.queued_at_ms),
         _ => s.assigned_at_ms.saturating_sub(s.queued_at_ms),
     };
     SliceView {
-        slice: i as u32,
+        slice: key.index,
         platform: s.platform.clone(),
         state: s.state,
         agent: s.agent.clone(),
         emulated: s.emulated,
-        attempt: s.attempt,
+        attempt: s.attempt.to_wire(),
         manifest_json: s.manifest_json.clone(),
         queue_ms,
         duration_ms: s.duration_ms,
@@ -34,9 +34,9 @@ fn slice_view(i: usize, s: &raft::SliceRecord, now: u64) -> SliceView {
 pub fn build_view(b: &BuildRecord) -> BuildView {
     let now = now_ms();
     BuildView {
-        id: b.id,
+        id: b.id.to_wire(),
         state: b.state,
-        slices: b.slices.iter().enumerate().map(|(i, s)| slice_view(i, s, now)).collect(),
+        slices: b.keyed_slices().map(|(key, s)| slice_view(key, s, now)).collect(),
         index_json: b.index_json.clone(),
         index_digest: b.index_digest.clone(),
         error: b.error.clone(),
@@ -128,10 +128,10 @@ pub fn builder_view(node: &Node, contexts: &[ContextView], b: &builders::Builder
                 .builds
                 .values()
                 .rev()
-                .flat_map(|b| b.slices.iter().enumerate().map(move |(i, sl)| (b.id, i, sl)))
-                .filter(|(_, _, sl)| names.contains(&sl.agent.as_str()))
+                .flat_map(|b| b.keyed_slices())
+                .filter(|(_, sl)| names.contains(&sl.agent.as_str()))
                 .take(20)
-                .map(|(id, i, sl)| (id, slice_view(i, sl, now)))
+                .map(|(key, sl)| (key.build.to_wire(), slice_view(key, sl, now)))
                 .collect();
             out.reverse();
             out
