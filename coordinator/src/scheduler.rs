@@ -31,7 +31,10 @@ pub struct AgentSnapshot {
 
 #[derive(Clone, Debug)]
 pub struct PendingSlice {
+    /// The caller's handle for the slice, opaque here (the leader's plan numbers its pending
+    /// list); assignments and decisions name the slice by it.
     pub id: u64,
+    /// The build, for the agents' cache records of it.
     pub build: u64,
     pub tenant: String,
     pub platform: Platform,

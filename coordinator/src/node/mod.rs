@@ -2,26 +2,40 @@
 //! the agents and the other coordinators on one QUIC endpoint.
 //!
 //! - [`bootstrap`]: the cluster CA, this member's certificate, the first tokens;
-//! - [`handler`]: authentication, authorisation and every request; followers forward to the leader;
+//! - [`dispatch`]: every request: who may send it, and where it runs (followers forward to the
+//!   leader); the rooms that do the work: [`auth`] (tokens, joining), [`blobs`] (uploads and
+//!   downloads), [`agents`] (registering, polls, slice reports), [`builds`] (submit, watch),
+//!   [`admin`] (builders, contexts, coordinators, storage), with [`views`] of what the CLI sees;
 //! - [`leader`]: what only the leader does: leases, scheduling, finishing builds, draining;
+//! - [`live`]: which agents are alive; [`tracker`]: who holds which blob and record;
+//!   [`owners`]: which tenant uploaded which blob;
 //! - [`peers`]: connections to the other coordinators.
 
+pub mod admin;
+pub mod agents;
+pub mod auth;
+pub mod blobs;
 pub mod bootstrap;
-pub mod handler;
+pub mod builds;
+pub mod dispatch;
 pub mod leader;
+pub mod live;
 pub mod owners;
 pub mod peers;
+mod reply;
 pub mod tracker;
+pub mod views;
 
 use crate::config::CoordinatorConfig;
 use crate::raft::network::Network;
 use crate::raft::store::{StateMachineStore, Store};
-use crate::raft::{ClusterState, Command, CommandResult, NodeId, TypeConfig};
+use crate::raft::{BuildId, ClusterState, Command, CommandResult, NodeId, SliceAttempt, TypeConfig};
 use anyhow::Context as _;
 use kiln_shared::api::{BuildEvent, Role, Token};
 use kiln_shared::store::ContentStore;
 use kiln_shared::transport::{self, ClusterCa};
 use kiln_shared::wire::{ErrorCode, RemoteError};
+use live::Live;
 use openraft::{BasicNode, Raft};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -40,22 +54,14 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// What the leader knows about a live agent (soft state: rebuilt from polls after a failover).
-#[derive(Clone, Debug)]
-pub struct Live {
-    pub last_seen: Instant,
-    pub running: Vec<(u64, u32, u32)>,
-    pub cache_bytes: u64,
-}
-
 /// Soft state of this coordinator.
 #[derive(Default)]
 pub struct Soft {
     pub agents: HashMap<String, Live>,
     /// Progress of running builds, per build (bounded; see [`MAX_EVENTS`]).
-    pub events: HashMap<u64, Vec<BuildEvent>>,
+    pub events: HashMap<BuildId, Vec<BuildEvent>>,
     /// Builds whose index is being pushed by this leader.
-    pub finishing: HashSet<u64>,
+    pub finishing: HashSet<BuildId>,
     /// When this coordinator last became leader: agents get a grace period from then.
     pub leader_since: Option<Instant>,
     /// Partial uploads: digest → bytes received so far (in a temp file).
@@ -70,8 +76,8 @@ pub struct Soft {
     pub tracker: tracker::Tracker,
 }
 
-/// agent → (build, slice, attempt) of its running slices.
-pub type Assigned = HashMap<String, Vec<(u64, u32, u32)>>;
+/// agent → the attempts of its running slices.
+pub type Assigned = HashMap<String, Vec<SliceAttempt>>;
 
 /// Events kept per build; a client that falls further behind sees a gap, not an unbounded heap.
 pub const MAX_EVENTS: usize = 100_000;
@@ -176,9 +182,9 @@ impl Node {
         let map = self.read(|s| {
             let mut map = Assigned::new();
             for b in s.builds.values().filter(|b| b.state == crate::raft::BuildState::Running) {
-                for (i, sl) in b.slices.iter().enumerate() {
+                for (key, sl) in b.keyed_slices() {
                     if sl.state == crate::raft::SliceState::Running {
-                        map.entry(sl.agent.clone()).or_default().push((b.id, i as u32, sl.attempt));
+                        map.entry(sl.agent.clone()).or_default().push(SliceAttempt::new(key, sl.attempt));
                     }
                 }
             }
@@ -272,7 +278,7 @@ pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option
                     let node = server.clone();
                     conns.spawn(async move {
                         if let Ok(conn) = incoming.await {
-                            handler::serve(node, conn).await;
+                            dispatch::serve(node, conn).await;
                         }
                     });
                 }

@@ -8,8 +8,11 @@
 //! before a command is proposed; `apply` only records, and reports what it could not do.
 //! Durable storage of the log and of this state is in [`store`].
 
+pub mod ids;
 pub mod network;
 pub mod store;
+
+pub use ids::{Attempt, BuildId, SliceAttempt, SliceKey};
 
 use crate::builders::{Builder, Context, Farm};
 use kiln_shared::api::{BuildSpec, SliceOutcome};
@@ -64,7 +67,7 @@ pub enum Command {
     /// A new build; its id is the state's next id, returned in the result's `value`.
     Submit {
         build: Box<BuildRecord>,
-        /// Slices placed at once (their `build` field is ignored: the id is made here).
+        /// Slices placed at once (the build of their `slice` is ignored: the id is made here).
         #[serde(default)]
         assignments: Vec<SliceAssignment>,
     },
@@ -78,22 +81,21 @@ pub enum Command {
     },
     SliceFailed {
         at_ms: u64,
-        build: u64,
-        slice: u32,
-        attempt: u32,
+        slice: SliceKey,
+        attempt: Attempt,
         message: String,
     },
     /// Slices whose agent lost its lease go back to the queue (or fail after `max_attempts`).
     Requeue {
         at_ms: u64,
-        slices: Vec<(u64, u32, u32)>,
+        slices: Vec<SliceAttempt>,
         reason: String,
         max_attempts: u32,
     },
     /// The index is pushed (or the build failed after its slices were done).
     FinishBuild {
         at_ms: u64,
-        build: u64,
+        build: BuildId,
         index_json: String,
         index_digest: String,
         error: Option<String>,
@@ -102,10 +104,9 @@ pub enum Command {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SliceAssignment {
-    pub build: u64,
-    pub slice: u32,
+    pub slice: SliceKey,
     /// The attempt this assignment starts (the slice's current attempt + 1).
-    pub attempt: u32,
+    pub attempt: Attempt,
     pub agent: String,
     pub emulated: bool,
     pub reason: String,
@@ -146,7 +147,7 @@ pub struct SliceRecord {
     pub state: SliceState,
     pub agent: String,
     pub emulated: bool,
-    pub attempt: u32,
+    pub attempt: Attempt,
     /// When it was (last) queued and when it was (last) assigned.
     pub queued_at_ms: u64,
     pub assigned_at_ms: u64,
@@ -166,7 +167,7 @@ pub struct SliceRecord {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BuildRecord {
-    pub id: u64,
+    pub id: BuildId,
     pub tenant: String,
     pub spec: BuildSpec,
     /// Coordinators holding the context blobs.
@@ -189,7 +190,7 @@ impl BuildRecord {
                 state: SliceState::Queued,
                 agent: String::new(),
                 emulated: false,
-                attempt: 0,
+                attempt: Attempt::NONE,
                 queued_at_ms: at_ms,
                 assigned_at_ms: 0,
                 finished_at_ms: 0,
@@ -203,7 +204,7 @@ impl BuildRecord {
             })
             .collect();
         BuildRecord {
-            id: 0,
+            id: BuildId::UNNUMBERED,
             tenant: tenant.to_string(),
             spec,
             context_origin,
@@ -214,6 +215,11 @@ impl BuildRecord {
             index_digest: String::new(),
             error: String::new(),
         }
+    }
+
+    /// The build's slices with their keys, in platform order.
+    pub fn keyed_slices(&self) -> impl Iterator<Item = (SliceKey, &SliceRecord)> {
+        self.slices.iter().enumerate().map(|(i, s)| (SliceKey::new(self.id, i as u32), s))
     }
 }
 
@@ -234,8 +240,9 @@ pub struct ClusterState {
     pub farm: Farm,
     /// Contexts being drained by `kiln context rm`.
     pub draining: BTreeSet<String>,
-    pub builds: BTreeMap<u64, BuildRecord>,
-    pub next_build: u64,
+    pub builds: BTreeMap<BuildId, BuildRecord>,
+    /// The id of the last build submitted.
+    pub next_build: BuildId,
     /// Keyed by token hash.
     pub tokens: BTreeMap<String, TokenRecord>,
     /// Keyed by architecture.
@@ -281,23 +288,24 @@ impl ClusterState {
                 None => CommandResult::rejected(format!("no builder {name:?} found")),
             },
             Command::Submit { build, assignments } => {
-                self.next_build += 1;
+                self.next_build = self.next_build.next();
                 let id = self.next_build;
                 let mut build = (**build).clone();
                 build.id = id;
                 let at_ms = build.submitted_at_ms;
                 self.builds.insert(id, build);
-                let assignments: Vec<SliceAssignment> = assignments.iter().map(|a| SliceAssignment { build: id, ..a.clone() }).collect();
+                let assignments: Vec<SliceAssignment> =
+                    assignments.iter().map(|a| SliceAssignment { slice: SliceKey::new(id, a.slice.index), ..a.clone() }).collect();
                 if !assignments.is_empty() {
                     self.apply(&Command::Assign { at_ms, assignments });
                 }
-                CommandResult { value: id, ..CommandResult::ok() }
+                CommandResult { value: id.to_wire(), ..CommandResult::ok() }
             }
             Command::Assign { at_ms, assignments } => {
                 let mut done = 0;
                 for a in assignments {
-                    let Some(s) = self.slice_mut(a.build, a.slice) else { continue };
-                    if s.state != SliceState::Queued || a.attempt != s.attempt + 1 {
+                    let Some(s) = self.slice_mut(a.slice) else { continue };
+                    if s.state != SliceState::Queued || a.attempt != s.attempt.next() {
                         continue;
                     }
                     s.state = SliceState::Running;
@@ -311,10 +319,10 @@ impl ClusterState {
                 CommandResult { value: done, ..CommandResult::ok() }
             }
             Command::SliceDone { at_ms, outcome } => {
-                let Some(s) = self.slice_mut(outcome.build, outcome.slice) else {
+                let Some(s) = self.slice_mut(SliceKey::from_wire(outcome.build, outcome.slice)) else {
                     return CommandResult::rejected("no such slice");
                 };
-                if s.state != SliceState::Running || s.attempt != outcome.attempt {
+                if s.state != SliceState::Running || s.attempt != Attempt::from_wire(outcome.attempt) {
                     // A partitioned agent reporting an attempt that was given to another agent.
                     return CommandResult::rejected(format!("attempt {} of this slice is no longer current", outcome.attempt));
                 }
@@ -341,8 +349,8 @@ impl ClusterState {
                 }
                 CommandResult::ok()
             }
-            Command::SliceFailed { at_ms, build, slice, attempt, message } => {
-                let Some(s) = self.slice_mut(*build, *slice) else {
+            Command::SliceFailed { at_ms, slice, attempt, message } => {
+                let Some(s) = self.slice_mut(*slice) else {
                     return CommandResult::rejected("no such slice");
                 };
                 if s.state != SliceState::Running || s.attempt != *attempt {
@@ -352,7 +360,7 @@ impl ClusterState {
                 s.finished_at_ms = *at_ms;
                 s.reason = message.clone();
                 let platform = s.platform.clone();
-                if let Some(b) = self.builds.get_mut(build) {
+                if let Some(b) = self.builds.get_mut(&slice.build) {
                     b.state = BuildState::Failed;
                     // Engine errors name their platform already (`[linux/arm64 stage-0] ...`).
                     b.error =
@@ -362,17 +370,17 @@ impl ClusterState {
             }
             Command::Requeue { at_ms, slices, reason, max_attempts } => {
                 let mut moved = 0;
-                for (build, slice, attempt) in slices {
-                    let Some(s) = self.slice_mut(*build, *slice) else { continue };
+                for SliceAttempt { slice, attempt } in slices {
+                    let Some(s) = self.slice_mut(*slice) else { continue };
                     if s.state != SliceState::Running || s.attempt != *attempt {
                         continue;
                     }
                     moved += 1;
-                    if s.attempt >= *max_attempts {
+                    if s.attempt.to_wire() >= *max_attempts {
                         s.state = SliceState::Failed;
                         s.reason = format!("{reason}; gave up after {} attempts", s.attempt);
                         let message = format!("{}: {}", s.platform, s.reason);
-                        if let Some(b) = self.builds.get_mut(build) {
+                        if let Some(b) = self.builds.get_mut(&slice.build) {
                             b.state = BuildState::Failed;
                             b.error = message;
                         }
@@ -405,12 +413,18 @@ impl ClusterState {
         }
     }
 
-    fn slice_mut(&mut self, build: u64, slice: u32) -> Option<&mut SliceRecord> {
-        let b = self.builds.get_mut(&build)?;
+    /// A slice of any build, running or finished.
+    pub fn slice(&self, key: SliceKey) -> Option<&SliceRecord> {
+        self.builds.get(&key.build)?.slices.get(key.index as usize)
+    }
+
+    /// A slice of a running build: the only kind a command may change.
+    fn slice_mut(&mut self, key: SliceKey) -> Option<&mut SliceRecord> {
+        let b = self.builds.get_mut(&key.build)?;
         if b.state != BuildState::Running {
             return None;
         }
-        b.slices.get_mut(slice as usize)
+        b.slices.get_mut(key.index as usize)
     }
 
     /// Emulation slowdown per architecture, from finished slices of both kinds.
@@ -469,8 +483,26 @@ mod tests {
         }
     }
 
+    fn key(build: u64, slice: u32) -> SliceKey {
+        SliceKey::from_wire(build, slice)
+    }
+
+    fn requeue(build: u64, slice: u32, attempt: u32) -> SliceAttempt {
+        SliceAttempt::from_wire((build, slice, attempt))
+    }
+
+    fn build(st: &ClusterState, id: u64) -> &BuildRecord {
+        &st.builds[&BuildId::from_wire(id)]
+    }
+
     fn assign(build: u64, slice: u32, attempt: u32, agent: &str) -> Command {
-        let a = SliceAssignment { build, slice, attempt, agent: agent.into(), emulated: false, reason: "native".into() };
+        let a = SliceAssignment {
+            slice: key(build, slice),
+            attempt: Attempt::from_wire(attempt),
+            agent: agent.into(),
+            emulated: false,
+            reason: "native".into(),
+        };
         Command::Assign { at_ms: 5, assignments: vec![a] }
     }
 
@@ -487,17 +519,17 @@ mod tests {
         assert_eq!(st.apply(&assign(1, 0, 1, "a1")).value, 1);
         // The same assignment twice (a leader retrying) changes nothing.
         assert_eq!(st.apply(&assign(1, 0, 1, "a2")).value, 0);
-        assert_eq!(st.builds[&1].slices[0].agent, "a1");
+        assert_eq!(build(&st, 1).slices[0].agent, "a1");
         // a1 loses its lease: the slice goes back, attempt 2 goes to a2.
-        let requeue = Command::Requeue { at_ms: 9, slices: vec![(1, 0, 1)], reason: "a1 lost".into(), max_attempts: 3 };
+        let requeue = Command::Requeue { at_ms: 9, slices: vec![requeue(1, 0, 1)], reason: "a1 lost".into(), max_attempts: 3 };
         assert_eq!(st.apply(&requeue).value, 1);
-        assert_eq!(st.builds[&1].slices[0].state, SliceState::Queued);
+        assert_eq!(build(&st, 1).slices[0].state, SliceState::Queued);
         assert_eq!(st.apply(&assign(1, 0, 2, "a2")).value, 1);
         // The partitioned a1 comes back and reports attempt 1: refused, a2's attempt stands.
         assert!(!st.apply(&Command::SliceDone { at_ms: 10, outcome: outcome(1, 0, 1) }).ok);
         assert!(st.apply(&Command::SliceDone { at_ms: 11, outcome: outcome(1, 0, 2) }).ok);
         assert!(!st.apply(&Command::SliceDone { at_ms: 12, outcome: outcome(1, 0, 2) }).ok, "no double report");
-        assert_eq!(st.builds[&1].slices[0].state, SliceState::Done);
+        assert_eq!(build(&st, 1).slices[0].state, SliceState::Done);
         assert_eq!(st.run_times["amd64"].native_count, 1);
     }
 
@@ -507,17 +539,23 @@ mod tests {
         st.apply(&Command::Submit { assignments: vec![], build: Box::new(BuildRecord::new("t", spec(&["linux/amd64"]), vec![], 1)) });
         for attempt in 1..=2 {
             st.apply(&assign(1, 0, attempt, "a1"));
-            st.apply(&Command::Requeue { at_ms: 9, slices: vec![(1, 0, attempt)], reason: "lost".into(), max_attempts: 2 });
+            st.apply(&Command::Requeue { at_ms: 9, slices: vec![requeue(1, 0, attempt)], reason: "lost".into(), max_attempts: 2 });
         }
-        assert_eq!(st.builds[&1].state, BuildState::Failed);
-        assert!(st.builds[&1].error.contains("gave up after 2 attempts"), "{}", st.builds[&1].error);
+        assert_eq!(build(&st, 1).state, BuildState::Failed);
+        assert!(build(&st, 1).error.contains("gave up after 2 attempts"), "{}", build(&st, 1).error);
 
         st.apply(&Command::Submit { assignments: vec![], build: Box::new(BuildRecord::new("t", spec(&["linux/amd64"]), vec![], 1)) });
         st.apply(&assign(2, 0, 1, "a1"));
-        let failed = Command::SliceFailed { at_ms: 3, build: 2, slice: 0, attempt: 1, message: "RUN false: exit 1".into() };
+        let failed = Command::SliceFailed { at_ms: 3, slice: key(2, 0), attempt: Attempt::FIRST, message: "RUN false: exit 1".into() };
         assert!(st.apply(&failed).ok);
-        assert_eq!(st.builds[&2].error, "linux/amd64: RUN false: exit 1");
-        let finish = Command::FinishBuild { at_ms: 4, build: 2, index_json: String::new(), index_digest: String::new(), error: None };
+        assert_eq!(build(&st, 2).error, "linux/amd64: RUN false: exit 1");
+        let finish = Command::FinishBuild {
+            at_ms: 4,
+            build: BuildId::from_wire(2),
+            index_json: String::new(),
+            index_digest: String::new(),
+            error: None,
+        };
         assert!(!st.apply(&finish).ok, "a failed build stays failed");
     }
 
@@ -529,7 +567,10 @@ mod tests {
         };
         let bytes = serde_json::to_vec(&command)?;
         assert_eq!(serde_json::from_slice::<Command>(&bytes)?, command);
-        let state = ClusterState::default();
+        let mut state = ClusterState::default();
+        state.apply(&command);
+        state.apply(&assign(1, 0, 1, "a1"));
+        state.apply(&Command::Requeue { at_ms: 9, slices: vec![requeue(1, 0, 1)], reason: "lost".into(), max_attempts: 3 });
         assert_eq!(serde_json::from_slice::<ClusterState>(&serde_json::to_vec(&state)?)?, state);
         Ok(())
     }

@@ -1,0 +1,129 @@
+//! Farm and cluster administration, on the leader: builders (create, remove, list, inspect),
+//! removing a context (drained first), disk usage and pruning on a builder's agents, and the
+//! coordinator membership; status is served by any coordinator.
+
+use super::reply::{bad, err, Answer};
+use super::{views, Node};
+use crate::builders::DEFAULT_BUILDER;
+use crate::raft::Command;
+use kiln_shared::api::{AgentStorage, ClusterStatus, CreateSpec, Member, Request, Response};
+use kiln_shared::wire::{ErrorCode, RemoteError};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+pub fn status(node: &Node) -> ClusterStatus {
+    let m = node.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    let members =
+        membership.nodes().map(|(id, n)| Member { id: *id, addr: n.addr.clone(), voter: voters.contains(id) }).collect::<Vec<_>>();
+    ClusterStatus {
+        id: node.id,
+        leader: m.current_leader,
+        term: m.current_term,
+        last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+        members,
+    }
+}
+
+/// `kiln du` / `kiln prune` on every agent of a builder, side by side.
+pub async fn storage(node: &Node, builder: Option<String>, req: Request) -> Answer {
+    let name = builder.unwrap_or_else(|| DEFAULT_BUILDER.to_string());
+    let agents: Vec<(String, String)> = node.read(|s| {
+        let b = s.farm.builder(&name).map_err(|e| err(ErrorCode::NotFound, e.to_string()))?;
+        Ok::<_, RemoteError>(
+            b.nodes
+                .iter()
+                .filter_map(|n| s.farm.contexts.get(&n.context))
+                .map(|c| (c.name.clone(), c.endpoint.clone()))
+                .collect::<Vec<_>>(),
+        )
+    })?;
+    let mut agents = agents;
+    agents.sort();
+    agents.dedup();
+    let calls = agents.into_iter().map(|(name, endpoint)| {
+        let req = req.clone();
+        async move {
+            let answer = match endpoint.parse::<SocketAddr>() {
+                Err(e) => Err(format!("endpoint {endpoint:?}: {e}")),
+                Ok(addr) => match node.pool.call(addr, req, Duration::from_secs(120)).await {
+                    Ok(Response::Usage(u)) => Ok(AgentStorage::Usage(u)),
+                    Ok(Response::Pruned(r)) => Ok(AgentStorage::Pruned(r)),
+                    Ok(other) => Err(format!("unexpected answer {other:?}")),
+                    Err(e) => Err(e.to_string()),
+                },
+            };
+            (name, answer)
+        }
+    });
+    let results = kiln_shared::join::join_all(calls).await;
+    Ok(Response::PerAgent(results))
+}
+
+pub async fn remove_context(node: &Node, name: &str) -> Answer {
+    node.commit(Command::DrainContext { name: name.to_string() }).await?;
+    node.wake_leader.notify_one();
+    // The leader removes it once its slices have finished or moved.
+    let deadline = Instant::now() + Duration::from_secs(110);
+    while Instant::now() < deadline {
+        if !node.read(|s| s.farm.contexts.contains_key(name)) {
+            return Ok(Response::Ok);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(err(ErrorCode::DeadlineExceeded, format!("context {name} is still draining; it is removed once its slices finish")))
+}
+
+pub async fn create_builder(node: &Node, spec: CreateSpec) -> Answer {
+    let mut farm = node.read(|s| s.farm.clone());
+    let generated = (0..).map(|n| format!("builder-{n}")).find(|n| !farm.builders.contains_key(n)).unwrap_or_default();
+    let name = farm.create(&spec, &generated).map_err(|e| bad(e.to_string()))?;
+    let command = match farm.builders.get(&name) {
+        Some(b) => Command::PutBuilder { builder: b.clone() },
+        None => Command::RemoveBuilder { name: name.clone() },
+    };
+    node.commit(command).await?;
+    Ok(Response::Name(name))
+}
+
+pub async fn remove_builder(node: &Node, name: String) -> Answer {
+    let mut farm = node.read(|s| s.farm.clone());
+    farm.remove(&name).map_err(|e| bad(e.to_string()))?;
+    node.commit(Command::RemoveBuilder { name }).await?;
+    Ok(Response::Ok)
+}
+
+pub fn builders(node: &Node) -> Response {
+    let builders = node.read(|s| s.farm.list());
+    let contexts = views::contexts(node);
+    Response::Builders(builders.iter().map(|b| views::builder_view(node, &contexts, b, false)).collect())
+}
+
+pub fn inspect(node: &Node, name: &str) -> Answer {
+    let b = node.read(|s| s.farm.builder(name)).map_err(|e| err(ErrorCode::NotFound, e.to_string()))?;
+    Ok(Response::Builder(views::builder_view(node, &views::contexts(node), &b, true)))
+}
+
+pub async fn add_coordinator(node: &Node, id: u64, addr: String) -> Answer {
+    addr.parse::<SocketAddr>().map_err(|e| bad(format!("address {addr:?}: {e}")))?;
+    let unavailable = |e: String| err(ErrorCode::Unavailable, e);
+    node.raft.add_learner(id, openraft::BasicNode::new(addr), true).await.map_err(|e| unavailable(e.to_string()))?;
+    let mut voters: BTreeSet<u64> = node.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+    voters.insert(id);
+    node.raft.change_membership(voters, false).await.map_err(|e| unavailable(e.to_string()))?;
+    Ok(Response::Ok)
+}
+
+pub async fn remove_coordinator(node: &Node, id: u64) -> Answer {
+    let mut voters: BTreeSet<u64> = node.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+    if !voters.remove(&id) {
+        return Err(err(ErrorCode::NotFound, format!("coordinator {id} is not a member")));
+    }
+    if voters.is_empty() {
+        return Err(bad("the last coordinator cannot be removed"));
+    }
+    node.raft.change_membership(voters, false).await.map_err(|e| err(ErrorCode::Unavailable, e.to_string()))?;
+    Ok(Response::Ok)
+}

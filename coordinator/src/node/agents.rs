@@ -1,0 +1,163 @@
+//! The agents' side of the protocol, on the leader: registering, the long poll that is both
+//! heartbeat and work queue, progress events, slice reports (fenced by attempt), and the
+//! tracker's advertisements and lookups of which live agent holds a blob or a record.
+
+use super::live::Live;
+use super::reply::{bad, err, Answer};
+use super::{now_ms, Node, MAX_EVENTS};
+use crate::builders::Context;
+use crate::raft::{BuildState, Command, SliceAttempt, SliceState};
+use kiln_shared::api::{AgentInfo, BuildEvent, Event, Inventory, Principal, Response, SliceOutcome, SliceTask};
+use kiln_shared::wire::{ErrorCode, RemoteError};
+use std::time::{Duration, Instant};
+
+/// Builds whose progress events the leader keeps (a watcher of an older one sees its state).
+const MAX_BUILDS_WITH_EVENTS: usize = 256;
+
+pub fn events(node: &Node, p: &Principal, at: SliceAttempt, events: Vec<Event>) -> Answer {
+    let build = at.slice.build;
+    let platform = node.read(|s| {
+        let sl = s.slice(at.slice)?;
+        (sl.attempt == at.attempt && sl.agent == p.name).then(|| sl.platform.clone())
+    });
+    if let Some(platform) = platform {
+        let mut soft = node.soft();
+        // Progress is kept for the most recent builds only.
+        while soft.events.len() >= MAX_BUILDS_WITH_EVENTS && !soft.events.contains_key(&build) {
+            let Some(oldest) = soft.events.keys().min().copied() else { break };
+            soft.events.remove(&oldest);
+        }
+        let list = soft.events.entry(build).or_default();
+        for event in events {
+            if list.len() < MAX_EVENTS {
+                list.push(BuildEvent { platform: platform.clone(), agent: p.name.clone(), event });
+            }
+        }
+        drop(soft);
+        node.bump();
+    }
+    Ok(Response::Ok)
+}
+
+pub async fn slice_done(node: &Node, p: &Principal, outcome: SliceOutcome) -> Answer {
+    owned_by(node, p, SliceAttempt::from_wire((outcome.build, outcome.slice, outcome.attempt)))?;
+    node.commit(Command::SliceDone { at_ms: now_ms(), outcome }).await?;
+    node.wake_leader.notify_one();
+    node.bump();
+    Ok(Response::Ok)
+}
+
+pub async fn slice_failed(node: &Node, p: &Principal, at: SliceAttempt, message: String) -> Answer {
+    owned_by(node, p, at)?;
+    node.commit(Command::SliceFailed { at_ms: now_ms(), slice: at.slice, attempt: at.attempt, message }).await?;
+    node.bump();
+    Ok(Response::Ok)
+}
+
+pub fn advertise(node: &Node, p: &Principal, inv: &Inventory) -> Answer {
+    if inv.agent != p.name {
+        return Err(err(ErrorCode::PermissionDenied, format!("agent {} may not advertise as {}", p.name, inv.agent)));
+    }
+    let applied = node.soft().tracker.apply(inv);
+    Ok(Response::Advertised { resync: !applied })
+}
+
+/// Live agents (other than the asker) that hold each blob, then each record, by peer endpoint.
+pub fn locate(node: &Node, asker: &str, blobs: &[String], records: &[String]) -> Vec<Vec<String>> {
+    let lease = Duration::from_millis(node.cfg.lease_timeout_ms);
+    let endpoints: std::collections::HashMap<String, String> =
+        node.read(|s| s.farm.contexts.iter().map(|(n, c)| (n.clone(), c.endpoint.clone())).collect());
+    let soft = node.soft();
+    let live = |a: &str| a != asker && soft.agents.get(a).is_some_and(|l| l.last_seen.elapsed() < lease);
+    let resolve = |holders: Vec<&str>| holders.into_iter().filter(|a| live(a)).filter_map(|a| endpoints.get(a).cloned()).collect();
+    let mut out: Vec<Vec<String>> = blobs.iter().map(|b| resolve(soft.tracker.blob_holders(b))).collect();
+    out.extend(records.iter().map(|r| resolve(soft.tracker.record_holders(r))));
+    out
+}
+
+/// A report is taken only from the agent running the current attempt; anything else is
+/// refused here, without a commit (a partitioned agent coming back, a duplicate).
+fn owned_by(node: &Node, p: &Principal, at: SliceAttempt) -> Result<(), RemoteError> {
+    let SliceAttempt { slice, attempt } = at;
+    let current = node.read(|s| {
+        let b = s.builds.get(&slice.build)?;
+        let sl = b.slices.get(slice.index as usize)?;
+        Some((sl.agent.clone(), sl.attempt, sl.state == SliceState::Running && b.state == BuildState::Running))
+    });
+    match current {
+        Some((a, at, true)) if a == p.name && at == attempt => Ok(()),
+        Some(_) => Err(bad(format!("attempt {attempt} of slice {slice} is no longer current on {}", p.name))),
+        None => Err(err(ErrorCode::NotFound, format!("no slice {slice}"))),
+    }
+}
+
+pub async fn register(node: &Node, p: &Principal, info: AgentInfo) -> Answer {
+    if info.name != p.name {
+        return Err(err(ErrorCode::PermissionDenied, format!("agent {} may not register as {}", p.name, info.name)));
+    }
+    if info.slots == 0 {
+        return Err(bad("an agent needs at least one slot"));
+    }
+    let ctx: Context = info.clone();
+    let same = node.read(|s| s.farm.contexts.get(&ctx.name) == Some(&ctx) && !s.draining.contains(&ctx.name));
+    if !same {
+        node.commit(Command::RegisterAgent { context: ctx }).await?;
+    }
+    node.soft().agents.insert(info.name, Live { last_seen: Instant::now(), running: vec![], cache_bytes: 0 });
+    node.wake_leader.notify_one();
+    Ok(Response::Ok)
+}
+
+/// Slices assigned to `agent` that it does not know it runs: new assignments, or ones whose
+/// delivery was lost with a previous leader.
+fn tasks_for(node: &Node, agent: &str, running: &[SliceAttempt]) -> Vec<SliceTask> {
+    let assigned = node.assigned();
+    let Some(mine) = assigned.get(agent) else { return vec![] };
+    let new: Vec<SliceAttempt> = mine.iter().filter(|k| !running.contains(k)).copied().collect();
+    if new.is_empty() {
+        return vec![];
+    }
+    node.read(|s| {
+        new.iter()
+            .filter_map(|&at| {
+                let b = s.builds.get(&at.slice.build)?;
+                let sl = b.slices.get(at.slice.index as usize)?;
+                let (build, slice, attempt) = at.to_wire();
+                (sl.state == SliceState::Running && sl.attempt == at.attempt && sl.agent == agent).then(|| SliceTask {
+                    build,
+                    slice,
+                    attempt,
+                    platform: sl.platform.clone(),
+                    emulated: sl.emulated,
+                    spec: b.spec.clone(),
+                    context_origin: b.context_origin.clone(),
+                })
+            })
+            .collect()
+    })
+}
+
+pub async fn poll(node: &Node, p: &Principal, agent: &str, running: Vec<SliceAttempt>, cache_bytes: u64, wait_ms: u32) -> Answer {
+    if agent != p.name {
+        return Err(err(ErrorCode::PermissionDenied, format!("agent {} may not poll as {agent}", p.name)));
+    }
+    if !node.read(|s| s.farm.contexts.contains_key(agent)) {
+        return Err(err(ErrorCode::NotFound, format!("agent {agent} is not registered (removed with `kiln context rm`?)")));
+    }
+    let wake = node.agent_wake(agent);
+    let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms.min(30_000)));
+    loop {
+        node.soft().agents.insert(agent.to_string(), Live { last_seen: Instant::now(), running: running.clone(), cache_bytes });
+        let tasks = tasks_for(node, agent, &running);
+        let resync = !node.soft().tracker.knows(agent);
+        if !tasks.is_empty() || resync {
+            return Ok(Response::Tasks { tasks, resync });
+        }
+        let now = Instant::now();
+        if now >= deadline || !node.is_leader() {
+            return Ok(Response::Tasks { tasks, resync });
+        }
+        // Wake at least every second so that the heartbeat stays fresh while waiting.
+        let _ = tokio::time::timeout((deadline - now).min(Duration::from_secs(1)), wake.notified()).await;
+    }
+}

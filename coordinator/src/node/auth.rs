@@ -1,0 +1,84 @@
+//! Who may join the cluster: API tokens (checked against the replicated token table, stored by
+//! hash only), agents and users exchanging one for a certificate, coordinators joining as peers
+//! (with an admin token, or once on first start as a listed peer), and new tokens for admins.
+
+use super::reply::{bad, err, Answer};
+use super::Node;
+use crate::raft::{self, Command};
+use kiln_shared::api::{Principal, Response, Role, Token};
+use kiln_shared::wire::{ErrorCode, RemoteError};
+use std::net::SocketAddr;
+
+fn token_record(node: &Node, token: &str) -> Result<(Token, raft::TokenRecord), RemoteError> {
+    let refused = || err(ErrorCode::PermissionDenied, "the token is not valid for this cluster");
+    let t = Token::parse(token).map_err(|e| err(ErrorCode::Unauthenticated, e))?;
+    if t.ca_fingerprint != node.ca.fingerprint() {
+        return Err(refused());
+    }
+    let record = node.read(|s| s.tokens.get(&t.hash()).cloned()).ok_or_else(refused)?;
+    Ok((t, record))
+}
+
+pub fn join(node: &Node, token: &str, name: &str, csr: &[u8]) -> Answer {
+    let (t, record) = token_record(node, token)?;
+    let principal = match t.role {
+        Role::Agent => {
+            if name.is_empty() || name.len() > 128 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return Err(bad(format!("agent name {name:?}: use letters, digits, '-', '_' and '.'")));
+            }
+            Principal { role: Role::Agent, name: name.to_string() }
+        }
+        Role::Admin | Role::User => Principal { role: t.role.clone(), name: record.tenant.clone() },
+        Role::Coordinator => return Err(err(ErrorCode::PermissionDenied, "coordinators join with `kiln coordinator --join`")),
+    };
+    let cert = node.ca.sign_request(csr, &principal.common_name()).map_err(|e| bad(format!("certificate request: {e}")))?;
+    Ok(Response::Joined { cert_der: cert.to_vec(), ca_der: node.ca.cert_der().to_vec(), principal })
+}
+
+pub fn join_peer(node: &Node, remote: SocketAddr, id: u64, token: Option<&str>, csr: &[u8]) -> Answer {
+    let granted = match token {
+        Some(t) => token_record(node, t)?.0.role == Role::Admin,
+        // Bootstrap: a member listed in --peers, calling from its listed address, once (trust
+        // on first use): the CA key is not handed out again without a token.
+        None => id != node.id && node.cfg.peers.get(&id).is_some_and(|a| a.ip() == remote.ip()) && first_grant(node, id),
+    };
+    if !granted {
+        return Err(err(
+            ErrorCode::PermissionDenied,
+            format!(
+                "coordinator {id} at {} is not a listed peer on its first start: start it with --token (an admin token) to join",
+                remote.ip()
+            ),
+        ));
+    }
+    let cert = node.ca.sign_request(csr, &Principal { role: Role::Coordinator, name: id.to_string() }.common_name());
+    let cert = cert.map_err(|e| bad(format!("certificate request: {e}")))?;
+    Ok(Response::PeerJoined { ca_cert_pem: node.ca.cert_pem(), ca_key_pem: node.ca.key_pem(), cert_der: cert.to_vec() })
+}
+
+/// Records that `id` got the CA without a token; `false` if it already had.
+fn first_grant(node: &Node, id: u64) -> bool {
+    use std::io::Write;
+    let path = node.cfg.data_dir.join("bootstrap-granted");
+    let granted = std::fs::read_to_string(&path).unwrap_or_default();
+    if granted.lines().any(|l| l.trim() == id.to_string()) {
+        return false;
+    }
+    let recorded = std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| {
+        writeln!(f, "{id}")?;
+        f.sync_all()
+    });
+    recorded.is_ok()
+}
+
+pub async fn create_token(node: &Node, role: Role, tenant: String) -> Answer {
+    if !matches!(role, Role::User | Role::Admin | Role::Agent) {
+        return Err(bad("tokens are for users, admins and agents"));
+    }
+    if tenant.is_empty() || tenant.len() > 64 || !tenant.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(bad(format!("tenant {tenant:?}: use letters, digits, '-', '_' and '.'")));
+    }
+    let token = super::bootstrap::new_token(&node.ca, role.clone()).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+    node.commit(Command::PutToken { token_hash: token.hash(), role: role.as_str().into(), tenant }).await?;
+    Ok(Response::Name(token.to_string()))
+}

@@ -1,0 +1,118 @@
+//! Blob transfer with the CLI and the agents: context and cache uploads in chunks (verified
+//! against their digest before they become visible), results read back, and which blobs a
+//! tenant still has to send. Every blob is recorded against the tenant that sent it (see
+//! [`super::owners`]): a tenant reads and builds with only what it has uploaded.
+
+use super::reply::{bad, err, Answer};
+use super::Node;
+use kiln_shared::api::{BuildSpec, CacheRef, EntryKind, Principal, Response, Role};
+use kiln_shared::digest::Digest;
+use kiln_shared::wire::{ErrorCode, RemoteError};
+
+const MAX_CHUNK: u32 = 8 << 20;
+
+fn parse_digest(d: &str) -> Result<Digest, RemoteError> {
+    d.parse().map_err(|e| bad(format!("{d:?}: {e}")))
+}
+
+/// The tenant a blob transfer is for: a user's own, or the one an agent returns blobs for.
+pub fn owner_of(p: &Principal, owner: Option<String>) -> Result<Option<String>, RemoteError> {
+    match p.role {
+        Role::Admin | Role::User => Ok(Some(p.tenant().to_string())),
+        Role::Agent => Ok(owner),
+        Role::Coordinator => Ok(None),
+    }
+}
+
+/// Whether every blob a build names was uploaded by its tenant (checked where it was uploaded).
+pub fn owns_context(node: &Node, p: &Principal, spec: &BuildSpec) -> bool {
+    if !matches!(p.role, Role::Admin | Role::User) {
+        return true;
+    }
+    let files = spec.context.iter().filter_map(|e| match &e.kind {
+        EntryKind::File { digest, .. } => Some(digest.as_str()),
+        _ => None,
+    });
+    let caches = spec.cache_from.iter().filter_map(|c| match c {
+        CacheRef::Uploaded { config } => Some(config.as_str()),
+        CacheRef::Registry { .. } => None,
+    });
+    files.chain(caches).all(|d| node.owners.owns(p.tenant(), d))
+}
+
+pub fn get_blob(node: &Node, p: &Principal, digest: &str, offset: u64, len: u32) -> Answer {
+    use std::io::{Read, Seek, SeekFrom};
+    let d = parse_digest(digest)?;
+    // Users read back only what their tenant owns (their uploads and their builds' results).
+    if matches!(p.role, Role::Admin | Role::User) && !node.owners.owns(p.tenant(), digest) {
+        return Err(err(ErrorCode::NotFound, format!("blob {digest} is not here")));
+    }
+    let mut f = node.blobs.open_blob(&d).map_err(|e| err(ErrorCode::NotFound, e.to_string()))?;
+    f.seek(SeekFrom::Start(offset)).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+    let mut buf = Vec::new();
+    f.take(u64::from(len.min(MAX_CHUNK))).read_to_end(&mut buf).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+    Ok(Response::Bytes(buf))
+}
+
+pub fn missing(node: &Node, owner: Option<String>, digests: Vec<String>) -> Answer {
+    let mut out = Vec::new();
+    for d in digests {
+        let have = node.blobs.has(&parse_digest(&d)?);
+        if !have || owner.as_ref().is_some_and(|t| !node.owners.owns(t, &d)) {
+            out.push(d);
+        }
+    }
+    Ok(Response::Digests(out))
+}
+
+/// Appends one chunk of an upload; the last one is verified against the digest before the blob
+/// becomes visible.
+pub fn put_blob(node: &Node, owner: Option<String>, digest: &str, offset: u64, data: &[u8], last: bool) -> Answer {
+    use std::io::Write;
+    let d = parse_digest(digest)?;
+    let owned = |t: &Option<String>| t.as_ref().is_none_or(|t| node.owners.owns(t, digest));
+    if node.blobs.has(&d) && owned(&owner) {
+        return Ok(Response::Ok);
+    }
+    let own = || match &owner {
+        Some(t) => node.owners.add(t, digest).map_err(|e| err(ErrorCode::Internal, format!("recording who uploaded {digest}: {e}"))),
+        None => Ok(()),
+    };
+    // Uploads are kept apart per tenant: a tenant proves it has the content by sending it.
+    let key = format!("{}\n{digest}", owner.as_deref().unwrap_or(""));
+    let mut soft = node.soft();
+    let (path, have) = match soft.uploads.get(&key) {
+        Some(u) => u.clone(),
+        None => (node.blobs.temp_path(), 0),
+    };
+    if offset != have {
+        return Err(bad(format!("upload of {digest}: chunk at offset {offset}, expected {have}")));
+    }
+    let io = |e: std::io::Error| err(ErrorCode::Internal, format!("storing {digest}: {e}"));
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
+    f.write_all(data).map_err(io)?;
+    drop(f);
+    if last {
+        soft.uploads.remove(&key);
+        drop(soft);
+        // The content is verified even when the store already has the blob.
+        let mut f = std::fs::File::open(&path).map_err(io)?;
+        let (_, actual, _) = {
+            let mut w = kiln_shared::digest::HashingWriter::new(std::io::sink());
+            std::io::copy(&mut f, &mut w).map_err(io)?;
+            w.finish()
+        };
+        if actual != d {
+            let _ = std::fs::remove_file(&path);
+            return Err(bad(format!("upload of {digest}: the content hashes to {actual}")));
+        }
+        let mut f = std::fs::File::open(&path).map_err(io)?;
+        let result = node.blobs.put_reader(&mut f, &d);
+        let _ = std::fs::remove_file(&path);
+        result.map_err(|e| bad(format!("upload of {digest}: {e}")))?;
+        own()?;
+    } else {
+        soft.uploads.insert(key, (path, have + data.len() as u64));
+    }
+    Ok(Response::Ok)
+}

@@ -1,0 +1,98 @@
+//! Builds from the CLI's side, on the leader: submitting (refused at once when no agent of the
+//! builder can run a platform; placed in the same commit where slots are free) and watching
+//! progress and state with a long poll.
+
+use super::reply::{bad, err, Answer};
+use super::{leader, now_ms, views, Node};
+use crate::builders::{self, DEFAULT_BUILDER};
+use crate::raft::{BuildId, BuildRecord, BuildState, Command};
+use kiln_shared::api::{BuildSpec, Principal, Response, Role};
+use kiln_shared::wire::ErrorCode;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Why no agent of the builder can run `platform`, or `None` when one can.
+fn unrunnable(
+    farm: &builders::Farm,
+    draining: &std::collections::BTreeSet<String>,
+    builder: &str,
+    platform: &kiln_shared::Platform,
+) -> Option<String> {
+    let candidates = match farm.candidates(builder) {
+        Ok(c) => c,
+        Err(e) => return Some(e.to_string()),
+    };
+    let usable: Vec<_> = candidates.iter().filter(|(name, _)| !draining.contains(name)).collect();
+    if usable.iter().any(|(_, platforms)| platforms.iter().any(|p| crate::scheduler::runs(std::slice::from_ref(p), platform))) {
+        return None;
+    }
+    let have: Vec<String> = usable
+        .iter()
+        .map(|(name, ps)| {
+            format!(
+                "{name}: {}",
+                if ps.is_empty() { "none".to_string() } else { ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ") }
+            )
+        })
+        .collect();
+    Some(
+        format!(
+            "no agent of builder {builder:?} can run {platform} (natively or under emulation); {}",
+            if have.is_empty() { "the builder has no agents".to_string() } else { format!("its agents run {}", have.join("; ")) }
+        ) + &format!(
+        "; to emulate {platform}, install qemu-user-static on an agent and register it with binfmt_misc (scripts/setup-host.sh does both)"
+    ),
+    )
+}
+
+pub async fn submit(node: &Node, p: &Principal, origin: SocketAddr, mut spec: BuildSpec) -> Answer {
+    if spec.platforms.is_empty() {
+        return Err(bad("a build needs at least one platform"));
+    }
+    let builder = spec.builder.clone().unwrap_or_else(|| DEFAULT_BUILDER.to_string());
+    let refusal = node.read(|s| spec.platforms.iter().find_map(|pl| unrunnable(&s.farm, &s.draining, &builder, pl)));
+    if let Some(reason) = refusal {
+        return Err(err(ErrorCode::BadRequest, reason));
+    }
+    // A client that lost its answer (a leader change) submits again: same submission, same build.
+    let existing =
+        node.read(|s| s.builds.values().rev().find(|b| b.tenant == p.tenant() && b.spec.submission == spec.submission).map(|b| b.id));
+    if let Some(build) = existing.filter(|_| !spec.submission.is_empty()) {
+        return Ok(Response::Submitted { build: build.to_wire() });
+    }
+    // The cache scope is the farm's decision, never the client's.
+    let shared = node.read(|s| s.farm.builder(&builder).map(|b| b.share_cache).unwrap_or(false));
+    spec.cache_scope = if shared { "shared".to_string() } else { format!("tenant:{}", p.tenant()) };
+    spec.tenant = p.tenant().to_string();
+    let record = BuildRecord::new(p.tenant(), spec, vec![origin], now_ms());
+    // Slices that can be placed now are assigned in the same commit as the build.
+    let scheduling = node.sched.lock().await;
+    let assignments = leader::place_new(node, &record);
+    node.reserve(&assignments);
+    drop(scheduling);
+    let r = node.commit(Command::Submit { build: Box::new(record), assignments: assignments.clone() }).await;
+    node.release(&assignments);
+    let r = r?;
+    node.wake_leader.notify_one();
+    Ok(Response::Submitted { build: r.value })
+}
+
+pub async fn watch(node: &Node, p: &Principal, build: BuildId, cursor: u64, wait_ms: u32) -> Answer {
+    let mut changed = node.changed.subscribe();
+    let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms.min(30_000)));
+    loop {
+        let view = node.read(|s| s.builds.get(&build).filter(|b| b.tenant == p.tenant() || p.role == Role::Admin).map(views::build_view));
+        let view = view.ok_or_else(|| err(ErrorCode::NotFound, format!("no build {build}")))?;
+        let (events, next) = {
+            let soft = node.soft();
+            let all = soft.events.get(&build).map(Vec::as_slice).unwrap_or(&[]);
+            let from = (cursor as usize).min(all.len());
+            (all[from..].to_vec(), all.len() as u64)
+        };
+        let now = Instant::now();
+        if !events.is_empty() || view.state != BuildState::Running || now >= deadline {
+            return Ok(Response::Build { view, events, cursor: next });
+        }
+        let _ = tokio::time::timeout(deadline - now, changed.changed()).await;
+    }
+}

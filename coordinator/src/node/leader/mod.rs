@@ -1,0 +1,186 @@
+//! What only the leader does, in a loop woken by events and a short tick: take slices back
+//! from agents whose lease ran out, place queued slices and commit the assignments, fail builds
+//! no agent can run, finish builds whose slices are all done (merge the index, push it under
+//! every tag), remove drained contexts.
+//!
+//! The decisions are the pure [`plan`]; this module gathers its inputs from the replicated
+//! state and the soft state, and carries the plan out through Raft and the registry.
+
+pub mod plan;
+
+use super::{now_ms, Node, Soft};
+use crate::raft::{BuildId, BuildRecord, Command, SliceAssignment};
+use kiln_shared::digest::Digest;
+use kiln_shared::oci::{self, Descriptor, Index};
+use kiln_shared::registry::{Reference, RegistryClient};
+use kiln_shared::wire::RemoteError;
+use plan::{Agents, Plan, Settings};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub async fn run(node: Arc<Node>) {
+    loop {
+        tokio::select! {
+            _ = node.stop.cancelled() => return,
+            _ = node.wake_leader.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        if !node.is_leader() {
+            let mut soft = node.soft();
+            soft.leader_since = None;
+            soft.finishing.clear();
+            continue;
+        }
+        {
+            let mut soft = node.soft();
+            if soft.leader_since.is_none() {
+                // A new leader knows no agent yet: each gets a full lease to poll again before
+                // its slices are taken back.
+                soft.leader_since = Some(Instant::now());
+                soft.agents.clear();
+                soft.tracker = Default::default();
+            }
+        }
+        if let Err(e) = tick(&node).await {
+            // Typically a lost leadership mid-tick; the next tick sees it.
+            tracing::warn!(coordinator = node.id, "{}", e.message);
+        }
+    }
+}
+
+fn settings(node: &Node) -> Settings {
+    Settings {
+        lease_timeout_ms: node.cfg.lease_timeout_ms,
+        max_slice_attempts: node.cfg.max_slice_attempts,
+        emulation_slowdown: node.cfg.emulation_slowdown,
+    }
+}
+
+fn agents(soft: &Soft) -> Agents<'_> {
+    Agents { live: &soft.agents, leader_since: soft.leader_since, inflight: &soft.inflight }
+}
+
+/// Places the slices of a build about to be submitted, so that submitting and assigning are
+/// one commit. The caller holds `node.sched` and reserves the result.
+pub fn place_new(node: &Node, record: &BuildRecord) -> Vec<SliceAssignment> {
+    let now = Instant::now();
+    let settings = settings(node);
+    node.read(|s| {
+        // The state lock is taken before the soft-state lock, always.
+        let view = plan::farm_view(s, agents(&node.soft()), now, &settings);
+        plan::place_new(s, &view, record, &settings)
+    })
+}
+
+async fn tick(node: &Arc<Node>) -> Result<(), RemoteError> {
+    let settings = settings(node);
+    // Deciding holds `sched` (as submits do), on a read made under it, so that no two
+    // decisions place slices on the same free slot.
+    let scheduling = node.sched.lock().await;
+    let now = Instant::now();
+    let survey = node.read(|s| {
+        let soft = node.soft();
+        plan::survey(s, agents(&soft), &soft.finishing, now, &settings)
+    });
+    let plan = plan::decide(survey);
+    node.reserve(&plan.assignments);
+    // Reserved: other decisions may be made while this one commits.
+    drop(scheduling);
+    let committed = place(node, &plan, &settings).await;
+    node.release(&plan.assignments);
+    committed?;
+
+    for (build, reason) in plan.failures {
+        let error = Some(reason);
+        node.propose(Command::FinishBuild { at_ms: now_ms(), build, index_json: String::new(), index_digest: String::new(), error })
+            .await?;
+        node.bump();
+    }
+
+    for build in plan.finished {
+        node.soft().finishing.insert(build);
+        let node = node.clone();
+        tokio::spawn(async move {
+            let outcome = finish(&node, build).await;
+            if let Err(e) = outcome {
+                tracing::warn!(coordinator = node.id, %build, "finishing the build: {}", e.message);
+                node.soft().finishing.remove(&build);
+            }
+        });
+    }
+
+    for name in plan.drained {
+        node.propose(Command::RemoveContext { name }).await?;
+        node.bump();
+    }
+    Ok(())
+}
+
+/// Takes the lost slices back, then commits the assignments (some may be of slices just taken
+/// back: the requeue is committed first).
+async fn place(node: &Node, plan: &Plan, settings: &Settings) -> Result<(), RemoteError> {
+    for lost in &plan.lost {
+        node.propose(lost.requeue(now_ms(), settings)).await?;
+    }
+    if !plan.lost.is_empty() {
+        node.bump();
+    }
+    if !plan.assignments.is_empty() {
+        node.propose(Command::Assign { at_ms: now_ms(), assignments: plan.assignments.clone() }).await?;
+        node.bump();
+    }
+    Ok(())
+}
+
+/// Merges the slices' manifests into the index and, with `--push`, puts it under every tag
+/// (the agents have pushed their blobs and manifests by digest). Pushing is idempotent, so a
+/// new leader may do it again after a failover.
+async fn finish(node: &Arc<Node>, build: BuildId) -> Result<(), RemoteError> {
+    let Some(record) = node.read(|s| s.builds.get(&build).cloned()) else { return Ok(()) };
+    let mut manifests = Vec::new();
+    let mut error = None;
+    for s in &record.slices {
+        match serde_json::from_str::<Descriptor>(&s.manifest_json) {
+            Ok(d) => manifests.push(d),
+            Err(e) => error = Some(format!("{}: the agent reported an unreadable manifest descriptor: {e}", s.platform)),
+        }
+    }
+    let index = Index::new(manifests);
+    let bytes = oci::to_json(&index);
+    let digest = Digest::of(&bytes);
+    if error.is_none() && record.spec.push {
+        let spec = record.spec.clone();
+        let body = bytes.clone();
+        let pushed = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let registry = RegistryClient::new(&spec.insecure_registries);
+            for tag in &spec.tags {
+                let r: Reference = tag.parse().map_err(|e| format!("{tag}: {e}"))?;
+                registry
+                    .put_manifest(&r, &r.reference(), oci::MEDIA_INDEX, &body)
+                    .map_err(|e| format!("pushing the index to {tag}: {e}"))?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the push task failed: {e}")));
+        error = pushed.err();
+    }
+    // --cache-to type=registry: the agents pushed their layers; one cache for every platform.
+    if let (None, Some(reference)) = (&error, record.spec.cache_to.as_ref().and_then(|c| c.registry.clone())) {
+        let records: Vec<_> = record.slices.iter().flat_map(|s| s.records.iter().cloned()).collect();
+        let insecure = record.spec.insecure_registries.clone();
+        let n = node.clone();
+        let pushed = tokio::task::spawn_blocking(move || {
+            let registry = RegistryClient::new(&insecure);
+            kiln_agent::cache::push_manifest(&reference, &records, &n.blobs, &registry)
+                .map_err(|e| format!("exporting the cache to {reference}: {e}"))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the push task failed: {e}")));
+        error = pushed.err();
+    }
+    let index_json = String::from_utf8(bytes).unwrap_or_default();
+    node.propose(Command::FinishBuild { at_ms: now_ms(), build, index_json, index_digest: digest.to_string(), error }).await?;
+    node.bump();
+    Ok(())
+}

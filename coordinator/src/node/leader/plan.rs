@@ -1,0 +1,461 @@
+//! The leader's decisions for one tick, without I/O: the replicated state, what the leader's
+//! soft state says about the agents and `now` in; a [`Plan`] out. No `Node`, no clock, no
+//! Raft: [`super`] gathers the inputs under the locks and commits what the plan says.
+//!
+//! A tick takes back the slices of agents whose lease ran out, places queued slices with the
+//! pure [`crate::scheduler`] (the slices just taken back included, as the state will be once
+//! the requeue is committed), fails builds with a platform no registered agent can run, and
+//! names the builds whose slices are all done and the drained contexts that can go.
+
+use crate::node::live::{alive, Live};
+use crate::raft::{Attempt, BuildId, BuildRecord, BuildState, ClusterState, Command, SliceAssignment, SliceAttempt, SliceKey, SliceState};
+use crate::scheduler::{self, AgentSnapshot, Params, PendingSlice, TenantUsage};
+use kiln_shared::Platform;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
+
+/// Expected native run time of a slice whose architecture has no history yet.
+const DEFAULT_EXPECTED_MS: u64 = 60_000;
+
+/// The configuration a plan follows (from the coordinator's config).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub lease_timeout_ms: u64,
+    pub max_slice_attempts: u32,
+    /// Emulation slowdown assumed until one is measured.
+    pub emulation_slowdown: f64,
+}
+
+/// What the leader's soft state says about the agents.
+#[derive(Clone, Copy)]
+pub struct Agents<'a> {
+    /// When each agent last polled.
+    pub live: &'a HashMap<String, Live>,
+    /// When this coordinator became leader: agents it has not heard from yet get a grace period.
+    pub leader_since: Option<Instant>,
+    /// Slots taken by decisions being committed, per agent.
+    pub inflight: &'a HashMap<String, u32>,
+}
+
+impl Agents<'_> {
+    fn alive(&self, agent: &str, settings: &Settings, now: Instant) -> bool {
+        alive(settings.lease_timeout_ms, self.leader_since, self.live.get(agent), now)
+    }
+}
+
+/// The running slices of an agent whose lease ran out: back to the queue, in one command.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lost {
+    pub agent: String,
+    pub slices: Vec<SliceAttempt>,
+    pub reason: String,
+}
+
+impl Lost {
+    /// The command that takes the slices back (or fails them after `max_slice_attempts`).
+    pub fn requeue(&self, at_ms: u64, settings: &Settings) -> Command {
+        Command::Requeue { at_ms, slices: self.slices.clone(), reason: self.reason.clone(), max_attempts: settings.max_slice_attempts }
+    }
+}
+
+/// What one tick does, in this order: requeue, assign, fail, finish, remove.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Per lost agent (by name), its slices to take back; each comes back at `attempt + 1`.
+    pub lost: Vec<Lost>,
+    /// Queued slices placed on live agents, each starting its slice's next attempt.
+    pub assignments: Vec<SliceAssignment>,
+    /// Builds that fail at once, with the reason: a slice no registered agent can run.
+    pub failures: Vec<(BuildId, String)>,
+    /// Running builds whose slices are all done (and that are not being finished already).
+    pub finished: Vec<BuildId>,
+    /// Draining contexts with no running slice: they can be removed.
+    pub drained: Vec<String>,
+}
+
+/// The agents the scheduler may use now, what they run, and each tenant's usage.
+pub struct FarmView {
+    pub agents: Vec<AgentSnapshot>,
+    /// Registered agents that are not alive, with what they run.
+    pub absent: Vec<Vec<Platform>>,
+    pub usage: HashMap<String, TenantUsage>,
+}
+
+/// Everything a plan is decided from, gathered while the state is read; [`decide`] (the
+/// scheduler) needs no lock.
+pub struct Survey {
+    lost: Vec<Lost>,
+    finished: Vec<BuildId>,
+    drained: Vec<String>,
+    pending: Vec<PendingSlice>,
+    /// The slice of each pending id (the scheduler's ids index this list) and the attempt an
+    /// assignment starts.
+    keys: Vec<(SliceKey, Attempt)>,
+    /// `None` when nothing is queued.
+    view: Option<FarmView>,
+    params: Params,
+}
+
+/// The plan of one tick (see [`survey`] and [`decide`]).
+pub fn plan(state: &ClusterState, agents: Agents, finishing: &HashSet<BuildId>, now: Instant, settings: &Settings) -> Plan {
+    decide(survey(state, agents, finishing, now, settings))
+}
+
+pub fn survey(state: &ClusterState, agents: Agents, finishing: &HashSet<BuildId>, now: Instant, settings: &Settings) -> Survey {
+    let mut lost: BTreeMap<&str, Vec<SliceAttempt>> = BTreeMap::new();
+    let mut finished = Vec::new();
+    let mut busy = HashSet::new();
+    for b in running_builds(state) {
+        for (key, sl) in b.keyed_slices() {
+            if sl.state == SliceState::Running {
+                busy.insert(sl.agent.as_str());
+                if !agents.alive(&sl.agent, settings, now) {
+                    lost.entry(sl.agent.as_str()).or_default().push(SliceAttempt::new(key, sl.attempt));
+                }
+            }
+        }
+        if b.slices.iter().all(|sl| sl.state == SliceState::Done) && !finishing.contains(&b.id) {
+            finished.push(b.id);
+        }
+    }
+    let drained = state.draining.iter().filter(|n| !busy.contains(n.as_str())).cloned().collect();
+    let lost: Vec<Lost> = lost
+        .into_iter()
+        .map(|(agent, slices)| Lost {
+            reason: format!("agent {agent} stopped answering (its lease of {} ms ran out)", settings.lease_timeout_ms),
+            agent: agent.to_string(),
+            slices,
+        })
+        .collect();
+
+    // Scheduling sees the state as it will be once the lost slices are back in the queue.
+    let after = if lost.is_empty() {
+        Cow::Borrowed(state)
+    } else {
+        let mut after = state.clone();
+        for l in &lost {
+            after.apply(&l.requeue(0, settings));
+        }
+        Cow::Owned(after)
+    };
+    let mut pending = Vec::new();
+    let mut keys = Vec::new();
+    for b in running_builds(&after) {
+        if b.slices.iter().any(|sl| sl.state == SliceState::Queued) {
+            let candidates = candidates(&after, b);
+            for (key, sl) in b.keyed_slices().filter(|(_, sl)| sl.state == SliceState::Queued) {
+                pending.push(pending_slice(&after, b, key.index, keys.len() as u64, candidates.clone()));
+                keys.push((key, sl.attempt.next()));
+            }
+        }
+    }
+    let view = (!pending.is_empty()).then(|| farm_view(&after, agents, now, settings));
+    Survey { lost, finished, drained, pending, keys, view, params: params(&after, settings) }
+}
+
+pub fn decide(survey: Survey) -> Plan {
+    let Survey { lost, finished, drained, pending, keys, view, params } = survey;
+    let mut plan = Plan { lost, finished, drained, ..Plan::default() };
+    let Some(view) = view else { return plan };
+    let decisions = scheduler::schedule(&pending, &view.agents, &view.usage, &params);
+    plan.assignments = decisions
+        .assignments
+        .into_iter()
+        .map(|a| {
+            let (slice, attempt) = keys[a.slice as usize];
+            SliceAssignment { slice, attempt, agent: a.agent, emulated: a.emulated, reason: a.reason }
+        })
+        .collect();
+    for (id, reason) in decisions.impossible {
+        // A registered agent that is away might run it when it is back: wait for it.
+        let platform = &pending[id as usize].platform;
+        if view.absent.iter().any(|runs| scheduler::runs(runs, platform)) {
+            continue;
+        }
+        // The first reason fails the build; a second would find it failed already.
+        let build = keys[id as usize].0.build;
+        if !plan.failures.iter().any(|(b, _)| *b == build) {
+            plan.failures.push((build, reason));
+        }
+    }
+    plan
+}
+
+/// Places the slices of a build about to be submitted, so that submitting and assigning are
+/// one commit (the build of each assignment is left for `Command::Submit` to number).
+pub fn place_new(state: &ClusterState, view: &FarmView, record: &BuildRecord, settings: &Settings) -> Vec<SliceAssignment> {
+    let candidates = candidates(state, record);
+    let pending: Vec<PendingSlice> =
+        (0..record.slices.len() as u32).map(|i| pending_slice(state, record, i, u64::from(i), candidates.clone())).collect();
+    scheduler::schedule(&pending, &view.agents, &view.usage, &params(state, settings))
+        .assignments
+        .into_iter()
+        .map(|a| SliceAssignment {
+            slice: SliceKey::new(BuildId::UNNUMBERED, a.slice as u32),
+            attempt: Attempt::FIRST,
+            agent: a.agent,
+            emulated: a.emulated,
+            reason: a.reason,
+        })
+        .collect()
+}
+
+/// The live agents that are not draining, with their load, and each tenant's usage.
+pub fn farm_view(state: &ClusterState, agents: Agents, now: Instant, settings: &Settings) -> FarmView {
+    let mut running: HashMap<&str, u32> = HashMap::new();
+    let mut usage: HashMap<String, TenantUsage> = HashMap::new();
+    for b in running_builds(state) {
+        for sl in b.slices.iter().filter(|sl| sl.state == SliceState::Running) {
+            *running.entry(sl.agent.as_str()).or_default() += 1;
+            usage.entry(b.tenant.clone()).or_default().running += 1;
+        }
+    }
+    let mut snapshots = Vec::new();
+    let mut absent = Vec::new();
+    for c in state.farm.contexts.values().filter(|c| !state.draining.contains(&c.name)) {
+        if !agents.alive(&c.name, settings, now) {
+            absent.push(c.native.iter().chain(&c.emulated).cloned().collect());
+            continue;
+        }
+        snapshots.push(AgentSnapshot {
+            name: c.name.clone(),
+            native: c.native.clone(),
+            emulated: c.emulated.clone(),
+            slots: c.slots,
+            running: running.get(c.name.as_str()).copied().unwrap_or(0) + agents.inflight.get(&c.name).copied().unwrap_or(0),
+            cache_records: HashMap::new(),
+        });
+    }
+    FarmView { agents: snapshots, absent, usage }
+}
+
+fn running_builds(state: &ClusterState) -> impl Iterator<Item = &BuildRecord> {
+    state.builds.values().filter(|b| b.state == BuildState::Running)
+}
+
+fn params(state: &ClusterState, settings: &Settings) -> Params {
+    Params { slowdown: state.slowdowns(), default_slowdown: settings.emulation_slowdown }
+}
+
+/// The agents a build's builder allows (`None`: every agent).
+fn candidates(state: &ClusterState, b: &BuildRecord) -> Option<Vec<String>> {
+    let name = b.spec.builder.as_ref()?;
+    state.farm.candidates(name).ok().map(|c| c.into_iter().map(|(n, _)| n).collect())
+}
+
+/// Slice `index` of `b` as the scheduler sees it, under the caller's opaque `id`. Ids are
+/// handed out in queue order (builds by id, then slices), which is the order of arrival.
+fn pending_slice(state: &ClusterState, b: &BuildRecord, index: u32, id: u64, candidates: Option<Vec<String>>) -> PendingSlice {
+    let platform = b.slices[index as usize].platform.clone();
+    let expected = state.run_times.get(platform.arch()).filter(|t| t.native_count > 0).map(|t| t.native_ms / t.native_count);
+    PendingSlice {
+        id,
+        // The scheduler keys its cache affinity by the plain build number.
+        build: b.id.to_wire(),
+        tenant: b.tenant.clone(),
+        queued_seq: id,
+        candidates,
+        expected_native_ms: expected.unwrap_or(DEFAULT_EXPECTED_MS),
+        platform,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builders::Context;
+    use kiln_shared::api::BuildSpec;
+    use std::time::Duration;
+
+    const LEASE_MS: u64 = 1_000;
+
+    fn settings() -> Settings {
+        Settings { lease_timeout_ms: LEASE_MS, max_slice_attempts: 3, emulation_slowdown: 5.0 }
+    }
+
+    fn platforms(list: &[&str]) -> Vec<Platform> {
+        list.iter().map(|p| p.parse().unwrap()).collect()
+    }
+
+    fn context(name: &str, native: &[&str], emulated: &[&str]) -> Context {
+        Context {
+            name: name.into(),
+            endpoint: String::new(),
+            native: platforms(native),
+            emulated: platforms(emulated),
+            slots: 2,
+            labels: Default::default(),
+            version: String::new(),
+        }
+    }
+
+    fn spec(list: &[&str], builder: Option<&str>) -> BuildSpec {
+        BuildSpec {
+            dockerfile: "FROM scratch\n".into(),
+            dockerfile_name: "Dockerfile".into(),
+            platforms: platforms(list),
+            build_args: vec![],
+            target: None,
+            no_cache: false,
+            context: vec![],
+            tags: vec![],
+            push: false,
+            zstd: false,
+            builder: builder.map(str::to_string),
+            insecure_registries: vec![],
+            submission: String::new(),
+            return_blobs: false,
+            cache_scope: String::new(),
+            tenant: String::new(),
+            cache_from: vec![],
+            cache_to: None,
+        }
+    }
+
+    /// A farm of `contexts` and a world where `live` polled at `now`.
+    struct World {
+        state: ClusterState,
+        live: HashMap<String, Live>,
+        inflight: HashMap<String, u32>,
+        now: Instant,
+    }
+
+    impl World {
+        fn new(contexts: &[Context]) -> World {
+            let mut state = ClusterState::default();
+            for c in contexts {
+                assert!(state.apply(&Command::RegisterAgent { context: c.clone() }).ok);
+            }
+            World { state, live: HashMap::new(), inflight: HashMap::new(), now: Instant::now() }
+        }
+
+        /// `agent` last polled `ago` before now.
+        fn seen(&mut self, agent: &str, ago: Duration) {
+            let last_seen = self.now.checked_sub(ago).expect("a monotonic clock this far from its origin");
+            self.live.insert(agent.into(), Live { last_seen, running: vec![], cache_bytes: 0 });
+        }
+
+        fn submit(&mut self, spec: BuildSpec) -> BuildId {
+            let build = Box::new(BuildRecord::new("t", spec, vec![], 1));
+            BuildId::from_wire(self.state.apply(&Command::Submit { build, assignments: vec![] }).value)
+        }
+
+        fn assign(&mut self, slice: SliceKey, agent: &str) {
+            let attempt = self.state.slice(slice).unwrap().attempt.next();
+            let a = SliceAssignment { slice, attempt, agent: agent.into(), emulated: false, reason: String::new() };
+            assert_eq!(self.state.apply(&Command::Assign { at_ms: 2, assignments: vec![a] }).value, 1);
+        }
+
+        fn plan(&self) -> Plan {
+            // Long enough a leader that no agent is still in its grace period.
+            let leader_since = self.now.checked_sub(Duration::from_millis(10 * LEASE_MS));
+            let agents = Agents { live: &self.live, leader_since, inflight: &self.inflight };
+            plan(&self.state, agents, &HashSet::new(), self.now, &settings())
+        }
+    }
+
+    #[test]
+    fn a_pending_slice_goes_to_a_live_native_agent_over_an_emulating_one() {
+        let mut w = World::new(&[context("x86", &["linux/amd64"], &["linux/arm64"]), context("arm", &["linux/arm64"], &[])]);
+        w.seen("x86", Duration::ZERO);
+        w.seen("arm", Duration::ZERO);
+        let build = w.submit(spec(&["linux/arm64"], None));
+        let plan = w.plan();
+        assert_eq!(plan.assignments.len(), 1, "{plan:?}");
+        let a = &plan.assignments[0];
+        assert_eq!((a.slice, a.attempt, a.agent.as_str(), a.emulated), (SliceKey::new(build, 0), Attempt::FIRST, "arm", false));
+        assert!(plan.lost.is_empty() && plan.failures.is_empty() && plan.finished.is_empty(), "{plan:?}");
+    }
+
+    #[test]
+    fn a_slice_on_an_agent_whose_lease_ran_out_is_requeued_and_comes_back_at_the_next_attempt() {
+        let mut w = World::new(&[context("a1", &["linux/amd64"], &[]), context("a2", &["linux/amd64"], &[])]);
+        let build = w.submit(spec(&["linux/amd64"], None));
+        let slice = SliceKey::new(build, 0);
+        w.assign(slice, "a1");
+        w.seen("a1", Duration::from_millis(2 * LEASE_MS));
+        w.seen("a2", Duration::ZERO);
+        let plan = w.plan();
+        assert_eq!(plan.lost.len(), 1, "{plan:?}");
+        assert_eq!(plan.lost[0].agent, "a1");
+        assert_eq!(plan.lost[0].slices, vec![SliceAttempt::new(slice, Attempt::FIRST)]);
+        assert!(plan.lost[0].reason.contains("lease of 1000 ms ran out"), "{}", plan.lost[0].reason);
+        // Placed again in the same tick, on the agent that answers, as attempt 2.
+        assert_eq!(plan.assignments.len(), 1, "{plan:?}");
+        assert_eq!((plan.assignments[0].slice, plan.assignments[0].attempt), (slice, Attempt::FIRST.next()));
+        assert_eq!(plan.assignments[0].agent, "a2");
+        // The requeue and the assignment apply as planned: the slice runs attempt 2 on a2.
+        let mut st = w.state.clone();
+        st.apply(&plan.lost[0].requeue(3, &settings()));
+        st.apply(&Command::Assign { at_ms: 4, assignments: plan.assignments.clone() });
+        let sl = st.slice(slice).unwrap();
+        assert_eq!((sl.state, sl.attempt, sl.agent.as_str()), (SliceState::Running, Attempt::from_wire(2), "a2"));
+    }
+
+    #[test]
+    fn a_build_whose_slices_are_all_done_is_finished() {
+        let mut w = World::new(&[context("a1", &["linux/amd64", "linux/arm64"], &[])]);
+        w.seen("a1", Duration::ZERO);
+        let done = w.submit(spec(&["linux/amd64", "linux/arm64"], None));
+        let half = w.submit(spec(&["linux/amd64", "linux/arm64"], None));
+        for slice in [SliceKey::new(done, 0), SliceKey::new(done, 1), SliceKey::new(half, 0), SliceKey::new(half, 1)] {
+            w.assign(slice, "a1");
+        }
+        for slice in [SliceKey::new(done, 0), SliceKey::new(done, 1), SliceKey::new(half, 0)] {
+            let (build, index) = slice.to_wire();
+            let outcome = kiln_shared::api::SliceOutcome {
+                build,
+                slice: index,
+                attempt: 1,
+                manifest_json: "{}".into(),
+                emulated: false,
+                duration_ms: 1,
+                cache_hits: 0,
+                cache_misses: 0,
+                cache_peer_hits: 0,
+                records: vec![],
+            };
+            assert!(w.state.apply(&Command::SliceDone { at_ms: 3, outcome }).ok);
+        }
+        assert_eq!(w.plan().finished, vec![done]);
+        // A build being finished already is not named again.
+        let agents = Agents { live: &w.live, leader_since: None, inflight: &w.inflight };
+        assert!(plan(&w.state, agents, &[done].into(), w.now, &settings()).finished.is_empty());
+    }
+
+    #[test]
+    fn a_draining_context_with_no_running_slice_is_drained() {
+        let mut w = World::new(&[context("busy", &["linux/amd64"], &[]), context("idle", &["linux/amd64"], &[])]);
+        w.seen("busy", Duration::ZERO);
+        w.seen("idle", Duration::ZERO);
+        let build = w.submit(spec(&["linux/amd64"], None));
+        w.assign(SliceKey::new(build, 0), "busy");
+        for name in ["busy", "idle"] {
+            assert!(w.state.apply(&Command::DrainContext { name: name.into() }).ok);
+        }
+        assert_eq!(w.plan().drained, vec!["idle".to_string()]);
+    }
+
+    #[test]
+    fn a_platform_no_agent_of_the_builder_can_run_fails_the_build() {
+        let mut w = World::new(&[context("x86", &["linux/amd64"], &[])]);
+        w.seen("x86", Duration::ZERO);
+        let build = w.submit(spec(&["linux/s390x"], Some("default")));
+        let plan = w.plan();
+        assert!(plan.assignments.is_empty(), "{plan:?}");
+        // The scheduler's sentence, as `kiln build` prints it for a build that fails after
+        // submit (the refusal at submit has its own, naming the builder).
+        assert_eq!(plan.failures, vec![(build, "no agent of the builder can run linux/s390x (natively or under emulation)".to_string())]);
+    }
+
+    #[test]
+    fn a_platform_only_an_absent_agent_runs_waits_for_it() {
+        let mut w = World::new(&[context("x86", &["linux/amd64"], &[]), context("s390", &["linux/s390x"], &[])]);
+        w.seen("x86", Duration::ZERO);
+        w.seen("s390", Duration::from_millis(2 * LEASE_MS));
+        w.submit(spec(&["linux/s390x"], None));
+        let plan = w.plan();
+        assert!(plan.assignments.is_empty() && plan.failures.is_empty(), "{plan:?}");
+    }
+}
