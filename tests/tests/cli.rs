@@ -160,3 +160,45 @@ fn version() {
     let out = kiln(&["version"], &repo_root());
     assert!(stdout(&out).starts_with("kiln "));
 }
+
+#[test]
+fn build_checks_as_buildx_prints_them() {
+    let dir = kiln_tests::TempDir::new("checks");
+    let home = dir.path().join("home");
+    let kiln =
+        |args: &[&str], cwd: &Path| Command::new(kiln_bin()).args(args).env("KILN_HOME", &home).current_dir(cwd).bounded().expect("kiln");
+    dir.write("Dockerfile", "FROM busybox as Build\nMAINTAINER me\nCMD echo hi\n");
+    let out = kiln(&["build", "--check", "."], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report = stdout(&out);
+    assert!(report.starts_with("Check complete, 4 warnings have been found!\n"), "{report}");
+    for rule in ["FromAsCasing", "StageNameCasing", "MaintainerDeprecated", "JSONArgsRecommended"] {
+        assert!(report.contains(&format!("WARNING: {rule} - https://docs.docker.com/go/dockerfile/rule/")), "{rule}: {report}");
+    }
+    assert!(
+        report.contains(
+            "Dockerfile:3\n--------------------\n   1 |     FROM busybox as Build\n   2 |     MAINTAINER me\n   3 | >>> CMD echo hi\n"
+        ),
+        "{report}"
+    );
+    // The directive skips rules; `--call=check` is the same call.
+    dir.write("Dockerfile", "# check=skip=FromAsCasing,StageNameCasing,MaintainerDeprecated,JSONArgsRecommended\nFROM busybox as Build\nMAINTAINER me\nCMD echo hi\n");
+    let out = kiln(&["build", "--call=check", "."], dir.path());
+    assert_eq!((out.status.code(), stdout(&out).as_str()), (Some(0), "Check complete, no warnings found.\n"));
+    // `error=true` fails the build before anything runs.
+    dir.write("Dockerfile", "# check=error=true\nFROM busybox\nCMD echo hi\n");
+    let out = kiln(&["build", "."], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).ends_with("error: lint violation found for rules: JSONArgsRecommended\n"), "{}", stderr(&out));
+    assert!(!dir.path().join("home/embedded.lock").exists(), "nothing was built");
+    // Targets with their descriptions.
+    dir.write("Dockerfile", "# base the common layers\nFROM busybox AS base\nFROM base AS app\n");
+    let out = kiln(&["build", "--call=targets", "."], dir.path());
+    let table = stdout(&out);
+    assert!(
+        table.lines().any(|l| l.starts_with("base ") && l.ends_with(" the common layers")) && table.contains("app (default)"),
+        "{table}"
+    );
+    let out = kiln(&["build", "--call=lint", "."], dir.path());
+    assert!(stderr(&out).contains("--call \"lint\" is not supported"), "{}", stderr(&out));
+}

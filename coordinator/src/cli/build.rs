@@ -1,6 +1,7 @@
 //! `kiln build`: reads the Dockerfile and context, resolves one plan per platform and, with
 //! `--dry-run`, prints the stages that would run with every instruction expanded.
 
+use super::checks::{self, Call};
 use super::context::{self, ContextSummary};
 use super::outputs::{CacheFrom, CacheTo, Output};
 use super::progress::Mode;
@@ -9,6 +10,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use kiln_shared::api::{BuildSpec, CacheExport, CacheRef};
 use kiln_shared::frontend::dockerignore::DockerIgnore;
+use kiln_shared::frontend::lint;
 use kiln_shared::frontend::print::{self, Style};
 use kiln_shared::frontend::resolve::{self, BuildPlan, NoImages, Options};
 use kiln_shared::frontend::{self, Instruction};
@@ -71,6 +73,12 @@ pub struct BuildArgs {
     /// A registry to reach over plain HTTP (loopback registries always are).
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+    /// What to do with the Dockerfile: build, check (run the build checks), targets or outline.
+    #[arg(long)]
+    pub call: Option<String>,
+    /// Shorthand for --call=check.
+    #[arg(long)]
+    pub check: bool,
     /// The farm (`--host`/`KILN_HOST`, `--token`/`KILN_TOKEN`); without one, the embedded farm runs in this process.
     #[command(flatten)]
     pub farm: FarmArgs,
@@ -107,8 +115,33 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     if !args.path.is_dir() {
         bail!("build context {} is not a directory", args.path.display());
     }
+    match Call::parse(args.call.as_deref(), args.check)? {
+        Call::Targets => return Ok(checks::print_targets(&df, &text)),
+        Call::Outline => return checks::print_outline(&df, &text, args.target.as_deref()),
+        Call::Check => {
+            let ignore = DockerIgnore::load(&args.path, &dockerfile_path)?;
+            let registry = checks::registry_for_checks(&args.insecure_registries);
+            let (_, warnings) = checks::warnings(&df, &text, Some(&ignore), Some((&registry, &platforms[0])))?;
+            return Ok(checks::print_check(&name, &text, &warnings));
+        }
+        Call::Build => {}
+    }
     if !args.dry_run {
-        return build(args, name, text, platforms, build_args, &dockerfile_path);
+        // The checks run before the build (base images are not fetched for them here); with
+        // `# check=error=true` a broken rule fails it, otherwise they are listed at the end.
+        let ignore = DockerIgnore::load(&args.path, &dockerfile_path)?;
+        let (config, warnings) = checks::warnings(&df, &text, Some(&ignore), None)?;
+        if config.error && !warnings.is_empty() {
+            eprint!("{}", lint::report(&warnings, name.trim_start_matches("./"), &text));
+            let rules: Vec<&str> = warnings.iter().map(|w| w.rule.name).collect();
+            bail!("lint violation found for rules: {}", rules.join(", "));
+        }
+        let quiet = args.progress == "quiet";
+        let code = build(args, name, text, platforms, build_args, &dockerfile_path)?;
+        if !warnings.is_empty() && !quiet {
+            eprint!("\n{}", lint::summary(&warnings));
+        }
+        return Ok(code);
     }
     let context = context::summarize(&args.path, &dockerfile_path)?;
     let host = Platform::host();

@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod builder;
+pub mod checks;
 pub mod context;
 pub mod farm_build;
 pub mod imagetools;
