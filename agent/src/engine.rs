@@ -7,60 +7,28 @@
 //! others add an empty-layer history entry, as Docker does.
 
 use crate::copy;
+use crate::error::io_err;
+pub use crate::error::EngineError;
 use crate::layers::{self, Layer, Whiteouts};
 use crate::probe::HostPlatforms;
-use crate::runc::{self, Overlay, RunError, RunSpec};
+use crate::runc::{self, Overlay, RunSpec};
+pub use crate::state::State;
 use kiln_shared::digest::Digest;
+use kiln_shared::frontend;
 use kiln_shared::frontend::dockerignore::DockerIgnore;
 use kiln_shared::frontend::instructions::{Healthcheck, Instruction};
 use kiln_shared::frontend::print::{self, Style};
 use kiln_shared::frontend::resolve::{self, Base, BaseConfig, BaseImages, BuildPlan, Options, Stage, Step};
-use kiln_shared::frontend::{self, FrontendError};
 use kiln_shared::oci::{self, Descriptor, History, ImageConfig, Index, Manifest};
-use kiln_shared::registry::{Reference, RegistryClient, RegistryError};
-use kiln_shared::store::{ContentStore, StoreError};
+use kiln_shared::registry::{Reference, RegistryClient};
+use kiln_shared::store::ContentStore;
 use kiln_shared::Platform;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error(transparent)]
-    Frontend(Box<FrontendError>),
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Layer(#[from] layers::LayerError),
-    #[error("platform {platform} cannot be executed on this host (it runs {runs}); install qemu-user-static and register it with binfmt_misc (e.g. `apt-get install qemu-user-static binfmt-support`)")]
-    CannotExecute { platform: String, runs: String },
-    #[error("image {image} has no {platform} variant (it has: {available})")]
-    MissingPlatform { image: String, platform: String, available: String },
-    #[error("[{platform} {stage}] {file}:{line}: {error}")]
-    Step { platform: String, stage: String, file: String, line: u32, error: Box<EngineError> },
-    #[error("{0}")]
-    Run(#[from] RunError),
-    #[error("{0}")]
-    Copy(String),
-    #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
-}
-
-impl From<FrontendError> for EngineError {
-    fn from(e: FrontendError) -> Self {
-        EngineError::Frontend(Box::new(e))
-    }
-}
-
-fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError {
-    let what = what.into();
-    move |source| EngineError::Io { what, source }
-}
 
 /// What the engine reports while it works (the wire type, so agents forward it as is).
 pub use kiln_shared::api::Event;
@@ -116,14 +84,6 @@ pub struct SliceResult {
     pub duration_ms: u64,
     /// Every step's record (for `--cache-to`).
     pub records: Vec<kiln_shared::api::CacheRecord>,
-}
-
-/// A stage's image as it is built: config, layers, and the cache key of the last step.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct State {
-    pub config: ImageConfig,
-    pub layers: Vec<Layer>,
-    pub key: String,
 }
 
 pub struct Agent {
