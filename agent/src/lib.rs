@@ -10,6 +10,7 @@ pub mod config;
 mod copy;
 pub mod engine;
 mod error;
+pub mod executor;
 pub mod gc;
 pub mod layers;
 pub mod peer;
