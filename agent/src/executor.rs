@@ -2,7 +2,7 @@
 //! filesystem and running a RUN step's process.
 //!
 //! [`Runc`] is the executor of every real build (overlayfs and the [`runc`] module). Unit
-//! tests use `RecordingExecutor`, which needs neither root nor runc: it records what it was
+//! tests use `fake::RecordingExecutor`, which needs neither root nor runc: it records what it was
 //! asked to run and simulates the step by writing files where the step's changes would land.
 
 use crate::runc::{self, Overlay, RunError, RunSpec};
@@ -37,11 +37,9 @@ impl Executor for Runc {
     }
 }
 
+/// Test doubles.
 #[cfg(test)]
-pub(crate) use fake::{RecordedRun, RecordingExecutor};
-
-#[cfg(test)]
-mod fake {
+pub(crate) mod fake {
     use super::{Executor, Mounted};
     use crate::runc::{RunError, RunSpec};
     use std::fs;

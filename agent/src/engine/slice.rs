@@ -24,6 +24,8 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 impl Agent {
+    /// Builds one slice: the stages its target needs, every step through the step cache;
+    /// `events` hears each step start, finish, fail or come from the cache, and its output.
     pub fn run_slice(&self, req: &SliceRequest, events: &(dyn Fn(Event) + Sync)) -> Result<SliceResult, EngineError> {
         let started = Instant::now();
         let _in_use = crate::gc::BuildLock::shared(&self.root)?;

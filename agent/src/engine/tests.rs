@@ -3,7 +3,7 @@
 //! needs the privilege to give files away.
 
 use super::{rfc3339, Agent, EngineError, SliceRequest, SliceResult};
-use crate::executor::{RecordedRun, RecordingExecutor};
+use crate::executor::fake::{RecordedRun, RecordingExecutor};
 use kiln_shared::frontend::dockerignore::DockerIgnore;
 use kiln_shared::oci::{ImageConfig, Manifest};
 use kiln_shared::Platform;
