@@ -6,18 +6,40 @@
 //! need a destination directory (ending in `/`); files from the context belong to root unless
 //! `--chown` says otherwise; modes and modification times are kept.
 
-use crate::engine::{Agent, EngineError, SliceRun, State};
+use crate::error::EngineError;
+use crate::executor::Mounted;
 use crate::layers::{self, Layer};
+use crate::state::State;
 use kiln_shared::digest::Digest;
 use kiln_shared::frontend::dockerignore::DockerIgnore;
 use kiln_shared::frontend::instructions::{Heredoc, Instruction};
 use kiln_shared::frontend::parser::heredoc_word;
 use kiln_shared::frontend::resolve::{join_path, Stage, Step};
+use kiln_shared::store::ContentStore;
+use kiln_shared::Platform;
 use sha2::{Digest as _, Sha256};
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+/// What COPY, ADD and WORKDIR need of the slice they run in (the engine provides it).
+pub(crate) trait CopyEnv {
+    fn store(&self) -> &ContentStore;
+    /// Where scratch directories go.
+    fn run_dir(&self) -> PathBuf;
+    /// Lower directories of a state, top layer first.
+    fn lowers(&self, state: &State) -> Result<Vec<PathBuf>, EngineError>;
+    /// A state's filesystem mounted read-only, and where.
+    fn mount_ro(&self, state: &State) -> Result<(Mounted, PathBuf), EngineError>;
+    /// The state a `--from` value names: a built stage, or a pulled image.
+    fn source_state(&self, from: &str, platform: &Platform) -> Result<Option<State>, EngineError>;
+    /// The build context directory.
+    fn context(&self) -> &Path;
+    fn ignore(&self) -> &DockerIgnore;
+    /// `SOURCE_DATE_EPOCH`, if the build has one.
+    fn epoch(&self) -> Option<u64>;
+}
 
 fn copy_err(msg: impl Into<String>) -> EngineError {
     EngineError::Copy(msg.into())
@@ -191,8 +213,8 @@ fn hash_entry(root: &Path, rel: &Path, ignore: &DockerIgnore, h: &mut Sha256) ->
 }
 
 /// The topmost lower path for `rel` in a state's snapshots (None when absent or whited out).
-pub(crate) fn lookup_lower(agent: &Agent, state: &State, rel: &str) -> Result<Option<PathBuf>, EngineError> {
-    for dir in agent.lowers(state)? {
+pub(crate) fn lookup_lower(env: &dyn CopyEnv, state: &State, rel: &str) -> Result<Option<PathBuf>, EngineError> {
+    for dir in env.lowers(state)? {
         let p = dir.join(rel);
         if let Ok(m) = fs::symlink_metadata(&p) {
             use std::os::unix::fs::FileTypeExt;
@@ -287,7 +309,7 @@ fn copy_tree(src: &Path, dst: &Path, own: &Owner) -> Result<(), EngineError> {
 }
 
 /// Creates the parents of `rel` in `upper`, copying their metadata from the image below.
-fn make_parents(agent: &Agent, state: &State, upper: &Path, rel: &str, epoch: Option<u64>) -> Result<(), EngineError> {
+fn make_parents(env: &dyn CopyEnv, state: &State, upper: &Path, rel: &str, epoch: Option<u64>) -> Result<(), EngineError> {
     let mut path = String::new();
     let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
     for part in parts.iter().take(parts.len().saturating_sub(1)) {
@@ -297,7 +319,7 @@ fn make_parents(agent: &Agent, state: &State, upper: &Path, rel: &str, epoch: Op
             continue;
         }
         fs::create_dir(&dst).map_err(io("creating", &dst))?;
-        let (mode, uid, gid, mtime) = match lookup_lower(agent, state, &path)?.and_then(|p| fs::metadata(p).ok()) {
+        let (mode, uid, gid, mtime) = match lookup_lower(env, state, &path)?.and_then(|p| fs::metadata(p).ok()) {
             Some(m) => (m.mode() & 0o7777, m.uid(), m.gid(), m.mtime()),
             None => (0o755, 0, 0, epoch.unwrap_or(0) as i64),
         };
@@ -309,19 +331,16 @@ fn make_parents(agent: &Agent, state: &State, upper: &Path, rel: &str, epoch: Op
 }
 
 /// WORKDIR creates its directory when the image lacks it.
-pub(crate) fn workdir(agent: &Agent, state: &State, path: &str, epoch: Option<u64>) -> Result<Option<Layer>, EngineError> {
+pub(crate) fn workdir(env: &dyn CopyEnv, state: &State, path: &str, epoch: Option<u64>) -> Result<Option<Layer>, EngineError> {
     let rel = path.trim_start_matches('/');
-    if rel.is_empty() || lookup_lower(agent, state, rel)?.is_some() {
+    if rel.is_empty() || lookup_lower(env, state, rel)?.is_some() {
         return Ok(None);
     }
-    let upper = agent
-        .root
-        .join("run")
-        .join(format!("workdir-{}", Digest::of(format!("{path}{:?}", std::time::SystemTime::now()).as_bytes()).hex()));
+    let upper = env.run_dir().join(format!("workdir-{}", Digest::of(format!("{path}{:?}", std::time::SystemTime::now()).as_bytes()).hex()));
     fs::create_dir_all(&upper).map_err(io("creating", &upper))?;
     let res = (|| {
-        make_parents(agent, state, &upper, &format!("{rel}/x"), epoch)?;
-        Ok(layers::diff(&upper, &agent.store, epoch)?)
+        make_parents(env, state, &upper, &format!("{rel}/x"), epoch)?;
+        Ok(layers::diff(&upper, env.store(), epoch)?)
     })();
     let _ = fs::remove_dir_all(&upper);
     res
@@ -380,7 +399,7 @@ struct CopySpec<'a> {
 }
 
 /// Runs a COPY or ADD step.
-pub(crate) fn copy(run: &SliceRun, stage: &Stage, step: &Step, state: &State) -> Result<Option<Layer>, EngineError> {
+pub(crate) fn copy(env: &dyn CopyEnv, stage: &Stage, step: &Step, state: &State) -> Result<Option<Layer>, EngineError> {
     let spec = match &step.instruction {
         Instruction::Copy(c) => CopySpec {
             sources: &c.sources,
@@ -405,8 +424,7 @@ pub(crate) fn copy(run: &SliceRun, stage: &Stage, step: &Step, state: &State) ->
         _ => return Ok(None),
     };
     let CopySpec { sources, dest, from, chown, chmod, heredocs, is_add, checksum } = spec;
-    let agent = run.agent;
-    let upper = agent.root.join("run").join(format!(
+    let upper = env.run_dir().join(format!(
         "copy-{}",
         Digest::of(format!("{}{:?}{:?}", step.pos, stage.platform, std::time::SystemTime::now()).as_bytes()).hex()
     ));
@@ -416,18 +434,18 @@ pub(crate) fn copy(run: &SliceRun, stage: &Stage, step: &Step, state: &State) ->
         // Where sources come from: the context, or another stage's / image's filesystem.
         let (src_root, ignore, keep) = match from {
             Some(f) => {
-                let src = run.source_state(f, &stage.platform)?.ok_or_else(|| copy_err(format!("stage {f} is not built")))?;
-                let (ov, root) = agent.mount_ro(&src)?;
+                let src = env.source_state(f, &stage.platform)?.ok_or_else(|| copy_err(format!("stage {f} is not built")))?;
+                let (ov, root) = env.mount_ro(&src)?;
                 mounts.push(ov);
                 (root, None, true)
             }
-            None => (run.req.context.to_path_buf(), Some(run.req.ignore), false),
+            None => (env.context().to_path_buf(), Some(env.ignore()), false),
         };
         let chown_ids = match chown {
             None => None,
             Some(c) if c.split(':').all(|p| p.parse::<u32>().is_ok()) => Some(resolve_user(Path::new("/nonexistent"), c)?),
             Some(c) => {
-                let (ov, root) = agent.mount_ro(state)?;
+                let (ov, root) = env.mount_ro(state)?;
                 let ids = resolve_user(&root, c);
                 drop(ov);
                 Some(ids?)
@@ -469,15 +487,15 @@ pub(crate) fn copy(run: &SliceRun, stage: &Stage, step: &Step, state: &State) ->
         let doc_count = heredocs.len();
         let many = items.len() + doc_count > 1;
         let dest_is_dir =
-            dest.ends_with('/') || many || dest_rel.is_empty() || lookup_lower(agent, state, &dest_rel)?.is_some_and(|p| p.is_dir());
-        if many && !dest.ends_with('/') && !dest_rel.is_empty() && !lookup_lower(agent, state, &dest_rel)?.is_some_and(|p| p.is_dir()) {
+            dest.ends_with('/') || many || dest_rel.is_empty() || lookup_lower(env, state, &dest_rel)?.is_some_and(|p| p.is_dir());
+        if many && !dest.ends_with('/') && !dest_rel.is_empty() && !lookup_lower(env, state, &dest_rel)?.is_some_and(|p| p.is_dir()) {
             return Err(copy_err(format!("When using COPY with more than one source file, the destination must be a directory and end with a / (destination {dest:?})")));
         }
         let dest_dir = upper.join(&dest_rel);
         if dest_is_dir {
-            make_parents(agent, state, &upper, &format!("{dest_rel}/x"), run.req.epoch())?;
+            make_parents(env, state, &upper, &format!("{dest_rel}/x"), env.epoch())?;
         } else {
-            make_parents(agent, state, &upper, &dest_rel, run.req.epoch())?;
+            make_parents(env, state, &upper, &dest_rel, env.epoch())?;
         }
         for (src, name) in &items {
             let is_dir =
@@ -497,10 +515,10 @@ pub(crate) fn copy(run: &SliceRun, stage: &Stage, step: &Step, state: &State) ->
             fs::set_permissions(&target, fs::Permissions::from_mode(own.chmod.unwrap_or(0o644))).map_err(io("chmod", &target))?;
             let (uid, gid) = own.chown.unwrap_or((0, 0));
             std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(io("chown", &target))?;
-            set_times(&target, run.req.epoch().unwrap_or(0) as i64)?;
+            set_times(&target, env.epoch().unwrap_or(0) as i64)?;
         }
         drop(mounts);
-        Ok(layers::diff(&upper, &agent.store, run.req.epoch())?)
+        Ok(layers::diff(&upper, env.store(), env.epoch())?)
     })();
     let _ = fs::remove_dir_all(&upper);
     for i in 0..sources.len() {

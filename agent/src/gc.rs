@@ -6,7 +6,8 @@
 //! remaining record references. Builds hold a shared lock and prune an exclusive one, so
 //! nothing a running build uses is ever removed.
 
-use crate::engine::{EngineError, State};
+use crate::error::EngineError;
+use crate::state::State;
 use kiln_shared::store::ContentStore;
 use nix::fcntl::{Flock, FlockArg};
 use std::collections::HashSet;

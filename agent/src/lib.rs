@@ -9,11 +9,14 @@ pub mod cache;
 pub mod config;
 mod copy;
 pub mod engine;
+mod error;
+pub mod executor;
 pub mod gc;
 pub mod layers;
 pub mod peer;
 pub mod probe;
 pub mod runc;
+mod state;
 pub mod worker;
 
 pub use engine::{Agent, EngineError, Event, SliceRequest, SliceResult};

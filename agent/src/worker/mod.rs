@@ -1,0 +1,252 @@
+//! An agent process (`kiln agent`): joins the farm, registers as a context, and long-polls the
+//! coordinators for slices; each slice is fetched (context blobs from the coordinator that
+//! received them), built by the [`Agent`] engine, pushed by digest and reported.
+//!
+//! The poll is also the heartbeat that keeps the agent's lease: it runs on its own task, never
+//! behind a build. A slice's report carries its attempt number, so a report from an agent that
+//! was cut off and replaced is refused by the cluster instead of counted twice.
+//!
+//! This file is the agent's life: registering, the poll loop and the background tasks. Beside
+//! it: running one slice (`slice`), recreating its build context (`context`), pushing and
+//! returning what it built (`publish`), telling the tracker what this agent holds
+//! (`advertise`), the farm's other agents as a step cache (`peers`), and the errors (`error`).
+
+mod advertise;
+mod context;
+mod error;
+mod peers;
+mod publish;
+mod slice;
+
+use self::error::SliceError;
+pub use self::error::WorkerError;
+use self::peers::FarmPeers;
+use crate::config::AgentConfig;
+use crate::engine::Agent;
+use crate::peer::Peer;
+use kiln_shared::api::{AgentInfo, Principal, PruneSpec, Request, Response, SliceTask};
+use kiln_shared::client::Farm;
+use kiln_shared::transport::{self, TransportError};
+use kiln_shared::wire::ErrorCode;
+use kiln_shared::Platform;
+use std::collections::{BTreeSet, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+type Key = (u64, u32, u32);
+
+/// Progress events of a slice travel to the coordinators in batches this far apart.
+const EVENT_BATCH: Duration = Duration::from_millis(50);
+
+struct Worker {
+    cfg: AgentConfig,
+    engine: Arc<Agent>,
+    farm: Arc<Farm>,
+    native: Vec<Platform>,
+    running: Mutex<BTreeSet<Key>>,
+    cache_bytes: std::sync::atomic::AtomicU64,
+    peer: Arc<Peer>,
+    /// The farm's other agents, through the tracker (also the engine's remote step cache).
+    peers: Arc<FarmPeers>,
+    /// What the tracker was last told this agent holds; `None`: it must be told everything.
+    advertised: tokio::sync::Mutex<Option<Holdings>>,
+}
+
+/// Blob digests and step cache record names.
+#[derive(Default)]
+struct Holdings {
+    blobs: HashSet<String>,
+    records: HashSet<String>,
+}
+
+impl Worker {
+    fn running(&self) -> std::sync::MutexGuard<'_, BTreeSet<Key>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A connection, as this agent, to the coordinator that received a build's uploads.
+    fn connect(&self, origin: &[SocketAddr]) -> Result<Farm, SliceError> {
+        let principal = Principal { role: kiln_shared::api::Role::Agent, name: self.cfg.name.clone() };
+        let (ca, identity) = self.farm.credentials();
+        Farm::open(origin, &ca, &identity, principal).map_err(SliceError::Origin)
+    }
+}
+
+/// Runs the agent until `stop` is cancelled (or it is removed from the farm); `ready` hears
+/// what the agent registered as, once it can be given slices.
+pub async fn run(
+    mut cfg: AgentConfig,
+    token: String,
+    stop: CancellationToken,
+    ready: Option<tokio::sync::oneshot::Sender<AgentInfo>>,
+) -> Result<(), WorkerError> {
+    cfg.validate().map_err(WorkerError::Config)?;
+    // runc resolves paths against the bundle: everything under the data dir must be absolute.
+    let dir_err = |e: std::io::Error| WorkerError::Config(format!("data dir {}: {e}", cfg.data_dir.display()));
+    std::fs::create_dir_all(&cfg.data_dir).map_err(dir_err)?;
+    cfg.data_dir = cfg.data_dir.canonicalize().map_err(dir_err)?;
+    let root = cfg.data_dir.clone();
+    let engine = tokio::task::spawn_blocking(move || Agent::open(&root, &[]))
+        .await
+        .map_err(|e| WorkerError::Config(format!("opening the agent: {e}")))??;
+    let hosts = cfg.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(",");
+    let farm = Farm::join(&cfg.hosts, &token, &cfg.name).await.map_err(|source| WorkerError::Join { hosts, source })?;
+    // The peer endpoint: other agents and coordinators fetch blobs from this agent's store.
+    let (ca, identity) = farm.credentials();
+    let listener = transport::server(cfg.listen, &ca, &identity, false)
+        .map_err(|e| WorkerError::Config(format!("listening on {} for peers: {e}", cfg.listen)))?;
+    let endpoint = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| cfg.listen.to_string());
+    let peer = Arc::new(
+        Peer::new(&cfg.data_dir, &ca, &identity, cfg.bandwidth_limit_bytes_per_s)
+            .map_err(|e| WorkerError::Config(format!("peer endpoint: {e}")))?,
+    );
+    let farm = Arc::new(farm);
+    let peers = Arc::new(FarmPeers {
+        farm: farm.clone(),
+        peer: peer.clone(),
+        handle: tokio::runtime::Handle::current(),
+        me: endpoint.clone(),
+        name: cfg.name.clone(),
+    });
+    let _ = engine.peers.set(peers.clone());
+    let native = if cfg.platforms.is_empty() { engine.platforms.native.clone() } else { cfg.platforms.clone() };
+    // Emulated: whatever the host runs (probed) that is not declared native.
+    let emulated: Vec<Platform> =
+        engine.platforms.native.iter().chain(&engine.platforms.emulated).filter(|p| !native.contains(p)).cloned().collect();
+    let info = AgentInfo {
+        name: cfg.name.clone(),
+        endpoint,
+        native: native.clone(),
+        emulated,
+        slots: cfg.slots,
+        labels: cfg.labels.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let name = cfg.name.clone();
+    farm.call(&Request::Register(info.clone()), Duration::from_secs(10), Duration::from_secs(60))
+        .await
+        .map_err(|source| WorkerError::Register { name: name.clone(), source })?;
+    tracing::info!(agent = %name, native = %list(&info.native), emulated = %list(&info.emulated), slots = cfg.slots, "registered");
+    let worker = Arc::new(Worker {
+        cfg,
+        engine: Arc::new(engine),
+        farm,
+        native,
+        running: Mutex::new(BTreeSet::new()),
+        cache_bytes: Default::default(),
+        peer: peer.clone(),
+        peers,
+        advertised: tokio::sync::Mutex::new(None),
+    });
+    if let Some(ready) = ready {
+        let _ = ready.send(info.clone());
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(measure_cache(worker.clone()));
+    tasks.spawn(peer.clone().serve(listener.clone()));
+    tasks.spawn(advertise::keep_advertising(worker.clone()));
+    tasks.spawn(collect_garbage(worker.clone()));
+    let result = tokio::select! {
+        _ = stop.cancelled() => Ok(()),
+        r = poll_loop(worker.clone(), &mut tasks) => r,
+    };
+    tasks.abort_all();
+    worker.farm.close();
+    peer.close();
+    listener.close(0u32.into(), b"shutdown");
+    result
+}
+
+fn list(ps: &[Platform]) -> String {
+    if ps.is_empty() {
+        return "none".into();
+    }
+    ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+async fn measure_cache(w: Arc<Worker>) {
+    loop {
+        let root = w.cfg.data_dir.clone();
+        if let Ok(u) = tokio::task::spawn_blocking(move || crate::gc::usage(&root)).await {
+            w.cache_bytes.store(u.content_bytes + u.snapshot_bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+}
+
+/// The agent's GC policy (`gc_keep_bytes`, `gc_keep_duration_s`), applied every minute.
+async fn collect_garbage(w: Arc<Worker>) {
+    let spec = PruneSpec {
+        all: false,
+        until_s: Some(w.cfg.gc_keep_duration_s).filter(|&s| s > 0),
+        keep_storage: Some(w.cfg.gc_keep_bytes).filter(|&b| b > 0),
+    };
+    if spec.until_s.is_none() && spec.keep_storage.is_none() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let (root, spec) = (w.cfg.data_dir.clone(), spec.clone());
+        match tokio::task::spawn_blocking(move || crate::gc::prune(&root, &spec)).await {
+            Ok(Ok(r)) if r.records_removed + r.blobs_removed > 0 => {
+                tracing::info!(
+                    agent = %w.cfg.name,
+                    records = r.records_removed,
+                    blobs = r.blobs_removed,
+                    bytes = r.bytes_reclaimed,
+                    "gc removed cache"
+                );
+                advertise::advertise(&w).await;
+            }
+            Ok(Err(e)) => tracing::warn!(agent = %w.cfg.name, "gc: {e}"),
+            _ => {}
+        }
+    }
+}
+
+async fn poll_loop(w: Arc<Worker>, tasks: &mut tokio::task::JoinSet<()>) -> Result<(), WorkerError> {
+    loop {
+        let running: Vec<Key> = w.running().iter().copied().collect();
+        let cache_bytes = w.cache_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        let poll = Request::Poll { agent: w.cfg.name.clone(), running, cache_bytes, wait_ms: 1_000 };
+        // A short deadline: a coordinator that died must not hold the heartbeat past the lease.
+        match w.farm.call(&poll, Duration::from_millis(2_500), Duration::from_secs(5)).await {
+            Ok(Response::Tasks { tasks: list, resync }) => {
+                if resync {
+                    // A new leader: its tracker starts empty.
+                    *w.advertised.lock().await = None;
+                    let w = w.clone();
+                    tasks.spawn(async move { advertise::advertise(&w).await });
+                }
+                for task in list {
+                    if w.running().insert((task.build, task.slice, task.attempt)) {
+                        tasks.spawn(run_task(w.clone(), task));
+                    }
+                }
+            }
+            Ok(other) => tracing::warn!(agent = %w.cfg.name, "unexpected answer to a poll: {other:?}"),
+            Err(TransportError::Remote(e)) if e.code == ErrorCode::NotFound => return Err(WorkerError::Removed(w.cfg.name.clone())),
+            Err(e) => {
+                // The registration is in Raft and survives any coordinator; only the poll is retried.
+                tracing::warn!(agent = %w.cfg.name, "poll: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+}
+
+/// Runs one slice and reports it; the report is retried until the cluster takes (or refuses) it.
+async fn run_task(w: Arc<Worker>, task: SliceTask) {
+    let key = (task.build, task.slice, task.attempt);
+    let report = match slice::execute(&w, &task).await {
+        Ok(outcome) => Request::SliceDone(outcome),
+        Err(e) => Request::SliceFailed { build: task.build, slice: task.slice, attempt: task.attempt, message: e.to_string() },
+    };
+    if let Err(e) = w.farm.call(&report, Duration::from_secs(10), Duration::from_secs(300)).await {
+        tracing::warn!(agent = %w.cfg.name, build = task.build, slice = task.slice, attempt = task.attempt, "reporting the slice: {e}");
+    }
+    w.running().remove(&key);
+}

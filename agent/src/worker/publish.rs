@@ -1,0 +1,52 @@
+//! What a slice built leaves the agent by: pushed to registries by digest, or sent back to
+//! the coordinator that received the build (`-o type=oci` on a farm).
+
+use super::error::SliceError;
+use super::Worker;
+use crate::engine::Agent;
+use kiln_shared::api::{Request, Response};
+use kiln_shared::client::Farm;
+use kiln_shared::digest::Digest;
+use kiln_shared::oci;
+use kiln_shared::registry::Reference;
+use std::time::Duration;
+
+/// Pushes one platform's blobs and its manifest (by digest) to every tag's repository; the
+/// coordinator pushes the index once every slice is done.
+pub(super) fn push(engine: &Agent, tags: &[String], image: &(oci::Descriptor, Vec<Digest>)) -> Result<(), SliceError> {
+    let (manifest, blobs) = image;
+    let (last, rest) = blobs.split_last().ok_or(SliceError::NoBlobs)?;
+    for tag in tags {
+        let r: Reference = tag.parse().map_err(|source| SliceError::Tag { tag: tag.clone(), source })?;
+        for b in rest {
+            engine.registry.push_blob(&r, b, &engine.store).map_err(|source| SliceError::PushBlob {
+                blob: b.clone(),
+                tag: tag.clone(),
+                source,
+            })?;
+        }
+        let bytes = engine.store.read(last)?;
+        engine
+            .registry
+            .put_manifest(&r, manifest.digest.as_str(), oci::MEDIA_MANIFEST, &bytes)
+            .map_err(|source| SliceError::PushManifest { tag: tag.clone(), source })?;
+    }
+    Ok(())
+}
+
+/// Sends the blobs the origin coordinator lacks, in chunks (for `-o type=oci` on a farm).
+pub(super) async fn send_blobs(w: &Worker, origin: &Farm, blobs: &[Digest], tenant: &str) -> Result<(), SliceError> {
+    let digests = blobs.iter().map(|d| d.to_string()).collect();
+    let ask = Request::MissingBlobs { digests, owner: Some(tenant.to_string()) };
+    let missing = match origin.call(&ask, Duration::from_secs(30), Duration::from_secs(30)).await {
+        Ok(Response::Digests(d)) => d,
+        Ok(other) => return Err(SliceError::Unexpected(Box::new(other))),
+        Err(e) => return Err(SliceError::Return(e)),
+    };
+    for digest in missing {
+        let d: Digest = digest.parse().map_err(SliceError::digest(&digest))?;
+        let mut f = w.engine.store.open_blob(&d)?;
+        origin.send_blob(&digest, &mut f, Some(tenant)).await.map_err(SliceError::SendBlob)?;
+    }
+    Ok(())
+}

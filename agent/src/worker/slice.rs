@@ -1,0 +1,184 @@
+//! Running one slice: its context recreated, the engine run on a blocking thread with the
+//! caches it may import, progress forwarded in batches, the image pushed or returned, and the
+//! outcome the farm is told.
+
+use super::advertise::advertise;
+use super::context::{materialize, RemoveOnDrop};
+use super::error::SliceError;
+use super::peers::UploadedCache;
+use super::publish::{push, send_blobs};
+use super::{Worker, EVENT_BATCH};
+use crate::cache::Imported;
+use crate::engine::{RemoteCache, SliceRequest};
+use kiln_shared::api::{CacheRef, Event, Request, SliceOutcome, SliceTask};
+use kiln_shared::client::Farm;
+use kiln_shared::digest::Digest;
+use kiln_shared::frontend::dockerignore::DockerIgnore;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs one slice on this agent: what the farm is told when it is done.
+pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOutcome, SliceError> {
+    let dir = w.cfg.data_dir.join("contexts").join(format!("{}-{}-{}", task.build, task.slice, task.attempt));
+    let _cleanup = RemoveOnDrop(dir.clone());
+    let started = std::time::Instant::now();
+    materialize(w, task, &dir).await?;
+    let materialized = started.elapsed();
+
+    // Progress goes to the coordinators in small batches while the slice runs.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let forwarder = {
+        let w = w.clone();
+        let (build, slice, attempt) = (task.build, task.slice, task.attempt);
+        tokio::spawn(async move {
+            let mut open = true;
+            while open {
+                let mut events = Vec::new();
+                match rx.recv().await {
+                    Some(e) => events.push(e),
+                    None => break,
+                }
+                // Batch what follows within EVENT_BATCH, but send at once when the slice ends.
+                let window = tokio::time::sleep(EVENT_BATCH);
+                tokio::pin!(window);
+                loop {
+                    tokio::select! {
+                        e = rx.recv() => match e {
+                            Some(e) => events.push(e),
+                            None => {
+                                open = false;
+                                break;
+                            }
+                        },
+                        _ = &mut window => break,
+                    }
+                }
+                let _ =
+                    w.farm.call(&Request::Events { build, slice, attempt, events }, Duration::from_secs(5), Duration::from_secs(5)).await;
+            }
+        })
+    };
+
+    let engine = w.engine.clone();
+    let spec = task.spec.clone();
+    let platform = task.platform.clone();
+    let context = dir.clone();
+    let uploaded = uploaded_caches(w, task).await?;
+    let handle = tokio::runtime::Handle::current();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut imports: Vec<Box<dyn RemoteCache>> = Vec::new();
+        for c in &spec.cache_from {
+            if let CacheRef::Registry { reference } = c {
+                match Imported::registry(reference, kiln_shared::registry::RegistryClient::new(&spec.insecure_registries), &engine.store) {
+                    Ok(i) => imports.push(Box::new(i)),
+                    // As buildx: a cache that cannot be imported is a warning, not a failure.
+                    Err(e) => {
+                        let _ = tx.send(Event::Log { id: 0, line: format!("importing cache {reference}: {e}") });
+                    }
+                }
+            }
+        }
+        for (config, origin_farm) in uploaded {
+            match Imported::from_config(&config, "uploaded cache".into()) {
+                Ok(imported) => imports.push(Box::new(UploadedCache { imported, origin: origin_farm, handle: handle.clone() })),
+                Err(e) => {
+                    let _ = tx.send(Event::Log { id: 0, line: e.to_string() });
+                }
+            }
+        }
+        let remote: Vec<&dyn RemoteCache> = imports.iter().map(|b| &**b).collect();
+        let req = SliceRequest {
+            dockerfile: &spec.dockerfile,
+            dockerfile_name: &spec.dockerfile_name,
+            context: &context,
+            // The CLI already applied .dockerignore to what it sent.
+            ignore: &DockerIgnore::default(),
+            platform,
+            build_args: &spec.build_args,
+            target: spec.target.as_deref(),
+            no_cache: spec.no_cache,
+            cache_scope: &spec.cache_scope,
+            remote: &remote,
+        };
+        let mut result = engine.run_slice(&req, &|e| {
+            let _ = tx.send(e);
+        })?;
+        let image = if spec.zstd { engine.zstd_image(&result)? } else { (result.manifest.clone(), result.blobs.clone()) };
+        if spec.push {
+            push(&engine, &spec.tags, &image)?;
+        }
+        // --cache-to: this slice's records; their layers go where the cache is written.
+        result.records = match &spec.cache_to {
+            Some(export) => {
+                let records = crate::cache::select(std::mem::take(&mut result.records), export.max);
+                if let Some(reference) = &export.registry {
+                    crate::cache::push_layers(reference, &records, &engine.store, &engine.registry)?;
+                }
+                records
+            }
+            None => vec![],
+        };
+        Ok::<_, SliceError>((result, image.0, image.1))
+    })
+    .await;
+    let _ = forwarder.await;
+    let (result, manifest, blobs) = match result {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Err(e),
+        Err(e) => return Err(SliceError::Task(e)),
+    };
+    // Local cache exports return their layers with the image's blobs.
+    let mut returned: Vec<Digest> = if task.spec.return_blobs { blobs } else { vec![] };
+    if task.spec.cache_to.as_ref().is_some_and(|c| c.registry.is_none()) {
+        let layers = crate::cache::layers(&result.records)?;
+        returned.extend(layers.into_iter().map(|l| l.digest));
+    }
+    if !returned.is_empty() {
+        let origin = w.connect(&task.context_origin)?;
+        let sent = send_blobs(w, &origin, &returned, &task.spec.tenant).await;
+        origin.close();
+        sent?;
+    }
+    let built = started.elapsed();
+    // The tracker learns what this slice added before the farm learns the slice is done, so a
+    // build that follows finds it.
+    advertise(w).await;
+    tracing::debug!(
+        agent = %w.cfg.name,
+        build = task.build,
+        slice = task.slice,
+        materialize_ms = materialized.as_secs_f64() * 1e3,
+        build_ms = (built - materialized).as_secs_f64() * 1e3,
+        advertise_ms = (started.elapsed() - built).as_secs_f64() * 1e3,
+        "slice done"
+    );
+    Ok(SliceOutcome {
+        build: task.build,
+        slice: task.slice,
+        attempt: task.attempt,
+        manifest_json: serde_json::to_string(&manifest).map_err(SliceError::Manifest)?,
+        // What the farm declared, not what the engine guessed: a host declared native for a
+        // platform (`--platform`) runs it natively as far as scheduling is concerned.
+        emulated: !w.native.contains(&task.platform),
+        duration_ms: result.duration_ms,
+        cache_hits: result.cache_hits,
+        cache_misses: result.cache_misses,
+        cache_peer_hits: result.cache_peer_hits,
+        records: result.records,
+    })
+}
+
+/// The configs of caches the CLI uploaded, with a connection to fetch their blobs.
+async fn uploaded_caches(w: &Arc<Worker>, task: &SliceTask) -> Result<Vec<(Vec<u8>, Farm)>, SliceError> {
+    let mut out = Vec::new();
+    for c in &task.spec.cache_from {
+        if let CacheRef::Uploaded { config } = c {
+            let d: Digest = config.parse().map_err(SliceError::digest(config))?;
+            let origin = w.connect(&task.context_origin)?;
+            origin.fetch_blob(&w.engine.store, &d).await.map_err(SliceError::ImportedCache)?;
+            let bytes = w.engine.store.read(&d)?;
+            out.push((bytes, origin));
+        }
+    }
+    Ok(out)
+}
