@@ -17,6 +17,7 @@ pub mod peer;
 pub mod probe;
 pub mod runc;
 mod state;
+pub mod sweep;
 pub mod worker;
 
 pub use engine::{Agent, EngineError, Event, SliceRequest, SliceResult};

@@ -19,8 +19,18 @@ pub enum RunError {
     Spawn(io::Error),
     #[error("preparing the container bundle {path}: {source}")]
     Bundle { path: PathBuf, source: io::Error },
-    #[error("process \"{command}\" did not complete successfully: exit code: {code}")]
+    #[error("process \"{}\" did not complete successfully: exit code: {code}", shorten(command))]
     Failed { command: String, code: i32, last_lines: Vec<String> },
+}
+
+/// A command as an error shows it: its first 200 characters (a generated 2 MB `RUN` line must
+/// not become a 2 MB error message).
+pub fn shorten(command: &str) -> String {
+    const SHOWN: usize = 200;
+    match command.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}... ({} more characters)", &command[..cut], command[cut..].chars().count()),
+        None => command.to_string(),
+    }
 }
 
 /// An overlay mount that is undone on drop.
@@ -213,5 +223,20 @@ fn remove_stub(p: &Path) {
         if let Some(parent) = p.parent() {
             let _ = std::fs::remove_dir(parent);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn long_commands_are_cut_in_errors() {
+        let long = format!("/bin/sh -c echo {}", "é".repeat(2 << 20));
+        let e = super::RunError::Failed { command: long, code: 1, last_lines: vec![] }.to_string();
+        assert!(e.chars().count() < 300, "{} characters", e.chars().count());
+        assert!(
+            e.starts_with("process \"/bin/sh -c echo éé") && e.ends_with(" more characters)\" did not complete successfully: exit code: 1"),
+            "{e}"
+        );
+        assert_eq!(super::shorten("short"), "short");
     }
 }

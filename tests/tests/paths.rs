@@ -41,6 +41,14 @@ impl Target {
         cmd.bounded().expect("run kiln")
     }
 
+    /// The agent's data directory.
+    fn agent_dir(&self) -> std::path::PathBuf {
+        match self {
+            Target::Embedded(home) => home.path().join("agent"),
+            Target::Farm(c) => c.dir.path().join("a1"),
+        }
+    }
+
     fn ok(&self, args: &[&str], cwd: &Path) -> Output {
         let out = self.kiln(args, cwd);
         assert!(out.status.success(), "{}: kiln {args:?} failed:\n{}", self.name(), stderr(&out));
@@ -111,6 +119,7 @@ fn context(dir: &Path, base: &str) {
             "FROM {base}\n\
              COPY . /ctx/\n\
              ADD sub /added/\n\
+             COPY --from={base} /bin/busybox /from-base\n\
              RUN --mount=type=bind,target=/src ls -a /src | sort > /bind-listing\n\
              RUN --mount=type=bind,target=/src,rw rm /src/keep.txt && echo changed > /src/sub/inner.txt && touch /src/new && echo ok > /rw-done\n"
         ),
@@ -150,6 +159,15 @@ fn check(t: &Target, base: &str, registry: &Registry) -> String {
         &ctx,
     );
     let progress = stderr(&out);
+
+    // Mounts of `COPY --from` and RUN steps leave no directories behind.
+    let run: Vec<String> = std::fs::read_dir(t.agent_dir().join("run"))
+        .expect("the agent's run dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("ro-") || n.starts_with("step-"))
+        .collect();
+    assert!(run.is_empty(), "{}: left in run/: {run:?}", t.name());
 
     // The build context is untouched: rw bind mounts wrote to a private copy.
     assert_eq!(tree(&ctx), before, "{}: the build changed its context", t.name());

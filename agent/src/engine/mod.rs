@@ -114,6 +114,7 @@ impl Agent {
             std::fs::create_dir_all(root.join(d)).map_err(io_err(format!("creating {}", root.join(d).display())))?;
         }
         let store = ContentStore::open(&root.join("content"))?;
+        crate::sweep::leftovers(root);
         let platforms = HostPlatforms::detect(&root.join("run"));
         Ok(Agent {
             root: root.to_path_buf(),

@@ -44,6 +44,19 @@ impl Agent {
     pub(super) fn mount_ro(&self, state: &State) -> Result<(Mounted, PathBuf), EngineError> {
         let target = self.scratch("ro");
         let lowers = self.lowers(state)?;
-        Ok((self.executor.mount(&lowers, None, &target)?, target))
+        let mounted = self.executor.mount(&lowers, None, &target)?;
+        // Unmounted first (the tuple drops in order), then its directories go.
+        Ok((Box::new((mounted, Scratch(target.clone()))), target))
+    }
+}
+
+/// A mount point (and the empty lower beside it) removed when dropped, after the unmount.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // `remove_dir` only: a mount point that is still mounted or not empty stays.
+        let _ = std::fs::remove_dir(&self.0);
+        let _ = std::fs::remove_dir(self.0.with_extension("empty"));
     }
 }

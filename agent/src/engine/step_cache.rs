@@ -19,10 +19,18 @@ pub(super) fn cache_key(parent: &str, text: &str, platform: &Platform, extra: &s
     Digest::of(format!("{CACHE_VERSION}\n{parent}\n{text}\n{platform}\n{extra}").as_bytes()).hex().to_string()
 }
 
-/// Writes a step cache record atomically.
+/// Writes a step cache record atomically. Two slices of one build may write the same record
+/// at once (both platforms run a `FROM --platform=$BUILDPLATFORM` stage): each writer has its
+/// own temporary file (process and sequence number), and the last rename wins with equal bytes.
 pub(super) fn write_record(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path)).map_err(io_err("writing the step cache"))
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
+    let written = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(io_err("writing the step cache"))
 }
 
 impl SliceRun<'_> {
@@ -106,5 +114,29 @@ impl SliceRun<'_> {
             }
             _ => String::new(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Many writers of one record at once: every write succeeds and the record is whole.
+    #[test]
+    fn concurrent_writers_of_one_record() {
+        let dir = std::env::temp_dir().join(format!("kiln-step-cache-race-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("record.json");
+        let bytes = vec![b'x'; 64 << 10];
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        super::write_record(&path, &bytes).expect("a concurrent write succeeds");
+                    }
+                });
+            }
+        });
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary files are left");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
