@@ -192,6 +192,36 @@ fn check(t: &Target, base: &str, registry: &Registry) -> String {
         assert_eq!(std::fs::read_to_string(root.join("rw-done")).expect("rw step"), "ok\n");
     }
 
+    // Filesystem tars: to a file and to standard output, a top directory per platform.
+    let fs_tar = work.path().join("fs.tar");
+    t.ok(&["build", "--platform", "linux/amd64,linux/arm64", "-o", &format!("type=tar,dest={}", fs_tar.display()), "."], &ctx);
+    let list = |bytes: &[u8]| -> Vec<String> {
+        let mut a = tar::Archive::new(bytes);
+        let mut names: Vec<String> =
+            a.entries().expect("a tar").flatten().map(|e| e.path().expect("path").to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    };
+    let from_file = list(&std::fs::read(&fs_tar).expect("fs.tar"));
+    for arch in ["amd64", "arm64"] {
+        assert!(from_file.contains(&format!("linux_{arch}/from-base")), "{}: {:?}", t.name(), &from_file[..from_file.len().min(10)]);
+    }
+    let piped = t.ok(&["build", "--platform", "linux/amd64,linux/arm64", "-o", "-", "."], &ctx);
+    assert_eq!(list(&piped.stdout), from_file, "{}: `-o -` writes the same tar to standard output", t.name());
+    // A destination that is not a regular file is refused before anything runs, and kept.
+    let fifo = work.path().join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+    for spec in [format!("type=oci,dest={}", fifo.display()), format!("type=tar,dest={}", work.path().display())] {
+        let out = t.kiln(&["build", "--platform", "linux/amd64", "-o", &spec, "."], &ctx);
+        assert!(
+            !out.status.success() && stderr(&out).contains("not a regular file; refusing to replace it"),
+            "{}: {}",
+            t.name(),
+            stderr(&out)
+        );
+    }
+    assert!(std::fs::symlink_metadata(&fifo).expect("fifo").file_type().is_fifo(), "{}: the FIFO was replaced", t.name());
+
     // Every output: the OCI archive and the registry hold the same index.
     let md = metadata(&meta);
     let digest = md["containerimage.digest"].as_str().expect("digest").to_string();

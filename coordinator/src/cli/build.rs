@@ -3,7 +3,7 @@
 
 use super::checks::{self, Call};
 use super::context::{self, ContextSummary};
-use super::outputs::{CacheFrom, CacheTo, Output};
+use super::outputs::{CacheFrom, CacheTo, Dest, Output};
 use super::progress::Mode;
 use super::remote::FarmArgs;
 use anyhow::{bail, Context as _};
@@ -190,6 +190,12 @@ fn build(
     for t in &args.tags {
         t.parse::<kiln_shared::registry::Reference>()?;
     }
+    for o in &outputs {
+        o.check_dest()?;
+    }
+    if outputs.iter().filter(|o| matches!(o, Output::Oci { dest: Dest::Stdout, .. } | Output::Tar { dest: Dest::Stdout })).count() > 1 {
+        bail!("only one output can go to standard output");
+    }
     if outputs.is_empty() && mode != Mode::Quiet {
         eprintln!("WARNING: no output specified: the result will only be in the build cache (use --push, -o type=oci,dest=FILE or -o type=local,dest=DIR)");
     }
@@ -232,7 +238,7 @@ fn build(
         builder: args.builder.clone().or_else(|| session.current_builder()),
         insecure_registries: args.insecure_registries.clone(),
         submission: crate::node::random_hex(16)?,
-        return_blobs: outputs.iter().any(|o| !o.is_registry()),
+        return_blobs: outputs.iter().any(Output::needs_blobs),
         cache_scope: String::new(),
         tenant: String::new(),
         cache_from: cache_refs,

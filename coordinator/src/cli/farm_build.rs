@@ -1,7 +1,7 @@
 //! `kiln build` on a farm (a real one, or the embedded one): send the context once (only the
 //! blobs the farm lacks), submit the build, follow its slices live, write the outputs.
 
-use super::outputs::Output;
+use super::outputs::{Dest, Output};
 use super::progress::{Mode, Progress};
 use super::remote::{self, unexpected, Session};
 use anyhow::{anyhow, bail, Context as _};
@@ -139,7 +139,7 @@ pub fn run(
             }
             match view.state {
                 BuildState::Done => {
-                    if outputs.iter().any(|o| !o.is_registry()) {
+                    if outputs.iter().any(Output::needs_blobs) {
                         write_outputs(&farm, &view, outputs, &tags).await?;
                     }
                     if let Some(dest) = cache_dest {
@@ -173,23 +173,93 @@ async fn write_outputs(farm: &Farm, view: &BuildView, outputs: &[Output], tags: 
     }
     for out in outputs {
         match out {
-            Output::Oci { dest, .. } => kiln_shared::layout::write_archive(dest, &store, &index, &blobs, tags)?,
-            Output::Local { dest } => {
-                for (platform, manifest) in &images {
-                    let dir = match platform {
-                        Some(p) if images.len() > 1 => dest.join(p.to_string().replace('/', "_")),
-                        _ => dest.clone(),
-                    };
-                    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-                    for l in &manifest.layers {
-                        kiln_agent::layers::unpack(&store, &l.digest, &dir, kiln_agent::layers::Whiteouts::Delete)?;
-                    }
+            Output::Oci { dest: Dest::File(dest), .. } => kiln_shared::layout::write_archive(dest, &store, &index, &blobs, tags)?,
+            Output::Oci { dest: Dest::Stdout, .. } => {
+                let tmp = tempfile_in_home("oci")?;
+                kiln_shared::layout::write_archive(&tmp, &store, &index, &blobs, tags)?;
+                to_stdout(&tmp)?;
+            }
+            Output::Local { dest } => unpack_images(&store, &images, dest)?,
+            Output::Tar { dest } => {
+                let root = tempfile_in_home("rootfs")?;
+                unpack_images(&store, &images, &root)?;
+                let (tar_path, stdout) = match dest {
+                    Dest::File(p) => (p.clone(), false),
+                    Dest::Stdout => (tempfile_in_home("tar")?, true),
+                };
+                let written = write_tar(&root, &tar_path);
+                let _ = std::fs::remove_dir_all(&root);
+                written?;
+                if stdout {
+                    to_stdout(&tar_path)?;
                 }
             }
-            Output::Registry { .. } => {}
+            Output::Registry { .. } | Output::CacheOnly => {}
         }
     }
     Ok(())
+}
+
+/// Each platform's filesystem under `dest` (in `linux_ARCH` subdirectories when there are several).
+fn unpack_images(
+    store: &kiln_shared::store::ContentStore,
+    images: &[(Option<kiln_shared::Platform>, kiln_shared::oci::Manifest)],
+    dest: &Path,
+) -> anyhow::Result<()> {
+    for (platform, manifest) in images {
+        let dir = match platform {
+            Some(p) if images.len() > 1 => dest.join(p.to_string().replace('/', "_")),
+            _ => dest.to_path_buf(),
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for l in &manifest.layers {
+            kiln_agent::layers::unpack(store, &l.digest, &dir, kiln_agent::layers::Whiteouts::Delete)?;
+        }
+    }
+    Ok(())
+}
+
+/// A fresh path in the client's scratch directory (removed by the caller).
+fn tempfile_in_home(what: &str) -> anyhow::Result<PathBuf> {
+    let dir = super::build::kiln_home().join("client/tmp");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir.join(format!("{what}-{}-{}", std::process::id(), crate::node::random_hex(4)?)))
+}
+
+/// The tree under `root` as a tar at `dest` (written beside it and renamed).
+fn write_tar(root: &Path, dest: &Path) -> anyhow::Result<()> {
+    let tmp = dest.with_extension("kiln-tmp");
+    let written = (|| -> std::io::Result<()> {
+        let mut b = tar::Builder::new(std::io::BufWriter::new(std::fs::File::create(&tmp)?));
+        b.follow_symlinks(false);
+        b.mode(tar::HeaderMode::Complete);
+        let mut top: Vec<_> = std::fs::read_dir(root)?.collect::<std::io::Result<_>>()?;
+        top.sort_by_key(|e| e.file_name());
+        for e in top {
+            if e.file_type()?.is_dir() {
+                b.append_dir_all(e.file_name(), e.path())?;
+            } else {
+                b.append_path_with_name(e.path(), e.file_name())?;
+            }
+        }
+        b.into_inner()?.into_inner().map_err(|e| e.into_error())?.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(anyhow!("writing {}: {e}", dest.display()));
+    }
+    std::fs::rename(&tmp, dest).with_context(|| format!("writing {}", dest.display()))
+}
+
+/// Copies a finished archive to standard output and removes it.
+fn to_stdout(path: &Path) -> anyhow::Result<()> {
+    let copied = std::fs::File::open(path).and_then(|mut f| {
+        let mut out = std::io::stdout().lock();
+        std::io::copy(&mut f, &mut out)?;
+        std::io::Write::flush(&mut out)
+    });
+    let _ = std::fs::remove_file(path);
+    copied.context("writing the archive to standard output")
 }
 
 /// `--cache-to type=local` on a farm: the agents sent the records' layers to the coordinator.

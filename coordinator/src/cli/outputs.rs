@@ -4,17 +4,53 @@ use anyhow::{anyhow, bail, Context as _};
 use kiln_shared::registry::Reference;
 use std::path::PathBuf;
 
+/// Where a file output goes: a file, or standard output (`dest=-`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dest {
+    File(PathBuf),
+    Stdout,
+}
+
+impl Dest {
+    fn parse(v: &str) -> Dest {
+        if v == "-" {
+            Dest::Stdout
+        } else {
+            Dest::File(PathBuf::from(v))
+        }
+    }
+}
+
 /// Where the result goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
-    Oci { dest: PathBuf, zstd: bool },
-    Local { dest: PathBuf },
-    Registry { zstd: bool },
+    /// An OCI image layout archive (every platform in one index).
+    Oci {
+        dest: Dest,
+        zstd: bool,
+    },
+    /// The filesystem as a tar (per-platform top directories when there are several).
+    Tar {
+        dest: Dest,
+    },
+    /// The filesystem in a directory (per-platform subdirectories when there are several).
+    Local {
+        dest: PathBuf,
+    },
+    Registry {
+        zstd: bool,
+    },
+    /// Only the build cache keeps the result.
+    CacheOnly,
 }
 
 impl Output {
-    /// buildx's `-o` syntax: `type=oci,dest=F`, `type=local,dest=D`, `type=registry`, or a bare path (local).
+    /// buildx's `-o` syntax: `type=oci,dest=F`, `type=tar,dest=F`, `type=local,dest=D`,
+    /// `type=registry`, `type=cacheonly`, a bare directory (local) or `-` (a tar on standard output).
     pub fn parse(spec: &str) -> anyhow::Result<Output> {
+        if spec == "-" {
+            return Ok(Output::Tar { dest: Dest::Stdout });
+        }
         if !spec.contains('=') {
             return Ok(Output::Local { dest: PathBuf::from(spec) });
         }
@@ -36,12 +72,69 @@ impl Output {
         }
         let need_dest = |kind: &str| dest.clone().ok_or_else(|| anyhow!("-o type={kind} needs dest=PATH"));
         match kind.as_deref() {
-            Some("oci") => Ok(Output::Oci { dest: need_dest("oci")?, zstd }),
-            Some("local") => Ok(Output::Local { dest: need_dest("local")? }),
+            Some("oci") => Ok(Output::Oci { dest: Dest::parse(&need_dest("oci")?.to_string_lossy()), zstd }),
+            Some("tar") => Ok(Output::Tar { dest: Dest::parse(&need_dest("tar")?.to_string_lossy()) }),
+            Some("local") => match need_dest("local")? {
+                d if d.as_os_str() == "-" => bail!("-o type=local needs a directory: use type=tar,dest=- for standard output"),
+                d => Ok(Output::Local { dest: d }),
+            },
             Some("registry" | "image") => Ok(Output::Registry { zstd }),
-            Some(other) => bail!("-o type={other} is not supported (expected oci, local or registry)"),
-            None => bail!("-o {spec:?} needs type=oci|local|registry"),
+            Some("cacheonly") => Ok(Output::CacheOnly),
+            Some("docker") => {
+                bail!("-o type=docker is not supported yet: use type=oci,dest=FILE and `docker load` cannot read it either; use --push")
+            }
+            Some(other) => bail!("-o type={other} is not supported (expected oci, tar, local, registry or cacheonly)"),
+            None => bail!("-o {spec:?} needs type=oci|tar|local|registry|cacheonly"),
         }
+    }
+
+    /// Refuses, before anything is built, a destination that cannot take this output: an
+    /// existing path that is not a regular file (a device, FIFO, socket or directory) for a file
+    /// output, a non-directory for a local output, a terminal for standard output.
+    pub fn check_dest(&self) -> anyhow::Result<()> {
+        use std::io::IsTerminal;
+        use std::os::unix::fs::FileTypeExt;
+        let file = match self {
+            Output::Oci { dest, .. } | Output::Tar { dest } => dest,
+            Output::Local { dest } => {
+                if let Ok(m) = std::fs::symlink_metadata(dest) {
+                    if !m.is_dir() {
+                        bail!("-o type=local,dest={}: it exists and is not a directory", dest.display());
+                    }
+                }
+                return Ok(());
+            }
+            Output::Registry { .. } | Output::CacheOnly => return Ok(()),
+        };
+        match file {
+            Dest::Stdout if std::io::stdout().is_terminal() => {
+                bail!("refusing to write an archive to a terminal: redirect standard output, or use dest=FILE")
+            }
+            Dest::Stdout => Ok(()),
+            Dest::File(path) => {
+                let Ok(m) = std::fs::metadata(path) else { return Ok(()) };
+                let t = m.file_type();
+                let what = if t.is_dir() {
+                    "a directory"
+                } else if t.is_char_device() {
+                    "a character device"
+                } else if t.is_block_device() {
+                    "a block device"
+                } else if t.is_fifo() {
+                    "a FIFO"
+                } else if t.is_socket() {
+                    "a socket"
+                } else {
+                    return Ok(());
+                };
+                bail!("output destination {} exists and is {what}, not a regular file; refusing to replace it", path.display())
+            }
+        }
+    }
+
+    /// Outputs that need the image's blobs back from the farm.
+    pub fn needs_blobs(&self) -> bool {
+        matches!(self, Output::Oci { .. } | Output::Tar { .. } | Output::Local { .. })
     }
 
     pub fn is_registry(&self) -> bool {
@@ -141,4 +234,25 @@ fn checked_ref(flag: &str, r: Option<String>) -> anyhow::Result<String> {
     let r = r.ok_or_else(|| anyhow!("{flag} type=registry needs ref=REGISTRY/REPOSITORY:TAG"))?;
     r.parse::<Reference>().with_context(|| format!("{flag} ref={r}"))?;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buildx_output_forms() {
+        assert_eq!(Output::parse("-").unwrap(), Output::Tar { dest: Dest::Stdout });
+        assert_eq!(Output::parse("out").unwrap(), Output::Local { dest: "out".into() });
+        assert_eq!(Output::parse("type=oci,dest=-").unwrap(), Output::Oci { dest: Dest::Stdout, zstd: false });
+        assert_eq!(Output::parse("type=tar,dest=x.tar").unwrap(), Output::Tar { dest: Dest::File("x.tar".into()) });
+        assert_eq!(Output::parse("type=cacheonly").unwrap(), Output::CacheOnly);
+        assert!(Output::parse("type=local,dest=-").is_err());
+        let e = Output::parse("type=oci,dest=/dev/null").unwrap().check_dest().unwrap_err().to_string();
+        assert!(e.contains("/dev/null exists and is a character device"), "{e}");
+        let e = Output::parse("type=oci,dest=/tmp").unwrap().check_dest().unwrap_err().to_string();
+        assert!(e.contains("is a directory"), "{e}");
+        let e = Output::parse("type=local,dest=/dev/null").unwrap().check_dest().unwrap_err().to_string();
+        assert!(e.contains("not a directory"), "{e}");
+    }
 }
