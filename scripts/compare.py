@@ -506,9 +506,12 @@ def load_expectations():
     return json.load(open(path))["accepted"]
 
 
-def accepted(expectations, case, platform, key):
+def accepted(expectations, case, platform, key, message):
+    """The expectations entry accepting this difference: case, platform, key and (when the entry
+    has one) the whole message must match its globs."""
     for x in expectations:
-        if fnmatch.fnmatchcase(case, x["case"]) and fnmatch.fnmatchcase(platform, x.get("platform", "*")) and fnmatch.fnmatchcase(key, x["key"]):
+        if (fnmatch.fnmatchcase(case, x["case"]) and fnmatch.fnmatchcase(platform, x.get("platform", "*")) and fnmatch.fnmatchcase(key, x["key"])
+                and fnmatch.fnmatchcase(message, x.get("message", "*"))):
             return x
     return None
 
@@ -607,8 +610,8 @@ def compare_case(ctx, case, home):
                         problems += check_expect(spec, k_tree, k_img.config)
             except Exception as e:  # noqa: BLE001
                 problems.append(("image", f"docker image unreadable: {e!r}"))
-        unexpected = [(key, m) for key, m in problems if not accepted(ctx.expectations, name, platform, key)]
-        allowed = [(key, m, accepted(ctx.expectations, name, platform, key)) for key, m in problems if accepted(ctx.expectations, name, platform, key)]
+        unexpected = [(key, m) for key, m in problems if not accepted(ctx.expectations, name, platform, key, m)]
+        allowed = [(key, m, accepted(ctx.expectations, name, platform, key, m)) for key, m in problems if accepted(ctx.expectations, name, platform, key, m)]
         verdict = "MATCH" if not unexpected else "MISMATCH"
         label = " (by expect.json)" if mode == "expect" else ""
         lines = [f"{verdict:8} {name} {platform}{label}  [kiln {t_kiln:.0f}s, docker {time.time() - t1:.0f}s]"]
