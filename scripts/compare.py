@@ -15,8 +15,8 @@ Both images are also checked on their own: every blob matches its digest, rootfs
 match the uncompressed layers and the non-empty history entries match the layer count.
 
 Differences listed in examples/compare/expectations.json are accepted (with the reason quoted
-there). A case Docker 20.10 cannot build carries examples/compare/NAME/expect.json: the values
-kiln must produce, checked when Docker fails.
+there). A case Docker 20.10 cannot build carries examples/compare/NAME/expect.json: the error
+Docker must fail with (docker_error) and the values kiln must produce, checked when Docker fails.
 
 Usage (as root): python3 scripts/compare.py [--only NAME[,NAME..]] [--keep] [--farm] [-j N]
 Environment: KILN_BIN (the kiln binary), KILN_FIXTURES (the fixture cache directory).
@@ -595,6 +595,10 @@ def compare_case(ctx, case, home):
             else:
                 mode = "expect"
                 notes.append(f"docker 20.10 cannot build it (expected: {spec.get('why', '?')}); last line: {dtail.splitlines()[-1] if dtail else '?'}")
+                with open(dlog, errors="replace") as f:
+                    dlog_text = f.read()
+                if spec.get("docker_error") and spec["docker_error"] not in dlog_text:
+                    problems.append(("docker", f"docker failed, but not with the expected {spec['docker_error']!r}: {dtail}"))
                 if k_img is not None:
                     problems += check_expect(spec, k_tree, k_img.config)
         else:
