@@ -624,7 +624,7 @@ def compare_case(ctx, case, home):
         if len(unexpected) > ctx.max_lines:
             lines.append(f"    ... and {len(unexpected) - ctx.max_lines} more")
         for key, m, x in allowed:
-            lines.append(f"    accepted: {m}  -- {x['why']}")
+            lines.append(f"    accepted: {m}  ({x['why'][:90]}...; expectations.json)")
         if ctx.verbose:
             lines += [f"    note: {n}" for n in notes]
         elif unexpected:
