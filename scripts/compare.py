@@ -296,8 +296,11 @@ def parse_layer(did, raw):
             if xattrs:
                 e["xattrs"] = xattrs
             if kind == "file":
-                e["sha256"] = hashlib.sha256(tf.extractfile(m).read()).hexdigest()
+                data = tf.extractfile(m).read()
+                e["sha256"] = hashlib.sha256(data).hexdigest()
                 e["size"] = m.size
+                if 0 < m.size <= 200:  # shown in differences; redundant with sha256 for the comparison
+                    e["text"] = data.decode(errors="replace")
             elif kind == "symlink":
                 e["target"] = m.linkname
             elif kind in ("char", "block"):
@@ -401,7 +404,9 @@ def show(e):
     if e is None:
         return "absent"
     bits = [e.get("type", "?"), e.get("mode", "").replace("0o", "0"), f"{e.get('uid')}:{e.get('gid')}"]
-    if "size" in e:
+    if "text" in e:
+        bits.append(f"{e['size']}B {json.dumps(e['text'][:60])}")
+    elif "size" in e:
         bits.append(f"{e['size']}B sha256:{e['sha256'][:12]}")
     if "target" in e:
         bits.append(f"-> {e['target']}")
@@ -581,6 +586,8 @@ def compare_case(ctx, case, home):
             try:
                 k_img = fetch(reg, f"kiln/{name}", "1", arch)
                 k_tree, k_notes = apply_layers(k_img.layers)
+                if ctx.keep:
+                    dump(ctx, name, arch, "kiln", k_tree, k_img.config)
                 problems += [(key, f"kiln image: {m}") for key, m in k_img.problems]
                 notes += [f"kiln: {n}" for n in k_notes]
             except Exception as e:  # noqa: BLE001 - a broken image is a finding, not a crash
@@ -607,6 +614,8 @@ def compare_case(ctx, case, home):
                 d_tree, d_notes = apply_layers(d_img.layers)
                 problems += [(key, f"docker image: {m}") for key, m in d_img.problems]
                 notes += [f"docker: {n}" for n in d_notes]
+                if ctx.keep:
+                    dump(ctx, name, arch, "docker", d_tree, d_img.config)
                 if k_img is not None:
                     problems += diff_trees(k_tree, d_tree) + diff_configs(k_img.config, d_img.config)
                     if spec is not None:
@@ -639,10 +648,18 @@ class Ctx:
     pass
 
 
+def dump(ctx, name, arch, side, tree, config):
+    """With --keep: the applied tree and the config, for looking at a difference afterwards."""
+    d = os.path.join(ctx.work, "trees")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"{name}-{arch}-{side}.json"), "w") as f:
+        json.dump({"config": config, "tree": tree}, f, indent=1, sort_keys=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", help="comma-separated case names (or globs)")
-    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, registry data are removed with the registry)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory: build logs, and each image's applied tree and config under trees/")
     ap.add_argument("--farm", action="store_true", help="build through a real farm (a coordinator and an agent) instead of the embedded one")
     ap.add_argument("-j", type=int, default=2, help="cases in parallel (default 2)")
     ap.add_argument("-v", "--verbose", action="store_true", help="print notes (media types, odd layer entries) too")
@@ -660,7 +677,7 @@ def main():
     ctx.kiln = kilnlab.kiln_bin()
     ctx.work = tempfile.mkdtemp(prefix="kiln-judge-")
     ctx.expectations = load_expectations()
-    ctx.max_lines, ctx.verbose = opts.max_lines, opts.verbose
+    ctx.max_lines, ctx.verbose, ctx.keep = opts.max_lines, opts.verbose, opts.keep
     os.makedirs(os.path.join(ctx.work, "logs"))
     say(f"kiln {ctx.kiln}; work dir {ctx.work}; {len(cases)} cases x {len(ARCHES)} platforms")
     start = time.time()
