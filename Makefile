@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: example plan test build lint bench fuzz
+.PHONY: example plan test build lint bench fuzz compare
 
 build:
 	$(CARGO) build --release --bin kiln
@@ -38,3 +38,9 @@ bench:
 FUZZ_SECONDS ?= 300
 fuzz:
 	cd shared && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run parse -- -max_total_time=$(FUZZ_SECONDS)
+
+# The judge: every Dockerfile of examples/compare built by kiln and by Docker's own BuildKit
+# (Debian's docker.io, a private dockerd) for linux/amd64 and linux/arm64, compared image by
+# image (as root; KILN_BIN picks the kiln binary, COMPARE_ARGS e.g. `--only 25-* --keep`).
+compare:
+	python3 scripts/compare.py $(COMPARE_ARGS)

@@ -15,9 +15,21 @@ PLATFORMS = ["linux/amd64", "linux/arm64"]
 
 
 def kiln_bin():
-    """The release kiln binary, built if needed."""
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "kiln"], cwd=ROOT, check=True)
+    """The kiln binary: $KILN_BIN if set, else ROOT/target/debug/kiln if it exists, else the
+    release binary, built if needed (under /tmp/kiln-cargo.lock, so concurrent cargo runs on a
+    shared machine take turns)."""
+    if os.environ.get("KILN_BIN"):
+        return os.path.abspath(os.environ["KILN_BIN"])
+    debug = os.path.join(ROOT, "target/debug/kiln")
+    if os.path.exists(debug):
+        return debug
+    subprocess.run(["flock", "/tmp/kiln-cargo.lock", "cargo", "build", "--release", "--quiet", "--bin", "kiln"], cwd=ROOT, check=True)
     return os.path.join(ROOT, "target/release/kiln")
+
+
+def fixtures_dir():
+    """Where downloaded fixtures are cached: $KILN_FIXTURES, else ROOT/target/kiln-fixtures."""
+    return os.environ.get("KILN_FIXTURES") or os.path.join(ROOT, "target/kiln-fixtures")
 
 
 def free_port():
@@ -55,8 +67,8 @@ class Registry:
 
 def build_base(kiln, home, registry):
     """busybox-static for amd64 and arm64, built by kiln and pushed; returns the reference."""
-    bb = os.path.join(ROOT, "target/kiln-fixtures/busybox")
-    subprocess.run(["bash", os.path.join(ROOT, "scripts/fetch-busybox.sh"), bb], check=True)
+    bb = os.path.join(fixtures_dir(), "busybox")
+    subprocess.run(["bash", os.path.join(ROOT, "scripts/fetch-busybox.sh"), bb], check=True, timeout=600)
     ctx = tempfile.mkdtemp(prefix="kiln-base-")
     for arch in ("amd64", "arm64"):
         shutil.copy(os.path.join(bb, f"busybox-{arch}"), ctx)
@@ -64,7 +76,7 @@ def build_base(kiln, home, registry):
         f.write('FROM scratch\nARG TARGETARCH\nCOPY busybox-${TARGETARCH} /bin/busybox\nRUN ["/bin/busybox", "--install", "-s", "/bin"]\nCMD ["sh"]\n')
     ref = f"{registry.addr}/base/busybox:1"
     subprocess.run([kiln, "build", "--progress", "quiet", "--platform", ",".join(PLATFORMS), "-t", ref, "--push", ctx],
-                   env=dict(os.environ, KILN_HOME=home), check=True, stdout=subprocess.DEVNULL)
+                   env=dict(os.environ, KILN_HOME=home), check=True, stdout=subprocess.DEVNULL, timeout=900)
     shutil.rmtree(ctx)
     return ref
 
@@ -100,7 +112,7 @@ class Dockerd:
         self.log = open(os.path.join(self.dir, "dockerd.log"), "w")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log)
         deadline = time.time() + 60
-        while subprocess.run(self.cli("version"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode != 0:
+        while subprocess.run(self.cli("version"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30).returncode != 0:
             if time.time() > deadline or self.proc.poll() is not None:
                 raise RuntimeError(f"dockerd did not start; see {self.dir}/dockerd.log")
             time.sleep(0.2)
@@ -121,5 +133,5 @@ class Dockerd:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
-        subprocess.run(["umount", "-R", f"{self.dir}/exec"], stderr=subprocess.DEVNULL)
+        subprocess.run(["umount", "-R", f"{self.dir}/exec"], stderr=subprocess.DEVNULL, timeout=60)
         shutil.rmtree(self.dir, ignore_errors=True)
