@@ -40,7 +40,7 @@ def buildah_set(root, base, buildable):
 
 
 def main():
-    kiln = kilnlab.kiln_bin()
+    kiln = kilnlab.kiln_bin(release=True)
     work = tempfile.mkdtemp(prefix="kiln-bench-")
     with kilnlab.Registry() as reg:
         base = kilnlab.build_base(kiln, os.path.join(work, "base-home"), reg)

@@ -36,7 +36,7 @@ def timed(cmd, **kw):
 
 
 def main():
-    kiln = kilnlab.kiln_bin()
+    kiln = kilnlab.kiln_bin(release=True)
     home = tempfile.mkdtemp(prefix="kiln-bench-home-")
     ctx = tempfile.mkdtemp(prefix="kiln-bench-ctx-")
     with open(os.path.join(ctx, "Dockerfile"), "w") as f:

@@ -14,14 +14,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLATFORMS = ["linux/amd64", "linux/arm64"]
 
 
-def kiln_bin():
-    """The kiln binary: $KILN_BIN if set, else ROOT/target/debug/kiln if it exists, else the
-    release binary, built if needed (under /tmp/kiln-cargo.lock, so concurrent cargo runs on a
-    shared machine take turns)."""
+def kiln_bin(release=False):
+    """The kiln binary: $KILN_BIN if set; else, unless `release` (benchmarks time the release
+    build), ROOT/target/debug/kiln if it exists; else the release binary, built if needed (under
+    /tmp/kiln-cargo.lock, so concurrent cargo runs on a shared machine take turns)."""
     if os.environ.get("KILN_BIN"):
         return os.path.abspath(os.environ["KILN_BIN"])
     debug = os.path.join(ROOT, "target/debug/kiln")
-    if os.path.exists(debug):
+    if not release and os.path.exists(debug):
         return debug
     subprocess.run(["flock", "/tmp/kiln-cargo.lock", "cargo", "build", "--release", "--quiet", "--bin", "kiln"], cwd=ROOT, check=True)
     return os.path.join(ROOT, "target/release/kiln")
