@@ -88,6 +88,13 @@ fn glob(p: &[char], s: &[char]) -> bool {
 /// were `/` (the final component is kept as it is: COPY copies a symlink as a symlink). An
 /// absolute link in an image, or `..` in the context, can never lead outside `root`.
 pub(crate) fn secure_join(root: &Path, rel: &str) -> PathBuf {
+    root.join(resolve_rel(root, rel, false))
+}
+
+/// `rel` resolved inside `root` as the image sees it: every symlink on the way is followed
+/// (the last one too with `follow_last`), absolute links and `..` never leave `root`. Returns
+/// the path relative to `root`.
+pub(crate) fn resolve_rel(root: &Path, rel: &str, follow_last: bool) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut pending: Vec<String> = rel.split('/').filter(|c| !c.is_empty() && *c != ".").map(str::to_string).rev().collect();
     let mut hops = 0;
@@ -99,7 +106,7 @@ pub(crate) fn secure_join(root: &Path, rel: &str) -> PathBuf {
         let here = root.join(parts.iter().collect::<PathBuf>()).join(&c);
         let is_last = pending.is_empty();
         match fs::symlink_metadata(&here) {
-            Ok(m) if m.file_type().is_symlink() && !is_last && hops < 40 => {
+            Ok(m) if m.file_type().is_symlink() && (follow_last || !is_last) && hops < 40 => {
                 hops += 1;
                 let target = fs::read_link(&here).unwrap_or_default();
                 let target = target.to_string_lossy().into_owned();
@@ -111,7 +118,7 @@ pub(crate) fn secure_join(root: &Path, rel: &str) -> PathBuf {
             _ => parts.push(c),
         }
     }
-    root.join(parts.iter().collect::<PathBuf>())
+    parts.join("/")
 }
 
 /// A source pattern as a path relative to its root ("" is the root itself).
@@ -224,6 +231,15 @@ pub(crate) fn lookup_lower(env: &dyn CopyEnv, state: &State, rel: &str) -> Resul
     Ok(None)
 }
 
+/// `--chown`: as `resolve_user`, except that a numeric uid without a group uses the same
+/// number as its gid (Docker's documented rule; a name without a group gets its primary group).
+fn resolve_chown(rootfs: &Path, spec: &str) -> Result<(u32, u32), EngineError> {
+    match spec.parse::<u32>() {
+        Ok(n) => Ok((n, n)),
+        Err(_) => resolve_user(rootfs, spec),
+    }
+}
+
 /// `uid[:gid]` or names looked up in the rootfs's /etc/passwd and /etc/group.
 pub(crate) fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32), EngineError> {
     if user.is_empty() {
@@ -309,7 +325,15 @@ fn copy_tree(src: &Path, dst: &Path, own: &Owner) -> Result<(), EngineError> {
 }
 
 /// Creates the parents of `rel` in `upper`, copying their metadata from the image below.
-fn make_parents(env: &dyn CopyEnv, state: &State, upper: &Path, rel: &str, epoch: Option<u64>) -> Result<(), EngineError> {
+/// Directories the image lacks are created owned by `owner`.
+fn make_parents(
+    env: &dyn CopyEnv,
+    state: &State,
+    upper: &Path,
+    rel: &str,
+    epoch: Option<u64>,
+    owner: (u32, u32),
+) -> Result<(), EngineError> {
     let mut path = String::new();
     let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
     for part in parts.iter().take(parts.len().saturating_sub(1)) {
@@ -321,7 +345,7 @@ fn make_parents(env: &dyn CopyEnv, state: &State, upper: &Path, rel: &str, epoch
         fs::create_dir(&dst).map_err(io("creating", &dst))?;
         let (mode, uid, gid, mtime) = match lookup_lower(env, state, &path)?.and_then(|p| fs::metadata(p).ok()) {
             Some(m) => (m.mode() & 0o7777, m.uid(), m.gid(), m.mtime()),
-            None => (0o755, 0, 0, epoch.unwrap_or(0) as i64),
+            None => (0o755, owner.0, owner.1, epoch.unwrap_or(0) as i64),
         };
         fs::set_permissions(&dst, fs::Permissions::from_mode(mode)).map_err(io("chmod", &dst))?;
         std::os::unix::fs::lchown(&dst, Some(uid), Some(gid)).map_err(io("chown", &dst))?;
@@ -331,38 +355,31 @@ fn make_parents(env: &dyn CopyEnv, state: &State, upper: &Path, rel: &str, epoch
 }
 
 /// WORKDIR creates its directory when the image lacks it.
+/// The path is resolved inside the image (a WORKDIR through a symlinked directory creates the
+/// directory where the link points), and new directories belong to the stage's USER.
 pub(crate) fn workdir(env: &dyn CopyEnv, state: &State, path: &str, epoch: Option<u64>) -> Result<Option<Layer>, EngineError> {
-    let rel = path.trim_start_matches('/');
-    if rel.is_empty() || lookup_lower(env, state, rel)?.is_some() {
+    let (ov, root) = env.mount_ro(state)?;
+    let rel = resolve_rel(&root, path.trim_start_matches('/'), true);
+    let exists = rel.is_empty() || fs::metadata(root.join(&rel)).is_ok();
+    let owner = resolve_user(&root, &state.config.config.user).unwrap_or((0, 0));
+    drop(ov);
+    let rel = rel.as_str();
+    if exists {
         return Ok(None);
     }
     let upper = env.run_dir().join(format!("workdir-{}", Digest::of(format!("{path}{:?}", std::time::SystemTime::now()).as_bytes()).hex()));
     fs::create_dir_all(&upper).map_err(io("creating", &upper))?;
     let res = (|| {
-        make_parents(env, state, &upper, &format!("{rel}/x"), epoch)?;
+        make_parents(env, state, &upper, &format!("{rel}/x"), epoch, owner)?;
         Ok(layers::diff(&upper, env.store(), epoch)?)
     })();
     let _ = fs::remove_dir_all(&upper);
     res
 }
 
-fn is_tar(path: &Path) -> bool {
-    let mut head = [0u8; 512];
-    let Ok(mut f) = fs::File::open(path) else { return false };
-    let n = f.read(&mut head).unwrap_or(0);
-    (n >= 2 && head[..2] == [0x1f, 0x8b]) || (n >= 262 && &head[257..262] == b"ustar")
-}
-
 fn extract_tar(path: &Path, dest: &Path) -> Result<(), EngineError> {
     let f = fs::File::open(path).map_err(io("reading", path))?;
-    let mut head = [0u8; 2];
-    let gz = fs::File::open(path).and_then(|mut g| g.read_exact(&mut head)).is_ok() && head == [0x1f, 0x8b];
-    let reader: Box<dyn Read> = if gz { Box::new(flate2::read::GzDecoder::new(f)) } else { Box::new(f) };
-    let mut a = tar::Archive::new(reader);
-    a.set_preserve_permissions(true);
-    a.set_preserve_ownerships(true);
-    fs::create_dir_all(dest).map_err(io("creating", dest))?;
-    a.unpack(dest).map_err(io("extracting", path))
+    layers::extract(f, dest).map_err(io("extracting", path))
 }
 
 fn download(url: &str, checksum: Option<&str>, dest: &Path) -> Result<(), EngineError> {
@@ -431,6 +448,10 @@ pub(crate) fn copy(env: &dyn CopyEnv, stage: &Stage, step: &Step, state: &State)
     fs::create_dir_all(&upper).map_err(io("creating", &upper))?;
     let mut mounts = Vec::new();
     let result = (|| {
+        // The image as it is so far: destinations resolve in it, following its symlinks (a
+        // merged-/usr `/lib -> usr/lib` stays a link), and --chown names are looked up in it.
+        let (image_ov, image_root) = env.mount_ro(state)?;
+        mounts.push(image_ov);
         // Where sources come from: the context, or another stage's / image's filesystem.
         let (src_root, ignore, keep) = match from {
             Some(f) => {
@@ -443,17 +464,11 @@ pub(crate) fn copy(env: &dyn CopyEnv, stage: &Stage, step: &Step, state: &State)
         };
         let chown_ids = match chown {
             None => None,
-            Some(c) if c.split(':').all(|p| p.parse::<u32>().is_ok()) => Some(resolve_user(Path::new("/nonexistent"), c)?),
-            Some(c) => {
-                let (ov, root) = env.mount_ro(state)?;
-                let ids = resolve_user(&root, c);
-                drop(ov);
-                Some(ids?)
-            }
+            Some(c) => Some(resolve_chown(&image_root, c)?),
         };
         let own = Owner { chown: chown_ids, chmod: chmod.and_then(|m| u32::from_str_radix(m, 8).ok()), keep };
         let dest_abs = join_path(&step.workdir, dest);
-        let dest_rel = dest_abs.trim_start_matches('/').to_string();
+        let dest_rel = resolve_rel(&image_root, dest_abs.trim_start_matches('/'), true);
         let mut items: Vec<(PathBuf, String)> = Vec::new(); // (source path, name)
         let mut docs = heredocs.iter();
         for s in sources {
@@ -480,8 +495,10 @@ pub(crate) fn copy(env: &dyn CopyEnv, stage: &Stage, step: &Step, state: &State)
                 )));
             }
             for rel in found {
+                // A source that is a symlink is followed (inside its root), as BuildKit does;
+                // it keeps its own name at the destination.
                 let name = rel.rsplit('/').next().unwrap_or("").to_string();
-                items.push((secure_join(&src_root, &rel), name));
+                items.push((src_root.join(resolve_rel(&src_root, &rel, true)), name));
             }
         }
         let doc_count = heredocs.len();
@@ -492,18 +509,31 @@ pub(crate) fn copy(env: &dyn CopyEnv, stage: &Stage, step: &Step, state: &State)
             return Err(copy_err(format!("When using COPY with more than one source file, the destination must be a directory and end with a / (destination {dest:?})")));
         }
         let dest_dir = upper.join(&dest_rel);
+        // Directories COPY creates for the destination belong to the --chown user.
+        let created = own.chown.unwrap_or((0, 0));
         if dest_is_dir {
-            make_parents(env, state, &upper, &format!("{dest_rel}/x"), env.epoch())?;
+            make_parents(env, state, &upper, &format!("{dest_rel}/x"), env.epoch(), created)?;
         } else {
-            make_parents(env, state, &upper, &dest_rel, env.epoch())?;
+            make_parents(env, state, &upper, &dest_rel, env.epoch(), created)?;
         }
+        let dest_existed = lookup_lower(env, state, &dest_rel)?.is_some();
         for (src, name) in &items {
             let is_dir =
                 fs::metadata(src).is_ok_and(|m| m.is_dir()) && !fs::symlink_metadata(src).is_ok_and(|m| m.file_type().is_symlink());
-            if is_add && !is_dir && from.is_none() && src.starts_with(&src_root) && is_tar(src) {
+            if is_add && !is_dir && from.is_none() && src.starts_with(&src_root) && layers::is_archive(src) {
                 extract_tar(src, &dest_dir)?;
             } else if is_dir {
                 copy_tree(src, &dest_dir, &own)?;
+                // The destination root keeps what it was; a new one gets the source
+                // directory's mode (--chmod applies to what is copied into it, as Docker's).
+                let keep = if dest_existed { lookup_lower(env, state, &dest_rel)?.and_then(|p| fs::metadata(p).ok()) } else { None };
+                let src_meta = fs::metadata(src).map_err(io("reading", src))?;
+                let m = keep.as_ref().unwrap_or(&src_meta);
+                fs::set_permissions(&dest_dir, fs::Permissions::from_mode(m.mode() & 0o7777)).map_err(io("chmod", &dest_dir))?;
+                if let Some(k) = &keep {
+                    std::os::unix::fs::lchown(&dest_dir, Some(k.uid()), Some(k.gid())).map_err(io("chown", &dest_dir))?;
+                    set_times(&dest_dir, k.mtime())?;
+                }
             } else {
                 let target = if dest_is_dir { dest_dir.join(name) } else { dest_dir.clone() };
                 copy_tree(src, &target, &own)?;

@@ -54,51 +54,89 @@ pub fn unpack(store: &ContentStore, digest: &Digest, dest: &Path, mode: Whiteout
     let err = |source| LayerError::Unpack { digest: digest.to_string(), source };
     let file = store.open_blob(digest)?;
     let reader = decompress(file).map_err(err)?;
-    fs::create_dir_all(dest).map_err(err)?;
+    unpack_entries(reader, dest, Some(mode)).map_err(err)
+}
+
+/// Extracts a (gzip, zstd or plain) tar archive into `dest` as `ADD` does: devices, FIFOs,
+/// hard links, owners, modes and xattrs as the archive has them; `.wh.` names are ordinary
+/// files here.
+pub fn extract(reader: impl Read + 'static, dest: &Path) -> io::Result<()> {
+    unpack_entries(decompress(reader)?, dest, None)
+}
+
+/// Whether `path` is a tar archive (possibly compressed) that `ADD` extracts: its first header
+/// has the ustar magic or a valid checksum.
+pub fn is_archive(path: &Path) -> bool {
+    let Ok(f) = fs::File::open(path) else { return false };
+    let Ok(mut r) = decompress(f) else { return false };
+    let mut head = [0u8; 512];
+    let mut n = 0;
+    while n < head.len() {
+        match r.read(&mut head[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    if n < 512 {
+        return false;
+    }
+    if &head[257..262] == b"ustar" {
+        return true;
+    }
+    let stored = std::str::from_utf8(&head[148..156]).ok().map(|s| s.trim_matches(|c: char| c == '\0' || c == ' '));
+    let stored = stored.and_then(|s| u32::from_str_radix(s, 8).ok());
+    let sum: u32 = head.iter().enumerate().map(|(i, b)| if (148..156).contains(&i) { 32 } else { u32::from(*b) }).sum();
+    stored == Some(sum) && head[0] != 0
+}
+
+fn unpack_entries(reader: Box<dyn Read>, dest: &Path, mode: Option<Whiteouts>) -> io::Result<()> {
+    fs::create_dir_all(dest)?;
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
     archive.set_unpack_xattrs(true);
     archive.set_overwrite(true);
-    for entry in archive.entries().map_err(err)? {
-        let mut entry = entry.map_err(err)?;
-        let path = entry.path().map_err(err)?.into_owned();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.into_owned();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let parent = dest.join(path.parent().unwrap_or(Path::new("")));
-        if name == ".wh..wh..opq" {
-            fs::create_dir_all(&parent).map_err(err)?;
-            match mode {
-                Whiteouts::Overlay => xattr::set(&parent, OPAQUE_XATTR, b"y").map_err(err)?,
-                Whiteouts::Delete => clear_dir(&parent).map_err(err)?,
+        if let Some(mode) = mode {
+            if name == ".wh..wh..opq" {
+                fs::create_dir_all(&parent)?;
+                match mode {
+                    Whiteouts::Overlay => xattr::set(&parent, OPAQUE_XATTR, b"y")?,
+                    Whiteouts::Delete => clear_dir(&parent)?,
+                }
+                continue;
             }
-            continue;
-        }
-        if let Some(hidden) = name.strip_prefix(".wh.") {
-            fs::create_dir_all(&parent).map_err(err)?;
-            let target = parent.join(hidden);
-            remove_any(&target).map_err(err)?;
-            if mode == Whiteouts::Overlay {
-                nix::sys::stat::mknod(&target, nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), 0)
-                    .map_err(|e| err(io::Error::from(e)))?;
+            if let Some(hidden) = name.strip_prefix(".wh.") {
+                fs::create_dir_all(&parent)?;
+                let target = parent.join(hidden);
+                remove_any(&target)?;
+                if mode == Whiteouts::Overlay {
+                    nix::sys::stat::mknod(&target, nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), 0)
+                        .map_err(io::Error::from)?;
+                }
+                continue;
             }
-            continue;
         }
-        if mode == Whiteouts::Delete {
-            // A later layer replaces what an earlier one had, whatever its type.
+        if mode != Some(Whiteouts::Overlay) {
+            // A later entry replaces what was there, whatever its type.
             let target = dest.join(&path);
             if let Ok(m) = fs::symlink_metadata(&target) {
                 if !(m.is_dir() && entry.header().entry_type().is_dir()) {
-                    remove_any(&target).map_err(err)?;
+                    remove_any(&target)?;
                 }
             }
         }
         let kind = entry.header().entry_type();
         if kind.is_fifo() || kind.is_character_special() || kind.is_block_special() {
             // The tar crate would write these as empty regular files.
-            unpack_special(&entry, &path, dest).map_err(err)?;
+            unpack_special(&entry, &path, dest)?;
             continue;
         }
-        entry.unpack_in(dest).map_err(err)?;
+        entry.unpack_in(dest)?;
     }
     Ok(())
 }
@@ -204,6 +242,25 @@ pub fn diff(upper: &Path, store: &ContentStore, epoch: Option<u64>) -> Result<Op
     )?;
     let diff_id = diff_id.ok_or_else(|| LayerError::Diff { path: upper.to_path_buf(), source: io::Error::other("no diff id") })?;
     Ok(Some(Layer { digest, diff_id, size, media_type: kiln_shared::oci::MEDIA_LAYER_GZIP.into() }))
+}
+
+/// The empty layer (a tar with nothing but its end marker), as BuildKit commits for a step
+/// that must have a layer but changed nothing (WORKDIR of an existing directory).
+pub fn empty(store: &ContentStore) -> Result<Layer, LayerError> {
+    let mut diff_id = None;
+    let (digest, size) = store.write_with(
+        |w| {
+            let gz = flate2::GzBuilder::new().mtime(0).write(w, flate2::Compression::fast());
+            let tar = tar::Builder::new(HashingWriter::new(gz));
+            let (gz, id, _) = tar.into_inner()?.finish();
+            gz.finish()?;
+            diff_id = Some(id);
+            Ok(())
+        },
+        None,
+    )?;
+    let diff_id = diff_id.ok_or_else(|| LayerError::Diff { path: PathBuf::new(), source: io::Error::other("no diff id") })?;
+    Ok(Layer { digest, diff_id, size, media_type: kiln_shared::oci::MEDIA_LAYER_GZIP.into() })
 }
 
 /// Relative paths under `dir`, sorted, parents before children.

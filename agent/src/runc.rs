@@ -1,9 +1,11 @@
 //! Running a RUN step: an overlay rootfs over the stage's snapshots and a runc container.
 //!
 //! The rootfs is an overlay whose lower directories are the stage's unpacked layers (top
-//! first) and whose upper directory becomes the step's layer. Mount points runc has to create
-//! (`/proc`, `/dev`, `/etc/resolv.conf`, ...) are removed from the upper directory afterwards
-//! when the step left them empty, so they do not leak into the image, as BuildKit does.
+//! first) and whose upper directory becomes the step's layer. As in BuildKit, the directories
+//! runc creates for `/proc`, `/dev`, `/sys` and for `--mount` targets stay in the image (empty);
+//! the files it creates for `/etc/resolv.conf`, `/etc/hosts` and `/etc/hostname` are removed
+//! when the step left them empty, with `/etc` itself if it was created only for them (current
+//! BuildKit's recursive stub removal).
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use std::collections::VecDeque;
@@ -83,7 +85,7 @@ pub struct RunSpec<'a> {
     pub binds: &'a [(PathBuf, String, bool)],
 }
 
-const MOUNT_POINTS: &[&str] = &["/proc", "/dev", "/sys", "/etc/resolv.conf", "/etc/hosts", "/etc/hostname"];
+const NETWORK_FILES: &[&str] = &["/etc/resolv.conf", "/etc/hosts", "/etc/hostname"];
 
 fn caps() -> serde_json::Value {
     serde_json::json!([
@@ -159,11 +161,10 @@ fn config(spec: &RunSpec) -> serde_json::Value {
 pub fn run(id: &str, bundle: &Path, spec: &RunSpec, output: &mut dyn FnMut(&str)) -> Result<(), RunError> {
     let berr = |source| RunError::Bundle { path: bundle.to_path_buf(), source };
     std::fs::create_dir_all(bundle).map_err(berr)?;
-    // Which mount points runc will have to create in the rootfs (they land in the upper dir).
-    let stubs: Vec<String> = MOUNT_POINTS
+    // Which network files runc will have to create in the rootfs (they land in the upper dir).
+    let stubs: Vec<String> = NETWORK_FILES
         .iter()
         .map(|m| m.to_string())
-        .chain(spec.binds.iter().map(|b| b.1.clone()))
         .filter(|m| std::fs::symlink_metadata(spec.rootfs.join(m.trim_start_matches('/'))).is_err())
         .collect();
     std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config(spec)).unwrap_or_default()).map_err(berr)?;
@@ -214,12 +215,11 @@ pub fn run(id: &str, bundle: &Path, spec: &RunSpec, output: &mut dyn FnMut(&str)
     Ok(())
 }
 
-/// Removes an empty file or directory runc created as a mount point, and then its parents
-/// if they became empty and were created for it.
+/// Removes an empty network file runc created as a mount point, and `/etc` after it if that
+/// became empty (it was created for them).
 fn remove_stub(p: &Path) {
     let Ok(m) = std::fs::symlink_metadata(p) else { return };
-    let removed = if m.is_dir() { std::fs::remove_dir(p).is_ok() } else { m.len() == 0 && std::fs::remove_file(p).is_ok() };
-    if removed && (p.ends_with("resolv.conf") || p.ends_with("hosts") || p.ends_with("hostname")) {
+    if m.is_file() && m.len() == 0 && std::fs::remove_file(p).is_ok() {
         if let Some(parent) = p.parent() {
             let _ = std::fs::remove_dir(parent);
         }

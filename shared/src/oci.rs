@@ -111,6 +111,9 @@ pub struct RunConfig {
     pub on_build: Option<Vec<String>>,
     #[serde(rename = "Healthcheck", default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<serde_json::Value>,
+    /// Docker's image spec: set by BuildKit on every CMD (deprecated in OCI, kept for Docker).
+    #[serde(rename = "ArgsEscaped", default, skip_serializing_if = "std::ops::Not::not")]
+    pub args_escaped: bool,
 }
 
 impl RunConfig {
@@ -172,6 +175,8 @@ impl ImageConfig {
             os: platform.os().to_string(),
             variant: platform.variant().map(str::to_string),
             rootfs: RootFs { kind: "layers".into(), diff_ids: vec![] },
+            // BuildKit's empty image starts in `/`.
+            config: RunConfig { working_dir: "/".into(), ..Default::default() },
             ..Default::default()
         }
     }

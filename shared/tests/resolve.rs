@@ -227,15 +227,15 @@ fn from_names_only_earlier_stages() {
 }
 
 #[test]
-fn onbuild_triggers_of_images_run_first() {
+fn onbuild_triggers_of_images_and_stages_run_first() {
     let pl = plan("FROM onbuild-base AS b\nONBUILD RUN echo child-trigger\nFROM b\nRUN own\n", "linux/amd64", &[], None);
     let b = stage(&pl, "b");
     assert!(b.steps[0].onbuild && b.steps[1].onbuild, "the image's triggers run first");
     assert_eq!(env_of(b, 1), pairs(&[("FROM_TRIGGER", "1")]));
-    // A stage used as a base is not an image built earlier: its triggers do not run.
+    // A stage used as a base hands its triggers on too, as BuildKit does.
     let child = stage(&pl, "stage-1");
-    assert!(!child.steps[0].onbuild);
-    assert_eq!(child.steps.len(), 1);
+    assert!(child.steps[0].onbuild, "{:?}", child.steps[0].instruction);
+    assert_eq!(child.steps.len(), 2);
 }
 
 #[test]

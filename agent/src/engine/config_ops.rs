@@ -14,8 +14,7 @@ pub(super) fn apply(cfg: &mut RunConfig, step: &Step) {
             cfg.labels.insert(p.key.clone(), p.value.clone());
         }),
         Instruction::User { user } => cfg.user = user.clone(),
-        Instruction::Expose { ports } => ports.iter().for_each(|p| {
-            let p = if p.contains('/') { p.to_ascii_lowercase() } else { format!("{p}/tcp") };
+        Instruction::Expose { ports } => ports.iter().flat_map(|p| super::history::expose_ports(p)).for_each(|p| {
             cfg.exposed_ports.insert(p, serde_json::json!({}));
         }),
         Instruction::Volume { paths, .. } => paths.iter().for_each(|p| {
@@ -28,7 +27,11 @@ pub(super) fn apply(cfg: &mut RunConfig, step: &Step) {
             // ENTRYPOINT clears a CMD inherited from the base (Docker's rule).
             cfg.cmd = None;
         }
-        Instruction::Cmd { .. } => cfg.cmd = step.argv.clone(),
+        Instruction::Cmd { .. } => {
+            cfg.cmd = step.argv.clone();
+            // BuildKit sets the (deprecated) flag on every CMD, for Docker's image spec.
+            cfg.args_escaped = true;
+        }
         Instruction::Healthcheck(h) => cfg.healthcheck = Some(healthcheck_json(h, step)),
         Instruction::Onbuild { expression, .. } => cfg.on_build.get_or_insert_with(Vec::new).push(expression.clone()),
         Instruction::Maintainer { name } => {

@@ -13,6 +13,7 @@
 //! WORKDIR are `crate::copy`'s, which sees the slice only through `copy::CopyEnv`.
 
 mod config_ops;
+mod history;
 mod image;
 mod pull;
 mod run;

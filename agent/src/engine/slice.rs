@@ -3,6 +3,7 @@
 //! step cache.
 
 use super::config_ops;
+use super::history;
 use super::pull::RegistryImages;
 use super::step_cache::{cache_key, write_record};
 use super::{record_name, rfc3339, Agent, EngineError, Event, SliceRequest, SliceResult, SliceRun, State};
@@ -122,7 +123,11 @@ impl SliceRun<'_> {
                 State { config: ImageConfig::empty(&stage.platform), layers: vec![], key: format!("scratch {}", stage.platform) }
             }
             Base::Stage(i) => {
-                self.finished.get(i).cloned().ok_or_else(|| EngineError::Copy(format!("stage {i} was not built before {label}")))?
+                let mut s =
+                    self.finished.get(i).cloned().ok_or_else(|| EngineError::Copy(format!("stage {i} was not built before {label}")))?;
+                // The base stage's ONBUILD triggers run in this stage (resolve put them first).
+                s.config.config.on_build = None;
+                s
             }
             Base::Image(image) => {
                 let (mut s, _) = self.agent.pull(image, &stage.platform).map_err(|e| self.step_err(stage, stage.pos.line, e))?;
@@ -186,20 +191,20 @@ impl SliceRun<'_> {
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let layer = self.execute(stage, step, state, id)?;
-        let created_by = match &step.instruction {
-            Instruction::Run(_) => format!("RUN {}", step.argv.as_ref().map(|a| a.join(" ")).unwrap_or_default()),
-            _ => text.to_string(),
-        };
-        let mut history = History { created_by: Some(created_by), comment: Some("buildkit.dockerfile.v0".into()), ..Default::default() };
-        history.created = self.req.epoch().map(rfc3339);
-        match layer {
-            Some(l) => {
-                state.config.rootfs.diff_ids.push(l.diff_id.clone());
-                state.layers.push(l);
+        // BuildKit records no history for ONBUILD.
+        if let Some(created_by) = history::created_by(step, &state.config.config) {
+            let mut history =
+                History { created_by: Some(created_by), comment: Some("buildkit.dockerfile.v0".into()), ..Default::default() };
+            history.created = self.req.epoch().map(rfc3339);
+            match layer {
+                Some(l) => {
+                    state.config.rootfs.diff_ids.push(l.diff_id.clone());
+                    state.layers.push(l);
+                }
+                None => history.empty_layer = true,
             }
-            None => history.empty_layer = true,
+            state.config.history.push(history);
         }
-        state.config.history.push(history);
         state.key = key.clone();
         write_record(&record, &serde_json::to_vec(state).unwrap_or_default())?;
         self.note(stage, &key, state);
@@ -224,7 +229,11 @@ impl SliceRun<'_> {
         match &step.instruction {
             Instruction::Workdir { .. } => {
                 state.config.config.working_dir = step.workdir.clone();
-                copy::workdir(self, state, &step.workdir, self.req.epoch())
+                // BuildKit commits a layer for every WORKDIR, empty when the directory was there.
+                match copy::workdir(self, state, &step.workdir, self.req.epoch())? {
+                    Some(l) => Ok(Some(l)),
+                    None => Ok(Some(crate::layers::empty(&self.agent.store)?)),
+                }
             }
             Instruction::Copy(_) | Instruction::Add(_) => copy::copy(self, stage, step, state),
             Instruction::Run(_) => self.run(stage, step, state, id),

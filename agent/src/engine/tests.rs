@@ -127,10 +127,12 @@ fn run_step_gets_argv_env_cwd_and_user_from_the_stage() {
     assert!(env_has(run, "GREETING=hello"), "{:?}", run.env);
     assert!(run.env.iter().any(|e| e.starts_with("PATH=")), "{:?}", run.env);
 
-    // COPY and RUN add layers; WORKDIR names a directory the COPY made, so it adds none.
-    assert_eq!(result.layers.len(), 2, "{:?}", result.layers);
+    // COPY and RUN add layers; WORKDIR names a directory the COPY made, so its layer is the
+    // empty one (BuildKit commits a layer for every WORKDIR).
+    assert_eq!(result.layers.len(), 3, "{:?}", result.layers);
+    assert_eq!(result.layers[1].diff_id.hex(), "5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef", "the empty tar");
     assert_eq!(result.cache_hits, 0);
-    let snapshot = f.agent.snapshot(&result.layers[1]).expect("snapshot");
+    let snapshot = f.agent.snapshot(&result.layers[2]).expect("snapshot");
     assert_eq!(std::fs::read_to_string(snapshot.join("app/greeting.txt")).expect("RUN's file"), "hello\n");
     let copied = f.agent.snapshot(&result.layers[0]).expect("snapshot");
     assert!(copied.join("app/start.sh").is_file());
@@ -151,10 +153,10 @@ fn image_config_has_the_stage_env_workdir_and_config_edits() {
     assert_eq!(c.labels.get("org.example.role").map(String::as_str), Some("demo"));
     assert!(c.exposed_ports.contains_key("8080/tcp"), "{:?}", c.exposed_ports);
     assert_eq!(c.cmd.as_deref(), Some(&["./start.sh".to_string()][..]));
-    // One history entry per step; only COPY and RUN have layers.
-    assert_eq!(config.rootfs.diff_ids.len(), 2);
+    // One history entry per step; COPY, WORKDIR and RUN have layers.
+    assert_eq!(config.rootfs.diff_ids.len(), 3);
     let with_layers: Vec<bool> = config.history.iter().map(|h| !h.empty_layer).collect();
-    assert_eq!(with_layers.iter().filter(|l| **l).count(), 2, "{:?}", config.history);
+    assert_eq!(with_layers.iter().filter(|l| **l).count(), 3, "{:?}", config.history);
 }
 
 #[test]

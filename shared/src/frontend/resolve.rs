@@ -122,6 +122,9 @@ pub struct Step {
     pub onbuild: bool,
     /// Build arguments in scope (name, value) when the step runs; RUN sees them as environment.
     pub args: Vec<(String, String)>,
+    /// Every ARG the stage declared before this step, in order, with or without a value (the
+    /// `RUN |N NAME=VALUE ...` prefix of BuildKit's history names them all).
+    pub declared_args: Vec<String>,
     /// The working directory when the step runs.
     pub workdir: String,
     /// The process a RUN starts, or the command CMD/ENTRYPOINT/HEALTHCHECK record.
@@ -473,10 +476,8 @@ impl<'a> Resolver<'a> {
         }
         // A base's ONBUILD triggers run first; the new image does not inherit them.
         let mut body: Vec<(Located, bool)> = Vec::new();
-        // Only an image's triggers run: a stage used as a base is part of this build, not an
-        // image built before it, so its ONBUILD list is carried along unexecuted (as buildah
-        // and Docker's legacy builder do).
-        let triggers = if matches!(base, Base::Image(_)) { std::mem::take(&mut st.onbuild) } else { vec![] };
+        // As BuildKit: the triggers of an image, and of a stage of this build used as a base.
+        let triggers = std::mem::take(&mut st.onbuild);
         for expr in triggers {
             let ll = LogicalLine::synthetic(&expr, from_pos);
             body.push((super::instructions::parse_line(ll, self.df.directives.escape)?, true));
@@ -484,6 +485,7 @@ impl<'a> Resolver<'a> {
         body.extend(raw.body.iter().map(|l| ((*l).clone(), false)));
 
         let mut args: Vec<(String, String)> = Vec::new();
+        let mut declared_args: Vec<String> = Vec::new();
         let mut image_deps = Vec::new();
         let mut steps = Vec::new();
         for (l, onbuild) in body {
@@ -507,6 +509,8 @@ impl<'a> Resolver<'a> {
                             a.default = Some(self.word(d, &scope, pos)?);
                         }
                         self.consumed.insert(a.name.clone());
+                        declared_args.retain(|n| *n != a.name);
+                        declared_args.push(a.name.clone());
                         let value = self
                             .build_arg(&a.name)
                             .or_else(|| a.default.clone())
@@ -612,6 +616,7 @@ impl<'a> Resolver<'a> {
                 instruction: inst,
                 onbuild,
                 args: args.clone(),
+                declared_args: declared_args.clone(),
                 workdir: st.workdir.clone(),
                 argv,
                 files,
