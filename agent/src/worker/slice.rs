@@ -7,7 +7,7 @@ use super::context::{materialize, RemoveOnDrop};
 use super::error::SliceError;
 use super::peers::UploadedCache;
 use super::publish::{push, send_blobs};
-use super::{Worker, EVENT_BATCH};
+use super::Worker;
 use crate::cache::Imported;
 use crate::engine::{RemoteCache, SliceRequest};
 use kiln_shared::api::{CacheRef, Event, Request, SliceOutcome, SliceTask};
@@ -30,6 +30,7 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
     let forwarder = {
         let w = w.clone();
         let (build, slice, attempt) = (task.build, task.slice, task.attempt);
+        let (batch, deadline) = (Duration::from_millis(w.cfg.event_batch_ms), Duration::from_millis(w.cfg.events_deadline_ms));
         tokio::spawn(async move {
             let mut open = true;
             while open {
@@ -38,8 +39,8 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
                     Some(e) => events.push(e),
                     None => break,
                 }
-                // Batch what follows within EVENT_BATCH, but send at once when the slice ends.
-                let window = tokio::time::sleep(EVENT_BATCH);
+                // Batch what follows within `event_batch_ms`, but send at once when the slice ends.
+                let window = tokio::time::sleep(batch);
                 tokio::pin!(window);
                 loop {
                     tokio::select! {
@@ -53,8 +54,7 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
                         _ = &mut window => break,
                     }
                 }
-                let _ =
-                    w.farm.call(&Request::Events { build, slice, attempt, events }, Duration::from_secs(5), Duration::from_secs(5)).await;
+                let _ = w.farm.call(&Request::Events { build, slice, attempt, events }, deadline, deadline).await;
             }
         })
     };

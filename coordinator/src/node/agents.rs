@@ -145,7 +145,7 @@ pub async fn poll(node: &Node, p: &Principal, agent: &str, running: Vec<SliceAtt
         return Err(err(ErrorCode::NotFound, format!("agent {agent} is not registered (removed with `kiln context rm`?)")));
     }
     let wake = node.agent_wake(agent);
-    let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms.min(30_000)));
+    let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms).min(node.cfg.long_poll_max_ms));
     loop {
         node.soft().agents.insert(agent.to_string(), Live { last_seen: Instant::now(), running: running.clone(), cache_bytes });
         let tasks = tasks_for(node, agent, &running);

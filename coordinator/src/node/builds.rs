@@ -79,7 +79,7 @@ pub async fn submit(node: &Node, p: &Principal, origin: SocketAddr, mut spec: Bu
 
 pub async fn watch(node: &Node, p: &Principal, build: BuildId, cursor: u64, wait_ms: u32) -> Answer {
     let mut changed = node.changed.subscribe();
-    let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms.min(30_000)));
+    let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms).min(node.cfg.long_poll_max_ms));
     loop {
         let view = node.read(|s| s.builds.get(&build).filter(|b| b.tenant == p.tenant() || p.role == Role::Admin).map(views::build_view));
         let view = view.ok_or_else(|| err(ErrorCode::NotFound, format!("no build {build}")))?;

@@ -223,9 +223,12 @@ pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option
     cfg.validate()?;
     let creds = bootstrap::credentials(&cfg, join, token.as_deref(), &stop).await?;
     let ca_der = creds.ca.cert_der();
-    let endpoint =
-        transport::server(cfg.listen, &ca_der, &creds.identity, true).with_context(|| format!("listening on {} (QUIC)", cfg.listen))?;
-    let pool = peers::Pool::new(transport::client(&ca_der, Some(&creds.identity))?);
+    let endpoint = transport::server_with(cfg.listen, &ca_der, &creds.identity, true, &cfg.quic())
+        .with_context(|| format!("listening on {} (QUIC)", cfg.listen))?;
+    let pool = peers::Pool::new(
+        transport::client_with(&ca_der, Some(&creds.identity), &cfg.quic())?,
+        Duration::from_millis(cfg.peer_connect_timeout_ms),
+    );
     let store = Store::open(cfg.data_dir.join("raft.redb"))?;
     let raft_config = openraft::Config {
         cluster_name: "kiln".into(),

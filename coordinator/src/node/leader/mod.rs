@@ -23,7 +23,7 @@ pub async fn run(node: Arc<Node>) {
         tokio::select! {
             _ = node.stop.cancelled() => return,
             _ = node.wake_leader.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(node.cfg.leader_tick_ms)) => {}
         }
         if !node.is_leader() {
             let mut soft = node.soft();
