@@ -46,6 +46,7 @@ defaults! {
     default_peer_stall_timeout_secs: u64 = 30;
     default_quic_idle_timeout_ms: u32 = 5_000;
     default_quic_keep_alive_ms: u64 = 1_000;
+    default_agent_shutdown_drain_ms: u64 = 5_000;
 }
 
 /// An agent: a build host.
@@ -152,6 +153,11 @@ pub struct AgentConfig {
     pub quic_idle_timeout_ms: u32,
     #[serde(default = "default_quic_keep_alive_ms")]
     pub quic_keep_alive_ms: u64,
+    /// On shutdown, how long running slices may take to finish and report (5000 ms). The agent
+    /// stops polling when it stops, so its lease runs out `lease_timeout_ms` later and what is
+    /// still running is given to another agent: keep this under the coordinators' lease.
+    #[serde(default = "default_agent_shutdown_drain_ms")]
+    pub shutdown_drain_ms: u64,
 }
 
 impl AgentConfig {

@@ -196,7 +196,8 @@ impl Peer {
         identity: &Identity,
     ) -> Result<quinn::Endpoint, TransportError> {
         let endpoint = transport::server_with(addr, ca, identity, false, &self.timeouts.quic)?;
-        tokio::spawn(self.clone().serve(endpoint.clone()));
+        // Detached: the server ends when its endpoint closes, which the caller owns.
+        kiln_shared::task::spawn("peer server", self.clone().serve(endpoint.clone())).detach();
         Ok(endpoint)
     }
 

@@ -26,6 +26,7 @@ use crate::engine::Agent;
 use crate::peer::Peer;
 use kiln_shared::api::{AgentInfo, Principal, PruneSpec, Request, Response, SliceTask};
 use kiln_shared::client::Farm;
+use kiln_shared::task;
 use kiln_shared::transport::{self, TransportError};
 use kiln_shared::wire::ErrorCode;
 use kiln_shared::Platform;
@@ -145,16 +146,30 @@ pub async fn run(
     if let Some(ready) = ready {
         let _ = ready.send(info.clone());
     }
+    let background = [
+        task::spawn("measure the cache", measure_cache(worker.clone())),
+        task::spawn("peer server", peer.clone().serve(listener.clone())),
+        task::spawn("advertise", advertise::keep_advertising(worker.clone())),
+        task::spawn("gc", collect_garbage(worker.clone())),
+    ];
+    // Slices (and one-off advertisements) the poll loop started: drained on shutdown.
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(measure_cache(worker.clone()));
-    tasks.spawn(peer.clone().serve(listener.clone()));
-    tasks.spawn(advertise::keep_advertising(worker.clone()));
-    tasks.spawn(collect_garbage(worker.clone()));
     let result = tokio::select! {
         _ = stop.cancelled() => Ok(()),
         r = poll_loop(worker.clone(), &mut tasks) => r,
     };
+    if result.is_ok() && !tasks.is_empty() {
+        // Drain: no more polls, so no new slices; running ones finish and report, up to
+        // `shutdown_drain_ms`. The peer server keeps serving meanwhile.
+        let running = worker.running().len();
+        tracing::info!(agent = %worker.cfg.name, slices = running, "shutdown: waiting for running slices");
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_millis(worker.cfg.shutdown_drain_ms), drain).await.is_err() {
+            tracing::warn!(agent = %worker.cfg.name, slices = worker.running().len(), "shutdown: slices still running after the drain deadline are cut off");
+        }
+    }
     tasks.abort_all();
+    drop(background);
     worker.farm.close();
     peer.close();
     listener.close(0u32.into(), b"shutdown");

@@ -31,7 +31,7 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
         let w = w.clone();
         let (build, slice, attempt) = (task.build, task.slice, task.attempt);
         let (batch, deadline) = (Duration::from_millis(w.cfg.event_batch_ms), Duration::from_millis(w.cfg.events_deadline_ms));
-        tokio::spawn(async move {
+        kiln_shared::task::spawn(format!("events of slice {build}/{slice}"), async move {
             let mut open = true;
             while open {
                 let mut events = Vec::new();

@@ -152,6 +152,9 @@ pub struct AgentArgs {
     /// A TOML config file (flags override it); see deploy/config.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// On shutdown, how long running slices may take to finish and report.
+    #[arg(long)]
+    pub shutdown_drain_ms: Option<u64>,
 }
 
 fn parse_peers(s: &str) -> anyhow::Result<BTreeMap<u64, SocketAddr>> {
@@ -173,7 +176,7 @@ where
         let stop = CancellationToken::new();
         let signals = stop.clone();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let watcher = tokio::spawn(async move {
+        let watcher = kiln_shared::task::spawn("signals", async move {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
@@ -181,7 +184,7 @@ where
             signals.cancel();
         });
         let result = work(stop).await;
-        watcher.abort();
+        drop(watcher);
         result.map(|_| ExitCode::SUCCESS)
     })
 }
@@ -328,6 +331,7 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     if let Some(v) = &args.gc_keep_duration {
         cfg.gc_keep_duration_s = super::storage::parse_duration(v)?.as_secs();
     }
+    override_with!(cfg, args: shutdown_drain_ms);
     cfg.validate().map_err(anyhow::Error::msg)?;
     let token = match args.token {
         Some(t) => t,

@@ -154,10 +154,13 @@ pub async fn poll(node: &Node, p: &Principal, agent: &str, running: Vec<SliceAtt
             return Ok(Response::Tasks { tasks, resync });
         }
         let now = Instant::now();
-        if now >= deadline || !node.is_leader() {
+        if now >= deadline || !node.is_leader() || node.stop.is_cancelled() {
             return Ok(Response::Tasks { tasks, resync });
         }
         // Wake at least every second so that the heartbeat stays fresh while waiting.
-        let _ = tokio::time::timeout((deadline - now).min(Duration::from_secs(1)), wake.notified()).await;
+        tokio::select! {
+            _ = tokio::time::timeout((deadline - now).min(Duration::from_secs(1)), wake.notified()) => {}
+            _ = node.stop.cancelled() => {}
+        }
     }
 }

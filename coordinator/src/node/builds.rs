@@ -90,9 +90,12 @@ pub async fn watch(node: &Node, p: &Principal, build: BuildId, cursor: u64, wait
             (all[from..].to_vec(), all.len() as u64)
         };
         let now = Instant::now();
-        if !events.is_empty() || view.state != BuildState::Running || now >= deadline {
+        if !events.is_empty() || view.state != BuildState::Running || now >= deadline || node.stop.is_cancelled() {
             return Ok(Response::Build { view, events, cursor: next });
         }
-        let _ = tokio::time::timeout(deadline - now, changed.changed()).await;
+        tokio::select! {
+            _ = tokio::time::timeout(deadline - now, changed.changed()) => {}
+            _ = node.stop.cancelled() => {}
+        }
     }
 }

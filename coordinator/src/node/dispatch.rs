@@ -24,6 +24,12 @@ pub async fn serve(node: Arc<Node>, conn: quinn::Connection) {
         let node = node.clone();
         let principal = principal.clone();
         async move {
+            // Raft keeps running through a drain: what requests in flight propose must commit.
+            let _pass = match node.gate.enter() {
+                Some(pass) => Some(pass),
+                None if matches!(req, Request::Raft { .. }) => None,
+                None => return Err(err(ErrorCode::Unavailable, format!("coordinator {} is shutting down; retry", node.id))),
+            };
             let started = std::time::Instant::now();
             let kind = if tracing::enabled!(tracing::Level::DEBUG) { request_kind(&req) } else { String::new() };
             let answer = match principal {

@@ -33,6 +33,7 @@ use crate::raft::{BuildId, ClusterState, Command, CommandResult, NodeId, SliceAt
 use anyhow::Context as _;
 use kiln_shared::api::{BuildEvent, Role, Token};
 use kiln_shared::store::ContentStore;
+use kiln_shared::task::{self, Gate, TaskHandle};
 use kiln_shared::transport::{self, ClusterCa};
 use kiln_shared::wire::{ErrorCode, RemoteError};
 use live::Live;
@@ -101,6 +102,8 @@ pub struct Node {
     /// never place slices on the same free slot.
     pub sched: tokio::sync::Mutex<()>,
     pub stop: CancellationToken,
+    /// Requests being served; closed when `stop` is cancelled (see [`run`]).
+    pub gate: Gate,
 }
 
 impl Node {
@@ -261,43 +264,56 @@ pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option
         wake_leader: tokio::sync::Notify::new(),
         sched: tokio::sync::Mutex::new(()),
         stop: stop.clone(),
+        gate: Gate::default(),
     });
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut tasks: Vec<TaskHandle<()>> = Vec::new();
     if creds.founder {
         let members: BTreeMap<NodeId, BasicNode> = cfg.peers.iter().map(|(id, a)| (*id, BasicNode::new(a.to_string()))).collect();
         node.raft.initialize(members).await.context("initialising the cluster")?;
-        tasks.spawn(found(node.clone()));
+        tasks.push(task::spawn("found the cluster", found(node.clone())));
     }
-    tasks.spawn(leader::run(node.clone()));
-    let accept = endpoint.clone();
-    let server = node.clone();
-    tasks.spawn(async move {
-        let mut conns = tokio::task::JoinSet::new();
-        loop {
-            tokio::select! {
-                _ = server.stop.cancelled() => break,
-                incoming = accept.accept() => {
-                    let Some(incoming) = incoming else { break };
-                    let node = server.clone();
-                    conns.spawn(async move {
-                        if let Ok(conn) = incoming.await {
-                            dispatch::serve(node, conn).await;
-                        }
-                    });
-                }
-            }
-            while conns.try_join_next().is_some() {}
-        }
-        conns.abort_all();
-    });
+    tasks.push(task::spawn("leader", leader::run(node.clone())));
+    tasks.push(task::spawn("accept", accept(node.clone(), endpoint.clone())));
     tracing::info!(coordinator = cfg.id, listen = %cfg.listen, data_dir = %cfg.data_dir.display(), "listening");
     stop.cancelled().await;
-    tasks.abort_all();
+    // Drain: new connections and requests are refused from now on; those in flight (and builds
+    // being finished) get up to `shutdown_drain_ms`, with Raft still running so that what they
+    // propose commits. Long polls end early on `stop`.
+    let inside = node.gate.inside();
+    if !node.gate.drain(Duration::from_millis(cfg.shutdown_drain_ms)).await {
+        tracing::warn!(
+            coordinator = cfg.id,
+            requests = node.gate.inside(),
+            "shutdown: requests still running after the drain deadline are cut off"
+        );
+    } else if inside > 0 {
+        tracing::info!(coordinator = cfg.id, requests = inside, "shutdown: requests in flight finished");
+    }
+    drop(tasks);
     endpoint.close(0u32.into(), b"shutdown");
     node.pool.close();
     let _ = node.raft.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_millis(cfg.shutdown_drain_ms), endpoint.wait_idle()).await;
     Ok(())
+}
+
+/// Serves every connection until aborted (by [`run`], after the drain); once the gate is
+/// closed, new connections are refused.
+async fn accept(node: Arc<Node>, endpoint: quinn::Endpoint) {
+    let mut conns = tokio::task::JoinSet::new();
+    while let Some(incoming) = endpoint.accept().await {
+        if node.gate.is_closed() {
+            incoming.refuse();
+            continue;
+        }
+        let node = node.clone();
+        conns.spawn(async move {
+            if let Ok(conn) = incoming.await {
+                dispatch::serve(node, conn).await;
+            }
+        });
+        while conns.try_join_next().is_some() {}
+    }
 }
 
 /// The founder commits the first tokens, then writes them to its data dir.

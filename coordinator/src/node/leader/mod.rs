@@ -13,15 +13,26 @@ use crate::raft::{BuildId, BuildRecord, Command, SliceAssignment};
 use kiln_shared::digest::Digest;
 use kiln_shared::oci::{self, Descriptor, Index};
 use kiln_shared::registry::{Reference, RegistryClient};
+use kiln_shared::task::{self, TaskHandle};
 use kiln_shared::wire::RemoteError;
 use plan::{Agents, Plan, Settings};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub async fn run(node: Arc<Node>) {
+    // Builds being finished; dropped (aborted) with this task. Finishing is idempotent, so a
+    // build cut off here is finished again by the next leader.
+    let mut finishers: Vec<TaskHandle<()>> = Vec::new();
     loop {
+        finishers.retain(|f| !f.is_finished());
         tokio::select! {
-            _ = node.stop.cancelled() => return,
+            _ = node.stop.cancelled() => {
+                // Shutting down: no more ticks; the builds being finished get the drain.
+                for f in finishers {
+                    let _ = f.await;
+                }
+                return;
+            }
             _ = node.wake_leader.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(node.cfg.leader_tick_ms)) => {}
         }
@@ -41,7 +52,7 @@ pub async fn run(node: Arc<Node>) {
                 soft.tracker = Default::default();
             }
         }
-        if let Err(e) = tick(&node).await {
+        if let Err(e) = tick(&node, &mut finishers).await {
             // Typically a lost leadership mid-tick; the next tick sees it.
             tracing::warn!(coordinator = node.id, "{}", e.message);
         }
@@ -72,7 +83,7 @@ pub fn place_new(node: &Node, record: &BuildRecord) -> Vec<SliceAssignment> {
     })
 }
 
-async fn tick(node: &Arc<Node>) -> Result<(), RemoteError> {
+async fn tick(node: &Arc<Node>, finishers: &mut Vec<TaskHandle<()>>) -> Result<(), RemoteError> {
     let settings = settings(node);
     // Deciding holds `sched` (as submits do), on a read made under it, so that no two
     // decisions place slices on the same free slot.
@@ -100,13 +111,13 @@ async fn tick(node: &Arc<Node>) -> Result<(), RemoteError> {
     for build in plan.finished {
         node.soft().finishing.insert(build);
         let node = node.clone();
-        tokio::spawn(async move {
+        finishers.push(task::spawn(format!("finish build {build}"), async move {
             let outcome = finish(&node, build).await;
             if let Err(e) = outcome {
                 tracing::warn!(coordinator = node.id, %build, "finishing the build: {}", e.message);
                 node.soft().finishing.remove(&build);
             }
-        });
+        }));
     }
 
     for name in plan.drained {
