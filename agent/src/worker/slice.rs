@@ -107,6 +107,7 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
         if spec.push {
             push(&engine, &spec.tags, &image)?;
         }
+        let step_records = result.records.iter().map(|r| crate::engine::record_name(&spec.cache_scope, &r.key)).collect::<Vec<_>>();
         // --cache-to: this slice's records; their layers go where the cache is written.
         result.records = match &spec.cache_to {
             Some(export) => {
@@ -118,11 +119,11 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
             }
             None => vec![],
         };
-        Ok::<_, SliceError>((result, image.0, image.1))
+        Ok::<_, SliceError>((result, image.0, image.1, step_records))
     })
     .await;
     let _ = forwarder.await;
-    let (result, manifest, blobs) = match result {
+    let (result, manifest, blobs, step_records) = match result {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return Err(e),
         Err(e) => return Err(SliceError::Task(e)),
@@ -165,6 +166,7 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
         cache_misses: result.cache_misses,
         cache_peer_hits: result.cache_peer_hits,
         records: result.records,
+        step_records,
     })
 }
 

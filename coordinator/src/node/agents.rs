@@ -40,8 +40,17 @@ pub fn events(node: &Node, p: &Principal, at: SliceAttempt, events: Vec<Event>) 
 }
 
 pub async fn slice_done(node: &Node, p: &Principal, outcome: SliceOutcome) -> Answer {
-    owned_by(node, p, SliceAttempt::from_wire((outcome.build, outcome.slice, outcome.attempt)))?;
+    let at = SliceAttempt::from_wire((outcome.build, outcome.slice, outcome.attempt));
+    owned_by(node, p, at)?;
+    let lineage = node.read(|s| {
+        let b = s.builds.get(&at.slice.build)?;
+        Some(crate::node::leader::plan::lineage(&b.spec, &b.slices.get(at.slice.index as usize)?.platform))
+    });
+    let records = outcome.step_records.clone();
     node.commit(Command::SliceDone { at_ms: now_ms(), outcome }).await?;
+    if let Some(lineage) = lineage {
+        node.soft().lineage.remember(lineage, records);
+    }
     node.wake_leader.notify_one();
     node.bump();
     Ok(Response::Ok)

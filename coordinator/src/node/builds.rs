@@ -81,7 +81,10 @@ pub async fn watch(node: &Node, p: &Principal, build: BuildId, cursor: u64, wait
     let mut changed = node.changed.subscribe();
     let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms).min(node.cfg.long_poll_max_ms));
     loop {
-        let view = node.read(|s| s.builds.get(&build).filter(|b| b.tenant == p.tenant() || p.role == Role::Admin).map(views::build_view));
+        let waiting = node.soft().waiting_of(build);
+        let view = node.read(|s| {
+            s.builds.get(&build).filter(|b| b.tenant == p.tenant() || p.role == Role::Admin).map(|b| views::build_view(b, &waiting))
+        });
         let view = view.ok_or_else(|| err(ErrorCode::NotFound, format!("no build {build}")))?;
         let (events, next) = {
             let soft = node.soft();

@@ -29,7 +29,7 @@ pub mod views;
 use crate::config::CoordinatorConfig;
 use crate::raft::network::Network;
 use crate::raft::store::{StateMachineStore, Store};
-use crate::raft::{BuildId, ClusterState, Command, CommandResult, NodeId, SliceAttempt, TypeConfig};
+use crate::raft::{BuildId, ClusterState, Command, CommandResult, NodeId, SliceAttempt, SliceKey, TypeConfig};
 use anyhow::Context as _;
 use kiln_shared::api::{BuildEvent, Role, Token};
 use kiln_shared::store::ContentStore;
@@ -75,6 +75,56 @@ pub struct Soft {
     pub inflight: HashMap<String, u32>,
     /// Who holds which blob and step cache record (leader only; rebuilt after a failover).
     pub tracker: tracker::Tracker,
+    /// The records each lineage's last slice used or made (leader only; after a failover it
+    /// fills again as slices finish): where the next build of it finds its cache.
+    pub lineage: Lineage,
+    /// Why each queued slice waits, or last waited (the plan's words), for the build views.
+    pub waiting: BTreeMap<SliceKey, String>,
+}
+
+/// Lineages remembered, at most (the oldest are forgotten first).
+const MAX_LINEAGES: usize = 4096;
+/// Waiting reasons kept, at most (those of the oldest builds are dropped first).
+const MAX_WAITING: usize = 4096;
+
+/// lineage (see [`leader::plan::lineage`]) → the scoped names of its last slice's records.
+#[derive(Default)]
+pub struct Lineage {
+    pub records: HashMap<String, Vec<String>>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl Lineage {
+    pub fn remember(&mut self, lineage: String, records: Vec<String>) {
+        if records.is_empty() {
+            return;
+        }
+        if self.records.insert(lineage.clone(), records).is_none() {
+            self.order.push_back(lineage);
+        }
+        while self.order.len() > MAX_LINEAGES {
+            if let Some(old) = self.order.pop_front() {
+                self.records.remove(&old);
+            }
+        }
+    }
+}
+
+impl Soft {
+    /// Keeps the plan's waiting reasons; a slice that stops waiting keeps its last one.
+    pub fn note_waiting(&mut self, waiting: &[(SliceKey, String)]) {
+        for (key, reason) in waiting {
+            self.waiting.insert(*key, reason.clone());
+        }
+        while self.waiting.len() > MAX_WAITING {
+            self.waiting.pop_first();
+        }
+    }
+
+    /// The waiting reasons of one build's slices, by index.
+    pub fn waiting_of(&self, build: BuildId) -> BTreeMap<u32, String> {
+        self.waiting.range(SliceKey::new(build, 0)..=SliceKey::new(build, u32::MAX)).map(|(k, r)| (k.index, r.clone())).collect()
+    }
 }
 
 /// agent → the attempts of its running slices.

@@ -64,11 +64,19 @@ fn settings(node: &Node) -> Settings {
         lease_timeout_ms: node.cfg.lease_timeout_ms,
         max_slice_attempts: node.cfg.max_slice_attempts,
         emulation_slowdown: node.cfg.emulation_slowdown,
+        usage_window_ms: node.cfg.usage_window_secs.saturating_mul(1000),
     }
 }
 
 fn agents(soft: &Soft) -> Agents<'_> {
-    Agents { live: &soft.agents, leader_since: soft.leader_since, inflight: &soft.inflight }
+    Agents {
+        live: &soft.agents,
+        leader_since: soft.leader_since,
+        inflight: &soft.inflight,
+        tracker: &soft.tracker,
+        lineage: &soft.lineage.records,
+        now_ms: now_ms(),
+    }
 }
 
 /// Places the slices of a build about to be submitted, so that submitting and assigning are
@@ -78,7 +86,16 @@ pub fn place_new(node: &Node, record: &BuildRecord) -> Vec<SliceAssignment> {
     let settings = settings(node);
     node.read(|s| {
         // The state lock is taken before the soft-state lock, always.
-        let view = plan::farm_view(s, agents(&node.soft()), now, &settings);
+        let soft = node.soft();
+        let wanted: Vec<(u64, &[String])> = record
+            .slices
+            .iter()
+            .enumerate()
+            .map(|(i, sl)| {
+                (i as u64, soft.lineage.records.get(&plan::lineage(&record.spec, &sl.platform)).map(Vec::as_slice).unwrap_or(&[]))
+            })
+            .collect();
+        let view = plan::farm_view(s, agents(&soft), now, &settings, &wanted);
         plan::place_new(s, &view, record, &settings)
     })
 }
@@ -94,6 +111,7 @@ async fn tick(node: &Arc<Node>, finishers: &mut Vec<TaskHandle<()>>) -> Result<(
         plan::survey(s, agents(&soft), &soft.finishing, now, &settings)
     });
     let plan = plan::decide(survey);
+    node.soft().note_waiting(&plan.waiting);
     node.reserve(&plan.assignments);
     // Reserved: other decisions may be made while this one commits.
     drop(scheduling);
