@@ -33,8 +33,37 @@ const DEPTH: usize = 2;
 const DIRECT_ALIGN: usize = 4096;
 /// Bytes written between background syncs of a blob being fetched.
 const SYNC_EVERY: u64 = 64 << 20;
-/// A fetch that keeps no chunk for this long gives up.
-const STALL: Duration = Duration::from_secs(30);
+/// How long a peer transfer waits, from the agent's config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerTimeouts {
+    /// Connecting to another agent (default 3000 ms).
+    pub connect_ms: u64,
+    /// One chunk (default 30000 ms).
+    pub chunk_ms: u64,
+    /// One step cache record (default 10000 ms).
+    pub record_ms: u64,
+    /// A blob's chunk table, asked of every source at the start (default 20000 ms) and again
+    /// of a source that is itself fetching (default 10000 ms).
+    pub table_ms: u64,
+    pub table_refresh_ms: u64,
+    /// A fetch that keeps no chunk for this long gives up (default 30 s).
+    pub stall_secs: u64,
+    pub quic: transport::Timeouts,
+}
+
+impl Default for PeerTimeouts {
+    fn default() -> Self {
+        PeerTimeouts {
+            connect_ms: 3_000,
+            chunk_ms: 30_000,
+            record_ms: 10_000,
+            table_ms: 20_000,
+            table_refresh_ms: 10_000,
+            stall_secs: 30,
+            quic: transport::Timeouts::default(),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -112,6 +141,7 @@ pub struct Peer {
     pub served: AtomicU64,
     /// Chunk size of the tables this agent computes ([`kiln_shared::chunks::CHUNK_SIZE`]).
     pub chunk_size: u32,
+    timeouts: PeerTimeouts,
 }
 
 fn remote(code: ErrorCode, message: impl Into<String>) -> RemoteError {
@@ -130,6 +160,16 @@ pub fn record_path(root: &Path, name: &str) -> Option<PathBuf> {
 impl Peer {
     /// `limit_bytes_per_s` caps both what peers fetch from this agent and what it fetches.
     pub fn new(root: &Path, ca: &CertificateDer<'static>, identity: &Identity, limit_bytes_per_s: u64) -> Result<Peer, TransportError> {
+        Peer::with_timeouts(root, ca, identity, limit_bytes_per_s, PeerTimeouts::default())
+    }
+
+    pub fn with_timeouts(
+        root: &Path,
+        ca: &CertificateDer<'static>,
+        identity: &Identity,
+        limit_bytes_per_s: u64,
+        timeouts: PeerTimeouts,
+    ) -> Result<Peer, TransportError> {
         let store = ContentStore::open(&root.join("content")).map_err(|e| TransportError::Closed(e.to_string()))?;
         Ok(Peer {
             store,
@@ -138,11 +178,12 @@ impl Peer {
             tables: Mutex::new(HashMap::new()),
             up: RateLimit::new(limit_bytes_per_s),
             down: RateLimit::new(limit_bytes_per_s),
-            endpoint: transport::client(ca, Some(identity))?,
+            endpoint: transport::client_with(ca, Some(identity), &timeouts.quic)?,
             conns: tokio::sync::Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             served: AtomicU64::new(0),
             chunk_size: kiln_shared::chunks::CHUNK_SIZE,
+            timeouts,
         })
     }
 
@@ -154,8 +195,9 @@ impl Peer {
         ca: &CertificateDer<'static>,
         identity: &Identity,
     ) -> Result<quinn::Endpoint, TransportError> {
-        let endpoint = transport::server(addr, ca, identity, false)?;
-        tokio::spawn(self.clone().serve(endpoint.clone()));
+        let endpoint = transport::server_with(addr, ca, identity, false, &self.timeouts.quic)?;
+        // Detached: the server ends when its endpoint closes, which the caller owns.
+        kiln_shared::task::spawn("peer server", self.clone().serve(endpoint.clone())).detach();
         Ok(endpoint)
     }
 
@@ -301,7 +343,7 @@ impl Peer {
                 return Ok(c.clone());
             }
         }
-        let c = transport::connect(&self.endpoint, addr, Duration::from_secs(3)).await?;
+        let c = transport::connect(&self.endpoint, addr, Duration::from_millis(self.timeouts.connect_ms)).await?;
         conns.insert(addr, c.clone());
         Ok(c)
     }
@@ -326,7 +368,11 @@ impl Peer {
     ) -> Result<(Response, Vec<u8>, usize), TransportError> {
         let conn = self.connection(addr).await?;
         let body = Request::GetChunk { digest: d.to_string(), index: i as u32 };
-        let env = Envelope { request_id: self.next_id.fetch_add(1, Ordering::Relaxed), deadline_ms: 30_000, body };
+        let env = Envelope {
+            request_id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            deadline_ms: u32::try_from(self.timeouts.chunk_ms).unwrap_or(u32::MAX),
+            body,
+        };
         let r = transport::call_with_body(&conn, &env, kiln_shared::chunks::MAX_CHUNK as usize, buf, align).await;
         if matches!(r, Err(TransportError::Closed(_) | TransportError::Timeout { .. })) {
             self.conns.lock().await.remove(&addr);
@@ -338,7 +384,7 @@ impl Peer {
     pub async fn record(&self, name: &str, sources: &[SocketAddr]) -> Result<Vec<u8>, FetchError> {
         let mut reasons = Vec::new();
         for &s in sources {
-            match self.call(s, Request::GetRecord { name: name.to_string() }, Duration::from_secs(10)).await {
+            match self.call(s, Request::GetRecord { name: name.to_string() }, Duration::from_millis(self.timeouts.record_ms)).await {
                 Ok(Response::Bytes(b)) => return Ok(b),
                 Ok(other) => reasons.push(format!("{s}: unexpected answer {other:?}")),
                 Err(e) => reasons.push(format!("{s}: {e}")),
@@ -358,9 +404,9 @@ impl Peer {
         let mut report = FetchReport::default();
         // Every source's table; the majority's is used (a lone source is trusted until the
         // chunks or the digest say otherwise).
-        let asks = sources
-            .iter()
-            .map(|&s| async move { (s, self.call(s, Request::ChunkTable { digest: d.to_string() }, Duration::from_secs(20)).await) });
+        let asks = sources.iter().map(|&s| async move {
+            (s, self.call(s, Request::ChunkTable { digest: d.to_string() }, Duration::from_millis(self.timeouts.table_ms)).await)
+        });
         let mut tables: Vec<(SocketAddr, ChunkTable)> = Vec::new();
         // Peers that do not hold it yet may be fetching it too: they are asked again later.
         let mut later: Vec<SocketAddr> = Vec::new();
@@ -487,7 +533,7 @@ impl Peer {
     }
 
     /// One of a source's request slots: asks for chunks until the blob is complete, the source
-    /// is dropped, or nothing has been kept for [`STALL`].
+    /// is dropped, or nothing has been kept for `stall_secs`.
     async fn chunk_loop(&self, d: &Digest, partial: &Partial, shared: &Shared, src: usize, addr: SocketAddr) {
         let table = &partial.table;
         // One buffer per request slot, reused for every chunk it fetches.
@@ -502,7 +548,7 @@ impl Peer {
                 plan.next(src)
             };
             let Some(i) = next else {
-                if lock(&shared.progress).elapsed() > STALL {
+                if lock(&shared.progress).elapsed() > Duration::from_secs(self.timeouts.stall_secs) {
                     return;
                 }
                 // A source that is itself fetching gets more chunks over time: ask what it has.
@@ -515,8 +561,9 @@ impl Peer {
                     due
                 };
                 if refresh {
-                    if let Ok(Response::Table(t)) =
-                        self.call(addr, Request::ChunkTable { digest: d.to_string() }, Duration::from_secs(10)).await
+                    if let Ok(Response::Table(t)) = self
+                        .call(addr, Request::ChunkTable { digest: d.to_string() }, Duration::from_millis(self.timeouts.table_refresh_ms))
+                        .await
                     {
                         if t.content() == table.content() {
                             lock(&shared.plan).update_have(src, t.have);

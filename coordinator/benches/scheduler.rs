@@ -23,7 +23,7 @@ fn main() {
     let slices: Vec<PendingSlice> = (0..10_000u64)
         .map(|i| PendingSlice {
             id: i,
-            build: i / 2,
+            affinity: i / 2,
             tenant: format!("tenant-{}", i % 17),
             platform: if i % 2 == 0 { amd.clone() } else { arm.clone() },
             queued_seq: i,

@@ -43,6 +43,45 @@ fn default_snapshot_every_entries() -> u64 {
 fn default_shutdown_drain_ms() -> u64 {
     2000
 }
+fn default_leader_tick_ms() -> u64 {
+    100
+}
+fn default_long_poll_max_ms() -> u64 {
+    30_000
+}
+fn default_forward_timeout_ms() -> u64 {
+    30_000
+}
+fn default_forward_poll_slack_ms() -> u64 {
+    1_500
+}
+fn default_admin_call_timeout_ms() -> u64 {
+    120_000
+}
+fn default_context_drain_timeout_ms() -> u64 {
+    110_000
+}
+fn default_peer_connect_timeout_ms() -> u64 {
+    2_000
+}
+fn default_join_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn default_join_request_timeout_ms() -> u64 {
+    10_000
+}
+fn default_join_retry_max_ms() -> u64 {
+    2_000
+}
+fn default_quic_idle_timeout_ms() -> u32 {
+    5_000
+}
+fn default_quic_keep_alive_ms() -> u64 {
+    1_000
+}
+fn default_usage_window_secs() -> u64 {
+    600
+}
 
 /// A coordinator: one member of the Raft cluster.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -77,12 +116,63 @@ pub struct CoordinatorConfig {
     /// Log entries between snapshots (default 5000).
     #[serde(default = "default_snapshot_every_entries")]
     pub snapshot_every_entries: u64,
-    /// On shutdown, how long connections may take to close cleanly (default 2000 ms).
+    /// On shutdown, how long requests in flight may take to finish (new ones are refused
+    /// meanwhile), and then connections to close (default 2000 ms).
     #[serde(default = "default_shutdown_drain_ms")]
     pub shutdown_drain_ms: u64,
+    /// The leader's tick: leases checked, queued slices placed, builds finished, at least this
+    /// often (default 100 ms; events wake it sooner).
+    #[serde(default = "default_leader_tick_ms")]
+    pub leader_tick_ms: u64,
+    /// Longest wait of a long poll (an agent's poll, `kiln build` following a build), whatever
+    /// the client asks (default 30000 ms).
+    #[serde(default = "default_long_poll_max_ms")]
+    pub long_poll_max_ms: u64,
+    /// How long a request forwarded to the leader may take (default 30000 ms).
+    #[serde(default = "default_forward_timeout_ms")]
+    pub forward_timeout_ms: u64,
+    /// A forwarded long poll may take its wait plus this (default 1500 ms).
+    #[serde(default = "default_forward_poll_slack_ms")]
+    pub forward_poll_slack_ms: u64,
+    /// Slow admin requests: a forwarded `kiln context rm`, storage requests to each agent
+    /// (default 120000 ms).
+    #[serde(default = "default_admin_call_timeout_ms")]
+    pub admin_call_timeout_ms: u64,
+    /// How long `kiln context rm` waits for the context's slices to finish; under
+    /// `admin_call_timeout_ms`, so that the answer arrives before a forwarded call gives up
+    /// (default 110000 ms).
+    #[serde(default = "default_context_drain_timeout_ms")]
+    pub context_drain_timeout_ms: u64,
+    /// Connecting to another coordinator (default 2000 ms).
+    #[serde(default = "default_peer_connect_timeout_ms")]
+    pub peer_connect_timeout_ms: u64,
+    /// A new member asking a running one for the cluster CA: connecting, the request, and the
+    /// longest pause between tries (defaults 5000, 10000 and 2000 ms).
+    #[serde(default = "default_join_connect_timeout_ms")]
+    pub join_connect_timeout_ms: u64,
+    #[serde(default = "default_join_request_timeout_ms")]
+    pub join_request_timeout_ms: u64,
+    #[serde(default = "default_join_retry_max_ms")]
+    pub join_retry_max_ms: u64,
+    /// QUIC: a connection silent this long is dead (default 5000 ms), and keep-alives
+    /// every (default 1000 ms). Agents notice a dead leader within the idle timeout: keep it
+    /// well under `lease_timeout_ms`.
+    #[serde(default = "default_quic_idle_timeout_ms")]
+    pub quic_idle_timeout_ms: u32,
+    #[serde(default = "default_quic_keep_alive_ms")]
+    pub quic_keep_alive_ms: u64,
+    /// Fair share: the window over which each tenant's recent slot-seconds are counted
+    /// (default 600 s).
+    #[serde(default = "default_usage_window_secs")]
+    pub usage_window_secs: u64,
 }
 
 impl CoordinatorConfig {
+    /// The QUIC clocks of this coordinator's endpoints.
+    pub fn quic(&self) -> kiln_shared::transport::Timeouts {
+        kiln_shared::transport::Timeouts { idle_ms: self.quic_idle_timeout_ms, keep_alive_ms: self.quic_keep_alive_ms }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         match self.peers.get(&self.id) {
@@ -112,6 +202,21 @@ impl CoordinatorConfig {
         }
         if self.max_slice_attempts == 0 || !(1.0..=100.0).contains(&self.emulation_slowdown) {
             return bad("max_slice_attempts must be at least 1 and emulation_slowdown between 1 and 100".into());
+        }
+        if self.leader_tick_ms == 0 || self.long_poll_max_ms == 0 || self.forward_timeout_ms == 0 || self.peer_connect_timeout_ms == 0 {
+            return bad("leader_tick_ms, long_poll_max_ms, forward_timeout_ms and peer_connect_timeout_ms must be above 0".into());
+        }
+        if self.context_drain_timeout_ms >= self.admin_call_timeout_ms {
+            return bad(format!(
+                "context_drain_timeout_ms ({}) must be below admin_call_timeout_ms ({}) so that `kiln context rm` is answered in time",
+                self.context_drain_timeout_ms, self.admin_call_timeout_ms
+            ));
+        }
+        if self.quic_keep_alive_ms == 0 || self.quic_keep_alive_ms >= u64::from(self.quic_idle_timeout_ms) {
+            return bad(format!(
+                "quic_keep_alive_ms ({}) must be above 0 and below quic_idle_timeout_ms ({})",
+                self.quic_keep_alive_ms, self.quic_idle_timeout_ms
+            ));
         }
         Ok(())
     }

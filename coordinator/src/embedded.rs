@@ -9,11 +9,11 @@
 use crate::config::CoordinatorConfig;
 use anyhow::{anyhow, bail, Context as _};
 use kiln_agent::config::AgentConfig;
+use kiln_shared::task::{spawn_on, TaskHandle};
 use nix::fcntl::{Flock, FlockArg};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// The name of the embedded farm's one agent (and of its context and builder).
@@ -35,8 +35,8 @@ pub struct Embedded {
     /// The admin token: the embedded farm's one user is its admin.
     pub token: String,
     stop: CancellationToken,
-    coordinator: Option<JoinHandle<anyhow::Result<()>>>,
-    agent: Option<JoinHandle<Result<(), kiln_agent::worker::WorkerError>>>,
+    coordinator: Option<TaskHandle<anyhow::Result<()>>>,
+    agent: Option<TaskHandle<Result<(), kiln_agent::worker::WorkerError>>>,
     handle: tokio::runtime::Handle,
     _lock: Flock<std::fs::File>,
 }
@@ -89,12 +89,14 @@ fn agent_config(dir: PathBuf, host: SocketAddr, listen: SocketAddr) -> anyhow::R
     // Every platform of a build runs at once, as on a farm with an agent per platform.
     cfg.slots = cfg.slots.max(8);
     cfg.listen = listen;
+    // As the coordinator's: its one client is this process, stopping with it.
+    cfg.shutdown_drain_ms = 0;
     cfg.validate().map_err(anyhow::Error::msg)?;
     Ok(cfg)
 }
 
 /// Waits for a file the founding coordinator writes once its tokens are committed.
-async fn read_token(path: &Path, coordinator: &JoinHandle<anyhow::Result<()>>) -> anyhow::Result<String> {
+async fn read_token(path: &Path, coordinator: &TaskHandle<anyhow::Result<()>>) -> anyhow::Result<String> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(t) = std::fs::read_to_string(path) {
@@ -120,7 +122,7 @@ impl Embedded {
         let acfg = agent_config(home.join("agent"), listen, free_port(last_agent_endpoint(&home))?)?;
         let stop = CancellationToken::new();
         let handle = runtime.handle().clone();
-        let coordinator = handle.spawn(crate::node::run(ccfg, None, None, stop.clone()));
+        let coordinator = spawn_on(&handle, "embedded coordinator", crate::node::run(ccfg, None, None, stop.clone()));
         let mut farm = Embedded {
             hosts: vec![listen],
             token: String::new(),
@@ -137,7 +139,7 @@ impl Embedded {
         })?;
         farm.token = admin;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        farm.agent = Some(handle.spawn(kiln_agent::worker::run(acfg, agent_token, stop, Some(ready_tx))));
+        farm.agent = Some(spawn_on(&handle, "embedded agent", kiln_agent::worker::run(acfg, agent_token, stop, Some(ready_tx))));
         runtime.block_on(async {
             match tokio::time::timeout(START_TIMEOUT, ready_rx).await {
                 Ok(Ok(info)) => {

@@ -25,7 +25,7 @@ pub struct AgentSnapshot {
     pub emulated: Vec<Platform>,
     pub slots: u32,
     pub running: u32,
-    /// Step cache records this agent holds, per build id.
+    /// Step cache records this agent holds, per affinity key (see [`PendingSlice::affinity`]).
     pub cache_records: HashMap<u64, u32>,
 }
 
@@ -34,8 +34,10 @@ pub struct PendingSlice {
     /// The caller's handle for the slice, opaque here (the leader's plan numbers its pending
     /// list); assignments and decisions name the slice by it.
     pub id: u64,
-    /// The build, for the agents' cache records of it.
-    pub build: u64,
+    /// The key of the agents' cache records that would serve this slice
+    /// ([`AgentSnapshot::cache_records`]); the caller's choice (the leader uses the slice's id:
+    /// records are per platform).
+    pub affinity: u64,
     pub tenant: String,
     pub platform: Platform,
     /// Order of arrival (smaller is older).
@@ -90,6 +92,18 @@ pub fn runs(list: &[Platform], p: &Platform) -> bool {
         .any(|a| a.os() == p.os() && a.arch() == p.arch() && (p.variant().is_none() || a.variant().is_none() || a.variant() == p.variant()))
 }
 
+/// Per platform: the agents that run it natively and under emulation, and their free slots.
+struct Pool {
+    natives: Vec<usize>,
+    emulators: Vec<usize>,
+    /// Per agent: 1 native, 2 emulated, 0 neither.
+    member: Vec<u8>,
+    native_free: u32,
+    emulated_free: u32,
+    /// Slices already running on the native agents.
+    native_running: u32,
+}
+
 struct AgentState<'a> {
     snap: &'a AgentSnapshot,
     free: u32,
@@ -124,17 +138,6 @@ pub fn schedule(pending: &[PendingSlice], agents: &[AgentSnapshot], usage: &Hash
     // Slices of one platform that are queued ahead for native slots, for the wait estimate.
     let mut native_queue: HashMap<&Platform, u32> = HashMap::new();
 
-    // Per platform: the agents that run it natively and under emulation, and their free slots.
-    struct Pool {
-        natives: Vec<usize>,
-        emulators: Vec<usize>,
-        /// Per agent: 1 native, 2 emulated, 0 neither.
-        member: Vec<u8>,
-        native_free: u32,
-        emulated_free: u32,
-        /// Slices already running on the native agents.
-        native_running: u32,
-    }
     let mut pools: HashMap<&Platform, Pool> = HashMap::new();
     for s in pending {
         pools.entry(&s.platform).or_insert_with(|| {
@@ -151,11 +154,11 @@ pub fn schedule(pending: &[PendingSlice], agents: &[AgentSnapshot], usage: &Hash
         });
     }
 
-    let mut cache_by_build: HashMap<u64, Vec<(usize, u32)>> = HashMap::new();
+    let mut cache_by_key: HashMap<u64, Vec<(usize, u32)>> = HashMap::new();
     for (i, a) in agents.iter().enumerate() {
-        for (build, records) in &a.cache_records {
+        for (key, records) in &a.cache_records {
             if *records > 0 {
-                cache_by_build.entry(*build).or_default().push((i, *records));
+                cache_by_key.entry(*key).or_default().push((i, *records));
             }
         }
     }
@@ -184,7 +187,7 @@ pub fn schedule(pending: &[PendingSlice], agents: &[AgentSnapshot], usage: &Hash
         let best = |list: &[usize], kind: u8, pool: &Pool, state: &[AgentState]| -> Option<usize> {
             let load = |i: usize| (u64::from(state[i].load) * 1000) / u64::from(state[i].snap.slots.max(1));
             let mut best: Option<(usize, u32, u64)> = None;
-            for &(i, cache) in cache_by_build.get(&slice.build).map(Vec::as_slice).unwrap_or(&[]) {
+            for &(i, cache) in cache_by_key.get(&slice.affinity).map(Vec::as_slice).unwrap_or(&[]) {
                 if pool.member[i] == kind
                     && state[i].free > 0
                     && allowed(i)
@@ -205,7 +208,7 @@ pub fn schedule(pending: &[PendingSlice], agents: &[AgentSnapshot], usage: &Hash
         let mut assigned = None;
         if pool.native_free > 0 {
             if let Some(i) = best(&pool.natives, 1, pool, &state) {
-                let cache = state[i].snap.cache_records.get(&slice.build).copied().unwrap_or(0);
+                let cache = state[i].snap.cache_records.get(&slice.affinity).copied().unwrap_or(0);
                 assigned =
                     Some((i, false, format!("native {} agent with a free slot ({cache} cache records of this build)", slice.platform)));
             }
@@ -247,12 +250,62 @@ pub fn schedule(pending: &[PendingSlice], agents: &[AgentSnapshot], usage: &Hash
             }
             None => {
                 *native_queue.entry(&slice.platform).or_insert(0) += 1;
-                out.waiting.push((slice.id, format!("waiting for a free {} slot", slice.platform)));
+                out.waiting.push((slice.id, waiting_reason(slice, agents, &state, pool, &allowed, params)));
                 heap.push(Reverse((count, recent, tenant)));
             }
         }
     }
     out
+}
+
+/// Why `slice` waits: the agents that could run it are busy (natively first), and which of
+/// them holds most of its cache.
+fn waiting_reason(
+    slice: &PendingSlice,
+    agents: &[AgentSnapshot],
+    state: &[AgentState],
+    pool: &Pool,
+    allowed: &dyn Fn(usize) -> bool,
+    params: &Params,
+) -> String {
+    let tally = |list: &[usize]| {
+        let list: Vec<usize> = list.iter().copied().filter(|&i| allowed(i)).collect();
+        let used: u32 = list.iter().map(|&i| state[i].load.min(agents[i].slots)).sum();
+        let slots: u32 = list.iter().map(|&i| agents[i].slots).sum();
+        (list, used, slots)
+    };
+    let plural = |n: usize| if n == 1 { "the 1 agent that runs".to_string() } else { format!("all {n} agents that run") };
+    let (natives, used, slots) = tally(&pool.natives);
+    let mut reason = if !natives.is_empty() {
+        let mut r = format!("{} {} natively {} busy ({used}/{slots} slots)", plural(natives.len()), slice.platform, is_are(natives.len()));
+        let (emulators, _, _) = tally(&pool.emulators);
+        if !emulators.is_empty() && pool.emulated_free > 0 {
+            let slow = params.slowdown.get(slice.platform.arch()).copied().unwrap_or(params.default_slowdown);
+            r.push_str(&format!("; waiting is faster than emulation ({slow}x)"));
+        }
+        r
+    } else {
+        let (emulators, used, slots) = tally(&pool.emulators);
+        format!("{} {} under emulation {} busy ({used}/{slots} slots)", plural(emulators.len()), slice.platform, is_are(emulators.len()))
+    };
+    let holder = agents
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| allowed(*i) && pool.member[*i] != 0)
+        .filter_map(|(_, a)| a.cache_records.get(&slice.affinity).filter(|n| **n > 0).map(|n| (a, *n)))
+        .max_by_key(|(a, n)| (*n, Reverse(a.name.clone())));
+    if let Some((a, n)) = holder {
+        reason.push_str(&format!("; waiting for agent {} holding {n} cached steps", a.name));
+    }
+    reason
+}
+
+fn is_are(n: usize) -> &'static str {
+    if n == 1 {
+        "is"
+    } else {
+        "are"
+    }
 }
 
 #[cfg(test)]
@@ -278,7 +331,7 @@ mod tests {
     fn slice(id: u64, tenant: &str, platform: &str) -> PendingSlice {
         PendingSlice {
             id,
-            build: 1,
+            affinity: 1,
             tenant: tenant.into(),
             platform: p(platform),
             queued_seq: id,
@@ -325,6 +378,30 @@ mod tests {
         assert_eq!(d.assignments[0].agent, "b");
     }
 
+    #[test]
+    fn recent_usage_breaks_ties_between_tenants_with_nothing_running() {
+        let agents = vec![agent("a", &["linux/amd64"], &[], 1, 0)];
+        // "heavy" queued first but used the farm for an hour lately.
+        let pending = [slice(1, "heavy", "linux/amd64"), slice(2, "light", "linux/amd64")];
+        let usage = HashMap::from([("heavy".to_string(), TenantUsage { running: 0, recent: 3600 })]);
+        let d = schedule(&pending, &agents, &usage, &Params::default());
+        assert_eq!(d.assignments.iter().map(|a| a.slice).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(d.waiting, vec![(1, "the 1 agent that runs linux/amd64 natively is busy (1/1 slots)".to_string())]);
+        // Without the history, the older slice goes first.
+        let d = schedule(&pending, &agents, &HashMap::new(), &Params::default());
+        assert_eq!(d.assignments[0].slice, 1);
+    }
+
+    #[test]
+    fn waiting_for_a_native_slot_says_emulation_would_be_slower() {
+        let busy = vec![agent("x86", &["linux/amd64"], &["linux/arm64"], 2, 0), agent("arm", &["linux/arm64"], &[], 1, 1)];
+        let d = schedule(&[slice(3, "t", "linux/arm64")], &busy, &HashMap::new(), &Params::default());
+        assert_eq!(
+            d.waiting,
+            vec![(3, "the 1 agent that runs linux/arm64 natively is busy (1/1 slots); waiting is faster than emulation (5x)".to_string())]
+        );
+    }
+
     const PLATFORMS: &[&str] = &["linux/amd64", "linux/arm64", "linux/riscv64"];
 
     fn arb_agent(i: usize) -> impl Strategy<Value = AgentSnapshot> {
@@ -347,7 +424,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, (t, pl, ms))| PendingSlice {
                     id: i as u64,
-                    build: (i % 3) as u64,
+                    affinity: (i % 3) as u64,
                     tenant: format!("t{t}"),
                     platform: p(pl),
                     queued_seq: i as u64,

@@ -263,6 +263,10 @@ pub struct SliceOutcome {
     pub cache_peer_hits: u32,
     /// With `--cache-to`: the records to export.
     pub records: Vec<CacheRecord>,
+    /// The scoped names of every step cache record the slice used or made: where the next
+    /// build of the same Dockerfile and platform would find its cache.
+    #[serde(default)]
+    pub step_records: Vec<String>,
 }
 
 /// Where a slice is: the same value in the Raft state and on the wire.
@@ -317,6 +321,9 @@ pub struct SliceView {
     pub cache_misses: u32,
     pub cache_peer_hits: u32,
     pub reason: String,
+    /// Why the slice waits (or last waited) for an agent, as the scheduler said.
+    #[serde(default)]
+    pub waiting: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -43,6 +43,39 @@ pub fn parse_hosts(list: &str) -> Result<Vec<SocketAddr>, String> {
     Ok(hosts)
 }
 
+/// How long a farm client waits, in one place (the registry client has its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Opening a QUIC connection to a coordinator (default 3000 ms).
+    pub connect_ms: u64,
+    /// Connecting to a coordinator to join (default 5000 ms).
+    pub join_connect_ms: u64,
+    /// The join request itself (default 10000 ms).
+    pub join_request_ms: u64,
+    /// Each blob chunk: per attempt, and in all with retries (default 30000 ms).
+    pub blob_chunk_ms: u64,
+    /// First pause between retries of a call; it doubles up to `retry_pause_max_ms`
+    /// (default 50 and 1000 ms).
+    pub retry_pause_min_ms: u64,
+    pub retry_pause_max_ms: u64,
+    /// The QUIC endpoint's own clocks.
+    pub quic: transport::Timeouts,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect_ms: 3_000,
+            join_connect_ms: 5_000,
+            join_request_ms: 10_000,
+            blob_chunk_ms: 30_000,
+            retry_pause_min_ms: 50,
+            retry_pause_max_ms: 1_000,
+            quic: transport::Timeouts::default(),
+        }
+    }
+}
+
 /// A connection to the farm with failover across its coordinators.
 pub struct Farm {
     hosts: Vec<SocketAddr>,
@@ -53,6 +86,7 @@ pub struct Farm {
     pub principal: Principal,
     ca: CertificateDer<'static>,
     identity: Identity,
+    timeouts: Timeouts,
 }
 
 /// Errors a retry elsewhere may cure.
@@ -68,6 +102,11 @@ impl Farm {
     /// Exchanges `token` for a certificate at the first coordinator that answers, then opens
     /// the farm with it. `name` names an agent (users get their token's tenant).
     pub async fn join(hosts: &[SocketAddr], token: &str, name: &str) -> Result<Farm, TransportError> {
+        Farm::join_with(hosts, token, name, Timeouts::default()).await
+    }
+
+    /// [`Farm::join`] with the given timeouts (kept by the farm it opens).
+    pub async fn join_with(hosts: &[SocketAddr], token: &str, name: &str, timeouts: Timeouts) -> Result<Farm, TransportError> {
         let parsed = Token::parse(token).map_err(TransportError::Tls)?;
         let joining = transport::joining_client(Some(&parsed.ca_fingerprint))?;
         let mut last = None;
@@ -75,14 +114,15 @@ impl Farm {
             let key = KeyRequest::new()?;
             let request = Request::Join { token: token.trim().to_string(), name: name.to_string(), csr_der: key.csr_der.clone() };
             let answer = async {
-                let conn = transport::connect(&joining, addr, Duration::from_secs(5)).await?;
-                transport::call::<Request, Response>(&conn, &Envelope { request_id: 0, deadline_ms: 10_000, body: request }).await
+                let conn = transport::connect(&joining, addr, Duration::from_millis(timeouts.join_connect_ms)).await?;
+                let deadline_ms = u32::try_from(timeouts.join_request_ms).unwrap_or(u32::MAX);
+                transport::call::<Request, Response>(&conn, &Envelope { request_id: 0, deadline_ms, body: request }).await
             };
             match answer.await {
                 Ok(Response::Joined { cert_der, ca_der, principal }) => {
                     joining.close(0u32.into(), b"joined");
                     let identity = key.into_identity(cert_der);
-                    return Farm::open(hosts, &CertificateDer::from(ca_der), &identity, principal);
+                    return Farm::open(hosts, &CertificateDer::from(ca_der), &identity, principal)?.with_timeouts(timeouts);
                 }
                 Ok(other) => last = Some(TransportError::Closed(format!("unexpected answer to a join: {other:?}"))),
                 Err(e) if retryable(&e) => last = Some(e),
@@ -107,7 +147,21 @@ impl Farm {
             principal,
             ca: ca.clone(),
             identity: identity.clone(),
+            timeouts: Timeouts::default(),
         })
+    }
+
+    /// The farm with other timeouts (its endpoint is opened again with their QUIC clocks).
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Result<Farm, TransportError> {
+        if timeouts.quic != self.timeouts.quic {
+            self.endpoint = transport::client_with(&self.ca, Some(&self.identity), &timeouts.quic)?;
+        }
+        self.timeouts = timeouts;
+        Ok(self)
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
     }
 
     /// The CA and this client's identity, to open connections to other endpoints of the farm.
@@ -126,7 +180,7 @@ impl Farm {
         let mut last = None;
         for k in 0..self.hosts.len() {
             let i = (start + k) % self.hosts.len();
-            match transport::connect(&self.endpoint, self.hosts[i], Duration::from_secs(3)).await {
+            match transport::connect(&self.endpoint, self.hosts[i], Duration::from_millis(self.timeouts.connect_ms)).await {
                 Ok(c) => {
                     *current = Some((i, c.clone()));
                     return Ok((i, c));
@@ -141,7 +195,7 @@ impl Farm {
     /// runs out. `deadline` bounds each attempt.
     pub async fn call(&self, request: &Request, deadline: Duration, patience: Duration) -> Result<Response, TransportError> {
         let give_up = Instant::now() + patience;
-        let mut pause = Duration::from_millis(50);
+        let mut pause = Duration::from_millis(self.timeouts.retry_pause_min_ms);
         loop {
             let attempt = async {
                 let (i, conn) = self.connection().await.map_err(|e| (self.start.load(Ordering::Relaxed), e))?;
@@ -167,7 +221,7 @@ impl Farm {
                 return Err(e);
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(1000));
+            pause = (pause * 2).min(Duration::from_millis(self.timeouts.retry_pause_max_ms));
         }
     }
 
@@ -193,7 +247,9 @@ impl Farm {
         let mut offset = 0u64;
         loop {
             let req = Request::GetBlob { digest: d.to_string(), offset, len: BLOB_CHUNK };
-            let answer = self.call(&req, Duration::from_secs(30), Duration::from_secs(30)).await;
+            let answer = self
+                .call(&req, Duration::from_millis(self.timeouts.blob_chunk_ms), Duration::from_millis(self.timeouts.blob_chunk_ms))
+                .await;
             match answer.map_err(|source| BlobError::Transport { digest: d.to_string(), source })? {
                 Response::Bytes(b) => {
                     file.write_all(&b).map_err(io)?;
@@ -228,7 +284,10 @@ impl Farm {
             let last = n < buf.len();
             let req =
                 Request::PutBlob { digest: digest.to_string(), offset, data: buf[..n].to_vec(), last, owner: owner.map(str::to_string) };
-            match self.call(&req, Duration::from_secs(30), Duration::from_secs(30)).await {
+            match self
+                .call(&req, Duration::from_millis(self.timeouts.blob_chunk_ms), Duration::from_millis(self.timeouts.blob_chunk_ms))
+                .await
+            {
                 Ok(Response::Ok) => {}
                 Ok(other) => return Err(BlobError::Unexpected { digest: digest.to_string(), answer: format!("{other:?}") }),
                 Err(source) => return Err(BlobError::Transport { digest: digest.to_string(), source }),

@@ -16,6 +16,7 @@ pub mod oci;
 pub mod platform;
 pub mod registry;
 pub mod store;
+pub mod task;
 pub mod transport;
 pub mod wire;
 

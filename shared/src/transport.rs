@@ -236,13 +236,13 @@ pub fn joining_client(pin: Option<&str>) -> Result<quinn::Endpoint, TransportErr
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     crypto.alpn_protocols = vec![ALPN.to_vec()];
-    endpoint_with(crypto)
+    endpoint_with(crypto, &Timeouts::default())
 }
 
-fn endpoint_with(crypto: rustls::ClientConfig) -> Result<quinn::Endpoint, TransportError> {
+fn endpoint_with(crypto: rustls::ClientConfig, timeouts: &Timeouts) -> Result<quinn::Endpoint, TransportError> {
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(transport_config());
+    config.transport_config(transport_config(timeouts));
     let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
@@ -254,12 +254,26 @@ fn roots(ca: &CertificateDer<'static>) -> Result<Arc<rustls::RootCertStore>, Tra
     Ok(Arc::new(roots))
 }
 
-fn transport_config() -> Arc<quinn::TransportConfig> {
+/// QUIC's clocks for an endpoint ([`server_with`], [`client_with`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A connection silent this long is dead (default 5000 ms). A peer that died is noticed
+    /// within seconds: agents must reach a new leader within their lease.
+    pub idle_ms: u32,
+    /// Keep-alives keep idle but live connections open (default 1000 ms; under `idle_ms`).
+    pub keep_alive_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { idle_ms: 5_000, keep_alive_ms: 1_000 }
+    }
+}
+
+fn transport_config(timeouts: &Timeouts) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    // A peer that died is noticed within seconds (agents must reach a new leader within their
-    // lease); keep-alives keep idle but live connections open.
-    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(5_000))));
-    t.keep_alive_interval(Some(Duration::from_secs(1)));
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(timeouts.idle_ms))));
+    t.keep_alive_interval(Some(Duration::from_millis(timeouts.keep_alive_ms)));
     // Windows for blob chunks: a few 4 MiB answers in flight per connection without waiting
     // for window updates.
     Arc::new(t)
@@ -276,6 +290,17 @@ pub fn server(
     id: &Identity,
     allow_joining: bool,
 ) -> Result<quinn::Endpoint, TransportError> {
+    server_with(addr, ca, id, allow_joining, &Timeouts::default())
+}
+
+/// [`server`] with the given QUIC timeouts.
+pub fn server_with(
+    addr: SocketAddr,
+    ca: &CertificateDer<'static>,
+    id: &Identity,
+    allow_joining: bool,
+    timeouts: &Timeouts,
+) -> Result<quinn::Endpoint, TransportError> {
     let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider());
     let builder = if allow_joining { builder.allow_unauthenticated() } else { builder };
     let verifier = builder.build().map_err(tls)?;
@@ -288,12 +313,17 @@ pub fn server(
     crypto.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(transport_config());
+    config.transport_config(transport_config(timeouts));
     Ok(quinn::Endpoint::server(config, addr)?)
 }
 
 /// A client endpoint presenting `id` and trusting only `ca`.
 pub fn client(ca: &CertificateDer<'static>, id: Option<&Identity>) -> Result<quinn::Endpoint, TransportError> {
+    client_with(ca, id, &Timeouts::default())
+}
+
+/// [`client`] with the given QUIC timeouts.
+pub fn client_with(ca: &CertificateDer<'static>, id: Option<&Identity>, timeouts: &Timeouts) -> Result<quinn::Endpoint, TransportError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls)?
@@ -303,7 +333,7 @@ pub fn client(ca: &CertificateDer<'static>, id: Option<&Identity>) -> Result<qui
         None => builder.with_no_client_auth(),
     };
     crypto.alpn_protocols = vec![ALPN.to_vec()];
-    endpoint_with(crypto)
+    endpoint_with(crypto, timeouts)
 }
 
 pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, timeout: Duration) -> Result<quinn::Connection, TransportError> {

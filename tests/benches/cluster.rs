@@ -117,6 +117,7 @@ async fn poll_loop(farm: Arc<Farm>, name: String, seen: Arc<Mutex<Seen>>) {
                     cache_misses: 0,
                     cache_peer_hits: 0,
                     records: vec![],
+                    step_records: vec![],
                 };
                 let (farm, running) = (farm.clone(), running.clone());
                 tokio::spawn(async move {

@@ -31,7 +31,8 @@ pub(super) async fn advertise(w: &Worker) {
         *advertised = Some(before);
         return;
     }
-    match w.farm.call(&Request::Advertise(inv), Duration::from_secs(10), Duration::from_secs(10)).await {
+    let deadline = Duration::from_millis(w.cfg.advertise_deadline_ms);
+    match w.farm.call(&Request::Advertise(inv), deadline, deadline).await {
         Ok(Response::Advertised { resync: false }) => *advertised = Some(now),
         // The tracker does not know this agent (a new leader): tell it everything next time.
         Ok(_) => *advertised = None,
@@ -56,10 +57,10 @@ fn holdings(root: &Path) -> Holdings {
     h
 }
 
-/// Advertises every two seconds, for as long as the agent runs.
+/// Advertises every `advertise_interval_ms`, for as long as the agent runs.
 pub(super) async fn keep_advertising(w: Arc<Worker>) {
     loop {
         advertise(&w).await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_millis(w.cfg.advertise_interval_ms)).await;
     }
 }

@@ -26,6 +26,7 @@ use crate::engine::Agent;
 use crate::peer::Peer;
 use kiln_shared::api::{AgentInfo, Principal, PruneSpec, Request, Response, SliceTask};
 use kiln_shared::client::Farm;
+use kiln_shared::task;
 use kiln_shared::transport::{self, TransportError};
 use kiln_shared::wire::ErrorCode;
 use kiln_shared::Platform;
@@ -36,9 +37,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 type Key = (u64, u32, u32);
-
-/// Progress events of a slice travel to the coordinators in batches this far apart.
-const EVENT_BATCH: Duration = Duration::from_millis(50);
 
 struct Worker {
     cfg: AgentConfig,
@@ -70,7 +68,7 @@ impl Worker {
     fn connect(&self, origin: &[SocketAddr]) -> Result<Farm, SliceError> {
         let principal = Principal { role: kiln_shared::api::Role::Agent, name: self.cfg.name.clone() };
         let (ca, identity) = self.farm.credentials();
-        Farm::open(origin, &ca, &identity, principal).map_err(SliceError::Origin)
+        Farm::open(origin, &ca, &identity, principal).and_then(|f| f.with_timeouts(self.farm.timeouts())).map_err(SliceError::Origin)
     }
 }
 
@@ -92,14 +90,16 @@ pub async fn run(
         .await
         .map_err(|e| WorkerError::Config(format!("opening the agent: {e}")))??;
     let hosts = cfg.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(",");
-    let farm = Farm::join(&cfg.hosts, &token, &cfg.name).await.map_err(|source| WorkerError::Join { hosts, source })?;
+    let farm = Farm::join_with(&cfg.hosts, &token, &cfg.name, cfg.client_timeouts())
+        .await
+        .map_err(|source| WorkerError::Join { hosts, source })?;
     // The peer endpoint: other agents and coordinators fetch blobs from this agent's store.
     let (ca, identity) = farm.credentials();
-    let listener = transport::server(cfg.listen, &ca, &identity, false)
+    let listener = transport::server_with(cfg.listen, &ca, &identity, false, &cfg.quic())
         .map_err(|e| WorkerError::Config(format!("listening on {} for peers: {e}", cfg.listen)))?;
     let endpoint = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| cfg.listen.to_string());
     let peer = Arc::new(
-        Peer::new(&cfg.data_dir, &ca, &identity, cfg.bandwidth_limit_bytes_per_s)
+        Peer::with_timeouts(&cfg.data_dir, &ca, &identity, cfg.bandwidth_limit_bytes_per_s, cfg.peer_timeouts())
             .map_err(|e| WorkerError::Config(format!("peer endpoint: {e}")))?,
     );
     let farm = Arc::new(farm);
@@ -109,6 +109,8 @@ pub async fn run(
         handle: tokio::runtime::Handle::current(),
         me: endpoint.clone(),
         name: cfg.name.clone(),
+        locate_deadline: Duration::from_millis(cfg.locate_deadline_ms),
+        locate_patience: Duration::from_millis(cfg.locate_patience_ms),
     });
     let _ = engine.peers.set(peers.clone());
     let native = if cfg.platforms.is_empty() { engine.platforms.native.clone() } else { cfg.platforms.clone() };
@@ -125,7 +127,8 @@ pub async fn run(
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
     let name = cfg.name.clone();
-    farm.call(&Request::Register(info.clone()), Duration::from_secs(10), Duration::from_secs(60))
+    let (deadline, patience) = (Duration::from_millis(cfg.register_deadline_ms), Duration::from_millis(cfg.register_patience_ms));
+    farm.call(&Request::Register(info.clone()), deadline, patience)
         .await
         .map_err(|source| WorkerError::Register { name: name.clone(), source })?;
     tracing::info!(agent = %name, native = %list(&info.native), emulated = %list(&info.emulated), slots = cfg.slots, "registered");
@@ -143,16 +146,30 @@ pub async fn run(
     if let Some(ready) = ready {
         let _ = ready.send(info.clone());
     }
+    let background = [
+        task::spawn("measure the cache", measure_cache(worker.clone())),
+        task::spawn("peer server", peer.clone().serve(listener.clone())),
+        task::spawn("advertise", advertise::keep_advertising(worker.clone())),
+        task::spawn("gc", collect_garbage(worker.clone())),
+    ];
+    // Slices (and one-off advertisements) the poll loop started: drained on shutdown.
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(measure_cache(worker.clone()));
-    tasks.spawn(peer.clone().serve(listener.clone()));
-    tasks.spawn(advertise::keep_advertising(worker.clone()));
-    tasks.spawn(collect_garbage(worker.clone()));
     let result = tokio::select! {
         _ = stop.cancelled() => Ok(()),
         r = poll_loop(worker.clone(), &mut tasks) => r,
     };
+    if result.is_ok() && !tasks.is_empty() {
+        // Drain: no more polls, so no new slices; running ones finish and report, up to
+        // `shutdown_drain_ms`. The peer server keeps serving meanwhile.
+        let running = worker.running().len();
+        tracing::info!(agent = %worker.cfg.name, slices = running, "shutdown: waiting for running slices");
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_millis(worker.cfg.shutdown_drain_ms), drain).await.is_err() {
+            tracing::warn!(agent = %worker.cfg.name, slices = worker.running().len(), "shutdown: slices still running after the drain deadline are cut off");
+        }
+    }
     tasks.abort_all();
+    drop(background);
     worker.farm.close();
     peer.close();
     listener.close(0u32.into(), b"shutdown");
@@ -172,11 +189,11 @@ async fn measure_cache(w: Arc<Worker>) {
         if let Ok(u) = tokio::task::spawn_blocking(move || crate::gc::usage(&root)).await {
             w.cache_bytes.store(u.content_bytes + u.snapshot_bytes, std::sync::atomic::Ordering::Relaxed);
         }
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        tokio::time::sleep(Duration::from_secs(w.cfg.cache_measure_interval_secs)).await;
     }
 }
 
-/// The agent's GC policy (`gc_keep_bytes`, `gc_keep_duration_s`), applied every minute.
+/// The agent's GC policy (`gc_keep_bytes`, `gc_keep_duration_s`), applied every `gc_interval_secs`.
 async fn collect_garbage(w: Arc<Worker>) {
     let spec = PruneSpec {
         all: false,
@@ -187,7 +204,7 @@ async fn collect_garbage(w: Arc<Worker>) {
         return;
     }
     loop {
-        tokio::time::sleep(Duration::from_secs(60)).await;
+        tokio::time::sleep(Duration::from_secs(w.cfg.gc_interval_secs)).await;
         let (root, spec) = (w.cfg.data_dir.clone(), spec.clone());
         match tokio::task::spawn_blocking(move || crate::gc::prune(&root, &spec)).await {
             Ok(Ok(r)) if r.records_removed + r.blobs_removed > 0 => {
@@ -210,9 +227,9 @@ async fn poll_loop(w: Arc<Worker>, tasks: &mut tokio::task::JoinSet<()>) -> Resu
     loop {
         let running: Vec<Key> = w.running().iter().copied().collect();
         let cache_bytes = w.cache_bytes.load(std::sync::atomic::Ordering::Relaxed);
-        let poll = Request::Poll { agent: w.cfg.name.clone(), running, cache_bytes, wait_ms: 1_000 };
+        let poll = Request::Poll { agent: w.cfg.name.clone(), running, cache_bytes, wait_ms: w.cfg.poll_wait_ms };
         // A short deadline: a coordinator that died must not hold the heartbeat past the lease.
-        match w.farm.call(&poll, Duration::from_millis(2_500), Duration::from_secs(5)).await {
+        match w.farm.call(&poll, Duration::from_millis(w.cfg.poll_deadline_ms), Duration::from_millis(w.cfg.poll_patience_ms)).await {
             Ok(Response::Tasks { tasks: list, resync }) => {
                 if resync {
                     // A new leader: its tracker starts empty.
@@ -231,7 +248,7 @@ async fn poll_loop(w: Arc<Worker>, tasks: &mut tokio::task::JoinSet<()>) -> Resu
             Err(e) => {
                 // The registration is in Raft and survives any coordinator; only the poll is retried.
                 tracing::warn!(agent = %w.cfg.name, "poll: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(w.cfg.poll_retry_ms)).await;
             }
         }
         while tasks.try_join_next().is_some() {}
@@ -245,7 +262,8 @@ async fn run_task(w: Arc<Worker>, task: SliceTask) {
         Ok(outcome) => Request::SliceDone(outcome),
         Err(e) => Request::SliceFailed { build: task.build, slice: task.slice, attempt: task.attempt, message: e.to_string() },
     };
-    if let Err(e) = w.farm.call(&report, Duration::from_secs(10), Duration::from_secs(300)).await {
+    let (deadline, patience) = (Duration::from_millis(w.cfg.report_deadline_ms), Duration::from_millis(w.cfg.report_patience_ms));
+    if let Err(e) = w.farm.call(&report, deadline, patience).await {
         tracing::warn!(agent = %w.cfg.name, build = task.build, slice = task.slice, attempt = task.attempt, "reporting the slice: {e}");
     }
     w.running().remove(&key);

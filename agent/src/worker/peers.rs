@@ -21,13 +21,16 @@ pub(super) struct FarmPeers {
     /// This agent's own peer endpoint (never a source for itself).
     pub me: String,
     pub name: String,
+    /// Asking the tracker: per attempt and in all (`locate_deadline_ms`, `locate_patience_ms`).
+    pub locate_deadline: Duration,
+    pub locate_patience: Duration,
 }
 
 impl FarmPeers {
     /// Holders of each blob, then of each record.
     pub(super) async fn locate(&self, blobs: Vec<String>, records: Vec<String>) -> Vec<Vec<SocketAddr>> {
         let n = blobs.len() + records.len();
-        match self.farm.call(&Request::Locate { blobs, records }, Duration::from_secs(5), Duration::from_secs(10)).await {
+        match self.farm.call(&Request::Locate { blobs, records }, self.locate_deadline, self.locate_patience).await {
             Ok(Response::Holders(h)) if h.len() == n => {
                 h.into_iter().map(|list| list.into_iter().filter(|e| *e != self.me).filter_map(|e| e.parse().ok()).collect()).collect()
             }

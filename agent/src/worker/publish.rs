@@ -38,7 +38,8 @@ pub(super) fn push(engine: &Agent, tags: &[String], image: &(oci::Descriptor, Ve
 pub(super) async fn send_blobs(w: &Worker, origin: &Farm, blobs: &[Digest], tenant: &str) -> Result<(), SliceError> {
     let digests = blobs.iter().map(|d| d.to_string()).collect();
     let ask = Request::MissingBlobs { digests, owner: Some(tenant.to_string()) };
-    let missing = match origin.call(&ask, Duration::from_secs(30), Duration::from_secs(30)).await {
+    let deadline = Duration::from_millis(w.cfg.return_blobs_deadline_ms);
+    let missing = match origin.call(&ask, deadline, deadline).await {
         Ok(Response::Digests(d)) => d,
         Ok(other) => return Err(SliceError::Unexpected(Box::new(other))),
         Err(e) => return Err(SliceError::Return(e)),

@@ -7,7 +7,7 @@ use super::context::{materialize, RemoveOnDrop};
 use super::error::SliceError;
 use super::peers::UploadedCache;
 use super::publish::{push, send_blobs};
-use super::{Worker, EVENT_BATCH};
+use super::Worker;
 use crate::cache::Imported;
 use crate::engine::{RemoteCache, SliceRequest};
 use kiln_shared::api::{CacheRef, Event, Request, SliceOutcome, SliceTask};
@@ -30,7 +30,8 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
     let forwarder = {
         let w = w.clone();
         let (build, slice, attempt) = (task.build, task.slice, task.attempt);
-        tokio::spawn(async move {
+        let (batch, deadline) = (Duration::from_millis(w.cfg.event_batch_ms), Duration::from_millis(w.cfg.events_deadline_ms));
+        kiln_shared::task::spawn(format!("events of slice {build}/{slice}"), async move {
             let mut open = true;
             while open {
                 let mut events = Vec::new();
@@ -38,8 +39,8 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
                     Some(e) => events.push(e),
                     None => break,
                 }
-                // Batch what follows within EVENT_BATCH, but send at once when the slice ends.
-                let window = tokio::time::sleep(EVENT_BATCH);
+                // Batch what follows within `event_batch_ms`, but send at once when the slice ends.
+                let window = tokio::time::sleep(batch);
                 tokio::pin!(window);
                 loop {
                     tokio::select! {
@@ -53,8 +54,7 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
                         _ = &mut window => break,
                     }
                 }
-                let _ =
-                    w.farm.call(&Request::Events { build, slice, attempt, events }, Duration::from_secs(5), Duration::from_secs(5)).await;
+                let _ = w.farm.call(&Request::Events { build, slice, attempt, events }, deadline, deadline).await;
             }
         })
     };
@@ -107,6 +107,7 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
         if spec.push {
             push(&engine, &spec.tags, &image)?;
         }
+        let step_records = result.records.iter().map(|r| crate::engine::record_name(&spec.cache_scope, &r.key)).collect::<Vec<_>>();
         // --cache-to: this slice's records; their layers go where the cache is written.
         result.records = match &spec.cache_to {
             Some(export) => {
@@ -118,11 +119,11 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
             }
             None => vec![],
         };
-        Ok::<_, SliceError>((result, image.0, image.1))
+        Ok::<_, SliceError>((result, image.0, image.1, step_records))
     })
     .await;
     let _ = forwarder.await;
-    let (result, manifest, blobs) = match result {
+    let (result, manifest, blobs, step_records) = match result {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return Err(e),
         Err(e) => return Err(SliceError::Task(e)),
@@ -165,6 +166,7 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
         cache_misses: result.cache_misses,
         cache_peer_hits: result.cache_peer_hits,
         records: result.records,
+        step_records,
     })
 }
 

@@ -239,7 +239,7 @@ fn print_builder(b: &BuilderView) {
         println!("Recent slices:");
         for (build, s) in &b.recent {
             println!(
-                "  build {build} {:<14} {:<8} on {:<10} {:<8} queued {} ms, ran {} ms, {} cached / {} run{}",
+                "  build {build} {:<14} {:<8} on {:<10} {:<8} queued {} ms, ran {} ms, {} cached / {} run{}{}",
                 s.platform.to_string(),
                 s.state,
                 s.agent,
@@ -248,7 +248,8 @@ fn print_builder(b: &BuilderView) {
                 s.duration_ms,
                 s.cache_hits,
                 s.cache_misses,
-                if s.reason.is_empty() { String::new() } else { format!(" ({})", s.reason) }
+                if s.reason.is_empty() { String::new() } else { format!(" ({})", s.reason) },
+                s.waiting.as_ref().map(|w| format!("\n      waited: {w}")).unwrap_or_default()
             );
         }
     }

@@ -311,6 +311,7 @@ pub fn finish(view: &BuildView, tags: &[String], metadata_file: Option<&Path>, m
                 "cache_misses": s.cache_misses,
                 "cache_peer_hits": s.cache_peer_hits,
                 "reason": s.reason,
+                "waiting_reason": s.waiting,
             })
         })
         .collect();

@@ -49,6 +49,41 @@ pub struct CoordinatorArgs {
     pub lease_timeout_ms: Option<u64>,
     #[arg(long)]
     pub max_slice_attempts: Option<u32>,
+    #[arg(long)]
+    pub shutdown_drain_ms: Option<u64>,
+    #[arg(long)]
+    pub leader_tick_ms: Option<u64>,
+    #[arg(long)]
+    pub long_poll_max_ms: Option<u64>,
+    #[arg(long)]
+    pub forward_timeout_ms: Option<u64>,
+    #[arg(long)]
+    pub forward_poll_slack_ms: Option<u64>,
+    #[arg(long)]
+    pub admin_call_timeout_ms: Option<u64>,
+    #[arg(long)]
+    pub context_drain_timeout_ms: Option<u64>,
+    #[arg(long)]
+    pub peer_connect_timeout_ms: Option<u64>,
+    #[arg(long)]
+    pub join_connect_timeout_ms: Option<u64>,
+    #[arg(long)]
+    pub join_request_timeout_ms: Option<u64>,
+    #[arg(long)]
+    pub join_retry_max_ms: Option<u64>,
+    #[arg(long)]
+    pub quic_idle_timeout_ms: Option<u32>,
+    #[arg(long)]
+    pub quic_keep_alive_ms: Option<u64>,
+    #[arg(long)]
+    pub usage_window_secs: Option<u64>,
+}
+
+/// Flags override file values: `cfg.field = args.field.unwrap_or(cfg.field)` for each name.
+macro_rules! override_with {
+    ($cfg:ident, $args:ident: $($field:ident),* $(,)?) => {
+        $( $cfg.$field = $args.$field.unwrap_or($cfg.$field); )*
+    };
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,6 +152,9 @@ pub struct AgentArgs {
     /// A TOML config file (flags override it); see deploy/config.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// On shutdown, how long running slices may take to finish and report.
+    #[arg(long)]
+    pub shutdown_drain_ms: Option<u64>,
 }
 
 fn parse_peers(s: &str) -> anyhow::Result<BTreeMap<u64, SocketAddr>> {
@@ -138,7 +176,7 @@ where
         let stop = CancellationToken::new();
         let signals = stop.clone();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let watcher = tokio::spawn(async move {
+        let watcher = kiln_shared::task::spawn("signals", async move {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
@@ -146,7 +184,7 @@ where
             signals.cancel();
         });
         let result = work(stop).await;
-        watcher.abort();
+        drop(watcher);
         result.map(|_| ExitCode::SUCCESS)
     })
 }
@@ -184,11 +222,27 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     if let Some(p) = &args.peers {
         cfg.peers = parse_peers(p)?;
     }
-    cfg.heartbeat_interval_ms = args.heartbeat_interval_ms.unwrap_or(cfg.heartbeat_interval_ms);
-    cfg.election_timeout_min_ms = args.election_timeout_min_ms.unwrap_or(cfg.election_timeout_min_ms);
-    cfg.election_timeout_max_ms = args.election_timeout_max_ms.unwrap_or(cfg.election_timeout_max_ms);
-    cfg.lease_timeout_ms = args.lease_timeout_ms.unwrap_or(cfg.lease_timeout_ms);
-    cfg.max_slice_attempts = args.max_slice_attempts.unwrap_or(cfg.max_slice_attempts);
+    override_with!(cfg, args:
+        heartbeat_interval_ms,
+        election_timeout_min_ms,
+        election_timeout_max_ms,
+        lease_timeout_ms,
+        max_slice_attempts,
+        shutdown_drain_ms,
+        leader_tick_ms,
+        long_poll_max_ms,
+        forward_timeout_ms,
+        forward_poll_slack_ms,
+        admin_call_timeout_ms,
+        context_drain_timeout_ms,
+        peer_connect_timeout_ms,
+        join_connect_timeout_ms,
+        join_request_timeout_ms,
+        join_retry_max_ms,
+        quic_idle_timeout_ms,
+        quic_keep_alive_ms,
+        usage_window_secs,
+    );
     cfg.validate()?;
     let (join, token) = (args.join, args.token.clone());
     serve(|stop| async move { crate::node::run(cfg, join, token, stop).await })
@@ -277,6 +331,7 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     if let Some(v) = &args.gc_keep_duration {
         cfg.gc_keep_duration_s = super::storage::parse_duration(v)?.as_secs();
     }
+    override_with!(cfg, args: shutdown_drain_ms);
     cfg.validate().map_err(anyhow::Error::msg)?;
     let token = match args.token {
         Some(t) => t,

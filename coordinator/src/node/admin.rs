@@ -48,7 +48,7 @@ pub async fn storage(node: &Node, builder: Option<String>, req: Request) -> Answ
         async move {
             let answer = match endpoint.parse::<SocketAddr>() {
                 Err(e) => Err(format!("endpoint {endpoint:?}: {e}")),
-                Ok(addr) => match node.pool.call(addr, req, Duration::from_secs(120)).await {
+                Ok(addr) => match node.pool.call(addr, req, Duration::from_millis(node.cfg.admin_call_timeout_ms)).await {
                     Ok(Response::Usage(u)) => Ok(AgentStorage::Usage(u)),
                     Ok(Response::Pruned(r)) => Ok(AgentStorage::Pruned(r)),
                     Ok(other) => Err(format!("unexpected answer {other:?}")),
@@ -66,7 +66,7 @@ pub async fn remove_context(node: &Node, name: &str) -> Answer {
     node.commit(Command::DrainContext { name: name.to_string() }).await?;
     node.wake_leader.notify_one();
     // The leader removes it once its slices have finished or moved.
-    let deadline = Instant::now() + Duration::from_secs(110);
+    let deadline = Instant::now() + Duration::from_millis(node.cfg.context_drain_timeout_ms);
     while Instant::now() < deadline {
         if !node.read(|s| s.farm.contexts.contains_key(name)) {
             return Ok(Response::Ok);

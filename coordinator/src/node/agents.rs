@@ -40,8 +40,17 @@ pub fn events(node: &Node, p: &Principal, at: SliceAttempt, events: Vec<Event>) 
 }
 
 pub async fn slice_done(node: &Node, p: &Principal, outcome: SliceOutcome) -> Answer {
-    owned_by(node, p, SliceAttempt::from_wire((outcome.build, outcome.slice, outcome.attempt)))?;
+    let at = SliceAttempt::from_wire((outcome.build, outcome.slice, outcome.attempt));
+    owned_by(node, p, at)?;
+    let lineage = node.read(|s| {
+        let b = s.builds.get(&at.slice.build)?;
+        Some(crate::node::leader::plan::lineage(&b.spec, &b.slices.get(at.slice.index as usize)?.platform))
+    });
+    let records = outcome.step_records.clone();
     node.commit(Command::SliceDone { at_ms: now_ms(), outcome }).await?;
+    if let Some(lineage) = lineage {
+        node.soft().lineage.remember(lineage, records);
+    }
     node.wake_leader.notify_one();
     node.bump();
     Ok(Response::Ok)
@@ -145,7 +154,7 @@ pub async fn poll(node: &Node, p: &Principal, agent: &str, running: Vec<SliceAtt
         return Err(err(ErrorCode::NotFound, format!("agent {agent} is not registered (removed with `kiln context rm`?)")));
     }
     let wake = node.agent_wake(agent);
-    let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms.min(30_000)));
+    let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms).min(node.cfg.long_poll_max_ms));
     loop {
         node.soft().agents.insert(agent.to_string(), Live { last_seen: Instant::now(), running: running.clone(), cache_bytes });
         let tasks = tasks_for(node, agent, &running);
@@ -154,10 +163,13 @@ pub async fn poll(node: &Node, p: &Principal, agent: &str, running: Vec<SliceAtt
             return Ok(Response::Tasks { tasks, resync });
         }
         let now = Instant::now();
-        if now >= deadline || !node.is_leader() {
+        if now >= deadline || !node.is_leader() || node.stop.is_cancelled() {
             return Ok(Response::Tasks { tasks, resync });
         }
         // Wake at least every second so that the heartbeat stays fresh while waiting.
-        let _ = tokio::time::timeout((deadline - now).min(Duration::from_secs(1)), wake.notified()).await;
+        tokio::select! {
+            _ = tokio::time::timeout((deadline - now).min(Duration::from_secs(1)), wake.notified()) => {}
+            _ = node.stop.cancelled() => {}
+        }
     }
 }

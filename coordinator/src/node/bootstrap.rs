@@ -78,8 +78,9 @@ pub async fn credentials(
         let key = KeyRequest::new()?;
         let request = Request::JoinPeer { id: cfg.id, token: token.map(str::to_string), csr_der: key.csr_der.clone() };
         let attempt = async {
-            let conn = transport::connect(&endpoint, target, Duration::from_secs(5)).await?;
-            transport::call::<Request, Response>(&conn, &Envelope { request_id: 1, deadline_ms: 10_000, body: request }).await
+            let conn = transport::connect(&endpoint, target, Duration::from_millis(cfg.join_connect_timeout_ms)).await?;
+            let deadline_ms = u32::try_from(cfg.join_request_timeout_ms).unwrap_or(u32::MAX);
+            transport::call::<Request, Response>(&conn, &Envelope { request_id: 1, deadline_ms, body: request }).await
         };
         match attempt.await {
             Ok(Response::PeerJoined { ca_cert_pem, ca_key_pem, cert_der }) => {
@@ -101,7 +102,7 @@ pub async fn credentials(
             _ = stop.cancelled() => bail!("stopped while joining the cluster"),
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(2));
+        delay = (delay * 2).min(Duration::from_millis(cfg.join_retry_max_ms));
     }
 }
 

@@ -79,9 +79,12 @@ pub async fn submit(node: &Node, p: &Principal, origin: SocketAddr, mut spec: Bu
 
 pub async fn watch(node: &Node, p: &Principal, build: BuildId, cursor: u64, wait_ms: u32) -> Answer {
     let mut changed = node.changed.subscribe();
-    let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms.min(30_000)));
+    let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms).min(node.cfg.long_poll_max_ms));
     loop {
-        let view = node.read(|s| s.builds.get(&build).filter(|b| b.tenant == p.tenant() || p.role == Role::Admin).map(views::build_view));
+        let waiting = node.soft().waiting_of(build);
+        let view = node.read(|s| {
+            s.builds.get(&build).filter(|b| b.tenant == p.tenant() || p.role == Role::Admin).map(|b| views::build_view(b, &waiting))
+        });
         let view = view.ok_or_else(|| err(ErrorCode::NotFound, format!("no build {build}")))?;
         let (events, next) = {
             let soft = node.soft();
@@ -90,9 +93,12 @@ pub async fn watch(node: &Node, p: &Principal, build: BuildId, cursor: u64, wait
             (all[from..].to_vec(), all.len() as u64)
         };
         let now = Instant::now();
-        if !events.is_empty() || view.state != BuildState::Running || now >= deadline {
+        if !events.is_empty() || view.state != BuildState::Running || now >= deadline || node.stop.is_cancelled() {
             return Ok(Response::Build { view, events, cursor: next });
         }
-        let _ = tokio::time::timeout(deadline - now, changed.changed()).await;
+        tokio::select! {
+            _ = tokio::time::timeout(deadline - now, changed.changed()) => {}
+            _ = node.stop.cancelled() => {}
+        }
     }
 }

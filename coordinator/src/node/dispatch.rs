@@ -24,6 +24,12 @@ pub async fn serve(node: Arc<Node>, conn: quinn::Connection) {
         let node = node.clone();
         let principal = principal.clone();
         async move {
+            // Raft keeps running through a drain: what requests in flight propose must commit.
+            let _pass = match node.gate.enter() {
+                Some(pass) => Some(pass),
+                None if matches!(req, Request::Raft { .. }) => None,
+                None => return Err(err(ErrorCode::Unavailable, format!("coordinator {} is shutting down; retry", node.id))),
+            };
             let started = std::time::Instant::now();
             let kind = if tracing::enabled!(tracing::Level::DEBUG) { request_kind(&req) } else { String::new() };
             let answer = match principal {
@@ -114,7 +120,7 @@ pub async fn dispatch(node: &Node, p: Principal, origin: SocketAddr, req: Reques
         req => {
             let (leader, addr) =
                 node.leader().ok_or_else(|| err(ErrorCode::Unavailable, "no leader is elected yet (an election is under way); retry"))?;
-            let timeout = request_timeout(&req);
+            let timeout = request_timeout(&node.cfg, &req);
             let forwarded = Request::Forward { principal: p, origin, request: Box::new(req) };
             match node.pool.call(addr, forwarded, timeout).await {
                 Ok(r) => Ok(r),
@@ -126,12 +132,12 @@ pub async fn dispatch(node: &Node, p: Principal, origin: SocketAddr, req: Reques
 }
 
 /// How long a forwarded request may take: long polls take their wait.
-fn request_timeout(req: &Request) -> Duration {
-    match req {
-        Request::Poll { wait_ms, .. } | Request::Watch { wait_ms, .. } => Duration::from_millis(u64::from(*wait_ms) + 1_500),
-        Request::RemoveContext { .. } => Duration::from_secs(120),
-        _ => Duration::from_secs(30),
-    }
+fn request_timeout(cfg: &crate::config::CoordinatorConfig, req: &Request) -> Duration {
+    Duration::from_millis(match req {
+        Request::Poll { wait_ms, .. } | Request::Watch { wait_ms, .. } => u64::from(*wait_ms) + cfg.forward_poll_slack_ms,
+        Request::RemoveContext { .. } => cfg.admin_call_timeout_ms,
+        _ => cfg.forward_timeout_ms,
+    })
 }
 
 /// Requests that need the cluster state: this coordinator is the leader.

@@ -29,10 +29,11 @@ pub mod views;
 use crate::config::CoordinatorConfig;
 use crate::raft::network::Network;
 use crate::raft::store::{StateMachineStore, Store};
-use crate::raft::{BuildId, ClusterState, Command, CommandResult, NodeId, SliceAttempt, TypeConfig};
+use crate::raft::{BuildId, ClusterState, Command, CommandResult, NodeId, SliceAttempt, SliceKey, TypeConfig};
 use anyhow::Context as _;
 use kiln_shared::api::{BuildEvent, Role, Token};
 use kiln_shared::store::ContentStore;
+use kiln_shared::task::{self, Gate, TaskHandle};
 use kiln_shared::transport::{self, ClusterCa};
 use kiln_shared::wire::{ErrorCode, RemoteError};
 use live::Live;
@@ -74,6 +75,56 @@ pub struct Soft {
     pub inflight: HashMap<String, u32>,
     /// Who holds which blob and step cache record (leader only; rebuilt after a failover).
     pub tracker: tracker::Tracker,
+    /// The records each lineage's last slice used or made (leader only; after a failover it
+    /// fills again as slices finish): where the next build of it finds its cache.
+    pub lineage: Lineage,
+    /// Why each queued slice waits, or last waited (the plan's words), for the build views.
+    pub waiting: BTreeMap<SliceKey, String>,
+}
+
+/// Lineages remembered, at most (the oldest are forgotten first).
+const MAX_LINEAGES: usize = 4096;
+/// Waiting reasons kept, at most (those of the oldest builds are dropped first).
+const MAX_WAITING: usize = 4096;
+
+/// lineage (see [`leader::plan::lineage`]) → the scoped names of its last slice's records.
+#[derive(Default)]
+pub struct Lineage {
+    pub records: HashMap<String, Vec<String>>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl Lineage {
+    pub fn remember(&mut self, lineage: String, records: Vec<String>) {
+        if records.is_empty() {
+            return;
+        }
+        if self.records.insert(lineage.clone(), records).is_none() {
+            self.order.push_back(lineage);
+        }
+        while self.order.len() > MAX_LINEAGES {
+            if let Some(old) = self.order.pop_front() {
+                self.records.remove(&old);
+            }
+        }
+    }
+}
+
+impl Soft {
+    /// Keeps the plan's waiting reasons; a slice that stops waiting keeps its last one.
+    pub fn note_waiting(&mut self, waiting: &[(SliceKey, String)]) {
+        for (key, reason) in waiting {
+            self.waiting.insert(*key, reason.clone());
+        }
+        while self.waiting.len() > MAX_WAITING {
+            self.waiting.pop_first();
+        }
+    }
+
+    /// The waiting reasons of one build's slices, by index.
+    pub fn waiting_of(&self, build: BuildId) -> BTreeMap<u32, String> {
+        self.waiting.range(SliceKey::new(build, 0)..=SliceKey::new(build, u32::MAX)).map(|(k, r)| (k.index, r.clone())).collect()
+    }
 }
 
 /// agent → the attempts of its running slices.
@@ -101,6 +152,8 @@ pub struct Node {
     /// never place slices on the same free slot.
     pub sched: tokio::sync::Mutex<()>,
     pub stop: CancellationToken,
+    /// Requests being served; closed when `stop` is cancelled (see [`run`]).
+    pub gate: Gate,
 }
 
 impl Node {
@@ -223,9 +276,12 @@ pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option
     cfg.validate()?;
     let creds = bootstrap::credentials(&cfg, join, token.as_deref(), &stop).await?;
     let ca_der = creds.ca.cert_der();
-    let endpoint =
-        transport::server(cfg.listen, &ca_der, &creds.identity, true).with_context(|| format!("listening on {} (QUIC)", cfg.listen))?;
-    let pool = peers::Pool::new(transport::client(&ca_der, Some(&creds.identity))?);
+    let endpoint = transport::server_with(cfg.listen, &ca_der, &creds.identity, true, &cfg.quic())
+        .with_context(|| format!("listening on {} (QUIC)", cfg.listen))?;
+    let pool = peers::Pool::new(
+        transport::client_with(&ca_der, Some(&creds.identity), &cfg.quic())?,
+        Duration::from_millis(cfg.peer_connect_timeout_ms),
+    );
     let store = Store::open(cfg.data_dir.join("raft.redb"))?;
     let raft_config = openraft::Config {
         cluster_name: "kiln".into(),
@@ -258,43 +314,56 @@ pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option
         wake_leader: tokio::sync::Notify::new(),
         sched: tokio::sync::Mutex::new(()),
         stop: stop.clone(),
+        gate: Gate::default(),
     });
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut tasks: Vec<TaskHandle<()>> = Vec::new();
     if creds.founder {
         let members: BTreeMap<NodeId, BasicNode> = cfg.peers.iter().map(|(id, a)| (*id, BasicNode::new(a.to_string()))).collect();
         node.raft.initialize(members).await.context("initialising the cluster")?;
-        tasks.spawn(found(node.clone()));
+        tasks.push(task::spawn("found the cluster", found(node.clone())));
     }
-    tasks.spawn(leader::run(node.clone()));
-    let accept = endpoint.clone();
-    let server = node.clone();
-    tasks.spawn(async move {
-        let mut conns = tokio::task::JoinSet::new();
-        loop {
-            tokio::select! {
-                _ = server.stop.cancelled() => break,
-                incoming = accept.accept() => {
-                    let Some(incoming) = incoming else { break };
-                    let node = server.clone();
-                    conns.spawn(async move {
-                        if let Ok(conn) = incoming.await {
-                            dispatch::serve(node, conn).await;
-                        }
-                    });
-                }
-            }
-            while conns.try_join_next().is_some() {}
-        }
-        conns.abort_all();
-    });
+    tasks.push(task::spawn("leader", leader::run(node.clone())));
+    tasks.push(task::spawn("accept", accept(node.clone(), endpoint.clone())));
     tracing::info!(coordinator = cfg.id, listen = %cfg.listen, data_dir = %cfg.data_dir.display(), "listening");
     stop.cancelled().await;
-    tasks.abort_all();
+    // Drain: new connections and requests are refused from now on; those in flight (and builds
+    // being finished) get up to `shutdown_drain_ms`, with Raft still running so that what they
+    // propose commits. Long polls end early on `stop`.
+    let inside = node.gate.inside();
+    if !node.gate.drain(Duration::from_millis(cfg.shutdown_drain_ms)).await {
+        tracing::warn!(
+            coordinator = cfg.id,
+            requests = node.gate.inside(),
+            "shutdown: requests still running after the drain deadline are cut off"
+        );
+    } else if inside > 0 {
+        tracing::info!(coordinator = cfg.id, requests = inside, "shutdown: requests in flight finished");
+    }
+    drop(tasks);
     endpoint.close(0u32.into(), b"shutdown");
     node.pool.close();
     let _ = node.raft.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_millis(cfg.shutdown_drain_ms), endpoint.wait_idle()).await;
     Ok(())
+}
+
+/// Serves every connection until aborted (by [`run`], after the drain); once the gate is
+/// closed, new connections are refused.
+async fn accept(node: Arc<Node>, endpoint: quinn::Endpoint) {
+    let mut conns = tokio::task::JoinSet::new();
+    while let Some(incoming) = endpoint.accept().await {
+        if node.gate.is_closed() {
+            incoming.refuse();
+            continue;
+        }
+        let node = node.clone();
+        conns.spawn(async move {
+            if let Ok(conn) = incoming.await {
+                dispatch::serve(node, conn).await;
+            }
+        });
+        while conns.try_join_next().is_some() {}
+    }
 }
 
 /// The founder commits the first tokens, then writes them to its data dir.

@@ -13,14 +13,16 @@ use tokio::sync::Mutex;
 
 #[derive(Clone)]
 pub struct Pool {
+    /// Longest wait for a connection, whatever the call's timeout.
+    connect_timeout: Duration,
     endpoint: quinn::Endpoint,
     conns: Arc<Mutex<HashMap<SocketAddr, quinn::Connection>>>,
     next_id: Arc<AtomicU64>,
 }
 
 impl Pool {
-    pub fn new(endpoint: quinn::Endpoint) -> Pool {
-        Pool { endpoint, conns: Arc::default(), next_id: Arc::new(AtomicU64::new(1)) }
+    pub fn new(endpoint: quinn::Endpoint, connect_timeout: Duration) -> Pool {
+        Pool { connect_timeout, endpoint, conns: Arc::default(), next_id: Arc::new(AtomicU64::new(1)) }
     }
 
     async fn connection(&self, addr: SocketAddr, timeout: Duration) -> Result<quinn::Connection, TransportError> {
@@ -30,7 +32,7 @@ impl Pool {
                 return Ok(c.clone());
             }
         }
-        let c = transport::connect(&self.endpoint, addr, timeout.min(Duration::from_secs(2))).await?;
+        let c = transport::connect(&self.endpoint, addr, timeout.min(self.connect_timeout)).await?;
         conns.insert(addr, c.clone());
         Ok(c)
     }

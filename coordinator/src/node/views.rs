@@ -9,7 +9,7 @@ use crate::raft::{self, BuildRecord, BuildState, SliceKey, SliceState};
 use kiln_shared::api::{BuildView, BuilderView, ContextView, NodeView, SliceView};
 use std::time::Instant;
 
-fn slice_view(key: SliceKey, s: &raft::SliceRecord, now: u64) -> SliceView {
+fn slice_view(key: SliceKey, s: &raft::SliceRecord, now: u64, waiting: Option<String>) -> SliceView {
     let queue_ms = match s.state {
         SliceState::Queued => now.saturating_sub(s.queued_at_ms),
         _ => s.assigned_at_ms.saturating_sub(s.queued_at_ms),
@@ -28,15 +28,17 @@ fn slice_view(key: SliceKey, s: &raft::SliceRecord, now: u64) -> SliceView {
         cache_misses: s.cache_misses,
         cache_peer_hits: s.cache_peer_hits,
         reason: s.reason.clone(),
+        waiting,
     }
 }
 
-pub fn build_view(b: &BuildRecord) -> BuildView {
+/// `waiting`: the leader's waiting reasons of the build's slices, by index.
+pub fn build_view(b: &BuildRecord, waiting: &std::collections::BTreeMap<u32, String>) -> BuildView {
     let now = now_ms();
     BuildView {
         id: b.id.to_wire(),
         state: b.state,
-        slices: b.keyed_slices().map(|(key, s)| slice_view(key, s, now)).collect(),
+        slices: b.keyed_slices().map(|(key, s)| slice_view(key, s, now, waiting.get(&key.index).cloned())).collect(),
         index_json: b.index_json.clone(),
         index_digest: b.index_digest.clone(),
         error: b.error.clone(),
@@ -124,6 +126,7 @@ pub fn builder_view(node: &Node, contexts: &[ContextView], b: &builders::Builder
         let names: Vec<&str> = b.nodes.iter().map(|n| n.context.as_str()).collect();
         let now = now_ms();
         node.read(|s| {
+            let soft = node.soft();
             let mut out: Vec<(u64, SliceView)> = s
                 .builds
                 .values()
@@ -131,7 +134,7 @@ pub fn builder_view(node: &Node, contexts: &[ContextView], b: &builders::Builder
                 .flat_map(|b| b.keyed_slices())
                 .filter(|(_, sl)| names.contains(&sl.agent.as_str()))
                 .take(20)
-                .map(|(key, sl)| (key.build.to_wire(), slice_view(key, sl, now)))
+                .map(|(key, sl)| (key.build.to_wire(), slice_view(key, sl, now, soft.waiting.get(&key).cloned())))
                 .collect();
             out.reverse();
             out

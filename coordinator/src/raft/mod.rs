@@ -480,6 +480,7 @@ mod tests {
             cache_misses: 1,
             cache_peer_hits: 0,
             records: vec![],
+            step_records: vec![],
         }
     }
 

@@ -13,17 +13,28 @@ use crate::raft::{BuildId, BuildRecord, Command, SliceAssignment};
 use kiln_shared::digest::Digest;
 use kiln_shared::oci::{self, Descriptor, Index};
 use kiln_shared::registry::{Reference, RegistryClient};
+use kiln_shared::task::{self, TaskHandle};
 use kiln_shared::wire::RemoteError;
 use plan::{Agents, Plan, Settings};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub async fn run(node: Arc<Node>) {
+    // Builds being finished; dropped (aborted) with this task. Finishing is idempotent, so a
+    // build cut off here is finished again by the next leader.
+    let mut finishers: Vec<TaskHandle<()>> = Vec::new();
     loop {
+        finishers.retain(|f| !f.is_finished());
         tokio::select! {
-            _ = node.stop.cancelled() => return,
+            _ = node.stop.cancelled() => {
+                // Shutting down: no more ticks; the builds being finished get the drain.
+                for f in finishers {
+                    let _ = f.await;
+                }
+                return;
+            }
             _ = node.wake_leader.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(node.cfg.leader_tick_ms)) => {}
         }
         if !node.is_leader() {
             let mut soft = node.soft();
@@ -41,7 +52,7 @@ pub async fn run(node: Arc<Node>) {
                 soft.tracker = Default::default();
             }
         }
-        if let Err(e) = tick(&node).await {
+        if let Err(e) = tick(&node, &mut finishers).await {
             // Typically a lost leadership mid-tick; the next tick sees it.
             tracing::warn!(coordinator = node.id, "{}", e.message);
         }
@@ -53,11 +64,19 @@ fn settings(node: &Node) -> Settings {
         lease_timeout_ms: node.cfg.lease_timeout_ms,
         max_slice_attempts: node.cfg.max_slice_attempts,
         emulation_slowdown: node.cfg.emulation_slowdown,
+        usage_window_ms: node.cfg.usage_window_secs.saturating_mul(1000),
     }
 }
 
 fn agents(soft: &Soft) -> Agents<'_> {
-    Agents { live: &soft.agents, leader_since: soft.leader_since, inflight: &soft.inflight }
+    Agents {
+        live: &soft.agents,
+        leader_since: soft.leader_since,
+        inflight: &soft.inflight,
+        tracker: &soft.tracker,
+        lineage: &soft.lineage.records,
+        now_ms: now_ms(),
+    }
 }
 
 /// Places the slices of a build about to be submitted, so that submitting and assigning are
@@ -67,12 +86,21 @@ pub fn place_new(node: &Node, record: &BuildRecord) -> Vec<SliceAssignment> {
     let settings = settings(node);
     node.read(|s| {
         // The state lock is taken before the soft-state lock, always.
-        let view = plan::farm_view(s, agents(&node.soft()), now, &settings);
+        let soft = node.soft();
+        let wanted: Vec<(u64, &[String])> = record
+            .slices
+            .iter()
+            .enumerate()
+            .map(|(i, sl)| {
+                (i as u64, soft.lineage.records.get(&plan::lineage(&record.spec, &sl.platform)).map(Vec::as_slice).unwrap_or(&[]))
+            })
+            .collect();
+        let view = plan::farm_view(s, agents(&soft), now, &settings, &wanted);
         plan::place_new(s, &view, record, &settings)
     })
 }
 
-async fn tick(node: &Arc<Node>) -> Result<(), RemoteError> {
+async fn tick(node: &Arc<Node>, finishers: &mut Vec<TaskHandle<()>>) -> Result<(), RemoteError> {
     let settings = settings(node);
     // Deciding holds `sched` (as submits do), on a read made under it, so that no two
     // decisions place slices on the same free slot.
@@ -83,6 +111,7 @@ async fn tick(node: &Arc<Node>) -> Result<(), RemoteError> {
         plan::survey(s, agents(&soft), &soft.finishing, now, &settings)
     });
     let plan = plan::decide(survey);
+    node.soft().note_waiting(&plan.waiting);
     node.reserve(&plan.assignments);
     // Reserved: other decisions may be made while this one commits.
     drop(scheduling);
@@ -100,13 +129,13 @@ async fn tick(node: &Arc<Node>) -> Result<(), RemoteError> {
     for build in plan.finished {
         node.soft().finishing.insert(build);
         let node = node.clone();
-        tokio::spawn(async move {
+        finishers.push(task::spawn(format!("finish build {build}"), async move {
             let outcome = finish(&node, build).await;
             if let Err(e) = outcome {
                 tracing::warn!(coordinator = node.id, %build, "finishing the build: {}", e.message);
                 node.soft().finishing.remove(&build);
             }
-        });
+        }));
     }
 
     for name in plan.drained {

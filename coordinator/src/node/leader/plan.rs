@@ -8,8 +8,11 @@
 //! names the builds whose slices are all done and the drained contexts that can go.
 
 use crate::node::live::{alive, Live};
+use crate::node::tracker::Tracker;
 use crate::raft::{Attempt, BuildId, BuildRecord, BuildState, ClusterState, Command, SliceAssignment, SliceAttempt, SliceKey, SliceState};
 use crate::scheduler::{self, AgentSnapshot, Params, PendingSlice, TenantUsage};
+use kiln_shared::api::BuildSpec;
+use kiln_shared::digest::Digest;
 use kiln_shared::Platform;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -25,6 +28,8 @@ pub struct Settings {
     pub max_slice_attempts: u32,
     /// Emulation slowdown assumed until one is measured.
     pub emulation_slowdown: f64,
+    /// Fair share counts each tenant's slot time over this window.
+    pub usage_window_ms: u64,
 }
 
 /// What the leader's soft state says about the agents.
@@ -36,6 +41,12 @@ pub struct Agents<'a> {
     pub leader_since: Option<Instant>,
     /// Slots taken by decisions being committed, per agent.
     pub inflight: &'a HashMap<String, u32>,
+    /// Who holds which step cache record.
+    pub tracker: &'a Tracker,
+    /// Per lineage (see [`lineage`]), the records its last finished slice used or made.
+    pub lineage: &'a HashMap<String, Vec<String>>,
+    /// The wall clock, in the unit of the slices' recorded times (for recent usage).
+    pub now_ms: u64,
 }
 
 impl Agents<'_> {
@@ -72,6 +83,8 @@ pub struct Plan {
     pub finished: Vec<BuildId>,
     /// Draining contexts with no running slice: they can be removed.
     pub drained: Vec<String>,
+    /// Queued slices that stay queued, and why.
+    pub waiting: Vec<(SliceKey, String)>,
 }
 
 /// The agents the scheduler may use now, what they run, and each tenant's usage.
@@ -141,16 +154,19 @@ pub fn survey(state: &ClusterState, agents: Agents, finishing: &HashSet<BuildId>
     };
     let mut pending = Vec::new();
     let mut keys = Vec::new();
+    let mut wanted = Vec::new();
     for b in running_builds(&after) {
         if b.slices.iter().any(|sl| sl.state == SliceState::Queued) {
             let candidates = candidates(&after, b);
             for (key, sl) in b.keyed_slices().filter(|(_, sl)| sl.state == SliceState::Queued) {
-                pending.push(pending_slice(&after, b, key.index, keys.len() as u64, candidates.clone()));
+                let id = keys.len() as u64;
+                pending.push(pending_slice(&after, b, key.index, id, candidates.clone()));
+                wanted.push((id, agents.lineage.get(&lineage(&b.spec, &sl.platform)).map(Vec::as_slice).unwrap_or(&[])));
                 keys.push((key, sl.attempt.next()));
             }
         }
     }
-    let view = (!pending.is_empty()).then(|| farm_view(&after, agents, now, settings));
+    let view = (!pending.is_empty()).then(|| farm_view(&after, agents, now, settings, &wanted));
     Survey { lost, finished, drained, pending, keys, view, params: params(&after, settings) }
 }
 
@@ -167,10 +183,17 @@ pub fn decide(survey: Survey) -> Plan {
             SliceAssignment { slice, attempt, agent: a.agent, emulated: a.emulated, reason: a.reason }
         })
         .collect();
+    plan.waiting = decisions.waiting.into_iter().map(|(id, reason)| (keys[id as usize].0, reason)).collect();
     for (id, reason) in decisions.impossible {
         // A registered agent that is away might run it when it is back: wait for it.
         let platform = &pending[id as usize].platform;
-        if view.absent.iter().any(|runs| scheduler::runs(runs, platform)) {
+        let away = view.absent.iter().filter(|runs| scheduler::runs(runs, platform)).count();
+        if away > 0 {
+            let who = if away == 1 { "the 1 agent that runs".to_string() } else { format!("the {away} agents that run") };
+            plan.waiting.push((
+                keys[id as usize].0,
+                format!("{who} {platform} {} not answering; waiting for it to come back", if away == 1 { "is" } else { "are" }),
+            ));
             continue;
         }
         // The first reason fails the build; a second would find it failed already.
@@ -201,14 +224,30 @@ pub fn place_new(state: &ClusterState, view: &FarmView, record: &BuildRecord, se
         .collect()
 }
 
-/// The live agents that are not draining, with their load, and each tenant's usage.
-pub fn farm_view(state: &ClusterState, agents: Agents, now: Instant, settings: &Settings) -> FarmView {
+/// The live agents that are not draining, with their load and the records each holds of what
+/// the `wanted` slices (affinity key, record names) would use, and each tenant's usage.
+pub fn farm_view(state: &ClusterState, agents: Agents, now: Instant, settings: &Settings, wanted: &[(u64, &[String])]) -> FarmView {
     let mut running: HashMap<&str, u32> = HashMap::new();
     let mut usage: HashMap<String, TenantUsage> = HashMap::new();
     for b in running_builds(state) {
         for sl in b.slices.iter().filter(|sl| sl.state == SliceState::Running) {
             *running.entry(sl.agent.as_str()).or_default() += 1;
             usage.entry(b.tenant.clone()).or_default().running += 1;
+        }
+    }
+    // Recent usage: slot-seconds each tenant's slices held within the window, running ones
+    // counted up to now.
+    let since = agents.now_ms.saturating_sub(settings.usage_window_ms);
+    for b in state.builds.values() {
+        for sl in &b.slices {
+            if sl.assigned_at_ms == 0 || (sl.state != SliceState::Running && sl.finished_at_ms < since) {
+                continue;
+            }
+            let end = if sl.state == SliceState::Running { agents.now_ms } else { sl.finished_at_ms.max(sl.assigned_at_ms) };
+            let held_ms = end.saturating_sub(sl.assigned_at_ms.max(since));
+            if held_ms > 0 {
+                usage.entry(b.tenant.clone()).or_default().recent += held_ms / 1000;
+            }
         }
     }
     let mut snapshots = Vec::new();
@@ -224,10 +263,30 @@ pub fn farm_view(state: &ClusterState, agents: Agents, now: Instant, settings: &
             emulated: c.emulated.clone(),
             slots: c.slots,
             running: running.get(c.name.as_str()).copied().unwrap_or(0) + agents.inflight.get(&c.name).copied().unwrap_or(0),
-            cache_records: HashMap::new(),
+            cache_records: wanted
+                .iter()
+                .filter(|(_, names)| !names.is_empty())
+                .filter_map(|(key, names)| {
+                    let held = agents.tracker.records_held(&c.name, names);
+                    (held > 0).then(|| (*key, u32::try_from(held).unwrap_or(u32::MAX)))
+                })
+                .collect(),
         });
     }
     FarmView { agents: snapshots, absent, usage }
+}
+
+/// What makes builds share step cache records: the same Dockerfile, target, build arguments and
+/// cache scope, on the same platform, from a context with the same files (their names, not
+/// their contents: an edited file leaves the steps before its COPY cached).
+pub fn lineage(spec: &BuildSpec, platform: &Platform) -> String {
+    let mut text = format!("{}\n{}\n{}\n{:?}\n{:?}\n", spec.cache_scope, platform, spec.dockerfile_name, spec.target, spec.build_args);
+    text.push_str(&spec.dockerfile);
+    for e in &spec.context {
+        text.push('\n');
+        text.push_str(&String::from_utf8_lossy(&e.path));
+    }
+    Digest::of(text.as_bytes()).hex().to_string()
 }
 
 fn running_builds(state: &ClusterState) -> impl Iterator<Item = &BuildRecord> {
@@ -251,8 +310,8 @@ fn pending_slice(state: &ClusterState, b: &BuildRecord, index: u32, id: u64, can
     let expected = state.run_times.get(platform.arch()).filter(|t| t.native_count > 0).map(|t| t.native_ms / t.native_count);
     PendingSlice {
         id,
-        // The scheduler keys its cache affinity by the plain build number.
-        build: b.id.to_wire(),
+        // Records are per platform: each slice is its own affinity key.
+        affinity: id,
         tenant: b.tenant.clone(),
         queued_seq: id,
         candidates,
@@ -271,7 +330,7 @@ mod tests {
     const LEASE_MS: u64 = 1_000;
 
     fn settings() -> Settings {
-        Settings { lease_timeout_ms: LEASE_MS, max_slice_attempts: 3, emulation_slowdown: 5.0 }
+        Settings { lease_timeout_ms: LEASE_MS, max_slice_attempts: 3, emulation_slowdown: 5.0, usage_window_ms: 600_000 }
     }
 
     fn platforms(list: &[&str]) -> Vec<Platform> {
@@ -318,7 +377,10 @@ mod tests {
         state: ClusterState,
         live: HashMap<String, Live>,
         inflight: HashMap<String, u32>,
+        tracker: Tracker,
+        lineage: HashMap<String, Vec<String>>,
         now: Instant,
+        now_ms: u64,
     }
 
     impl World {
@@ -327,7 +389,26 @@ mod tests {
             for c in contexts {
                 assert!(state.apply(&Command::RegisterAgent { context: c.clone() }).ok);
             }
-            World { state, live: HashMap::new(), inflight: HashMap::new(), now: Instant::now() }
+            World {
+                state,
+                live: HashMap::new(),
+                inflight: HashMap::new(),
+                tracker: Tracker::default(),
+                lineage: HashMap::new(),
+                now: Instant::now(),
+                now_ms: 1_000_000,
+            }
+        }
+
+        fn agents(&self, leader_since: Option<Instant>) -> Agents<'_> {
+            Agents {
+                live: &self.live,
+                leader_since,
+                inflight: &self.inflight,
+                tracker: &self.tracker,
+                lineage: &self.lineage,
+                now_ms: self.now_ms,
+            }
         }
 
         /// `agent` last polled `ago` before now.
@@ -337,21 +418,54 @@ mod tests {
         }
 
         fn submit(&mut self, spec: BuildSpec) -> BuildId {
-            let build = Box::new(BuildRecord::new("t", spec, vec![], 1));
+            self.submit_as("t", spec)
+        }
+
+        fn submit_as(&mut self, tenant: &str, spec: BuildSpec) -> BuildId {
+            let build = Box::new(BuildRecord::new(tenant, spec, vec![], 1));
             BuildId::from_wire(self.state.apply(&Command::Submit { build, assignments: vec![] }).value)
         }
 
         fn assign(&mut self, slice: SliceKey, agent: &str) {
+            self.assign_at(slice, agent, 2);
+        }
+
+        fn assign_at(&mut self, slice: SliceKey, agent: &str, at_ms: u64) {
             let attempt = self.state.slice(slice).unwrap().attempt.next();
             let a = SliceAssignment { slice, attempt, agent: agent.into(), emulated: false, reason: String::new() };
-            assert_eq!(self.state.apply(&Command::Assign { at_ms: 2, assignments: vec![a] }).value, 1);
+            assert_eq!(self.state.apply(&Command::Assign { at_ms, assignments: vec![a] }).value, 1);
+        }
+
+        fn done_at(&mut self, slice: SliceKey, at_ms: u64) {
+            let (build, index) = slice.to_wire();
+            let attempt = self.state.slice(slice).unwrap().attempt.to_wire();
+            let outcome = kiln_shared::api::SliceOutcome {
+                build,
+                slice: index,
+                attempt,
+                manifest_json: "{}".into(),
+                emulated: false,
+                duration_ms: 1,
+                cache_hits: 0,
+                cache_misses: 0,
+                cache_peer_hits: 0,
+                records: vec![],
+                step_records: vec![],
+            };
+            assert!(self.state.apply(&Command::SliceDone { at_ms, outcome }).ok);
+        }
+
+        /// `agent` advertised `records` as its whole step cache.
+        fn holds(&mut self, agent: &str, records: &[String]) {
+            let inv =
+                kiln_shared::api::Inventory { agent: agent.into(), full: true, records_added: records.to_vec(), ..Default::default() };
+            assert!(self.tracker.apply(&inv));
         }
 
         fn plan(&self) -> Plan {
             // Long enough a leader that no agent is still in its grace period.
             let leader_since = self.now.checked_sub(Duration::from_millis(10 * LEASE_MS));
-            let agents = Agents { live: &self.live, leader_since, inflight: &self.inflight };
-            plan(&self.state, agents, &HashSet::new(), self.now, &settings())
+            plan(&self.state, self.agents(leader_since), &HashSet::new(), self.now, &settings())
         }
     }
 
@@ -415,13 +529,13 @@ mod tests {
                 cache_misses: 0,
                 cache_peer_hits: 0,
                 records: vec![],
+                step_records: vec![],
             };
             assert!(w.state.apply(&Command::SliceDone { at_ms: 3, outcome }).ok);
         }
         assert_eq!(w.plan().finished, vec![done]);
         // A build being finished already is not named again.
-        let agents = Agents { live: &w.live, leader_since: None, inflight: &w.inflight };
-        assert!(plan(&w.state, agents, &[done].into(), w.now, &settings()).finished.is_empty());
+        assert!(plan(&w.state, w.agents(None), &[done].into(), w.now, &settings()).finished.is_empty());
     }
 
     #[test]
@@ -454,8 +568,88 @@ mod tests {
         let mut w = World::new(&[context("x86", &["linux/amd64"], &[]), context("s390", &["linux/s390x"], &[])]);
         w.seen("x86", Duration::ZERO);
         w.seen("s390", Duration::from_millis(2 * LEASE_MS));
-        w.submit(spec(&["linux/s390x"], None));
+        let build = w.submit(spec(&["linux/s390x"], None));
         let plan = w.plan();
         assert!(plan.assignments.is_empty() && plan.failures.is_empty(), "{plan:?}");
+        assert_eq!(
+            plan.waiting,
+            vec![(SliceKey::new(build, 0), "the 1 agent that runs linux/s390x is not answering; waiting for it to come back".to_string())]
+        );
+    }
+
+    fn record_names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{i:064x}")).collect()
+    }
+
+    #[test]
+    fn cache_affinity_prefers_the_idle_agent_holding_the_records_of_the_last_build() {
+        let mut w = World::new(&[context("a1", &["linux/amd64"], &[]), context("a2", &["linux/amd64"], &[])]);
+        w.seen("a1", Duration::ZERO);
+        w.seen("a2", Duration::ZERO);
+        let sp = spec(&["linux/amd64"], None);
+        w.submit(sp.clone());
+        // Nothing remembered: the tie goes to the first agent.
+        assert_eq!(w.plan().assignments[0].agent, "a1");
+        // The previous build of this Dockerfile and platform made 12 records, and a2 holds them.
+        let names = record_names(12);
+        w.lineage.insert(lineage(&sp, &"linux/amd64".parse().unwrap()), names.clone());
+        w.holds("a2", &names);
+        w.holds("a1", &record_names(0));
+        let plan = w.plan();
+        assert_eq!(plan.assignments[0].agent, "a2", "{plan:?}");
+        assert!(plan.assignments[0].reason.contains("12 cache records"), "{}", plan.assignments[0].reason);
+        // Another platform of the same Dockerfile is another lineage: no affinity.
+        assert_ne!(lineage(&sp, &"linux/arm64".parse().unwrap()), lineage(&sp, &"linux/amd64".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_tenant_with_heavy_recent_usage_yields_to_a_light_one() {
+        let mut w = World::new(&[context("a1", &["linux/amd64"], &[])]);
+        w.seen("a1", Duration::ZERO);
+        // "heavy" held a slot for 500 s of the last 10 minutes.
+        let old = w.submit_as("heavy", spec(&["linux/amd64"], None));
+        w.assign_at(SliceKey::new(old, 0), "a1", w.now_ms - 501_000);
+        w.done_at(SliceKey::new(old, 0), w.now_ms - 1_000);
+        // One of a1's two slots is taken by a third tenant; heavy queued first, light after.
+        let other = w.submit_as("other", spec(&["linux/amd64"], None));
+        w.assign_at(SliceKey::new(other, 0), "a1", w.now_ms);
+        let heavy = w.submit_as("heavy", spec(&["linux/amd64"], None));
+        let light = w.submit_as("light", spec(&["linux/amd64"], None));
+        let view = farm_view(&w.state, w.agents(None), w.now, &settings(), &[]);
+        assert_eq!(view.usage["heavy"].recent, 500);
+        assert_eq!(view.usage.get("light").map_or(0, |u| u.recent), 0);
+        let plan = w.plan();
+        assert_eq!(plan.assignments.iter().map(|a| a.slice).collect::<Vec<_>>(), vec![SliceKey::new(light, 0)], "{plan:?}");
+        assert_eq!(plan.waiting.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![SliceKey::new(heavy, 0)]);
+        // Usage older than the window does not count.
+        let mut s = settings();
+        s.usage_window_ms = 1_000;
+        assert_eq!(farm_view(&w.state, w.agents(None), w.now, &s, &[]).usage.get("heavy").map_or(0, |u| u.recent), 0);
+    }
+
+    #[test]
+    fn a_waiting_slice_says_which_agents_are_busy_and_who_holds_its_cache() {
+        let mut w = World::new(&[context("arm1", &["linux/arm64"], &[]), context("arm2", &["linux/arm64"], &[])]);
+        w.seen("arm1", Duration::ZERO);
+        w.seen("arm2", Duration::ZERO);
+        let sp = spec(&["linux/arm64"], None);
+        for agent in ["arm1", "arm1", "arm2", "arm2"] {
+            let b = w.submit(sp.clone());
+            w.assign(SliceKey::new(b, 0), agent);
+        }
+        let queued = w.submit(sp.clone());
+        let plan = w.plan();
+        assert!(plan.assignments.is_empty(), "{plan:?}");
+        assert_eq!(
+            plan.waiting,
+            vec![(SliceKey::new(queued, 0), "all 2 agents that run linux/arm64 natively are busy (4/4 slots)".to_string())]
+        );
+        let names = record_names(12);
+        w.lineage.insert(lineage(&sp, &"linux/arm64".parse().unwrap()), names.clone());
+        w.holds("arm2", &names);
+        assert_eq!(
+            w.plan().waiting[0].1,
+            "all 2 agents that run linux/arm64 natively are busy (4/4 slots); waiting for agent arm2 holding 12 cached steps"
+        );
     }
 }
