@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-/// A free loopback UDP port (QUIC).
+/// A free loopback UDP port (QUIC), outside the ephemeral range (see [`crate::free_port`]).
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("free UDP port")
+    crate::free_port()
 }
 
 /// One `kiln` server process that can be stopped and started again with the same arguments.
@@ -68,6 +68,11 @@ impl Proc {
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// Started and not exited.
+    pub fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub fn log(&self) -> String {
@@ -140,6 +145,15 @@ impl Cluster {
         wait_for("the first coordinator's tokens", Duration::from_secs(60), || {
             c1.join("admin.token").exists() && c1.join("agent.token").exists()
         });
+        // Every member has its CA before the cluster is used (a member that failed to start
+        // fails the test here, with its log, rather than a later step hanging).
+        for (i, p) in coordinators.iter_mut().enumerate() {
+            let ca = dir.path().join(format!("c{}", i + 1)).join("ca.pem");
+            wait_for(&format!("coordinator {}'s CA", i + 1), Duration::from_secs(60), || {
+                assert!(p.alive(), "{} exited:\n{}", p.name, p.log());
+                ca.exists()
+            });
+        }
         let read = |f: &str| std::fs::read_to_string(c1.join(f)).expect("token").trim().to_string();
         let (admin_token, agent_token) = (read("admin.token"), read("agent.token"));
         let cluster = Cluster { dir, coordinators, addrs, agents: vec![], admin_token, agent_token };

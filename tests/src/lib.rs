@@ -97,8 +97,21 @@ impl Bounded for Command {
 }
 
 /// A free loopback port (bound and released; the registry takes it right after).
+/// Ports come from 20000-31999, below Linux's ephemeral range (32768-60999): a port the kernel
+/// hands to some client socket between our check and the server's bind cannot collide with it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = (std::process::id() * 7919) % 12_000;
+    for _ in 0..12_000 {
+        let port = (20_000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000) as u16;
+        let tcp = TcpListener::bind(("127.0.0.1", port)).is_ok();
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if tcp && udp {
+            return port;
+        }
+    }
+    panic!("no free loopback port in 20000-31999")
 }
 
 /// A scratch directory removed when dropped.
