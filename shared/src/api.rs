@@ -5,6 +5,7 @@
 //! Raft's own RPCs travel as opaque JSON inside [`Request::Raft`], so openraft's types stay a
 //! coordinator matter.
 
+use crate::oci::{Descriptor, Index};
 use crate::Platform;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -253,8 +254,8 @@ pub struct SliceOutcome {
     pub build: u64,
     pub slice: u32,
     pub attempt: u32,
-    /// The manifest descriptor (OCI JSON), with its platform.
-    pub manifest_json: String,
+    /// The descriptor of the slice's manifest, with its platform.
+    pub manifest: Descriptor,
     pub emulated: bool,
     pub duration_ms: u64,
     pub cache_hits: u32,
@@ -310,7 +311,8 @@ pub struct SliceView {
     pub agent: String,
     pub emulated: bool,
     pub attempt: u32,
-    pub manifest_json: String,
+    /// The manifest's descriptor once the slice is done.
+    pub manifest: Option<Descriptor>,
     pub queue_ms: u64,
     pub duration_ms: u64,
     pub cache_hits: u32,
@@ -324,12 +326,24 @@ pub struct BuildView {
     pub id: u64,
     pub state: BuildState,
     pub slices: Vec<SliceView>,
-    /// The index (OCI JSON) once done.
-    pub index_json: String,
+    /// The image index once done: the exact bytes pushed under the tags, which
+    /// `index_digest` is the digest of (so kept as bytes, not re-serialized; see [`BuildView::index`]).
+    #[serde(with = "serde_bytes")]
+    pub index: Vec<u8>,
     pub index_digest: String,
     pub error: String,
     /// With `--cache-to type=local`, once done: every slice's records.
     pub cache_records: Vec<CacheRecord>,
+}
+
+impl BuildView {
+    /// The image index, decoded (`None` until the build is done).
+    pub fn index(&self) -> Result<Option<Index>, serde_json::Error> {
+        if self.index.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&self.index).map(Some)
+    }
 }
 
 /// One progress event of a build, labelled with where it happened.

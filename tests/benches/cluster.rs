@@ -107,9 +107,10 @@ async fn poll_loop(farm: Arc<Farm>, name: String, seen: Arc<Mutex<Seen>>) {
                     build: t.build,
                     slice: t.slice,
                     attempt: t.attempt,
-                    manifest_json: format!(
-                        "{{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"sha256:{}\",\"size\":1}}",
-                        "0".repeat(64)
+                    manifest: kiln_shared::oci::Descriptor::new(
+                        kiln_shared::oci::MEDIA_MANIFEST,
+                        format!("sha256:{}", "0".repeat(64)).parse().expect("digest"),
+                        1,
                     ),
                     emulated: false,
                     duration_ms: 1,

@@ -71,8 +71,6 @@ pub enum SliceError {
     Unexpected(Box<Response>),
     #[error("{0}")]
     SendBlob(BlobError),
-    #[error("{0}")]
-    Manifest(serde_json::Error),
 }
 
 impl SliceError {

@@ -156,7 +156,7 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
         build: task.build,
         slice: task.slice,
         attempt: task.attempt,
-        manifest_json: serde_json::to_string(&manifest).map_err(SliceError::Manifest)?,
+        manifest,
         // What the farm declared, not what the engine guessed: a host declared native for a
         // platform (`--platform`) runs it natively as far as scheduling is concerned.
         emulated: !w.native.contains(&task.platform),

@@ -158,7 +158,7 @@ pub fn run(
 /// the manifests, configs and layers into the client's store and write each output.
 async fn write_outputs(farm: &Farm, view: &BuildView, outputs: &[Output], tags: &[String]) -> anyhow::Result<()> {
     let store = kiln_shared::store::ContentStore::open(&super::build::kiln_home().join("client/content"))?;
-    let index: kiln_shared::oci::Index = serde_json::from_str(&view.index_json).context("the build's index")?;
+    let index = view.index().context("the build's index")?.ok_or_else(|| anyhow!("the build is done but has no index"))?;
     let mut blobs = Vec::new();
     let mut images = Vec::new();
     for m in &index.manifests {
@@ -228,12 +228,11 @@ pub fn finish(view: &BuildView, tags: &[String], metadata_file: Option<&Path>, m
         .slices
         .iter()
         .map(|s| {
-            let manifest: serde_json::Value = serde_json::from_str(&s.manifest_json).unwrap_or_default();
             serde_json::json!({
                 "platform": s.platform.to_string(),
                 "agent": s.agent,
                 "emulated": s.emulated,
-                "manifest_digest": manifest.get("digest").cloned().unwrap_or_default(),
+                "manifest_digest": s.manifest.as_ref().map(|d| d.digest.to_string()).unwrap_or_default(),
                 "duration_ms": s.duration_ms,
                 "queue_ms": s.queue_ms,
                 "attempt": s.attempt,
@@ -248,7 +247,7 @@ pub fn finish(view: &BuildView, tags: &[String], metadata_file: Option<&Path>, m
         let descriptor = serde_json::json!({
             "mediaType": kiln_shared::oci::MEDIA_INDEX,
             "digest": view.index_digest,
-            "size": view.index_json.len(),
+            "size": view.index.len(),
         });
         let meta = serde_json::json!({
             "containerimage.digest": view.index_digest,

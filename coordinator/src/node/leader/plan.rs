@@ -408,7 +408,7 @@ mod tests {
                 build,
                 slice: index,
                 attempt: 1,
-                manifest_json: "{}".into(),
+                manifest: kiln_shared::oci::Descriptor::new(kiln_shared::oci::MEDIA_MANIFEST, kiln_shared::Digest::of(b"{}"), 2),
                 emulated: false,
                 duration_ms: 1,
                 cache_hits: 0,
