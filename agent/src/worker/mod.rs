@@ -24,8 +24,8 @@ use self::peers::FarmPeers;
 use crate::config::AgentConfig;
 use crate::engine::Agent;
 use crate::peer::Peer;
-use kiln_shared::api::{AgentInfo, Principal, PruneSpec, Request, Response, SliceTask};
-use kiln_shared::client::Farm;
+use kiln_shared::api::{AgentInfo, AgentRequest, AgentResponse, Principal, PruneSpec, SliceTask};
+use kiln_shared::client::AgentFarm;
 use kiln_shared::transport::{self, TransportError};
 use kiln_shared::wire::ErrorCode;
 use kiln_shared::Platform;
@@ -43,7 +43,7 @@ const EVENT_BATCH: Duration = Duration::from_millis(50);
 struct Worker {
     cfg: AgentConfig,
     engine: Arc<Agent>,
-    farm: Arc<Farm>,
+    farm: Arc<AgentFarm>,
     native: Vec<Platform>,
     running: Mutex<BTreeSet<Key>>,
     cache_bytes: std::sync::atomic::AtomicU64,
@@ -67,10 +67,10 @@ impl Worker {
     }
 
     /// A connection, as this agent, to the coordinator that received a build's uploads.
-    fn connect(&self, origin: &[SocketAddr]) -> Result<Farm, SliceError> {
+    fn connect(&self, origin: &[SocketAddr]) -> Result<AgentFarm, SliceError> {
         let principal = Principal { role: kiln_shared::api::Role::Agent, name: self.cfg.name.clone() };
         let (ca, identity) = self.farm.credentials();
-        Farm::open(origin, &ca, &identity, principal).map_err(SliceError::Origin)
+        AgentFarm::open(origin, &ca, &identity, principal).map_err(SliceError::Origin)
     }
 }
 
@@ -92,7 +92,7 @@ pub async fn run(
         .await
         .map_err(|e| WorkerError::Config(format!("opening the agent: {e}")))??;
     let hosts = cfg.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(",");
-    let farm = Farm::join(&cfg.hosts, &token, &cfg.name).await.map_err(|source| WorkerError::Join { hosts, source })?;
+    let farm = AgentFarm::join(&cfg.hosts, &token, &cfg.name).await.map_err(|source| WorkerError::Join { hosts, source })?;
     // The peer endpoint: other agents and coordinators fetch blobs from this agent's store.
     let (ca, identity) = farm.credentials();
     let listener = transport::server(cfg.listen, &ca, &identity, false)
@@ -125,7 +125,7 @@ pub async fn run(
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
     let name = cfg.name.clone();
-    farm.call(&Request::Register(info.clone()), Duration::from_secs(10), Duration::from_secs(60))
+    farm.call(&AgentRequest::Register(info.clone()), Duration::from_secs(10), Duration::from_secs(60))
         .await
         .map_err(|source| WorkerError::Register { name: name.clone(), source })?;
     tracing::info!(agent = %name, native = %list(&info.native), emulated = %list(&info.emulated), slots = cfg.slots, "registered");
@@ -210,10 +210,10 @@ async fn poll_loop(w: Arc<Worker>, tasks: &mut tokio::task::JoinSet<()>) -> Resu
     loop {
         let running: Vec<Key> = w.running().iter().copied().collect();
         let cache_bytes = w.cache_bytes.load(std::sync::atomic::Ordering::Relaxed);
-        let poll = Request::Poll { agent: w.cfg.name.clone(), running, cache_bytes, wait_ms: 1_000 };
+        let poll = AgentRequest::Poll { agent: w.cfg.name.clone(), running, cache_bytes, wait_ms: 1_000 };
         // A short deadline: a coordinator that died must not hold the heartbeat past the lease.
         match w.farm.call(&poll, Duration::from_millis(2_500), Duration::from_secs(5)).await {
-            Ok(Response::Tasks { tasks: list, resync }) => {
+            Ok(AgentResponse::Tasks { tasks: list, resync }) => {
                 if resync {
                     // A new leader: its tracker starts empty.
                     *w.advertised.lock().await = None;
@@ -242,8 +242,8 @@ async fn poll_loop(w: Arc<Worker>, tasks: &mut tokio::task::JoinSet<()>) -> Resu
 async fn run_task(w: Arc<Worker>, task: SliceTask) {
     let key = (task.build, task.slice, task.attempt);
     let report = match slice::execute(&w, &task).await {
-        Ok(outcome) => Request::SliceDone(outcome),
-        Err(e) => Request::SliceFailed { build: task.build, slice: task.slice, attempt: task.attempt, message: e.to_string() },
+        Ok(outcome) => AgentRequest::SliceDone(outcome),
+        Err(e) => AgentRequest::SliceFailed { build: task.build, slice: task.slice, attempt: task.attempt, message: e.to_string() },
     };
     if let Err(e) = w.farm.call(&report, Duration::from_secs(10), Duration::from_secs(300)).await {
         tracing::warn!(agent = %w.cfg.name, build = task.build, slice = task.slice, attempt = task.attempt, "reporting the slice: {e}");
