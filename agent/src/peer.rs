@@ -10,7 +10,7 @@
 //! already verified are served to other agents fetching the same blob.
 
 use crate::gc;
-use kiln_shared::api::{Principal, Request, Response, Role};
+use kiln_shared::api::{PeerRequest, PeerResponse, Principal, Role};
 use kiln_shared::chunks::{Bitmap, ChunkTable, Plan, Verdict};
 use kiln_shared::digest::Digest;
 use kiln_shared::join::join_all;
@@ -209,18 +209,18 @@ impl Peer {
             conns.spawn(async move {
                 let Ok(conn) = incoming.await else { return };
                 let role = transport::peer_common_name(&conn).and_then(|cn| Principal::from_common_name(&cn)).map(|p| p.role);
-                transport::serve_connection_with_bodies(conn, move |req: Request| {
+                transport::serve_connection_with_bodies(conn, move |req: PeerRequest| {
                     let (peer, role) = (peer.clone(), role.clone());
                     async move {
                         match req {
                             // Chunks travel raw after their answer: no copy into a frame.
-                            Request::GetChunk { digest, index } => {
+                            PeerRequest::GetChunk { digest, index } => {
                                 let d = digest.parse::<Digest>().map_err(|e| remote(ErrorCode::BadRequest, format!("{digest:?}: {e}")))?;
                                 if !matches!(role, Some(Role::Agent | Role::Coordinator)) {
                                     return Err(remote(ErrorCode::PermissionDenied, "only agents and coordinators fetch chunks"));
                                 }
                                 let data = peer.chunk(&d, index as usize).await?;
-                                Ok((Response::Body { len: data.len() as u64 }, Some(bytes::Bytes::from(data))))
+                                Ok((PeerResponse::Body { len: data.len() as u64 }, Some(bytes::Bytes::from(data))))
                             }
                             req => peer.answer(role, req).await.map(|r| (r, None)),
                         }
@@ -232,15 +232,15 @@ impl Peer {
         }
     }
 
-    async fn answer(&self, role: Option<Role>, req: Request) -> Result<Response, RemoteError> {
+    async fn answer(&self, role: Option<Role>, req: PeerRequest) -> Result<PeerResponse, RemoteError> {
         let coordinator = role == Some(Role::Coordinator);
         if !(coordinator || role == Some(Role::Agent)) {
             return Err(remote(ErrorCode::PermissionDenied, "only agents and coordinators talk to an agent's peer endpoint"));
         }
         let parse = |d: &str| d.parse::<Digest>().map_err(|e| remote(ErrorCode::BadRequest, format!("{d:?}: {e}")));
         match req {
-            Request::ChunkTable { digest } => Ok(Response::Table(self.table(&parse(&digest)?).await?)),
-            Request::GetBlob { digest, offset, len } => {
+            PeerRequest::ChunkTable { digest } => Ok(PeerResponse::Table(self.table(&parse(&digest)?).await?)),
+            PeerRequest::GetBlob { digest, offset, len } => {
                 let d = parse(&digest)?;
                 use std::io::Read;
                 let f = self.store.open_blob(&d).map_err(|e| remote(ErrorCode::NotFound, e.to_string()))?;
@@ -249,31 +249,34 @@ impl Peer {
                     .take(u64::from(len.min(kiln_shared::client::BLOB_CHUNK)))
                     .read_to_end(&mut buf)
                     .map_err(|e| remote(ErrorCode::Internal, e.to_string()))?;
-                Ok(Response::Bytes(buf))
+                Ok(PeerResponse::Bytes(buf))
             }
-            Request::GetRecord { name } => {
+            PeerRequest::GetRecord { name } => {
                 let path =
                     record_path(&self.root, &name).ok_or_else(|| remote(ErrorCode::BadRequest, format!("{name:?} is no record name")))?;
-                std::fs::read(path).map(Response::Bytes).map_err(|_| remote(ErrorCode::NotFound, format!("no step cache record {name}")))
+                std::fs::read(path)
+                    .map(PeerResponse::Bytes)
+                    .map_err(|_| remote(ErrorCode::NotFound, format!("no step cache record {name}")))
             }
-            Request::AgentUsage if coordinator => {
+            PeerRequest::Usage if coordinator => {
                 let root = self.root.clone();
                 let u =
                     tokio::task::spawn_blocking(move || gc::usage(&root)).await.map_err(|e| remote(ErrorCode::Internal, e.to_string()))?;
-                Ok(Response::Usage(u))
+                Ok(PeerResponse::Usage(u))
             }
-            Request::AgentPrune(spec) if coordinator => {
+            PeerRequest::Prune(spec) if coordinator => {
                 let root = self.root.clone();
                 let r = tokio::task::spawn_blocking(move || gc::prune(&root, &spec))
                     .await
                     .map_err(|e| remote(ErrorCode::Internal, e.to_string()))?
                     .map_err(|e| remote(ErrorCode::Internal, e.to_string()))?;
-                Ok(Response::Pruned(r))
+                Ok(PeerResponse::Pruned(r))
             }
-            Request::AgentUsage | Request::AgentPrune(_) => {
+            PeerRequest::Usage | PeerRequest::Prune(_) => {
                 Err(remote(ErrorCode::PermissionDenied, "only coordinators manage an agent's storage"))
             }
-            _ => Err(remote(ErrorCode::BadRequest, "an agent's peer endpoint serves chunks, blobs and step cache records")),
+            // Served with its body by the connection's handler.
+            PeerRequest::GetChunk { .. } => Err(remote(ErrorCode::BadRequest, "a chunk is fetched with its body")),
         }
     }
 
@@ -348,7 +351,7 @@ impl Peer {
         Ok(c)
     }
 
-    async fn call(&self, addr: SocketAddr, body: Request, deadline: Duration) -> Result<Response, TransportError> {
+    async fn call(&self, addr: SocketAddr, body: PeerRequest, deadline: Duration) -> Result<PeerResponse, TransportError> {
         let conn = self.connection(addr).await?;
         let env = Envelope { request_id: self.next_id.fetch_add(1, Ordering::Relaxed), deadline_ms: deadline.as_millis() as u32, body };
         let r = transport::call(&conn, &env).await;
@@ -365,9 +368,9 @@ impl Peer {
         i: usize,
         buf: Vec<u8>,
         align: usize,
-    ) -> Result<(Response, Vec<u8>, usize), TransportError> {
+    ) -> Result<(PeerResponse, Vec<u8>, usize), TransportError> {
         let conn = self.connection(addr).await?;
-        let body = Request::GetChunk { digest: d.to_string(), index: i as u32 };
+        let body = PeerRequest::GetChunk { digest: d.to_string(), index: i as u32 };
         let env = Envelope {
             request_id: self.next_id.fetch_add(1, Ordering::Relaxed),
             deadline_ms: u32::try_from(self.timeouts.chunk_ms).unwrap_or(u32::MAX),
@@ -384,8 +387,8 @@ impl Peer {
     pub async fn record(&self, name: &str, sources: &[SocketAddr]) -> Result<Vec<u8>, FetchError> {
         let mut reasons = Vec::new();
         for &s in sources {
-            match self.call(s, Request::GetRecord { name: name.to_string() }, Duration::from_millis(self.timeouts.record_ms)).await {
-                Ok(Response::Bytes(b)) => return Ok(b),
+            match self.call(s, PeerRequest::GetRecord { name: name.to_string() }, Duration::from_millis(self.timeouts.record_ms)).await {
+                Ok(PeerResponse::Bytes(b)) => return Ok(b),
                 Ok(other) => reasons.push(format!("{s}: unexpected answer {other:?}")),
                 Err(e) => reasons.push(format!("{s}: {e}")),
             }
@@ -405,14 +408,14 @@ impl Peer {
         // Every source's table; the majority's is used (a lone source is trusted until the
         // chunks or the digest say otherwise).
         let asks = sources.iter().map(|&s| async move {
-            (s, self.call(s, Request::ChunkTable { digest: d.to_string() }, Duration::from_millis(self.timeouts.table_ms)).await)
+            (s, self.call(s, PeerRequest::ChunkTable { digest: d.to_string() }, Duration::from_millis(self.timeouts.table_ms)).await)
         });
         let mut tables: Vec<(SocketAddr, ChunkTable)> = Vec::new();
         // Peers that do not hold it yet may be fetching it too: they are asked again later.
         let mut later: Vec<SocketAddr> = Vec::new();
         for (s, answer) in join_all(asks).await {
             match answer {
-                Ok(Response::Table(t)) => match t.validate() {
+                Ok(PeerResponse::Table(t)) => match t.validate() {
                     Ok(()) if t.digest() == *d => tables.push((s, t)),
                     Ok(()) => report.dropped.push((s, format!("its chunk table is for {}", t.digest()))),
                     Err(e) => report.dropped.push((s, e.to_string())),
@@ -561,8 +564,12 @@ impl Peer {
                     due
                 };
                 if refresh {
-                    if let Ok(Response::Table(t)) = self
-                        .call(addr, Request::ChunkTable { digest: d.to_string() }, Duration::from_millis(self.timeouts.table_refresh_ms))
+                    if let Ok(PeerResponse::Table(t)) = self
+                        .call(
+                            addr,
+                            PeerRequest::ChunkTable { digest: d.to_string() },
+                            Duration::from_millis(self.timeouts.table_refresh_ms),
+                        )
                         .await
                     {
                         if t.content() == table.content() {
@@ -580,7 +587,7 @@ impl Peer {
             let align = if partial.direct { DIRECT_ALIGN } else { 1 };
             let answer = self.call_chunk(addr, d, i, std::mem::take(&mut buf), align).await;
             let (data, start) = match answer {
-                Ok((Response::Body { len }, b, start)) if len == (b.len() - start) as u64 => (b, start),
+                Ok((PeerResponse::Body { len }, b, start)) if len == (b.len() - start) as u64 => (b, start),
                 Err(TransportError::Remote(e)) if e.code == ErrorCode::NotFound && sources_partial(shared, src) => {
                     // A partial source that lost the race: the chunk goes back, the source stays.
                     let mut plan = lock(&shared.plan);

@@ -1,10 +1,33 @@
-//! The messages of kiln's one wire protocol: CLI ↔ coordinator, agent ↔ coordinator and
-//! coordinator ↔ coordinator, carried by [`crate::transport`] in [`crate::wire`] frames.
+//! The messages kiln sends, carried by [`crate::transport`] in [`crate::wire`] frames: one
+//! request/response pair per protocol, each in its module, and the types they share here.
 //!
+//! - [`join`]: a caller without a certificate gets one (the only protocol served to it);
+//! - [`client`]: the CLI (users and admins) → a coordinator;
+//! - [`agent`]: an agent → a coordinator;
+//! - [`coordinator`]: coordinator ↔ coordinator (Raft, forwarding to the leader, status);
+//! - [`peer`]: agent ↔ agent and coordinator → agent, on an agent's peer endpoint;
+//! - [`blobs`]: blob transfer, inside the client and agent protocols.
+//!
+//! A coordinator serves the first four on one endpoint, in frames tagged by protocol ([`Call`]).
 //! Plain data only (no JSON values, no skipped fields): bincode needs every field on the wire.
-//! Raft's own RPCs travel as opaque JSON inside [`Request::Raft`], so openraft's types stay a
-//! coordinator matter.
+//! Raft's own RPCs travel as opaque JSON inside [`CoordinatorRequest::Raft`], so openraft's
+//! types stay a coordinator matter.
 
+pub mod agent;
+pub mod blobs;
+pub mod client;
+pub mod coordinator;
+pub mod join;
+pub mod peer;
+
+pub use agent::{AgentRequest, AgentResponse};
+pub use blobs::{BlobRequest, BlobResponse};
+pub use client::{ClientRequest, ClientResponse};
+pub use coordinator::{CoordinatorRequest, CoordinatorResponse, Forwarded, ForwardedResponse, RaftRpc};
+pub use join::{JoinRequest, JoinResponse};
+pub use peer::{PeerRequest, PeerResponse};
+
+use crate::oci::{Descriptor, Index};
 use crate::Platform;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -253,8 +276,8 @@ pub struct SliceOutcome {
     pub build: u64,
     pub slice: u32,
     pub attempt: u32,
-    /// The manifest descriptor (OCI JSON), with its platform.
-    pub manifest_json: String,
+    /// The descriptor of the slice's manifest, with its platform.
+    pub manifest: Descriptor,
     pub emulated: bool,
     pub duration_ms: u64,
     pub cache_hits: u32,
@@ -314,7 +337,8 @@ pub struct SliceView {
     pub agent: String,
     pub emulated: bool,
     pub attempt: u32,
-    pub manifest_json: String,
+    /// The manifest's descriptor once the slice is done.
+    pub manifest: Option<Descriptor>,
     pub queue_ms: u64,
     pub duration_ms: u64,
     pub cache_hits: u32,
@@ -331,12 +355,24 @@ pub struct BuildView {
     pub id: u64,
     pub state: BuildState,
     pub slices: Vec<SliceView>,
-    /// The index (OCI JSON) once done.
-    pub index_json: String,
+    /// The image index once done: the exact bytes pushed under the tags, which
+    /// `index_digest` is the digest of (so kept as bytes, not re-serialized; see [`BuildView::index`]).
+    #[serde(with = "serde_bytes")]
+    pub index: Vec<u8>,
     pub index_digest: String,
     pub error: String,
     /// With `--cache-to type=local`, once done: every slice's records.
     pub cache_records: Vec<CacheRecord>,
+}
+
+impl BuildView {
+    /// The image index, decoded (`None` until the build is done).
+    pub fn index(&self) -> Result<Option<Index>, serde_json::Error> {
+        if self.index.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&self.index).map(Some)
+    }
 }
 
 /// One progress event of a build, labelled with where it happened.
@@ -416,205 +452,36 @@ pub struct ClusterStatus {
     pub members: Vec<Member>,
 }
 
-/// Which openraft RPC a [`Request::Raft`] carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RaftRpc {
-    AppendEntries,
-    Vote,
-    InstallSnapshot,
+/// What a frame to a coordinator carries: a request of one of the protocols it serves, tagged
+/// with which, so that one QUIC endpoint serves them all. Each is handled by a handler typed by
+/// its protocol; which protocol a connection may speak is decided by its certificate's role
+/// (none: [`Call::Join`] only). Generic so that a sender can borrow what it sends
+/// ([`CallRef`]) and a receiver own it ([`Call`]): both encode alike.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Tagged<J, C, A, K> {
+    Join(J),
+    Client(C),
+    Agent(A),
+    Coordinator(K),
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Request {
-    // -- joining: the only requests served on a connection without a client certificate
-    /// Exchange a token for a certificate (the CSR's key stays with the caller).
-    /// `name` is the agent's name (agents only; users get their token's tenant).
-    Join {
-        token: String,
-        name: String,
-        csr_der: Vec<u8>,
-    },
-    /// A coordinator's first start: get the cluster CA from the first member.
-    JoinPeer {
-        id: u64,
-        token: Option<String>,
-        csr_der: Vec<u8>,
-    },
+/// A request to a coordinator, as received.
+pub type Call = Tagged<JoinRequest, ClientRequest, AgentRequest, CoordinatorRequest>;
+/// A request to a coordinator, as sent.
+pub type CallRef<'a> = Tagged<&'a JoinRequest, &'a ClientRequest, &'a AgentRequest, &'a CoordinatorRequest>;
+/// A coordinator's answer: of the protocol of its request.
+pub type Reply = Tagged<JoinResponse, ClientResponse, AgentResponse, CoordinatorResponse>;
 
-    // -- coordinators
-    Raft {
-        rpc: RaftRpc,
-        #[serde(with = "serde_bytes")]
-        json: Vec<u8>,
-    },
-    /// A follower passes on a request it authenticated.
-    /// `origin` is the coordinator that received it (where its uploads are).
-    Forward {
-        principal: Principal,
-        origin: SocketAddr,
-        request: Box<Request>,
-    },
-    Status,
-    AddCoordinator {
-        id: u64,
-        addr: String,
-    },
-    RemoveCoordinator {
-        id: u64,
-    },
-
-    // -- agents
-    Register(AgentInfo),
-    /// Heartbeat and long poll for work: answered with new tasks, or empty after `wait_ms`.
-    Poll {
-        agent: String,
-        running: Vec<(u64, u32, u32)>,
-        cache_bytes: u64,
-        wait_ms: u32,
-    },
-    Events {
-        build: u64,
-        slice: u32,
-        attempt: u32,
-        events: Vec<Event>,
-    },
-    SliceDone(SliceOutcome),
-    SliceFailed {
-        build: u64,
-        slice: u32,
-        attempt: u32,
-        message: String,
-    },
-    GetBlob {
-        digest: String,
-        offset: u64,
-        len: u32,
-    },
-    /// What an agent adds to and removes from its store and step cache.
-    Advertise(Inventory),
-    /// Which live agents hold these blobs (or are fetching them) and these records; answered
-    /// with [`Response::Holders`], blobs first, each a list of peer endpoints.
-    Locate {
-        blobs: Vec<String>,
-        records: Vec<String>,
-    },
-
-    // -- agent ↔ agent (and coordinator → agent), on the agent's peer endpoint
-    /// A blob's chunk table, with the chunks the peer holds if it is still fetching it.
-    ChunkTable {
-        digest: String,
-    },
-    GetChunk {
-        digest: String,
-        index: u32,
-    },
-    GetRecord {
-        name: String,
-    },
-    AgentUsage,
-    AgentPrune(PruneSpec),
-
-    // -- CLI
-    /// Which of these blobs the caller's tenant must still upload (a tenant owns a blob only
-    /// once it has sent its content). `owner`: an agent returning blobs names the build's tenant.
-    MissingBlobs {
-        digests: Vec<String>,
-        owner: Option<String>,
-    },
-    PutBlob {
-        digest: String,
-        offset: u64,
-        #[serde(with = "serde_bytes")]
-        data: Vec<u8>,
-        last: bool,
-        owner: Option<String>,
-    },
-    /// An admin makes a join token for a role and tenant (`kiln coordinator token`).
-    CreateToken {
-        role: Role,
-        tenant: String,
-    },
-    Submit(BuildSpec),
-    /// Progress and state of a build; waits up to `wait_ms` for something new after `cursor`.
-    Watch {
-        build: u64,
-        cursor: u64,
-        wait_ms: u32,
-    },
-    Contexts,
-    RemoveContext {
-        name: String,
-    },
-    CreateBuilder(CreateSpec),
-    RemoveBuilder {
-        name: String,
-    },
-    Builders,
-    Inspect {
-        name: String,
-    },
-    /// `kiln du` across a builder's agents (every agent when `None`).
-    DiskUsage {
-        builder: Option<String>,
-    },
-    Prune {
-        builder: Option<String>,
-        spec: PruneSpec,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Response {
-    Ok,
-    Joined {
-        cert_der: Vec<u8>,
-        ca_der: Vec<u8>,
-        principal: Principal,
-    },
-    PeerJoined {
-        ca_cert_pem: String,
-        ca_key_pem: String,
-        cert_der: Vec<u8>,
-    },
-    Raft {
-        #[serde(with = "serde_bytes")]
-        json: Vec<u8>,
-    },
-    Status(ClusterStatus),
-    /// New tasks; `resync`: the tracker does not know this agent's inventory (a new leader).
-    Tasks {
-        tasks: Vec<SliceTask>,
-        resync: bool,
-    },
-    Table(crate::chunks::ChunkTable),
-    Holders(Vec<Vec<String>>),
-    Usage(DiskUsage),
-    Pruned(PruneReport),
-    /// `resync`: the tracker does not know this agent; send the whole inventory.
-    Advertised {
-        resync: bool,
-    },
-    /// Per agent, for `kiln du|prune` across a builder; an unreachable agent has its error.
-    PerAgent(Vec<(String, Result<AgentStorage, String>)>),
-    /// Blob content; sent as one byte string, not a sequence of numbers.
-    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
-    /// A chunk of `len` bytes follows this answer on the stream, raw (`GetChunk`).
-    Body {
-        len: u64,
-    },
-    Digests(Vec<String>),
-    Submitted {
-        build: u64,
-    },
-    Build {
-        view: BuildView,
-        events: Vec<BuildEvent>,
-        cursor: u64,
-    },
-    Contexts(Vec<ContextView>),
-    Name(String),
-    Builders(Vec<BuilderView>),
-    Builder(BuilderView),
+impl<J, C, A, K> Tagged<J, C, A, K> {
+    /// The protocol's name, for errors and logs.
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            Tagged::Join(_) => "join",
+            Tagged::Client(_) => "client",
+            Tagged::Agent(_) => "agent",
+            Tagged::Coordinator(_) => "coordinator",
+        }
+    }
 }
 
 /// An agent's answer to `kiln du` or `kiln prune`.
@@ -706,13 +573,37 @@ mod tests {
             cache_to: Some(CacheExport { max: true, registry: None }),
         };
         let principal = Principal { role: Role::User, name: "t".into() };
-        let req = Request::Forward { principal, origin: "127.0.0.1:7401".parse().unwrap(), request: Box::new(Request::Submit(spec)) };
-        let bytes = wire::encode(&req).unwrap();
-        assert_eq!(wire::decode::<Request>(&bytes).unwrap(), req);
+        let origin = "127.0.0.1:7401".parse().unwrap();
+        let req =
+            CoordinatorRequest::Forward { principal, origin, request: Box::new(Forwarded::Client(ClientRequest::Submit(Box::new(spec)))) };
+        // Sent borrowed, received owned: the same bytes.
+        let bytes = wire::encode(&CallRef::Coordinator(&req)).unwrap();
+        assert_eq!(bytes, wire::encode(&Call::Coordinator(req.clone())).unwrap());
+        assert_eq!(wire::decode::<Call>(&bytes).unwrap(), Call::Coordinator(req));
+        // A slice report with its manifest's descriptor, typed.
+        let manifest = crate::oci::Descriptor {
+            platform: Some((&"linux/arm/v7".parse::<crate::Platform>().unwrap()).into()),
+            ..crate::oci::Descriptor::new(crate::oci::MEDIA_MANIFEST, crate::Digest::of(b"m"), 9)
+        };
+        let outcome = SliceOutcome {
+            build: 1,
+            slice: 0,
+            attempt: 1,
+            manifest,
+            emulated: false,
+            duration_ms: 5,
+            cache_hits: 1,
+            cache_misses: 2,
+            cache_peer_hits: 0,
+            records: vec![],
+            step_records: vec!["r".into()],
+        };
+        let call = Call::Agent(AgentRequest::SliceDone(outcome));
+        assert_eq!(wire::decode::<Call>(&wire::encode(&call).unwrap()).unwrap(), call);
         // A chunk table answer, as peers send it.
         let table = crate::chunks::ChunkTable::compute(&mut &[7u8; 100_000][..], 100_000, crate::chunks::MIN_CHUNK).unwrap().0;
-        let answer: Result<Response, wire::RemoteError> = Ok(Response::Table(table));
-        assert_eq!(wire::decode::<Result<Response, wire::RemoteError>>(&wire::encode(&answer).unwrap()).unwrap(), answer);
+        let answer: Result<PeerResponse, wire::RemoteError> = Ok(PeerResponse::Table(table));
+        assert_eq!(wire::decode::<Result<PeerResponse, wire::RemoteError>>(&wire::encode(&answer).unwrap()).unwrap(), answer);
         let p = Principal::from_common_name("agent:a1").unwrap();
         assert_eq!(p, Principal { role: Role::Agent, name: "a1".into() });
         assert_eq!(Principal::from_common_name(&p.common_name()), Some(p));

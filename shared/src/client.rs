@@ -1,13 +1,18 @@
 //! The client side of a farm, shared by the CLI and the agents: join with a token (getting a
 //! certificate for a key made here), then call any coordinator, moving to the next one when a
-//! coordinator is unreachable or busy electing a leader.
+//! coordinator is unreachable or busy electing a leader. A [`Farm`] is typed by the protocol it
+//! speaks ([`ClientFarm`] for the CLI, [`AgentFarm`] for agents): neither can send the other's
+//! requests.
 
-use crate::api::{Principal, Request, Response, Token};
+use crate::api::{AgentRequest, AgentResponse, BlobRequest, BlobResponse, CallRef, ClientRequest, ClientResponse};
+use crate::api::{JoinRequest, JoinResponse, Principal, Reply, Tagged, Token};
 use crate::digest::Digest;
 use crate::store::{ContentStore, StoreError};
 use crate::transport::{self, Identity, KeyRequest, TransportError};
-use crate::wire::{Envelope, ErrorCode};
+use crate::wire::{Envelope, ErrorCode, WireError};
 use rustls::pki_types::CertificateDer;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -76,8 +81,70 @@ impl Default for Timeouts {
     }
 }
 
-/// A connection to the farm with failover across its coordinators.
-pub struct Farm {
+/// A protocol a [`Farm`] speaks with the coordinators, implemented by its request type.
+pub trait FarmProtocol: Serialize + std::fmt::Debug + Send + Sync {
+    type Response: DeserializeOwned + std::fmt::Debug + Send;
+    /// This request, tagged with its protocol, as a coordinator's frame carries it.
+    fn tagged(&self) -> CallRef<'_>;
+    /// The answer of this protocol in a reply (`Err`: the reply is of another protocol, named).
+    fn answer(reply: Reply) -> Result<Self::Response, &'static str>;
+    /// A blob transfer request of this protocol.
+    fn blob(request: BlobRequest) -> Self;
+    /// The blob transfer answer in a response (`Err`: another answer).
+    fn blob_answer(response: Self::Response) -> Result<BlobResponse, Self::Response>;
+}
+
+impl FarmProtocol for ClientRequest {
+    type Response = ClientResponse;
+    fn tagged(&self) -> CallRef<'_> {
+        Tagged::Client(self)
+    }
+    fn answer(reply: Reply) -> Result<ClientResponse, &'static str> {
+        match reply {
+            Tagged::Client(r) => Ok(r),
+            other => Err(other.protocol()),
+        }
+    }
+    fn blob(request: BlobRequest) -> Self {
+        ClientRequest::Blob(request)
+    }
+    fn blob_answer(response: ClientResponse) -> Result<BlobResponse, ClientResponse> {
+        match response {
+            ClientResponse::Blob(b) => Ok(b),
+            other => Err(other),
+        }
+    }
+}
+
+impl FarmProtocol for AgentRequest {
+    type Response = AgentResponse;
+    fn tagged(&self) -> CallRef<'_> {
+        Tagged::Agent(self)
+    }
+    fn answer(reply: Reply) -> Result<AgentResponse, &'static str> {
+        match reply {
+            Tagged::Agent(r) => Ok(r),
+            other => Err(other.protocol()),
+        }
+    }
+    fn blob(request: BlobRequest) -> Self {
+        AgentRequest::Blob(request)
+    }
+    fn blob_answer(response: AgentResponse) -> Result<BlobResponse, AgentResponse> {
+        match response {
+            AgentResponse::Blob(b) => Ok(b),
+            other => Err(other),
+        }
+    }
+}
+
+/// The CLI's connection to a farm.
+pub type ClientFarm = Farm<ClientRequest>;
+/// An agent's connection to a farm.
+pub type AgentFarm = Farm<AgentRequest>;
+
+/// A connection to the farm with failover across its coordinators, speaking protocol `P`.
+pub struct Farm<P> {
     hosts: Vec<SocketAddr>,
     endpoint: quinn::Endpoint,
     current: Mutex<Option<(usize, quinn::Connection)>>,
@@ -87,6 +154,7 @@ pub struct Farm {
     ca: CertificateDer<'static>,
     identity: Identity,
     timeouts: Timeouts,
+    protocol: std::marker::PhantomData<fn(P)>,
 }
 
 /// Errors a retry elsewhere may cure.
@@ -98,28 +166,44 @@ fn retryable(e: &TransportError) -> bool {
     }
 }
 
-impl Farm {
+/// One join request to the coordinator at `addr`, on an endpoint without a certificate
+/// ([`transport::joining_client`]).
+pub async fn join_at(
+    joining: &quinn::Endpoint,
+    addr: SocketAddr,
+    request: &JoinRequest,
+    timeouts: &Timeouts,
+) -> Result<JoinResponse, TransportError> {
+    let conn = transport::connect(joining, addr, Duration::from_millis(timeouts.join_connect_ms)).await?;
+    let deadline_ms = u32::try_from(timeouts.join_request_ms).unwrap_or(u32::MAX);
+    let env = Envelope { request_id: 0, deadline_ms, body: CallRef::Join(request) };
+    match transport::call::<CallRef, Reply>(&conn, &env).await? {
+        Tagged::Join(r) => Ok(r),
+        other => Err(other_protocol(other.protocol())),
+    }
+}
+
+fn other_protocol(protocol: &str) -> TransportError {
+    TransportError::Wire(WireError::Decode(format!("the coordinator answered in the {protocol} protocol")))
+}
+
+impl<P: FarmProtocol> Farm<P> {
     /// Exchanges `token` for a certificate at the first coordinator that answers, then opens
     /// the farm with it. `name` names an agent (users get their token's tenant).
-    pub async fn join(hosts: &[SocketAddr], token: &str, name: &str) -> Result<Farm, TransportError> {
+    pub async fn join(hosts: &[SocketAddr], token: &str, name: &str) -> Result<Farm<P>, TransportError> {
         Farm::join_with(hosts, token, name, Timeouts::default()).await
     }
 
     /// [`Farm::join`] with the given timeouts (kept by the farm it opens).
-    pub async fn join_with(hosts: &[SocketAddr], token: &str, name: &str, timeouts: Timeouts) -> Result<Farm, TransportError> {
+    pub async fn join_with(hosts: &[SocketAddr], token: &str, name: &str, timeouts: Timeouts) -> Result<Farm<P>, TransportError> {
         let parsed = Token::parse(token).map_err(TransportError::Tls)?;
         let joining = transport::joining_client(Some(&parsed.ca_fingerprint))?;
         let mut last = None;
         for &addr in hosts {
             let key = KeyRequest::new()?;
-            let request = Request::Join { token: token.trim().to_string(), name: name.to_string(), csr_der: key.csr_der.clone() };
-            let answer = async {
-                let conn = transport::connect(&joining, addr, Duration::from_millis(timeouts.join_connect_ms)).await?;
-                let deadline_ms = u32::try_from(timeouts.join_request_ms).unwrap_or(u32::MAX);
-                transport::call::<Request, Response>(&conn, &Envelope { request_id: 0, deadline_ms, body: request }).await
-            };
-            match answer.await {
-                Ok(Response::Joined { cert_der, ca_der, principal }) => {
+            let request = JoinRequest::Token { token: token.trim().to_string(), name: name.to_string(), csr_der: key.csr_der.clone() };
+            match join_at(&joining, addr, &request, &timeouts).await {
+                Ok(JoinResponse::Joined { cert_der, ca_der, principal }) => {
                     joining.close(0u32.into(), b"joined");
                     let identity = key.into_identity(cert_der);
                     return Farm::open(hosts, &CertificateDer::from(ca_der), &identity, principal)?.with_timeouts(timeouts);
@@ -137,7 +221,7 @@ impl Farm {
         ca: &CertificateDer<'static>,
         identity: &Identity,
         principal: Principal,
-    ) -> Result<Farm, TransportError> {
+    ) -> Result<Farm<P>, TransportError> {
         Ok(Farm {
             hosts: hosts.to_vec(),
             endpoint: transport::client(ca, Some(identity))?,
@@ -148,11 +232,12 @@ impl Farm {
             ca: ca.clone(),
             identity: identity.clone(),
             timeouts: Timeouts::default(),
+            protocol: std::marker::PhantomData,
         })
     }
 
     /// The farm with other timeouts (its endpoint is opened again with their QUIC clocks).
-    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Result<Farm, TransportError> {
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Result<Farm<P>, TransportError> {
         if timeouts.quic != self.timeouts.quic {
             self.endpoint = transport::client_with(&self.ca, Some(&self.identity), &timeouts.quic)?;
         }
@@ -193,7 +278,7 @@ impl Farm {
 
     /// One request; retried on another coordinator (or after an election) until `patience`
     /// runs out. `deadline` bounds each attempt.
-    pub async fn call(&self, request: &Request, deadline: Duration, patience: Duration) -> Result<Response, TransportError> {
+    pub async fn call(&self, request: &P, deadline: Duration, patience: Duration) -> Result<P::Response, TransportError> {
         let give_up = Instant::now() + patience;
         let mut pause = Duration::from_millis(self.timeouts.retry_pause_min_ms);
         loop {
@@ -202,9 +287,10 @@ impl Farm {
                 let env = Envelope {
                     request_id: self.next_id.fetch_add(1, Ordering::Relaxed),
                     deadline_ms: deadline.as_millis().min(u32::MAX as u128) as u32,
-                    body: request,
+                    body: request.tagged(),
                 };
-                transport::call::<&Request, Response>(&conn, &env).await.map_err(|e| (i, e))
+                let reply = transport::call::<CallRef, Reply>(&conn, &env).await.map_err(|e| (i, e))?;
+                P::answer(reply).map_err(|other| (i, other_protocol(other)))
             };
             let e = match attempt.await {
                 Ok(r) => return Ok(r),
@@ -246,12 +332,11 @@ impl Farm {
         let mut file = std::fs::File::create(tmp).map_err(io)?;
         let mut offset = 0u64;
         loop {
-            let req = Request::GetBlob { digest: d.to_string(), offset, len: BLOB_CHUNK };
-            let answer = self
-                .call(&req, Duration::from_millis(self.timeouts.blob_chunk_ms), Duration::from_millis(self.timeouts.blob_chunk_ms))
-                .await;
-            match answer.map_err(|source| BlobError::Transport { digest: d.to_string(), source })? {
-                Response::Bytes(b) => {
+            let req = P::blob(BlobRequest::Get { digest: d.to_string(), offset, len: BLOB_CHUNK });
+            let chunk = Duration::from_millis(self.timeouts.blob_chunk_ms);
+            let answer = self.call(&req, chunk, chunk).await;
+            match P::blob_answer(answer.map_err(|source| BlobError::Transport { digest: d.to_string(), source })?) {
+                Ok(BlobResponse::Bytes(b)) => {
                     file.write_all(&b).map_err(io)?;
                     offset += b.len() as u64;
                     // The server sends whole chunks until the end: a short one is the last.
@@ -282,13 +367,16 @@ impl Farm {
                 }
             }
             let last = n < buf.len();
-            let req =
-                Request::PutBlob { digest: digest.to_string(), offset, data: buf[..n].to_vec(), last, owner: owner.map(str::to_string) };
-            match self
-                .call(&req, Duration::from_millis(self.timeouts.blob_chunk_ms), Duration::from_millis(self.timeouts.blob_chunk_ms))
-                .await
-            {
-                Ok(Response::Ok) => {}
+            let req = P::blob(BlobRequest::Put {
+                digest: digest.to_string(),
+                offset,
+                data: buf[..n].to_vec(),
+                last,
+                owner: owner.map(str::to_string),
+            });
+            let chunk = Duration::from_millis(self.timeouts.blob_chunk_ms);
+            match self.call(&req, chunk, chunk).await.map(P::blob_answer) {
+                Ok(Ok(BlobResponse::Stored)) => {}
                 Ok(other) => return Err(BlobError::Unexpected { digest: digest.to_string(), answer: format!("{other:?}") }),
                 Err(source) => return Err(BlobError::Transport { digest: digest.to_string(), source }),
             }

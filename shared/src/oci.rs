@@ -16,11 +16,12 @@ pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.mani
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A descriptor's platform. Serialized as image-spec JSON for JSON, with every field for the
+/// wire (see [`binary`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OciPlatform {
     pub architecture: String,
     pub os: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
 }
 
@@ -37,21 +38,114 @@ impl OciPlatform {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// A content descriptor. Serialized as image-spec JSON (empty fields left out) for JSON, with
+/// every field for the wire (see [`binary`]): descriptors travel typed in kiln's messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Descriptor {
     pub media_type: String,
     pub digest: Digest,
     pub size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<OciPlatform>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
 }
 
 impl Descriptor {
     pub fn new(media_type: &str, digest: Digest, size: u64) -> Descriptor {
         Descriptor { media_type: media_type.to_string(), digest, size, platform: None, annotations: BTreeMap::new() }
+    }
+}
+
+/// A descriptor and its platform, serialized by format: image-spec JSON (with empty fields left
+/// out, as registries and digests expect) for human-readable formats, and every field in order
+/// for binary ones (bincode, kiln's wire, cannot skip fields: it has no field names).
+mod binary {
+    use super::{Descriptor, Digest, OciPlatform};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename = "OciPlatform")]
+    struct JsonPlatform {
+        architecture: String,
+        os: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        variant: Option<String>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename = "OciPlatform")]
+    struct WirePlatform {
+        architecture: String,
+        os: String,
+        variant: Option<String>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename = "Descriptor", rename_all = "camelCase")]
+    struct JsonDescriptor {
+        media_type: String,
+        digest: Digest,
+        size: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        platform: Option<OciPlatform>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        annotations: BTreeMap<String, String>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename = "Descriptor")]
+    struct WireDescriptor {
+        media_type: String,
+        digest: Digest,
+        size: u64,
+        platform: Option<OciPlatform>,
+        annotations: BTreeMap<String, String>,
+    }
+
+    impl Serialize for OciPlatform {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let OciPlatform { architecture, os, variant } = self.clone();
+            if s.is_human_readable() {
+                JsonPlatform { architecture, os, variant }.serialize(s)
+            } else {
+                WirePlatform { architecture, os, variant }.serialize(s)
+            }
+        }
+    }
+
+    impl<'de> Deserialize<'de> for OciPlatform {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            if d.is_human_readable() {
+                let JsonPlatform { architecture, os, variant } = JsonPlatform::deserialize(d)?;
+                Ok(OciPlatform { architecture, os, variant })
+            } else {
+                let WirePlatform { architecture, os, variant } = WirePlatform::deserialize(d)?;
+                Ok(OciPlatform { architecture, os, variant })
+            }
+        }
+    }
+
+    impl Serialize for Descriptor {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let Descriptor { media_type, digest, size, platform, annotations } = self.clone();
+            if s.is_human_readable() {
+                JsonDescriptor { media_type, digest, size, platform, annotations }.serialize(s)
+            } else {
+                WireDescriptor { media_type, digest, size, platform, annotations }.serialize(s)
+            }
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Descriptor {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            if d.is_human_readable() {
+                let JsonDescriptor { media_type, digest, size, platform, annotations } = JsonDescriptor::deserialize(d)?;
+                Ok(Descriptor { media_type, digest, size, platform, annotations })
+            } else {
+                let WireDescriptor { media_type, digest, size, platform, annotations } = WireDescriptor::deserialize(d)?;
+                Ok(Descriptor { media_type, digest, size, platform, annotations })
+            }
+        }
     }
 }
 
@@ -185,4 +279,33 @@ impl ImageConfig {
 /// JSON bytes as the registry and the layout store them (compact, stable field order).
 pub fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn descriptor(platform: Option<OciPlatform>, annotations: &[(&str, &str)]) -> Descriptor {
+        let mut d = Descriptor::new(MEDIA_MANIFEST, Digest::of(b"m"), 7);
+        d.platform = platform;
+        d.annotations = annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        d
+    }
+
+    #[test]
+    fn descriptors_are_image_spec_json_and_whole_on_the_wire() {
+        let bare = descriptor(None, &[]);
+        let json = String::from_utf8(to_json(&bare)).unwrap();
+        assert_eq!(json, format!(r#"{{"mediaType":"{MEDIA_MANIFEST}","digest":"{}","size":7}}"#, Digest::of(b"m")));
+        let arm = OciPlatform { architecture: "arm64".into(), os: "linux".into(), variant: None };
+        let json = String::from_utf8(to_json(&descriptor(Some(arm.clone()), &[]))).unwrap();
+        assert!(json.ends_with(r#""platform":{"architecture":"arm64","os":"linux"}}"#), "{json}");
+        let v7 = OciPlatform { architecture: "arm".into(), os: "linux".into(), variant: Some("v7".into()) };
+        for d in [bare, descriptor(Some(arm), &[]), descriptor(Some(v7), &[("a", "b")]), descriptor(None, &[("a", "b")])] {
+            assert_eq!(serde_json::from_slice::<Descriptor>(&to_json(&d)).unwrap(), d);
+            assert_eq!(crate::wire::decode::<Descriptor>(&crate::wire::encode(&d).unwrap()).unwrap(), d);
+            let listed = Index::new(vec![d.clone(), d]);
+            assert_eq!(serde_json::from_slice::<Index>(&to_json(&listed)).unwrap(), listed);
+        }
+    }
 }

@@ -1,5 +1,5 @@
-//! The wire protocol: one versioned, length-framed bincode encoding for every message kiln
-//! sends between CLI, coordinators and agents.
+//! The wire format: one versioned, length-framed bincode encoding for every message kiln
+//! sends between CLI, coordinators and agents (the messages are in [`crate::api`]).
 //!
 //! A frame is an 8-byte header (`b"KL"`, the protocol version as u16, the payload length as
 //! u32, all big-endian) followed by a bincode payload. Sizes are checked before anything is
@@ -13,7 +13,9 @@ use std::fmt;
 
 pub const MAGIC: [u8; 2] = *b"KL";
 /// 2: blob bytes travel as byte strings, chunks as raw bodies after their answer.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// 4: one request/response pair per protocol, tagged by protocol ([`crate::api::Call`]);
+/// manifest descriptors typed, the index as bytes.
+pub const PROTOCOL_VERSION: u16 = 4;
 pub const HEADER_LEN: usize = 8;
 /// The largest control frame (chunks of blobs travel in their own frames, also bounded).
 pub const MAX_FRAME: usize = 16 << 20;

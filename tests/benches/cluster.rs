@@ -7,8 +7,8 @@
 //! committed per second for 1,000 four-platform builds submitted at once.
 //! Run with `make bench` (it builds the release binary first).
 
-use kiln_shared::api::{AgentInfo, BuildSpec, Inventory, Request, Response, SliceOutcome};
-use kiln_shared::client::Farm;
+use kiln_shared::api::{AgentInfo, AgentRequest, AgentResponse, BuildSpec, ClientRequest, ClientResponse, Inventory, SliceOutcome};
+use kiln_shared::client::{AgentFarm, ClientFarm};
 use kiln_shared::Platform;
 use kiln_tests::cluster::Cluster;
 use std::collections::HashMap;
@@ -60,9 +60,9 @@ fn spec(platforms: &[&str], n: usize) -> BuildSpec {
     }
 }
 
-async fn agent(hosts: Vec<SocketAddr>, token: String, i: usize) -> Farm {
+async fn agent(hosts: Vec<SocketAddr>, token: String, i: usize) -> AgentFarm {
     let name = format!("sim{i:04}");
-    let farm = Farm::join(&hosts, &token, &name).await.expect("join");
+    let farm = AgentFarm::join(&hosts, &token, &name).await.expect("join");
     let native: Platform = ARCHES[i % ARCHES.len()].parse().expect("platform");
     let info = AgentInfo {
         name: name.clone(),
@@ -73,24 +73,24 @@ async fn agent(hosts: Vec<SocketAddr>, token: String, i: usize) -> Farm {
         labels: Default::default(),
         version: "bench".into(),
     };
-    farm.call(&Request::Register(info), Duration::from_secs(30), Duration::from_secs(60)).await.expect("register");
+    farm.call(&AgentRequest::Register(info), Duration::from_secs(30), Duration::from_secs(60)).await.expect("register");
     farm
 }
 
-async fn poll_loop(farm: Arc<Farm>, name: String, seen: Arc<Mutex<Seen>>) {
+async fn poll_loop(farm: Arc<AgentFarm>, name: String, seen: Arc<Mutex<Seen>>) {
     // As `kiln agent` does: a slice stays in `running` until its report is taken.
     let running: Arc<Mutex<Vec<(u64, u32, u32)>>> = Arc::default();
     loop {
         let list = running.lock().expect("running").clone();
-        let poll = Request::Poll { agent: name.clone(), running: list, cache_bytes: 0, wait_ms: 1000 };
-        let Ok(Response::Tasks { tasks, resync }) = farm.call(&poll, Duration::from_secs(5), Duration::from_secs(5)).await else {
+        let poll = AgentRequest::Poll { agent: name.clone(), running: list, cache_bytes: 0, wait_ms: 1000 };
+        let Ok(AgentResponse::Tasks { tasks, resync }) = farm.call(&poll, Duration::from_secs(5), Duration::from_secs(5)).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         if resync {
             // As `kiln agent` does: the tracker (a new leader's, or on first contact) gets the inventory.
             let inv = Inventory { agent: name.clone(), full: true, ..Default::default() };
-            let _ = farm.call(&Request::Advertise(inv), Duration::from_secs(5), Duration::from_secs(5)).await;
+            let _ = farm.call(&AgentRequest::Advertise(inv), Duration::from_secs(5), Duration::from_secs(5)).await;
         }
         let now = Instant::now();
         for t in tasks {
@@ -107,9 +107,10 @@ async fn poll_loop(farm: Arc<Farm>, name: String, seen: Arc<Mutex<Seen>>) {
                     build: t.build,
                     slice: t.slice,
                     attempt: t.attempt,
-                    manifest_json: format!(
-                        "{{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"sha256:{}\",\"size\":1}}",
-                        "0".repeat(64)
+                    manifest: kiln_shared::oci::Descriptor::new(
+                        kiln_shared::oci::MEDIA_MANIFEST,
+                        format!("sha256:{}", "0".repeat(64)).parse().expect("digest"),
+                        1,
                     ),
                     emulated: false,
                     duration_ms: 1,
@@ -121,7 +122,7 @@ async fn poll_loop(farm: Arc<Farm>, name: String, seen: Arc<Mutex<Seen>>) {
                 };
                 let (farm, running) = (farm.clone(), running.clone());
                 tokio::spawn(async move {
-                    let _ = farm.call(&Request::SliceDone(outcome), Duration::from_secs(10), Duration::from_secs(10)).await;
+                    let _ = farm.call(&AgentRequest::SliceDone(outcome), Duration::from_secs(10), Duration::from_secs(10)).await;
                     running.lock().expect("running").retain(|k| *k != key);
                 });
             }
@@ -162,11 +163,11 @@ fn main() {
             println!("coordinator {} ({role}) resident with {AGENTS} agents polling: {rss:.1} MiB (target < 100)", i + 1);
         }
 
-        let admin = Farm::join(&hosts, &c.admin_token, "").await.expect("admin join");
+        let admin = ClientFarm::join(&hosts, &c.admin_token, "").await.expect("admin join");
         let mut rtt = Vec::new();
         for _ in 0..100 {
             let t = Instant::now();
-            admin.call(&Request::Status, Duration::from_secs(5), Duration::from_secs(5)).await.expect("status");
+            admin.call(&ClientRequest::Status, Duration::from_secs(5), Duration::from_secs(5)).await.expect("status");
             rtt.push(t.elapsed());
         }
         rtt.sort();
@@ -176,8 +177,8 @@ fn main() {
         let mut commits = Vec::new();
         for n in 0..200 {
             let start = Instant::now();
-            let build = match admin.call(&Request::Submit(spec(&[ARCHES[n % 4]], n)), Duration::from_secs(10), Duration::from_secs(10)).await {
-                Ok(Response::Submitted { build }) => build,
+            let build = match admin.call(&ClientRequest::Submit(Box::new(spec(&[ARCHES[n % 4]], n))), Duration::from_secs(10), Duration::from_secs(10)).await {
+                Ok(ClientResponse::Submitted { build }) => build,
                 other => panic!("submit: {other:?}"),
             };
             commits.push(start.elapsed());
@@ -210,8 +211,8 @@ fn main() {
             let admin = admin.clone();
             submitters.spawn(async move {
                 for n in (k..builds).step_by(16) {
-                    let r = admin.call(&Request::Submit(spec(&ARCHES, 10_000 + n)), Duration::from_secs(30), Duration::from_secs(30)).await;
-                    assert!(matches!(r, Ok(Response::Submitted { .. })), "submit: {r:?}");
+                    let r = admin.call(&ClientRequest::Submit(Box::new(spec(&ARCHES, 10_000 + n))), Duration::from_secs(30), Duration::from_secs(30)).await;
+                    assert!(matches!(r, Ok(ClientResponse::Submitted { .. })), "submit: {r:?}");
                 }
             });
         }

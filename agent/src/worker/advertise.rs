@@ -2,7 +2,7 @@
 //! last time it was told, so that the farm's other agents can fetch from it.
 
 use super::{Holdings, Worker};
-use kiln_shared::api::{Inventory, Request, Response};
+use kiln_shared::api::{AgentRequest, AgentResponse, Inventory};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
@@ -32,8 +32,8 @@ pub(super) async fn advertise(w: &Worker) {
         return;
     }
     let deadline = Duration::from_millis(w.cfg.advertise_deadline_ms);
-    match w.farm.call(&Request::Advertise(inv), deadline, deadline).await {
-        Ok(Response::Advertised { resync: false }) => *advertised = Some(now),
+    match w.farm.call(&AgentRequest::Advertise(inv), deadline, deadline).await {
+        Ok(AgentResponse::Advertised { resync: false }) => *advertised = Some(now),
         // The tracker does not know this agent (a new leader): tell it everything next time.
         Ok(_) => *advertised = None,
         Err(e) => {

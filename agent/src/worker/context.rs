@@ -6,7 +6,7 @@ use super::error::SliceError;
 use super::Worker;
 use crate::engine::Agent;
 use kiln_shared::api::{EntryKind, SliceTask};
-use kiln_shared::client::Farm;
+use kiln_shared::client::AgentFarm;
 use kiln_shared::digest::Digest;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,7 +46,7 @@ pub(super) async fn materialize(w: &Arc<Worker>, task: &SliceTask, dir: &Path) -
     }
     // Peers that hold a blob first: the coordinator that received the upload is the origin.
     let holders = if missing.is_empty() { vec![] } else { w.peers.locate(missing.iter().map(|d| d.to_string()).collect(), vec![]).await };
-    let mut origin: Option<Farm> = None;
+    let mut origin: Option<AgentFarm> = None;
     for (i, d) in missing.iter().enumerate() {
         let sources = holders.get(i).map(|h| h.as_slice()).unwrap_or_default();
         if !sources.is_empty() && w.peer.fetch(d, sources).await.is_ok() {

@@ -2,7 +2,7 @@
 //! its message is what the farm reports to whoever started the build.
 
 use crate::engine::EngineError;
-use kiln_shared::api::Response;
+use kiln_shared::api::AgentResponse;
 use kiln_shared::client::BlobError;
 use kiln_shared::digest::{Digest, DigestError};
 use kiln_shared::registry::RegistryError;
@@ -68,11 +68,9 @@ pub enum SliceError {
     #[error("returning the image: {0}")]
     Return(TransportError),
     #[error("unexpected answer {0:?}")]
-    Unexpected(Box<Response>),
+    Unexpected(Box<AgentResponse>),
     #[error("{0}")]
     SendBlob(BlobError),
-    #[error("{0}")]
-    Manifest(serde_json::Error),
 }
 
 impl SliceError {

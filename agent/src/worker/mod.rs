@@ -24,8 +24,8 @@ use self::peers::FarmPeers;
 use crate::config::AgentConfig;
 use crate::engine::Agent;
 use crate::peer::Peer;
-use kiln_shared::api::{AgentInfo, Principal, PruneSpec, Request, Response, SliceTask};
-use kiln_shared::client::Farm;
+use kiln_shared::api::{AgentInfo, AgentRequest, AgentResponse, Principal, PruneSpec, SliceTask};
+use kiln_shared::client::AgentFarm;
 use kiln_shared::task;
 use kiln_shared::transport::{self, TransportError};
 use kiln_shared::wire::ErrorCode;
@@ -41,7 +41,7 @@ type Key = (u64, u32, u32);
 struct Worker {
     cfg: AgentConfig,
     engine: Arc<Agent>,
-    farm: Arc<Farm>,
+    farm: Arc<AgentFarm>,
     native: Vec<Platform>,
     running: Mutex<BTreeSet<Key>>,
     cache_bytes: std::sync::atomic::AtomicU64,
@@ -65,10 +65,10 @@ impl Worker {
     }
 
     /// A connection, as this agent, to the coordinator that received a build's uploads.
-    fn connect(&self, origin: &[SocketAddr]) -> Result<Farm, SliceError> {
+    fn connect(&self, origin: &[SocketAddr]) -> Result<AgentFarm, SliceError> {
         let principal = Principal { role: kiln_shared::api::Role::Agent, name: self.cfg.name.clone() };
         let (ca, identity) = self.farm.credentials();
-        Farm::open(origin, &ca, &identity, principal).and_then(|f| f.with_timeouts(self.farm.timeouts())).map_err(SliceError::Origin)
+        AgentFarm::open(origin, &ca, &identity, principal).and_then(|f| f.with_timeouts(self.farm.timeouts())).map_err(SliceError::Origin)
     }
 }
 
@@ -90,7 +90,7 @@ pub async fn run(
         .await
         .map_err(|e| WorkerError::Config(format!("opening the agent: {e}")))??;
     let hosts = cfg.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(",");
-    let farm = Farm::join_with(&cfg.hosts, &token, &cfg.name, cfg.client_timeouts())
+    let farm = AgentFarm::join_with(&cfg.hosts, &token, &cfg.name, cfg.client_timeouts())
         .await
         .map_err(|source| WorkerError::Join { hosts, source })?;
     // The peer endpoint: other agents and coordinators fetch blobs from this agent's store.
@@ -128,7 +128,7 @@ pub async fn run(
     };
     let name = cfg.name.clone();
     let (deadline, patience) = (Duration::from_millis(cfg.register_deadline_ms), Duration::from_millis(cfg.register_patience_ms));
-    farm.call(&Request::Register(info.clone()), deadline, patience)
+    farm.call(&AgentRequest::Register(info.clone()), deadline, patience)
         .await
         .map_err(|source| WorkerError::Register { name: name.clone(), source })?;
     tracing::info!(agent = %name, native = %list(&info.native), emulated = %list(&info.emulated), slots = cfg.slots, "registered");
@@ -227,10 +227,10 @@ async fn poll_loop(w: Arc<Worker>, tasks: &mut tokio::task::JoinSet<()>) -> Resu
     loop {
         let running: Vec<Key> = w.running().iter().copied().collect();
         let cache_bytes = w.cache_bytes.load(std::sync::atomic::Ordering::Relaxed);
-        let poll = Request::Poll { agent: w.cfg.name.clone(), running, cache_bytes, wait_ms: w.cfg.poll_wait_ms };
+        let poll = AgentRequest::Poll { agent: w.cfg.name.clone(), running, cache_bytes, wait_ms: w.cfg.poll_wait_ms };
         // A short deadline: a coordinator that died must not hold the heartbeat past the lease.
         match w.farm.call(&poll, Duration::from_millis(w.cfg.poll_deadline_ms), Duration::from_millis(w.cfg.poll_patience_ms)).await {
-            Ok(Response::Tasks { tasks: list, resync }) => {
+            Ok(AgentResponse::Tasks { tasks: list, resync }) => {
                 if resync {
                     // A new leader: its tracker starts empty.
                     *w.advertised.lock().await = None;
@@ -259,8 +259,8 @@ async fn poll_loop(w: Arc<Worker>, tasks: &mut tokio::task::JoinSet<()>) -> Resu
 async fn run_task(w: Arc<Worker>, task: SliceTask) {
     let key = (task.build, task.slice, task.attempt);
     let report = match slice::execute(&w, &task).await {
-        Ok(outcome) => Request::SliceDone(outcome),
-        Err(e) => Request::SliceFailed { build: task.build, slice: task.slice, attempt: task.attempt, message: e.to_string() },
+        Ok(outcome) => AgentRequest::SliceDone(outcome),
+        Err(e) => AgentRequest::SliceFailed { build: task.build, slice: task.slice, attempt: task.attempt, message: e.to_string() },
     };
     let (deadline, patience) = (Duration::from_millis(w.cfg.report_deadline_ms), Duration::from_millis(w.cfg.report_patience_ms));
     if let Err(e) = w.farm.call(&report, deadline, patience).await {

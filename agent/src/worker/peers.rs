@@ -4,8 +4,8 @@
 use crate::cache::Imported;
 use crate::engine::RemoteCache;
 use crate::peer::Peer;
-use kiln_shared::api::{Request, Response};
-use kiln_shared::client::Farm;
+use kiln_shared::api::{AgentRequest, AgentResponse};
+use kiln_shared::client::AgentFarm;
 use kiln_shared::digest::Digest;
 use kiln_shared::store::ContentStore;
 use std::net::SocketAddr;
@@ -15,7 +15,7 @@ use std::time::Duration;
 /// The farm's other agents as a step cache: the tracker says who holds a record or blob, the
 /// peer fetcher gets it. Called from the engine's blocking threads.
 pub(super) struct FarmPeers {
-    pub farm: Arc<Farm>,
+    pub farm: Arc<AgentFarm>,
     pub peer: Arc<Peer>,
     pub handle: tokio::runtime::Handle,
     /// This agent's own peer endpoint (never a source for itself).
@@ -30,8 +30,8 @@ impl FarmPeers {
     /// Holders of each blob, then of each record.
     pub(super) async fn locate(&self, blobs: Vec<String>, records: Vec<String>) -> Vec<Vec<SocketAddr>> {
         let n = blobs.len() + records.len();
-        match self.farm.call(&Request::Locate { blobs, records }, self.locate_deadline, self.locate_patience).await {
-            Ok(Response::Holders(h)) if h.len() == n => {
+        match self.farm.call(&AgentRequest::Locate { blobs, records }, self.locate_deadline, self.locate_patience).await {
+            Ok(AgentResponse::Holders(h)) if h.len() == n => {
                 h.into_iter().map(|list| list.into_iter().filter(|e| *e != self.me).filter_map(|e| e.parse().ok()).collect()).collect()
             }
             Ok(_) => vec![vec![]; n],
@@ -86,7 +86,7 @@ impl RemoteCache for FarmPeers {
 /// the coordinator that received them.
 pub(super) struct UploadedCache {
     pub imported: Imported,
-    pub origin: Farm,
+    pub origin: AgentFarm,
     pub handle: tokio::runtime::Handle,
 }
 

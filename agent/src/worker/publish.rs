@@ -4,8 +4,8 @@
 use super::error::SliceError;
 use super::Worker;
 use crate::engine::Agent;
-use kiln_shared::api::{Request, Response};
-use kiln_shared::client::Farm;
+use kiln_shared::api::{AgentRequest, AgentResponse, BlobRequest, BlobResponse};
+use kiln_shared::client::AgentFarm;
 use kiln_shared::digest::Digest;
 use kiln_shared::oci;
 use kiln_shared::registry::Reference;
@@ -35,12 +35,12 @@ pub(super) fn push(engine: &Agent, tags: &[String], image: &(oci::Descriptor, Ve
 }
 
 /// Sends the blobs the origin coordinator lacks, in chunks (for `-o type=oci` on a farm).
-pub(super) async fn send_blobs(w: &Worker, origin: &Farm, blobs: &[Digest], tenant: &str) -> Result<(), SliceError> {
+pub(super) async fn send_blobs(w: &Worker, origin: &AgentFarm, blobs: &[Digest], tenant: &str) -> Result<(), SliceError> {
     let digests = blobs.iter().map(|d| d.to_string()).collect();
-    let ask = Request::MissingBlobs { digests, owner: Some(tenant.to_string()) };
+    let ask = AgentRequest::Blob(BlobRequest::Missing { digests, owner: Some(tenant.to_string()) });
     let deadline = Duration::from_millis(w.cfg.return_blobs_deadline_ms);
     let missing = match origin.call(&ask, deadline, deadline).await {
-        Ok(Response::Digests(d)) => d,
+        Ok(AgentResponse::Blob(BlobResponse::Missing(d))) => d,
         Ok(other) => return Err(SliceError::Unexpected(Box::new(other))),
         Err(e) => return Err(SliceError::Return(e)),
     };

@@ -10,8 +10,8 @@ use super::publish::{push, send_blobs};
 use super::Worker;
 use crate::cache::Imported;
 use crate::engine::{RemoteCache, SliceRequest};
-use kiln_shared::api::{CacheRef, Event, Request, SliceOutcome, SliceTask};
-use kiln_shared::client::Farm;
+use kiln_shared::api::{AgentRequest, CacheRef, Event, SliceOutcome, SliceTask};
+use kiln_shared::client::AgentFarm;
 use kiln_shared::digest::Digest;
 use kiln_shared::frontend::dockerignore::DockerIgnore;
 use std::sync::Arc;
@@ -54,7 +54,7 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
                         _ = &mut window => break,
                     }
                 }
-                let _ = w.farm.call(&Request::Events { build, slice, attempt, events }, deadline, deadline).await;
+                let _ = w.farm.call(&AgentRequest::Events { build, slice, attempt, events }, deadline, deadline).await;
             }
         })
     };
@@ -157,7 +157,7 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
         build: task.build,
         slice: task.slice,
         attempt: task.attempt,
-        manifest_json: serde_json::to_string(&manifest).map_err(SliceError::Manifest)?,
+        manifest,
         // What the farm declared, not what the engine guessed: a host declared native for a
         // platform (`--platform`) runs it natively as far as scheduling is concerned.
         emulated: !w.native.contains(&task.platform),
@@ -171,7 +171,7 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
 }
 
 /// The configs of caches the CLI uploaded, with a connection to fetch their blobs.
-async fn uploaded_caches(w: &Arc<Worker>, task: &SliceTask) -> Result<Vec<(Vec<u8>, Farm)>, SliceError> {
+async fn uploaded_caches(w: &Arc<Worker>, task: &SliceTask) -> Result<Vec<(Vec<u8>, AgentFarm)>, SliceError> {
     let mut out = Vec::new();
     for c in &task.spec.cache_from {
         if let CacheRef::Uploaded { config } = c {

@@ -6,7 +6,7 @@ use super::remote::{self, expect_ok, unexpected, FarmArgs};
 use crate::builders::{DEFAULT_BUILDER, DRIVERS};
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand, ValueEnum};
-use kiln_shared::api::{BuilderView, ContextView, CreateSpec, NodeView, Request, Response};
+use kiln_shared::api::{BuilderView, ClientRequest, ClientResponse, ContextView, CreateSpec, NodeView};
 use kiln_shared::Platform;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -106,8 +106,8 @@ pub fn create(args: CreateArgs, farm: FarmArgs) -> anyhow::Result<ExitCode> {
     };
     let name = session.block_on(async {
         let f = session.connect().await?;
-        let name = match remote::call(&f, &Request::CreateBuilder(spec)).await? {
-            Response::Name(n) => n,
+        let name = match remote::call(&f, &ClientRequest::CreateBuilder(spec)).await? {
+            ClientResponse::Name(n) => n,
             other => bail!(unexpected(other)),
         };
         if args.bootstrap && !args.leave {
@@ -123,11 +123,11 @@ pub fn create(args: CreateArgs, farm: FarmArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Waits until every node of the builder is running (reachable), up to a minute.
-async fn bootstrap(f: &kiln_shared::client::Farm, name: &str) -> anyhow::Result<BuilderView> {
+async fn bootstrap(f: &kiln_shared::client::ClientFarm, name: &str) -> anyhow::Result<BuilderView> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let b = match remote::call(f, &Request::Inspect { name: name.to_string() }).await? {
-            Response::Builder(b) => b,
+        let b = match remote::call(f, &ClientRequest::Inspect { name: name.to_string() }).await? {
+            ClientResponse::Builder(b) => b,
             other => bail!(unexpected(other)),
         };
         if !b.nodes.is_empty() && b.nodes.iter().all(|n| n.status == "running") {
@@ -149,8 +149,8 @@ pub fn use_builder(name: String, farm: FarmArgs) -> anyhow::Result<ExitCode> {
     let session = farm.open()?;
     session.block_on(async {
         let f = session.connect().await?;
-        match remote::call(&f, &Request::Inspect { name: name.clone() }).await? {
-            Response::Builder(_) => Ok(()),
+        match remote::call(&f, &ClientRequest::Inspect { name: name.clone() }).await? {
+            ClientResponse::Builder(_) => Ok(()),
             other => bail!(unexpected(other)),
         }
     })?;
@@ -173,8 +173,8 @@ pub fn ls(format: ListFormat, farm: FarmArgs) -> anyhow::Result<ExitCode> {
     let session = farm.open()?;
     let builders = session.block_on(async {
         let f = session.connect().await?;
-        match remote::call(&f, &Request::Builders).await? {
-            Response::Builders(b) => Ok(b),
+        match remote::call(&f, &ClientRequest::Builders).await? {
+            ClientResponse::Builders(b) => Ok(b),
             other => bail!(unexpected(other)),
         }
     })?;
@@ -263,8 +263,8 @@ pub fn inspect(name: Option<String>, bootstrap_it: bool, farm: FarmArgs) -> anyh
         if bootstrap_it {
             return bootstrap(&f, &name).await;
         }
-        match remote::call(&f, &Request::Inspect { name: name.clone() }).await? {
-            Response::Builder(b) => Ok(b),
+        match remote::call(&f, &ClientRequest::Inspect { name: name.clone() }).await? {
+            ClientResponse::Builder(b) => Ok(b),
             other => bail!(unexpected(other)),
         }
     })?;
@@ -282,9 +282,9 @@ pub fn rm(args: RmArgs, farm: FarmArgs) -> anyhow::Result<ExitCode> {
         let f = session.connect().await?;
         let mut names = args.names.clone();
         if args.all_inactive {
-            if let Response::Builders(list) = remote::call(&f, &Request::Builders).await? {
-                let contexts: Vec<String> = match remote::call(&f, &Request::Contexts).await? {
-                    Response::Contexts(c) => c.into_iter().map(|c| c.info.name).collect(),
+            if let ClientResponse::Builders(list) = remote::call(&f, &ClientRequest::Builders).await? {
+                let contexts: Vec<String> = match remote::call(&f, &ClientRequest::Contexts).await? {
+                    ClientResponse::Contexts(c) => c.into_iter().map(|c| c.info.name).collect(),
                     _ => vec![],
                 };
                 names.extend(
@@ -296,7 +296,7 @@ pub fn rm(args: RmArgs, farm: FarmArgs) -> anyhow::Result<ExitCode> {
             }
         }
         for name in &names {
-            expect_ok(remote::call(&f, &Request::RemoveBuilder { name: name.clone() }).await?)?;
+            expect_ok(remote::call(&f, &ClientRequest::RemoveBuilder { name: name.clone() }).await?)?;
             println!("{name} removed");
         }
         anyhow::Ok(())
@@ -311,8 +311,8 @@ pub fn context(cmd: ContextCommand, farm: FarmArgs) -> anyhow::Result<ExitCode> 
     let session = farm.open()?;
     let list = || async {
         let f = session.connect().await?;
-        match remote::call(&f, &Request::Contexts).await? {
-            Response::Contexts(c) => Ok::<_, anyhow::Error>(c),
+        match remote::call(&f, &ClientRequest::Contexts).await? {
+            ClientResponse::Contexts(c) => Ok::<_, anyhow::Error>(c),
             other => bail!(unexpected(other)),
         }
     };
@@ -348,7 +348,9 @@ pub fn context(cmd: ContextCommand, farm: FarmArgs) -> anyhow::Result<ExitCode> 
             session.block_on(async {
                 let f = session.connect().await?;
                 for name in &names {
-                    let r = f.call(&Request::RemoveContext { name: name.clone() }, Duration::from_secs(120), Duration::from_secs(20)).await;
+                    let r = f
+                        .call(&ClientRequest::RemoveContext { name: name.clone() }, Duration::from_secs(120), Duration::from_secs(20))
+                        .await;
                     expect_ok(r.map_err(|e| anyhow::anyhow!("{e}"))?)?;
                     println!("{name} removed");
                 }

@@ -6,8 +6,10 @@ use super::progress::{Mode, Progress};
 use super::remote::{self, unexpected, Session};
 use anyhow::{anyhow, bail, Context as _};
 use kiln_agent::Event;
-use kiln_shared::api::{BuildSpec, BuildState, BuildView, ContextEntry, EntryKind, Request, Response};
-use kiln_shared::client::Farm;
+use kiln_shared::api::{
+    BlobRequest, BlobResponse, BuildSpec, BuildState, BuildView, ClientRequest, ClientResponse, ContextEntry, EntryKind,
+};
+use kiln_shared::client::ClientFarm;
 use kiln_shared::digest::Digest;
 use kiln_shared::frontend::dockerignore::DockerIgnore;
 use std::collections::{BTreeMap, HashMap};
@@ -62,12 +64,13 @@ fn hash_file(path: &Path) -> anyhow::Result<Digest> {
 }
 
 /// Sends the blobs the farm lacks; returns (blobs sent, bytes sent).
-pub async fn upload(farm: &Farm, files: &BTreeMap<String, PathBuf>) -> anyhow::Result<(usize, u64)> {
+pub async fn upload(farm: &ClientFarm, files: &BTreeMap<String, PathBuf>) -> anyhow::Result<(usize, u64)> {
     let digests: Vec<String> = files.keys().cloned().collect();
     let mut missing = Vec::new();
     for batch in digests.chunks(20_000) {
-        match remote::call(farm, &Request::MissingBlobs { digests: batch.to_vec(), owner: None }).await? {
-            Response::Digests(d) => missing.extend(d),
+        let ask = ClientRequest::Blob(BlobRequest::Missing { digests: batch.to_vec(), owner: None });
+        match remote::call(farm, &ask).await? {
+            ClientResponse::Blob(BlobResponse::Missing(d)) => missing.extend(d),
             other => bail!(unexpected(other)),
         }
     }
@@ -95,26 +98,28 @@ pub fn run(
         let (sent, bytes) = upload(&farm, &files).await?;
         if mode == Mode::Plain {
             // The manifest (names, modes, digests) travels in the build request.
-            let manifest = kiln_shared::wire::encode(&Request::Submit(spec.clone())).map(|f| f.len()).unwrap_or(0);
+            let manifest = kiln_shared::wire::encode(&ClientRequest::Submit(Box::new(spec.clone()))).map(|f| f.len()).unwrap_or(0);
             eprintln!(
                 "#0 context: {} files, {sent} sent ({bytes} bytes) + manifest ({manifest} bytes), the rest already on the farm",
                 files.len()
             );
         }
-        let build = match remote::call(&farm, &Request::Submit(spec)).await? {
-            Response::Submitted { build } => build,
+        let build = match remote::call(&farm, &ClientRequest::Submit(Box::new(spec))).await? {
+            ClientResponse::Submitted { build } => build,
             other => bail!(unexpected(other)),
         };
         let progress = Progress::new(mode);
         let mut ids: HashMap<(String, String, u64), u64> = HashMap::new();
         let mut cursor = 0;
         loop {
-            let req = Request::Watch { build, cursor, wait_ms: 5_000 };
+            let req = ClientRequest::Watch { build, cursor, wait_ms: 5_000 };
             let answer = farm
                 .call(&req, Duration::from_secs(15), Duration::from_secs(60))
                 .await
                 .map_err(|e| anyhow!("following build {build}: {e}"))?;
-            let Response::Build { view, events, cursor: next } = answer else { bail!("unexpected answer while following build {build}") };
+            let ClientResponse::Build { view, events, cursor: next } = answer else {
+                bail!("unexpected answer while following build {build}")
+            };
             // A new leader starts its event log afresh.
             cursor = if next < cursor { 0 } else { next };
             for e in events {
@@ -156,9 +161,9 @@ pub fn run(
 
 /// `-o type=oci` and `-o type=local`: the agents sent their images to the coordinator; fetch
 /// the manifests, configs and layers into the client's store and write each output.
-async fn write_outputs(farm: &Farm, view: &BuildView, outputs: &[Output], tags: &[String]) -> anyhow::Result<()> {
+async fn write_outputs(farm: &ClientFarm, view: &BuildView, outputs: &[Output], tags: &[String]) -> anyhow::Result<()> {
     let store = kiln_shared::store::ContentStore::open(&super::build::kiln_home().join("client/content"))?;
-    let index: kiln_shared::oci::Index = serde_json::from_str(&view.index_json).context("the build's index")?;
+    let index = view.index().context("the build's index")?.ok_or_else(|| anyhow!("the build is done but has no index"))?;
     let mut blobs = Vec::new();
     let mut images = Vec::new();
     for m in &index.manifests {
@@ -263,7 +268,7 @@ fn to_stdout(path: &Path) -> anyhow::Result<()> {
 }
 
 /// `--cache-to type=local` on a farm: the agents sent the records' layers to the coordinator.
-async fn write_cache(farm: &Farm, view: &BuildView, dest: &Path) -> anyhow::Result<()> {
+async fn write_cache(farm: &ClientFarm, view: &BuildView, dest: &Path) -> anyhow::Result<()> {
     let store = kiln_shared::store::ContentStore::open(&super::build::kiln_home().join("client/content"))?;
     for l in kiln_agent::cache::layers(&view.cache_records)? {
         farm.fetch_blob(&store, &l.digest).await?;
@@ -298,12 +303,11 @@ pub fn finish(view: &BuildView, tags: &[String], metadata_file: Option<&Path>, m
         .slices
         .iter()
         .map(|s| {
-            let manifest: serde_json::Value = serde_json::from_str(&s.manifest_json).unwrap_or_default();
             serde_json::json!({
                 "platform": s.platform.to_string(),
                 "agent": s.agent,
                 "emulated": s.emulated,
-                "manifest_digest": manifest.get("digest").cloned().unwrap_or_default(),
+                "manifest_digest": s.manifest.as_ref().map(|d| d.digest.to_string()).unwrap_or_default(),
                 "duration_ms": s.duration_ms,
                 "queue_ms": s.queue_ms,
                 "attempt": s.attempt,
@@ -319,7 +323,7 @@ pub fn finish(view: &BuildView, tags: &[String], metadata_file: Option<&Path>, m
         let descriptor = serde_json::json!({
             "mediaType": kiln_shared::oci::MEDIA_INDEX,
             "digest": view.index_digest,
-            "size": view.index_json.len(),
+            "size": view.index.len(),
         });
         let meta = serde_json::json!({
             "containerimage.digest": view.index_digest,

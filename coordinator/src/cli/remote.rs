@@ -6,8 +6,8 @@ use super::build::kiln_home;
 use crate::embedded::Embedded;
 use anyhow::{anyhow, bail, Context as _};
 use clap::Args;
-use kiln_shared::api::{Request, Response};
-use kiln_shared::client::{parse_hosts, Farm};
+use kiln_shared::api::{ClientRequest, ClientResponse};
+use kiln_shared::client::{parse_hosts, ClientFarm};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -68,7 +68,7 @@ impl Session {
     }
 
     /// Joins the farm with the token.
-    pub async fn connect(&self) -> anyhow::Result<Farm> {
+    pub async fn connect(&self) -> anyhow::Result<ClientFarm> {
         join(&self.hosts, self.token.as_deref()).await
     }
 
@@ -114,20 +114,20 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Joins the farm at `hosts` with the token of `args` (membership verbs, which need a farm).
-pub async fn connect(hosts: &[SocketAddr], args: &FarmArgs) -> anyhow::Result<Farm> {
+pub async fn connect(hosts: &[SocketAddr], args: &FarmArgs) -> anyhow::Result<ClientFarm> {
     join(hosts, args.token.as_deref()).await
 }
 
-async fn join(hosts: &[SocketAddr], token: Option<&str>) -> anyhow::Result<Farm> {
+async fn join(hosts: &[SocketAddr], token: Option<&str>) -> anyhow::Result<ClientFarm> {
     let token = token.map(str::trim).filter(|t| !t.is_empty());
     let token = token
         .ok_or_else(|| anyhow!("talking to a farm needs a token: pass --token or set KILN_TOKEN (e.g. the content of c1/admin.token)"))?;
     let list = hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(",");
-    Farm::join(hosts, token, "").await.map_err(|e| anyhow!("cannot join the farm at {list}: {e}"))
+    ClientFarm::join(hosts, token, "").await.map_err(|e| anyhow!("cannot join the farm at {list}: {e}"))
 }
 
 /// One request with the usual patience (a leader election takes a few seconds).
-pub async fn call(farm: &Farm, req: &Request) -> anyhow::Result<Response> {
+pub async fn call(farm: &ClientFarm, req: &ClientRequest) -> anyhow::Result<ClientResponse> {
     farm.call(req, Duration::from_secs(30), Duration::from_secs(20)).await.map_err(|e| anyhow!("{e}"))
 }
 
@@ -135,13 +135,13 @@ fn client_file() -> std::path::PathBuf {
     kiln_home().join("client.json")
 }
 
-pub fn unexpected(r: Response) -> anyhow::Error {
+pub fn unexpected(r: ClientResponse) -> anyhow::Error {
     anyhow!("unexpected answer from the farm: {r:?}")
 }
 
-pub fn expect_ok(r: Response) -> anyhow::Result<()> {
+pub fn expect_ok(r: ClientResponse) -> anyhow::Result<()> {
     match r {
-        Response::Ok => Ok(()),
+        ClientResponse::Ok => Ok(()),
         other => bail!(unexpected(other)),
     }
 }

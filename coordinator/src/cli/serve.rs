@@ -7,7 +7,7 @@ use super::remote::{self, expect_ok, unexpected, FarmArgs};
 use crate::config::{self, AgentConfig, CoordinatorConfig};
 use anyhow::{anyhow, bail, Context as _};
 use clap::{Args, Subcommand};
-use kiln_shared::api::{Request, Response};
+use kiln_shared::api::{ClientRequest, ClientResponse};
 use kiln_shared::Platform;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -250,8 +250,8 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
 
 fn membership(action: CoordinatorAction) -> anyhow::Result<ExitCode> {
     let (farm, request) = match action {
-        CoordinatorAction::Add { id, addr, farm } => (farm, Some(Request::AddCoordinator { id, addr: addr.to_string() })),
-        CoordinatorAction::Remove { id, farm } => (farm, Some(Request::RemoveCoordinator { id })),
+        CoordinatorAction::Add { id, addr, farm } => (farm, Some(ClientRequest::AddCoordinator { id, addr: addr.to_string() })),
+        CoordinatorAction::Remove { id, farm } => (farm, Some(ClientRequest::RemoveCoordinator { id })),
         CoordinatorAction::Status { farm } => (farm, None),
         CoordinatorAction::Token { role, tenant, farm } => {
             let role = kiln_shared::api::Role::parse(&role)
@@ -260,8 +260,8 @@ fn membership(action: CoordinatorAction) -> anyhow::Result<ExitCode> {
             let hosts = farm.require("kiln coordinator token")?;
             return remote::runtime()?.block_on(async {
                 let f = remote::connect(&hosts, &farm).await?;
-                match remote::call(&f, &Request::CreateToken { role, tenant }).await? {
-                    Response::Name(token) => {
+                match remote::call(&f, &ClientRequest::CreateToken { role, tenant }).await? {
+                    ClientResponse::Name(token) => {
                         println!("{token}");
                         Ok(ExitCode::SUCCESS)
                     }
@@ -276,8 +276,8 @@ fn membership(action: CoordinatorAction) -> anyhow::Result<ExitCode> {
         if let Some(req) = request {
             expect_ok(remote::call(&f, &req).await?)?;
         }
-        match remote::call(&f, &Request::Status).await? {
-            Response::Status(s) => {
+        match remote::call(&f, &ClientRequest::Status).await? {
+            ClientResponse::Status(s) => {
                 println!(
                     "leader: {}   term: {}   applied: {}",
                     s.leader.map(|l| l.to_string()).unwrap_or("none".into()),

@@ -5,7 +5,7 @@ use super::remote::{self, FarmArgs};
 use anyhow::{bail, Context as _};
 use clap::Args;
 use kiln_agent::gc::{self, PruneOptions};
-use kiln_shared::api::{AgentStorage, Request, Response};
+use kiln_shared::api::{AgentStorage, ClientRequest, ClientResponse};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -67,13 +67,13 @@ fn human(bytes: u64) -> String {
 type PerAgent = Vec<(String, Result<AgentStorage, String>)>;
 
 /// Asks every agent of a builder (through the farm) and prints one block per agent.
-fn per_agent(builder: Option<String>, farm: FarmArgs, req: impl FnOnce(Option<String>) -> Request) -> anyhow::Result<PerAgent> {
+fn per_agent(builder: Option<String>, farm: FarmArgs, req: impl FnOnce(Option<String>) -> ClientRequest) -> anyhow::Result<PerAgent> {
     let session = farm.open()?;
     let builder = builder.or_else(|| session.current_builder());
     session.block_on(async {
         let f = session.connect().await?;
         match remote::call(&f, &req(builder)).await? {
-            Response::PerAgent(list) => Ok(list),
+            ClientResponse::PerAgent(list) => Ok(list),
             other => bail!(remote::unexpected(other)),
         }
     })
@@ -89,7 +89,7 @@ fn print_usage(u: &gc::Usage) {
 }
 
 pub fn du(builder: Option<String>, farm: FarmArgs) -> anyhow::Result<ExitCode> {
-    let list = per_agent(builder, farm, |builder| Request::DiskUsage { builder })?;
+    let list = per_agent(builder, farm, |builder| ClientRequest::DiskUsage { builder })?;
     let (mut total, mut reclaimable) = (0, 0);
     let mut failed = false;
     for (agent, answer) in list {
@@ -127,7 +127,7 @@ pub fn prune(args: PruneArgs, builder: Option<String>, farm: FarmArgs) -> anyhow
         println!("Removed {} step cache records, {} blobs, {} snapshots", r.records_removed, r.blobs_removed, r.snapshots_removed);
         println!("Total:\t{}", human(r.bytes_reclaimed));
     };
-    let list = per_agent(builder, farm, |builder| Request::Prune { builder, spec: spec.clone() })?;
+    let list = per_agent(builder, farm, |builder| ClientRequest::Prune { builder, spec: spec.clone() })?;
     let mut total = 0;
     let mut failed = false;
     for (agent, answer) in list {

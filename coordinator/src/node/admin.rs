@@ -6,7 +6,7 @@ use super::reply::{bad, err, Answer};
 use super::{views, Node};
 use crate::builders::DEFAULT_BUILDER;
 use crate::raft::Command;
-use kiln_shared::api::{AgentStorage, ClusterStatus, CreateSpec, Member, Request, Response};
+use kiln_shared::api::{AgentStorage, ClientResponse, ClusterStatus, CreateSpec, Member, PeerRequest, PeerResponse};
 use kiln_shared::wire::{ErrorCode, RemoteError};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -28,7 +28,7 @@ pub fn status(node: &Node) -> ClusterStatus {
 }
 
 /// `kiln du` / `kiln prune` on every agent of a builder, side by side.
-pub async fn storage(node: &Node, builder: Option<String>, req: Request) -> Answer {
+pub async fn storage(node: &Node, builder: Option<String>, req: PeerRequest) -> Answer<ClientResponse> {
     let name = builder.unwrap_or_else(|| DEFAULT_BUILDER.to_string());
     let agents: Vec<(String, String)> = node.read(|s| {
         let b = s.farm.builder(&name).map_err(|e| err(ErrorCode::NotFound, e.to_string()))?;
@@ -48,9 +48,9 @@ pub async fn storage(node: &Node, builder: Option<String>, req: Request) -> Answ
         async move {
             let answer = match endpoint.parse::<SocketAddr>() {
                 Err(e) => Err(format!("endpoint {endpoint:?}: {e}")),
-                Ok(addr) => match node.pool.call(addr, req, Duration::from_millis(node.cfg.admin_call_timeout_ms)).await {
-                    Ok(Response::Usage(u)) => Ok(AgentStorage::Usage(u)),
-                    Ok(Response::Pruned(r)) => Ok(AgentStorage::Pruned(r)),
+                Ok(addr) => match node.pool.peer(addr, req, Duration::from_millis(node.cfg.admin_call_timeout_ms)).await {
+                    Ok(PeerResponse::Usage(u)) => Ok(AgentStorage::Usage(u)),
+                    Ok(PeerResponse::Pruned(r)) => Ok(AgentStorage::Pruned(r)),
                     Ok(other) => Err(format!("unexpected answer {other:?}")),
                     Err(e) => Err(e.to_string()),
                 },
@@ -59,24 +59,24 @@ pub async fn storage(node: &Node, builder: Option<String>, req: Request) -> Answ
         }
     });
     let results = kiln_shared::join::join_all(calls).await;
-    Ok(Response::PerAgent(results))
+    Ok(ClientResponse::PerAgent(results))
 }
 
-pub async fn remove_context(node: &Node, name: &str) -> Answer {
+pub async fn remove_context(node: &Node, name: &str) -> Answer<ClientResponse> {
     node.commit(Command::DrainContext { name: name.to_string() }).await?;
     node.wake_leader.notify_one();
     // The leader removes it once its slices have finished or moved.
     let deadline = Instant::now() + Duration::from_millis(node.cfg.context_drain_timeout_ms);
     while Instant::now() < deadline {
         if !node.read(|s| s.farm.contexts.contains_key(name)) {
-            return Ok(Response::Ok);
+            return Ok(ClientResponse::Ok);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err(err(ErrorCode::DeadlineExceeded, format!("context {name} is still draining; it is removed once its slices finish")))
 }
 
-pub async fn create_builder(node: &Node, spec: CreateSpec) -> Answer {
+pub async fn create_builder(node: &Node, spec: CreateSpec) -> Answer<ClientResponse> {
     let mut farm = node.read(|s| s.farm.clone());
     let generated = (0..).map(|n| format!("builder-{n}")).find(|n| !farm.builders.contains_key(n)).unwrap_or_default();
     let name = farm.create(&spec, &generated).map_err(|e| bad(e.to_string()))?;
@@ -85,38 +85,38 @@ pub async fn create_builder(node: &Node, spec: CreateSpec) -> Answer {
         None => Command::RemoveBuilder { name: name.clone() },
     };
     node.commit(command).await?;
-    Ok(Response::Name(name))
+    Ok(ClientResponse::Name(name))
 }
 
-pub async fn remove_builder(node: &Node, name: String) -> Answer {
+pub async fn remove_builder(node: &Node, name: String) -> Answer<ClientResponse> {
     let mut farm = node.read(|s| s.farm.clone());
     farm.remove(&name).map_err(|e| bad(e.to_string()))?;
     node.commit(Command::RemoveBuilder { name }).await?;
-    Ok(Response::Ok)
+    Ok(ClientResponse::Ok)
 }
 
-pub fn builders(node: &Node) -> Response {
+pub fn builders(node: &Node) -> ClientResponse {
     let builders = node.read(|s| s.farm.list());
     let contexts = views::contexts(node);
-    Response::Builders(builders.iter().map(|b| views::builder_view(node, &contexts, b, false)).collect())
+    ClientResponse::Builders(builders.iter().map(|b| views::builder_view(node, &contexts, b, false)).collect())
 }
 
-pub fn inspect(node: &Node, name: &str) -> Answer {
+pub fn inspect(node: &Node, name: &str) -> Answer<ClientResponse> {
     let b = node.read(|s| s.farm.builder(name)).map_err(|e| err(ErrorCode::NotFound, e.to_string()))?;
-    Ok(Response::Builder(views::builder_view(node, &views::contexts(node), &b, true)))
+    Ok(ClientResponse::Builder(views::builder_view(node, &views::contexts(node), &b, true)))
 }
 
-pub async fn add_coordinator(node: &Node, id: u64, addr: String) -> Answer {
+pub async fn add_coordinator(node: &Node, id: u64, addr: String) -> Answer<ClientResponse> {
     addr.parse::<SocketAddr>().map_err(|e| bad(format!("address {addr:?}: {e}")))?;
     let unavailable = |e: String| err(ErrorCode::Unavailable, e);
     node.raft.add_learner(id, openraft::BasicNode::new(addr), true).await.map_err(|e| unavailable(e.to_string()))?;
     let mut voters: BTreeSet<u64> = node.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
     voters.insert(id);
     node.raft.change_membership(voters, false).await.map_err(|e| unavailable(e.to_string()))?;
-    Ok(Response::Ok)
+    Ok(ClientResponse::Ok)
 }
 
-pub async fn remove_coordinator(node: &Node, id: u64) -> Answer {
+pub async fn remove_coordinator(node: &Node, id: u64) -> Answer<ClientResponse> {
     let mut voters: BTreeSet<u64> = node.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
     if !voters.remove(&id) {
         return Err(err(ErrorCode::NotFound, format!("coordinator {id} is not a member")));
@@ -125,5 +125,5 @@ pub async fn remove_coordinator(node: &Node, id: u64) -> Answer {
         return Err(bad("the last coordinator cannot be removed"));
     }
     node.raft.change_membership(voters, false).await.map_err(|e| err(ErrorCode::Unavailable, e.to_string()))?;
-    Ok(Response::Ok)
+    Ok(ClientResponse::Ok)
 }

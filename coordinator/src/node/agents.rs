@@ -7,14 +7,14 @@ use super::reply::{bad, err, Answer};
 use super::{now_ms, Node, MAX_EVENTS};
 use crate::builders::Context;
 use crate::raft::{BuildState, Command, SliceAttempt, SliceState};
-use kiln_shared::api::{AgentInfo, BuildEvent, Event, Inventory, Principal, Response, SliceOutcome, SliceTask};
+use kiln_shared::api::{AgentInfo, AgentResponse, BuildEvent, Event, Inventory, Principal, SliceOutcome, SliceTask};
 use kiln_shared::wire::{ErrorCode, RemoteError};
 use std::time::{Duration, Instant};
 
 /// Builds whose progress events the leader keeps (a watcher of an older one sees its state).
 const MAX_BUILDS_WITH_EVENTS: usize = 256;
 
-pub fn events(node: &Node, p: &Principal, at: SliceAttempt, events: Vec<Event>) -> Answer {
+pub fn events(node: &Node, p: &Principal, at: SliceAttempt, events: Vec<Event>) -> Answer<AgentResponse> {
     let build = at.slice.build;
     let platform = node.read(|s| {
         let sl = s.slice(at.slice)?;
@@ -36,10 +36,10 @@ pub fn events(node: &Node, p: &Principal, at: SliceAttempt, events: Vec<Event>) 
         drop(soft);
         node.bump();
     }
-    Ok(Response::Ok)
+    Ok(AgentResponse::Ok)
 }
 
-pub async fn slice_done(node: &Node, p: &Principal, outcome: SliceOutcome) -> Answer {
+pub async fn slice_done(node: &Node, p: &Principal, outcome: SliceOutcome) -> Answer<AgentResponse> {
     let at = SliceAttempt::from_wire((outcome.build, outcome.slice, outcome.attempt));
     owned_by(node, p, at)?;
     let lineage = node.read(|s| {
@@ -53,22 +53,22 @@ pub async fn slice_done(node: &Node, p: &Principal, outcome: SliceOutcome) -> An
     }
     node.wake_leader.notify_one();
     node.bump();
-    Ok(Response::Ok)
+    Ok(AgentResponse::Ok)
 }
 
-pub async fn slice_failed(node: &Node, p: &Principal, at: SliceAttempt, message: String) -> Answer {
+pub async fn slice_failed(node: &Node, p: &Principal, at: SliceAttempt, message: String) -> Answer<AgentResponse> {
     owned_by(node, p, at)?;
     node.commit(Command::SliceFailed { at_ms: now_ms(), slice: at.slice, attempt: at.attempt, message }).await?;
     node.bump();
-    Ok(Response::Ok)
+    Ok(AgentResponse::Ok)
 }
 
-pub fn advertise(node: &Node, p: &Principal, inv: &Inventory) -> Answer {
+pub fn advertise(node: &Node, p: &Principal, inv: &Inventory) -> Answer<AgentResponse> {
     if inv.agent != p.name {
         return Err(err(ErrorCode::PermissionDenied, format!("agent {} may not advertise as {}", p.name, inv.agent)));
     }
     let applied = node.soft().tracker.apply(inv);
-    Ok(Response::Advertised { resync: !applied })
+    Ok(AgentResponse::Advertised { resync: !applied })
 }
 
 /// Live agents (other than the asker) that hold each blob, then each record, by peer endpoint.
@@ -100,7 +100,7 @@ fn owned_by(node: &Node, p: &Principal, at: SliceAttempt) -> Result<(), RemoteEr
     }
 }
 
-pub async fn register(node: &Node, p: &Principal, info: AgentInfo) -> Answer {
+pub async fn register(node: &Node, p: &Principal, info: AgentInfo) -> Answer<AgentResponse> {
     if info.name != p.name {
         return Err(err(ErrorCode::PermissionDenied, format!("agent {} may not register as {}", p.name, info.name)));
     }
@@ -114,7 +114,7 @@ pub async fn register(node: &Node, p: &Principal, info: AgentInfo) -> Answer {
     }
     node.soft().agents.insert(info.name, Live { last_seen: Instant::now(), running: vec![], cache_bytes: 0 });
     node.wake_leader.notify_one();
-    Ok(Response::Ok)
+    Ok(AgentResponse::Ok)
 }
 
 /// Slices assigned to `agent` that it does not know it runs: new assignments, or ones whose
@@ -146,7 +146,14 @@ fn tasks_for(node: &Node, agent: &str, running: &[SliceAttempt]) -> Vec<SliceTas
     })
 }
 
-pub async fn poll(node: &Node, p: &Principal, agent: &str, running: Vec<SliceAttempt>, cache_bytes: u64, wait_ms: u32) -> Answer {
+pub async fn poll(
+    node: &Node,
+    p: &Principal,
+    agent: &str,
+    running: Vec<SliceAttempt>,
+    cache_bytes: u64,
+    wait_ms: u32,
+) -> Answer<AgentResponse> {
     if agent != p.name {
         return Err(err(ErrorCode::PermissionDenied, format!("agent {} may not poll as {agent}", p.name)));
     }
@@ -160,11 +167,11 @@ pub async fn poll(node: &Node, p: &Principal, agent: &str, running: Vec<SliceAtt
         let tasks = tasks_for(node, agent, &running);
         let resync = !node.soft().tracker.knows(agent);
         if !tasks.is_empty() || resync {
-            return Ok(Response::Tasks { tasks, resync });
+            return Ok(AgentResponse::Tasks { tasks, resync });
         }
         let now = Instant::now();
         if now >= deadline || !node.is_leader() || node.stop.is_cancelled() {
-            return Ok(Response::Tasks { tasks, resync });
+            return Ok(AgentResponse::Tasks { tasks, resync });
         }
         // Wake at least every second so that the heartbeat stays fresh while waiting.
         tokio::select! {

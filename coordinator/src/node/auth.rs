@@ -5,7 +5,7 @@
 use super::reply::{bad, err, Answer};
 use super::Node;
 use crate::raft::{self, Command};
-use kiln_shared::api::{Principal, Response, Role, Token};
+use kiln_shared::api::{ClientResponse, JoinResponse, Principal, Role, Token};
 use kiln_shared::wire::{ErrorCode, RemoteError};
 use std::net::SocketAddr;
 
@@ -19,7 +19,7 @@ fn token_record(node: &Node, token: &str) -> Result<(Token, raft::TokenRecord), 
     Ok((t, record))
 }
 
-pub fn join(node: &Node, token: &str, name: &str, csr: &[u8]) -> Answer {
+pub fn join(node: &Node, token: &str, name: &str, csr: &[u8]) -> Answer<JoinResponse> {
     let (t, record) = token_record(node, token)?;
     let principal = match t.role {
         Role::Agent => {
@@ -32,10 +32,10 @@ pub fn join(node: &Node, token: &str, name: &str, csr: &[u8]) -> Answer {
         Role::Coordinator => return Err(err(ErrorCode::PermissionDenied, "coordinators join with `kiln coordinator --join`")),
     };
     let cert = node.ca.sign_request(csr, &principal.common_name()).map_err(|e| bad(format!("certificate request: {e}")))?;
-    Ok(Response::Joined { cert_der: cert.to_vec(), ca_der: node.ca.cert_der().to_vec(), principal })
+    Ok(JoinResponse::Joined { cert_der: cert.to_vec(), ca_der: node.ca.cert_der().to_vec(), principal })
 }
 
-pub fn join_peer(node: &Node, remote: SocketAddr, id: u64, token: Option<&str>, csr: &[u8]) -> Answer {
+pub fn join_peer(node: &Node, remote: SocketAddr, id: u64, token: Option<&str>, csr: &[u8]) -> Answer<JoinResponse> {
     let granted = match token {
         Some(t) => token_record(node, t)?.0.role == Role::Admin,
         // Bootstrap: a member listed in --peers, calling from its listed address, once (trust
@@ -53,7 +53,7 @@ pub fn join_peer(node: &Node, remote: SocketAddr, id: u64, token: Option<&str>, 
     }
     let cert = node.ca.sign_request(csr, &Principal { role: Role::Coordinator, name: id.to_string() }.common_name());
     let cert = cert.map_err(|e| bad(format!("certificate request: {e}")))?;
-    Ok(Response::PeerJoined { ca_cert_pem: node.ca.cert_pem(), ca_key_pem: node.ca.key_pem(), cert_der: cert.to_vec() })
+    Ok(JoinResponse::PeerJoined { ca_cert_pem: node.ca.cert_pem(), ca_key_pem: node.ca.key_pem(), cert_der: cert.to_vec() })
 }
 
 /// Records that `id` got the CA without a token; `false` if it already had.
@@ -71,7 +71,7 @@ fn first_grant(node: &Node, id: u64) -> bool {
     recorded.is_ok()
 }
 
-pub async fn create_token(node: &Node, role: Role, tenant: String) -> Answer {
+pub async fn create_token(node: &Node, role: Role, tenant: String) -> Answer<ClientResponse> {
     if !matches!(role, Role::User | Role::Admin | Role::Agent) {
         return Err(bad("tokens are for users, admins and agents"));
     }
@@ -80,5 +80,5 @@ pub async fn create_token(node: &Node, role: Role, tenant: String) -> Answer {
     }
     let token = super::bootstrap::new_token(&node.ca, role.clone()).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
     node.commit(Command::PutToken { token_hash: token.hash(), role: role.as_str().into(), tenant }).await?;
-    Ok(Response::Name(token.to_string()))
+    Ok(ClientResponse::Name(token.to_string()))
 }

@@ -5,7 +5,7 @@
 
 use super::reply::{bad, err, Answer};
 use super::Node;
-use kiln_shared::api::{BuildSpec, CacheRef, EntryKind, Principal, Response, Role};
+use kiln_shared::api::{BlobRequest, BlobResponse, BuildSpec, CacheRef, EntryKind, Principal, Role};
 use kiln_shared::digest::Digest;
 use kiln_shared::wire::{ErrorCode, RemoteError};
 
@@ -40,7 +40,16 @@ pub fn owns_context(node: &Node, p: &Principal, spec: &BuildSpec) -> bool {
     files.chain(caches).all(|d| node.owners.owns(p.tenant(), d))
 }
 
-pub fn get_blob(node: &Node, p: &Principal, digest: &str, offset: u64, len: u32) -> Answer {
+/// Serves a blob transfer of the CLI's or an agent's protocol.
+pub fn serve(node: &Node, p: &Principal, req: BlobRequest) -> Answer<BlobResponse> {
+    match req {
+        BlobRequest::Get { digest, offset, len } => get_blob(node, p, &digest, offset, len),
+        BlobRequest::Missing { digests, owner } => missing(node, owner_of(p, owner)?, digests),
+        BlobRequest::Put { digest, offset, data, last, owner } => put_blob(node, owner_of(p, owner)?, &digest, offset, &data, last),
+    }
+}
+
+pub fn get_blob(node: &Node, p: &Principal, digest: &str, offset: u64, len: u32) -> Answer<BlobResponse> {
     use std::io::{Read, Seek, SeekFrom};
     let d = parse_digest(digest)?;
     // Users read back only what their tenant owns (their uploads and their builds' results).
@@ -51,10 +60,10 @@ pub fn get_blob(node: &Node, p: &Principal, digest: &str, offset: u64, len: u32)
     f.seek(SeekFrom::Start(offset)).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
     let mut buf = Vec::new();
     f.take(u64::from(len.min(MAX_CHUNK))).read_to_end(&mut buf).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
-    Ok(Response::Bytes(buf))
+    Ok(BlobResponse::Bytes(buf))
 }
 
-pub fn missing(node: &Node, owner: Option<String>, digests: Vec<String>) -> Answer {
+pub fn missing(node: &Node, owner: Option<String>, digests: Vec<String>) -> Answer<BlobResponse> {
     let mut out = Vec::new();
     for d in digests {
         let have = node.blobs.has(&parse_digest(&d)?);
@@ -62,17 +71,17 @@ pub fn missing(node: &Node, owner: Option<String>, digests: Vec<String>) -> Answ
             out.push(d);
         }
     }
-    Ok(Response::Digests(out))
+    Ok(BlobResponse::Missing(out))
 }
 
 /// Appends one chunk of an upload; the last one is verified against the digest before the blob
 /// becomes visible.
-pub fn put_blob(node: &Node, owner: Option<String>, digest: &str, offset: u64, data: &[u8], last: bool) -> Answer {
+pub fn put_blob(node: &Node, owner: Option<String>, digest: &str, offset: u64, data: &[u8], last: bool) -> Answer<BlobResponse> {
     use std::io::Write;
     let d = parse_digest(digest)?;
     let owned = |t: &Option<String>| t.as_ref().is_none_or(|t| node.owners.owns(t, digest));
     if node.blobs.has(&d) && owned(&owner) {
-        return Ok(Response::Ok);
+        return Ok(BlobResponse::Stored);
     }
     let own = || match &owner {
         Some(t) => node.owners.add(t, digest).map_err(|e| err(ErrorCode::Internal, format!("recording who uploaded {digest}: {e}"))),
@@ -114,5 +123,5 @@ pub fn put_blob(node: &Node, owner: Option<String>, digest: &str, offset: u64, d
     } else {
         soft.uploads.insert(key, (path, have + data.len() as u64));
     }
-    Ok(Response::Ok)
+    Ok(BlobResponse::Stored)
 }

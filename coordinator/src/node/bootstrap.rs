@@ -3,16 +3,15 @@
 //!
 //! The member with the smallest id in `--peers` creates the CA the first time it starts. Every
 //! other member, started with an empty data dir, asks that member (or `--join ADDR`) for the CA
-//! with [`Request::JoinPeer`]. That request is granted to an admin token, or, once per id, to a
+//! with [`JoinRequest::Peer`]. That request is granted to an admin token, or, once per id, to a
 //! listed peer id calling from its listed IP address (trust on first use, recorded in
 //! `bootstrap-granted`); afterwards the CA stays in the member's data dir.
 
 use super::random_hex;
 use crate::config::CoordinatorConfig;
 use anyhow::{bail, Context as _};
-use kiln_shared::api::{Principal, Request, Response, Role, Token};
+use kiln_shared::api::{JoinRequest, JoinResponse, Principal, Role, Token};
 use kiln_shared::transport::{self, ClusterCa, Identity, KeyRequest};
-use kiln_shared::wire::Envelope;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -73,17 +72,17 @@ pub async fn credentials(
         None => None,
     };
     let endpoint = transport::joining_client(pin.as_deref())?;
+    let timeouts = kiln_shared::client::Timeouts {
+        join_connect_ms: cfg.join_connect_timeout_ms,
+        join_request_ms: cfg.join_request_timeout_ms,
+        ..Default::default()
+    };
     let mut delay = Duration::from_millis(100);
     loop {
         let key = KeyRequest::new()?;
-        let request = Request::JoinPeer { id: cfg.id, token: token.map(str::to_string), csr_der: key.csr_der.clone() };
-        let attempt = async {
-            let conn = transport::connect(&endpoint, target, Duration::from_millis(cfg.join_connect_timeout_ms)).await?;
-            let deadline_ms = u32::try_from(cfg.join_request_timeout_ms).unwrap_or(u32::MAX);
-            transport::call::<Request, Response>(&conn, &Envelope { request_id: 1, deadline_ms, body: request }).await
-        };
-        match attempt.await {
-            Ok(Response::PeerJoined { ca_cert_pem, ca_key_pem, cert_der }) => {
+        let request = JoinRequest::Peer { id: cfg.id, token: token.map(str::to_string), csr_der: key.csr_der.clone() };
+        match kiln_shared::client::join_at(&endpoint, target, &request, &timeouts).await {
+            Ok(JoinResponse::PeerJoined { ca_cert_pem, ca_key_pem, cert_der }) => {
                 let ca = ClusterCa::from_pem(&ca_cert_pem, &ca_key_pem)?;
                 write_private(&key_path, &ca_key_pem)?;
                 write_private(&cert_path, &ca_cert_pem)?;

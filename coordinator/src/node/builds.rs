@@ -6,7 +6,7 @@ use super::reply::{bad, err, Answer};
 use super::{leader, now_ms, views, Node};
 use crate::builders::{self, DEFAULT_BUILDER};
 use crate::raft::{BuildId, BuildRecord, BuildState, Command};
-use kiln_shared::api::{BuildSpec, Principal, Response, Role};
+use kiln_shared::api::{BuildSpec, ClientResponse, Principal, Role};
 use kiln_shared::wire::ErrorCode;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -45,7 +45,7 @@ fn unrunnable(
     )
 }
 
-pub async fn submit(node: &Node, p: &Principal, origin: SocketAddr, mut spec: BuildSpec) -> Answer {
+pub async fn submit(node: &Node, p: &Principal, origin: SocketAddr, mut spec: BuildSpec) -> Answer<ClientResponse> {
     if spec.platforms.is_empty() {
         return Err(bad("a build needs at least one platform"));
     }
@@ -58,7 +58,7 @@ pub async fn submit(node: &Node, p: &Principal, origin: SocketAddr, mut spec: Bu
     let existing =
         node.read(|s| s.builds.values().rev().find(|b| b.tenant == p.tenant() && b.spec.submission == spec.submission).map(|b| b.id));
     if let Some(build) = existing.filter(|_| !spec.submission.is_empty()) {
-        return Ok(Response::Submitted { build: build.to_wire() });
+        return Ok(ClientResponse::Submitted { build: build.to_wire() });
     }
     // The cache scope is the farm's decision, never the client's.
     let shared = node.read(|s| s.farm.builder(&builder).map(|b| b.share_cache).unwrap_or(false));
@@ -74,10 +74,10 @@ pub async fn submit(node: &Node, p: &Principal, origin: SocketAddr, mut spec: Bu
     node.release(&assignments);
     let r = r?;
     node.wake_leader.notify_one();
-    Ok(Response::Submitted { build: r.value })
+    Ok(ClientResponse::Submitted { build: r.value })
 }
 
-pub async fn watch(node: &Node, p: &Principal, build: BuildId, cursor: u64, wait_ms: u32) -> Answer {
+pub async fn watch(node: &Node, p: &Principal, build: BuildId, cursor: u64, wait_ms: u32) -> Answer<ClientResponse> {
     let mut changed = node.changed.subscribe();
     let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms).min(node.cfg.long_poll_max_ms));
     loop {
@@ -94,7 +94,7 @@ pub async fn watch(node: &Node, p: &Principal, build: BuildId, cursor: u64, wait
         };
         let now = Instant::now();
         if !events.is_empty() || view.state != BuildState::Running || now >= deadline || node.stop.is_cancelled() {
-            return Ok(Response::Build { view, events, cursor: next });
+            return Ok(ClientResponse::Build { view, events, cursor: next });
         }
         tokio::select! {
             _ = tokio::time::timeout(deadline - now, changed.changed()) => {}

@@ -1,9 +1,9 @@
-//! The answer every request room returns, and the two errors they build most.
+//! The answer every request room returns (a response of the room's protocol, or an error), and
+//! the two errors they build most.
 
-use kiln_shared::api::Response;
 use kiln_shared::wire::{ErrorCode, RemoteError};
 
-pub type Answer = Result<Response, RemoteError>;
+pub type Answer<R> = Result<R, RemoteError>;
 
 pub fn err(code: ErrorCode, message: impl Into<String>) -> RemoteError {
     RemoteError { code, message: message.into() }

@@ -21,7 +21,7 @@ fn slice_view(key: SliceKey, s: &raft::SliceRecord, now: u64, waiting: Option<St
         agent: s.agent.clone(),
         emulated: s.emulated,
         attempt: s.attempt.to_wire(),
-        manifest_json: s.manifest_json.clone(),
+        manifest: s.manifest.clone(),
         queue_ms,
         duration_ms: s.duration_ms,
         cache_hits: s.cache_hits,
@@ -39,7 +39,7 @@ pub fn build_view(b: &BuildRecord, waiting: &std::collections::BTreeMap<u32, Str
         id: b.id.to_wire(),
         state: b.state,
         slices: b.keyed_slices().map(|(key, s)| slice_view(key, s, now, waiting.get(&key.index).cloned())).collect(),
-        index_json: b.index_json.clone(),
+        index: b.index.clone(),
         index_digest: b.index_digest.clone(),
         error: b.error.clone(),
         // Sent once the build is done, and only when the CLI writes the cache itself.

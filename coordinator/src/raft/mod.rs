@@ -17,6 +17,7 @@ pub use ids::{Attempt, BuildId, SliceAttempt, SliceKey};
 use crate::builders::{Builder, Context, Farm};
 use kiln_shared::api::{BuildSpec, SliceOutcome};
 pub use kiln_shared::api::{BuildState, SliceState};
+use kiln_shared::oci::Descriptor;
 use kiln_shared::Platform;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -96,7 +97,8 @@ pub enum Command {
     FinishBuild {
         at_ms: u64,
         build: BuildId,
-        index_json: String,
+        /// The index as pushed (see [`kiln_shared::api::BuildView::index`]).
+        index: Vec<u8>,
         index_digest: String,
         error: Option<String>,
     },
@@ -152,7 +154,8 @@ pub struct SliceRecord {
     pub queued_at_ms: u64,
     pub assigned_at_ms: u64,
     pub finished_at_ms: u64,
-    pub manifest_json: String,
+    /// The manifest's descriptor, once done.
+    pub manifest: Option<Descriptor>,
     pub duration_ms: u64,
     pub cache_hits: u32,
     pub cache_misses: u32,
@@ -175,7 +178,8 @@ pub struct BuildRecord {
     pub submitted_at_ms: u64,
     pub state: BuildState,
     pub slices: Vec<SliceRecord>,
-    pub index_json: String,
+    /// The index as pushed, once done: `index_digest` is over these bytes.
+    pub index: Vec<u8>,
     pub index_digest: String,
     pub error: String,
 }
@@ -194,7 +198,7 @@ impl BuildRecord {
                 queued_at_ms: at_ms,
                 assigned_at_ms: 0,
                 finished_at_ms: 0,
-                manifest_json: String::new(),
+                manifest: None,
                 duration_ms: 0,
                 cache_hits: 0,
                 cache_misses: 0,
@@ -211,7 +215,7 @@ impl BuildRecord {
             submitted_at_ms: at_ms,
             state: BuildState::Running,
             slices,
-            index_json: String::new(),
+            index: Vec::new(),
             index_digest: String::new(),
             error: String::new(),
         }
@@ -328,7 +332,7 @@ impl ClusterState {
                 }
                 s.state = SliceState::Done;
                 s.finished_at_ms = *at_ms;
-                s.manifest_json = outcome.manifest_json.clone();
+                s.manifest = Some(outcome.manifest.clone());
                 s.duration_ms = outcome.duration_ms;
                 s.cache_hits = outcome.cache_hits;
                 s.cache_misses = outcome.cache_misses;
@@ -392,7 +396,7 @@ impl ClusterState {
                 }
                 CommandResult { value: moved, ..CommandResult::ok() }
             }
-            Command::FinishBuild { at_ms: _, build, index_json, index_digest, error } => {
+            Command::FinishBuild { at_ms: _, build, index, index_digest, error } => {
                 let Some(b) = self.builds.get_mut(build) else { return CommandResult::rejected("no such build") };
                 if b.state != BuildState::Running {
                     return CommandResult::rejected("the build is already finished");
@@ -404,7 +408,7 @@ impl ClusterState {
                     }
                     None => {
                         b.state = BuildState::Done;
-                        b.index_json = index_json.clone();
+                        b.index = index.clone();
                         b.index_digest = index_digest.clone();
                     }
                 }
@@ -473,7 +477,7 @@ mod tests {
             build,
             slice,
             attempt,
-            manifest_json: "{}".into(),
+            manifest: Descriptor::new(kiln_shared::oci::MEDIA_MANIFEST, kiln_shared::Digest::of(b"{}"), 2),
             emulated: false,
             duration_ms: 10,
             cache_hits: 0,
@@ -550,13 +554,8 @@ mod tests {
         let failed = Command::SliceFailed { at_ms: 3, slice: key(2, 0), attempt: Attempt::FIRST, message: "RUN false: exit 1".into() };
         assert!(st.apply(&failed).ok);
         assert_eq!(build(&st, 2).error, "linux/amd64: RUN false: exit 1");
-        let finish = Command::FinishBuild {
-            at_ms: 4,
-            build: BuildId::from_wire(2),
-            index_json: String::new(),
-            index_digest: String::new(),
-            error: None,
-        };
+        let finish =
+            Command::FinishBuild { at_ms: 4, build: BuildId::from_wire(2), index: Vec::new(), index_digest: String::new(), error: None };
         assert!(!st.apply(&finish).ok, "a failed build stays failed");
     }
 

@@ -1,10 +1,10 @@
-//! openraft's network over kiln's QUIC transport: each RPC is one [`Request::Raft`] carrying
+//! openraft's network over kiln's QUIC transport: each RPC is one [`CoordinatorRequest::Raft`] carrying
 //! openraft's own message as JSON, sent with the coordinator's certificate to the peer's
 //! address from the membership.
 
 use super::{NodeId, TypeConfig};
 use crate::node::peers::Pool;
-use kiln_shared::api::{RaftRpc, Request, Response};
+use kiln_shared::api::{CoordinatorRequest, CoordinatorResponse, RaftRpc};
 use kiln_shared::transport::TransportError;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -54,9 +54,9 @@ impl PeerClient {
     {
         let addr = self.addr.clone().map_err(|e| RPCError::Unreachable(Unreachable::new(&Failure(e))))?;
         let json = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let answer = self.pool.call(addr, Request::Raft { rpc, json }, option.hard_ttl()).await;
+        let answer = self.pool.coordinator(addr, &CoordinatorRequest::Raft { rpc, json }, option.hard_ttl()).await;
         let bytes = match answer {
-            Ok(Response::Raft { json }) => json,
+            Ok(CoordinatorResponse::Raft { json }) => json,
             Ok(other) => return Err(RPCError::Network(NetworkError::new(&Failure(format!("unexpected answer {other:?}"))))),
             // Unreachable makes openraft back off instead of retrying at once.
             Err(e @ (TransportError::Connect { .. } | TransportError::Timeout { .. } | TransportError::Closed(_))) => {

@@ -3,7 +3,7 @@
 //! No input may panic it or make it allocate without bound.
 #![no_main]
 
-use kiln_shared::api::Response;
+use kiln_shared::api::PeerResponse;
 use kiln_shared::chunks::{Bitmap, ChunkTable, Plan, MAX_CHUNK};
 use kiln_shared::wire::{self, RemoteError};
 use libfuzzer_sys::fuzz_target;
@@ -11,8 +11,8 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let split = data.first().map(|&b| b as usize).unwrap_or(0).min(data.len());
     let (frame, rest) = data.split_at(split);
-    let table = match wire::decode::<Result<Response, RemoteError>>(frame) {
-        Ok(Ok(Response::Table(table))) => table,
+    let table = match wire::decode::<Result<PeerResponse, RemoteError>>(frame) {
+        Ok(Ok(PeerResponse::Table(table))) => table,
         // Random bytes rarely decode: make a table of them directly, so that what a decoded
         // table goes through (checks, ranges, verification, the plan) is fuzzed all the same.
         _ => match direct(frame) {

@@ -11,7 +11,7 @@ pub mod plan;
 use super::{now_ms, Node, Soft};
 use crate::raft::{BuildId, BuildRecord, Command, SliceAssignment};
 use kiln_shared::digest::Digest;
-use kiln_shared::oci::{self, Descriptor, Index};
+use kiln_shared::oci::{self, Index};
 use kiln_shared::registry::{Reference, RegistryClient};
 use kiln_shared::task::{self, TaskHandle};
 use kiln_shared::wire::RemoteError;
@@ -121,8 +121,7 @@ async fn tick(node: &Arc<Node>, finishers: &mut Vec<TaskHandle<()>>) -> Result<(
 
     for (build, reason) in plan.failures {
         let error = Some(reason);
-        node.propose(Command::FinishBuild { at_ms: now_ms(), build, index_json: String::new(), index_digest: String::new(), error })
-            .await?;
+        node.propose(Command::FinishBuild { at_ms: now_ms(), build, index: Vec::new(), index_digest: String::new(), error }).await?;
         node.bump();
     }
 
@@ -169,9 +168,9 @@ async fn finish(node: &Arc<Node>, build: BuildId) -> Result<(), RemoteError> {
     let mut manifests = Vec::new();
     let mut error = None;
     for s in &record.slices {
-        match serde_json::from_str::<Descriptor>(&s.manifest_json) {
-            Ok(d) => manifests.push(d),
-            Err(e) => error = Some(format!("{}: the agent reported an unreadable manifest descriptor: {e}", s.platform)),
+        match &s.manifest {
+            Some(d) => manifests.push(d.clone()),
+            None => error = Some(format!("{}: the agent reported no manifest descriptor", s.platform)),
         }
     }
     let index = Index::new(manifests);
@@ -208,8 +207,7 @@ async fn finish(node: &Arc<Node>, build: BuildId) -> Result<(), RemoteError> {
         .unwrap_or_else(|e| Err(format!("the push task failed: {e}")));
         error = pushed.err();
     }
-    let index_json = String::from_utf8(bytes).unwrap_or_default();
-    node.propose(Command::FinishBuild { at_ms: now_ms(), build, index_json, index_digest: digest.to_string(), error }).await?;
+    node.propose(Command::FinishBuild { at_ms: now_ms(), build, index: bytes, index_digest: digest.to_string(), error }).await?;
     node.bump();
     Ok(())
 }

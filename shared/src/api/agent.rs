@@ -1,0 +1,56 @@
+//! An agent's protocol with the coordinators: registering, the long poll for work, progress and
+//! slice reports, advertising what it holds and locating what peers hold, and blob transfer.
+
+use super::{AgentInfo, BlobRequest, BlobResponse, Event, Inventory, SliceOutcome, SliceTask};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AgentRequest {
+    Register(AgentInfo),
+    /// Heartbeat and long poll for work: answered with new tasks, or empty after `wait_ms`.
+    Poll {
+        agent: String,
+        running: Vec<(u64, u32, u32)>,
+        cache_bytes: u64,
+        wait_ms: u32,
+    },
+    Events {
+        build: u64,
+        slice: u32,
+        attempt: u32,
+        events: Vec<Event>,
+    },
+    SliceDone(SliceOutcome),
+    SliceFailed {
+        build: u64,
+        slice: u32,
+        attempt: u32,
+        message: String,
+    },
+    /// What an agent adds to and removes from its store and step cache.
+    Advertise(Inventory),
+    /// Which live agents hold these blobs (or are fetching them) and these records; answered
+    /// with [`AgentResponse::Holders`], blobs first, each a list of peer endpoints.
+    Locate {
+        blobs: Vec<String>,
+        records: Vec<String>,
+    },
+    /// Context blobs down; with `-o type=oci` on a farm, the image's blobs up.
+    Blob(BlobRequest),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AgentResponse {
+    Ok,
+    /// New tasks; `resync`: the tracker does not know this agent's inventory (a new leader).
+    Tasks {
+        tasks: Vec<SliceTask>,
+        resync: bool,
+    },
+    /// `resync`: the tracker does not know this agent; send the whole inventory.
+    Advertised {
+        resync: bool,
+    },
+    Holders(Vec<Vec<String>>),
+    Blob(BlobResponse),
+}

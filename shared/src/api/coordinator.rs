@@ -1,0 +1,56 @@
+//! The protocol between coordinators: Raft's RPCs, requests a follower forwards to the leader
+//! with the identity it authenticated, and status.
+
+use super::{AgentRequest, AgentResponse, ClientRequest, ClientResponse, ClusterStatus, Principal};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// Which openraft RPC a [`CoordinatorRequest::Raft`] carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftRpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CoordinatorRequest {
+    /// openraft's own message, as JSON: its types stay a coordinator matter.
+    Raft {
+        rpc: RaftRpc,
+        #[serde(with = "serde_bytes")]
+        json: Vec<u8>,
+    },
+    /// A follower passes on a request it authenticated.
+    /// `origin` is the coordinator that received it (where its uploads are).
+    Forward {
+        principal: Principal,
+        origin: SocketAddr,
+        request: Box<Forwarded>,
+    },
+    Status,
+}
+
+/// A request a follower forwards: of the CLI's or an agent's protocol, as its caller sent it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Forwarded {
+    Client(ClientRequest),
+    Agent(AgentRequest),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CoordinatorResponse {
+    Raft {
+        #[serde(with = "serde_bytes")]
+        json: Vec<u8>,
+    },
+    Forwarded(ForwardedResponse),
+    Status(ClusterStatus),
+}
+
+/// The leader's answer to a [`Forwarded`] request, of the same protocol.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ForwardedResponse {
+    Client(ClientResponse),
+    Agent(AgentResponse),
+}
