@@ -358,11 +358,17 @@ fn make_parents(
 /// The path is resolved inside the image (a WORKDIR through a symlinked directory creates the
 /// directory where the link points), and new directories belong to the stage's USER.
 pub(crate) fn workdir(env: &dyn CopyEnv, state: &State, path: &str, epoch: Option<u64>) -> Result<Option<Layer>, EngineError> {
-    let (ov, root) = env.mount_ro(state)?;
+    let scratch = env.run_dir().join(format!(
+        "wd-{}-{}",
+        std::process::id(),
+        Digest::of(format!("{path}{:?}", std::time::SystemTime::now()).as_bytes()).hex()
+    ));
+    let (ov, root) = image_view(env, state, &scratch)?;
     let rel = resolve_rel(&root, path.trim_start_matches('/'), true);
     let exists = rel.is_empty() || fs::metadata(root.join(&rel)).is_ok();
     let owner = resolve_user(&root, &state.config.config.user).unwrap_or((0, 0));
     drop(ov);
+    let _ = fs::remove_dir(scratch.with_extension("empty"));
     let rel = rel.as_str();
     if exists {
         return Ok(None);
@@ -401,6 +407,18 @@ fn ureq_get(url: &str) -> Result<Box<dyn Read + Send + Sync>, EngineError> {
         Ok(r) => Ok(r.into_reader()),
         Err(e) => Err(copy_err(format!("downloading {url}: {e}"))),
     }
+}
+
+/// The image's filesystem so far, read-only: a mount of its layers, or (an image without
+/// layers) an empty directory beside `near`.
+fn image_view(env: &dyn CopyEnv, state: &State, near: &Path) -> Result<(Option<Mounted>, PathBuf), EngineError> {
+    if state.layers.is_empty() {
+        let empty = near.with_extension("empty");
+        fs::create_dir_all(&empty).map_err(io("creating", &empty))?;
+        return Ok((None, empty));
+    }
+    let (ov, root) = env.mount_ro(state)?;
+    Ok((Some(ov), root))
 }
 
 /// The parts of COPY and ADD this module uses.
@@ -450,8 +468,8 @@ pub(crate) fn copy(env: &dyn CopyEnv, stage: &Stage, step: &Step, state: &State)
     let result = (|| {
         // The image as it is so far: destinations resolve in it, following its symlinks (a
         // merged-/usr `/lib -> usr/lib` stays a link), and --chown names are looked up in it.
-        let (image_ov, image_root) = env.mount_ro(state)?;
-        mounts.push(image_ov);
+        let (image_ov, image_root) = image_view(env, state, &upper)?;
+        mounts.extend(image_ov);
         // Where sources come from: the context, or another stage's / image's filesystem.
         let (src_root, ignore, keep) = match from {
             Some(f) => {
@@ -551,6 +569,7 @@ pub(crate) fn copy(env: &dyn CopyEnv, stage: &Stage, step: &Step, state: &State)
         Ok(layers::diff(&upper, env.store(), env.epoch())?)
     })();
     let _ = fs::remove_dir_all(&upper);
+    let _ = fs::remove_dir(upper.with_extension("empty"));
     for i in 0..sources.len() {
         let _ = fs::remove_file(upper.with_extension(format!("dl-{i}")));
     }

@@ -128,7 +128,11 @@ fn a_farm_needs_a_token_and_an_answer() {
 #[test]
 fn bad_outputs_and_push_without_tag() {
     let out = kiln(&["build", "-o", "type=tarball,dest=x", "examples/hello"], &repo_root());
-    assert!(stderr(&out).contains("-o type=tarball is not supported (expected oci, local or registry)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("-o type=tarball is not supported (expected oci, tar, local, registry or cacheonly)"),
+        "{}",
+        stderr(&out)
+    );
     let out = kiln(&["build", "--push", "examples/hello"], &repo_root());
     assert!(stderr(&out).contains("--push needs at least one tag"), "{}", stderr(&out));
     let out = kiln(&["build", "--progress", "fancy", "examples/hello"], &repo_root());

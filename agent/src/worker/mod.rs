@@ -239,7 +239,16 @@ async fn poll_loop(w: Arc<Worker>, tasks: &mut tokio::task::JoinSet<()>) -> Resu
                 }
                 for task in list {
                     if w.running().insert((task.build, task.slice, task.attempt)) {
-                        tasks.spawn(run_task(w.clone(), task));
+                        // Every log line of the slice, on this side, names it.
+                        let span = tracing::info_span!(
+                            "slice",
+                            build = task.build,
+                            slice = task.slice,
+                            attempt = task.attempt,
+                            platform = %task.platform,
+                            agent = %w.cfg.name
+                        );
+                        tasks.spawn(tracing::Instrument::instrument(run_task(w.clone(), task), span));
                     }
                 }
             }

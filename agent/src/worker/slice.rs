@@ -65,7 +65,9 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
     let context = dir.clone();
     let uploaded = uploaded_caches(w, task).await?;
     let handle = tokio::runtime::Handle::current();
+    let span = tracing::Span::current();
     let result = tokio::task::spawn_blocking(move || {
+        let _in_slice = span.enter();
         let mut imports: Vec<Box<dyn RemoteCache>> = Vec::new();
         for c in &spec.cache_from {
             if let CacheRef::Registry { reference } = c {

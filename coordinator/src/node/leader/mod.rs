@@ -128,13 +128,20 @@ async fn tick(node: &Arc<Node>, finishers: &mut Vec<TaskHandle<()>>) -> Result<(
     for build in plan.finished {
         node.soft().finishing.insert(build);
         let node = node.clone();
-        finishers.push(task::spawn(format!("finish build {build}"), async move {
-            let outcome = finish(&node, build).await;
-            if let Err(e) = outcome {
-                tracing::warn!(coordinator = node.id, %build, "finishing the build: {}", e.message);
-                node.soft().finishing.remove(&build);
-            }
-        }));
+        let span = tracing::info_span!("build", build = build.to_wire(), coordinator = node.id);
+        finishers.push(task::spawn(
+            format!("finish build {build}"),
+            tracing::Instrument::instrument(
+                async move {
+                    let outcome = finish(&node, build).await;
+                    if let Err(e) = outcome {
+                        tracing::warn!(coordinator = node.id, %build, "finishing the build: {}", e.message);
+                        node.soft().finishing.remove(&build);
+                    }
+                },
+                span,
+            ),
+        ));
     }
 
     for name in plan.drained {
