@@ -84,3 +84,49 @@ def build_base(kiln, home, registry):
 def cases():
     d = os.path.join(ROOT, "examples/compare")
     return sorted(os.path.join(d, c) for c in os.listdir(d) if os.path.isdir(os.path.join(d, c)))
+
+
+class Dockerd:
+    """A private dockerd (Debian's docker.io, with its built-in BuildKit) on its own socket and
+    data root, without touching the host's network (no bridge, no iptables). Stops only the
+    dockerd it started. RUN steps need `--network=host`: there is no bridge."""
+
+    def __init__(self, insecure_registry=None):
+        self.insecure = insecure_registry
+
+    def __enter__(self):
+        if not os.path.exists("/usr/sbin/dockerd"):
+            raise RuntimeError("dockerd is missing: apt-get install docker.io")
+        self.dir = tempfile.mkdtemp(prefix="kiln-dockerd-")
+        self.sock = os.path.join(self.dir, "docker.sock")
+        args = ["/usr/sbin/dockerd", "--iptables=false", "--ip6tables=false", "--bridge=none",
+                "--data-root", f"{self.dir}/data", "--exec-root", f"{self.dir}/exec",
+                "--pidfile", f"{self.dir}/docker.pid", "-H", f"unix://{self.sock}"]
+        if self.insecure:
+            args += ["--insecure-registry", self.insecure]
+        self.log = open(os.path.join(self.dir, "dockerd.log"), "w")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log)
+        deadline = time.time() + 60
+        while subprocess.run(self.cli("version"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30).returncode != 0:
+            if time.time() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"dockerd did not start; see {self.dir}/dockerd.log")
+            time.sleep(0.2)
+        return self
+
+    def cli(self, *args):
+        """A /usr/bin/docker command line against this daemon (the Debian CLI, not another on PATH)."""
+        return ["/usr/bin/docker", "-H", f"unix://{self.sock}", *args]
+
+    def env(self):
+        return dict(os.environ, DOCKER_BUILDKIT="1", DOCKER_CONFIG=os.path.join(self.dir, "config"))
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+        subprocess.run(["umount", "-R", f"{self.dir}/exec"], stderr=subprocess.DEVNULL, timeout=60)
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -99,6 +99,18 @@ fn agents_share_cache_within_a_tenant_only_and_storage_is_managed_farm_wide() {
     assert_eq!(sum(&theirs, "cache_peer_hits"), 0, "{theirs}");
     assert!(sum(&theirs, "cache_misses") >= 3, "the other tenant's steps run: {theirs}");
     assert!(log.contains("context: 2 files, 2 sent"), "the other tenant uploads its own context:\n{log}");
+    // `kiln inspect` shows a user only their tenant's recent slices; an admin sees all.
+    let count = |token: Option<&str>| {
+        let out = match token {
+            Some(t) => c.kiln_with_token(&["inspect", "on-b"], work.path(), t),
+            None => c.kiln(&["inspect", "on-b"], work.path()),
+        };
+        stdout(&c.ok(out)).lines().filter(|l| l.trim_start().starts_with("build ")).count()
+    };
+    assert_eq!(count(Some(&token)), 1, "tenant other sees its one slice on b");
+    assert_eq!(count(None), 2, "the admin sees both tenants' slices on b");
+    let third = stdout(&c.ok(c.kiln(&["coordinator", "token", "--role", "user", "--tenant", "third"], work.path()))).trim().to_string();
+    assert_eq!(count(Some(&third)), 0, "a tenant that built nothing sees no slice");
     // A builder configured to share lets tenants use each other's records.
     c.ok(c.kiln(&["create", "a", "--name", "shared", "--driver-opt", "share-cache=true"], work.path()));
     let (_, _) = build(&c, "shared", "shared-admin", None);

@@ -6,7 +6,7 @@ use super::reply::{bad, err, Answer};
 use super::{views, Node};
 use crate::builders::DEFAULT_BUILDER;
 use crate::raft::Command;
-use kiln_shared::api::{AgentStorage, ClientResponse, ClusterStatus, CreateSpec, Member, PeerRequest, PeerResponse};
+use kiln_shared::api::{AgentStorage, ClientResponse, ClusterStatus, CreateSpec, Member, PeerRequest, PeerResponse, Principal, Role};
 use kiln_shared::wire::{ErrorCode, RemoteError};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -98,12 +98,14 @@ pub async fn remove_builder(node: &Node, name: String) -> Answer<ClientResponse>
 pub fn builders(node: &Node) -> ClientResponse {
     let builders = node.read(|s| s.farm.list());
     let contexts = views::contexts(node);
-    ClientResponse::Builders(builders.iter().map(|b| views::builder_view(node, &contexts, b, false)).collect())
+    ClientResponse::Builders(builders.iter().map(|b| views::builder_view(node, &contexts, b, views::Recent::None)).collect())
 }
 
-pub fn inspect(node: &Node, name: &str) -> Answer<ClientResponse> {
+/// A builder with its recent slices: a user sees only their tenant's, an admin everyone's.
+pub fn inspect(node: &Node, p: &Principal, name: &str) -> Answer<ClientResponse> {
     let b = node.read(|s| s.farm.builder(name)).map_err(|e| err(ErrorCode::NotFound, e.to_string()))?;
-    Ok(ClientResponse::Builder(views::builder_view(node, &views::contexts(node), &b, true)))
+    let viewer = if p.role == Role::Admin { views::Recent::All } else { views::Recent::Tenant(p.tenant()) };
+    Ok(ClientResponse::Builder(views::builder_view(node, &views::contexts(node), &b, viewer)))
 }
 
 pub async fn add_coordinator(node: &Node, id: u64, addr: String) -> Answer<ClientResponse> {

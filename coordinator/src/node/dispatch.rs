@@ -241,7 +241,7 @@ async fn lead_client(node: &Node, p: Principal, origin: SocketAddr, req: ClientR
         ClientRequest::CreateBuilder(spec) => admin::create_builder(node, spec).await,
         ClientRequest::RemoveBuilder { name } => admin::remove_builder(node, name).await,
         ClientRequest::Builders => Ok(admin::builders(node)),
-        ClientRequest::Inspect { name } => admin::inspect(node, &name),
+        ClientRequest::Inspect { name } => admin::inspect(node, &p, &name),
         ClientRequest::AddCoordinator { id, addr } => admin::add_coordinator(node, id, addr).await,
         ClientRequest::RemoveCoordinator { id } => admin::remove_coordinator(node, id).await,
         // Served where they are received, never forwarded.

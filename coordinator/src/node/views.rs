@@ -90,7 +90,16 @@ pub fn contexts(node: &Node) -> Vec<ContextView> {
         .collect()
 }
 
-pub fn builder_view(node: &Node, contexts: &[ContextView], b: &builders::Builder, recent: bool) -> BuilderView {
+/// Which recent slices a builder view shows.
+pub enum Recent<'a> {
+    None,
+    /// Only builds of this tenant (what a user token sees).
+    Tenant(&'a str),
+    /// Every tenant's (admins).
+    All,
+}
+
+pub fn builder_view(node: &Node, contexts: &[ContextView], b: &builders::Builder, recent: Recent) -> BuilderView {
     let nodes = b
         .nodes
         .iter()
@@ -122,7 +131,12 @@ pub fn builder_view(node: &Node, contexts: &[ContextView], b: &builders::Builder
             },
         })
         .collect::<Vec<NodeView>>();
-    let recent = if recent {
+    let tenant = match recent {
+        Recent::None => None,
+        Recent::Tenant(t) => Some(Some(t)),
+        Recent::All => Some(None),
+    };
+    let recent = if let Some(tenant) = tenant {
         let names: Vec<&str> = b.nodes.iter().map(|n| n.context.as_str()).collect();
         let now = now_ms();
         node.read(|s| {
@@ -131,6 +145,7 @@ pub fn builder_view(node: &Node, contexts: &[ContextView], b: &builders::Builder
                 .builds
                 .values()
                 .rev()
+                .filter(|b| tenant.is_none_or(|t| b.tenant == t))
                 .flat_map(|b| b.keyed_slices())
                 .filter(|(_, sl)| names.contains(&sl.agent.as_str()))
                 .take(20)
