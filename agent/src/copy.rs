@@ -231,6 +231,35 @@ pub(crate) fn lookup_lower(env: &dyn CopyEnv, state: &State, rel: &str) -> Resul
     Ok(None)
 }
 
+/// The supplementary groups of `user` (its memberships in the rootfs's /etc/group), as
+/// runc's `additionalGids`; a numeric user with no passwd entry has none.
+pub(crate) fn supplementary_groups(rootfs: &Path, user: &str, primary: u32) -> Vec<u32> {
+    let name = user.split(':').next().unwrap_or("");
+    if name.is_empty() || user.contains(':') {
+        return vec![];
+    }
+    let passwd = fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
+    let login = if name.parse::<u32>().is_ok() {
+        passwd.lines().find(|l| l.split(':').nth(2) == Some(name)).and_then(|l| l.split(':').next()).map(str::to_string)
+    } else {
+        Some(name.to_string())
+    };
+    let Some(login) = login else { return vec![] };
+    let groups = fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+    let mut out: Vec<u32> = groups
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            let members = f.get(3)?;
+            members.split(',').any(|m| m.trim() == login).then(|| f.get(2)?.parse().ok()).flatten()
+        })
+        .filter(|g| *g != primary)
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// `--chown`: as `resolve_user`, except that a numeric uid without a group uses the same
 /// number as its gid (Docker's documented rule; a name without a group gets its primary group).
 fn resolve_chown(rootfs: &Path, spec: &str) -> Result<(u32, u32), EngineError> {
@@ -292,10 +321,37 @@ struct Owner {
     chmod: Option<u32>,
     /// Keep the source's ownership (copies between images); else root.
     keep: bool,
+    /// `--exclude` patterns, matched against paths inside each copied directory.
+    exclude: Option<DockerIgnore>,
+    /// (upper, image root): an entry whose path is a symlink in the image is written where
+    /// the link points (a merged-/usr `/bin` stays a link when a tree is copied onto `/`).
+    view: Option<(PathBuf, PathBuf)>,
+}
+
+impl Owner {
+    /// Where `dst` (in the upper dir) really goes, following the image's symlinks.
+    fn target(&self, dst: &Path) -> PathBuf {
+        let Some((upper, root)) = &self.view else { return dst.to_path_buf() };
+        let Ok(rel) = dst.strip_prefix(upper) else { return dst.to_path_buf() };
+        let rel = rel.to_string_lossy();
+        match fs::symlink_metadata(root.join(rel.as_ref())) {
+            Ok(m) if m.file_type().is_symlink() => upper.join(resolve_rel(root, &rel, true)),
+            _ => dst.to_path_buf(),
+        }
+    }
+
+    fn excluded(&self, rel: &str) -> bool {
+        self.exclude.as_ref().is_some_and(|e| !rel.is_empty() && e.is_excluded(rel))
+    }
 }
 
 /// Copies `src` to `dst` (a file, symlink or whole tree).
 fn copy_tree(src: &Path, dst: &Path, own: &Owner) -> Result<(), EngineError> {
+    copy_entry(src, &own.target(dst), own, "")
+}
+
+/// `rel`: the path inside the directory being copied (for `--exclude`).
+fn copy_entry(src: &Path, dst: &Path, own: &Owner, rel: &str) -> Result<(), EngineError> {
     let m = fs::symlink_metadata(src).map_err(io("reading", src))?;
     let (uid, gid) = own.chown.unwrap_or(if own.keep { (m.uid(), m.gid()) } else { (0, 0) });
     if m.file_type().is_symlink() {
@@ -306,7 +362,11 @@ fn copy_tree(src: &Path, dst: &Path, own: &Owner) -> Result<(), EngineError> {
         let mut names: Vec<_> = fs::read_dir(src).map_err(io("reading", src))?.flatten().map(|e| e.file_name()).collect();
         names.sort();
         for n in names {
-            copy_tree(&src.join(&n), &dst.join(&n), own)?;
+            let child = if rel.is_empty() { n.to_string_lossy().into_owned() } else { format!("{rel}/{}", n.to_string_lossy()) };
+            if own.excluded(&child) {
+                continue;
+            }
+            copy_entry(&src.join(&n), &own.target(&dst.join(&n)), own, &child)?;
         }
         fs::set_permissions(dst, fs::Permissions::from_mode(own.chmod.unwrap_or(m.mode() & 0o7777))).map_err(io("chmod", dst))?;
     } else if m.is_file() {
@@ -431,6 +491,8 @@ struct CopySpec<'a> {
     heredocs: &'a [Heredoc],
     is_add: bool,
     checksum: Option<&'a String>,
+    parents: bool,
+    exclude: &'a [String],
 }
 
 /// Runs a COPY or ADD step.
@@ -445,6 +507,8 @@ pub(crate) fn copy(env: &dyn CopyEnv, stage: &Stage, step: &Step, state: &State)
             heredocs: &c.heredocs,
             is_add: false,
             checksum: None,
+            parents: c.parents,
+            exclude: &c.exclude,
         },
         Instruction::Add(a) => CopySpec {
             sources: &a.sources,
@@ -455,10 +519,17 @@ pub(crate) fn copy(env: &dyn CopyEnv, stage: &Stage, step: &Step, state: &State)
             heredocs: &a.heredocs,
             is_add: true,
             checksum: a.checksum.as_ref(),
+            parents: false,
+            exclude: &a.exclude,
         },
         _ => return Ok(None),
     };
-    let CopySpec { sources, dest, from, chown, chmod, heredocs, is_add, checksum } = spec;
+    let CopySpec { sources, dest, from, chown, chmod, heredocs, is_add, checksum, parents, exclude } = spec;
+    let exclude = if exclude.is_empty() {
+        None
+    } else {
+        Some(DockerIgnore::parse(&exclude.join("\n")).map_err(|e| copy_err(format!("--exclude: {e}")))?)
+    };
     let upper = env.run_dir().join(format!(
         "copy-{}",
         Digest::of(format!("{}{:?}{:?}", step.pos, stage.platform, std::time::SystemTime::now()).as_bytes()).hex()
@@ -484,7 +555,13 @@ pub(crate) fn copy(env: &dyn CopyEnv, stage: &Stage, step: &Step, state: &State)
             None => None,
             Some(c) => Some(resolve_chown(&image_root, c)?),
         };
-        let own = Owner { chown: chown_ids, chmod: chmod.and_then(|m| u32::from_str_radix(m, 8).ok()), keep };
+        let own = Owner {
+            chown: chown_ids,
+            chmod: chmod.and_then(|m| u32::from_str_radix(m, 8).ok()),
+            keep,
+            exclude,
+            view: Some((upper.clone(), image_root.clone())),
+        };
         let dest_abs = join_path(&step.workdir, dest);
         let dest_rel = resolve_rel(&image_root, dest_abs.trim_start_matches('/'), true);
         let mut items: Vec<(PathBuf, String)> = Vec::new(); // (source path, name)
@@ -512,10 +589,22 @@ pub(crate) fn copy(env: &dyn CopyEnv, stage: &Stage, step: &Step, state: &State)
                     }
                 )));
             }
+            // `--parents`: the path from the context (or after a `/./` in the source) is kept.
+            let pivot = s.find("/./").map(|i| clean(&s[..i]));
             for rel in found {
+                if own.excluded(&rel) {
+                    continue;
+                }
                 // A source that is a symlink is followed (inside its root), as BuildKit does;
                 // it keeps its own name at the destination.
-                let name = rel.rsplit('/').next().unwrap_or("").to_string();
+                let name = if parents {
+                    match &pivot {
+                        Some(p) if !p.is_empty() => rel.strip_prefix(&format!("{p}/")).unwrap_or(&rel).to_string(),
+                        _ => rel.clone(),
+                    }
+                } else {
+                    rel.rsplit('/').next().unwrap_or("").to_string()
+                };
                 items.push((src_root.join(resolve_rel(&src_root, &rel, true)), name));
             }
         }
@@ -540,6 +629,12 @@ pub(crate) fn copy(env: &dyn CopyEnv, stage: &Stage, step: &Step, state: &State)
                 fs::metadata(src).is_ok_and(|m| m.is_dir()) && !fs::symlink_metadata(src).is_ok_and(|m| m.file_type().is_symlink());
             if is_add && !is_dir && from.is_none() && src.starts_with(&src_root) && layers::is_archive(src) {
                 extract_tar(src, &dest_dir)?;
+            } else if is_dir && parents {
+                let target = dest_dir.join(name);
+                if let Some(parent) = target.parent() {
+                    fs::create_dir_all(parent).map_err(io("creating", parent))?;
+                }
+                copy_tree(src, &target, &own)?;
             } else if is_dir {
                 copy_tree(src, &dest_dir, &own)?;
                 // The destination root keeps what it was; a new one gets the source
@@ -554,6 +649,11 @@ pub(crate) fn copy(env: &dyn CopyEnv, stage: &Stage, step: &Step, state: &State)
                 }
             } else {
                 let target = if dest_is_dir { dest_dir.join(name) } else { dest_dir.clone() };
+                if parents {
+                    if let Some(parent) = target.parent() {
+                        fs::create_dir_all(parent).map_err(io("creating", parent))?;
+                    }
+                }
                 copy_tree(src, &target, &own)?;
             }
         }

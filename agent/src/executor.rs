@@ -54,6 +54,7 @@ pub(crate) mod fake {
         pub cwd: String,
         pub uid: u32,
         pub gid: u32,
+        pub groups: Vec<u32>,
         pub network: String,
         pub binds: Vec<(PathBuf, String, bool)>,
     }
@@ -110,6 +111,7 @@ pub(crate) mod fake {
                 cwd: spec.cwd.to_string(),
                 uid: spec.uid,
                 gid: spec.gid,
+                groups: spec.groups.to_vec(),
                 network: spec.network.to_string(),
                 binds: spec.binds.to_vec(),
             });

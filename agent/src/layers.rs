@@ -35,7 +35,7 @@ pub enum Whiteouts {
     Delete,
 }
 
-/// Decompresses by sniffing the magic bytes: gzip, zstd or plain tar.
+/// Decompresses by sniffing the magic bytes: gzip, zstd, bzip2, xz or plain tar.
 fn decompress(mut r: impl Read + 'static) -> io::Result<Box<dyn Read>> {
     let mut magic = [0u8; 4];
     let n = r.read(&mut magic)?;
@@ -44,6 +44,10 @@ fn decompress(mut r: impl Read + 'static) -> io::Result<Box<dyn Read>> {
         Ok(Box::new(flate2::read::GzDecoder::new(head)))
     } else if n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
         Ok(Box::new(zstd::stream::read::Decoder::new(head)?))
+    } else if n >= 3 && &magic[..3] == b"BZh" {
+        Ok(Box::new(bzip2::read::BzDecoder::new(head)))
+    } else if n == 4 && magic == [0xfd, 0x37, 0x7a, 0x58] {
+        Ok(Box::new(xz2::read::XzDecoder::new(head)))
     } else {
         Ok(Box::new(head))
     }
@@ -161,7 +165,12 @@ fn unpack_special<R: Read>(entry: &tar::Entry<R>, path: &Path, dest: &Path) -> i
     } else {
         SFlag::S_IFBLK
     };
-    let dev = makedev(u64::from(h.device_major()?.unwrap_or(0)), u64::from(h.device_minor()?.unwrap_or(0)));
+    // A FIFO has no device numbers (tar writers leave the fields empty).
+    let dev = if kind.is_fifo() {
+        0
+    } else {
+        makedev(u64::from(h.device_major().ok().flatten().unwrap_or(0)), u64::from(h.device_minor().ok().flatten().unwrap_or(0)))
+    };
     let mode = h.mode()? & 0o7777;
     mknod(&target, flag, Mode::from_bits_truncate(mode), dev).map_err(io::Error::from)?;
     // mknod applies the umask: set the mode as recorded.

@@ -79,6 +79,8 @@ pub struct RunSpec<'a> {
     pub cwd: &'a str,
     pub uid: u32,
     pub gid: u32,
+    /// Supplementary groups (the user's memberships in the image's /etc/group).
+    pub groups: &'a [u32],
     /// `none` gets its own network namespace; `default` and `host` share the host's.
     pub network: &'a str,
     /// Extra bind mounts: (source on the host, destination, read-only).
@@ -139,7 +141,7 @@ fn config(spec: &RunSpec) -> serde_json::Value {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
-            "user": {"uid": spec.uid, "gid": spec.gid},
+            "user": {"uid": spec.uid, "gid": spec.gid, "additionalGids": spec.groups},
             "args": spec.args,
             "env": spec.env,
             "cwd": spec.cwd,

@@ -82,6 +82,9 @@ fn default_quic_keep_alive_ms() -> u64 {
 fn default_usage_window_secs() -> u64 {
     600
 }
+fn default_upload_abandon_secs() -> u64 {
+    3_600
+}
 
 /// A coordinator: one member of the Raft cluster.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -165,6 +168,10 @@ pub struct CoordinatorConfig {
     /// (default 600 s).
     #[serde(default = "default_usage_window_secs")]
     pub usage_window_secs: u64,
+    /// A partial upload no chunk has continued for this long is given up and its file removed
+    /// (default 3600 s).
+    #[serde(default = "default_upload_abandon_secs")]
+    pub upload_abandon_secs: u64,
 }
 
 impl CoordinatorConfig {

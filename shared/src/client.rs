@@ -81,6 +81,11 @@ impl Default for Timeouts {
     }
 }
 
+/// What [`Farm::send_blob`] reads from: it seeks when an upload resumes.
+pub trait ReadSeek: std::io::Read + std::io::Seek {}
+
+impl<T: std::io::Read + std::io::Seek> ReadSeek for T {}
+
 /// A protocol a [`Farm`] speaks with the coordinators, implemented by its request type.
 pub trait FarmProtocol: Serialize + std::fmt::Debug + Send + Sync {
     type Response: DeserializeOwned + std::fmt::Debug + Send;
@@ -355,8 +360,11 @@ impl<P: FarmProtocol> Farm<P> {
     /// Sends what `reader` holds as blob `digest`, chunk by chunk; the receiver verifies it.
     /// Returns the bytes sent.
     /// `owner`: the tenant an agent returns the blob for (ignored for other callers).
-    pub async fn send_blob(&self, digest: &str, reader: &mut (dyn std::io::Read + Send), owner: Option<&str>) -> Result<u64, BlobError> {
+    /// The receiver's offset counts: when it holds another one (an earlier sender was
+    /// interrupted), the upload goes on from there.
+    pub async fn send_blob(&self, digest: &str, reader: &mut (dyn ReadSeek + Send), owner: Option<&str>) -> Result<u64, BlobError> {
         let mut offset = 0u64;
+        let mut resumes = 0;
         let mut buf = vec![0u8; BLOB_CHUNK as usize];
         loop {
             let mut n = 0;
@@ -377,6 +385,14 @@ impl<P: FarmProtocol> Farm<P> {
             let chunk = Duration::from_millis(self.timeouts.blob_chunk_ms);
             match self.call(&req, chunk, chunk).await.map(P::blob_answer) {
                 Ok(Ok(BlobResponse::Stored)) => {}
+                Ok(Ok(BlobResponse::Resume { offset: at })) if resumes < 8 => {
+                    resumes += 1;
+                    reader
+                        .seek(std::io::SeekFrom::Start(at))
+                        .map_err(|source| BlobError::Io { what: format!("resuming blob {digest} at {at}"), source })?;
+                    offset = at;
+                    continue;
+                }
                 Ok(other) => return Err(BlobError::Unexpected { digest: digest.to_string(), answer: format!("{other:?}") }),
                 Err(source) => return Err(BlobError::Transport { digest: digest.to_string(), source }),
             }

@@ -358,3 +358,44 @@ fn leader_failover_and_full_restart_lose_nothing() {
     assert_eq!(c.members(), [(1, true), (2, true), (3, true)]);
     c.ok(c.kiln(&["ls"], work.path()));
 }
+
+/// A CLI killed in the middle of an upload: the next run starts over and succeeds (the
+/// coordinator's offset counts), and the abandoned partial file does not stay.
+#[test]
+fn an_upload_cut_off_midway_does_not_wedge_the_next_build() {
+    let _serial = serial();
+    let mut c = Cluster::start(1);
+    c.add_agent("a1", &["linux/amd64"], 2);
+    let ctx = TempDir::new("cut-upload");
+    // 40 MB that do not compress: ten chunks.
+    let mut big = vec![0u8; 40 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in big.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(ctx.path().join("big.bin"), &big).expect("big file");
+    ctx.write("Dockerfile", "FROM scratch\nCOPY big.bin /big.bin\n");
+    let tmp = c.dir.path().join("c1/blobs/tmp");
+    let partial =
+        || std::fs::read_dir(&tmp).map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).max().unwrap_or(0)).unwrap_or(0);
+    let mut child = Command::new(kiln_tests::kiln_bin())
+        .args(["build", "--progress", "plain", "."])
+        .current_dir(ctx.path())
+        .env("KILN_HOME", c.home())
+        .env("KILN_HOST", c.hosts())
+        .env("KILN_TOKEN", &c.admin_token)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kiln build");
+    wait_for("part of the upload", Duration::from_secs(60), || partial() >= 4 << 20);
+    let _ = child.kill();
+    let _ = child.wait();
+    // Run again: it starts at offset 0 where the coordinator holds more, and succeeds.
+    let out = c.kiln(&["build", "--progress", "plain", "."], ctx.path());
+    c.ok(out);
+    assert_eq!(partial(), 0, "no partial upload is left once the blob is stored");
+}

@@ -1,7 +1,7 @@
 //! The image history's `created_by`, written the way BuildKit writes it: Go's `%v`/`%q`
 //! formatting of the values the instruction set, `RUN |N NAME=VALUE ...` with the stage's
-//! build arguments, `COPY SRC.. DEST` without flags, and ` # buildkit` after the steps that
-//! made a filesystem change. ONBUILD records nothing.
+//! build arguments, `COPY SRC.. DEST` without flags, and ` # buildkit` after RUN, COPY and
+//! ADD. ONBUILD records nothing.
 
 use kiln_shared::frontend::instructions::{CommandLine, Instruction};
 use kiln_shared::frontend::resolve::Step;
@@ -156,7 +156,7 @@ pub(super) fn created_by(step: &Step, cfg: &RunConfig) -> Option<String> {
         }
         Instruction::Copy(c) => sources("COPY", &c.sources, &c.heredocs, &c.dest),
         Instruction::Add(a) => sources("ADD", &a.sources, &a.heredocs, &a.dest),
-        Instruction::Workdir { .. } => format!("WORKDIR {} # buildkit", step.workdir),
+        Instruction::Workdir { .. } => format!("WORKDIR {}", step.workdir),
         Instruction::Env(kv) => pairs("ENV", kv),
         Instruction::Label(kv) => pairs("LABEL", kv),
         Instruction::Arg { args } => {

@@ -30,9 +30,12 @@ impl SliceRun<'_> {
                 env.push(format!("PATH={}", resolve::DEFAULT_PATH));
             }
             let (uid, gid) = copy::resolve_user(&merged, &cfg.user)?;
+            let groups = copy::supplementary_groups(&merged, &cfg.user, gid);
             let cwd = if cfg.working_dir.is_empty() { "/".to_string() } else { cfg.working_dir.clone() };
-            std::fs::create_dir_all(merged.join(cwd.trim_start_matches('/')))
-                .map_err(io_err(format!("creating the working directory {cwd}")))?;
+            // Created inside the rootfs: a symlink on the way is followed within it, never to
+            // the host's own directories.
+            let inside = copy::resolve_rel(&merged, cwd.trim_start_matches('/'), true);
+            std::fs::create_dir_all(merged.join(&inside)).map_err(io_err(format!("creating the working directory {cwd}")))?;
             let mut binds = Vec::new();
             let mut keep = Vec::new();
             for (path, content) in &step.files {
@@ -51,6 +54,12 @@ impl SliceRun<'_> {
                         let host =
                             self.agent.root.join("cachemounts").join(Digest::of(format!("{}\n{id}", stage.platform).as_bytes()).hex());
                         std::fs::create_dir_all(&host).map_err(io_err("creating a cache mount"))?;
+                        // mode, uid and gid apply to the cache directory (BuildKit: 0755, 0:0).
+                        let mode = m.mode.as_deref().and_then(|v| u32::from_str_radix(v, 8).ok()).unwrap_or(0o755);
+                        let id = |v: &Option<String>| v.as_deref().and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
+                        use std::os::unix::fs::PermissionsExt;
+                        std::fs::set_permissions(&host, std::fs::Permissions::from_mode(mode)).map_err(io_err("creating a cache mount"))?;
+                        std::os::unix::fs::chown(&host, Some(id(&m.uid)), Some(id(&m.gid))).map_err(io_err("creating a cache mount"))?;
                         binds.push((host, target, m.readonly == Some(true)));
                     }
                     MountType::Bind => {
@@ -94,8 +103,18 @@ impl SliceRun<'_> {
             }
             let args = step.argv.clone().unwrap_or_default();
             let network = run.network.clone().unwrap_or_else(|| "default".into());
-            let spec =
-                RunSpec { rootfs: &merged, upper: &upper, args: &args, env: &env, cwd: &cwd, uid, gid, network: &network, binds: &binds };
+            let spec = RunSpec {
+                rootfs: &merged,
+                upper: &upper,
+                args: &args,
+                env: &env,
+                cwd: &cwd,
+                uid,
+                gid,
+                groups: &groups,
+                network: &network,
+                binds: &binds,
+            };
             let events = self.events;
             let res = self.agent.executor.run(&format!("kiln-{}-{id}", std::process::id()), &dir.join("bundle"), &spec, &mut |line| {
                 events(Event::Log { id, line: line.to_string() })
@@ -103,7 +122,11 @@ impl SliceRun<'_> {
             drop(keep);
             drop(overlay);
             res?;
-            Ok(layers::diff(&upper, &self.agent.store, self.req.epoch())?)
+            // BuildKit commits a layer for every RUN, the empty one when nothing changed.
+            match layers::diff(&upper, &self.agent.store, self.req.epoch())? {
+                Some(l) => Ok(Some(l)),
+                None => Ok(Some(layers::empty(&self.agent.store)?)),
+            }
         })();
         let _ = std::fs::remove_dir_all(&dir);
         result

@@ -195,11 +195,16 @@ fn cache_scopes_do_not_share_records() {
 }
 
 #[test]
-fn a_run_that_changes_nothing_adds_no_layer() {
+fn a_run_that_changes_nothing_adds_the_empty_layer() {
+    // As BuildKit: every RUN commits a layer; one that changed nothing is the empty tar.
     let f = Fixture::new("empty", RecordingExecutor::default());
     let result = f.build("FROM scratch\nRUN true\n", &[], "shared").expect("build");
-    assert!(result.layers.is_empty(), "{:?}", result.layers);
-    assert!(f.config(&result).history.iter().all(|h| h.empty_layer));
+    assert_eq!(result.layers.len(), 1, "{:?}", result.layers);
+    assert_eq!(result.layers[0].diff_id.hex(), "5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef");
+    let history = f.config(&result).history;
+    assert_eq!(history.len(), 1);
+    assert!(!history[0].empty_layer);
+    assert_eq!(history[0].created_by.as_deref(), Some("RUN /bin/sh -c true # buildkit"));
 }
 
 #[test]

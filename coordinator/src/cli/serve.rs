@@ -77,6 +77,8 @@ pub struct CoordinatorArgs {
     pub quic_keep_alive_ms: Option<u64>,
     #[arg(long)]
     pub usage_window_secs: Option<u64>,
+    #[arg(long)]
+    pub upload_abandon_secs: Option<u64>,
 }
 
 /// Flags override file values: `cfg.field = args.field.unwrap_or(cfg.field)` for each name.
@@ -242,6 +244,7 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         quic_idle_timeout_ms,
         quic_keep_alive_ms,
         usage_window_secs,
+        upload_abandon_secs,
     );
     cfg.validate()?;
     let (join, token) = (args.join, args.token.clone());

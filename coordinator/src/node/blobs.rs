@@ -90,12 +90,27 @@ pub fn put_blob(node: &Node, owner: Option<String>, digest: &str, offset: u64, d
     // Uploads are kept apart per tenant: a tenant proves it has the content by sending it.
     let key = format!("{}\n{digest}", owner.as_deref().unwrap_or(""));
     let mut soft = node.soft();
-    let (path, have) = match soft.uploads.get(&key) {
-        Some(u) => u.clone(),
+    // Uploads nobody has continued for a while are given up (their partial files go).
+    let abandon = std::time::Duration::from_secs(node.cfg.upload_abandon_secs);
+    soft.uploads.retain(|_, u| {
+        let keep = u.2.elapsed() < abandon;
+        if !keep {
+            let _ = std::fs::remove_file(&u.0);
+        }
+        keep
+    });
+    let (mut path, mut have) = match soft.uploads.get(&key) {
+        Some(u) => (u.0.clone(), u.1),
         None => (node.blobs.temp_path(), 0),
     };
     if offset != have {
-        return Err(bad(format!("upload of {digest}: chunk at offset {offset}, expected {have}")));
+        if offset != 0 {
+            // The server's offset is authoritative: the sender resumes from it.
+            return Ok(BlobResponse::Resume { offset: have });
+        }
+        // A sender starting over (a CLI killed mid-upload and run again): so does the server.
+        let _ = std::fs::remove_file(&path);
+        (path, have) = (node.blobs.temp_path(), 0);
     }
     let io = |e: std::io::Error| err(ErrorCode::Internal, format!("storing {digest}: {e}"));
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
@@ -121,7 +136,7 @@ pub fn put_blob(node: &Node, owner: Option<String>, digest: &str, offset: u64, d
         result.map_err(|e| bad(format!("upload of {digest}: {e}")))?;
         own()?;
     } else {
-        soft.uploads.insert(key, (path, have + data.len() as u64));
+        soft.uploads.insert(key, (path, have + data.len() as u64, std::time::Instant::now()));
     }
     Ok(BlobResponse::Stored)
 }

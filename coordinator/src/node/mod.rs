@@ -65,8 +65,8 @@ pub struct Soft {
     pub finishing: HashSet<BuildId>,
     /// When this coordinator last became leader: agents get a grace period from then.
     pub leader_since: Option<Instant>,
-    /// Partial uploads: digest → bytes received so far (in a temp file).
-    pub uploads: HashMap<String, (std::path::PathBuf, u64)>,
+    /// Partial uploads: (tenant, digest) → the temp file, bytes received so far, last chunk.
+    pub uploads: HashMap<String, (std::path::PathBuf, u64, Instant)>,
     /// Running slices per agent, as of an applied log index: polls look up their own list
     /// instead of each scanning every build.
     pub assigned: Option<(u64, Arc<Assigned>)>,
@@ -298,6 +298,12 @@ pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option
     let sm = store.state_machine();
     let raft = Raft::new(cfg.id, Arc::new(raft_config), Network::new(pool.clone()), store.log_store(), sm.clone()).await?;
     let blobs = ContentStore::open(&cfg.data_dir.join("blobs"))?;
+    // Partial uploads of an earlier process cannot be continued (their offsets were soft state).
+    if let Ok(entries) = std::fs::read_dir(cfg.data_dir.join("blobs/tmp")) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     let owners = owners::Owners::open(&cfg.data_dir.join("blob-owners")).context("opening blob-owners")?;
     let node = Arc::new(Node {
         id: cfg.id,

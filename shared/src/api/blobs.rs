@@ -31,6 +31,9 @@ pub enum BlobRequest {
 pub enum BlobResponse {
     /// For [`BlobRequest::Put`].
     Stored,
+    /// For [`BlobRequest::Put`] at an offset the server does not hold: its offset is the one
+    /// that counts, and the sender goes on from there (an interrupted upload resumes).
+    Resume { offset: u64 },
     /// For [`BlobRequest::Missing`]: the digests still to upload.
     Missing(Vec<String>),
     /// For [`BlobRequest::Get`]: blob content, as one byte string (not a sequence of numbers).

@@ -509,7 +509,7 @@ impl<'a> Resolver<'a> {
                             a.default = Some(self.word(d, &scope, pos)?);
                         }
                         self.consumed.insert(a.name.clone());
-                        declared_args.retain(|n| *n != a.name);
+                        // BuildKit lists a re-declared ARG again.
                         declared_args.push(a.name.clone());
                         let value = self
                             .build_arg(&a.name)
