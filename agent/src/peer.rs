@@ -134,9 +134,8 @@ pub struct Peer {
     tables: Mutex<HashMap<Digest, Arc<ChunkTable>>>,
     up: Option<RateLimit>,
     down: Option<RateLimit>,
-    endpoint: quinn::Endpoint,
-    conns: tokio::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>,
-    next_id: AtomicU64,
+    /// Connections to other agents' peer endpoints.
+    pool: kiln_shared::pool::Pool,
     /// Bytes served to peers.
     pub served: AtomicU64,
     /// Chunk size of the tables this agent computes ([`kiln_shared::chunks::CHUNK_SIZE`]).
@@ -178,9 +177,10 @@ impl Peer {
             tables: Mutex::new(HashMap::new()),
             up: RateLimit::new(limit_bytes_per_s),
             down: RateLimit::new(limit_bytes_per_s),
-            endpoint: transport::client_with(ca, Some(identity), &timeouts.quic)?,
-            conns: tokio::sync::Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
+            pool: kiln_shared::pool::Pool::new(
+                transport::client_with(ca, Some(identity), &timeouts.quic)?,
+                Duration::from_millis(timeouts.connect_ms),
+            ),
             served: AtomicU64::new(0),
             chunk_size: kiln_shared::chunks::CHUNK_SIZE,
             timeouts,
@@ -339,26 +339,8 @@ impl Peer {
         Ok(buf)
     }
 
-    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, TransportError> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(&addr) {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
-            }
-        }
-        let c = transport::connect(&self.endpoint, addr, Duration::from_millis(self.timeouts.connect_ms)).await?;
-        conns.insert(addr, c.clone());
-        Ok(c)
-    }
-
     async fn call(&self, addr: SocketAddr, body: PeerRequest, deadline: Duration) -> Result<PeerResponse, TransportError> {
-        let conn = self.connection(addr).await?;
-        let env = Envelope { request_id: self.next_id.fetch_add(1, Ordering::Relaxed), deadline_ms: deadline.as_millis() as u32, body };
-        let r = transport::call(&conn, &env).await;
-        if matches!(r, Err(TransportError::Closed(_) | TransportError::Timeout { .. })) {
-            self.conns.lock().await.remove(&addr);
-        }
-        r
+        self.pool.call(addr, body, deadline).await
     }
 
     async fn call_chunk(
@@ -369,17 +351,16 @@ impl Peer {
         buf: Vec<u8>,
         align: usize,
     ) -> Result<(PeerResponse, Vec<u8>, usize), TransportError> {
-        let conn = self.connection(addr).await?;
-        let body = PeerRequest::GetChunk { digest: d.to_string(), index: i as u32 };
-        let env = Envelope {
-            request_id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            deadline_ms: u32::try_from(self.timeouts.chunk_ms).unwrap_or(u32::MAX),
-            body,
-        };
-        let r = transport::call_with_body(&conn, &env, kiln_shared::chunks::MAX_CHUNK as usize, buf, align).await;
-        if matches!(r, Err(TransportError::Closed(_) | TransportError::Timeout { .. })) {
-            self.conns.lock().await.remove(&addr);
+        let deadline = Duration::from_millis(self.timeouts.chunk_ms);
+        let r = async {
+            let conn = self.pool.connection(addr, deadline).await?;
+            let body = PeerRequest::GetChunk { digest: d.to_string(), index: i as u32 };
+            let env =
+                Envelope { request_id: self.pool.next_id(), deadline_ms: u32::try_from(self.timeouts.chunk_ms).unwrap_or(u32::MAX), body };
+            transport::call_with_body(&conn, &env, kiln_shared::chunks::MAX_CHUNK as usize, buf, align).await
         }
+        .await;
+        self.pool.settle(addr, &r).await;
         r
     }
 
@@ -670,7 +651,7 @@ impl Peer {
     }
 
     pub fn close(&self) {
-        self.endpoint.close(0u32.into(), b"bye");
+        self.pool.close();
     }
 }
 

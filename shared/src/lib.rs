@@ -14,6 +14,7 @@ pub mod join;
 pub mod layout;
 pub mod oci;
 pub mod platform;
+pub mod pool;
 pub mod registry;
 pub mod store;
 pub mod task;

@@ -20,12 +20,23 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// A relative path from the wire (bytes) that stays inside the context directory.
+/// A relative path from the wire (bytes) that stays inside the context directory: no `..`,
+/// nothing absolute, and no earlier entry's symlink on the way (a manifest that sends `link ->
+/// /etc` and then `link/passwd` writes nothing outside).
 fn inside(dir: &Path, rel: &[u8]) -> Result<PathBuf, SliceError> {
     use std::os::unix::ffi::OsStrExt;
+    let escapes = || SliceError::Escapes { path: String::from_utf8_lossy(rel).into_owned() };
     let p = Path::new(std::ffi::OsStr::from_bytes(rel));
     if rel.is_empty() || p.is_absolute() || p.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
-        return Err(SliceError::Escapes { path: String::from_utf8_lossy(rel).into_owned() });
+        return Err(escapes());
+    }
+    let mut at = dir.to_path_buf();
+    let parts: Vec<_> = p.components().collect();
+    for c in &parts[..parts.len() - 1] {
+        at.push(c);
+        if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(escapes());
+        }
     }
     Ok(dir.join(p))
 }
@@ -103,4 +114,75 @@ fn write_entries(engine: &Agent, entries: &[kiln_shared::api::ContextEntry], dir
             .map_err(|source| SliceError::EntryMode { path: String::from_utf8_lossy(&e.path).into_owned(), source })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_shared::api::ContextEntry;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    fn entry(path: &[u8], kind: EntryKind, mode: u32) -> ContextEntry {
+        ContextEntry { path: path.to_vec(), kind, mode, uid: 0, gid: 0 }
+    }
+
+    fn agent(root: &Path) -> Agent {
+        Agent::open(root, &[]).expect("agent")
+    }
+
+    /// The context a slice runs on is the manifest's, exactly: bytes of names, kinds, modes.
+    #[test]
+    fn the_context_is_recreated_from_its_manifest() {
+        let root = std::env::temp_dir().join(format!("kiln-worker-ctx-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let engine = agent(&root.join("agent"));
+        let d = engine.store.put(b"hello\n").expect("blob");
+        let file = |_mode: u32| EntryKind::File { digest: d.to_string(), size: 6 };
+        let entries = vec![
+            entry(b"sub", EntryKind::Dir, 0o750),
+            entry(b"sub/a.txt", file(0o640), 0o640),
+            entry(b"caf\xe9.txt", file(0o644), 0o644),
+            entry(b"link", EntryKind::Symlink { target: b"sub/a.txt".to_vec() }, 0o777),
+            entry(b"pipe", EntryKind::Fifo, 0o600),
+        ];
+        let dir = root.join("ctx");
+        write_entries(&engine, &entries, &dir).expect("written");
+        assert_eq!(std::fs::read_to_string(dir.join("sub/a.txt")).unwrap(), "hello\n");
+        assert_eq!(std::fs::metadata(dir.join("sub")).unwrap().mode() & 0o7777, 0o750);
+        assert_eq!(std::fs::metadata(dir.join("sub/a.txt")).unwrap().mode() & 0o7777, 0o640);
+        use std::os::unix::ffi::OsStrExt;
+        assert!(dir.join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt")).is_file(), "a non-UTF-8 name arrives as its bytes");
+        assert_eq!(std::fs::read_link(dir.join("link")).unwrap(), Path::new("sub/a.txt"));
+        assert!(std::fs::symlink_metadata(dir.join("pipe")).unwrap().file_type().is_fifo());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// A manifest cannot write outside the context: not with `..`, an absolute path, or
+    /// through a symlink it sent before.
+    #[test]
+    fn a_manifest_cannot_write_outside_the_context() {
+        let root = std::env::temp_dir().join(format!("kiln-worker-escape-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let engine = agent(&root.join("agent"));
+        let d = engine.store.put(b"owned").expect("blob");
+        let outside = root.join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        let file = EntryKind::File { digest: d.to_string(), size: 5 };
+        for bad in [
+            vec![entry(b"../escaped", file.clone(), 0o644)],
+            vec![entry(b"/tmp/escaped", file.clone(), 0o644)],
+            vec![
+                entry(b"link", EntryKind::Symlink { target: outside.as_os_str().as_encoded_bytes().to_vec() }, 0o777),
+                entry(b"link/escaped", file.clone(), 0o644),
+            ],
+        ] {
+            let dir = root.join("ctx");
+            let _ = std::fs::remove_dir_all(&dir);
+            let err = write_entries(&engine, &bad, &dir).expect_err("refused");
+            assert!(matches!(err, SliceError::Escapes { .. }), "{err}");
+        }
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing was written outside");
+        assert!(!root.join("escaped").exists());
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }
