@@ -278,7 +278,11 @@ pub struct SliceOutcome {
     pub attempt: u32,
     /// The descriptor of the slice's manifest, with its platform.
     pub manifest: Descriptor,
+    /// Some RUN step ran under emulation (not merely: the agent emulates the platform).
     pub emulated: bool,
+    /// The RUN steps that ran under emulation, as the progress names them.
+    #[serde(default)]
+    pub emulated_steps: Vec<String>,
     pub duration_ms: u64,
     pub cache_hits: u32,
     pub cache_misses: u32,
@@ -336,6 +340,9 @@ pub struct SliceView {
     pub state: SliceState,
     pub agent: String,
     pub emulated: bool,
+    /// The RUN steps that ran under emulation.
+    #[serde(default)]
+    pub emulated_steps: Vec<String>,
     pub attempt: u32,
     /// The manifest's descriptor once the slice is done.
     pub manifest: Option<Descriptor>,
@@ -591,6 +598,7 @@ mod tests {
             attempt: 1,
             manifest,
             emulated: false,
+            emulated_steps: vec![],
             duration_ms: 5,
             cache_hits: 1,
             cache_misses: 2,

@@ -113,6 +113,7 @@ async fn poll_loop(farm: Arc<AgentFarm>, name: String, seen: Arc<Mutex<Seen>>) {
                         1,
                     ),
                     emulated: false,
+                    emulated_steps: vec![],
                     duration_ms: 1,
                     cache_hits: 0,
                     cache_misses: 0,

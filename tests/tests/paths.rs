@@ -242,6 +242,23 @@ fn check(t: &Target, base: &str, registry: &Registry) -> String {
         }
     }
     assert!(progress.contains("[linux/amd64") || progress.contains(" linux/amd64 "), "{}: {progress}", t.name());
+    // `emulated` says what happened: the arm64 slice's RUN steps ran under qemu (and the
+    // progress says so on each), the amd64 slice's natively.
+    for s in slices {
+        let steps: Vec<&str> = s["emulated_steps"].as_array().expect("emulated_steps").iter().filter_map(|v| v.as_str()).collect();
+        match s["platform"].as_str() {
+            Some("linux/arm64") => {
+                assert_eq!(s["emulated"], true, "{}: {s}", t.name());
+                assert!(steps.len() == 2 && steps.iter().all(|st| st.contains("] RUN ")), "{}: {steps:?}", t.name());
+            }
+            _ => assert!(s["emulated"] == false && steps.is_empty(), "{}: {s}", t.name()),
+        }
+    }
+    assert!(
+        progress.lines().any(|l| l.contains("linux/arm64") && l.contains("RUN") && l.ends_with("(emulated)")),
+        "{}: {progress}",
+        t.name()
+    );
     digest
 }
 

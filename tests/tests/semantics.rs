@@ -290,3 +290,32 @@ fn images_with_many_layers_build() {
     assert_eq!(read(&out.join("ends")), "0\n59\n");
     assert_eq!(cfg["rootfs"]["diff_ids"].as_array().map(Vec::len), Some(63));
 }
+
+/// A cross-compiling Dockerfile (every RUN on the build platform) is not emulated for a
+/// foreign target, and the metadata says which steps were.
+#[test]
+fn a_cross_compile_is_not_emulated() {
+    let e = env();
+    e.ctx.write(
+        "Dockerfile",
+        &format!(
+            "FROM --platform=$BUILDPLATFORM {} AS build\nRUN uname -m > /built-on\nFROM {}\nCOPY --from=build /built-on /built-on\n",
+            e.base, e.base
+        ),
+    );
+    let meta = e.ctx.path().join("m.json");
+    let out = Command::new(kiln_tests::kiln_bin())
+        .args(["build", "--progress", "plain", "--platform", "linux/arm64", "--metadata-file"])
+        .arg(&meta)
+        .arg(".")
+        .env("KILN_HOME", e.home.path())
+        .current_dir(e.ctx.path())
+        .bounded()
+        .expect("kiln");
+    ok(out);
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).expect("meta")).expect("json");
+    let s = &v["kiln.slices"][0];
+    assert_eq!(s["platform"], "linux/arm64");
+    assert_eq!(s["emulated"], false, "the RUN ran on the build platform: {s}");
+    assert_eq!(s["emulated_steps"], serde_json::json!([]), "{s}");
+}

@@ -56,9 +56,21 @@ pub struct SliceRequest<'a> {
     pub cache_scope: &'a str,
     /// Caches imported with `--cache-from`: where a miss looks after the farm's peers.
     pub remote: &'a [&'a dyn RemoteCache],
+    /// The platforms this agent counts as native (what the farm was told); empty: what the
+    /// host probe found. A RUN step of a stage on another platform runs under emulation.
+    pub native: &'a [Platform],
 }
 
 impl SliceRequest<'_> {
+    /// Whether a stage on `platform` runs its RUN steps under emulation on this agent.
+    pub fn emulates(&self, platform: &Platform, probed: &HostPlatforms) -> bool {
+        if self.native.is_empty() {
+            probed.is_emulated(platform)
+        } else {
+            !self.native.contains(platform)
+        }
+    }
+
     /// `SOURCE_DATE_EPOCH`, a build argument as in BuildKit (the CLI passes its environment's
     /// value as one, as buildx does): timestamps in layers and the config are clamped to it.
     pub fn epoch(&self) -> Option<u64> {
@@ -82,7 +94,10 @@ pub trait RemoteCache: Sync {
 #[derive(Clone, Debug, Serialize)]
 pub struct SliceResult {
     pub platform: Platform,
+    /// Some RUN step of the slice runs (or, from the cache, ran) under emulation.
     pub emulated: bool,
+    /// Those steps, as the progress names them (`[stage-0 3/5] RUN ...`).
+    pub emulated_steps: Vec<String>,
     /// The manifest, with its platform set.
     pub manifest: Descriptor,
     /// Every blob of the image: layers, config, manifest.
@@ -173,6 +188,8 @@ struct SliceRun<'a> {
     hits: AtomicU32,
     misses: AtomicU32,
     peer_hits: AtomicU32,
+    /// RUN steps of stages this agent emulates.
+    pub emulated_steps: Mutex<Vec<String>>,
     /// (stage, key, record JSON) of every step, hit or not.
     records: Mutex<Vec<(usize, String, String)>>,
 }

@@ -36,13 +36,12 @@ impl Agent {
         }
         let df = frontend::parse(req.dockerfile).map_err(|e| e.in_file(req.dockerfile_name))?;
         let images = RegistryImages { agent: self, errors: Mutex::new(Vec::new()) };
-        let opts = Options {
-            platform: req.platform.clone(),
-            build_platform: Platform::host(),
-            build_args: req.build_args,
-            target: req.target,
-            images: &images,
-        };
+        // The build platform is this machine's own: the host's, unless the agent declared
+        // other native platforms (then the first of those).
+        let host = Platform::host();
+        let build_platform = if req.native.is_empty() || req.native.contains(&host) { host } else { req.native[0].clone() };
+        let opts =
+            Options { platform: req.platform.clone(), build_platform, build_args: req.build_args, target: req.target, images: &images };
         let plan = resolve::resolve(&df, &opts).map_err(|e| e.in_file(req.dockerfile_name));
         if let Some(e) = images.errors.lock().ok().and_then(|mut e| e.pop()) {
             return Err(e);
@@ -58,6 +57,7 @@ impl Agent {
             misses: AtomicU32::new(0),
             peer_hits: AtomicU32::new(0),
             records: Mutex::new(Vec::new()),
+            emulated_steps: Mutex::new(Vec::new()),
         };
         // Stages run in waves: every stage whose dependencies are built runs now, side by side.
         let mut pending: Vec<&Stage> = plan.stages.iter().collect();
@@ -95,9 +95,11 @@ impl Agent {
             .into_iter()
             .map(|(stage, key, state_json)| kiln_shared::api::CacheRecord { key, state_json, in_final: chain.contains(&stage) })
             .collect();
+        let emulated_steps = std::mem::take(&mut *run.emulated_steps.lock().unwrap_or_else(|e| e.into_inner()));
         Ok(SliceResult {
             platform: req.platform.clone(),
-            emulated: self.platforms.is_emulated(&req.platform),
+            emulated: !emulated_steps.is_empty(),
+            emulated_steps,
             manifest,
             blobs,
             layers: final_state.layers.clone(),
@@ -141,9 +143,15 @@ impl SliceRun<'_> {
             state.config.config.set_env("PATH", resolve::DEFAULT_PATH);
         }
         (self.events)(Event::Done { id, secs: t.elapsed().as_secs_f64() });
+        let emulated = self.req.emulates(&stage.platform, &self.agent.platforms);
         for (n, step) in stage.steps.iter().enumerate() {
             let text = print::instruction(&step.instruction, Style::Expanded);
-            let name = format!("[{} {label} {}/{total}] {text}", self.req.platform, n + 2);
+            let mut name = format!("[{} {label} {}/{total}] {text}", self.req.platform, n + 2);
+            if emulated && matches!(step.instruction, Instruction::Run(_)) {
+                // Which steps ran under qemu, in the progress and (collected) the metadata.
+                self.emulated_steps.lock().unwrap_or_else(|e| e.into_inner()).push(format!("[{label} {}/{total}] {text}", n + 2));
+                name.push_str(" (emulated)");
+            }
             let id = self.agent.next_id();
             (self.events)(Event::Start { id, name });
             let t = Instant::now();

@@ -68,6 +68,7 @@ impl Fixture {
             no_cache: false,
             cache_scope: scope,
             remote: &[],
+            native: &[],
         };
         self.agent.run_slice(&req, &|_| {})
     }

@@ -62,6 +62,7 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
     let engine = w.engine.clone();
     let spec = task.spec.clone();
     let platform = task.platform.clone();
+    let native = w.native.clone();
     let context = dir.clone();
     let uploaded = uploaded_caches(w, task).await?;
     let handle = tokio::runtime::Handle::current();
@@ -101,6 +102,7 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
             no_cache: spec.no_cache,
             cache_scope: &spec.cache_scope,
             remote: &remote,
+            native: &native,
         };
         let mut result = engine.run_slice(&req, &|e| {
             let _ = tx.send(e);
@@ -160,9 +162,11 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
         slice: task.slice,
         attempt: task.attempt,
         manifest,
-        // What the farm declared, not what the engine guessed: a host declared native for a
-        // platform (`--platform`) runs it natively as far as scheduling is concerned.
-        emulated: !w.native.contains(&task.platform),
+        // What happened, with the farm's notion of native (a host declared native for a
+        // platform runs it natively): some RUN step ran under emulation. A slice that runs its
+        // RUN steps on the build platform (`FROM --platform=$BUILDPLATFORM`) is not emulated.
+        emulated: result.emulated,
+        emulated_steps: result.emulated_steps.clone(),
         duration_ms: result.duration_ms,
         cache_hits: result.cache_hits,
         cache_misses: result.cache_misses,

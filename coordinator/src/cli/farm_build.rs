@@ -307,6 +307,7 @@ pub fn finish(view: &BuildView, tags: &[String], metadata_file: Option<&Path>, m
                 "platform": s.platform.to_string(),
                 "agent": s.agent,
                 "emulated": s.emulated,
+                "emulated_steps": s.emulated_steps,
                 "manifest_digest": s.manifest.as_ref().map(|d| d.digest.to_string()).unwrap_or_default(),
                 "duration_ms": s.duration_ms,
                 "queue_ms": s.queue_ms,

@@ -20,6 +20,7 @@ fn slice_view(key: SliceKey, s: &raft::SliceRecord, now: u64, waiting: Option<St
         state: s.state,
         agent: s.agent.clone(),
         emulated: s.emulated,
+        emulated_steps: s.emulated_steps.clone(),
         attempt: s.attempt.to_wire(),
         manifest: s.manifest.clone(),
         queue_ms,

@@ -149,6 +149,8 @@ pub struct SliceRecord {
     pub state: SliceState,
     pub agent: String,
     pub emulated: bool,
+    #[serde(default)]
+    pub emulated_steps: Vec<String>,
     pub attempt: Attempt,
     /// When it was (last) queued and when it was (last) assigned.
     pub queued_at_ms: u64,
@@ -194,6 +196,7 @@ impl BuildRecord {
                 state: SliceState::Queued,
                 agent: String::new(),
                 emulated: false,
+                emulated_steps: vec![],
                 attempt: Attempt::NONE,
                 queued_at_ms: at_ms,
                 assigned_at_ms: 0,
@@ -339,6 +342,7 @@ impl ClusterState {
                 s.cache_peer_hits = outcome.cache_peer_hits;
                 s.records = outcome.records.clone();
                 s.emulated = outcome.emulated;
+                s.emulated_steps = outcome.emulated_steps.clone();
                 // Only slices that executed steps say anything about speed.
                 if outcome.cache_misses > 0 {
                     let arch = s.platform.arch().to_string();
@@ -479,6 +483,7 @@ mod tests {
             attempt,
             manifest: Descriptor::new(kiln_shared::oci::MEDIA_MANIFEST, kiln_shared::Digest::of(b"{}"), 2),
             emulated: false,
+            emulated_steps: vec![],
             duration_ms: 10,
             cache_hits: 0,
             cache_misses: 1,
