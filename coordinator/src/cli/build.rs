@@ -161,14 +161,6 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `$KILN_HOME`, else `~/.local/share/kiln`.
-pub fn kiln_home() -> PathBuf {
-    match std::env::var_os("KILN_HOME") {
-        Some(h) => PathBuf::from(h),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".local/share/kiln"),
-    }
-}
-
 /// A real build, on the farm named by `--host`/`KILN_HOST` or on the embedded farm: the same
 /// path either way (upload what the farm lacks, submit, follow, write the outputs).
 fn build(

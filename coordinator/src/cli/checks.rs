@@ -46,7 +46,7 @@ pub fn warnings(
     registry: Option<(&RegistryClient, &Platform)>,
 ) -> anyhow::Result<(CheckConfig, Vec<Warning>)> {
     let config = CheckConfig::parse(df.directives.check.as_deref()).map_err(anyhow::Error::msg)?;
-    let store = ContentStore::open(&super::build::kiln_home().join("client/content"))?;
+    let store = ContentStore::open(&super::home::kiln_home().join("client/content"))?;
     let base_env = |image: &str| -> Option<Vec<String>> {
         let (client, platform) = registry?;
         image_env(client, &store, image, platform)

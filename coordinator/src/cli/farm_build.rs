@@ -162,7 +162,7 @@ pub fn run(
 /// `-o type=oci` and `-o type=local`: the agents sent their images to the coordinator; fetch
 /// the manifests, configs and layers into the client's store and write each output.
 async fn write_outputs(farm: &ClientFarm, view: &BuildView, outputs: &[Output], tags: &[String]) -> anyhow::Result<()> {
-    let store = kiln_shared::store::ContentStore::open(&super::build::kiln_home().join("client/content"))?;
+    let store = kiln_shared::store::ContentStore::open(&super::home::kiln_home().join("client/content"))?;
     let index = view.index().context("the build's index")?.ok_or_else(|| anyhow!("the build is done but has no index"))?;
     let mut blobs = Vec::new();
     let mut images = Vec::new();
@@ -226,7 +226,7 @@ fn unpack_images(
 
 /// A fresh path in the client's scratch directory (removed by the caller).
 fn tempfile_in_home(what: &str) -> anyhow::Result<PathBuf> {
-    let dir = super::build::kiln_home().join("client/tmp");
+    let dir = super::home::kiln_home().join("client/tmp");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir.join(format!("{what}-{}-{}", std::process::id(), crate::node::random_hex(4)?)))
 }
@@ -269,7 +269,7 @@ fn to_stdout(path: &Path) -> anyhow::Result<()> {
 
 /// `--cache-to type=local` on a farm: the agents sent the records' layers to the coordinator.
 async fn write_cache(farm: &ClientFarm, view: &BuildView, dest: &Path) -> anyhow::Result<()> {
-    let store = kiln_shared::store::ContentStore::open(&super::build::kiln_home().join("client/content"))?;
+    let store = kiln_shared::store::ContentStore::open(&super::home::kiln_home().join("client/content"))?;
     for l in kiln_agent::cache::layers(&view.cache_records)? {
         farm.fetch_blob(&store, &l.digest).await?;
     }

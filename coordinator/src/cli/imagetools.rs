@@ -87,7 +87,7 @@ fn inspect(reference: &str, raw: bool, insecure: &[String]) -> anyhow::Result<Ex
 
 fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
     let client = RegistryClient::new(&args.insecure);
-    let home = super::build::kiln_home();
+    let home = super::home::kiln_home();
     let store = ContentStore::open(&home.join("agent/content"))?;
     let targets: Vec<Reference> = args.tags.iter().map(|t| t.parse()).collect::<Result<_, _>>()?;
     // Every source's manifests, with the platform each is for.

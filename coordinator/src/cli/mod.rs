@@ -7,6 +7,7 @@ pub mod builder;
 pub mod checks;
 pub mod context;
 pub mod farm_build;
+pub mod home;
 pub mod imagetools;
 pub mod outputs;
 pub mod progress;

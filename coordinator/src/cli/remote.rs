@@ -2,7 +2,7 @@
 //! (`--token`, else `KILN_TOKEN`), with neither the embedded farm started in this process, and the
 //! builder in use (`kiln use`, kept per farm in `$KILN_HOME/client.json`).
 
-use super::build::kiln_home;
+use super::home::kiln_home;
 use crate::embedded::Embedded;
 use anyhow::{anyhow, bail, Context as _};
 use clap::Args;

@@ -8,8 +8,8 @@
 pub use super::ast::*;
 use super::error::{ErrorKind, FrontendError, Result};
 use super::flags::{self, FlagWord, Flags, Kind};
+use super::line::LogicalLine;
 use super::mount::Mount;
-use super::parser::LogicalLine;
 
 /// True for the instructions whose lines may open heredocs.
 pub fn may_have_heredocs(text: &str) -> bool {

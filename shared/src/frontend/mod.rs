@@ -13,6 +13,7 @@ pub mod dockerignore;
 pub mod error;
 pub mod flags;
 pub mod instructions;
+pub mod line;
 pub mod lint;
 pub mod mount;
 pub mod parser;
