@@ -117,6 +117,18 @@ impl Embedded {
     pub fn start(home: &Path, runtime: &tokio::runtime::Runtime) -> anyhow::Result<Embedded> {
         let lock = lock(home)?;
         let home = home.canonicalize().with_context(|| format!("resolving {}", home.display()))?;
+        // State an older kiln wrote is kept, moved aside, and the embedded farm starts afresh.
+        let state = home.join("coordinator");
+        if let Some(found) = crate::node::other_state_format(&state) {
+            let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let aside = home.join(format!("coordinator.format-{found}.{secs}"));
+            std::fs::rename(&state, &aside).with_context(|| format!("moving {} aside", state.display()))?;
+            tracing::warn!(
+                "the embedded farm's state in {} was written by another kiln version (format {found}); it was moved to {} and the farm starts afresh (builders made here must be created again)",
+                state.display(),
+                aside.display()
+            );
+        }
         let listen = free_port(None)?;
         let ccfg = coordinator_config(home.join("coordinator"), listen)?;
         let acfg = agent_config(home.join("agent"), listen, free_port(last_agent_endpoint(&home))?)?;
@@ -147,18 +159,37 @@ impl Embedded {
                     Ok(())
                 }
                 Ok(Err(_)) => {
-                    // The worker ended before registering: its error says why.
+                    // A coordinator that stopped is the cause; else the worker's error says why.
+                    if let Some(e) = coordinator_failure(&mut farm).await {
+                        return Err(e);
+                    }
                     let agent = farm.agent.take().ok_or_else(|| anyhow!("no agent"))?;
                     match agent.await {
                         Ok(Err(e)) => Err(anyhow!("the embedded agent: {e}")),
                         _ => Err(anyhow!("the embedded agent stopped before registering")),
                     }
                 }
-                Err(_) => Err(anyhow!("the embedded agent did not register within {START_TIMEOUT:?}")),
+                Err(_) => match coordinator_failure(&mut farm).await {
+                    Some(e) => Err(e),
+                    None => Err(anyhow!("the embedded agent did not register within {START_TIMEOUT:?}")),
+                },
             }
         })?;
         Ok(farm)
     }
+}
+
+/// The embedded coordinator's error, if it has stopped.
+async fn coordinator_failure(farm: &mut Embedded) -> Option<anyhow::Error> {
+    if !farm.coordinator.as_ref().is_some_and(|c| c.is_finished()) {
+        return None;
+    }
+    let c = farm.coordinator.take()?;
+    Some(match c.await {
+        Ok(Err(e)) => anyhow!("the embedded coordinator: {e}"),
+        Ok(Ok(())) => anyhow!("the embedded coordinator stopped"),
+        Err(e) => anyhow!("the embedded coordinator failed: {e}"),
+    })
 }
 
 impl Drop for Embedded {

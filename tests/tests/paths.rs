@@ -296,3 +296,37 @@ fn builders_work_embedded() {
     let out = t.kiln(&["rm", "embedded"], dir.path());
     assert!(stderr(&out).contains("context builder cannot be removed"), "{}", stderr(&out));
 }
+
+/// An embedded farm whose state an older kiln wrote (a log this kiln cannot decode) starts
+/// afresh and keeps the old state beside it, with a warning; a farm coordinator refuses it.
+#[test]
+fn an_older_kilns_state_is_moved_aside() {
+    let home = TempDir::new("paths-old-state");
+    std::fs::create_dir_all(home.path().join("coordinator")).expect("coordinator dir");
+    std::fs::write(home.path().join("coordinator/raft.redb"), b"an older kiln's log").expect("old log");
+    let t = Target::Embedded(home);
+    let dir = TempDir::new("paths-old-state-cwd");
+    let out = t.ok(&["ls"], dir.path());
+    assert!(stderr(&out).contains("was written by another kiln version (format 1-3); it was moved to"), "{}", stderr(&out));
+    let Target::Embedded(home) = &t else { unreachable!() };
+    let kept: Vec<String> = std::fs::read_dir(home.path())
+        .expect("home")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("coordinator.format-1-3."))
+        .collect();
+    assert_eq!(kept.len(), 1, "the old state is kept");
+    assert_eq!(std::fs::read(home.path().join(&kept[0]).join("raft.redb")).expect("kept log"), b"an older kiln's log");
+    // A farm coordinator is not moved: it refuses, naming the data dir.
+    let data = TempDir::new("paths-old-coordinator");
+    std::fs::write(data.path().join("raft.redb"), b"old").expect("old log");
+    let port = kiln_tests::free_port();
+    let out = Command::new(kiln_bin())
+        .args(["coordinator", "--id", "1", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data.path())
+        .args(["--peers", &format!("1=127.0.0.1:{port}")])
+        .bounded()
+        .expect("kiln coordinator");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("holds coordinator state of format 1-3, written by another kiln version"), "{}", stderr(&out));
+}

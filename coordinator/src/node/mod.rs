@@ -272,6 +272,35 @@ impl Node {
 
 /// Starts a coordinator and serves until `stop` is cancelled. `join` and `token` are only used
 /// by a member that has no CA yet (see [`bootstrap`]).
+/// The shape of the Raft log and state this kiln writes. A data dir written by a kiln with
+/// another shape cannot be read: its log entries no longer decode.
+pub const STATE_FORMAT: u32 = 4;
+const STATE_FORMAT_FILE: &str = "state-format";
+
+/// Whether `dir` holds Raft state of another format (`Some(found)`; `None`: same, or none yet).
+pub fn other_state_format(dir: &std::path::Path) -> Option<String> {
+    if !dir.join("raft.redb").exists() {
+        return None;
+    }
+    let found = std::fs::read_to_string(dir.join(STATE_FORMAT_FILE)).map(|s| s.trim().to_string()).unwrap_or_else(|_| "1-3".into());
+    (found != STATE_FORMAT.to_string()).then_some(found)
+}
+
+/// Refuses a data dir another kiln wrote (a clear message instead of a log that fails to
+/// decode), and marks a new one with this kiln's format.
+fn check_state_format(dir: &std::path::Path) -> anyhow::Result<()> {
+    if let Some(found) = other_state_format(dir) {
+        anyhow::bail!(
+            "{} holds coordinator state of format {found}, written by another kiln version; this kiln reads format {STATE_FORMAT}: start it with a new --data-dir (or move this one away) and re-create builders and tokens",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join(STATE_FORMAT_FILE), format!("{STATE_FORMAT}\n"))
+        .with_context(|| format!("writing {}", dir.join(STATE_FORMAT_FILE).display()))?;
+    Ok(())
+}
+
 pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option<String>, stop: CancellationToken) -> anyhow::Result<()> {
     cfg.validate()?;
     let creds = bootstrap::credentials(&cfg, join, token.as_deref(), &stop).await?;
@@ -282,6 +311,7 @@ pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option
         transport::client_with(&ca_der, Some(&creds.identity), &cfg.quic())?,
         Duration::from_millis(cfg.peer_connect_timeout_ms),
     );
+    check_state_format(&cfg.data_dir)?;
     let store = Store::open(cfg.data_dir.join("raft.redb"))?;
     let raft_config = openraft::Config {
         cluster_name: "kiln".into(),
