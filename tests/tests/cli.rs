@@ -206,3 +206,13 @@ fn build_checks_as_buildx_prints_them() {
     let out = kiln(&["build", "--call=lint", "."], dir.path());
     assert!(stderr(&out).contains("--call \"lint\" is not supported"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_flag_kiln_lacks_is_named_in_one_line() {
+    for flag in ["--ssh", "--secret=id=x", "--build-context"] {
+        let out = kiln(&["build", flag, "v", "."], &repo_root());
+        assert_eq!(out.status.code(), Some(2));
+        let name = flag.split('=').next().unwrap_or(flag);
+        assert_eq!(stderr(&out), format!("error: kiln does not support {name} (yet); `kiln --help` lists what it takes\n"));
+    }
+}

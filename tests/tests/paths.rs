@@ -192,6 +192,14 @@ fn check(t: &Target, base: &str, registry: &Registry) -> String {
         assert_eq!(std::fs::read_to_string(root.join("rw-done")).expect("rw step"), "ok\n");
     }
 
+    // `-q` prints only the image ID; `--iidfile` writes it.
+    let iid = work.path().join("iid");
+    let quiet = t.ok(&["build", "-q", "--iidfile", &iid.display().to_string(), "--platform", "linux/amd64,linux/arm64", "."], &ctx);
+    let digest = metadata(&meta)["containerimage.digest"].as_str().expect("digest").to_string();
+    assert_eq!(String::from_utf8_lossy(&quiet.stdout).trim(), digest, "{}", t.name());
+    assert!(stderr(&quiet).trim().is_empty(), "{}: -q prints no progress: {}", t.name(), stderr(&quiet));
+    assert_eq!(std::fs::read_to_string(&iid).expect("iidfile"), digest);
+
     // Filesystem tars: to a file and to standard output, a top directory per platform.
     let fs_tar = work.path().join("fs.tar");
     t.ok(&["build", "--platform", "linux/amd64,linux/arm64", "-o", &format!("type=tar,dest={}", fs_tar.display()), "."], &ctx);

@@ -4,7 +4,10 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = kiln_coordinator::cli::Cli::parse();
+    let cli = match kiln_coordinator::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return kiln_coordinator::cli::usage_error(e),
+    };
     kiln_coordinator::cli::init_logging(&cli);
     match kiln_coordinator::cli::run(cli) {
         Ok(code) => code,

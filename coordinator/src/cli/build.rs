@@ -61,6 +61,12 @@ pub struct BuildArgs {
     /// Write build metadata (digests, per-slice facts) as JSON to this file.
     #[arg(long)]
     pub metadata_file: Option<PathBuf>,
+    /// Write the image ID (the index digest) to this file.
+    #[arg(long)]
+    pub iidfile: Option<PathBuf>,
+    /// Suppress the build output and print the image ID on success (`--progress quiet`).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
     /// The builder to use.
     #[arg(long)]
     pub builder: Option<String>,
@@ -136,7 +142,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
             let rules: Vec<&str> = warnings.iter().map(|w| w.rule.name).collect();
             bail!("lint violation found for rules: {}", rules.join(", "));
         }
-        let quiet = args.progress == "quiet";
+        let quiet = args.quiet || args.progress == "quiet";
         let code = build(args, name, text, platforms, build_args, &dockerfile_path)?;
         if !warnings.is_empty() && !quiet {
             eprint!("\n{}", lint::summary(&warnings));
@@ -171,7 +177,7 @@ fn build(
     build_args: Vec<(String, String)>,
     dockerfile: &Path,
 ) -> anyhow::Result<ExitCode> {
-    let mode = Mode::parse(&args.progress)?;
+    let mode = if args.quiet { Mode::Quiet } else { Mode::parse(&args.progress)? };
     let mut outputs = args.outputs.iter().map(|o| Output::parse(o)).collect::<anyhow::Result<Vec<_>>>()?;
     if args.push && !outputs.iter().any(Output::is_registry) {
         outputs.push(Output::Registry { zstd: false });
@@ -241,6 +247,9 @@ fn build(
         _ => None,
     };
     let view = super::farm_build::run(&session, spec, context.files, mode, &outputs, cache_dest)?;
+    if let Some(path) = &args.iidfile {
+        std::fs::write(path, &view.index_digest).with_context(|| format!("writing --iidfile {}", path.display()))?;
+    }
     super::farm_build::finish(&view, &args.tags, args.metadata_file.as_deref(), mode)
 }
 

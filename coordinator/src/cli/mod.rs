@@ -36,6 +36,28 @@ pub enum LogFormat {
 
 /// Log lines go to standard error: `info` and up for the servers (`kiln coordinator`, `kiln
 /// agent`), warnings and errors only for client verbs (whose embedded farm is not news).
+/// A command line clap refused. An unknown flag gets one line naming it (a buildx flag kiln
+/// lacks must not be answered only with clap's "did you mean"); help and version print as
+/// usual; anything else is clap's own message.
+pub fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    match e.kind() {
+        ErrorKind::UnknownArgument => {
+            let flag = match e.get(ContextKind::InvalidArg) {
+                Some(ContextValue::String(s)) => s.clone(),
+                _ => "the flag".into(),
+            };
+            let name = flag.split('=').next().unwrap_or(&flag).to_string();
+            eprintln!("error: kiln does not support {name} (yet); `kiln --help` lists what it takes");
+            ExitCode::from(2)
+        }
+        _ => {
+            let _ = e.print();
+            ExitCode::from(if e.use_stderr() { 2 } else { 0 })
+        }
+    }
+}
+
 pub fn init_logging(cli: &Cli) {
     let serving = match &cli.command {
         Command::Coordinator(c) => c.action.is_none(),
