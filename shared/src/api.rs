@@ -163,6 +163,9 @@ pub struct BuildSpec {
     pub dockerfile_name: String,
     pub platforms: Vec<Platform>,
     pub build_args: Vec<(String, String)>,
+    /// `--label K=V`: set on the final image's config (after the Dockerfile's own LABELs).
+    #[serde(default)]
+    pub labels: Vec<(String, String)>,
     pub target: Option<String>,
     pub no_cache: bool,
     pub context: Vec<ContextEntry>,
@@ -558,6 +561,7 @@ mod tests {
             dockerfile_name: "Dockerfile".into(),
             platforms: vec!["linux/arm64".parse().unwrap()],
             build_args: vec![("A".into(), "1".into())],
+            labels: vec![],
             target: None,
             no_cache: false,
             context: vec![ContextEntry {

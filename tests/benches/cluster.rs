@@ -43,6 +43,7 @@ fn spec(platforms: &[&str], n: usize) -> BuildSpec {
         dockerfile_name: "Dockerfile".into(),
         platforms: platforms.iter().map(|p| p.parse().expect("platform")).collect(),
         build_args: vec![],
+        labels: vec![],
         target: None,
         no_cache: false,
         context: vec![],

@@ -154,11 +154,20 @@ fn check(t: &Target, base: &str, registry: &Registry) -> String {
             "--push",
             "--metadata-file",
             &m,
+            "--label",
+            "org.example.team=platform",
             ".",
         ],
         &ctx,
     );
     let progress = stderr(&out);
+    // `--label` is on the image's config.
+    let cfg = Command::new("skopeo")
+        .args(["inspect", "--config", "--override-arch", "arm64", &format!("oci-archive:{o}:{tag}")])
+        .bounded()
+        .expect("skopeo");
+    let cfg: serde_json::Value = serde_json::from_slice(&cfg.stdout).unwrap_or_default();
+    assert_eq!(cfg["config"]["Labels"]["org.example.team"], "platform", "{}: {cfg}", t.name());
 
     // Mounts of `COPY --from` and RUN steps leave no directories behind.
     let run: Vec<String> = std::fs::read_dir(t.agent_dir().join("run"))
@@ -194,7 +203,20 @@ fn check(t: &Target, base: &str, registry: &Registry) -> String {
 
     // `-q` prints only the image ID; `--iidfile` writes it.
     let iid = work.path().join("iid");
-    let quiet = t.ok(&["build", "-q", "--iidfile", &iid.display().to_string(), "--platform", "linux/amd64,linux/arm64", "."], &ctx);
+    let quiet = t.ok(
+        &[
+            "build",
+            "-q",
+            "--iidfile",
+            &iid.display().to_string(),
+            "--label",
+            "org.example.team=platform",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            ".",
+        ],
+        &ctx,
+    );
     let digest = metadata(&meta)["containerimage.digest"].as_str().expect("digest").to_string();
     assert_eq!(String::from_utf8_lossy(&quiet.stdout).trim(), digest, "{}", t.name());
     assert!(stderr(&quiet).trim().is_empty(), "{}: -q prints no progress: {}", t.name(), stderr(&quiet));

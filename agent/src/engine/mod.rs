@@ -59,6 +59,8 @@ pub struct SliceRequest<'a> {
     /// The platforms this agent counts as native (what the farm was told); empty: what the
     /// host probe found. A RUN step of a stage on another platform runs under emulation.
     pub native: &'a [Platform],
+    /// `--label`s for the final image.
+    pub labels: &'a [(String, String)],
 }
 
 impl SliceRequest<'_> {

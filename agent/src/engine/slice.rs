@@ -80,8 +80,12 @@ impl Agent {
             }
             pending = later;
         }
-        let final_state =
+        let mut final_state =
             run.finished.get(&plan.target).cloned().ok_or_else(|| EngineError::Copy("the target stage was not built".into()))?;
+        // `--label` goes on the image, not into any step (and so not into the step cache).
+        for (k, v) in req.labels {
+            final_state.config.config.labels.insert(k.clone(), v.clone());
+        }
         let (manifest, blobs) = self.write_image(&final_state, &req.platform, req.epoch())?;
         // The final image's chain: the target stage and the stages it builds on.
         let mut chain = vec![plan.target];

@@ -69,6 +69,7 @@ impl Fixture {
             cache_scope: scope,
             remote: &[],
             native: &[],
+            labels: &[],
         };
         self.agent.run_slice(&req, &|_| {})
     }

@@ -103,6 +103,7 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
             cache_scope: &spec.cache_scope,
             remote: &remote,
             native: &native,
+            labels: &spec.labels,
         };
         let mut result = engine.run_slice(&req, &|e| {
             let _ = tx.send(e);

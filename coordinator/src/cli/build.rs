@@ -37,6 +37,9 @@ pub struct BuildArgs {
     /// Build-time variables: KEY=VALUE, or KEY to take the value from the environment.
     #[arg(long = "build-arg")]
     pub build_args: Vec<String>,
+    /// Labels for the image: KEY=VALUE.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
     /// The stage to build (default: the last one).
     #[arg(long)]
     pub target: Option<String>,
@@ -227,6 +230,7 @@ fn build(
         dockerfile_name: name,
         platforms,
         build_args,
+        labels: parse_labels(&args.labels)?,
         target: args.target.clone(),
         no_cache: args.no_cache,
         context: context.entries,
@@ -271,6 +275,18 @@ fn read_dockerfile(args: &BuildArgs) -> anyhow::Result<(String, String)> {
     let text = String::from_utf8(bytes)
         .map_err(|e| anyhow::anyhow!("{}: the Dockerfile is not valid UTF-8 (byte {})", path.display(), e.utf8_error().valid_up_to()))?;
     Ok((path.display().to_string(), text))
+}
+
+/// `--label KEY=VALUE` (a label with no `=` has the empty value, as buildx takes it).
+fn parse_labels(raw: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    raw.iter()
+        .map(|l| match l.split_once('=') {
+            Some(("", _)) => bail!("--label {l:?}: the key is empty (expected KEY=VALUE)"),
+            Some((k, v)) => Ok((k.to_string(), v.to_string())),
+            None if l.is_empty() => bail!("--label needs KEY=VALUE"),
+            None => Ok((l.clone(), String::new())),
+        })
+        .collect()
 }
 
 /// `KEY=VALUE`, or `KEY` alone to take the value from the environment (skipped when unset), as

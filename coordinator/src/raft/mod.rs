@@ -459,6 +459,7 @@ mod tests {
             dockerfile_name: "Dockerfile".into(),
             platforms: platforms.iter().map(|p| p.parse().unwrap()).collect(),
             build_args: vec![],
+            labels: vec![],
             target: None,
             no_cache: false,
             context: vec![],

@@ -355,6 +355,7 @@ mod tests {
             dockerfile_name: "Dockerfile".into(),
             platforms: platforms(list),
             build_args: vec![],
+            labels: vec![],
             target: None,
             no_cache: false,
             context: vec![],
