@@ -319,3 +319,40 @@ fn a_cross_compile_is_not_emulated() {
     assert_eq!(s["emulated"], false, "the RUN ran on the build platform: {s}");
     assert_eq!(s["emulated_steps"], serde_json::json!([]), "{s}");
 }
+
+/// Twelve `kiln build` processes on one `$KILN_HOME` at once: every one succeeds (they take
+/// turns on the embedded farm; probes and scratch paths are per process).
+#[test]
+fn twelve_concurrent_builds_on_one_home() {
+    let e = env();
+    let children: Vec<(usize, TempDir, std::process::Child)> = (0..12)
+        .map(|i| {
+            let ctx = TempDir::new(&format!("concurrent-{i}"));
+            ctx.write("Dockerfile", &format!("FROM {}\nRUN echo {i} > /n\n", e.base));
+            let child = Command::new(kiln_tests::kiln_bin())
+                .args(["build", "--progress", "quiet", "--platform", "linux/amd64,linux/arm64", "."])
+                .env("KILN_HOME", e.home.path())
+                .current_dir(ctx.path())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("kiln build");
+            (i, ctx, child)
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    for (i, _ctx, mut child) in children {
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                let out = child.wait_with_output().expect("output");
+                assert!(status.success(), "build {i} failed: {}", String::from_utf8_lossy(&out.stderr));
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("build {i} did not finish within 240 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
