@@ -27,6 +27,9 @@ pub enum RegistryError {
     NotFound { registry: String, what: String },
     #[error("registry {registry}: {reason}")]
     Protocol { registry: String, reason: String },
+    /// A 5xx answer: the registry's own trouble (retried where the request is idempotent).
+    #[error("registry {registry} failed the request (HTTP {status}): {reason}")]
+    Server { registry: String, status: u16, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -405,9 +408,27 @@ impl RegistryClient {
     /// is verified first: a corrupt one is removed from the store, not pushed.
     pub fn push_blob(&self, r: &Reference, d: &Digest, store: &ContentStore) -> Result<bool, RegistryError> {
         let size = store.verify(d)?;
-        if self.has_blob_sized(r, d, Some(size))? {
-            return Ok(false);
+        // Two slices may push one blob (layers both platforms share) at once: a registry that
+        // fails one of them (docker-registry answers 500) gets asked again, and a blob that
+        // arrived meanwhile counts as pushed.
+        let mut attempt = 0;
+        loop {
+            let pushed = match self.has_blob_sized(r, d, Some(size)) {
+                Ok(true) => Ok(false),
+                Ok(false) => self.upload_blob(r, d, store, size).map(|_| true),
+                Err(e) => Err(e),
+            };
+            match pushed {
+                Err(RegistryError::Server { .. }) if attempt < 3 => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(200 * attempt));
+                }
+                other => return other,
+            }
         }
+    }
+
+    fn upload_blob(&self, r: &Reference, d: &Digest, store: &ContentStore, size: u64) -> Result<(), RegistryError> {
         let url = format!("{}/v2/{}/blobs/uploads/", self.base(&r.registry), r.repository);
         let resp = self.send("POST", &url, r, &[("Content-Length", "0")], Some(b""))?;
         expect_status(&resp, 202, r, "starting a blob upload")?;
@@ -421,15 +442,24 @@ impl RegistryClient {
         let resp =
             self.send_body("PUT", &format!("{location}{sep}digest={d}"), r, &[("Content-Type", "application/octet-stream")], Some(body))?;
         expect_status(&resp, 201, r, &format!("uploading blob {d}"))?;
-        expect_digest(&resp, d, r)?;
-        Ok(true)
+        expect_digest(&resp, d, r)
     }
 
     /// Puts a manifest or index; the registry must answer 201 and, when it names a digest,
     /// the digest of these bytes.
     pub fn put_manifest(&self, r: &Reference, reference: &str, media_type: &str, bytes: &[u8]) -> Result<(), RegistryError> {
         let url = format!("{}/v2/{}/manifests/{reference}", self.base(&r.registry), r.repository);
-        let resp = self.send("PUT", &url, r, &[("Content-Type", media_type)], Some(bytes))?;
+        // A PUT of the same bytes is idempotent: a registry's 5xx is retried a few times.
+        let mut attempt = 0;
+        let resp = loop {
+            match self.send("PUT", &url, r, &[("Content-Type", media_type)], Some(bytes)) {
+                Err(RegistryError::Server { .. }) if attempt < 3 => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(200 * attempt));
+                }
+                other => break other?,
+            }
+        };
         expect_status(&resp, 201, r, &format!("putting manifest {reference}"))?;
         expect_digest(&resp, &Digest::of(bytes), r)
     }
@@ -466,7 +496,11 @@ fn status_error(code: u16, resp: ureq::Response, r: &Reference, url: &str) -> Re
         return RegistryError::NotFound { registry: r.registry.clone(), what };
     }
     let body = resp.into_string().unwrap_or_default();
-    RegistryError::Protocol { registry: r.registry.clone(), reason: format!("HTTP {code}: {}", body.chars().take(200).collect::<String>()) }
+    let body: String = body.chars().take(200).collect();
+    if (500..600).contains(&code) {
+        return RegistryError::Server { registry: r.registry.clone(), status: code, reason: body };
+    }
+    RegistryError::Protocol { registry: r.registry.clone(), reason: format!("HTTP {code}: {body}") }
 }
 
 fn guess_media_type(bytes: &[u8]) -> String {
@@ -597,6 +631,20 @@ mod tests {
         std::fs::write(store.path(&d), b"a layeR").unwrap();
         assert!(matches!(client.push_blob(&r, &d, &store), Err(RegistryError::Store(StoreError::Mismatch { .. }))));
         assert!(!store.has(&d));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_failing_registry_is_asked_again_then_named() {
+        let addr = fake_server(Some("HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\nConnection: close\r\n\r\noops"));
+        let dir = std::env::temp_dir().join(format!("kiln-registry-500-{}", std::process::id()));
+        let store = ContentStore::open(&dir).unwrap();
+        let d = store.put(b"a layer").unwrap();
+        let start = std::time::Instant::now();
+        let e = RegistryClient::new(&[]).push_blob(&r(&format!("{addr}/x:1")), &d, &store).unwrap_err();
+        assert!(matches!(e, RegistryError::Server { status: 500, .. }), "{e}");
+        assert!(e.to_string().contains("failed the request (HTTP 500)"), "{e}");
+        assert!(start.elapsed() >= Duration::from_millis(1100), "retried three times, with pauses");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
