@@ -411,21 +411,10 @@ impl RegistryClient {
         // Two slices may push one blob (layers both platforms share) at once: a registry that
         // fails one of them (docker-registry answers 500) gets asked again, and a blob that
         // arrived meanwhile counts as pushed.
-        let mut attempt = 0;
-        loop {
-            let pushed = match self.has_blob_sized(r, d, Some(size)) {
-                Ok(true) => Ok(false),
-                Ok(false) => self.upload_blob(r, d, store, size).map(|_| true),
-                Err(e) => Err(e),
-            };
-            match pushed {
-                Err(RegistryError::Server { .. }) if attempt < 3 => {
-                    attempt += 1;
-                    std::thread::sleep(Duration::from_millis(200 * attempt));
-                }
-                other => return other,
-            }
-        }
+        asked_again_on_5xx(|| match self.has_blob_sized(r, d, Some(size))? {
+            true => Ok(false),
+            false => self.upload_blob(r, d, store, size).map(|_| true),
+        })
     }
 
     fn upload_blob(&self, r: &Reference, d: &Digest, store: &ContentStore, size: u64) -> Result<(), RegistryError> {
@@ -449,19 +438,25 @@ impl RegistryClient {
     /// the digest of these bytes.
     pub fn put_manifest(&self, r: &Reference, reference: &str, media_type: &str, bytes: &[u8]) -> Result<(), RegistryError> {
         let url = format!("{}/v2/{}/manifests/{reference}", self.base(&r.registry), r.repository);
-        // A PUT of the same bytes is idempotent: a registry's 5xx is retried a few times.
-        let mut attempt = 0;
-        let resp = loop {
-            match self.send("PUT", &url, r, &[("Content-Type", media_type)], Some(bytes)) {
-                Err(RegistryError::Server { .. }) if attempt < 3 => {
-                    attempt += 1;
-                    std::thread::sleep(Duration::from_millis(200 * attempt));
-                }
-                other => break other?,
-            }
-        };
+        // A PUT of the same bytes is idempotent: a registry's 5xx is asked again.
+        let resp = asked_again_on_5xx(|| self.send("PUT", &url, r, &[("Content-Type", media_type)], Some(bytes)))?;
         expect_status(&resp, 201, r, &format!("putting manifest {reference}"))?;
         expect_digest(&resp, &Digest::of(bytes), r)
+    }
+}
+
+/// Runs an idempotent request again when the registry fails it with a 5xx: three more times,
+/// 200, 400 and 600 ms apart.
+fn asked_again_on_5xx<T>(mut request: impl FnMut() -> Result<T, RegistryError>) -> Result<T, RegistryError> {
+    let mut attempt = 0;
+    loop {
+        match request() {
+            Err(RegistryError::Server { .. }) if attempt < 3 => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(200 * attempt));
+            }
+            other => return other,
+        }
     }
 }
 

@@ -140,7 +140,8 @@ fn suggest(word: &str) -> Option<String> {
     (best.0 <= 2 && best.0 < word.len()).then(|| best.1.to_string())
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
+/// Levenshtein distance (also the build checks' suggestions).
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {

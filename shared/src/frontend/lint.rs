@@ -232,19 +232,6 @@ fn unknown_vars(lex: &ShellLex, word: &str, known: &BTreeSet<String>) -> Vec<Str
     r.unknown.into_inner()
 }
 
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 /// The closest known name, BuildKit-style: a case-insensitive match, else a close spelling.
 fn suggest<'a>(name: &str, options: impl Iterator<Item = &'a String>) -> Option<String> {
     let mut best: Option<(usize, &String)> = None;
@@ -252,7 +239,7 @@ fn suggest<'a>(name: &str, options: impl Iterator<Item = &'a String>) -> Option<
         if o.eq_ignore_ascii_case(name) {
             return Some(o.clone());
         }
-        let d = levenshtein(name, o);
+        let d = super::instructions::edit_distance(name, o);
         if d <= 2 && d < name.len() && best.is_none_or(|(bd, _)| d < bd) {
             best = Some((d, o));
         }
