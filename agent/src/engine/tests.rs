@@ -70,6 +70,8 @@ impl Fixture {
             remote: &[],
             native: &[],
             labels: &[],
+            session: &super::NoSession,
+            run: &Default::default(),
         };
         self.agent.run_slice(&req, &|_| {})
     }

@@ -7,6 +7,7 @@ use super::context::{materialize, RemoveOnDrop};
 use super::error::SliceError;
 use super::peers::UploadedCache;
 use super::publish::{push, send_blobs};
+use super::session::FarmSession;
 use super::Worker;
 use crate::cache::Imported;
 use crate::engine::{RemoteCache, SliceRequest};
@@ -66,6 +67,7 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
     let context = dir.clone();
     let uploaded = uploaded_caches(w, task).await?;
     let handle = tokio::runtime::Handle::current();
+    let session = FarmSession { worker: w.clone(), handle: handle.clone(), build: task.build, slice: task.slice, attempt: task.attempt };
     let span = tracing::Span::current();
     let result = tokio::task::spawn_blocking(move || {
         let _in_slice = span.enter();
@@ -104,6 +106,8 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
             remote: &remote,
             native: &native,
             labels: &spec.labels,
+            session: &session,
+            run: &spec.run,
         };
         let mut result = engine.run_slice(&req, &|e| {
             let _ = tx.send(e);

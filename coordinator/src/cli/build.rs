@@ -88,6 +88,30 @@ pub struct BuildArgs {
     /// Shorthand for --call=check.
     #[arg(long)]
     pub check: bool,
+    /// A secret for `RUN --mount=type=secret`: id=ID[,src=FILE|,env=VAR][,type=file|env].
+    #[arg(long = "secret")]
+    pub secrets: Vec<String>,
+    /// An ssh-agent socket or keys for `RUN --mount=type=ssh`: default|ID[=SOCKET|KEY[,KEY..]].
+    #[arg(long = "ssh")]
+    pub ssh: Vec<String>,
+    /// The networking mode of RUN steps: default, none or host.
+    #[arg(long)]
+    pub network: Option<String>,
+    /// A custom host-to-IP mapping for RUN steps' /etc/hosts: HOST:IP.
+    #[arg(long = "add-host")]
+    pub add_hosts: Vec<String>,
+    /// The size of RUN steps' /dev/shm (e.g. 128m; default 64m).
+    #[arg(long = "shm-size")]
+    pub shm_size: Option<String>,
+    /// A resource limit of RUN steps: NAME=SOFT[:HARD] (e.g. nofile=1024:4096).
+    #[arg(long = "ulimit")]
+    pub ulimits: Vec<String>,
+    /// An extra privileged entitlement: network.host or security.insecure.
+    #[arg(long = "allow")]
+    pub allow: Vec<String>,
+    /// Accepted for buildx's command lines and ignored (steps run in the agents' own cgroups).
+    #[arg(long = "cgroup-parent")]
+    pub cgroup_parent: Option<String>,
     /// The farm (`--host`/`KILN_HOST`, `--token`/`KILN_TOKEN`); without one, the embedded farm runs in this process.
     #[command(flatten)]
     pub farm: FarmArgs,
@@ -224,6 +248,12 @@ fn build(
         CacheTo::Local { max, .. } => CacheExport { max: *max, registry: None },
         CacheTo::Registry { reference, max } => CacheExport { max: *max, registry: Some(reference.clone()) },
     });
+    let run = super::run_options::parse(&args)?;
+    if args.cgroup_parent.is_some() && mode != Mode::Quiet {
+        eprintln!("WARNING: --cgroup-parent is ignored: kiln runs steps in its agents' own cgroups");
+    }
+    // Secrets and ssh-agents stay in this process; steps ask for them while the build runs.
+    let build_session = super::session::BuildSession::open(&args.secrets, &args.ssh)?;
     let session = args.farm.open()?;
     let spec = BuildSpec {
         dockerfile: text,
@@ -245,12 +275,15 @@ fn build(
         tenant: String::new(),
         cache_from: cache_refs,
         cache_to: export,
+        secrets: build_session.secret_ids(),
+        ssh: build_session.ssh_ids(),
+        run,
     };
     let cache_dest = match &cache_to {
         Some(CacheTo::Local { dest, .. }) => Some(dest.as_path()),
         _ => None,
     };
-    let view = super::farm_build::run(&session, spec, context.files, mode, &outputs, cache_dest)?;
+    let view = super::farm_build::run(&session, &build_session, spec, context.files, mode, &outputs, cache_dest)?;
     if let Some(path) = &args.iidfile {
         std::fs::write(path, &view.index_digest).with_context(|| format!("writing --iidfile {}", path.display()))?;
     }

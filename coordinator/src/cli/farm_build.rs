@@ -4,6 +4,7 @@
 use super::outputs::{Dest, Output};
 use super::progress::{Mode, Progress};
 use super::remote::{self, unexpected, Session};
+use super::session::BuildSession;
 use anyhow::{anyhow, bail, Context as _};
 use kiln_agent::Event;
 use kiln_shared::api::{
@@ -86,6 +87,7 @@ pub async fn upload(farm: &ClientFarm, files: &BTreeMap<String, PathBuf>) -> any
 /// Runs a build on the farm and follows it; writes the outputs; returns the finished build.
 pub fn run(
     session: &Session,
+    build_session: &BuildSession,
     spec: BuildSpec,
     files: BTreeMap<String, PathBuf>,
     mode: Mode,
@@ -117,9 +119,17 @@ pub fn run(
                 .call(&req, Duration::from_secs(15), Duration::from_secs(60))
                 .await
                 .map_err(|e| anyhow!("following build {build}: {e}"))?;
-            let ClientResponse::Build { view, events, cursor: next } = answer else {
+            let ClientResponse::Build { view, events, cursor: next, asks } = answer else {
                 bail!("unexpected answer while following build {build}")
             };
+            // What the build's steps ask of this client: secrets, ssh-agent messages.
+            for (ask, question) in asks {
+                let answer = build_session.answer(&question);
+                let req = ClientRequest::Answer { build, ask, answer };
+                farm.call(&req, Duration::from_secs(15), Duration::from_secs(30))
+                    .await
+                    .map_err(|e| anyhow!("answering build {build}'s question: {e}"))?;
+            }
             // A new leader starts its event log afresh.
             cursor = if next < cursor { 0 } else { next };
             for e in events {

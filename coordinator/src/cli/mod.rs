@@ -12,7 +12,9 @@ pub mod imagetools;
 pub mod outputs;
 pub mod progress;
 pub mod remote;
+pub mod run_options;
 pub mod serve;
+pub mod session;
 pub mod storage;
 
 use clap::{Parser, Subcommand};

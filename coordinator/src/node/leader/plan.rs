@@ -370,6 +370,9 @@ mod tests {
             tenant: String::new(),
             cache_from: vec![],
             cache_to: None,
+            secrets: vec![],
+            ssh: vec![],
+            run: Default::default(),
         }
     }
 
