@@ -92,6 +92,19 @@ pub fn run(
     outputs: &[Output],
     cache_dest: Option<&Path>,
 ) -> anyhow::Result<BuildView> {
+    run_labelled(session, spec, files, mode, outputs, cache_dest, "")
+}
+
+/// [`run`], with every progress line labelled (`kiln bake` names the target: `[web a2 linux/arm64 ...]`).
+pub fn run_labelled(
+    session: &Session,
+    spec: BuildSpec,
+    files: BTreeMap<String, PathBuf>,
+    mode: Mode,
+    outputs: &[Output],
+    cache_dest: Option<&Path>,
+    label: &str,
+) -> anyhow::Result<BuildView> {
     let tags = spec.tags.clone();
     session.block_on(async {
         let farm = session.connect().await?;
@@ -129,9 +142,10 @@ pub fn run(
                 let event = match e.event {
                     Event::Start { id, name } => {
                         // Label every step with the agent it runs on: `[a2 linux/arm64 ...]`.
+                        let who = if label.is_empty() { e.agent.clone() } else { format!("{label} {}", e.agent) };
                         let name = match name.strip_prefix('[') {
-                            Some(rest) => format!("[{} {rest}", e.agent),
-                            None => format!("[{}] {name}", e.agent),
+                            Some(rest) => format!("[{who} {rest}"),
+                            None => format!("[{who}] {name}"),
                         };
                         Event::Start { id: map(id, &mut ids), name }
                     }
