@@ -3,9 +3,11 @@
 
 use super::checks::{self, Call};
 use super::context::{self, ContextSummary};
+use super::farm_build::Prepared;
 use super::outputs::{CacheFrom, CacheTo, Dest, Output};
 use super::progress::Mode;
 use super::remote::FarmArgs;
+use super::session::BuildSession;
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use kiln_shared::api::{BuildSpec, CacheExport, CacheRef};
@@ -170,7 +172,31 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
             bail!("lint violation found for rules: {}", rules.join(", "));
         }
         let quiet = args.quiet || args.progress == "quiet";
-        let code = build(args, name, text, platforms, build_args, &dockerfile_path)?;
+        let req = BuildRequest {
+            context: args.path.clone(),
+            dockerfile_name: name,
+            dockerfile_text: text,
+            dockerfile_path,
+            platforms,
+            build_args,
+            labels: parse_labels(&args.labels)?,
+            target: args.target.clone(),
+            tags: args.tags.clone(),
+            push: args.push,
+            outputs: args.outputs.clone(),
+            no_cache: args.no_cache,
+            cache_from: args.cache_from.clone(),
+            cache_to: args.cache_to.clone(),
+            insecure_registries: args.insecure_registries.clone(),
+            builder: args.builder.clone(),
+            secrets: args.secrets.clone(),
+            ssh: args.ssh.clone(),
+            run: super::run_options::parse(&args)?,
+        };
+        if args.cgroup_parent.is_some() && !quiet {
+            eprintln!("WARNING: --cgroup-parent is ignored: kiln runs steps in its agents' own cgroups");
+        }
+        let code = build(args, req)?;
         if !warnings.is_empty() && !quiet {
             eprint!("\n{}", lint::summary(&warnings));
         }
@@ -194,25 +220,59 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A resolved build description: what `kiln build`'s flags say, or one `kiln bake` target.
+/// Both verbs turn it into the same `BuildSpec` through [`prepare`].
+#[derive(Clone, Debug, Default)]
+pub struct BuildRequest {
+    pub context: PathBuf,
+    /// The Dockerfile as named in messages, and its text.
+    pub dockerfile_name: String,
+    pub dockerfile_text: String,
+    /// Where the Dockerfile is (its `.dockerignore` beside it wins over the context's).
+    pub dockerfile_path: PathBuf,
+    pub platforms: Vec<Platform>,
+    pub build_args: Vec<(String, String)>,
+    pub labels: Vec<(String, String)>,
+    pub target: Option<String>,
+    pub tags: Vec<String>,
+    pub push: bool,
+    /// `-o` specs in buildx's syntax.
+    pub outputs: Vec<String>,
+    pub no_cache: bool,
+    pub cache_from: Vec<String>,
+    pub cache_to: Option<String>,
+    pub insecure_registries: Vec<String>,
+    pub builder: Option<String>,
+    /// `--secret` and `--ssh` specs in buildx's syntax.
+    pub secrets: Vec<String>,
+    pub ssh: Vec<String>,
+    /// `--network`, `--add-host`, `--shm-size`, `--ulimit`, `--allow`.
+    pub run: kiln_shared::api::RunOptions,
+}
+
 /// A real build, on the farm named by `--host`/`KILN_HOST` or on the embedded farm: the same
 /// path either way (upload what the farm lacks, submit, follow, write the outputs).
-fn build(
-    args: BuildArgs,
-    name: String,
-    text: String,
-    platforms: Vec<Platform>,
-    build_args: Vec<(String, String)>,
-    dockerfile: &Path,
-) -> anyhow::Result<ExitCode> {
+fn build(args: BuildArgs, req: BuildRequest) -> anyhow::Result<ExitCode> {
     let mode = if args.quiet { Mode::Quiet } else { Mode::parse(&args.progress)? };
-    let mut outputs = args.outputs.iter().map(|o| Output::parse(o)).collect::<anyhow::Result<Vec<_>>>()?;
-    if args.push && !outputs.iter().any(Output::is_registry) {
+    let session = args.farm.open()?;
+    let prepared = prepare(&req, &session, mode)?;
+    let view = super::farm_build::run(&session, prepared, mode)?;
+    if let Some(path) = &args.iidfile {
+        std::fs::write(path, &view.index_digest).with_context(|| format!("writing --iidfile {}", path.display()))?;
+    }
+    super::farm_build::finish(&view, &req.tags, args.metadata_file.as_deref(), mode)
+}
+
+/// Checks a request's outputs and caches and walks its context: the `BuildSpec` to submit.
+pub fn prepare(req: &BuildRequest, session: &super::remote::Session, mode: Mode) -> anyhow::Result<Prepared> {
+    let mut outputs = req.outputs.iter().map(|o| Output::parse(o)).collect::<anyhow::Result<Vec<_>>>()?;
+    if req.push && !outputs.iter().any(Output::is_registry) {
         outputs.push(Output::Registry { zstd: false });
     }
-    if outputs.iter().any(Output::is_registry) && args.tags.is_empty() {
+    if outputs.iter().any(Output::is_registry) && req.tags.is_empty() {
         bail!("--push needs at least one tag: -t REGISTRY/REPOSITORY:TAG");
     }
-    for t in &args.tags {
+    for t in &req.tags {
         t.parse::<kiln_shared::registry::Reference>()?;
     }
     for o in &outputs {
@@ -224,12 +284,12 @@ fn build(
     if outputs.is_empty() && mode != Mode::Quiet {
         eprintln!("WARNING: no output specified: the result will only be in the build cache (use --push, -o type=oci,dest=FILE or -o type=local,dest=DIR)");
     }
-    let ignore = DockerIgnore::load(&args.path, dockerfile)?;
-    let cache_from = args.cache_from.iter().map(|c| CacheFrom::parse(c)).collect::<anyhow::Result<Vec<_>>>()?;
-    let cache_to = args.cache_to.as_deref().map(CacheTo::parse).transpose()?;
+    let ignore = DockerIgnore::load(&req.context, &req.dockerfile_path)?;
+    let cache_from = req.cache_from.iter().map(|c| CacheFrom::parse(c)).collect::<anyhow::Result<Vec<_>>>()?;
+    let cache_to = req.cache_to.as_deref().map(CacheTo::parse).transpose()?;
     let zstd = outputs.iter().any(|o| matches!(o, Output::Registry { zstd: true } | Output::Oci { zstd: true, .. }));
     let push = outputs.iter().any(Output::is_registry);
-    let mut context = super::farm_build::manifest(&args.path, &ignore)?;
+    let mut context = super::farm_build::manifest(&req.context, &ignore)?;
     // A local cache to import travels with the context: its config and layers.
     let mut cache_refs = Vec::new();
     for c in &cache_from {
@@ -248,27 +308,22 @@ fn build(
         CacheTo::Local { max, .. } => CacheExport { max: *max, registry: None },
         CacheTo::Registry { reference, max } => CacheExport { max: *max, registry: Some(reference.clone()) },
     });
-    let run = super::run_options::parse(&args)?;
-    if args.cgroup_parent.is_some() && mode != Mode::Quiet {
-        eprintln!("WARNING: --cgroup-parent is ignored: kiln runs steps in its agents' own cgroups");
-    }
     // Secrets and ssh-agents stay in this process; steps ask for them while the build runs.
-    let build_session = super::session::BuildSession::open(&args.secrets, &args.ssh)?;
-    let session = args.farm.open()?;
+    let build_session = BuildSession::open(&req.secrets, &req.ssh)?;
     let spec = BuildSpec {
-        dockerfile: text,
-        dockerfile_name: name,
-        platforms,
-        build_args,
-        labels: parse_labels(&args.labels)?,
-        target: args.target.clone(),
-        no_cache: args.no_cache,
+        dockerfile: req.dockerfile_text.clone(),
+        dockerfile_name: req.dockerfile_name.clone(),
+        platforms: req.platforms.clone(),
+        build_args: req.build_args.clone(),
+        labels: req.labels.clone(),
+        target: req.target.clone(),
+        no_cache: req.no_cache,
         context: context.entries,
-        tags: args.tags.clone(),
+        tags: req.tags.clone(),
         push,
         zstd,
-        builder: args.builder.clone().or_else(|| session.current_builder()),
-        insecure_registries: args.insecure_registries.clone(),
+        builder: req.builder.clone().or_else(|| session.current_builder()),
+        insecure_registries: req.insecure_registries.clone(),
         submission: crate::node::random_hex(16)?,
         return_blobs: outputs.iter().any(Output::needs_blobs),
         cache_scope: String::new(),
@@ -277,17 +332,9 @@ fn build(
         cache_to: export,
         secrets: build_session.secret_ids(),
         ssh: build_session.ssh_ids(),
-        run,
+        run: req.run.clone(),
     };
-    let cache_dest = match &cache_to {
-        Some(CacheTo::Local { dest, .. }) => Some(dest.as_path()),
-        _ => None,
-    };
-    let view = super::farm_build::run(&session, &build_session, spec, context.files, mode, &outputs, cache_dest)?;
-    if let Some(path) = &args.iidfile {
-        std::fs::write(path, &view.index_digest).with_context(|| format!("writing --iidfile {}", path.display()))?;
-    }
-    super::farm_build::finish(&view, &args.tags, args.metadata_file.as_deref(), mode)
+    Ok(Prepared { spec, files: context.files, outputs, cache_to, session: build_session })
 }
 
 fn dockerfile_path(args: &BuildArgs) -> PathBuf {
