@@ -141,3 +141,151 @@ fn secrets_reach_only_the_steps_that_mount_them() {
     secrets(&Target::Embedded(home), &base, &registry);
     secrets(&farm(), &base, &registry);
 }
+
+/// A process this test started, stopped by its PID when dropped.
+struct Started(std::process::Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What the ssh test needs: a key in a real ssh-agent, and a loopback sshd serving a git
+/// repository to that key.
+struct SshFixture {
+    dir: TempDir,
+    port: u16,
+    _sshd: Started,
+    _agent: Started,
+}
+
+fn run(cmd: &mut std::process::Command) {
+    use kiln_tests::Bounded;
+    let out = cmd.bounded().expect("run");
+    assert!(out.status.success(), "{cmd:?}: {}", stderr(&out));
+}
+
+impl SshFixture {
+    fn start() -> SshFixture {
+        use std::process::Command;
+        let dir = TempDir::new("session-ssh");
+        let d = dir.path();
+        for key in ["key", "hostkey"] {
+            run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(d.join(key)));
+        }
+        std::fs::copy(d.join("key.pub"), d.join("authorized_keys")).expect("authorized_keys");
+        // The repository: one commit on main.
+        run(Command::new("git").args(["init", "-q", "--bare"]).arg(d.join("repo.git")));
+        run(Command::new("git").args(["init", "-q"]).arg(d.join("work")));
+        std::fs::write(d.join("work/README"), "hello from git over ssh\n").expect("README");
+        run(Command::new("git").current_dir(d.join("work")).args(["add", "README"]));
+        run(Command::new("git").current_dir(d.join("work")).args([
+            "-c",
+            "user.email=t@kiln",
+            "-c",
+            "user.name=t",
+            "commit",
+            "-qm",
+            "first",
+        ]));
+        run(Command::new("git").current_dir(d.join("work")).arg("push").arg("-q").arg(d.join("repo.git")).arg("HEAD:refs/heads/main"));
+        let port = kiln_tests::free_port();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile none\n",
+            d.join("hostkey").display(),
+            d.join("authorized_keys").display()
+        );
+        std::fs::write(d.join("sshd_config"), config).expect("sshd_config");
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let sshd = Command::new("/usr/sbin/sshd")
+            .arg("-D")
+            .arg("-f")
+            .arg(d.join("sshd_config"))
+            .stderr(std::fs::File::create(d.join("sshd.log")).expect("log"))
+            .spawn()
+            .expect("sshd (apt-get install openssh-server)");
+        let sshd = Started(sshd);
+        let agent = Command::new("ssh-agent").arg("-D").arg("-a").arg(d.join("agent.sock")).stdout(std::process::Stdio::null()).spawn();
+        let agent = Started(agent.expect("ssh-agent (apt-get install openssh-client)"));
+        kiln_tests::wait_for("sshd and ssh-agent", std::time::Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && d.join("agent.sock").exists()
+        });
+        run(Command::new("ssh-add").arg("-q").arg(d.join("key")).env("SSH_AUTH_SOCK", d.join("agent.sock")));
+        SshFixture { dir, port, _sshd: sshd, _agent: agent }
+    }
+
+    fn agent_socket(&self) -> String {
+        self.dir.path().join("agent.sock").display().to_string()
+    }
+
+    /// This host's git and ssh with the libraries they load, for an image's root filesystem.
+    fn clients_rootfs(dest: &Path) {
+        for bin in ["/usr/bin/git", "/usr/bin/ssh"] {
+            let out = std::process::Command::new("ldd").arg(bin).output().expect("ldd");
+            let libs = String::from_utf8_lossy(&out.stdout);
+            let files = std::iter::once(bin.to_string())
+                .chain(libs.split_whitespace().filter(|w| w.starts_with('/')).map(str::to_string))
+                .collect::<Vec<_>>();
+            for f in files {
+                let to = dest.join(f.trim_start_matches('/'));
+                std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+                std::fs::copy(&f, &to).unwrap_or_else(|e| panic!("copying {f}: {e}"));
+            }
+        }
+        std::fs::create_dir_all(dest.join("etc")).expect("etc");
+        std::fs::write(dest.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
+    }
+}
+
+fn ssh(t: &Target, base: &str, fx: &SshFixture) {
+    let ctx = TempDir::new("session-ssh-ctx");
+    SshFixture::clients_rootfs(&ctx.path().join("clients"));
+    let repo = fx.dir.path().join("repo.git");
+    ctx.write(
+        "Dockerfile",
+        &format!(
+            "FROM {base}\nCOPY clients/ /\n\
+             ENV GIT_EXEC_PATH=/usr/bin GIT_SSH_COMMAND=\"ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR\"\n\
+             RUN --mount=type=ssh git clone -q -b main ssh://root@127.0.0.1:{}{} /src\n",
+            fx.port,
+            repo.display()
+        ),
+    );
+    let out_dir = TempDir::new("session-ssh-out");
+    let local = format!("type=local,dest={}", out_dir.path().display());
+    let sock = [("SSH_AUTH_SOCK", fx.agent_socket())];
+    let sock: Vec<(&str, &str)> = sock.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = t.kiln_env(&["build", "--progress", "plain", "--ssh", "default", "-o", &local, "."], ctx.path(), &sock);
+    assert!(out.status.success(), "{}: git clone over ssh failed:\n{}", t.name(), stderr(&out));
+    let readme = std::fs::read_to_string(out_dir.path().join("src/README"))
+        .unwrap_or_else(|e| panic!("{}: the clone: {e}\n{}", t.name(), stderr(&out)));
+    assert_eq!(readme, "hello from git over ssh\n", "{}", t.name());
+
+    // Key files instead of an agent: kiln starts a private agent for them.
+    let key = format!("default={}", fx.dir.path().join("key").display());
+    let out = t.kiln_env(&["build", "--progress", "plain", "--no-cache", "--ssh", &key, "."], ctx.path(), &[("SSH_AUTH_SOCK", "")]);
+    assert!(out.status.success(), "{}: --ssh default=KEY failed:\n{}", t.name(), stderr(&out));
+
+    // Without --ssh the step fails, and says why.
+    let out = t.kiln_env(&["build", "--progress", "plain", "--no-cache", "."], ctx.path(), &sock);
+    assert!(!out.status.success(), "{}: a build without --ssh cloned over ssh", t.name());
+    assert!(stderr(&out).contains("no SSH key \"default\" forwarded from the client"), "{}: {}", t.name(), stderr(&out));
+
+    // The private key never reaches the farm.
+    let key_text = std::fs::read_to_string(fx.dir.path().join("key")).expect("key");
+    let body = key_text.lines().nth(2).expect("a key line");
+    let hits = files_holding(&t.state_dir(), body.as_bytes());
+    assert!(hits.is_empty(), "{}: the private key is stored in {hits:?}", t.name());
+}
+
+#[test]
+fn ssh_agents_are_relayed_to_the_steps_that_mount_them() {
+    let fx = SshFixture::start();
+    let registry = Registry::start();
+    let home = TempDir::new("session-ssh-home");
+    let base = base_image(&registry, home.path());
+    ssh(&Target::Embedded(home), &base, &fx);
+    ssh(&farm(), &base, &fx);
+}
