@@ -24,7 +24,8 @@ use std::process::ExitCode;
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// The build context directory.
+    /// The build context: a directory, a git repository URL (`URL#REF:SUBDIR`), a tarball or
+    /// Dockerfile URL, or `-` (a tar archive or a Dockerfile on standard input).
     #[arg(default_value = ".")]
     pub path: PathBuf,
     /// The Dockerfile (default: PATH/Dockerfile; `-` reads it from standard input).
@@ -133,7 +134,24 @@ struct DryRun<'a> {
     platforms: &'a [BuildPlan],
 }
 
-pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
+pub fn run(mut args: BuildArgs) -> anyhow::Result<ExitCode> {
+    // A git repository, a URL or standard input is fetched into a directory first; `-f` is
+    // then a path inside it, as in buildx.
+    let keep_git = args.build_args.iter().any(|a| matches!(a.split_once('='), Some(("BUILDKIT_CONTEXT_KEEP_GIT_DIR", v)) if v == "1" || v == "true"));
+    let remote = args.path.as_os_str() == "-" || args.path.to_str().is_some_and(|p| p.contains("://") || p.starts_with("git@"));
+    if args.path.as_os_str() == "-" && args.file.as_deref() == Some(Path::new("-")) {
+        bail!("the context and the Dockerfile cannot both come from standard input (-f - with context -)");
+    }
+    let fetched = super::source::fetch(&args.path, keep_git)?;
+    if remote {
+        if let Some(f) = args.file.as_mut().filter(|f| f.as_os_str() != "-" && f.is_relative()) {
+            *f = fetched.dir.join(&*f);
+        }
+        if args.file.is_none() {
+            args.file = fetched.dockerfile.clone();
+        }
+    }
+    args.path = fetched.dir.clone();
     let (name, text) = read_dockerfile(&args)?;
     let platforms = if args.platform.is_empty() { vec![Platform::host()] } else { Platform::parse_list(&args.platform.join(","))? };
     let mut build_args = parse_build_args(&args.build_args)?;

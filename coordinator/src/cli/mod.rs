@@ -15,6 +15,7 @@ pub mod remote;
 pub mod run_options;
 pub mod serve;
 pub mod session;
+pub mod source;
 pub mod storage;
 
 use clap::{Parser, Subcommand};
