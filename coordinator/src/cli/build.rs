@@ -137,7 +137,8 @@ struct DryRun<'a> {
 pub fn run(mut args: BuildArgs) -> anyhow::Result<ExitCode> {
     // A git repository, a URL or standard input is fetched into a directory first; `-f` is
     // then a path inside it, as in buildx.
-    let keep_git = args.build_args.iter().any(|a| matches!(a.split_once('='), Some(("BUILDKIT_CONTEXT_KEEP_GIT_DIR", v)) if v == "1" || v == "true"));
+    let keep_git =
+        args.build_args.iter().any(|a| matches!(a.split_once('='), Some(("BUILDKIT_CONTEXT_KEEP_GIT_DIR", v)) if v == "1" || v == "true"));
     let remote = args.path.as_os_str() == "-" || args.path.to_str().is_some_and(|p| p.contains("://") || p.starts_with("git@"));
     if args.path.as_os_str() == "-" && args.file.as_deref() == Some(Path::new("-")) {
         bail!("the context and the Dockerfile cannot both come from standard input (-f - with context -)");

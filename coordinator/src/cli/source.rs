@@ -174,8 +174,7 @@ fn full_clone(url: &str, dest: &str, reference: Option<&str>) -> anyhow::Result<
     let _ = std::fs::remove_dir_all(dest);
     git(&["clone", "--quiet", "--recurse-submodules", url, dest], None)?;
     if let Some(r) = reference {
-        git(&["checkout", "--quiet", r], Some(Path::new(dest)))
-            .map_err(|e| anyhow!("{e} (no branch, tag or commit {r:?})"))?;
+        git(&["checkout", "--quiet", r], Some(Path::new(dest))).map_err(|e| anyhow!("{e} (no branch, tag or commit {r:?})"))?;
         git(&["submodule", "update", "--quiet", "--init", "--recursive"], Some(Path::new(dest)))?;
     }
     Ok(())
@@ -192,7 +191,10 @@ mod tests {
     #[test]
     fn git_urls_as_buildx_tells_them() {
         let g = git_source("https://example.com/org/repo.git#v1.2:docker/app").unwrap();
-        assert_eq!(g, GitSource { url: "https://example.com/org/repo.git".into(), reference: Some("v1.2".into()), subdir: Some("docker/app".into()) });
+        assert_eq!(
+            g,
+            GitSource { url: "https://example.com/org/repo.git".into(), reference: Some("v1.2".into()), subdir: Some("docker/app".into()) }
+        );
         assert_eq!(git_source("git@github.com:org/repo.git").unwrap().reference, None);
         assert_eq!(git_source("https://github.com/org/repo#main").unwrap().reference.as_deref(), Some("main"));
         assert_eq!(git_source("git://127.0.0.1:9418/r#:sub").unwrap().subdir.as_deref(), Some("sub"));
