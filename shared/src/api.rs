@@ -195,6 +195,34 @@ pub struct BuildSpec {
     pub ssh: Vec<String>,
     /// `RUN` options that are the build's, not the Dockerfile's.
     pub run: RunOptions,
+    /// `--build-context NAME=...`.
+    pub named_contexts: Vec<NamedContextSpec>,
+}
+
+/// One `--build-context NAME=SOURCE`, as the farm gets it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedContextSpec {
+    pub name: String,
+    pub source: NamedSource,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NamedSource {
+    /// `docker-image://REF`: the image to use wherever the name is.
+    Image(String),
+    /// A directory (local, or a git repository or URL the client fetched): its manifest, whose
+    /// blobs travel with the build's context.
+    Local(Vec<ContextEntry>),
+}
+
+impl BuildSpec {
+    /// Every context entry the build names: the context's, then each named directory's.
+    pub fn all_entries(&self) -> impl Iterator<Item = &ContextEntry> {
+        self.context.iter().chain(self.named_contexts.iter().flat_map(|n| match &n.source {
+            NamedSource::Local(entries) => entries.as_slice(),
+            NamedSource::Image(_) => &[],
+        }))
+    }
 }
 
 /// `kiln build`'s options for every RUN step (`--network`, `--add-host`, `--shm-size`,

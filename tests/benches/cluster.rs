@@ -61,6 +61,7 @@ fn spec(platforms: &[&str], n: usize) -> BuildSpec {
         secrets: vec![],
         ssh: vec![],
         run: Default::default(),
+        named_contexts: vec![],
     }
 }
 

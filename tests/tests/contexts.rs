@@ -170,3 +170,54 @@ fn remote_and_piped_contexts_build() {
     contexts(&Target::Embedded(home), &base, &repo, port);
     contexts(&farm(), &base, &repo, port);
 }
+
+fn named(t: &Target, base: &str, repo: &Path) {
+    let name = t.name();
+    let ctx = TempDir::new("contexts-named");
+    ctx.write(
+        "Dockerfile",
+        "FROM nosuchimage AS base\n\
+         FROM localdir AS fromdir\n\
+         FROM base\n\
+         COPY --from=localdir / /ld/\n\
+         COPY --from=fromdir /hello.txt /hello2.txt\n\
+         COPY --from=repo /app/version /version\n\
+         RUN ls /ld | tr '\\n' ' ' > /ld-listing\n",
+    );
+    let dir = TempDir::new("contexts-named-dir");
+    dir.write("hello.txt", "hello\n");
+    dir.write("ignored.txt", "no\n");
+    dir.write(".dockerignore", "ignored.txt\n");
+    let out = TempDir::new("contexts-named-out");
+    let dest = format!("type=local,dest={}", out.path().display());
+    let image = format!("nosuchimage=docker-image://{base}");
+    let local = format!("localdir={}", dir.path().display());
+    let git = format!("repo=file://{}#v1", repo.display());
+    let args =
+        ["build", "--progress", "plain", "--build-context", &image, "--build-context", &local, "--build-context", &git, "-o", &dest, "."];
+    let o = t.kiln(&args, ctx.path());
+    assert!(o.status.success(), "{name}: named contexts: {}", stderr(&o));
+    let read = |p: &str| std::fs::read_to_string(out.path().join(p)).unwrap_or_else(|e| panic!("{name}: {p}: {e}"));
+    assert_eq!(read("ld-listing"), "hello.txt ", "{name}: the named directory's .dockerignore applies");
+    assert_eq!(read("hello2.txt"), "hello\n", "{name}: a stage FROM a named directory has its files");
+    assert_eq!(read("version"), "v1\n", "{name}: a git named context at a tag");
+    assert!(out.path().join("bin/busybox").exists(), "{name}: FROM nosuchimage used the docker-image:// override");
+    // Without the overrides the image does not exist, and bad specs are one-line errors.
+    for (bad, says) in
+        [("x", "expected NAME=SOURCE"), ("x=/kiln/no/such/dir", "is not a directory"), ("x=oci-layout://d", "not supported yet")]
+    {
+        let o = t.kiln(&["build", "--build-context", bad, "."], ctx.path());
+        assert!(!o.status.success() && stderr(&o).contains(says), "{name}: {bad}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn named_contexts_override_images_and_add_directories() {
+    let work = TempDir::new("contexts-named-repo");
+    let repo = repository(work.path());
+    let registry = Registry::start();
+    let home = TempDir::new("contexts-named-home");
+    let base = base_image(&registry, home.path());
+    named(&Target::Embedded(home), &base, &repo);
+    named(&farm(), &base, &repo);
+}

@@ -64,8 +64,19 @@ pub struct SliceRequest<'a> {
     pub labels: &'a [(String, String)],
     /// The build's client, for secrets and ssh-agents.
     pub session: &'a dyn Session,
+    /// `--build-context NAME=...`, as the agent has them.
+    pub named: &'a [(String, Named)],
     /// `--network`, `--add-host`, `--shm-size`, `--ulimit`.
     pub run: &'a kiln_shared::api::RunOptions,
+}
+
+/// A named context (`--build-context`), as the engine uses it.
+#[derive(Clone, Debug)]
+pub enum Named {
+    /// An image to use wherever the name is (`docker-image://REF`).
+    Image(String),
+    /// A directory: a stage `FROM` the name has its files, `COPY --from` the name copies them.
+    Dir(PathBuf),
 }
 
 /// What a step asks of the build's client (BuildKit's session). Called from the engine's

@@ -71,6 +71,7 @@ impl Fixture {
             native: &[],
             labels: &[],
             session: &super::NoSession,
+            named: &[],
             run: &Default::default(),
         };
         self.agent.run_slice(&req, &|_| {})

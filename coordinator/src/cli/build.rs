@@ -91,6 +91,10 @@ pub struct BuildArgs {
     /// Shorthand for --call=check.
     #[arg(long)]
     pub check: bool,
+    /// An additional build context: NAME=DIR | docker-image://REF | a git or HTTP(S) URL,
+    /// used by `FROM NAME` and `COPY --from=NAME` (before any image of that name).
+    #[arg(long = "build-context")]
+    pub build_contexts: Vec<String>,
     /// A secret for `RUN --mount=type=secret`: id=ID[,src=FILE|,env=VAR][,type=file|env].
     #[arg(long = "secret")]
     pub secrets: Vec<String>,
@@ -208,6 +212,7 @@ pub fn run(mut args: BuildArgs) -> anyhow::Result<ExitCode> {
             cache_to: args.cache_to.clone(),
             insecure_registries: args.insecure_registries.clone(),
             builder: args.builder.clone(),
+            build_contexts: args.build_contexts.clone(),
             secrets: args.secrets.clone(),
             ssh: args.ssh.clone(),
             run: super::run_options::parse(&args)?,
@@ -225,8 +230,14 @@ pub fn run(mut args: BuildArgs) -> anyhow::Result<ExitCode> {
     let host = Platform::host();
     let mut plans = Vec::new();
     for platform in platforms {
-        let opts =
-            Options { platform, build_platform: host.clone(), build_args: &build_args, target: args.target.as_deref(), images: &NoImages };
+        let opts = Options {
+            platform,
+            build_platform: host.clone(),
+            build_args: &build_args,
+            target: args.target.as_deref(),
+            images: &NoImages,
+            contexts: &[],
+        };
         plans.push(resolve::resolve(&df, &opts).map_err(|e| e.in_file(&name))?);
     }
     match args.format {
@@ -262,6 +273,8 @@ pub struct BuildRequest {
     pub cache_to: Option<String>,
     pub insecure_registries: Vec<String>,
     pub builder: Option<String>,
+    /// `--build-context NAME=SOURCE` specs.
+    pub build_contexts: Vec<String>,
     /// `--secret` and `--ssh` specs in buildx's syntax.
     pub secrets: Vec<String>,
     pub ssh: Vec<String>,
@@ -329,6 +342,14 @@ pub fn prepare(req: &BuildRequest, session: &super::remote::Session, mode: Mode)
     });
     // Secrets and ssh-agents stay in this process; steps ask for them while the build runs.
     let build_session = BuildSession::open(&req.secrets, &req.ssh)?;
+    let mut fetched = Vec::new();
+    let mut named_contexts = Vec::new();
+    for raw in &req.build_contexts {
+        let (spec, files, f) = super::named::parse(raw)?;
+        context.files.extend(files);
+        named_contexts.push(spec);
+        fetched.extend(f);
+    }
     let spec = BuildSpec {
         dockerfile: req.dockerfile_text.clone(),
         dockerfile_name: req.dockerfile_name.clone(),
@@ -352,8 +373,9 @@ pub fn prepare(req: &BuildRequest, session: &super::remote::Session, mode: Mode)
         secrets: build_session.secret_ids(),
         ssh: build_session.ssh_ids(),
         run: req.run.clone(),
+        named_contexts,
     };
-    Ok(Prepared { spec, files: context.files, outputs, cache_to, session: build_session })
+    Ok(Prepared { spec, files: context.files, outputs, cache_to, session: build_session, _fetched: fetched })
 }
 
 fn dockerfile_path(args: &BuildArgs) -> PathBuf {

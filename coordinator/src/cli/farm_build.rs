@@ -92,6 +92,8 @@ pub struct Prepared {
     pub cache_to: Option<CacheTo>,
     /// The build's `--secret`s and `--ssh` agents, for the steps that ask.
     pub session: BuildSession,
+    /// Named contexts fetched from git or URLs: kept until their files are uploaded.
+    pub _fetched: Vec<super::source::Fetched>,
 }
 
 impl Prepared {

@@ -9,6 +9,7 @@ pub mod context;
 pub mod farm_build;
 pub mod home;
 pub mod imagetools;
+pub mod named;
 pub mod outputs;
 pub mod progress;
 pub mod remote;

@@ -477,6 +477,8 @@ mod tests {
             secrets: vec![],
             ssh: vec![],
             run: Default::default(),
+            named_contexts: vec![],
+            named_contexts: vec![],
         }
     }
 
