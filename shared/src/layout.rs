@@ -81,3 +81,40 @@ pub fn write_archive(dest: &Path, store: &ContentStore, index: &Index, blobs: &[
     std::fs::rename(&tmp, dest).map_err(io_err)?;
     Ok(())
 }
+
+/// Writes one image as the archive `docker save` writes and `docker load` reads:
+/// `manifest.json`, the config as `<hex>.json`, and each layer as `<hex>/layer.tar` (kept
+/// compressed: `docker load` decompresses layers). `tags` become its `RepoTags`.
+pub fn write_docker_archive(dest: &Path, store: &ContentStore, manifest: &oci::Manifest, tags: &[String]) -> Result<(), LayoutError> {
+    let path = dest.display().to_string();
+    let io_err = |source| LayoutError::Io { path: path.clone(), source };
+    let tmp = dest.with_extension("kiln-tmp");
+    let file = std::fs::File::create(&tmp).map_err(io_err)?;
+    let mut tar = tar::Builder::new(io::BufWriter::new(file));
+    let config = format!("{}.json", manifest.config.digest.hex());
+    append(&mut tar, &config, &store.read(&manifest.config.digest)?, 0o644).map_err(io_err)?;
+    let mut layers = Vec::new();
+    for l in &manifest.layers {
+        let name = format!("{}/layer.tar", l.digest.hex());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(store.size(&l.digest)?);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        tar.append_data(&mut h, &name, store.open_blob(&l.digest)?).map_err(io_err)?;
+        layers.push(name);
+    }
+    // Docker's names: a tag defaults to `latest`, and a digest reference is not a tag.
+    let repo_tags: Vec<String> = tags
+        .iter()
+        .filter(|t| !t.contains('@'))
+        .map(|t| if t.rsplit('/').next().is_some_and(|last| last.contains(':')) { t.clone() } else { format!("{t}:latest") })
+        .collect();
+    let entry = serde_json::json!([{ "Config": config, "RepoTags": repo_tags, "Layers": layers }]);
+    append(&mut tar, "manifest.json", entry.to_string().as_bytes(), 0o644).map_err(io_err)?;
+    let w = tar.into_inner().map_err(io_err)?;
+    w.into_inner().map_err(|e| io_err(e.into_error()))?.sync_all().map_err(io_err)?;
+    std::fs::rename(&tmp, dest).map_err(io_err)?;
+    Ok(())
+}

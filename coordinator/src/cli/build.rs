@@ -55,6 +55,9 @@ pub struct BuildArgs {
     /// Push the result to the registry.
     #[arg(long)]
     pub push: bool,
+    /// Load the result into the Docker daemon (`DOCKER_HOST`; shorthand for -o type=docker).
+    #[arg(long)]
+    pub load: bool,
     /// Output destination (type=oci,dest=F | type=local,dest=D | type=registry).
     #[arg(short = 'o', long = "output")]
     pub outputs: Vec<String>,
@@ -212,7 +215,7 @@ pub fn run(mut args: BuildArgs) -> anyhow::Result<ExitCode> {
             target: args.target.clone(),
             tags: args.tags.clone(),
             push: args.push,
-            outputs: args.outputs.clone(),
+            outputs: args.outputs.iter().cloned().chain(args.load.then(|| "type=docker".to_string())).collect(),
             no_cache: args.no_cache,
             cache_from: args.cache_from.clone(),
             cache_to: args.cache_to.clone(),
@@ -320,7 +323,17 @@ pub fn prepare(req: &BuildRequest, session: &super::remote::Session, mode: Mode)
     for o in &outputs {
         o.check_dest()?;
     }
-    if outputs.iter().filter(|o| matches!(o, Output::Oci { dest: Dest::Stdout, .. } | Output::Tar { dest: Dest::Stdout })).count() > 1 {
+    // As buildx: Docker's image store holds one platform's image, not an index.
+    if req.platforms.len() > 1 && outputs.iter().any(|o| matches!(o, Output::Docker { .. })) {
+        bail!("docker exporter does not currently support exporting manifest lists (build one --platform for --load or -o type=docker, or use --push)");
+    }
+    let to_stdout = |o: &Output| {
+        matches!(
+            o,
+            Output::Oci { dest: Dest::Stdout, .. } | Output::Tar { dest: Dest::Stdout } | Output::Docker { dest: Some(Dest::Stdout) }
+        )
+    };
+    if outputs.iter().filter(|o| to_stdout(o)).count() > 1 {
         bail!("only one output can go to standard output");
     }
     if outputs.is_empty() && mode != Mode::Quiet {

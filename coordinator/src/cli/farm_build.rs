@@ -231,6 +231,28 @@ async fn write_outputs(farm: &ClientFarm, view: &BuildView, outputs: &[Output], 
                     to_stdout(&tar_path)?;
                 }
             }
+            Output::Docker { dest } => {
+                let [(_, manifest)] = images.as_slice() else {
+                    bail!("docker exporter does not currently support exporting manifest lists");
+                };
+                let (path, keep) = match dest {
+                    Some(Dest::File(p)) => (p.clone(), true),
+                    _ => (tempfile_in_home("docker")?, false),
+                };
+                kiln_shared::layout::write_docker_archive(&path, &store, manifest, tags)?;
+                match dest {
+                    Some(Dest::Stdout) => to_stdout(&path)?,
+                    None => {
+                        let said = super::docker::load(&path);
+                        let _ = std::fs::remove_file(&path);
+                        eprintln!("{}", said?);
+                    }
+                    Some(Dest::File(_)) => {}
+                }
+                if !keep {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
             Output::Registry { .. } | Output::CacheOnly => {}
         }
     }

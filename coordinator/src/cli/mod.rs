@@ -6,6 +6,7 @@ pub mod build;
 pub mod builder;
 pub mod checks;
 pub mod context;
+pub mod docker;
 pub mod farm_build;
 pub mod home;
 pub mod imagetools;

@@ -40,6 +40,11 @@ pub enum Output {
     Registry {
         zstd: bool,
     },
+    /// One image as `docker load` reads it: to a file, to standard output, or (no `dest`,
+    /// `--load`) loaded into the Docker daemon.
+    Docker {
+        dest: Option<Dest>,
+    },
     /// Only the build cache keeps the result.
     CacheOnly,
 }
@@ -80,11 +85,9 @@ impl Output {
             },
             Some("registry" | "image") => Ok(Output::Registry { zstd }),
             Some("cacheonly") => Ok(Output::CacheOnly),
-            Some("docker") => {
-                bail!("-o type=docker is not supported yet: use type=oci,dest=FILE and `docker load` cannot read it either; use --push")
-            }
-            Some(other) => bail!("-o type={other} is not supported (expected oci, tar, local, registry or cacheonly)"),
-            None => bail!("-o {spec:?} needs type=oci|tar|local|registry|cacheonly"),
+            Some("docker") => Ok(Output::Docker { dest: dest.map(|d| Dest::parse(&d.to_string_lossy())) }),
+            Some(other) => bail!("-o type={other} is not supported (expected oci, docker, tar, local, registry or cacheonly)"),
+            None => bail!("-o {spec:?} needs type=oci|docker|tar|local|registry|cacheonly"),
         }
     }
 
@@ -95,7 +98,8 @@ impl Output {
         use std::io::IsTerminal;
         use std::os::unix::fs::FileTypeExt;
         let file = match self {
-            Output::Oci { dest, .. } | Output::Tar { dest } => dest,
+            Output::Oci { dest, .. } | Output::Tar { dest } | Output::Docker { dest: Some(dest) } => dest,
+            Output::Docker { dest: None } => return Ok(()),
             Output::Local { dest } => {
                 if let Ok(m) = std::fs::symlink_metadata(dest) {
                     if !m.is_dir() {
@@ -134,7 +138,7 @@ impl Output {
 
     /// Outputs that need the image's blobs back from the farm.
     pub fn needs_blobs(&self) -> bool {
-        matches!(self, Output::Oci { .. } | Output::Tar { .. } | Output::Local { .. })
+        matches!(self, Output::Oci { .. } | Output::Tar { .. } | Output::Local { .. } | Output::Docker { .. })
     }
 
     pub fn is_registry(&self) -> bool {
