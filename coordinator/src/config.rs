@@ -172,6 +172,10 @@ pub struct CoordinatorConfig {
     /// (default 3600 s).
     #[serde(default = "default_upload_abandon_secs")]
     pub upload_abandon_secs: u64,
+    /// Where to serve Prometheus metrics, `/healthz` and `/readyz` over plain HTTP (TCP;
+    /// default: not served).
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl CoordinatorConfig {

@@ -10,6 +10,7 @@
 pub mod builders;
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod embedded;
 pub mod node;
 pub mod raft;

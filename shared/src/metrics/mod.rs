@@ -241,6 +241,23 @@ fn escape_help(v: &str) -> String {
     v.replace('\\', "\\\\").replace('\n', "\\n")
 }
 
+/// `kiln_transport_errors_total{kind}`: QUIC calls and connections of this process that failed,
+/// and request frames it was sent that did not decode (counted in [`crate::transport`]).
+pub fn transport_errors() -> &'static Counter {
+    static ERRORS: OnceLock<Counter> = OnceLock::new();
+    ERRORS.get_or_init(|| {
+        let c = global().counter(
+            "kiln_transport_errors_total",
+            "QUIC calls, connections and served request frames that failed, by kind (connect, timeout, closed, wire, tls, io).",
+            &["kind"],
+        );
+        for kind in ["connect", "timeout", "closed", "wire"] {
+            c.touch(&[kind]);
+        }
+        c
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
