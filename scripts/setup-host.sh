@@ -2,18 +2,21 @@
 # Installs and enables what kiln's build engine needs on a Debian host (idempotent):
 # runc, qemu-user-static registered with binfmt_misc, and for the tests and the example
 # docker-registry, skopeo, umoci, apache2-utils (htpasswd); for scripts/compare.py
-# (the judge against Docker's BuildKit) Debian's docker.io, mmdebstrap and zstd.
+# (the judge against Docker's BuildKit) Debian's docker.io, mmdebstrap and zstd; for the
+# metrics test Debian's prometheus (the test runs its own on a loopback port; the package's
+# service is not started).
 set -euo pipefail
 need=()
-for pkg_cmd in runc:runc qemu-user-static:qemu-aarch64-static docker-registry:docker-registry skopeo:skopeo umoci:umoci apache2-utils:htpasswd make:make gcc:gcc docker.io:/usr/sbin/dockerd mmdebstrap:mmdebstrap zstd:zstd; do
+for pkg_cmd in runc:runc qemu-user-static:qemu-aarch64-static docker-registry:docker-registry skopeo:skopeo umoci:umoci apache2-utils:htpasswd make:make gcc:gcc docker.io:/usr/sbin/dockerd mmdebstrap:mmdebstrap zstd:zstd prometheus:/usr/bin/prometheus; do
   pkg=${pkg_cmd%%:*} cmd=${pkg_cmd##*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # Installing docker.io must not start the system's dockerd (its bridge and iptables rules
-  # would change the host's network): packages may not start services while this runs. The
-  # judge (scripts/compare.py) starts its own private dockerd.
+  # would change the host's network), nor prometheus a system-wide scraper: packages may not
+  # start services while this runs. The judge (scripts/compare.py) starts its own private
+  # dockerd, the metrics test its own prometheus.
   own_policy=
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && own_policy=1

@@ -10,8 +10,8 @@
 pub mod builders;
 pub mod cli;
 pub mod config;
-pub mod metrics;
 pub mod embedded;
+pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod scheduler;

@@ -48,8 +48,16 @@ pub fn get() -> &'static CoordinatorMetrics {
         let r = metrics::global();
         let slice_labels: &[&'static str] = &["platform", "emulated"];
         let m = CoordinatorMetrics {
-            builds_submitted: r.counter("kiln_builds_submitted_total", "Builds submitted (new ones, not a client's retry), by tenant.", &["tenant"]),
-            builds_finished: r.counter("kiln_builds_finished_total", "Builds finished, by outcome (succeeded, failed) and tenant.", &["state", "tenant"]),
+            builds_submitted: r.counter(
+                "kiln_builds_submitted_total",
+                "Builds submitted (new ones, not a client's retry), by tenant.",
+                &["tenant"],
+            ),
+            builds_finished: r.counter(
+                "kiln_builds_finished_total",
+                "Builds finished, by outcome (succeeded, failed) and tenant.",
+                &["state", "tenant"],
+            ),
             slices_finished: r.counter(
                 "kiln_slices_finished_total",
                 "Slice attempts ended, by outcome (succeeded, failed, lost: the agent's lease ran out), tenant, platform and emulation.",
@@ -80,7 +88,11 @@ pub fn get() -> &'static CoordinatorMetrics {
             ),
             agents: r.gauge("kiln_agents", "Registered agents, by state: ready, draining, lost (reported by the leader only).", &["state"]),
             agent_slots: r.gauge("kiln_farm_agent_slots", "Each agent's slots (reported by the leader only).", &["agent"]),
-            agent_running: r.gauge("kiln_farm_agent_running_slices", "Slices running on each agent (reported by the leader only).", &["agent"]),
+            agent_running: r.gauge(
+                "kiln_farm_agent_running_slices",
+                "Slices running on each agent (reported by the leader only).",
+                &["agent"],
+            ),
             agent_cache_bytes: r.gauge(
                 "kiln_farm_agent_cache_bytes",
                 "Each agent's cache size, as its last poll said (reported by the leader only).",

@@ -11,6 +11,7 @@
 //! - [`cluster::Cluster`]: coordinators and agents as real processes, with fault injection.
 
 pub mod cluster;
+pub mod prometheus;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

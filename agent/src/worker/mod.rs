@@ -26,10 +26,10 @@ use crate::engine::Agent;
 use crate::peer::Peer;
 use kiln_shared::api::{AgentInfo, AgentRequest, AgentResponse, Principal, PruneSpec, SliceTask};
 use kiln_shared::client::AgentFarm;
-use kiln_shared::{metrics, task};
 use kiln_shared::transport::{self, TransportError};
 use kiln_shared::wire::ErrorCode;
 use kiln_shared::Platform;
+use kiln_shared::{metrics, task};
 use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -185,9 +185,14 @@ pub async fn run(
 
 /// Serves `kiln agent --metrics-listen`: the registry, with this agent's gauges set from its
 /// state at each scrape; ready once registered (`serving` is set then).
-async fn serve_metrics(addr: SocketAddr, cfg: &AgentConfig, serving: Arc<OnceLock<Arc<Worker>>>) -> Result<task::TaskHandle<()>, WorkerError> {
+async fn serve_metrics(
+    addr: SocketAddr,
+    cfg: &AgentConfig,
+    serving: Arc<OnceLock<Arc<Worker>>>,
+) -> Result<task::TaskHandle<()>, WorkerError> {
     let listener = metrics::server::bind(addr).await.map_err(|e| WorkerError::Config(e.to_string()))?;
     tracing::info!(agent = %cfg.name, metrics = %addr, "serving metrics");
+    crate::metrics::get();
     let (name, slots, ready) = (cfg.name.clone(), cfg.slots, serving.clone());
     let probes = metrics::server::Probes {
         metrics: Box::new(move || {

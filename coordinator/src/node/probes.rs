@@ -17,6 +17,7 @@ use std::sync::{Arc, OnceLock};
 /// member is up (until then `/readyz` answers 503 and only the counters are shown).
 pub async fn serve(addr: SocketAddr, node: Arc<OnceLock<Arc<Node>>>) -> anyhow::Result<kiln_shared::task::TaskHandle<()>> {
     let listener = kiln_shared::metrics::server::bind(addr).await?;
+    metrics::get();
     let ready = node.clone();
     let probes = kiln_shared::metrics::server::Probes {
         metrics: Box::new(move || {

@@ -37,7 +37,11 @@ impl Kind {
 enum Value {
     Scalar(f64),
     /// Per bucket (not cumulative), then sum and count.
-    Histogram { buckets: Vec<u64>, sum: f64, count: u64 },
+    Histogram {
+        buckets: Vec<u64>,
+        sum: f64,
+        count: u64,
+    },
 }
 
 #[derive(Debug)]

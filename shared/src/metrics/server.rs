@@ -41,6 +41,8 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
 
 /// Serves until the task running it is dropped (see [`crate::task::spawn`]).
 pub async fn serve(listener: TcpListener, probes: Arc<Probes>) {
+    // Families registered on first use are shown from the first scrape, at 0.
+    super::transport_errors();
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut conns = tokio::task::JoinSet::new();
     loop {

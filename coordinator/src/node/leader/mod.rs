@@ -121,7 +121,8 @@ async fn tick(node: &Arc<Node>, finishers: &mut Vec<TaskHandle<()>>) -> Result<(
 
     for (build, reason) in plan.failures {
         let error = Some(reason);
-        let r = node.propose(Command::FinishBuild { at_ms: now_ms(), build, index: Vec::new(), index_digest: String::new(), error }).await?;
+        let r =
+            node.propose(Command::FinishBuild { at_ms: now_ms(), build, index: Vec::new(), index_digest: String::new(), error }).await?;
         if r.ok {
             build_finished(node, build);
         }
