@@ -137,5 +137,22 @@ fn prometheus_scrapes_what_the_farm_did() {
         assert_eq!(got.unwrap_or(0.0), n, "slices with emulated={emulated}");
     }
     assert_eq!(prom.value("sum(kiln_agent_running_slices)"), Some(0.0));
+    // The figures, for the record (`cargo test ... -- --nocapture`).
+    for q in [
+        "sum(kiln_step_cache_misses_total)",
+        "sum by (source) (kiln_step_cache_hits_total)",
+        "sum by (result) (kiln_upload_bytes_total)",
+        "sum by (result) (kiln_blob_upload_bytes_total)",
+        "sum by (from) (kiln_fetched_bytes_total)",
+        "sum by (platform) (kiln_slice_run_seconds_sum)",
+        "sum by (platform) (kiln_slice_queue_seconds_sum)",
+        "sum by (kind) (kiln_transport_errors_total)",
+        "max(kiln_raft_commit_index)",
+    ] {
+        eprintln!("{q}: {:?}", prom.query(q).unwrap_or_default().iter().map(|(m, v)| format!("{m} {v}")).collect::<Vec<_>>());
+    }
+    for (name, addr) in c.metrics.iter().filter(|(n, _)| n == "agent a1" || *n == format!("coordinator {leader}")) {
+        eprintln!("--- {name} /metrics\n{}", get(addr, "/metrics").1);
+    }
     drop(prom);
 }
