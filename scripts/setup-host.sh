@@ -4,7 +4,8 @@
 # docker-registry, skopeo, umoci, apache2-utils (htpasswd); for scripts/compare.py
 # (the judge against Docker's BuildKit) Debian's docker.io, mmdebstrap and zstd; for the
 # metrics test Debian's prometheus (the test runs its own on a loopback port; the package's
-# service is not started); for the deploy test systemd-analyze.
+# service is not started); for the deploy test systemd-analyze and, in a venv under /opt,
+# kubernetes-validate.
 set -euo pipefail
 need=()
 for pkg_cmd in runc:runc qemu-user-static:qemu-aarch64-static docker-registry:docker-registry skopeo:skopeo umoci:umoci apache2-utils:htpasswd make:make gcc:gcc docker.io:/usr/sbin/dockerd mmdebstrap:mmdebstrap zstd:zstd prometheus:/usr/bin/prometheus systemd:systemd-analyze; do
@@ -25,6 +26,14 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
   if [ -n "$own_policy" ]; then rm -f /usr/sbin/policy-rc.d; trap - EXIT; fi
+fi
+# The Kubernetes schemas for tests/tests/deploy.rs (scripts/check-kubernetes.py): the
+# kubernetes-validate package ships them, so the check runs offline once this is installed.
+kube_venv=/opt/kiln-kubernetes-validate
+if [ ! -x "$kube_venv/bin/kubernetes-validate" ]; then
+  python3 -c 'import ensurepip' 2>/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; }
+  python3 -m venv "$kube_venv"
+  "$kube_venv/bin/pip" install -q kubernetes-validate==1.37.0
 fi
 # binfmt_misc: mount it if needed and register every qemu handler the package ships
 # (with the F flag, so containers can use the interpreter).
