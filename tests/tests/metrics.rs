@@ -25,23 +25,24 @@ fn slice_sum(meta: &serde_json::Value, field: &str) -> f64 {
     meta["kiln.slices"].as_array().expect("slices").iter().map(|s| s[field].as_f64().unwrap_or(0.0)).sum()
 }
 
-fn build(c: &Cluster, ctx: &TempDir, reference: &str, meta: &std::path::Path) -> serde_json::Value {
-    c.ok(c.kiln(
-        &[
-            "build",
-            "--progress",
-            "plain",
-            "--platform",
-            "linux/amd64,linux/arm64",
-            "-t",
-            reference,
-            "--push",
-            "--metadata-file",
-            &meta.display().to_string(),
-            ".",
-        ],
-        ctx.path(),
-    ));
+/// A two-platform build of `ctx`, pushed to `reference`; `extra` flags (e.g. `--builder`).
+fn build(c: &Cluster, ctx: &TempDir, reference: &str, meta: &std::path::Path, extra: &[&str]) -> serde_json::Value {
+    let meta_arg = meta.display().to_string();
+    let mut args = vec![
+        "build",
+        "--progress",
+        "plain",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "-t",
+        reference,
+        "--push",
+        "--metadata-file",
+        &meta_arg,
+    ];
+    args.extend(extra);
+    args.push(".");
+    c.ok(c.kiln(&args, ctx.path()));
     serde_json::from_slice(&std::fs::read(meta).expect("metadata file")).expect("metadata JSON")
 }
 
@@ -89,7 +90,7 @@ fn prometheus_scrapes_what_the_farm_did() {
     ctx.write("Dockerfile", BASE_DOCKERFILE);
     let reference = format!("{}/metrics/busybox:1", registry.addr);
     let meta_file = c.dir.path().join("first.json");
-    let first = build(&c, &ctx, &reference, &meta_file);
+    let first = build(&c, &ctx, &reference, &meta_file, &[]);
     let misses = slice_sum(&first, "cache_misses");
     assert!(misses > 0.0, "{first}");
     prom.eventually("sum(kiln_slices_finished_total{state=\"succeeded\"})", SCRAPED, |v| v == 2.0);
@@ -112,7 +113,7 @@ fn prometheus_scrapes_what_the_farm_did() {
 
     // The same build again: every step is a hit, nothing is pushed again.
     let meta_file = c.dir.path().join("second.json");
-    let second = build(&c, &ctx, &reference, &meta_file);
+    let second = build(&c, &ctx, &reference, &meta_file, &[]);
     let (hits, peer_hits) = (slice_sum(&second, "cache_hits"), slice_sum(&second, "cache_peer_hits"));
     assert_eq!(slice_sum(&second, "cache_misses"), 0.0, "{second}");
     assert!(hits > 0.0, "{second}");
@@ -137,6 +138,21 @@ fn prometheus_scrapes_what_the_farm_did() {
         assert_eq!(got.unwrap_or(0.0), n, "slices with emulated={emulated}");
     }
     assert_eq!(prom.value("sum(kiln_agent_running_slices)"), Some(0.0));
+
+    // The same build on a2 alone (its builder): the amd64 steps are a1's, taken from it as a
+    // peer, with their layers.
+    let meta_file = c.dir.path().join("third.json");
+    let third = build(&c, &ctx, &reference, &meta_file, &["--builder", "a2"]);
+    let third_peer_hits = slice_sum(&third, "cache_peer_hits");
+    assert!(third_peer_hits > 0.0, "{third}");
+    prom.eventually("sum(kiln_slices_finished_total{state=\"succeeded\"})", SCRAPED, |v| v == 6.0);
+    prom.eventually("sum(kiln_step_cache_hits_total{source=\"peer\"})", SCRAPED, |v| v == peer_hits + third_peer_hits);
+    prom.eventually("sum(kiln_fetched_bytes_total{from=\"peer\"})", SCRAPED, |v| v > 0.0);
+    assert_eq!(prom.value("sum(kiln_step_cache_misses_total)"), Some(misses + slice_sum(&third, "cache_misses")));
+
+    // Pruning everything reclaims what the builds left on the agents.
+    c.ok(c.kiln(&["prune", "-a", "-f"], ctx.path()));
+    prom.eventually("sum(kiln_gc_reclaimed_bytes_total)", SCRAPED, |v| v > 0.0);
     // The figures, for the record (`cargo test ... -- --nocapture`).
     for q in [
         "sum(kiln_step_cache_misses_total)",
