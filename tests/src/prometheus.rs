@@ -78,6 +78,13 @@ impl Prometheus {
         r.first().map(|(_, v)| *v)
     }
 
+    /// Waits (bounded) until every target has been scraped since now: afterwards, what the
+    /// processes counted before this call is in Prometheus.
+    pub fn wait_for_scrapes(&self, timeout: Duration) {
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        self.eventually("min(timestamp(up))", timeout, |t| t > since);
+    }
+
     /// Waits (bounded) until `promql` gives one series whose value satisfies `want`, as new
     /// scrapes arrive; fails with the last value seen.
     pub fn eventually(&self, promql: &str, timeout: Duration, want: impl Fn(f64) -> bool) -> f64 {

@@ -2,7 +2,9 @@
 //! `--metrics-listen` on a loopback port, scraped every second by a real Prometheus (Debian's
 //! `prometheus`). The test causes known events (a two-platform build, then the same build
 //! again, fully cached) and asserts through PromQL what they must have counted: the figures
-//! come from the builds' own metadata files, not from constants where the farm decides.
+//! come from the builds' own metadata files, not from constants where the farm decides. After
+//! each step the test waits until every target has been scraped again, so the values it reads
+//! are final.
 
 use kiln_tests::cluster::Cluster;
 use kiln_tests::prometheus::Prometheus;
@@ -91,6 +93,7 @@ fn prometheus_scrapes_what_the_farm_did() {
     let reference = format!("{}/metrics/busybox:1", registry.addr);
     let meta_file = c.dir.path().join("first.json");
     let first = build(&c, &ctx, &reference, &meta_file, &[]);
+    prom.wait_for_scrapes(SCRAPED);
     let misses = slice_sum(&first, "cache_misses");
     assert!(misses > 0.0, "{first}");
     prom.eventually("sum(kiln_slices_finished_total{state=\"succeeded\"})", SCRAPED, |v| v == 2.0);
@@ -114,6 +117,7 @@ fn prometheus_scrapes_what_the_farm_did() {
     // The same build again: every step is a hit, nothing is pushed again.
     let meta_file = c.dir.path().join("second.json");
     let second = build(&c, &ctx, &reference, &meta_file, &[]);
+    prom.wait_for_scrapes(SCRAPED);
     let (hits, peer_hits) = (slice_sum(&second, "cache_hits"), slice_sum(&second, "cache_peer_hits"));
     assert_eq!(slice_sum(&second, "cache_misses"), 0.0, "{second}");
     assert!(hits > 0.0, "{second}");
@@ -143,6 +147,7 @@ fn prometheus_scrapes_what_the_farm_did() {
     // peer, with their layers.
     let meta_file = c.dir.path().join("third.json");
     let third = build(&c, &ctx, &reference, &meta_file, &["--builder", "a2"]);
+    prom.wait_for_scrapes(SCRAPED);
     let third_peer_hits = slice_sum(&third, "cache_peer_hits");
     assert!(third_peer_hits > 0.0, "{third}");
     prom.eventually("sum(kiln_slices_finished_total{state=\"succeeded\"})", SCRAPED, |v| v == 6.0);
@@ -152,6 +157,7 @@ fn prometheus_scrapes_what_the_farm_did() {
 
     // Pruning everything reclaims what the builds left on the agents.
     c.ok(c.kiln(&["prune", "-a", "-f"], ctx.path()));
+    prom.wait_for_scrapes(SCRAPED);
     prom.eventually("sum(kiln_gc_reclaimed_bytes_total)", SCRAPED, |v| v > 0.0);
     // The figures, for the record (`cargo test ... -- --nocapture`).
     for q in [
