@@ -178,3 +178,26 @@ fn prometheus_scrapes_what_the_farm_did() {
     }
     drop(prom);
 }
+
+/// A metrics address that is taken stops the start with one line naming it, for both servers.
+#[test]
+fn a_taken_metrics_address_is_refused_in_one_line() {
+    use kiln_tests::Bounded;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let dir = TempDir::new("metrics-taken");
+    let quic = format!("127.0.0.1:{}", kiln_tests::free_port());
+    let data = dir.path().join("c1").display().to_string();
+    let agent_data = dir.path().join("a1").display().to_string();
+    let runs = [
+        vec!["coordinator", "--id", "1", "--listen", &quic, "--data-dir", &data, "--metrics-listen", &addr],
+        vec!["agent", "--name", "a1", "--data-dir", &agent_data, "--host", &quic, "--token", "unused", "--metrics-listen", &addr],
+    ];
+    for args in runs {
+        let out = std::process::Command::new(kiln_tests::kiln_bin()).args(&args).bounded().expect("run kiln");
+        let err = kiln_tests::stderr(&out);
+        assert!(!out.status.success(), "{args:?} started");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(&format!("metrics endpoint: cannot listen on {addr} (TCP): ")), "{args:?}: {err}");
+    }
+}

@@ -22,8 +22,10 @@ pub const MAX_CONNECTIONS: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error("metrics endpoint: cannot listen on {addr} (TCP): {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    // The io error is part of the message, not a source: a caller printing the chain would
+    // say it twice.
+    #[error("metrics endpoint: cannot listen on {addr} (TCP): {error}")]
+    Bind { addr: SocketAddr, error: std::io::Error },
 }
 
 /// What the endpoint answers with; called on every request.
@@ -36,7 +38,7 @@ pub struct Probes {
 
 /// Binds the listener (so that a taken address fails the start, not a background task).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
-    TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr, source })
+    TcpListener::bind(addr).await.map_err(|error| MetricsError::Bind { addr, error })
 }
 
 /// Serves until the task running it is dropped (see [`crate::task::spawn`]).
