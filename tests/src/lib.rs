@@ -14,6 +14,7 @@
 
 pub mod cluster;
 pub mod prometheus;
+pub mod target;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -155,6 +156,11 @@ pub struct Registry {
 impl Registry {
     pub fn start() -> Registry {
         Self::start_inner(None)
+    }
+
+    /// Where the registry keeps what was pushed.
+    pub fn dir(&self) -> PathBuf {
+        self._dir.0.clone()
     }
 
     /// With basic authentication (htpasswd, bcrypt) for `user:password`.
