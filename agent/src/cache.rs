@@ -220,4 +220,11 @@ impl RemoteCache for Imported {
     fn blob(&self, d: &Digest, store: &ContentStore) -> bool {
         self.blob_from(d, store)
     }
+
+    fn source(&self) -> &'static str {
+        match self.blobs {
+            Blobs::Registry(..) => "registry",
+            Blobs::Dir(_) | Blobs::Elsewhere => "cache_dir",
+        }
+    }
 }

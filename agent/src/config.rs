@@ -82,6 +82,10 @@ pub struct AgentConfig {
     /// Cap on what peers may fetch from this agent, bytes per second (0: no cap).
     #[serde(default)]
     pub bandwidth_limit_bytes_per_s: u64,
+    /// Where to serve Prometheus metrics, `/healthz` and `/readyz` over plain HTTP (TCP; default:
+    /// not served).
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 
     // How long the agent waits, by what for. Defaults in parentheses.
     /// Registering: per attempt (10000 ms) and in all, with retries (60000 ms).

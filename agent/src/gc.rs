@@ -158,5 +158,6 @@ pub fn prune(root: &Path, opts: &PruneOptions) -> Result<PruneReport, EngineErro
             let _ = fs::remove_file(e.path());
         }
     }
+    crate::metrics::get().gc_reclaimed_bytes.add(&[], report.bytes_reclaimed);
     Ok(report)
 }

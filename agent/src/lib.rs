@@ -13,6 +13,7 @@ mod error;
 pub mod executor;
 pub mod gc;
 pub mod layers;
+pub mod metrics;
 pub mod peer;
 pub mod probe;
 pub mod runc;

@@ -464,6 +464,7 @@ impl Peer {
         };
         let _ = std::fs::remove_file(&tmp);
         report.bytes = result?;
+        crate::metrics::get().fetched_bytes.add(&["peer"], report.bytes);
         Ok(report)
     }
 

@@ -179,6 +179,10 @@ pub struct CoordinatorConfig {
     /// (default 3600 s).
     #[serde(default = "default_upload_abandon_secs")]
     pub upload_abandon_secs: u64,
+    /// Where to serve Prometheus metrics, `/healthz` and `/readyz` over plain HTTP (TCP;
+    /// default: not served).
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl CoordinatorConfig {
@@ -288,6 +292,10 @@ mod tests {
         let ok: CoordinatorConfig = toml::from_str(base).unwrap();
         ok.validate().unwrap();
         assert_eq!(ok.lease_timeout_ms, 10_000);
+        assert_eq!(ok.metrics_listen, None, "metrics are off by default");
+        let with: CoordinatorConfig = toml::from_str(&format!("metrics_listen = \"127.0.0.1:9401\"\n{base}")).unwrap();
+        assert_eq!(with.metrics_listen, Some("127.0.0.1:9401".parse().unwrap()));
+        assert!(toml::from_str::<CoordinatorConfig>(&format!("metrics_listen = \"nowhere\"\n{base}")).is_err());
         assert!(toml::from_str::<CoordinatorConfig>(&format!("{base}typo_ms = 3\n")).is_err());
         let mut c = ok.clone();
         c.id = 9;

@@ -11,6 +11,7 @@ pub mod builders;
 pub mod cli;
 pub mod config;
 pub mod embedded;
+pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod scheduler;

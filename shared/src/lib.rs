@@ -12,6 +12,7 @@ pub mod digest;
 pub mod frontend;
 pub mod join;
 pub mod layout;
+pub mod metrics;
 pub mod oci;
 pub mod platform;
 pub mod pool;

@@ -36,6 +36,31 @@ pub enum TransportError {
     Io(#[from] std::io::Error),
 }
 
+impl TransportError {
+    /// A short name for the kind of failure (the `kind` label of `kiln_transport_errors_total`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TransportError::Tls(_) => "tls",
+            TransportError::Connect { .. } => "connect",
+            TransportError::Wire(_) => "wire",
+            TransportError::Timeout { .. } => "timeout",
+            TransportError::Remote(_) => "remote",
+            TransportError::Closed(_) => "closed",
+            TransportError::Io(_) => "io",
+        }
+    }
+}
+
+/// Counts a failure in `kiln_transport_errors_total` (an error answer, `Remote`, is the other
+/// side's verdict, not a transport failure).
+fn counted<T>(r: Result<T, TransportError>) -> Result<T, TransportError> {
+    match &r {
+        Err(TransportError::Remote(_)) | Ok(_) => {}
+        Err(e) => crate::metrics::transport_errors().inc(&[e.kind()]),
+    }
+    r
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -337,6 +362,10 @@ pub fn client_with(ca: &CertificateDer<'static>, id: Option<&Identity>, timeouts
 }
 
 pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, timeout: Duration) -> Result<quinn::Connection, TransportError> {
+    counted(connect_inner(endpoint, addr, timeout).await)
+}
+
+async fn connect_inner(endpoint: &quinn::Endpoint, addr: SocketAddr, timeout: Duration) -> Result<quinn::Connection, TransportError> {
     let connecting = endpoint.connect(addr, SERVER_NAME).map_err(|e| TransportError::Connect { addr, reason: e.to_string() })?;
     match tokio::time::timeout(timeout, connecting).await {
         Err(_) => Err(TransportError::Timeout { ms: timeout.as_millis() as u64 }),
@@ -375,7 +404,7 @@ async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
 pub async fn call<Req: Serialize, Resp: DeserializeOwned>(conn: &quinn::Connection, req: &Envelope<Req>) -> Result<Resp, TransportError> {
     let ms = u64::from(req.deadline_ms);
     let work = async { exchange(conn, req).await.map(|(r, _)| r) };
-    tokio::time::timeout(Duration::from_millis(ms), work).await.map_err(|_| TransportError::Timeout { ms })?
+    counted(tokio::time::timeout(Duration::from_millis(ms), work).await.map_err(|_| TransportError::Timeout { ms }).and_then(|r| r))
 }
 
 /// [`call`] for an answer followed by a raw body on the same stream (a blob chunk: it is not
@@ -407,7 +436,7 @@ pub async fn call_with_body<Req: Serialize, Resp: DeserializeOwned>(
         }
         Ok((answer, buf, start))
     };
-    tokio::time::timeout(Duration::from_millis(ms), work).await.map_err(|_| TransportError::Timeout { ms })?
+    counted(tokio::time::timeout(Duration::from_millis(ms), work).await.map_err(|_| TransportError::Timeout { ms }).and_then(|r| r))
 }
 
 /// Serves one connection: each stream carries one request to `handler`. A frame that does not
@@ -440,7 +469,7 @@ where
         let handler = handler.clone();
         tasks.spawn(async move {
             let answer: Result<(Resp, Option<bytes::Bytes>), RemoteError> =
-                match read_frame(&mut recv, wire::MAX_FRAME).await.and_then(|f| Ok(wire::decode::<Envelope<Req>>(&f)?)) {
+                match counted(read_frame(&mut recv, wire::MAX_FRAME).await.and_then(|f| Ok(wire::decode::<Envelope<Req>>(&f)?))) {
                     Err(e) => Err(RemoteError { code: ErrorCode::BadRequest, message: format!("bad request frame: {e}") }),
                     Ok(env) => {
                         let deadline = Duration::from_millis(u64::from(env.deadline_ms));

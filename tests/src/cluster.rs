@@ -97,6 +97,10 @@ pub struct Cluster {
     pub agents: Vec<Proc>,
     pub admin_token: String,
     pub agent_token: String,
+    /// With [`Cluster::start_with_metrics`]: every process's `--metrics-listen` address
+    /// (`coordinator 1`, `agent a1`, ...).
+    pub metrics: Vec<(String, String)>,
+    with_metrics: bool,
 }
 
 impl Cluster {
@@ -107,7 +111,18 @@ impl Cluster {
 
     /// With the given election timeouts (ms).
     pub fn start_with(n: usize, election_min_ms: u64, election_max_ms: u64) -> Cluster {
+        Self::start_inner(n, election_min_ms, election_max_ms, false)
+    }
+
+    /// Every coordinator, and every agent added later, serves metrics on a loopback port of its
+    /// own (see [`Cluster::metrics`]).
+    pub fn start_with_metrics(n: usize) -> Cluster {
+        Self::start_inner(n, 1000, 2000, true)
+    }
+
+    fn start_inner(n: usize, election_min_ms: u64, election_max_ms: u64, with_metrics: bool) -> Cluster {
         let dir = TempDir::new("cluster");
+        let mut metrics = Vec::new();
         let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_udp_port())).collect();
         let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
         let mut coordinators = Vec::new();
@@ -135,7 +150,13 @@ impl Cluster {
             ]
             .iter()
             .map(|s| s.to_string())
-            .collect();
+            .collect::<Vec<String>>();
+            let mut args = args;
+            if with_metrics {
+                let addr = format!("127.0.0.1:{}", crate::free_port());
+                args.extend(["--metrics-listen".to_string(), addr.clone()]);
+                metrics.push((format!("coordinator {id}"), addr));
+            }
             let log = dir.path().join(format!("c{id}.log"));
             let mut p = Proc { name: format!("coordinator {id}"), args, log, child: None, env: vec![] };
             p.start();
@@ -156,7 +177,7 @@ impl Cluster {
         }
         let read = |f: &str| std::fs::read_to_string(c1.join(f)).expect("token").trim().to_string();
         let (admin_token, agent_token) = (read("admin.token"), read("agent.token"));
-        let cluster = Cluster { dir, coordinators, addrs, agents: vec![], admin_token, agent_token };
+        let cluster = Cluster { dir, coordinators, addrs, agents: vec![], admin_token, agent_token, metrics, with_metrics };
         cluster.leader();
         cluster
     }
@@ -228,6 +249,11 @@ impl Cluster {
         args.extend(["--slots".to_string(), slots.to_string()]);
         if !platforms.is_empty() {
             args.extend(["--platform".to_string(), platforms.join(",")]);
+        }
+        if self.with_metrics {
+            let addr = format!("127.0.0.1:{}", crate::free_port());
+            args.extend(["--metrics-listen".to_string(), addr.clone()]);
+            self.metrics.push((format!("agent {name}"), addr));
         }
         let log = self.dir.path().join(format!("{name}.log"));
         let env = vec![("KILN_HOME".to_string(), self.dir.path().join(format!("{name}-home")).display().to_string())];

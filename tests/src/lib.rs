@@ -8,9 +8,12 @@
 //! - [`wait_for`]: polling with a deadline instead of sleeping;
 //! - [`Bounded`]: `Command::output` with a deadline, so a hung command fails its test instead
 //!   of the whole suite;
-//! - [`cluster::Cluster`]: coordinators and agents as real processes, with fault injection.
+//! - [`cluster::Cluster`]: coordinators and agents as real processes, with fault injection (and
+//!   `--metrics-listen` on each with [`cluster::Cluster::start_with_metrics`]);
+//! - [`prometheus::Prometheus`]: a real Prometheus scraping them, queried with PromQL.
 
 pub mod cluster;
+pub mod prometheus;
 pub mod target;
 
 use std::net::TcpListener;

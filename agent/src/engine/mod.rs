@@ -132,6 +132,8 @@ pub trait RemoteCache: Sync {
     fn is_peer(&self) -> bool {
         false
     }
+    /// Where a hit came from, for `kiln_step_cache_hits_total{source}`.
+    fn source(&self) -> &'static str;
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -91,7 +91,9 @@ impl Agent {
         if self.store.has(d) || self.peers.get().is_some_and(|p| p.blob(d, &self.store)) {
             return Ok(());
         }
-        Ok(self.registry.fetch_blob(r, d, &self.store)?)
+        self.registry.fetch_blob(r, d, &self.store)?;
+        crate::metrics::get().fetched_bytes.add(&["origin"], self.store.size(d).unwrap_or(0));
+        Ok(())
     }
 }
 

@@ -227,6 +227,7 @@ impl SliceRun<'_> {
             }
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::get().step_cache_misses.inc(&[]);
         let layer = self.execute(stage, step, state, id)?;
         // BuildKit records no history for ONBUILD.
         if let Some(created_by) = history::created_by(step, &state.config.config) {

@@ -46,6 +46,7 @@ impl SliceRun<'_> {
                 for l in &cached.layers {
                     self.agent.store.touch(&l.digest);
                 }
+                crate::metrics::get().step_cache_hits.inc(&["local"]);
                 return Some(cached);
             }
         }
@@ -65,6 +66,7 @@ impl SliceRun<'_> {
             if remote.is_peer() {
                 self.peer_hits.fetch_add(1, Ordering::Relaxed);
             }
+            crate::metrics::get().step_cache_hits.inc(&[remote.source()]);
             return Some(cached);
         }
         None

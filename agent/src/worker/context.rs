@@ -68,6 +68,7 @@ pub(super) async fn materialize(w: &Arc<Worker>, task: &SliceTask, dir: &Path) -
         }
         let origin = origin.as_ref().ok_or(SliceError::NoOrigin)?;
         origin.fetch_blob(&w.engine.store, d).await.map_err(SliceError::ContextBlob)?;
+        super::peers::counted_from_origin(&w.engine.store, d);
     }
     if let Some(o) = origin {
         o.close();

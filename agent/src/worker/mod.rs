@@ -27,13 +27,13 @@ use crate::engine::Agent;
 use crate::peer::Peer;
 use kiln_shared::api::{AgentInfo, AgentRequest, AgentResponse, Principal, PruneSpec, SliceTask};
 use kiln_shared::client::AgentFarm;
-use kiln_shared::task;
 use kiln_shared::transport::{self, TransportError};
 use kiln_shared::wire::ErrorCode;
 use kiln_shared::Platform;
+use kiln_shared::{metrics, task};
 use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -86,6 +86,12 @@ pub async fn run(
     let dir_err = |e: std::io::Error| WorkerError::Config(format!("data dir {}: {e}", cfg.data_dir.display()));
     std::fs::create_dir_all(&cfg.data_dir).map_err(dir_err)?;
     cfg.data_dir = cfg.data_dir.canonicalize().map_err(dir_err)?;
+    // The metrics endpoint answers from the start (`/healthz`; `/readyz` once registered).
+    let serving: Arc<OnceLock<Arc<Worker>>> = Arc::default();
+    let _metrics = match cfg.metrics_listen {
+        Some(addr) => Some(serve_metrics(addr, &cfg, serving.clone()).await?),
+        None => None,
+    };
     let root = cfg.data_dir.clone();
     let engine = tokio::task::spawn_blocking(move || Agent::open(&root, &[]))
         .await
@@ -144,6 +150,7 @@ pub async fn run(
         peers,
         advertised: tokio::sync::Mutex::new(None),
     });
+    let _ = serving.set(worker.clone());
     if let Some(ready) = ready {
         let _ = ready.send(info.clone());
     }
@@ -175,6 +182,32 @@ pub async fn run(
     peer.close();
     listener.close(0u32.into(), b"shutdown");
     result
+}
+
+/// Serves `kiln agent --metrics-listen`: the registry, with this agent's gauges set from its
+/// state at each scrape; ready once registered (`serving` is set then).
+async fn serve_metrics(
+    addr: SocketAddr,
+    cfg: &AgentConfig,
+    serving: Arc<OnceLock<Arc<Worker>>>,
+) -> Result<task::TaskHandle<()>, WorkerError> {
+    let listener = metrics::server::bind(addr).await.map_err(|e| WorkerError::Config(e.to_string()))?;
+    tracing::info!(agent = %cfg.name, metrics = %addr, "serving metrics");
+    crate::metrics::get();
+    let (name, slots, ready) = (cfg.name.clone(), cfg.slots, serving.clone());
+    let probes = metrics::server::Probes {
+        metrics: Box::new(move || {
+            let m = crate::metrics::get();
+            m.slots.set(&[&name], f64::from(slots));
+            let w = serving.get();
+            m.registered.set(&[&name], if w.is_some() { 1.0 } else { 0.0 });
+            m.running.set(&[&name], w.map_or(0, |w| w.running().len()) as f64);
+            m.store_bytes.set(&[&name], w.map_or(0, |w| w.cache_bytes.load(std::sync::atomic::Ordering::Relaxed)) as f64);
+            metrics::global().render()
+        }),
+        ready: Box::new(move || ready.get().map(|_| ()).ok_or_else(|| "not registered with the farm yet".to_string())),
+    };
+    Ok(task::spawn("metrics endpoint", metrics::server::serve(listener, Arc::new(probes))))
 }
 
 fn list(ps: &[Platform]) -> String {
@@ -272,6 +305,8 @@ async fn run_task(w: Arc<Worker>, task: SliceTask) {
         Ok(outcome) => AgentRequest::SliceDone(outcome),
         Err(e) => AgentRequest::SliceFailed { build: task.build, slice: task.slice, attempt: task.attempt, message: e.to_string() },
     };
+    let state = if matches!(report, AgentRequest::SliceDone(_)) { "succeeded" } else { "failed" };
+    crate::metrics::get().slices.inc(&[state, &task.platform.to_string()]);
     let (deadline, patience) = (Duration::from_millis(w.cfg.report_deadline_ms), Duration::from_millis(w.cfg.report_patience_ms));
     if let Err(e) = w.farm.call(&report, deadline, patience).await {
         tracing::warn!(agent = %w.cfg.name, build = task.build, slice = task.slice, attempt = task.attempt, "reporting the slice: {e}");

@@ -80,6 +80,10 @@ impl RemoteCache for FarmPeers {
     fn is_peer(&self) -> bool {
         true
     }
+
+    fn source(&self) -> &'static str {
+        "peer"
+    }
 }
 
 /// A cache the CLI uploaded (`--cache-from type=local`): records from its config, blobs from
@@ -96,6 +100,16 @@ impl RemoteCache for UploadedCache {
     }
 
     fn blob(&self, d: &Digest, store: &ContentStore) -> bool {
-        store.has(d) || self.handle.block_on(self.origin.fetch_blob(store, d)).is_ok()
+        store.has(d) || self.handle.block_on(self.origin.fetch_blob(store, d)).is_ok() && counted_from_origin(store, d)
     }
+
+    fn source(&self) -> &'static str {
+        "cache_dir"
+    }
+}
+
+/// Counts a blob just fetched from an origin in `kiln_fetched_bytes_total{from="origin"}`.
+pub(super) fn counted_from_origin(store: &ContentStore, d: &Digest) -> bool {
+    crate::metrics::get().fetched_bytes.add(&["origin"], store.size(d).unwrap_or(0));
+    true
 }

@@ -19,11 +19,13 @@ pub(super) fn push(engine: &Agent, tags: &[String], image: &(oci::Descriptor, Ve
     for tag in tags {
         let r: Reference = tag.parse().map_err(|source| SliceError::Tag { tag: tag.clone(), source })?;
         for b in rest {
-            engine.registry.push_blob(&r, b, &engine.store).map_err(|source| SliceError::PushBlob {
+            let sent = engine.registry.push_blob(&r, b, &engine.store).map_err(|source| SliceError::PushBlob {
                 blob: b.clone(),
                 tag: tag.clone(),
                 source,
             })?;
+            let result = if sent { "sent" } else { "skipped" };
+            crate::metrics::get().upload_bytes.add(&[result], engine.store.size(b).unwrap_or(0));
         }
         let bytes = engine.store.read(last)?;
         engine
@@ -44,10 +46,15 @@ pub(super) async fn send_blobs(w: &Worker, origin: &AgentFarm, blobs: &[Digest],
         Ok(other) => return Err(SliceError::Unexpected(Box::new(other))),
         Err(e) => return Err(SliceError::Return(e)),
     };
+    let m = crate::metrics::get();
+    for b in blobs.iter().filter(|b| !missing.contains(&b.to_string())) {
+        m.upload_bytes.add(&["skipped"], w.engine.store.size(b).unwrap_or(0));
+    }
     for digest in missing {
         let d: Digest = digest.parse().map_err(SliceError::digest(&digest))?;
         let mut f = w.engine.store.open_blob(&d)?;
         origin.send_blob(&digest, &mut f, Some(tenant)).await.map_err(SliceError::SendBlob)?;
+        m.upload_bytes.add(&["sent"], w.engine.store.size(&d).unwrap_or(0));
     }
     Ok(())
 }

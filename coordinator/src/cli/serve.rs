@@ -79,6 +79,9 @@ pub struct CoordinatorArgs {
     pub usage_window_secs: Option<u64>,
     #[arg(long)]
     pub upload_abandon_secs: Option<u64>,
+    /// Serve Prometheus metrics, /healthz and /readyz over plain HTTP on this TCP address.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Flags override file values: `cfg.field = args.field.unwrap_or(cfg.field)` for each name.
@@ -157,6 +160,9 @@ pub struct AgentArgs {
     /// On shutdown, how long running slices may take to finish and report.
     #[arg(long)]
     pub shutdown_drain_ms: Option<u64>,
+    /// Serve Prometheus metrics, /healthz and /readyz over plain HTTP on this TCP address.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn parse_peers(s: &str) -> anyhow::Result<BTreeMap<u64, SocketAddr>> {
@@ -223,6 +229,9 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(p) = &args.peers {
         cfg.peers = parse_peers(p)?;
+    }
+    if let Some(v) = args.metrics_listen {
+        cfg.metrics_listen = Some(v);
     }
     override_with!(cfg, args:
         heartbeat_interval_ms,
@@ -324,6 +333,9 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(v) = args.slots {
         cfg.slots = v;
+    }
+    if let Some(v) = args.metrics_listen {
+        cfg.metrics_listen = Some(v);
     }
     if let Some(v) = &args.max_bandwidth {
         cfg.bandwidth_limit_bytes_per_s = super::storage::parse_size(v)?;

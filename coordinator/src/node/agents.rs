@@ -48,6 +48,7 @@ pub async fn slice_done(node: &Node, p: &Principal, outcome: SliceOutcome) -> An
     });
     let records = outcome.step_records.clone();
     node.commit(Command::SliceDone { at_ms: now_ms(), outcome }).await?;
+    super::probes::slice_ended(node, at.slice, "succeeded");
     if let Some(lineage) = lineage {
         node.soft().lineage.remember(lineage, records);
     }
@@ -59,6 +60,7 @@ pub async fn slice_done(node: &Node, p: &Principal, outcome: SliceOutcome) -> An
 pub async fn slice_failed(node: &Node, p: &Principal, at: SliceAttempt, message: String) -> Answer<AgentResponse> {
     owned_by(node, p, at)?;
     node.commit(Command::SliceFailed { at_ms: now_ms(), slice: at.slice, attempt: at.attempt, message }).await?;
+    super::probes::slice_ended(node, at.slice, "failed");
     node.bump();
     Ok(AgentResponse::Ok)
 }

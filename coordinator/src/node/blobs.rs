@@ -65,12 +65,17 @@ pub fn get_blob(node: &Node, p: &Principal, digest: &str, offset: u64, len: u32)
 
 pub fn missing(node: &Node, owner: Option<String>, digests: Vec<String>) -> Answer<BlobResponse> {
     let mut out = Vec::new();
+    let mut skipped = 0;
     for d in digests {
-        let have = node.blobs.has(&parse_digest(&d)?);
+        let digest = parse_digest(&d)?;
+        let have = node.blobs.has(&digest);
         if !have || owner.as_ref().is_some_and(|t| !node.owners.owns(t, &d)) {
             out.push(d);
+        } else {
+            skipped += node.blobs.size(&digest).unwrap_or(0);
         }
     }
+    crate::metrics::get().upload_bytes.add(&["skipped"], skipped);
     Ok(BlobResponse::Missing(out))
 }
 
@@ -116,6 +121,7 @@ pub fn put_blob(node: &Node, owner: Option<String>, digest: &str, offset: u64, d
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
     f.write_all(data).map_err(io)?;
     drop(f);
+    crate::metrics::get().upload_bytes.add(&["sent"], data.len() as u64);
     if last {
         soft.uploads.remove(&key);
         drop(soft);

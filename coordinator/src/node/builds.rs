@@ -73,6 +73,7 @@ pub async fn submit(node: &Node, p: &Principal, origin: SocketAddr, mut spec: Bu
     let r = node.commit(Command::Submit { build: Box::new(record), assignments: assignments.clone() }).await;
     node.release(&assignments);
     let r = r?;
+    crate::metrics::get().builds_submitted.inc(&[p.tenant()]);
     node.wake_leader.notify_one();
     Ok(ClientResponse::Submitted { build: r.value })
 }

@@ -10,7 +10,8 @@
 //! - [`live`]: which agents are alive; [`tracker`]: who holds which blob and record;
 //!   [`owners`]: which tenant uploaded which blob; [`session`]: steps' questions to the
 //!   client of their build (secrets, ssh-agent messages), in memory only;
-//! - [`peers`]: connections to the other coordinators.
+//! - [`peers`]: connections to the other coordinators;
+//! - [`probes`]: the metrics endpoint (`--metrics-listen`).
 
 pub mod admin;
 pub mod agents;
@@ -23,6 +24,7 @@ pub mod leader;
 pub mod live;
 pub mod owners;
 pub mod peers;
+pub mod probes;
 mod reply;
 pub mod session;
 pub mod tracker;
@@ -142,6 +144,8 @@ pub struct Node {
     pub cfg: CoordinatorConfig,
     pub raft: Raft<TypeConfig>,
     pub sm: StateMachineStore,
+    /// The commit index openraft last saved (see [`Store::committed_index`]).
+    pub committed: Arc<std::sync::atomic::AtomicU64>,
     pub ca: ClusterCa,
     pub pool: peers::Pool,
     pub blobs: ContentStore,
@@ -307,6 +311,16 @@ fn check_state_format(dir: &std::path::Path) -> anyhow::Result<()> {
 
 pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option<String>, stop: CancellationToken) -> anyhow::Result<()> {
     cfg.validate()?;
+    // The metrics endpoint answers from the start (`/healthz`; `/readyz` once caught up).
+    let serving: Arc<std::sync::OnceLock<Arc<Node>>> = Arc::default();
+    let _metrics = match cfg.metrics_listen {
+        Some(addr) => {
+            let served = probes::serve(addr, serving.clone()).await?;
+            tracing::info!(coordinator = cfg.id, metrics = %addr, "serving metrics");
+            Some(served)
+        }
+        None => None,
+    };
     let creds = bootstrap::credentials(&cfg, join, token.as_deref(), &stop).await?;
     let ca_der = creds.ca.cert_der();
     let endpoint = transport::server_with(cfg.listen, &ca_der, &creds.identity, true, &cfg.quic())
@@ -344,6 +358,7 @@ pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option
         cfg: cfg.clone(),
         raft,
         sm,
+        committed: store.committed_index(),
         ca: creds.ca,
         pool,
         blobs,
@@ -356,6 +371,7 @@ pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option
         stop: stop.clone(),
         gate: Gate::default(),
     });
+    let _ = serving.set(node.clone());
     let mut tasks: Vec<TaskHandle<()>> = Vec::new();
     if creds.founder {
         let members: BTreeMap<NodeId, BasicNode> = cfg.peers.iter().map(|(id, a)| (*id, BasicNode::new(a.to_string()))).collect();

@@ -129,6 +129,7 @@ fn begin_write(db: &Database) -> Result<redb::WriteTransaction, StoreError> {
 pub struct Store {
     db: Arc<Database>,
     sm: StateMachineStore,
+    committed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
@@ -143,12 +144,17 @@ impl Store {
         txn.open_table(SNAPSHOT)?;
         txn.commit()?;
         let db = Arc::new(db);
-        Ok(Store { sm: StateMachineStore::open(db.clone())?, db })
+        Ok(Store { sm: StateMachineStore::open(db.clone())?, db, committed: Arc::default() })
     }
 
     /// The handle to give `Raft::new` as its log storage.
     pub fn log_store(&self) -> LogStore {
-        LogStore { db: self.db.clone() }
+        LogStore { db: self.db.clone(), committed: self.committed.clone() }
+    }
+
+    /// The last commit index openraft saved (for `kiln_raft_commit_index`; 0 until the first).
+    pub fn committed_index(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.committed.clone()
     }
 
     /// The handle to give `Raft::new` as its state machine.
@@ -162,6 +168,7 @@ impl Store {
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    committed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl LogStore {
@@ -265,6 +272,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Kept so that a restarted node re-applies up to the known commit point at once. Losing
         // it in a crash loses nothing (the leader commits those entries again), so it reaches
         // the disk with the next fsync of the log instead of costing one of its own.
+        if let Some(c) = &committed {
+            self.committed.store(c.index, std::sync::atomic::Ordering::Relaxed);
+        }
         self.write_meta(KEY_COMMITTED, &committed, Durability::Eventual).map_err(|e| StorageIOError::write(&e).into())
     }
 

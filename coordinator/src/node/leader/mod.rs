@@ -121,7 +121,11 @@ async fn tick(node: &Arc<Node>, finishers: &mut Vec<TaskHandle<()>>) -> Result<(
 
     for (build, reason) in plan.failures {
         let error = Some(reason);
-        node.propose(Command::FinishBuild { at_ms: now_ms(), build, index: Vec::new(), index_digest: String::new(), error }).await?;
+        let r =
+            node.propose(Command::FinishBuild { at_ms: now_ms(), build, index: Vec::new(), index_digest: String::new(), error }).await?;
+        if r.ok {
+            build_finished(node, build);
+        }
         node.bump();
     }
 
@@ -156,6 +160,9 @@ async fn tick(node: &Arc<Node>, finishers: &mut Vec<TaskHandle<()>>) -> Result<(
 async fn place(node: &Node, plan: &Plan, settings: &Settings) -> Result<(), RemoteError> {
     for lost in &plan.lost {
         node.propose(lost.requeue(now_ms(), settings)).await?;
+        for at in &lost.slices {
+            super::probes::slice_ended(node, at.slice, "lost");
+        }
     }
     if !plan.lost.is_empty() {
         node.bump();
@@ -214,7 +221,21 @@ async fn finish(node: &Arc<Node>, build: BuildId) -> Result<(), RemoteError> {
         .unwrap_or_else(|e| Err(format!("the push task failed: {e}")));
         error = pushed.err();
     }
-    node.propose(Command::FinishBuild { at_ms: now_ms(), build, index: bytes, index_digest: digest.to_string(), error }).await?;
+    let r = node.propose(Command::FinishBuild { at_ms: now_ms(), build, index: bytes, index_digest: digest.to_string(), error }).await?;
+    if r.ok {
+        build_finished(node, build);
+    }
     node.bump();
     Ok(())
+}
+
+/// Counts a build whose end was just committed, by the state it ended in.
+fn build_finished(node: &Node, build: BuildId) {
+    let Some((state, tenant)) = node.read(|s| s.builds.get(&build).map(|b| (b.state, b.tenant.clone()))) else { return };
+    let state = match state {
+        crate::raft::BuildState::Done => "succeeded",
+        crate::raft::BuildState::Failed => "failed",
+        crate::raft::BuildState::Running => return,
+    };
+    crate::metrics::get().builds_finished.inc(&[state, &tenant]);
 }
