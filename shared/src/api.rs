@@ -190,16 +190,22 @@ pub struct BuildSpec {
     pub cache_to: Option<CacheExport>,
     /// `--secret` ids the client offers (ids only: the bytes stay with the client until a step
     /// that mounts one asks, through the build's session).
+    #[serde(default)]
     pub secrets: Vec<String>,
     /// `--ssh` ids the client offers (its ssh-agents stay with it; see [`SessionAsk::Ssh`]).
+    #[serde(default)]
     pub ssh: Vec<String>,
     /// `RUN` options that are the build's, not the Dockerfile's.
+    #[serde(default)]
     pub run: RunOptions,
     /// `--build-context NAME=...`.
+    #[serde(default)]
     pub named_contexts: Vec<NamedContextSpec>,
     /// `--pull`: resolve every base image's tag at its registry again, whatever the agent knows.
+    #[serde(default)]
     pub pull: bool,
     /// `--no-cache-filter`: the stages whose steps run without the step cache.
+    #[serde(default)]
     pub no_cache_filter: Vec<String>,
 }
 
@@ -693,6 +699,13 @@ mod tests {
                 entitlements: vec![],
             },
         };
+        // A Raft log an older kiln wrote (JSON, without the newer fields) still decodes.
+        let mut old: serde_json::Value = serde_json::to_value(&spec).unwrap();
+        for key in ["secrets", "ssh", "run", "named_contexts", "pull", "no_cache_filter"] {
+            old.as_object_mut().unwrap().remove(key);
+        }
+        let old: BuildSpec = serde_json::from_value(old).expect("an older build spec decodes");
+        assert!(old.secrets.is_empty() && old.run == RunOptions::default() && !old.pull);
         let principal = Principal { role: Role::User, name: "t".into() };
         let origin = "127.0.0.1:7401".parse().unwrap();
         let req =

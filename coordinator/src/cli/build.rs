@@ -29,107 +29,107 @@ pub struct BuildArgs {
     #[arg(default_value = ".")]
     pub path: PathBuf,
     /// The Dockerfile (default: PATH/Dockerfile; `-` reads it from standard input).
-    #[arg(short = 'f', long = "file")]
+    #[arg(short = 'f', long = "file", help_heading = "Context and Dockerfile")]
     pub file: Option<PathBuf>,
     /// Target platforms, comma separated (e.g. linux/amd64,linux/arm64; `local` is this host).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', help_heading = "Context and Dockerfile")]
     pub platform: Vec<String>,
     /// Image names to tag the result with.
-    #[arg(short = 't', long = "tag")]
+    #[arg(short = 't', long = "tag", help_heading = "Outputs")]
     pub tags: Vec<String>,
     /// Build-time variables: KEY=VALUE, or KEY to take the value from the environment.
-    #[arg(long = "build-arg")]
+    #[arg(long = "build-arg", help_heading = "Context and Dockerfile")]
     pub build_args: Vec<String>,
     /// Labels for the image: KEY=VALUE.
-    #[arg(long = "label")]
+    #[arg(long = "label", help_heading = "Outputs")]
     pub labels: Vec<String>,
     /// The stage to build (default: the last one).
-    #[arg(long)]
+    #[arg(long, help_heading = "Context and Dockerfile")]
     pub target: Option<String>,
     /// Resolve and print the plan without building.
-    #[arg(long)]
+    #[arg(long, help_heading = "Checks and dry runs")]
     pub dry_run: bool,
     /// Output format of --dry-run.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
+    #[arg(long, value_enum, default_value_t = Format::Text, help_heading = "Checks and dry runs")]
     pub format: Format,
     /// Push the result to the registry.
-    #[arg(long)]
+    #[arg(long, help_heading = "Outputs")]
     pub push: bool,
     /// Load the result into the Docker daemon (`DOCKER_HOST`; shorthand for -o type=docker).
-    #[arg(long)]
+    #[arg(long, help_heading = "Outputs")]
     pub load: bool,
-    /// Output destination (type=oci,dest=F | type=local,dest=D | type=registry).
-    #[arg(short = 'o', long = "output")]
+    /// Output destination: type=oci|docker|tar,dest=F|- | type=local,dest=D | type=registry | type=cacheonly | DIR | -.
+    #[arg(short = 'o', long = "output", help_heading = "Outputs")]
     pub outputs: Vec<String>,
     /// Do not use the step cache.
-    #[arg(long)]
+    #[arg(long, help_heading = "Cache")]
     pub no_cache: bool,
     /// Do not use the step cache for these stages (by name; repeatable, or comma separated).
-    #[arg(long = "no-cache-filter", value_delimiter = ',')]
+    #[arg(long = "no-cache-filter", value_delimiter = ',', help_heading = "Cache")]
     pub no_cache_filter: Vec<String>,
     /// Resolve every base image at its registry again (the farm may know an older digest).
-    #[arg(long)]
+    #[arg(long, help_heading = "Cache")]
     pub pull: bool,
     /// Progress output: auto, plain, tty, rawjson, quiet.
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", help_heading = "Outputs")]
     pub progress: String,
     /// Write build metadata (digests, per-slice facts) as JSON to this file.
-    #[arg(long)]
+    #[arg(long, help_heading = "Outputs")]
     pub metadata_file: Option<PathBuf>,
     /// Write the image ID (the index digest) to this file.
-    #[arg(long)]
+    #[arg(long, help_heading = "Outputs")]
     pub iidfile: Option<PathBuf>,
     /// Suppress the build output and print the image ID on success (`--progress quiet`).
-    #[arg(short = 'q', long)]
+    #[arg(short = 'q', long, help_heading = "Outputs")]
     pub quiet: bool,
     /// The builder to use.
-    #[arg(long)]
+    #[arg(long, help_heading = "Farm")]
     pub builder: Option<String>,
     /// Import step cache records: type=local,src=DIR | type=registry,ref=REF (or a bare REF).
-    #[arg(long = "cache-from")]
+    #[arg(long = "cache-from", help_heading = "Cache")]
     pub cache_from: Vec<String>,
     /// Export step cache records: type=local,dest=DIR[,mode=min|max] | type=registry,ref=REF[,mode=max].
-    #[arg(long = "cache-to")]
+    #[arg(long = "cache-to", help_heading = "Cache")]
     pub cache_to: Option<String>,
     /// A registry to reach over plain HTTP (loopback registries always are).
-    #[arg(long = "insecure-registry")]
+    #[arg(long = "insecure-registry", help_heading = "Farm")]
     pub insecure_registries: Vec<String>,
     /// What to do with the Dockerfile: build, check (run the build checks), targets or outline.
-    #[arg(long)]
+    #[arg(long, help_heading = "Checks and dry runs")]
     pub call: Option<String>,
     /// Shorthand for --call=check.
-    #[arg(long)]
+    #[arg(long, help_heading = "Checks and dry runs")]
     pub check: bool,
     /// An additional build context: NAME=DIR | docker-image://REF | a git or HTTP(S) URL,
     /// used by `FROM NAME` and `COPY --from=NAME` (before any image of that name).
-    #[arg(long = "build-context")]
+    #[arg(long = "build-context", help_heading = "Context and Dockerfile")]
     pub build_contexts: Vec<String>,
     /// A secret for `RUN --mount=type=secret`: id=ID[,src=FILE|,env=VAR][,type=file|env].
-    #[arg(long = "secret")]
+    #[arg(long = "secret", help_heading = "Secrets and SSH")]
     pub secrets: Vec<String>,
     /// An ssh-agent socket or keys for `RUN --mount=type=ssh`: default|ID[=SOCKET|KEY[,KEY..]].
-    #[arg(long = "ssh")]
+    #[arg(long = "ssh", help_heading = "Secrets and SSH")]
     pub ssh: Vec<String>,
     /// The networking mode of RUN steps: default, none or host.
-    #[arg(long)]
+    #[arg(long, help_heading = "RUN steps")]
     pub network: Option<String>,
     /// A custom host-to-IP mapping for RUN steps' /etc/hosts: HOST:IP.
-    #[arg(long = "add-host")]
+    #[arg(long = "add-host", help_heading = "RUN steps")]
     pub add_hosts: Vec<String>,
     /// The size of RUN steps' /dev/shm (e.g. 128m; default 64m).
-    #[arg(long = "shm-size")]
+    #[arg(long = "shm-size", help_heading = "RUN steps")]
     pub shm_size: Option<String>,
     /// A resource limit of RUN steps: NAME=SOFT[:HARD] (e.g. nofile=1024:4096).
-    #[arg(long = "ulimit")]
+    #[arg(long = "ulimit", help_heading = "RUN steps")]
     pub ulimits: Vec<String>,
     /// An extra privileged entitlement: network.host or security.insecure.
-    #[arg(long = "allow")]
+    #[arg(long = "allow", help_heading = "RUN steps")]
     pub allow: Vec<String>,
     /// Accepted for buildx's command lines and ignored (steps run in the agents' own cgroups).
-    #[arg(long = "cgroup-parent")]
+    #[arg(long = "cgroup-parent", help_heading = "RUN steps")]
     pub cgroup_parent: Option<String>,
     /// The farm (`--host`/`KILN_HOST`, `--token`/`KILN_TOKEN`); without one, the embedded farm runs in this process.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Farm")]
     pub farm: FarmArgs,
 }
 
