@@ -223,6 +223,9 @@ pub enum NamedSource {
     /// A directory (local, or a git repository or URL the client fetched): its manifest, whose
     /// blobs travel with the build's context.
     Local(Vec<ContextEntry>),
+    /// `oci-layout://PATH[:TAG|@DIGEST]`: the chosen manifest or index, and every blob of it
+    /// (uploaded with the context).
+    Layout { digest: String, blobs: Vec<String> },
 }
 
 impl BuildSpec {
@@ -230,8 +233,16 @@ impl BuildSpec {
     pub fn all_entries(&self) -> impl Iterator<Item = &ContextEntry> {
         self.context.iter().chain(self.named_contexts.iter().flat_map(|n| match &n.source {
             NamedSource::Local(entries) => entries.as_slice(),
-            NamedSource::Image(_) => &[],
+            NamedSource::Image(_) | NamedSource::Layout { .. } => &[],
         }))
+    }
+
+    /// The blobs of the OCI layouts among the named contexts (uploaded with the context).
+    pub fn layout_blobs(&self) -> impl Iterator<Item = &str> {
+        self.named_contexts.iter().flat_map(|n| match &n.source {
+            NamedSource::Layout { blobs, .. } => blobs.as_slice(),
+            _ => &[],
+        }).map(String::as_str)
     }
 }
 

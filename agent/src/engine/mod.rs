@@ -74,6 +74,10 @@ pub struct SliceRequest<'a> {
     pub run: &'a kiln_shared::api::RunOptions,
 }
 
+/// How a named OCI layout's image is named to the engine: this prefix and the digest of its
+/// manifest or index, whose blobs are in the store (see `pull`).
+pub const LAYOUT_PREFIX: &str = "oci-layout://";
+
 /// A named context (`--build-context`), as the engine uses it.
 #[derive(Clone, Debug)]
 pub enum Named {

@@ -6,7 +6,7 @@ use crate::layers::Layer;
 use kiln_shared::digest::Digest;
 use kiln_shared::frontend::resolve::{BaseConfig, BaseImages};
 use kiln_shared::oci::{self, ImageConfig, Index, Manifest};
-use kiln_shared::registry::Reference;
+use kiln_shared::registry::{Fetched, Reference};
 use kiln_shared::Platform;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -25,8 +25,19 @@ impl Agent {
                 return Ok((state, digest));
             }
         }
-        let r: Reference = image.parse()?;
-        let mut fetched = self.registry.get_manifest(&r)?;
+        let layout = image.strip_prefix(super::LAYOUT_PREFIX);
+        // A registry's image, or an OCI layout's (its blobs came with the context).
+        let get = |r: &Reference| -> Result<Fetched, EngineError> {
+            match (layout, &r.digest) {
+                (Some(_), Some(d)) => self.stored_manifest(image, d),
+                _ => Ok(self.registry.get_manifest(r)?),
+            }
+        };
+        let r: Reference = match layout {
+            Some(d) => format!("oci-layout.invalid/layout@{d}").parse()?,
+            None => image.parse()?,
+        };
+        let mut fetched = get(&r)?;
         if fetched.media_type == oci::MEDIA_INDEX || fetched.media_type == oci::DOCKER_MANIFEST_LIST {
             let index: Index =
                 serde_json::from_slice(&fetched.bytes).map_err(|e| EngineError::Copy(format!("image {image}: bad index: {e}")))?;
@@ -52,7 +63,7 @@ impl Agent {
                     available: available.join(", "),
                 });
             };
-            fetched = self.registry.get_manifest(&r.with_digest(desc.digest.clone()))?;
+            fetched = get(&r.with_digest(desc.digest.clone()))?;
         }
         let manifest: Manifest =
             serde_json::from_slice(&fetched.bytes).map_err(|e| EngineError::Copy(format!("image {image}: bad manifest: {e}")))?;
@@ -84,6 +95,16 @@ impl Agent {
             p.insert(key, (out.0.clone(), out.1.clone(), Instant::now()));
         }
         Ok(out)
+    }
+
+    /// A manifest or index of an OCI layout, from the store.
+    fn stored_manifest(&self, image: &str, d: &Digest) -> Result<Fetched, EngineError> {
+        let bytes = self.store.read(d).map_err(|_| EngineError::Copy(format!("{image}: the layout has no blob {d}")))?;
+        let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_string))
+            .unwrap_or_else(|| oci::MEDIA_MANIFEST.to_string());
+        Ok(Fetched { media_type, digest: d.clone(), bytes })
     }
 
     /// A base image's blob: from the store, else from peers, else from its registry.

@@ -47,12 +47,14 @@ pub(super) async fn materialize(w: &Arc<Worker>, task: &SliceTask, dir: &Path) -
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|source| SliceError::ContextDir { path: dir.to_path_buf(), source })?;
     let mut missing = Vec::new();
-    for e in task.spec.all_entries() {
-        if let EntryKind::File { digest, .. } = &e.kind {
-            let d: Digest = digest.parse().map_err(SliceError::digest(digest))?;
-            if !w.engine.store.has(&d) && !missing.contains(&d) {
-                missing.push(d);
-            }
+    let files = task.spec.all_entries().filter_map(|e| match &e.kind {
+        EntryKind::File { digest, .. } => Some(digest.as_str()),
+        _ => None,
+    });
+    for digest in files.chain(task.spec.layout_blobs()) {
+        let d: Digest = digest.parse().map_err(SliceError::digest(digest))?;
+        if !w.engine.store.has(&d) && !missing.contains(&d) {
+            missing.push(d);
         }
     }
     // Peers that hold a blob first: the coordinator that received the upload is the origin.

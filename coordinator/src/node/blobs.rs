@@ -37,7 +37,7 @@ pub fn owns_context(node: &Node, p: &Principal, spec: &BuildSpec) -> bool {
         CacheRef::Uploaded { config } => Some(config.as_str()),
         CacheRef::Registry { .. } => None,
     });
-    files.chain(caches).all(|d| node.owners.owns(p.tenant(), d))
+    files.chain(caches).chain(spec.layout_blobs()).all(|d| node.owners.owns(p.tenant(), d))
 }
 
 /// Serves a blob transfer of the CLI's or an agent's protocol.
