@@ -311,8 +311,8 @@ pub fn local_cache_files(src: &Path) -> anyhow::Result<(String, BTreeMap<String,
     Ok((manifest.config.digest.to_string(), files))
 }
 
-/// Reports the finished build as the embedded farm does: metadata file and summary line.
-pub fn finish(view: &BuildView, tags: &[String], metadata_file: Option<&Path>, mode: Mode) -> anyhow::Result<ExitCode> {
+/// What `--metadata-file` holds for one build (`kiln bake` writes one per target).
+pub fn metadata(view: &BuildView, tags: &[String]) -> serde_json::Value {
     let slices: Vec<serde_json::Value> = view
         .slices
         .iter()
@@ -334,20 +334,24 @@ pub fn finish(view: &BuildView, tags: &[String], metadata_file: Option<&Path>, m
             })
         })
         .collect();
+    let descriptor = serde_json::json!({
+        "mediaType": kiln_shared::oci::MEDIA_INDEX,
+        "digest": view.index_digest,
+        "size": view.index.len(),
+    });
+    serde_json::json!({
+        "containerimage.digest": view.index_digest,
+        "containerimage.descriptor": descriptor,
+        "image.name": tags.join(","),
+        "kiln.build": view.id,
+        "kiln.slices": slices,
+    })
+}
+
+/// Reports the finished build as the embedded farm does: metadata file and summary line.
+pub fn finish(view: &BuildView, tags: &[String], metadata_file: Option<&Path>, mode: Mode) -> anyhow::Result<ExitCode> {
     if let Some(path) = metadata_file {
-        let descriptor = serde_json::json!({
-            "mediaType": kiln_shared::oci::MEDIA_INDEX,
-            "digest": view.index_digest,
-            "size": view.index.len(),
-        });
-        let meta = serde_json::json!({
-            "containerimage.digest": view.index_digest,
-            "containerimage.descriptor": descriptor,
-            "image.name": tags.join(","),
-            "kiln.build": view.id,
-            "kiln.slices": slices,
-        });
-        std::fs::write(path, serde_json::to_vec_pretty(&meta)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&metadata(view, tags))?).with_context(|| format!("writing {}", path.display()))?;
     }
     if mode == Mode::Quiet {
         println!("{}", view.index_digest);
