@@ -420,6 +420,12 @@ fn format(fmt: &str, args: &[Value]) -> Result<String, String> {
         if w < 0 {
             out.push_str(&text);
             out.push_str(&" ".repeat(pad));
+        } else if width.starts_with('0') {
+            // `%05d`: zeros after the sign.
+            let (sign, digits) = text.strip_prefix('-').map(|d| ("-", d)).unwrap_or(("", &text));
+            out.push_str(sign);
+            out.push_str(&"0".repeat(pad));
+            out.push_str(digits);
         } else {
             out.push_str(&" ".repeat(pad));
             out.push_str(&text);

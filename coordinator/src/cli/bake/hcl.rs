@@ -451,7 +451,9 @@ fn target(name: &str, b: &RawBlock, ctx: &Context) -> Result<Vec<Made>, BakeErro
                 message: format!("invalid target name {made_name:?}: use letters, digits, '_' and '-'"),
             });
         }
+        // `${target.NAME.name}` is the name, as in buildx's target object.
         let mut values = Map::new();
+        values.insert("name".to_string(), Value::String(made_name.clone()));
         let mut t = Target::default();
         for (k, e) in &b.attrs {
             if k == "matrix" || k == "name" {

@@ -13,37 +13,37 @@ pub struct Target {
     /// Only in blocks: a resolved target has none (they are merged in).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub inherits: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "empty_list")]
     pub annotations: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "empty_list")]
     pub attest: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "empty_map")]
     pub contexts: Option<BTreeMap<String, String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dockerfile: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dockerfile_inline: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "empty_map")]
     pub args: Option<BTreeMap<String, String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "empty_map")]
     pub labels: Option<BTreeMap<String, String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "empty_list")]
     pub tags: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "empty_list")]
     pub cache_from: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "empty_list")]
     pub cache_to: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
-    #[serde(rename = "secret", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "secret", skip_serializing_if = "empty_list")]
     pub secrets: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "empty_list")]
     pub ssh: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "empty_list")]
     pub platforms: Option<Vec<String>>,
-    #[serde(rename = "output", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "output", skip_serializing_if = "empty_list")]
     pub outputs: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pull: Option<bool>,
@@ -51,18 +51,27 @@ pub struct Target {
     pub no_cache: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "empty_list")]
     pub no_cache_filter: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shm_size: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "empty_list")]
     pub ulimits: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub call: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "empty_list")]
     pub entitlements: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "empty_map")]
     pub extra_hosts: Option<BTreeMap<String, String>>,
+}
+
+/// Go's `omitempty`: an empty list or map is not printed, as a missing one is not.
+fn empty_list(v: &Option<Vec<String>>) -> bool {
+    v.as_ref().map_or(true, Vec::is_empty)
+}
+
+fn empty_map(v: &Option<BTreeMap<String, String>>) -> bool {
+    v.as_ref().map_or(true, BTreeMap::is_empty)
 }
 
 fn merge_map(into: &mut Option<BTreeMap<String, String>>, from: &Option<BTreeMap<String, String>>) {

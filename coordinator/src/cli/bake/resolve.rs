@@ -91,7 +91,8 @@ pub fn resolve(cfg: &Config, names: &[String], overrides: &[Override]) -> Result
 /// The targets in an order that builds every `target:` link before the targets that use it.
 pub fn build_order(r: &Resolved) -> Result<Vec<String>, BakeError> {
     fn visit(r: &Resolved, n: &str, stack: &mut Vec<String>, out: &mut Vec<String>) -> Result<(), BakeError> {
-        if out.iter().any(|o| o == n) {
+        // A linked target outside the selection is not built here (its link is refused later).
+        if out.iter().any(|o| o == n) || !r.targets.contains_key(n) {
             return Ok(());
         }
         if stack.iter().any(|s| s == n) {
