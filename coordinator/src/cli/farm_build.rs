@@ -92,85 +92,88 @@ pub fn run(
     outputs: &[Output],
     cache_dest: Option<&Path>,
 ) -> anyhow::Result<BuildView> {
-    run_labelled(session, spec, files, mode, outputs, cache_dest, "")
-}
-
-/// [`run`], with every progress line labelled (`kiln bake` names the target: `[web a2 linux/arm64 ...]`).
-pub fn run_labelled(
-    session: &Session,
-    spec: BuildSpec,
-    files: BTreeMap<String, PathBuf>,
-    mode: Mode,
-    outputs: &[Output],
-    cache_dest: Option<&Path>,
-    label: &str,
-) -> anyhow::Result<BuildView> {
     let tags = spec.tags.clone();
     session.block_on(async {
         let farm = session.connect().await?;
-        let (sent, bytes) = upload(&farm, &files).await?;
-        if mode == Mode::Plain {
-            // The manifest (names, modes, digests) travels in the build request.
-            let manifest = kiln_shared::wire::encode(&ClientRequest::Submit(Box::new(spec.clone()))).map(|f| f.len()).unwrap_or(0);
-            eprintln!(
-                "#0 context: {} files, {sent} sent ({bytes} bytes) + manifest ({manifest} bytes), the rest already on the farm",
-                files.len()
-            );
-        }
-        let build = match remote::call(&farm, &ClientRequest::Submit(Box::new(spec))).await? {
-            ClientResponse::Submitted { build } => build,
-            other => bail!(unexpected(other)),
-        };
-        let progress = Progress::new(mode);
-        let mut ids: HashMap<(String, String, u64), u64> = HashMap::new();
-        let mut cursor = 0;
-        loop {
-            let req = ClientRequest::Watch { build, cursor, wait_ms: 5_000 };
-            let answer = farm
-                .call(&req, Duration::from_secs(15), Duration::from_secs(60))
-                .await
-                .map_err(|e| anyhow!("following build {build}: {e}"))?;
-            let ClientResponse::Build { view, events, cursor: next } = answer else {
-                bail!("unexpected answer while following build {build}")
-            };
-            // A new leader starts its event log afresh.
-            cursor = if next < cursor { 0 } else { next };
-            for e in events {
-                let key = |id: u64| (e.platform.to_string(), e.agent.clone(), id);
-                let n = ids.len() as u64 + 1;
-                let map = |id: u64, ids: &mut HashMap<(String, String, u64), u64>| *ids.entry(key(id)).or_insert(n);
-                let event = match e.event {
-                    Event::Start { id, name } => {
-                        // Label every step with the agent it runs on: `[a2 linux/arm64 ...]`.
-                        let who = if label.is_empty() { e.agent.clone() } else { format!("{label} {}", e.agent) };
-                        let name = match name.strip_prefix('[') {
-                            Some(rest) => format!("[{who} {rest}"),
-                            None => format!("[{who}] {name}"),
-                        };
-                        Event::Start { id: map(id, &mut ids), name }
-                    }
-                    Event::Cached { id } => Event::Cached { id: map(id, &mut ids) },
-                    Event::Log { id, line } => Event::Log { id: map(id, &mut ids), line },
-                    Event::Done { id, secs } => Event::Done { id: map(id, &mut ids), secs },
-                    Event::Failed { id, message } => Event::Failed { id: map(id, &mut ids), message },
-                };
-                progress.event(event);
-            }
-            match view.state {
-                BuildState::Done => {
-                    if outputs.iter().any(Output::needs_blobs) {
-                        write_outputs(&farm, &view, outputs, &tags).await?;
-                    }
-                    if let Some(dest) = cache_dest {
-                        write_cache(&farm, &view, dest).await?;
-                    }
-                    return Ok(view);
-                }
-                BuildState::Failed => bail!("{}", view.error),
-                BuildState::Running => {}
-            }
-        }
+        let build = submit(&farm, spec, &files, mode).await?;
+        follow(&farm, build, mode, outputs, &tags, cache_dest, "").await
     })
+}
+
+/// Sends the blobs of `files` the farm lacks and submits the build; returns its id.
+pub async fn submit(farm: &ClientFarm, spec: BuildSpec, files: &BTreeMap<String, PathBuf>, mode: Mode) -> anyhow::Result<u64> {
+    let (sent, bytes) = upload(farm, files).await?;
+    if mode == Mode::Plain {
+        // The manifest (names, modes, digests) travels in the build request.
+        let manifest = kiln_shared::wire::encode(&ClientRequest::Submit(Box::new(spec.clone()))).map(|f| f.len()).unwrap_or(0);
+        eprintln!(
+            "#0 context: {} files, {sent} sent ({bytes} bytes) + manifest ({manifest} bytes), the rest already on the farm",
+            files.len()
+        );
+    }
+    match remote::call(farm, &ClientRequest::Submit(Box::new(spec))).await? {
+        ClientResponse::Submitted { build } => Ok(build),
+        other => bail!(unexpected(other)),
+    }
+}
+
+/// Follows a submitted build to its end, showing its progress (every line labelled with
+/// `label` when there is one: `kiln bake` names the target, `[web a2 linux/arm64 ...]`), and
+/// writes its outputs.
+pub async fn follow(
+    farm: &ClientFarm,
+    build: u64,
+    mode: Mode,
+    outputs: &[Output],
+    tags: &[String],
+    cache_dest: Option<&Path>,
+    label: &str,
+) -> anyhow::Result<BuildView> {
+    let progress = Progress::new(mode);
+    let mut ids: HashMap<(String, String, u64), u64> = HashMap::new();
+    let mut cursor = 0;
+    loop {
+        let req = ClientRequest::Watch { build, cursor, wait_ms: 5_000 };
+        let answer =
+            farm.call(&req, Duration::from_secs(15), Duration::from_secs(60)).await.map_err(|e| anyhow!("following build {build}: {e}"))?;
+        let ClientResponse::Build { view, events, cursor: next } = answer else { bail!("unexpected answer while following build {build}") };
+        // A new leader starts its event log afresh.
+        cursor = if next < cursor { 0 } else { next };
+        for e in events {
+            let key = |id: u64| (e.platform.to_string(), e.agent.clone(), id);
+            let n = ids.len() as u64 + 1;
+            let map = |id: u64, ids: &mut HashMap<(String, String, u64), u64>| *ids.entry(key(id)).or_insert(n);
+            let event = match e.event {
+                Event::Start { id, name } => {
+                    // Label every step with the agent it runs on: `[a2 linux/arm64 ...]`.
+                    let who = if label.is_empty() { e.agent.clone() } else { format!("{label} {}", e.agent) };
+                    let name = match name.strip_prefix('[') {
+                        Some(rest) => format!("[{who} {rest}"),
+                        None => format!("[{who}] {name}"),
+                    };
+                    Event::Start { id: map(id, &mut ids), name }
+                }
+                Event::Cached { id } => Event::Cached { id: map(id, &mut ids) },
+                Event::Log { id, line } => Event::Log { id: map(id, &mut ids), line },
+                Event::Done { id, secs } => Event::Done { id: map(id, &mut ids), secs },
+                Event::Failed { id, message } => Event::Failed { id: map(id, &mut ids), message },
+            };
+            progress.event(event);
+        }
+        match view.state {
+            BuildState::Done => {
+                if outputs.iter().any(Output::needs_blobs) {
+                    write_outputs(farm, &view, outputs, tags).await?;
+                }
+                if let Some(dest) = cache_dest {
+                    write_cache(farm, &view, dest).await?;
+                }
+                return Ok(view);
+            }
+            BuildState::Failed => bail!("{}", view.error),
+            BuildState::Running => {}
+        }
+    }
 }
 
 /// `-o type=oci` and `-o type=local`: the agents sent their images to the coordinator; fetch

@@ -41,7 +41,11 @@ pub fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Stri
                 } else if let Some(e) = op.strip_prefix('?') {
                     val.ok_or_else(|| format!("required variable {name} is missing a value: {e}"))?
                 } else if let Some(alt) = op.strip_prefix(":+") {
-                    if val.is_some_and(|v| !v.is_empty()) { alt.to_string() } else { String::new() }
+                    if val.is_some_and(|v| !v.is_empty()) {
+                        alt.to_string()
+                    } else {
+                        String::new()
+                    }
                 } else if op.is_empty() {
                     val.unwrap_or_default()
                 } else {

@@ -539,7 +539,9 @@ pub fn formatdate(spec: &str, ts: &str) -> Result<String, String> {
             ('a', 2) => if hh < 12 { "am" } else { "pm" }.to_string(),
             ('Z', 3) => "UTC".to_string(),
             ('Z', 1) => "Z".to_string(),
-            (c, _) if c.is_ascii_alphabetic() => return Err(format!("invalid date format verb {:?}", chars[i..i + run].iter().collect::<String>())),
+            (c, _) if c.is_ascii_alphabetic() => {
+                return Err(format!("invalid date format verb {:?}", chars[i..i + run].iter().collect::<String>()))
+            }
             _ => chars[i..i + run].iter().collect(),
         };
         out.push_str(&piece);

@@ -146,7 +146,9 @@ pub fn run(args: BakeArgs) -> anyhow::Result<ExitCode> {
         println!("{}", print::to_json(&resolved));
         return Ok(ExitCode::SUCCESS);
     }
-    for (flag, set) in [("--load", args.load), ("--pull", args.pull), ("--provenance", args.provenance.is_some()), ("--sbom", args.sbom.is_some())] {
+    for (flag, set) in
+        [("--load", args.load), ("--pull", args.pull), ("--provenance", args.provenance.is_some()), ("--sbom", args.sbom.is_some())]
+    {
         if set {
             anyhow::bail!("kiln bake {flag} is not supported yet (kiln build has no {flag})");
         }

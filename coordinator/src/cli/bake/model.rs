@@ -67,11 +67,11 @@ pub struct Target {
 
 /// Go's `omitempty`: an empty list or map is not printed, as a missing one is not.
 fn empty_list(v: &Option<Vec<String>>) -> bool {
-    v.as_ref().map_or(true, Vec::is_empty)
+    v.as_ref().is_none_or(Vec::is_empty)
 }
 
 fn empty_map(v: &Option<BTreeMap<String, String>>) -> bool {
-    v.as_ref().map_or(true, BTreeMap::is_empty)
+    v.as_ref().is_none_or(BTreeMap::is_empty)
 }
 
 fn merge_map(into: &mut Option<BTreeMap<String, String>>, from: &Option<BTreeMap<String, String>>) {

@@ -1,7 +1,7 @@
 //! Building a resolved bake: each target becomes the `BuildRequest` `kiln build` would make
-//! from the same flags, goes through the same `prepare` and `farm_build::run_labelled`, and all
-//! of them are submitted at once (one thread each following its build), so the farm's scheduler
-//! spreads every target's slices over every agent. The first failure fails the command naming
+//! from the same flags and goes through the same `prepare`, `farm_build::submit` and
+//! `farm_build::follow`; every build is submitted before any is followed, so the farm's
+//! scheduler spreads every target's slices over every agent at once. The first failure fails the command naming
 //! the target and stops following the rest; `--keep-going` lets them finish and publish.
 
 use super::model::Target;
@@ -9,12 +9,16 @@ use super::resolve::{self, Resolved};
 use super::{BakeArgs, BakeError};
 use crate::cli::build::{self, BuildRequest};
 use crate::cli::checks;
+use crate::cli::farm_build;
 use crate::cli::progress::Mode;
+use crate::cli::remote::Session;
 use anyhow::{bail, Context as _};
+use kiln_shared::api::BuildView;
 use kiln_shared::frontend;
 use kiln_shared::frontend::dockerignore::DockerIgnore;
 use kiln_shared::frontend::lint;
 use kiln_shared::Platform;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -125,7 +129,8 @@ pub fn request(name: &str, t: &Target, cwd: &Path, builder: Option<&str>) -> any
 /// Parses the Dockerfile (errors name file:line:col) and runs the build checks; with
 /// `# check=error=true` a broken rule fails the target, as `kiln build` does.
 fn lint_gate(name: &str, req: &BuildRequest) -> anyhow::Result<()> {
-    let df = frontend::parse(&req.dockerfile_text).map_err(|e| e.in_file(&req.dockerfile_name)).with_context(|| format!("target {name}"))?;
+    let df =
+        frontend::parse(&req.dockerfile_text).map_err(|e| e.in_file(&req.dockerfile_name)).with_context(|| format!("target {name}"))?;
     let ignore = DockerIgnore::load(&req.context, &req.dockerfile_path)?;
     let (config, warnings) = checks::warnings(&df, &req.dockerfile_text, Some(&ignore), None)?;
     if config.error && !warnings.is_empty() {
@@ -169,29 +174,69 @@ pub fn run(args: &BakeArgs, resolved: &Resolved, cwd: &Path) -> anyhow::Result<E
         lint_gate(name, req)?;
     }
     let mode = Mode::parse(&args.progress)?;
-    let session = Arc::new(args.farm.open()?);
+    let session = args.farm.open()?;
     let mut prepared = Vec::new();
     for (name, req) in &requests {
         let p = build::prepare(req, &session, mode).with_context(|| format!("target {name}"))?;
         prepared.push((name.clone(), req.tags.clone(), p));
     }
-    // Every build is submitted at once: one thread each uploads, submits and follows.
-    let (tx, rx) = std::sync::mpsc::channel();
-    for (name, tags, p) in prepared {
-        let (tx, session) = (tx.clone(), Arc::clone(&session));
-        std::thread::Builder::new()
-            .name(format!("bake {name}"))
-            .spawn(move || {
-                let cache_dest = p.cache_dest().map(Path::to_path_buf);
-                let view = crate::cli::farm_build::run_labelled(&session, p.spec, p.files, mode, &p.outputs, cache_dest.as_deref(), &name);
-                let _ = tx.send((name, tags, view));
-            })
-            .context("starting a thread")?;
+    let (done, failed) = session.block_on(submit_and_follow(&session, prepared, mode, args.keep_going))?;
+    if let Some(path) = &args.metadata_file {
+        let meta: serde_json::Map<String, serde_json::Value> =
+            done.iter().map(|(n, (tags, v))| (n.clone(), crate::cli::farm_build::metadata(v, tags))).collect();
+        std::fs::write(path, serde_json::to_vec_pretty(&meta)?).with_context(|| format!("writing {}", path.display()))?;
     }
-    drop(tx);
-    let mut done = std::collections::BTreeMap::new();
+    if !failed.is_empty() {
+        bail!("target {} failed", failed.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+type Done = BTreeMap<String, (Vec<String>, BuildView)>;
+
+/// Uploads every target's context at once (a blob shared by several is sent once), submits every
+/// build back to back so the scheduler sees them all together, then follows them concurrently.
+/// Returns the finished builds and the names of the failed ones; without `keep_going` the first
+/// failure stops following the rest.
+async fn submit_and_follow(
+    session: &Session,
+    prepared: Vec<(String, Vec<String>, build::Prepared)>,
+    mode: Mode,
+    keep_going: bool,
+) -> anyhow::Result<(Done, Vec<String>)> {
+    let farm = Arc::new(session.connect().await?);
+    let mut files = BTreeMap::new();
+    for (_, _, p) in &prepared {
+        files.extend(p.files.iter().map(|(d, path)| (d.clone(), path.clone())));
+    }
+    let (sent, bytes) = farm_build::upload(&farm, &files).await?;
+    if mode == Mode::Plain {
+        eprintln!(
+            "#0 contexts of {} targets: {} blobs, {sent} sent ({bytes} bytes), the rest already on the farm",
+            prepared.len(),
+            files.len()
+        );
+    }
+    let mut submitted = Vec::new();
+    for (name, tags, p) in prepared {
+        let build = farm_build::submit(&farm, p.spec.clone(), &BTreeMap::new(), Mode::Quiet)
+            .await
+            .with_context(|| format!("target {name}: submitting"))?;
+        submitted.push((name, tags, p, build));
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for (name, tags, p, build) in submitted {
+        let farm = Arc::clone(&farm);
+        set.spawn(async move {
+            let cache_dest = p.cache_dest().map(Path::to_path_buf);
+            let view = farm_build::follow(&farm, build, mode, &p.outputs, &tags, cache_dest.as_deref(), &name).await;
+            (name, tags, view)
+        });
+    }
+    let mut done = BTreeMap::new();
     let mut failed = Vec::new();
-    for (name, tags, view) in rx {
+    while let Some(joined) = set.join_next().await {
+        let (name, tags, view) = joined.context("following a target")?;
         match view {
             Ok(v) => {
                 if mode != Mode::Quiet {
@@ -205,21 +250,14 @@ pub fn run(args: &BakeArgs, resolved: &Resolved, cwd: &Path) -> anyhow::Result<E
             Err(e) => {
                 eprintln!("ERROR: target {name}: {e:#}");
                 failed.push(name);
-                if !args.keep_going {
-                    // The other builds are not followed further; this process (and an embedded
-                    // farm in it) stops with the error.
+                if !keep_going {
+                    // buildx cancels the rest; kiln stops following them (the farm has no
+                    // cancel request yet, so builds already running there finish on their own).
+                    set.abort_all();
                     break;
                 }
             }
         }
     }
-    if let Some(path) = &args.metadata_file {
-        let meta: serde_json::Map<String, serde_json::Value> =
-            done.iter().map(|(n, (tags, v))| (n.clone(), crate::cli::farm_build::metadata(v, tags))).collect();
-        std::fs::write(path, serde_json::to_vec_pretty(&meta)?).with_context(|| format!("writing {}", path.display()))?;
-    }
-    if !failed.is_empty() {
-        bail!("target {} failed", failed.join(", "));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok((done, failed))
 }

@@ -14,8 +14,20 @@ pub struct Override {
 }
 
 /// Keys whose value is a list (several `--set`s of one key make the list).
-const LIST_KEYS: [&str; 12] =
-    ["output", "cache-to", "cache-from", "tags", "platform", "secrets", "ssh", "attest", "entitlements", "annotations", "no-cache-filter", "ulimits"];
+const LIST_KEYS: [&str; 12] = [
+    "output",
+    "cache-to",
+    "cache-from",
+    "tags",
+    "platform",
+    "secrets",
+    "ssh",
+    "attest",
+    "entitlements",
+    "annotations",
+    "no-cache-filter",
+    "ulimits",
+];
 const SCALAR_KEYS: [&str; 9] = ["context", "dockerfile", "dockerfile-inline", "target", "call", "network", "shm-size", "no-cache", "pull"];
 const MAP_KEYS: [&str; 3] = ["args", "labels", "contexts"];
 
@@ -161,11 +173,10 @@ mod tests {
 
     #[test]
     fn lists_collect_and_append() {
-        let sets: Vec<Override> =
-            ["*.tags=a", "web.tags=b", "api.tags+=c", "w*.platform=linux/amd64,linux/arm64", "web.no-cache=true"]
-                .iter()
-                .map(|s| Override::parse(s).unwrap())
-                .collect();
+        let sets: Vec<Override> = ["*.tags=a", "web.tags=b", "api.tags+=c", "w*.platform=linux/amd64,linux/arm64", "web.no-cache=true"]
+            .iter()
+            .map(|s| Override::parse(s).unwrap())
+            .collect();
         let mut web = Target { tags: Some(vec!["old".into()]), ..Target::default() };
         apply(&mut web, "web", &sets).unwrap();
         assert_eq!(web.tags.unwrap(), ["a", "b"]);
