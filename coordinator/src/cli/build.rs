@@ -222,6 +222,13 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// Without `--builder`, the builder `kiln use` chose for this farm.
+    pub fn use_session_builder(&mut self, session: &super::remote::Session) {
+        if self.spec.builder.is_none() {
+            self.spec.builder = session.current_builder();
+        }
+    }
+
     pub fn cache_dest(&self) -> Option<&Path> {
         match &self.cache_to {
             Some(CacheTo::Local { dest, .. }) => Some(dest.as_path()),
@@ -234,8 +241,10 @@ impl Prepared {
 /// path either way (upload what the farm lacks, submit, follow, write the outputs).
 fn build(args: BuildArgs, req: BuildRequest) -> anyhow::Result<ExitCode> {
     let mode = if args.quiet { Mode::Quiet } else { Mode::parse(&args.progress)? };
+    // Everything is checked before a farm is opened (an embedded one is not started for a typo).
+    let mut prepared = prepare(&req, mode)?;
     let session = args.farm.open()?;
-    let prepared = prepare(&req, &session, mode)?;
+    prepared.use_session_builder(&session);
     let cache_dest = prepared.cache_dest().map(Path::to_path_buf);
     let view = super::farm_build::run(&session, prepared.spec, prepared.files, mode, &prepared.outputs, cache_dest.as_deref())?;
     if let Some(path) = &args.iidfile {
@@ -245,7 +254,7 @@ fn build(args: BuildArgs, req: BuildRequest) -> anyhow::Result<ExitCode> {
 }
 
 /// Checks a request's outputs and caches and walks its context: the `BuildSpec` to submit.
-pub fn prepare(req: &BuildRequest, session: &super::remote::Session, mode: Mode) -> anyhow::Result<Prepared> {
+pub fn prepare(req: &BuildRequest, mode: Mode) -> anyhow::Result<Prepared> {
     let mut outputs = req.outputs.iter().map(|o| Output::parse(o)).collect::<anyhow::Result<Vec<_>>>()?;
     if req.push && !outputs.iter().any(Output::is_registry) {
         outputs.push(Output::Registry { zstd: false });
@@ -301,7 +310,7 @@ pub fn prepare(req: &BuildRequest, session: &super::remote::Session, mode: Mode)
         tags: req.tags.clone(),
         push,
         zstd,
-        builder: req.builder.clone().or_else(|| session.current_builder()),
+        builder: req.builder.clone(),
         insecure_registries: req.insecure_registries.clone(),
         submission: crate::node::random_hex(16)?,
         return_blobs: outputs.iter().any(Output::needs_blobs),

@@ -174,11 +174,15 @@ pub fn run(args: &BakeArgs, resolved: &Resolved, cwd: &Path) -> anyhow::Result<E
         lint_gate(name, req)?;
     }
     let mode = Mode::parse(&args.progress)?;
-    let session = args.farm.open()?;
     let mut prepared = Vec::new();
     for (name, req) in &requests {
-        let p = build::prepare(req, &session, mode).with_context(|| format!("target {name}"))?;
+        let p = build::prepare(req, mode).with_context(|| format!("target {name}"))?;
         prepared.push((name.clone(), req.tags.clone(), p));
+    }
+    // Every target is checked before a farm is opened.
+    let session = args.farm.open()?;
+    for (_, _, p) in &mut prepared {
+        p.use_session_builder(&session);
     }
     let (done, failed) = session.block_on(submit_and_follow(&session, prepared, mode, args.keep_going))?;
     if let Some(path) = &args.metadata_file {
