@@ -42,7 +42,7 @@ pub fn manifest(root: &Path, ignore: &DockerIgnore) -> anyhow::Result<ContextMan
             let target = std::fs::read_link(v.path).with_context(|| format!("reading {}", v.path.display()))?;
             out.entries.push(entry_of(EntryKind::Symlink { target: target.into_os_string().into_vec() }));
         } else if meta.is_file() {
-            let digest = hash_file(v.path)?;
+            let digest = hash_file_once(v.path, meta)?;
             out.bytes += meta.len();
             out.files.insert(digest.to_string(), v.path.to_path_buf());
             out.entries.push(entry_of(EntryKind::File { digest: digest.to_string(), size: meta.len() }));
@@ -53,6 +53,23 @@ pub fn manifest(root: &Path, ignore: &DockerIgnore) -> anyhow::Result<ContextMan
         Ok(())
     })?;
     Ok(out)
+}
+
+/// A file's digest, hashed once per process for as long as its inode, size and mtime stay the
+/// same: the targets of a bake that share a context directory walk it each, but hash it once.
+fn hash_file_once(path: &Path, meta: &std::fs::Metadata) -> anyhow::Result<Digest> {
+    type Key = (PathBuf, u64, u64, u64, i64, i64);
+    static SEEN: std::sync::OnceLock<std::sync::Mutex<HashMap<Key, Digest>>> = std::sync::OnceLock::new();
+    let key = (path.to_path_buf(), meta.dev(), meta.ino(), meta.len(), meta.mtime(), meta.mtime_nsec());
+    let seen = SEEN.get_or_init(Default::default);
+    if let Some(d) = seen.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        return Ok(d);
+    }
+    let digest = hash_file(path)?;
+    if let Ok(mut m) = seen.lock() {
+        m.insert(key, digest.clone());
+    }
+    Ok(digest)
 }
 
 fn hash_file(path: &Path) -> anyhow::Result<Digest> {

@@ -4,6 +4,8 @@
 //! prints them (`print`), and built through `kiln build`'s own path (`run`), all at once.
 
 pub mod compose;
+#[cfg(test)]
+mod eval_tests;
 pub mod files;
 pub mod funcs;
 pub mod hcl;

@@ -173,7 +173,12 @@ pub fn run(args: &BakeArgs, resolved: &Resolved, cwd: &Path) -> anyhow::Result<E
     for (name, req) in &requests {
         lint_gate(name, req)?;
     }
-    let mode = Mode::parse(&args.progress)?;
+    // The tty view redraws one build in place; several followed at once would draw over each
+    // other, so they print plain lines, each labelled with its target.
+    let mode = match Mode::parse(&args.progress)? {
+        Mode::Tty if requests.len() > 1 => Mode::Plain,
+        m => m,
+    };
     let mut prepared = Vec::new();
     for (name, req) in &requests {
         let p = build::prepare(req, mode).with_context(|| format!("target {name}"))?;
