@@ -6,8 +6,8 @@ The file is what a monorepo writes: variables (one overridden from the environme
 function, a shared base target every service inherits, 150 services in groups of 10, and a
 matrix of 5 versions x 10 variants (50 more targets); `--set` overrides every target.
 
-    python3 scripts/bench-bake.py               # uses target/release/kiln if built, else target/debug/kiln
-    ROUNDS=50 KILN=path/to/kiln python3 scripts/bench-bake.py
+    python3 scripts/bench-bake.py               # target/release/kiln (built if missing)
+    ROUNDS=50 KILN_BIN=path/to/kiln python3 scripts/bench-bake.py
 """
 import json
 import os
@@ -53,7 +53,8 @@ def definition():
 
 
 def main():
-    kiln = os.environ.get("KILN") or kilnlab.kiln_bin(release=os.path.exists(os.path.join(kilnlab.ROOT, "target/release/kiln")))
+    # The release binary (built if missing, as the other benchmarks time it), or $KILN_BIN.
+    kiln = kilnlab.kiln_bin(release=True)
     with tempfile.TemporaryDirectory() as d:
         with open(os.path.join(d, "docker-bake.hcl"), "w") as f:
             f.write(definition())
