@@ -3,9 +3,11 @@
 
 use super::checks::{self, Call};
 use super::context::{self, ContextSummary};
+use super::farm_build::Prepared;
 use super::outputs::{CacheFrom, CacheTo, Dest, Output};
 use super::progress::Mode;
 use super::remote::FarmArgs;
+use super::session::BuildSession;
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use kiln_shared::api::{BuildSpec, CacheExport, CacheRef};
@@ -22,7 +24,8 @@ use std::process::ExitCode;
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// The build context directory.
+    /// The build context: a directory, a git repository URL (`URL#REF:SUBDIR`), a tarball or
+    /// Dockerfile URL, or `-` (a tar archive or a Dockerfile on standard input).
     #[arg(default_value = ".")]
     pub path: PathBuf,
     /// The Dockerfile (default: PATH/Dockerfile; `-` reads it from standard input).
@@ -88,6 +91,34 @@ pub struct BuildArgs {
     /// Shorthand for --call=check.
     #[arg(long)]
     pub check: bool,
+    /// An additional build context: NAME=DIR | docker-image://REF | a git or HTTP(S) URL,
+    /// used by `FROM NAME` and `COPY --from=NAME` (before any image of that name).
+    #[arg(long = "build-context")]
+    pub build_contexts: Vec<String>,
+    /// A secret for `RUN --mount=type=secret`: id=ID[,src=FILE|,env=VAR][,type=file|env].
+    #[arg(long = "secret")]
+    pub secrets: Vec<String>,
+    /// An ssh-agent socket or keys for `RUN --mount=type=ssh`: default|ID[=SOCKET|KEY[,KEY..]].
+    #[arg(long = "ssh")]
+    pub ssh: Vec<String>,
+    /// The networking mode of RUN steps: default, none or host.
+    #[arg(long)]
+    pub network: Option<String>,
+    /// A custom host-to-IP mapping for RUN steps' /etc/hosts: HOST:IP.
+    #[arg(long = "add-host")]
+    pub add_hosts: Vec<String>,
+    /// The size of RUN steps' /dev/shm (e.g. 128m; default 64m).
+    #[arg(long = "shm-size")]
+    pub shm_size: Option<String>,
+    /// A resource limit of RUN steps: NAME=SOFT[:HARD] (e.g. nofile=1024:4096).
+    #[arg(long = "ulimit")]
+    pub ulimits: Vec<String>,
+    /// An extra privileged entitlement: network.host or security.insecure.
+    #[arg(long = "allow")]
+    pub allow: Vec<String>,
+    /// Accepted for buildx's command lines and ignored (steps run in the agents' own cgroups).
+    #[arg(long = "cgroup-parent")]
+    pub cgroup_parent: Option<String>,
     /// The farm (`--host`/`KILN_HOST`, `--token`/`KILN_TOKEN`); without one, the embedded farm runs in this process.
     #[command(flatten)]
     pub farm: FarmArgs,
@@ -107,7 +138,25 @@ struct DryRun<'a> {
     platforms: &'a [BuildPlan],
 }
 
-pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
+pub fn run(mut args: BuildArgs) -> anyhow::Result<ExitCode> {
+    // A git repository, a URL or standard input is fetched into a directory first; `-f` is
+    // then a path inside it, as in buildx.
+    let keep_git =
+        args.build_args.iter().any(|a| matches!(a.split_once('='), Some(("BUILDKIT_CONTEXT_KEEP_GIT_DIR", v)) if v == "1" || v == "true"));
+    let remote = args.path.as_os_str() == "-" || args.path.to_str().is_some_and(|p| p.contains("://") || p.starts_with("git@"));
+    if args.path.as_os_str() == "-" && args.file.as_deref() == Some(Path::new("-")) {
+        bail!("the context and the Dockerfile cannot both come from standard input (-f - with context -)");
+    }
+    let fetched = super::source::fetch(&args.path, keep_git)?;
+    if remote {
+        if let Some(f) = args.file.as_mut().filter(|f| f.as_os_str() != "-" && f.is_relative()) {
+            *f = fetched.dir.join(&*f);
+        }
+        if args.file.is_none() {
+            args.file = fetched.dockerfile.clone();
+        }
+    }
+    args.path = fetched.dir.clone();
     let (name, text) = read_dockerfile(&args)?;
     let platforms = if args.platform.is_empty() { vec![Platform::host()] } else { Platform::parse_list(&args.platform.join(","))? };
     let mut build_args = parse_build_args(&args.build_args)?;
@@ -163,7 +212,14 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
             cache_to: args.cache_to.clone(),
             insecure_registries: args.insecure_registries.clone(),
             builder: args.builder.clone(),
+            build_contexts: args.build_contexts.clone(),
+            secrets: args.secrets.clone(),
+            ssh: args.ssh.clone(),
+            run: super::run_options::parse(&args)?,
         };
+        if args.cgroup_parent.is_some() && !quiet {
+            eprintln!("WARNING: --cgroup-parent is ignored: kiln runs steps in its agents' own cgroups");
+        }
         let code = build(args, req)?;
         if !warnings.is_empty() && !quiet {
             eprint!("\n{}", lint::summary(&warnings));
@@ -174,8 +230,14 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let host = Platform::host();
     let mut plans = Vec::new();
     for platform in platforms {
-        let opts =
-            Options { platform, build_platform: host.clone(), build_args: &build_args, target: args.target.as_deref(), images: &NoImages };
+        let opts = Options {
+            platform,
+            build_platform: host.clone(),
+            build_args: &build_args,
+            target: args.target.as_deref(),
+            images: &NoImages,
+            contexts: &[],
+        };
         plans.push(resolve::resolve(&df, &opts).map_err(|e| e.in_file(&name))?);
     }
     match args.format {
@@ -211,42 +273,22 @@ pub struct BuildRequest {
     pub cache_to: Option<String>,
     pub insecure_registries: Vec<String>,
     pub builder: Option<String>,
-}
-
-/// A build ready to submit: the request, the blobs to upload, and where its outputs go.
-pub struct Prepared {
-    pub spec: BuildSpec,
-    pub files: std::collections::BTreeMap<String, PathBuf>,
-    pub outputs: Vec<Output>,
-    pub cache_to: Option<CacheTo>,
-}
-
-impl Prepared {
-    /// Without `--builder`, the builder `kiln use` chose for this farm.
-    pub fn use_session_builder(&mut self, session: &super::remote::Session) {
-        if self.spec.builder.is_none() {
-            self.spec.builder = session.current_builder();
-        }
-    }
-
-    pub fn cache_dest(&self) -> Option<&Path> {
-        match &self.cache_to {
-            Some(CacheTo::Local { dest, .. }) => Some(dest.as_path()),
-            _ => None,
-        }
-    }
+    /// `--build-context NAME=SOURCE` specs.
+    pub build_contexts: Vec<String>,
+    /// `--secret` and `--ssh` specs in buildx's syntax.
+    pub secrets: Vec<String>,
+    pub ssh: Vec<String>,
+    /// `--network`, `--add-host`, `--shm-size`, `--ulimit`, `--allow`.
+    pub run: kiln_shared::api::RunOptions,
 }
 
 /// A real build, on the farm named by `--host`/`KILN_HOST` or on the embedded farm: the same
 /// path either way (upload what the farm lacks, submit, follow, write the outputs).
 fn build(args: BuildArgs, req: BuildRequest) -> anyhow::Result<ExitCode> {
     let mode = if args.quiet { Mode::Quiet } else { Mode::parse(&args.progress)? };
-    // Everything is checked before a farm is opened (an embedded one is not started for a typo).
-    let mut prepared = prepare(&req, mode)?;
     let session = args.farm.open()?;
-    prepared.use_session_builder(&session);
-    let cache_dest = prepared.cache_dest().map(Path::to_path_buf);
-    let view = super::farm_build::run(&session, prepared.spec, prepared.files, mode, &prepared.outputs, cache_dest.as_deref())?;
+    let prepared = prepare(&req, &session, mode)?;
+    let view = super::farm_build::run(&session, prepared, mode)?;
     if let Some(path) = &args.iidfile {
         std::fs::write(path, &view.index_digest).with_context(|| format!("writing --iidfile {}", path.display()))?;
     }
@@ -254,7 +296,7 @@ fn build(args: BuildArgs, req: BuildRequest) -> anyhow::Result<ExitCode> {
 }
 
 /// Checks a request's outputs and caches and walks its context: the `BuildSpec` to submit.
-pub fn prepare(req: &BuildRequest, mode: Mode) -> anyhow::Result<Prepared> {
+pub fn prepare(req: &BuildRequest, session: &super::remote::Session, mode: Mode) -> anyhow::Result<Prepared> {
     let mut outputs = req.outputs.iter().map(|o| Output::parse(o)).collect::<anyhow::Result<Vec<_>>>()?;
     if req.push && !outputs.iter().any(Output::is_registry) {
         outputs.push(Output::Registry { zstd: false });
@@ -298,6 +340,16 @@ pub fn prepare(req: &BuildRequest, mode: Mode) -> anyhow::Result<Prepared> {
         CacheTo::Local { max, .. } => CacheExport { max: *max, registry: None },
         CacheTo::Registry { reference, max } => CacheExport { max: *max, registry: Some(reference.clone()) },
     });
+    // Secrets and ssh-agents stay in this process; steps ask for them while the build runs.
+    let build_session = BuildSession::open(&req.secrets, &req.ssh)?;
+    let mut fetched = Vec::new();
+    let mut named_contexts = Vec::new();
+    for raw in &req.build_contexts {
+        let (spec, files, f) = super::named::parse(raw)?;
+        context.files.extend(files);
+        named_contexts.push(spec);
+        fetched.extend(f);
+    }
     let spec = BuildSpec {
         dockerfile: req.dockerfile_text.clone(),
         dockerfile_name: req.dockerfile_name.clone(),
@@ -310,7 +362,7 @@ pub fn prepare(req: &BuildRequest, mode: Mode) -> anyhow::Result<Prepared> {
         tags: req.tags.clone(),
         push,
         zstd,
-        builder: req.builder.clone(),
+        builder: req.builder.clone().or_else(|| session.current_builder()),
         insecure_registries: req.insecure_registries.clone(),
         submission: crate::node::random_hex(16)?,
         return_blobs: outputs.iter().any(Output::needs_blobs),
@@ -318,8 +370,12 @@ pub fn prepare(req: &BuildRequest, mode: Mode) -> anyhow::Result<Prepared> {
         tenant: String::new(),
         cache_from: cache_refs,
         cache_to: export,
+        secrets: build_session.secret_ids(),
+        ssh: build_session.ssh_ids(),
+        run: req.run.clone(),
+        named_contexts,
     };
-    Ok(Prepared { spec, files: context.files, outputs, cache_to })
+    Ok(Prepared { spec, files: context.files, outputs, cache_to, session: build_session, _fetched: fetched })
 }
 
 fn dockerfile_path(args: &BuildArgs) -> PathBuf {

@@ -1,9 +1,10 @@
 //! `kiln build` on a farm (a real one, or the embedded one): send the context once (only the
 //! blobs the farm lacks), submit the build, follow its slices live, write the outputs.
 
-use super::outputs::{Dest, Output};
+use super::outputs::{CacheTo, Dest, Output};
 use super::progress::{Mode, Progress};
 use super::remote::{self, unexpected, Session};
+use super::session::BuildSession;
 use anyhow::{anyhow, bail, Context as _};
 use kiln_agent::Event;
 use kiln_shared::api::{
@@ -100,20 +101,36 @@ pub async fn upload(farm: &ClientFarm, files: &BTreeMap<String, PathBuf>) -> any
     Ok((missing.len(), bytes))
 }
 
+/// A build ready to submit: the request, the blobs to upload, and where its outputs go.
+pub struct Prepared {
+    pub spec: BuildSpec,
+    pub files: std::collections::BTreeMap<String, PathBuf>,
+    pub outputs: Vec<Output>,
+    pub cache_to: Option<CacheTo>,
+    /// The build's `--secret`s and `--ssh` agents, for the steps that ask.
+    pub session: BuildSession,
+    /// Named contexts fetched from git or URLs: kept until their files are uploaded.
+    pub _fetched: Vec<super::source::Fetched>,
+}
+
+impl Prepared {
+    pub fn cache_dest(&self) -> Option<&Path> {
+        match &self.cache_to {
+            Some(CacheTo::Local { dest, .. }) => Some(dest.as_path()),
+            _ => None,
+        }
+    }
+}
+
 /// Runs a build on the farm and follows it; writes the outputs; returns the finished build.
-pub fn run(
-    session: &Session,
-    spec: BuildSpec,
-    files: BTreeMap<String, PathBuf>,
-    mode: Mode,
-    outputs: &[Output],
-    cache_dest: Option<&Path>,
-) -> anyhow::Result<BuildView> {
+pub fn run(session: &Session, prepared: Prepared, mode: Mode) -> anyhow::Result<BuildView> {
+    let cache_dest = prepared.cache_dest().map(Path::to_path_buf);
+    let Prepared { spec, files, outputs, session: build_session, .. } = prepared;
     let tags = spec.tags.clone();
     session.block_on(async {
         let farm = session.connect().await?;
         let build = submit(&farm, spec, &files, mode).await?;
-        follow(&farm, build, mode, outputs, &tags, cache_dest, "").await
+        follow(&farm, build, &build_session, mode, &outputs, &tags, cache_dest.as_deref(), "").await
     })
 }
 
@@ -134,12 +151,14 @@ pub async fn submit(farm: &ClientFarm, spec: BuildSpec, files: &BTreeMap<String,
     }
 }
 
-/// Follows a submitted build to its end, showing its progress (every line labelled with
-/// `label` when there is one: `kiln bake` names the target, `[web a2 linux/arm64 ...]`), and
-/// writes its outputs.
+/// Follows a submitted build to its end: answers what its steps ask of `build_session`
+/// (secrets, ssh-agent messages), shows its progress (every line labelled with `label` when
+/// there is one: `kiln bake` names the target, `[web a2 linux/arm64 ...]`), writes its outputs.
+#[allow(clippy::too_many_arguments)]
 pub async fn follow(
     farm: &ClientFarm,
     build: u64,
+    build_session: &BuildSession,
     mode: Mode,
     outputs: &[Output],
     tags: &[String],
@@ -151,9 +170,21 @@ pub async fn follow(
     let mut cursor = 0;
     loop {
         let req = ClientRequest::Watch { build, cursor, wait_ms: 5_000 };
-        let answer =
-            farm.call(&req, Duration::from_secs(15), Duration::from_secs(60)).await.map_err(|e| anyhow!("following build {build}: {e}"))?;
-        let ClientResponse::Build { view, events, cursor: next } = answer else { bail!("unexpected answer while following build {build}") };
+        let answer = farm
+            .call(&req, Duration::from_secs(15), Duration::from_secs(60))
+            .await
+            .map_err(|e| anyhow!("following build {build}: {e}"))?;
+        let ClientResponse::Build { view, events, cursor: next, asks } = answer else {
+            bail!("unexpected answer while following build {build}")
+        };
+        // What the build's steps ask of this client: secrets, ssh-agent messages.
+        for (ask, question) in asks {
+            let answer = build_session.answer(&question);
+            let req = ClientRequest::Answer { build, ask, answer };
+            farm.call(&req, Duration::from_secs(15), Duration::from_secs(30))
+                .await
+                .map_err(|e| anyhow!("answering build {build}'s question: {e}"))?;
+        }
         // A new leader starts its event log afresh.
         cursor = if next < cursor { 0 } else { next };
         for e in events {

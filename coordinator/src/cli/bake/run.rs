@@ -9,6 +9,7 @@ use super::resolve::{self, Resolved};
 use super::{BakeArgs, BakeError};
 use crate::cli::build::{self, BuildRequest};
 use crate::cli::checks;
+use crate::cli::run_options;
 use crate::cli::farm_build;
 use crate::cli::progress::Mode;
 use crate::cli::remote::Session;
@@ -26,34 +27,14 @@ use std::sync::Arc;
 /// Attributes kiln build has no flag for yet: set to anything, they stop the bake before it starts.
 fn unsupported(name: &str, t: &Target) -> Result<(), BakeError> {
     let err = |what: &str| Err(BakeError::Unsupported { target: name.to_string(), what: what.to_string() });
-    if let Some((k, v)) = t.contexts.iter().flatten().next() {
-        if let Some(linked) = v.strip_prefix("target:") {
-            return err(&format!("contexts.{k}=target:{linked} (linking targets needs --build-context)"));
-        }
-        return err(&format!("contexts.{k} (--build-context)"));
+    if let Some((k, linked)) = t.contexts.iter().flatten().find_map(|(k, v)| v.strip_prefix("target:").map(|l| (k, l))) {
+        return err(&format!("contexts.{k}=target:{linked} (a linked target's result as a context)"));
     }
-    let lists = [
-        ("secret", &t.secrets),
-        ("ssh", &t.ssh),
-        ("attest", &t.attest),
-        ("annotations", &t.annotations),
-        ("no-cache-filter", &t.no_cache_filter),
-        ("ulimits", &t.ulimits),
-        ("entitlements", &t.entitlements),
-    ];
+    let lists = [("attest", &t.attest), ("annotations", &t.annotations), ("no-cache-filter", &t.no_cache_filter)];
     for (what, v) in lists {
         if v.as_ref().is_some_and(|v| !v.is_empty()) {
             return err(what);
         }
-    }
-    if t.extra_hosts.as_ref().is_some_and(|m| !m.is_empty()) {
-        return err("extra-hosts (--add-host)");
-    }
-    if t.network.as_deref().is_some_and(|n| n != "default") {
-        return err("network");
-    }
-    if t.shm_size.is_some() {
-        return err("shm-size");
     }
     if t.pull == Some(true) {
         return err("pull");
@@ -123,6 +104,17 @@ pub fn request(name: &str, t: &Target, cwd: &Path, builder: Option<&str>) -> any
         cache_to: t.cache_to.as_ref().and_then(|c| c.first().cloned()),
         insecure_registries: vec![],
         builder: builder.map(str::to_string),
+        build_contexts: t.contexts.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect(),
+        secrets: t.secrets.clone().unwrap_or_default(),
+        ssh: t.ssh.clone().unwrap_or_default(),
+        run: run_options::from_flags(
+            t.entitlements.as_deref().unwrap_or_default(),
+            t.network.as_deref(),
+            &t.extra_hosts.iter().flatten().map(|(h, ip)| format!("{h}={ip}")).collect::<Vec<_>>(),
+            t.shm_size.as_deref(),
+            t.ulimits.as_deref().unwrap_or_default(),
+        )
+        .with_context(|| format!("target {name}"))?,
     })
 }
 
@@ -179,15 +171,11 @@ pub fn run(args: &BakeArgs, resolved: &Resolved, cwd: &Path) -> anyhow::Result<E
         Mode::Tty if requests.len() > 1 => Mode::Plain,
         m => m,
     };
+    let session = args.farm.open()?;
     let mut prepared = Vec::new();
     for (name, req) in &requests {
-        let p = build::prepare(req, mode).with_context(|| format!("target {name}"))?;
+        let p = build::prepare(req, &session, mode).with_context(|| format!("target {name}"))?;
         prepared.push((name.clone(), req.tags.clone(), p));
-    }
-    // Every target is checked before a farm is opened.
-    let session = args.farm.open()?;
-    for (_, _, p) in &mut prepared {
-        p.use_session_builder(&session);
     }
     let (done, failed) = session.block_on(submit_and_follow(&session, prepared, mode, args.keep_going))?;
     if let Some(path) = &args.metadata_file {
@@ -209,7 +197,7 @@ type Done = BTreeMap<String, (Vec<String>, BuildView)>;
 /// failure stops following the rest.
 async fn submit_and_follow(
     session: &Session,
-    prepared: Vec<(String, Vec<String>, build::Prepared)>,
+    prepared: Vec<(String, Vec<String>, farm_build::Prepared)>,
     mode: Mode,
     keep_going: bool,
 ) -> anyhow::Result<(Done, Vec<String>)> {
@@ -238,7 +226,7 @@ async fn submit_and_follow(
         let farm = Arc::clone(&farm);
         set.spawn(async move {
             let cache_dest = p.cache_dest().map(Path::to_path_buf);
-            let view = farm_build::follow(&farm, build, mode, &p.outputs, &tags, cache_dest.as_deref(), &name).await;
+            let view = farm_build::follow(&farm, build, &p.session, mode, &p.outputs, &tags, cache_dest.as_deref(), &name).await;
             (name, tags, view)
         });
     }
