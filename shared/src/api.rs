@@ -678,6 +678,7 @@ mod tests {
             cache_to: Some(CacheExport { max: true, registry: None }),
             secrets: vec!["npmrc".into()],
             ssh: vec!["default".into()],
+            named_contexts: vec![NamedContextSpec { name: "base".into(), source: NamedSource::Image("busybox:1".into()) }],
             run: RunOptions {
                 network: Some("none".into()),
                 hosts: vec![("db".into(), "10.0.0.2".into())],

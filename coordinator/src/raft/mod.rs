@@ -478,7 +478,6 @@ mod tests {
             ssh: vec![],
             run: Default::default(),
             named_contexts: vec![],
-            named_contexts: vec![],
         }
     }
 
