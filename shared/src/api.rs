@@ -197,6 +197,10 @@ pub struct BuildSpec {
     pub run: RunOptions,
     /// `--build-context NAME=...`.
     pub named_contexts: Vec<NamedContextSpec>,
+    /// `--pull`: resolve every base image's tag at its registry again, whatever the agent knows.
+    pub pull: bool,
+    /// `--no-cache-filter`: the stages whose steps run without the step cache.
+    pub no_cache_filter: Vec<String>,
 }
 
 /// One `--build-context NAME=SOURCE`, as the farm gets it.
@@ -678,6 +682,8 @@ mod tests {
             cache_to: Some(CacheExport { max: true, registry: None }),
             secrets: vec!["npmrc".into()],
             ssh: vec!["default".into()],
+            pull: true,
+            no_cache_filter: vec!["build".into()],
             named_contexts: vec![NamedContextSpec { name: "base".into(), source: NamedSource::Image("busybox:1".into()) }],
             run: RunOptions {
                 network: Some("none".into()),

@@ -62,6 +62,8 @@ fn spec(platforms: &[&str], n: usize) -> BuildSpec {
         ssh: vec![],
         run: Default::default(),
         named_contexts: vec![],
+        pull: false,
+        no_cache_filter: vec![],
     }
 }
 

@@ -53,6 +53,10 @@ pub struct SliceRequest<'a> {
     pub build_args: &'a [(String, String)],
     pub target: Option<&'a str>,
     pub no_cache: bool,
+    /// `--no-cache-filter`: stages (by name) whose steps skip the step cache.
+    pub no_cache_filter: &'a [String],
+    /// `--pull`: base images' tags are resolved at their registries again for this slice.
+    pub pull: bool,
     /// Whose step cache records this slice uses and adds (a tenant, or `shared`).
     pub cache_scope: &'a str,
     /// Caches imported with `--cache-from`: where a miss looks after the farm's peers.
@@ -150,6 +154,9 @@ pub struct SliceResult {
     pub records: Vec<kiln_shared::api::CacheRecord>,
 }
 
+/// A pulled base image: its state, manifest digest, and when it was pulled.
+type Pulled = (State, Digest, std::time::Instant);
+
 pub struct Agent {
     pub root: PathBuf,
     pub store: ContentStore,
@@ -157,7 +164,8 @@ pub struct Agent {
     pub platforms: HostPlatforms,
     /// What mounts step filesystems and runs RUN steps: runc unless told otherwise.
     executor: Arc<dyn Executor>,
-    pulled: Mutex<HashMap<(String, Platform), (State, Digest)>>,
+    /// Base images pulled, and when (a `--pull` slice takes only what it pulled itself).
+    pulled: Mutex<HashMap<(String, Platform), Pulled>>,
     seq: AtomicU64,
     /// The farm's other agents (set by the worker; none in the embedded farm).
     pub peers: std::sync::OnceLock<Arc<dyn RemoteCache + Send + Sync>>,
@@ -229,6 +237,8 @@ struct SliceRun<'a> {
     peer_hits: AtomicU32,
     /// RUN steps of stages this agent emulates.
     pub emulated_steps: Mutex<Vec<String>>,
+    /// Pulls older than this are resolved again (see `pull::REUSE_PULL` and `--pull`).
+    fresh_since: std::time::Instant,
     /// (stage, key, record JSON) of every step, hit or not.
     records: Mutex<Vec<(usize, String, String)>>,
 }

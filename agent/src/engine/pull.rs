@@ -9,15 +9,20 @@ use kiln_shared::oci::{self, ImageConfig, Index, Manifest};
 use kiln_shared::registry::Reference;
 use kiln_shared::Platform;
 use std::sync::Mutex;
+use std::time::Instant;
+
+/// How long a base image's tag, once resolved, is taken as is (as BuildKit's resolver caches).
+pub(super) const REUSE_PULL: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Agent {
     /// Pulls `image` for `platform`: manifest, config and layers into the store.
-    pub(super) fn pull(&self, image: &str, platform: &Platform) -> Result<(State, Digest), EngineError> {
+    /// `since`: only a pull made after it counts (`--pull`).
+    pub(super) fn pull(&self, image: &str, platform: &Platform, since: Instant) -> Result<(State, Digest), EngineError> {
         let key = (image.to_string(), platform.clone());
-        if let Some(hit) = self.pulled.lock().ok().and_then(|p| p.get(&key).cloned()) {
+        if let Some((state, digest, at)) = self.pulled.lock().ok().and_then(|p| p.get(&key).cloned()) {
             // A prune may have removed the layers since: then the image is pulled again.
-            if hit.0.layers.iter().all(|l| self.store.has(&l.digest)) {
-                return Ok(hit);
+            if at >= since && state.layers.iter().all(|l| self.store.has(&l.digest)) {
+                return Ok((state, digest));
             }
         }
         let r: Reference = image.parse()?;
@@ -76,7 +81,7 @@ impl Agent {
         let state = State { config, layers, key: fetched.digest.to_string() };
         let out = (state, fetched.digest);
         if let Ok(mut p) = self.pulled.lock() {
-            p.insert(key, out.clone());
+            p.insert(key, (out.0.clone(), out.1.clone(), Instant::now()));
         }
         Ok(out)
     }
@@ -93,13 +98,15 @@ impl Agent {
 /// Base-image configs for resolution, pulled from registries.
 pub(super) struct RegistryImages<'a> {
     pub agent: &'a Agent,
+    /// `--pull`: see [`Agent::pull`].
+    pub since: Instant,
     /// Why a base image could not be had (the frontend only hears "no config").
     pub errors: Mutex<Vec<EngineError>>,
 }
 
 impl BaseImages for RegistryImages<'_> {
     fn config(&self, image: &str, platform: &Platform) -> Option<BaseConfig> {
-        match self.agent.pull(image, platform) {
+        match self.agent.pull(image, platform, self.since) {
             Ok((state, _)) => {
                 let c = &state.config.config;
                 Some(BaseConfig {

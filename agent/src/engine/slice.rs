@@ -35,7 +35,9 @@ impl Agent {
             return Err(EngineError::CannotExecute { platform: req.platform.to_string(), runs: runs.join(", ") });
         }
         let df = frontend::parse(req.dockerfile).map_err(|e| e.in_file(req.dockerfile_name))?;
-        let images = RegistryImages { agent: self, errors: Mutex::new(Vec::new()) };
+        // A tag resolved in the last minute is used again; `--pull` resolves it for this slice.
+        let fresh_since = if req.pull { started } else { started.checked_sub(super::pull::REUSE_PULL).unwrap_or(started) };
+        let images = RegistryImages { agent: self, since: fresh_since, errors: Mutex::new(Vec::new()) };
         // The build platform is this machine's own: the host's, unless the agent declared
         // other native platforms (then the first of those).
         let host = Platform::host();
@@ -77,6 +79,7 @@ impl Agent {
             peer_hits: AtomicU32::new(0),
             records: Mutex::new(Vec::new()),
             emulated_steps: Mutex::new(Vec::new()),
+            fresh_since,
         };
         // Stages run in waves: every stage whose dependencies are built runs now, side by side.
         let mut pending: Vec<&Stage> = plan.stages.iter().collect();
@@ -156,7 +159,8 @@ impl SliceRun<'_> {
             }
             Base::Context(name) => self.named_dir(name, &stage.platform)?,
             Base::Image(image) => {
-                let (mut s, _) = self.agent.pull(image, &stage.platform).map_err(|e| self.step_err(stage, stage.pos.line, e))?;
+                let (mut s, _) =
+                    self.agent.pull(image, &stage.platform, self.fresh_since).map_err(|e| self.step_err(stage, stage.pos.line, e))?;
                 // ONBUILD triggers run in this stage; the new image does not carry them.
                 s.config.config.on_build = None;
                 s
@@ -213,7 +217,8 @@ impl SliceRun<'_> {
         let key = cache_key(&state.key, text, &stage.platform, &extra);
         let name = record_name(self.req.cache_scope, &key);
         let record = self.agent.root.join("cache").join(format!("{name}.json"));
-        if !self.req.no_cache {
+        let filtered = stage.name.as_deref().is_some_and(|n| self.req.no_cache_filter.iter().any(|f| f.eq_ignore_ascii_case(n)));
+        if !self.req.no_cache && !filtered {
             if let Some(cached) = self.cached(&record, &name, &key) {
                 *state = cached;
                 self.note(stage, &key, state);
@@ -255,7 +260,7 @@ impl SliceRun<'_> {
             None if self.req.named.iter().any(|(n, c)| n == from && matches!(c, super::Named::Dir(_))) => {
                 Ok(Some(self.named_dir(from, platform)?))
             }
-            None => Ok(Some(self.agent.pull(from, platform)?.0)),
+            None => Ok(Some(self.agent.pull(from, platform, self.fresh_since)?.0)),
         }
     }
 

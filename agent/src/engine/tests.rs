@@ -66,6 +66,8 @@ impl Fixture {
             build_args: &build_args,
             target: None,
             no_cache: false,
+            no_cache_filter: &[],
+            pull: false,
             cache_scope: scope,
             remote: &[],
             native: &[],

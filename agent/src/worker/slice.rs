@@ -118,6 +118,8 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
             build_args: &spec.build_args,
             target: spec.target.as_deref(),
             no_cache: spec.no_cache,
+            no_cache_filter: &spec.no_cache_filter,
+            pull: spec.pull,
             cache_scope: &spec.cache_scope,
             remote: &remote,
             native: &native,

@@ -61,6 +61,12 @@ pub struct BuildArgs {
     /// Do not use the step cache.
     #[arg(long)]
     pub no_cache: bool,
+    /// Do not use the step cache for these stages (by name; repeatable, or comma separated).
+    #[arg(long = "no-cache-filter", value_delimiter = ',')]
+    pub no_cache_filter: Vec<String>,
+    /// Resolve every base image at its registry again (the farm may know an older digest).
+    #[arg(long)]
+    pub pull: bool,
     /// Progress output: auto, plain, tty, rawjson, quiet.
     #[arg(long, default_value = "auto")]
     pub progress: String,
@@ -213,6 +219,8 @@ pub fn run(mut args: BuildArgs) -> anyhow::Result<ExitCode> {
             insecure_registries: args.insecure_registries.clone(),
             builder: args.builder.clone(),
             build_contexts: args.build_contexts.clone(),
+            no_cache_filter: args.no_cache_filter.clone(),
+            pull: args.pull,
             secrets: args.secrets.clone(),
             ssh: args.ssh.clone(),
             run: super::run_options::parse(&args)?,
@@ -275,6 +283,8 @@ pub struct BuildRequest {
     pub builder: Option<String>,
     /// `--build-context NAME=SOURCE` specs.
     pub build_contexts: Vec<String>,
+    pub no_cache_filter: Vec<String>,
+    pub pull: bool,
     /// `--secret` and `--ssh` specs in buildx's syntax.
     pub secrets: Vec<String>,
     pub ssh: Vec<String>,
@@ -374,6 +384,8 @@ pub fn prepare(req: &BuildRequest, session: &super::remote::Session, mode: Mode)
         ssh: build_session.ssh_ids(),
         run: req.run.clone(),
         named_contexts,
+        pull: req.pull,
+        no_cache_filter: req.no_cache_filter.clone(),
     };
     Ok(Prepared { spec, files: context.files, outputs, cache_to, session: build_session, _fetched: fetched })
 }

@@ -374,6 +374,8 @@ mod tests {
             ssh: vec![],
             run: Default::default(),
             named_contexts: vec![],
+            pull: false,
+            no_cache_filter: vec![],
         }
     }
 
