@@ -67,12 +67,18 @@ fn main() {
         "variable \"REGISTRY\" {}\nvariable \"BASE\" {}\n\
          target \"_base\" {\n  platforms = [\"linux/amd64\", \"linux/arm64\"]\n  args = { BASE = BASE }\n}\n",
     );
-    hcl.push_str(&format!("group \"default\" {{\n  targets = [{}]\n}}\n", names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")));
+    hcl.push_str(&format!(
+        "group \"default\" {{\n  targets = [{}]\n}}\n",
+        names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
+    ));
     for n in &names {
         hcl.push_str(&format!(
             "target \"{n}\" {{\n  inherits = [\"_base\"]\n  dockerfile = \"{n}.Dockerfile\"\n  tags = [\"${{REGISTRY}}/bench/{n}:1\"]\n}}\n"
         ));
-        dir.write(&format!("{n}.Dockerfile"), &format!("ARG BASE\nFROM ${{BASE}}\nCOPY {n}.Dockerfile /src/\nRUN sleep 1 && echo {n} > /name\n"));
+        dir.write(
+            &format!("{n}.Dockerfile"),
+            &format!("ARG BASE\nFROM ${{BASE}}\nCOPY {n}.Dockerfile /src/\nRUN sleep 1 && echo {n} > /name\n"),
+        );
     }
     dir.write("docker-bake.hcl", &hcl);
 

@@ -124,13 +124,13 @@ fn unsupported_flags_and_attributes_name_themselves() {
     dir.write("Dockerfile", "FROM scratch\n");
     dir.write(
         "docker-bake.hcl",
-        "target \"default\" {\n  ssh = [\"default\"]\n}\ntarget \"linked\" {\n  contexts = { base = \"target:default\" }\n}\n",
+        "target \"default\" {\n  annotations = [\"index:org.opencontainers.image.title=x\"]\n}\ntarget \"linked\" {\n  contexts = { base = \"target:default\" }\n}\n",
     );
     let out = bake(dir.path(), &["--load".into()], &[], home.path());
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--load is not supported yet"), "{}", stderr(&out));
     let out = bake(dir.path(), &[], &[], home.path());
-    assert!(stderr(&out).contains("target default: ssh is not supported by kiln build yet"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("target default: annotations is not supported by kiln build yet"), "{}", stderr(&out));
     let out = bake(dir.path(), &["linked".into()], &[], home.path());
     assert!(stderr(&out).contains("target linked: contexts.base=target:default"), "{}", stderr(&out));
     assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
@@ -329,4 +329,38 @@ fn farm_bakes_twelve_targets_across_four_agents() {
     let out = run();
     assert!(out.status.success(), "{}", stderr(&out));
     check_metadata(&meta, &names, true);
+}
+
+/// A target's `secret` and `network` reach its RUN steps as `kiln build --secret`/`--network` do.
+#[test]
+fn target_secrets_and_network_reach_the_build() {
+    let registry = Registry::start();
+    let home = TempDir::new("bake-secret");
+    let base = kiln_tests::base_image(&registry, home.path());
+    let dir = TempDir::new("bake-secret-repo");
+    dir.write(
+        "Dockerfile",
+        "ARG BASE\nFROM ${BASE}\nRUN --mount=type=secret,id=tok,required=true test \"$(cat /run/secrets/tok)\" = s3cret && echo ok > /ok\n",
+    );
+    dir.write(
+        "docker-bake.hcl",
+        "variable \"BASE\" {}\ntarget \"default\" {\n  args = { BASE = BASE }\n  secret = [\"id=tok,env=TOKEN\"]\n  network = \"none\"\n  output = [\"type=cacheonly\"]\n}\n",
+    );
+    let run = |token: &str| {
+        Command::new(kiln_bin())
+            // A secret does not key the step cache (as in BuildKit): every run executes the step.
+            .args(["bake", "--progress", "plain", "--no-cache"])
+            .env("KILN_HOME", home.path())
+            .env("BASE", &base)
+            .env("TOKEN", token)
+            .env_remove("KILN_HOST")
+            .current_dir(dir.path())
+            .bounded()
+            .expect("kiln bake")
+    };
+    let out = run("s3cret");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run("wrong");
+    assert!(!out.status.success(), "the step saw the secret's value: {}", stderr(&out));
+    assert!(stderr(&out).contains("target default failed"), "{}", stderr(&out));
 }

@@ -170,10 +170,8 @@ pub async fn follow(
     let mut cursor = 0;
     loop {
         let req = ClientRequest::Watch { build, cursor, wait_ms: 5_000 };
-        let answer = farm
-            .call(&req, Duration::from_secs(15), Duration::from_secs(60))
-            .await
-            .map_err(|e| anyhow!("following build {build}: {e}"))?;
+        let answer =
+            farm.call(&req, Duration::from_secs(15), Duration::from_secs(60)).await.map_err(|e| anyhow!("following build {build}: {e}"))?;
         let ClientResponse::Build { view, events, cursor: next, asks } = answer else {
             bail!("unexpected answer while following build {build}")
         };

@@ -73,7 +73,7 @@ pub struct BakeArgs {
     /// Shorthand for --set=*.no-cache=true.
     #[arg(long)]
     pub no_cache: bool,
-    /// Shorthand for --set=*.pull=true (not supported by kiln build yet).
+    /// Shorthand for --set=*.pull=true.
     #[arg(long)]
     pub pull: bool,
     /// Provenance attestation (not supported by kiln build yet).

@@ -9,10 +9,10 @@ use super::resolve::{self, Resolved};
 use super::{BakeArgs, BakeError};
 use crate::cli::build::{self, BuildRequest};
 use crate::cli::checks;
-use crate::cli::run_options;
 use crate::cli::farm_build;
 use crate::cli::progress::Mode;
 use crate::cli::remote::Session;
+use crate::cli::run_options;
 use anyhow::{bail, Context as _};
 use kiln_shared::api::BuildView;
 use kiln_shared::frontend;
@@ -30,14 +30,11 @@ fn unsupported(name: &str, t: &Target) -> Result<(), BakeError> {
     if let Some((k, linked)) = t.contexts.iter().flatten().find_map(|(k, v)| v.strip_prefix("target:").map(|l| (k, l))) {
         return err(&format!("contexts.{k}=target:{linked} (a linked target's result as a context)"));
     }
-    let lists = [("attest", &t.attest), ("annotations", &t.annotations), ("no-cache-filter", &t.no_cache_filter)];
+    let lists = [("attest", &t.attest), ("annotations", &t.annotations)];
     for (what, v) in lists {
         if v.as_ref().is_some_and(|v| !v.is_empty()) {
             return err(what);
         }
-    }
-    if t.pull == Some(true) {
-        return err("pull");
     }
     if t.cache_to.as_ref().is_some_and(|c| c.len() > 1) {
         return err("more than one cache-to");
@@ -104,6 +101,8 @@ pub fn request(name: &str, t: &Target, cwd: &Path, builder: Option<&str>) -> any
         cache_to: t.cache_to.as_ref().and_then(|c| c.first().cloned()),
         insecure_registries: vec![],
         builder: builder.map(str::to_string),
+        no_cache_filter: t.no_cache_filter.clone().unwrap_or_default(),
+        pull: t.pull == Some(true),
         build_contexts: t.contexts.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect(),
         secrets: t.secrets.clone().unwrap_or_default(),
         ssh: t.ssh.clone().unwrap_or_default(),
