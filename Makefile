@@ -32,6 +32,8 @@ bench:
 	$(CARGO) build --release --bin kiln
 	$(CARGO) bench -p kiln-tests --bench cluster
 	$(CARGO) bench -p kiln-tests --bench upload
+	$(CARGO) bench -p kiln-tests --bench bake
+	python3 scripts/bench-bake.py
 
 # Needs cargo-fuzz (`cargo install cargo-fuzz`); RUSTC_BOOTSTRAP lets the stable toolchain
 # build with the sanitizer flags cargo-fuzz passes.

@@ -43,7 +43,7 @@ pub fn manifest(root: &Path, ignore: &DockerIgnore) -> anyhow::Result<ContextMan
             let target = std::fs::read_link(v.path).with_context(|| format!("reading {}", v.path.display()))?;
             out.entries.push(entry_of(EntryKind::Symlink { target: target.into_os_string().into_vec() }));
         } else if meta.is_file() {
-            let digest = hash_file(v.path)?;
+            let digest = hash_file_once(v.path, meta)?;
             out.bytes += meta.len();
             out.files.insert(digest.to_string(), v.path.to_path_buf());
             out.entries.push(entry_of(EntryKind::File { digest: digest.to_string(), size: meta.len() }));
@@ -54,6 +54,23 @@ pub fn manifest(root: &Path, ignore: &DockerIgnore) -> anyhow::Result<ContextMan
         Ok(())
     })?;
     Ok(out)
+}
+
+/// A file's digest, hashed once per process for as long as its inode, size and mtime stay the
+/// same: the targets of a bake that share a context directory walk it each, but hash it once.
+fn hash_file_once(path: &Path, meta: &std::fs::Metadata) -> anyhow::Result<Digest> {
+    type Key = (PathBuf, u64, u64, u64, i64, i64);
+    static SEEN: std::sync::OnceLock<std::sync::Mutex<HashMap<Key, Digest>>> = std::sync::OnceLock::new();
+    let key = (path.to_path_buf(), meta.dev(), meta.ino(), meta.len(), meta.mtime(), meta.mtime_nsec());
+    let seen = SEEN.get_or_init(Default::default);
+    if let Some(d) = seen.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        return Ok(d);
+    }
+    let digest = hash_file(path)?;
+    if let Ok(mut m) = seen.lock() {
+        m.insert(key, digest.clone());
+    }
+    Ok(digest)
 }
 
 fn hash_file(path: &Path) -> anyhow::Result<Digest> {
@@ -107,88 +124,102 @@ impl Prepared {
 
 /// Runs a build on the farm and follows it; writes the outputs; returns the finished build.
 pub fn run(session: &Session, prepared: Prepared, mode: Mode) -> anyhow::Result<BuildView> {
-    run_labelled(session, prepared, mode, "")
-}
-
-/// [`run`], with every progress line labelled (`kiln bake` names the target: `[web a2 linux/arm64 ...]`).
-pub fn run_labelled(session: &Session, prepared: Prepared, mode: Mode, label: &str) -> anyhow::Result<BuildView> {
     let cache_dest = prepared.cache_dest().map(Path::to_path_buf);
     let Prepared { spec, files, outputs, session: build_session, .. } = prepared;
-    let (outputs, cache_dest) = (&outputs[..], cache_dest.as_deref());
     let tags = spec.tags.clone();
     session.block_on(async {
         let farm = session.connect().await?;
-        let (sent, bytes) = upload(&farm, &files).await?;
-        if mode == Mode::Plain {
-            // The manifest (names, modes, digests) travels in the build request.
-            let manifest = kiln_shared::wire::encode(&ClientRequest::Submit(Box::new(spec.clone()))).map(|f| f.len()).unwrap_or(0);
-            eprintln!(
-                "#0 context: {} files, {sent} sent ({bytes} bytes) + manifest ({manifest} bytes), the rest already on the farm",
-                files.len()
-            );
-        }
-        let build = match remote::call(&farm, &ClientRequest::Submit(Box::new(spec))).await? {
-            ClientResponse::Submitted { build } => build,
-            other => bail!(unexpected(other)),
-        };
-        let progress = Progress::new(mode);
-        let mut ids: HashMap<(String, String, u64), u64> = HashMap::new();
-        let mut cursor = 0;
-        loop {
-            let req = ClientRequest::Watch { build, cursor, wait_ms: 5_000 };
-            let answer = farm
-                .call(&req, Duration::from_secs(15), Duration::from_secs(60))
-                .await
-                .map_err(|e| anyhow!("following build {build}: {e}"))?;
-            let ClientResponse::Build { view, events, cursor: next, asks } = answer else {
-                bail!("unexpected answer while following build {build}")
-            };
-            // What the build's steps ask of this client: secrets, ssh-agent messages.
-            for (ask, question) in asks {
-                let answer = build_session.answer(&question);
-                let req = ClientRequest::Answer { build, ask, answer };
-                farm.call(&req, Duration::from_secs(15), Duration::from_secs(30))
-                    .await
-                    .map_err(|e| anyhow!("answering build {build}'s question: {e}"))?;
-            }
-            // A new leader starts its event log afresh.
-            cursor = if next < cursor { 0 } else { next };
-            for e in events {
-                let key = |id: u64| (e.platform.to_string(), e.agent.clone(), id);
-                let n = ids.len() as u64 + 1;
-                let map = |id: u64, ids: &mut HashMap<(String, String, u64), u64>| *ids.entry(key(id)).or_insert(n);
-                let event = match e.event {
-                    Event::Start { id, name } => {
-                        // Label every step with the agent it runs on: `[a2 linux/arm64 ...]`.
-                        let who = if label.is_empty() { e.agent.clone() } else { format!("{label} {}", e.agent) };
-                        let name = match name.strip_prefix('[') {
-                            Some(rest) => format!("[{who} {rest}"),
-                            None => format!("[{who}] {name}"),
-                        };
-                        Event::Start { id: map(id, &mut ids), name }
-                    }
-                    Event::Cached { id } => Event::Cached { id: map(id, &mut ids) },
-                    Event::Log { id, line } => Event::Log { id: map(id, &mut ids), line },
-                    Event::Done { id, secs } => Event::Done { id: map(id, &mut ids), secs },
-                    Event::Failed { id, message } => Event::Failed { id: map(id, &mut ids), message },
-                };
-                progress.event(event);
-            }
-            match view.state {
-                BuildState::Done => {
-                    if outputs.iter().any(Output::needs_blobs) {
-                        write_outputs(&farm, &view, outputs, &tags).await?;
-                    }
-                    if let Some(dest) = cache_dest {
-                        write_cache(&farm, &view, dest).await?;
-                    }
-                    return Ok(view);
-                }
-                BuildState::Failed => bail!("{}", view.error),
-                BuildState::Running => {}
-            }
-        }
+        let build = submit(&farm, spec, &files, mode).await?;
+        follow(&farm, build, &build_session, mode, &outputs, &tags, cache_dest.as_deref(), "").await
     })
+}
+
+/// Sends the blobs of `files` the farm lacks and submits the build; returns its id.
+pub async fn submit(farm: &ClientFarm, spec: BuildSpec, files: &BTreeMap<String, PathBuf>, mode: Mode) -> anyhow::Result<u64> {
+    let (sent, bytes) = upload(farm, files).await?;
+    if mode == Mode::Plain {
+        // The manifest (names, modes, digests) travels in the build request.
+        let manifest = kiln_shared::wire::encode(&ClientRequest::Submit(Box::new(spec.clone()))).map(|f| f.len()).unwrap_or(0);
+        eprintln!(
+            "#0 context: {} files, {sent} sent ({bytes} bytes) + manifest ({manifest} bytes), the rest already on the farm",
+            files.len()
+        );
+    }
+    match remote::call(farm, &ClientRequest::Submit(Box::new(spec))).await? {
+        ClientResponse::Submitted { build } => Ok(build),
+        other => bail!(unexpected(other)),
+    }
+}
+
+/// Follows a submitted build to its end: answers what its steps ask of `build_session`
+/// (secrets, ssh-agent messages), shows its progress (every line labelled with `label` when
+/// there is one: `kiln bake` names the target, `[web a2 linux/arm64 ...]`), writes its outputs.
+#[allow(clippy::too_many_arguments)]
+pub async fn follow(
+    farm: &ClientFarm,
+    build: u64,
+    build_session: &BuildSession,
+    mode: Mode,
+    outputs: &[Output],
+    tags: &[String],
+    cache_dest: Option<&Path>,
+    label: &str,
+) -> anyhow::Result<BuildView> {
+    let progress = Progress::new(mode);
+    let mut ids: HashMap<(String, String, u64), u64> = HashMap::new();
+    let mut cursor = 0;
+    loop {
+        let req = ClientRequest::Watch { build, cursor, wait_ms: 5_000 };
+        let answer =
+            farm.call(&req, Duration::from_secs(15), Duration::from_secs(60)).await.map_err(|e| anyhow!("following build {build}: {e}"))?;
+        let ClientResponse::Build { view, events, cursor: next, asks } = answer else {
+            bail!("unexpected answer while following build {build}")
+        };
+        // What the build's steps ask of this client: secrets, ssh-agent messages.
+        for (ask, question) in asks {
+            let answer = build_session.answer(&question);
+            let req = ClientRequest::Answer { build, ask, answer };
+            farm.call(&req, Duration::from_secs(15), Duration::from_secs(30))
+                .await
+                .map_err(|e| anyhow!("answering build {build}'s question: {e}"))?;
+        }
+        // A new leader starts its event log afresh.
+        cursor = if next < cursor { 0 } else { next };
+        for e in events {
+            let key = |id: u64| (e.platform.to_string(), e.agent.clone(), id);
+            let n = ids.len() as u64 + 1;
+            let map = |id: u64, ids: &mut HashMap<(String, String, u64), u64>| *ids.entry(key(id)).or_insert(n);
+            let event = match e.event {
+                Event::Start { id, name } => {
+                    // Label every step with the agent it runs on: `[a2 linux/arm64 ...]`.
+                    let who = if label.is_empty() { e.agent.clone() } else { format!("{label} {}", e.agent) };
+                    let name = match name.strip_prefix('[') {
+                        Some(rest) => format!("[{who} {rest}"),
+                        None => format!("[{who}] {name}"),
+                    };
+                    Event::Start { id: map(id, &mut ids), name }
+                }
+                Event::Cached { id } => Event::Cached { id: map(id, &mut ids) },
+                Event::Log { id, line } => Event::Log { id: map(id, &mut ids), line },
+                Event::Done { id, secs } => Event::Done { id: map(id, &mut ids), secs },
+                Event::Failed { id, message } => Event::Failed { id: map(id, &mut ids), message },
+            };
+            progress.event(event);
+        }
+        match view.state {
+            BuildState::Done => {
+                if outputs.iter().any(Output::needs_blobs) {
+                    write_outputs(farm, &view, outputs, tags).await?;
+                }
+                if let Some(dest) = cache_dest {
+                    write_cache(farm, &view, dest).await?;
+                }
+                return Ok(view);
+            }
+            BuildState::Failed => bail!("{}", view.error),
+            BuildState::Running => {}
+        }
+    }
 }
 
 /// `-o type=oci` and `-o type=local`: the agents sent their images to the coordinator; fetch
@@ -351,8 +382,8 @@ pub fn local_cache_files(src: &Path) -> anyhow::Result<(String, BTreeMap<String,
     Ok((manifest.config.digest.to_string(), files))
 }
 
-/// Reports the finished build as the embedded farm does: metadata file and summary line.
-pub fn finish(view: &BuildView, tags: &[String], metadata_file: Option<&Path>, mode: Mode) -> anyhow::Result<ExitCode> {
+/// What `--metadata-file` holds for one build (`kiln bake` writes one per target).
+pub fn metadata(view: &BuildView, tags: &[String]) -> serde_json::Value {
     let slices: Vec<serde_json::Value> = view
         .slices
         .iter()
@@ -374,20 +405,24 @@ pub fn finish(view: &BuildView, tags: &[String], metadata_file: Option<&Path>, m
             })
         })
         .collect();
+    let descriptor = serde_json::json!({
+        "mediaType": kiln_shared::oci::MEDIA_INDEX,
+        "digest": view.index_digest,
+        "size": view.index.len(),
+    });
+    serde_json::json!({
+        "containerimage.digest": view.index_digest,
+        "containerimage.descriptor": descriptor,
+        "image.name": tags.join(","),
+        "kiln.build": view.id,
+        "kiln.slices": slices,
+    })
+}
+
+/// Reports the finished build as the embedded farm does: metadata file and summary line.
+pub fn finish(view: &BuildView, tags: &[String], metadata_file: Option<&Path>, mode: Mode) -> anyhow::Result<ExitCode> {
     if let Some(path) = metadata_file {
-        let descriptor = serde_json::json!({
-            "mediaType": kiln_shared::oci::MEDIA_INDEX,
-            "digest": view.index_digest,
-            "size": view.index.len(),
-        });
-        let meta = serde_json::json!({
-            "containerimage.digest": view.index_digest,
-            "containerimage.descriptor": descriptor,
-            "image.name": tags.join(","),
-            "kiln.build": view.id,
-            "kiln.slices": slices,
-        });
-        std::fs::write(path, serde_json::to_vec_pretty(&meta)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&metadata(view, tags))?).with_context(|| format!("writing {}", path.display()))?;
     }
     if mode == Mode::Quiet {
         println!("{}", view.index_digest);

@@ -2,6 +2,7 @@
 //!
 //! Each verb has its own module; this one holds the clap definitions and dispatch.
 
+pub mod bake;
 pub mod build;
 pub mod builder;
 pub mod checks;
@@ -82,6 +83,8 @@ pub fn init_logging(cli: &Cli) {
 pub enum Command {
     /// Build an image from a Dockerfile (`--dry-run` shows the resolved plan instead).
     Build(Box<build::BuildArgs>),
+    /// Build many targets from bake files (docker-bake.hcl, docker-bake.json, compose.yaml) at once.
+    Bake(Box<bake::BakeArgs>),
     /// Inspect and create images and indexes in a registry.
     Imagetools {
         #[command(subcommand)]
@@ -158,6 +161,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Build(args) => build::run(*args),
+        Command::Bake(args) => bake::run(*args),
         Command::Imagetools { command } => imagetools::run(command),
         Command::Du { builder, farm } => storage::du(builder, farm),
         Command::Prune { args, builder, farm } => storage::prune(args, builder, farm),

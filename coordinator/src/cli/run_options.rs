@@ -26,15 +26,26 @@ const ULIMITS: &[&str] = &[
 ];
 
 pub fn parse(args: &BuildArgs) -> anyhow::Result<RunOptions> {
+    from_flags(&args.allow, args.network.as_deref(), &args.add_hosts, args.shm_size.as_deref(), &args.ulimits)
+}
+
+/// The same from the flags' values (`kiln bake` has them from a target's attributes).
+pub fn from_flags(
+    allow: &[String],
+    network: Option<&str>,
+    add_hosts: &[String],
+    shm_size: Option<&str>,
+    ulimits: &[String],
+) -> anyhow::Result<RunOptions> {
     let mut entitlements = Vec::new();
-    for a in args.allow.iter().flat_map(|a| a.split(',')) {
+    for a in allow.iter().flat_map(|a| a.split(',')) {
         match a {
             "network.host" => entitlements.push(a.to_string()),
             "security.insecure" => bail!("--allow security.insecure: kiln's agents never run privileged steps"),
             other => bail!("--allow {other:?}: unknown entitlement (expected network.host or security.insecure)"),
         }
     }
-    let network = match args.network.as_deref() {
+    let network = match network {
         None => None,
         Some(n @ ("default" | "none")) => Some(n.to_string()),
         Some("host") => {
@@ -48,9 +59,9 @@ pub fn parse(args: &BuildArgs) -> anyhow::Result<RunOptions> {
     };
     Ok(RunOptions {
         network,
-        hosts: args.add_hosts.iter().map(|h| add_host(h)).collect::<anyhow::Result<_>>()?,
-        shm_bytes: args.shm_size.as_deref().map(bytes).transpose()?,
-        ulimits: args.ulimits.iter().map(|u| ulimit(u)).collect::<anyhow::Result<_>>()?,
+        hosts: add_hosts.iter().map(|h| add_host(h)).collect::<anyhow::Result<_>>()?,
+        shm_bytes: shm_size.map(bytes).transpose()?,
+        ulimits: ulimits.iter().map(|u| ulimit(u)).collect::<anyhow::Result<_>>()?,
         entitlements,
     })
 }

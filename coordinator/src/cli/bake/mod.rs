@@ -1,0 +1,159 @@
+//! `kiln bake`: many targets from buildx's bake files (HCL, JSON, Compose), one command. The
+//! files are read and evaluated without I/O beyond reading them (`files`, `hcl`, `json`,
+//! `compose`), resolved into buildx's targets (`model`, `resolve`, `set`), printed as buildx
+//! prints them (`print`), and built through `kiln build`'s own path (`run`), all at once.
+
+pub mod compose;
+#[cfg(test)]
+mod eval_tests;
+pub mod files;
+pub mod funcs;
+pub mod hcl;
+pub mod json;
+pub mod model;
+pub mod print;
+pub mod resolve;
+pub mod run;
+pub mod set;
+
+use super::remote::FarmArgs;
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// What is wrong with a bake definition; each names the file, block or flag.
+#[derive(Debug, thiserror::Error)]
+pub enum BakeError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{at}: {message}")]
+    Eval { at: String, message: String },
+    #[error("variable {variable:?}: validation failed: {message}")]
+    Validation { variable: String, message: String },
+    #[error("failed to find target {name}")]
+    UnknownTarget { name: String },
+    #[error("a cycle: {chain}")]
+    Cycle { chain: String },
+    #[error("--set {spec}: {message}")]
+    Set { spec: String, message: String },
+    #[error("target {target}: {what} is not supported by kiln build yet")]
+    Unsupported { target: String, what: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum List {
+    Targets,
+    Variables,
+}
+
+#[derive(Debug, Args)]
+pub struct BakeArgs {
+    /// Targets or groups to build (default: the group `default`).
+    pub targets: Vec<String>,
+    /// A bake file (HCL, JSON or Compose; `-` reads standard input). Repeatable; later files win.
+    #[arg(short = 'f', long = "file")]
+    pub files: Vec<String>,
+    /// Override a target attribute: PATTERN.KEY=VALUE (or `+=` to append to a list).
+    #[arg(long = "set")]
+    pub sets: Vec<String>,
+    /// Print the resolved definition as JSON, without building.
+    #[arg(long)]
+    pub print: bool,
+    /// List the targets or the variables, without building.
+    #[arg(long, value_enum)]
+    pub list: Option<List>,
+    /// Shorthand for --set=*.output=type=registry.
+    #[arg(long)]
+    pub push: bool,
+    /// Shorthand for --set=*.output=type=docker (not supported by kiln build yet).
+    #[arg(long)]
+    pub load: bool,
+    /// Shorthand for --set=*.no-cache=true.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Shorthand for --set=*.pull=true.
+    #[arg(long)]
+    pub pull: bool,
+    /// Provenance attestation (not supported by kiln build yet).
+    #[arg(long)]
+    pub provenance: Option<String>,
+    /// SBOM attestation (not supported by kiln build yet).
+    #[arg(long)]
+    pub sbom: Option<String>,
+    /// Progress output: auto, plain, tty, rawjson, quiet.
+    #[arg(long, default_value = "auto")]
+    pub progress: String,
+    /// Write one metadata object per target (as `kiln build --metadata-file` writes) to this file.
+    #[arg(long)]
+    pub metadata_file: Option<PathBuf>,
+    /// The builder to use.
+    #[arg(long)]
+    pub builder: Option<String>,
+    /// What to do with each target: build, or check (run the build checks).
+    #[arg(long)]
+    pub call: Option<String>,
+    /// Shorthand for --call=check.
+    #[arg(long)]
+    pub check: bool,
+    /// Let the other targets finish and publish when one fails.
+    #[arg(long)]
+    pub keep_going: bool,
+    /// The farm (`--host`/`KILN_HOST`, `--token`/`KILN_TOKEN`); without one, the embedded farm.
+    #[command(flatten)]
+    pub farm: FarmArgs,
+}
+
+/// The process environment, as the evaluator reads it.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// The definition the files and flags give, resolved for the names asked for.
+pub fn definition(args: &BakeArgs, cwd: &std::path::Path) -> Result<(model::Config, resolve::Resolved), BakeError> {
+    let sources = files::sources(&args.files, cwd)?;
+    let cfg = files::load(&sources, &process_env)?;
+    let mut overrides = args.sets.iter().map(|s| set::Override::parse(s)).collect::<Result<Vec<_>, _>>()?;
+    let flag = |s: &str| set::Override::parse(s).expect("a built-in override parses");
+    if args.push {
+        overrides.push(flag("*.output=type=registry"));
+    }
+    if args.load {
+        overrides.push(flag("*.output=type=docker"));
+    }
+    if args.no_cache {
+        overrides.push(flag("*.no-cache=true"));
+    }
+    if args.pull {
+        overrides.push(flag("*.pull=true"));
+    }
+    if let Some(c) = args.call.as_deref().or(args.check.then_some("check")) {
+        overrides.push(flag(&format!("*.call={c}")));
+    }
+    let resolved = resolve::resolve(&cfg, &args.targets, &overrides)?;
+    Ok((cfg, resolved))
+}
+
+pub fn run(args: BakeArgs) -> anyhow::Result<ExitCode> {
+    let cwd = std::env::current_dir()?;
+    if let Some(list) = args.list {
+        let sources = files::sources(&args.files, &cwd)?;
+        let cfg = files::load(&sources, &process_env)?;
+        print!("{}", if list == List::Targets { print::list_targets(&cfg) } else { print::list_variables(&cfg) });
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (_, resolved) = definition(&args, &cwd)?;
+    if args.print {
+        println!("{}", print::to_json(&resolved));
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (flag, set) in
+        [("--load", args.load), ("--pull", args.pull), ("--provenance", args.provenance.is_some()), ("--sbom", args.sbom.is_some())]
+    {
+        if set {
+            anyhow::bail!("kiln bake {flag} is not supported yet (kiln build has no {flag})");
+        }
+    }
+    run::run(&args, &resolved, &cwd)
+}

@@ -1,0 +1,8 @@
+variable "TAG" {
+  default = "latest"
+}
+
+target "default" {
+  tags = ["acme/site:${TAG}"]
+  output = ["type=cacheonly"]
+}

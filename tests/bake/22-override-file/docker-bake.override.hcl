@@ -1,0 +1,7 @@
+variable "TAG" {
+  default = "local"
+}
+
+target "default" {
+  output = ["type=oci,dest=site.tar"]
+}

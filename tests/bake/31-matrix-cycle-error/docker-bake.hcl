@@ -1,0 +1,7 @@
+target "a" {
+  inherits = ["b"]
+}
+
+target "b" {
+  inherits = ["a"]
+}
