@@ -239,10 +239,13 @@ impl BuildSpec {
 
     /// The blobs of the OCI layouts among the named contexts (uploaded with the context).
     pub fn layout_blobs(&self) -> impl Iterator<Item = &str> {
-        self.named_contexts.iter().flat_map(|n| match &n.source {
-            NamedSource::Layout { blobs, .. } => blobs.as_slice(),
-            _ => &[],
-        }).map(String::as_str)
+        self.named_contexts
+            .iter()
+            .flat_map(|n| match &n.source {
+                NamedSource::Layout { blobs, .. } => blobs.as_slice(),
+                _ => &[],
+            })
+            .map(String::as_str)
     }
 }
 

@@ -31,7 +31,7 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
                 n.name.clone(),
                 match &n.source {
                     NamedSource::Image(r) => Named::Image(r.clone()),
-                NamedSource::Layout { digest, .. } => Named::Image(format!("{}{digest}", crate::engine::LAYOUT_PREFIX)),
+                    NamedSource::Layout { digest, .. } => Named::Image(format!("{}{digest}", crate::engine::LAYOUT_PREFIX)),
                     NamedSource::Local(_) => Named::Dir(named_dir(&dir, &n.name)),
                 },
             )

@@ -299,6 +299,7 @@ pub struct BuildRequest {
 /// path either way (upload what the farm lacks, submit, follow, write the outputs).
 fn build(args: BuildArgs, req: BuildRequest) -> anyhow::Result<ExitCode> {
     let mode = if args.quiet { Mode::Quiet } else { Mode::parse(&args.progress)? };
+    check(&req)?;
     let session = args.farm.open()?;
     let prepared = prepare(&req, &session, mode)?;
     let view = super::farm_build::run(&session, prepared, mode)?;
@@ -308,8 +309,13 @@ fn build(args: BuildArgs, req: BuildRequest) -> anyhow::Result<ExitCode> {
     super::farm_build::finish(&view, &req.tags, args.metadata_file.as_deref(), mode)
 }
 
-/// Checks a request's outputs and caches and walks its context: the `BuildSpec` to submit.
-pub fn prepare(req: &BuildRequest, session: &super::remote::Session, mode: Mode) -> anyhow::Result<Prepared> {
+/// What can be checked before a farm is started or joined: outputs, tags and destinations.
+pub fn check(req: &BuildRequest) -> anyhow::Result<()> {
+    outputs(req).map(|_| ())
+}
+
+/// The request's outputs (`--push` and `--load` among them), checked.
+fn outputs(req: &BuildRequest) -> anyhow::Result<Vec<Output>> {
     let mut outputs = req.outputs.iter().map(|o| Output::parse(o)).collect::<anyhow::Result<Vec<_>>>()?;
     if req.push && !outputs.iter().any(Output::is_registry) {
         outputs.push(Output::Registry { zstd: false });
@@ -336,6 +342,12 @@ pub fn prepare(req: &BuildRequest, session: &super::remote::Session, mode: Mode)
     if outputs.iter().filter(|o| to_stdout(o)).count() > 1 {
         bail!("only one output can go to standard output");
     }
+    Ok(outputs)
+}
+
+/// Checks a request's outputs and caches and walks its context: the `BuildSpec` to submit.
+pub fn prepare(req: &BuildRequest, session: &super::remote::Session, mode: Mode) -> anyhow::Result<Prepared> {
+    let outputs = outputs(req)?;
     if outputs.is_empty() && mode != Mode::Quiet {
         eprintln!("WARNING: no output specified: the result will only be in the build cache (use --push, -o type=oci,dest=FILE or -o type=local,dest=DIR)");
     }

@@ -6,8 +6,8 @@ use super::source::{self, Fetched};
 use anyhow::{anyhow, bail};
 use kiln_shared::api::{NamedContextSpec, NamedSource};
 use kiln_shared::digest::Digest;
-use kiln_shared::oci::Index;
 use kiln_shared::frontend::dockerignore::DockerIgnore;
+use kiln_shared::oci::Index;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

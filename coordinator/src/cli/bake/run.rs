@@ -170,6 +170,9 @@ pub fn run(args: &BakeArgs, resolved: &Resolved, cwd: &Path) -> anyhow::Result<E
         Mode::Tty if requests.len() > 1 => Mode::Plain,
         m => m,
     };
+    for (name, req) in &requests {
+        build::check(req).with_context(|| format!("target {name}"))?;
+    }
     let session = args.farm.open()?;
     let mut prepared = Vec::new();
     for (name, req) in &requests {
