@@ -202,10 +202,34 @@ fn named(t: &Target, base: &str, repo: &Path) {
     assert_eq!(read("hello2.txt"), "hello\n", "{name}: a stage FROM a named directory has its files");
     assert_eq!(read("version"), "v1\n", "{name}: a git named context at a tag");
     assert!(out.path().join("bin/busybox").exists(), "{name}: FROM nosuchimage used the docker-image:// override");
-    // Without the overrides the image does not exist, and bad specs are one-line errors.
-    for (bad, says) in
-        [("x", "expected NAME=SOURCE"), ("x=/kiln/no/such/dir", "is not a directory"), ("x=oci-layout://d", "not supported yet")]
-    {
+    // An OCI layout (one kiln wrote) as a named context: by its only image, and by digest.
+    let lay = TempDir::new("contexts-layout");
+    lay.write("Dockerfile", &format!("FROM {base}\nRUN echo from-layout > /layout-marker\n"));
+    let archive = lay.path().join("layout.tar");
+    let oci = format!("type=oci,dest={}", archive.display());
+    let o = t.kiln(&["build", "--platform", "linux/amd64,linux/arm64", "-o", &oci, "."], lay.path());
+    assert!(o.status.success(), "{name}: {}", stderr(&o));
+    let layout = lay.path().join("layout");
+    std::fs::create_dir_all(&layout).expect("layout dir");
+    run(Command::new("tar").arg("-xf").arg(&archive).arg("-C").arg(&layout));
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json")).expect("json");
+    let digest = index["manifests"][0]["digest"].as_str().expect("digest").to_string();
+    ctx.write("Dockerfile", "FROM layoutimg\nRUN cat /layout-marker > /seen\n");
+    for spec in [format!("layoutimg=oci-layout://{}", layout.display()), format!("layoutimg=oci-layout://{}@{digest}", layout.display())] {
+        let out = TempDir::new("contexts-layout-out");
+        let dest = format!("type=local,dest={}", out.path().display());
+        let o = t.kiln(&["build", "--progress", "plain", "--build-context", &spec, "-o", &dest, "."], ctx.path());
+        assert!(o.status.success(), "{name}: {spec}: {}", stderr(&o));
+        assert_eq!(std::fs::read_to_string(out.path().join("seen")).expect("seen"), "from-layout\n", "{name}: {spec}");
+    }
+    // Bad specs are one-line errors.
+    let bad_layout = format!("x=oci-layout://{}:nosuchtag", layout.display());
+    for (bad, says) in [
+        ("x", "expected NAME=SOURCE"),
+        ("x=/kiln/no/such/dir", "is not a directory"),
+        ("x=oci-layout:///kiln/none", "reading index.json"),
+        (bad_layout.as_str(), "no image tagged \"nosuchtag\""),
+    ] {
         let o = t.kiln(&["build", "--build-context", bad, "."], ctx.path());
         assert!(!o.status.success() && stderr(&o).contains(says), "{name}: {bad}: {}", stderr(&o));
     }

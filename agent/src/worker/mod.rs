@@ -173,7 +173,13 @@ pub async fn run(
         tracing::info!(agent = %worker.cfg.name, slices = running, "shutdown: waiting for running slices");
         let drain = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(Duration::from_millis(worker.cfg.shutdown_drain_ms), drain).await.is_err() {
-            tracing::warn!(agent = %worker.cfg.name, slices = worker.running().len(), "shutdown: slices still running after the drain deadline are cut off");
+            // No drain (the embedded farm's) cuts off by design: that is not worth a warning.
+            let left = worker.running().len();
+            if left > 0 && worker.cfg.shutdown_drain_ms > 0 {
+                tracing::warn!(agent = %worker.cfg.name, slices = left, "shutdown: slices still running after the drain deadline are cut off");
+            } else {
+                tracing::debug!(agent = %worker.cfg.name, slices = left, "shutdown: slices cut off");
+            }
         }
     }
     tasks.abort_all();

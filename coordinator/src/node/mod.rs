@@ -386,12 +386,13 @@ pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option
     // being finished) get up to `shutdown_drain_ms`, with Raft still running so that what they
     // propose commits. Long polls end early on `stop`.
     let inside = node.gate.inside();
-    if !node.gate.drain(Duration::from_millis(cfg.shutdown_drain_ms)).await {
-        tracing::warn!(
-            coordinator = cfg.id,
-            requests = node.gate.inside(),
-            "shutdown: requests still running after the drain deadline are cut off"
-        );
+    let drained = node.gate.drain(Duration::from_millis(cfg.shutdown_drain_ms)).await;
+    let left = node.gate.inside();
+    if !drained && cfg.shutdown_drain_ms == 0 {
+        // No drain (the embedded farm's) cuts off by design: that is not worth a warning.
+        tracing::debug!(coordinator = cfg.id, requests = left, "shutdown: requests cut off");
+    } else if !drained {
+        tracing::warn!(coordinator = cfg.id, requests = left, "shutdown: requests still running after the drain deadline are cut off");
     } else if inside > 0 {
         tracing::info!(coordinator = cfg.id, requests = inside, "shutdown: requests in flight finished");
     }

@@ -137,7 +137,17 @@ impl Store {
     /// read transactions never meet a missing table.
     pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
         let path = path.as_ref();
-        let db = Database::create(path).map_err(|e| StoreError::Open { path: path.to_path_buf(), source: Box::new(e.into()) })?;
+        // A process that just handed `$KILN_HOME` over may still be closing the file: its lock
+        // goes with it, within moments.
+        let started = std::time::Instant::now();
+        let db = loop {
+            match Database::create(path) {
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if started.elapsed() < std::time::Duration::from_secs(10) => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                r => break r.map_err(|e| StoreError::Open { path: path.to_path_buf(), source: Box::new(e.into()) })?,
+            }
+        };
         let txn = begin_write(&db)?;
         txn.open_table(LOGS)?;
         txn.open_table(META)?;
