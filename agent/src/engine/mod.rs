@@ -14,6 +14,7 @@
 
 mod config_ops;
 mod history;
+mod attest;
 mod image;
 mod pull;
 mod run;
@@ -42,6 +43,7 @@ use std::sync::{Arc, Mutex};
 
 /// What the engine reports while it works (the wire type, so agents forward it as is).
 pub use kiln_shared::api::Event;
+pub use kiln_shared::attest::provenance::Material;
 
 pub struct SliceRequest<'a> {
     pub dockerfile: &'a str,
@@ -111,6 +113,11 @@ pub struct SliceResult {
     pub duration_ms: u64,
     /// Every step's record (for `--cache-to`).
     pub records: Vec<kiln_shared::api::CacheRecord>,
+    /// For provenance: the images used, the platform the build ran on, and whether no RUN
+    /// step could reach the network.
+    pub materials: Vec<Material>,
+    pub build_platform: Platform,
+    pub hermetic: bool,
 }
 
 pub struct Agent {
@@ -194,6 +201,8 @@ struct SliceRun<'a> {
     pub emulated_steps: Mutex<Vec<String>>,
     /// (stage, key, record JSON) of every step, hit or not.
     records: Mutex<Vec<(usize, String, String)>>,
+    /// The images the slice used, with the manifests they resolved to (provenance).
+    materials: Mutex<Vec<Material>>,
 }
 
 /// The name a record is stored, advertised and looked up under: its key within a scope, so

@@ -40,8 +40,12 @@ impl Agent {
         // other native platforms (then the first of those).
         let host = Platform::host();
         let build_platform = if req.native.is_empty() || req.native.contains(&host) { host } else { req.native[0].clone() };
-        let opts =
-            Options { platform: req.platform.clone(), build_platform, build_args: req.build_args, target: req.target, images: &images };
+        let opts = Options {
+            platform: req.platform.clone(),
+            build_platform: build_platform.clone(),
+            build_args: req.build_args, target: req.target,
+            images: &images,
+        };
         let plan = resolve::resolve(&df, &opts).map_err(|e| e.in_file(req.dockerfile_name));
         if let Some(e) = images.errors.lock().ok().and_then(|mut e| e.pop()) {
             return Err(e);
@@ -58,6 +62,7 @@ impl Agent {
             peer_hits: AtomicU32::new(0),
             records: Mutex::new(Vec::new()),
             emulated_steps: Mutex::new(Vec::new()),
+            materials: Mutex::new(Vec::new()),
         };
         // Stages run in waves: every stage whose dependencies are built runs now, side by side.
         let mut pending: Vec<&Stage> = plan.stages.iter().collect();
@@ -100,6 +105,7 @@ impl Agent {
             .map(|(stage, key, state_json)| kiln_shared::api::CacheRecord { key, state_json, in_final: chain.contains(&stage) })
             .collect();
         let emulated_steps = std::mem::take(&mut *run.emulated_steps.lock().unwrap_or_else(|e| e.into_inner()));
+        let materials = std::mem::take(&mut *run.materials.lock().unwrap_or_else(|e| e.into_inner()));
         Ok(SliceResult {
             platform: req.platform.clone(),
             emulated: !emulated_steps.is_empty(),
@@ -112,6 +118,9 @@ impl Agent {
             cache_peer_hits: run.peer_hits.load(Ordering::Relaxed),
             duration_ms: started.elapsed().as_millis() as u64,
             records,
+            materials,
+            build_platform,
+            hermetic: plan.stages.iter().all(|s| s.steps.iter().all(|st| !matches!(st.instruction, Instruction::Run(_)))),
         })
     }
 }
@@ -136,7 +145,8 @@ impl SliceRun<'_> {
                 s
             }
             Base::Image(image) => {
-                let (mut s, _) = self.agent.pull(image, &stage.platform).map_err(|e| self.step_err(stage, stage.pos.line, e))?;
+                let (mut s, digest) = self.agent.pull(image, &stage.platform).map_err(|e| self.step_err(stage, stage.pos.line, e))?;
+                self.material(image, &stage.platform, digest);
                 // ONBUILD triggers run in this stage; the new image does not carry them.
                 s.config.config.on_build = None;
                 s
@@ -232,7 +242,20 @@ impl SliceRun<'_> {
         };
         match index {
             Some(i) => Ok(self.finished.get(&i).cloned()),
-            None => Ok(Some(self.agent.pull(from, platform)?.0)),
+            None => {
+                let (state, digest) = self.agent.pull(from, platform)?;
+                self.material(from, platform, digest);
+                Ok(Some(state))
+            }
+        }
+    }
+
+    /// Notes an image the slice used, once.
+    fn material(&self, image: &str, platform: &Platform, digest: kiln_shared::digest::Digest) {
+        let m = super::Material { image: image.to_string(), platform: platform.clone(), digest };
+        let mut all = self.materials.lock().unwrap_or_else(|e| e.into_inner());
+        if !all.contains(&m) {
+            all.push(m);
         }
     }
 

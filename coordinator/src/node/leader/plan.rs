@@ -362,6 +362,8 @@ mod tests {
             tags: vec![],
             push: false,
             zstd: false,
+            attest: Default::default(),
+            annotations: vec![],
             builder: builder.map(str::to_string),
             insecure_registries: vec![],
             submission: String::new(),
