@@ -9,6 +9,7 @@ use super::remote::FarmArgs;
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use kiln_shared::api::{BuildSpec, CacheExport, CacheRef};
+use kiln_shared::attest::{self, Annotation, AttestFlags, Attestations};
 use kiln_shared::frontend::dockerignore::DockerIgnore;
 use kiln_shared::frontend::lint;
 use kiln_shared::frontend::print::{self, Style};
@@ -55,6 +56,18 @@ pub struct BuildArgs {
     /// Output destination (type=oci,dest=F | type=local,dest=D | type=registry).
     #[arg(short = 'o', long = "output")]
     pub outputs: Vec<String>,
+    /// Shorthand for --attest type=provenance: true, false or mode=min|max (on, mode=min, for registry and OCI outputs unless BUILDX_NO_DEFAULT_ATTESTATIONS=1).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "true|false|mode=min|max")]
+    pub provenance: Option<String>,
+    /// Shorthand for --attest type=sbom: true or false (an SPDX SBOM of the image's dpkg and apk packages).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "true|false")]
+    pub sbom: Option<String>,
+    /// Attestations: type=provenance[,mode=min|max][,builder-id=URL][,disabled=true] | type=sbom[,disabled=true].
+    #[arg(long)]
+    pub attest: Vec<String>,
+    /// Annotations for registry and OCI outputs: [manifest:|manifest-descriptor:|index:|index-descriptor:][TYPE[os/arch]:]KEY=VALUE (default: manifest).
+    #[arg(long = "annotation")]
+    pub annotations: Vec<String>,
     /// Do not use the step cache.
     #[arg(long)]
     pub no_cache: bool,
@@ -204,6 +217,7 @@ fn build(
     let cache_from = args.cache_from.iter().map(|c| CacheFrom::parse(c)).collect::<anyhow::Result<Vec<_>>>()?;
     let cache_to = args.cache_to.as_deref().map(CacheTo::parse).transpose()?;
     let zstd = outputs.iter().any(|o| matches!(o, Output::Registry { zstd: true } | Output::Oci { zstd: true, .. }));
+    let (attest, annotations) = attestations(&args, &outputs, mode)?;
     let push = outputs.iter().any(Output::is_registry);
     let mut context = super::farm_build::manifest(&args.path, &ignore)?;
     // A local cache to import travels with the context: its config and layers.
@@ -237,6 +251,8 @@ fn build(
         tags: args.tags.clone(),
         push,
         zstd,
+        attest,
+        annotations,
         builder: args.builder.clone().or_else(|| session.current_builder()),
         insecure_registries: args.insecure_registries.clone(),
         submission: crate::node::random_hex(16)?,
@@ -250,11 +266,29 @@ fn build(
         Some(CacheTo::Local { dest, .. }) => Some(dest.as_path()),
         _ => None,
     };
-    let view = super::farm_build::run(&session, spec, context.files, mode, &outputs, cache_dest)?;
+    let (view, provenance) = super::farm_build::run(&session, spec, context.files, mode, &outputs, cache_dest)?;
     if let Some(path) = &args.iidfile {
         std::fs::write(path, &view.index_digest).with_context(|| format!("writing --iidfile {}", path.display()))?;
     }
-    super::farm_build::finish(&view, &args.tags, args.metadata_file.as_deref(), mode)
+    super::farm_build::finish(&view, &provenance, &args.tags, args.metadata_file.as_deref(), mode)
+}
+
+/// `--provenance`, `--sbom`, `--attest` and `--annotation`, with buildx's defaults: provenance
+/// (`mode=min`) for registry and OCI outputs unless `BUILDX_NO_DEFAULT_ATTESTATIONS` is set.
+fn attestations(args: &BuildArgs, outputs: &[Output], mode: Mode) -> anyhow::Result<(Attestations, Vec<Annotation>)> {
+    let inline = outputs.iter().any(|o| matches!(o, Output::Registry { .. } | Output::Oci { .. }));
+    let no_default = std::env::var("BUILDX_NO_DEFAULT_ATTESTATIONS").is_ok_and(|v| attest::parse_bool(&v).unwrap_or(!v.is_empty()));
+    let flags = AttestFlags { provenance: args.provenance.clone(), sbom: args.sbom.clone(), attest: args.attest.clone() };
+    let wanted = attest::resolve(&flags, true, true)?;
+    if !inline && wanted.any() && mode != Mode::Quiet {
+        eprintln!("WARNING: attestations are attached to registry and OCI outputs only (--push, -o type=registry, -o type=oci): none is made for this build");
+    }
+    let resolved = attest::resolve(&flags, inline, no_default)?;
+    let mut annotations = Vec::new();
+    for a in &args.annotations {
+        annotations.extend(attest::parse_annotation(a)?);
+    }
+    Ok((resolved, annotations))
 }
 
 fn dockerfile_path(args: &BuildArgs) -> PathBuf {

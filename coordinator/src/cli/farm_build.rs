@@ -83,7 +83,11 @@ pub async fn upload(farm: &ClientFarm, files: &BTreeMap<String, PathBuf>) -> any
     Ok((missing.len(), bytes))
 }
 
-/// Runs a build on the farm and follows it; writes the outputs; returns the finished build.
+/// Each platform's SLSA provenance predicate, read back from its attestation manifest.
+pub type Provenances = Vec<(String, serde_json::Value)>;
+
+/// Runs a build on the farm and follows it; writes the outputs; returns the finished build
+/// and its provenance.
 pub fn run(
     session: &Session,
     spec: BuildSpec,
@@ -91,8 +95,12 @@ pub fn run(
     mode: Mode,
     outputs: &[Output],
     cache_dest: Option<&Path>,
-) -> anyhow::Result<BuildView> {
+) -> anyhow::Result<(BuildView, Provenances)> {
     let tags = spec.tags.clone();
+    let index_descriptor: BTreeMap<String, String> =
+        kiln_shared::attest::annotations_for(&spec.annotations, kiln_shared::attest::AnnotationLevel::IndexDescriptor, None)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
     session.block_on(async {
         let farm = session.connect().await?;
         let (sent, bytes) = upload(&farm, &files).await?;
@@ -145,12 +153,13 @@ pub fn run(
             match view.state {
                 BuildState::Done => {
                     if outputs.iter().any(Output::needs_blobs) {
-                        write_outputs(&farm, &view, outputs, &tags).await?;
+                        write_outputs(&farm, &view, outputs, &tags, &index_descriptor).await?;
                     }
                     if let Some(dest) = cache_dest {
                         write_cache(&farm, &view, dest).await?;
                     }
-                    return Ok(view);
+                    let provenance = provenances(&farm, &view).await?;
+                    return Ok((view, provenance));
                 }
                 BuildState::Failed => bail!("{}", view.error),
                 BuildState::Running => {}
@@ -161,7 +170,13 @@ pub fn run(
 
 /// `-o type=oci` and `-o type=local`: the agents sent their images to the coordinator; fetch
 /// the manifests, configs and layers into the client's store and write each output.
-async fn write_outputs(farm: &ClientFarm, view: &BuildView, outputs: &[Output], tags: &[String]) -> anyhow::Result<()> {
+async fn write_outputs(
+    farm: &ClientFarm,
+    view: &BuildView,
+    outputs: &[Output],
+    tags: &[String],
+    index_descriptor: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
     let store = kiln_shared::store::ContentStore::open(&super::home::kiln_home().join("client/content"))?;
     let index = view.index().context("the build's index")?.ok_or_else(|| anyhow!("the build is done but has no index"))?;
     let mut blobs = Vec::new();
@@ -174,14 +189,17 @@ async fn write_outputs(farm: &ClientFarm, view: &BuildView, outputs: &[Output], 
             blobs.push(d.digest.clone());
         }
         blobs.push(m.digest.clone());
-        images.push((m.platform.as_ref().and_then(|p| p.to_platform()), manifest));
+        // An attestation manifest is no platform's filesystem.
+        if !kiln_shared::attest::is_attestation(m) {
+            images.push((m.platform.as_ref().and_then(|p| p.to_platform()), manifest));
+        }
     }
     for out in outputs {
         match out {
-            Output::Oci { dest: Dest::File(dest), .. } => kiln_shared::layout::write_archive(dest, &store, &index, &blobs, tags)?,
+            Output::Oci { dest: Dest::File(dest), .. } => kiln_shared::layout::write_archive(dest, &store, &index, &blobs, tags, index_descriptor)?,
             Output::Oci { dest: Dest::Stdout, .. } => {
                 let tmp = tempfile_in_home("oci")?;
-                kiln_shared::layout::write_archive(&tmp, &store, &index, &blobs, tags)?;
+                kiln_shared::layout::write_archive(&tmp, &store, &index, &blobs, tags, index_descriptor)?;
                 to_stdout(&tmp)?;
             }
             Output::Local { dest } => unpack_images(&store, &images, dest)?,
@@ -267,6 +285,27 @@ fn to_stdout(path: &Path) -> anyhow::Result<()> {
     copied.context("writing the archive to standard output")
 }
 
+/// The provenance predicate of every slice that has an attestation manifest (the agents send
+/// attestations back to the coordinator that received the build).
+async fn provenances(farm: &ClientFarm, view: &BuildView) -> anyhow::Result<Provenances> {
+    let mut out = Vec::new();
+    let store = kiln_shared::store::ContentStore::open(&super::home::kiln_home().join("client/content"))?;
+    for s in &view.slices {
+        let Some(a) = &s.attestation else { continue };
+        farm.fetch_blob(&store, &a.digest).await?;
+        let manifest: kiln_shared::oci::Manifest = serde_json::from_slice(&store.read(&a.digest)?).context("an attestation manifest")?;
+        for l in &manifest.layers {
+            if l.annotations.get(kiln_shared::attest::PREDICATE_TYPE).map(String::as_str) != Some(kiln_shared::attest::SLSA_V1) {
+                continue;
+            }
+            farm.fetch_blob(&store, &l.digest).await?;
+            let statement: serde_json::Value = serde_json::from_slice(&store.read(&l.digest)?).context("a provenance statement")?;
+            out.push((s.platform.to_string(), statement["predicate"].clone()));
+        }
+    }
+    Ok(out)
+}
+
 /// `--cache-to type=local` on a farm: the agents sent the records' layers to the coordinator.
 async fn write_cache(farm: &ClientFarm, view: &BuildView, dest: &Path) -> anyhow::Result<()> {
     let store = kiln_shared::store::ContentStore::open(&super::home::kiln_home().join("client/content"))?;
@@ -298,7 +337,7 @@ pub fn local_cache_files(src: &Path) -> anyhow::Result<(String, BTreeMap<String,
 }
 
 /// Reports the finished build as the embedded farm does: metadata file and summary line.
-pub fn finish(view: &BuildView, tags: &[String], metadata_file: Option<&Path>, mode: Mode) -> anyhow::Result<ExitCode> {
+pub fn finish(view: &BuildView, provenance: &Provenances, tags: &[String], metadata_file: Option<&Path>, mode: Mode) -> anyhow::Result<ExitCode> {
     let slices: Vec<serde_json::Value> = view
         .slices
         .iter()
@@ -309,6 +348,7 @@ pub fn finish(view: &BuildView, tags: &[String], metadata_file: Option<&Path>, m
                 "emulated": s.emulated,
                 "emulated_steps": s.emulated_steps,
                 "manifest_digest": s.manifest.as_ref().map(|d| d.digest.to_string()).unwrap_or_default(),
+                "attestation_digest": s.attestation.as_ref().map(|d| d.digest.to_string()),
                 "duration_ms": s.duration_ms,
                 "queue_ms": s.queue_ms,
                 "attempt": s.attempt,
@@ -326,13 +366,18 @@ pub fn finish(view: &BuildView, tags: &[String], metadata_file: Option<&Path>, m
             "digest": view.index_digest,
             "size": view.index.len(),
         });
-        let meta = serde_json::json!({
+        let mut meta = serde_json::json!({
             "containerimage.digest": view.index_digest,
             "containerimage.descriptor": descriptor,
             "image.name": tags.join(","),
             "kiln.build": view.id,
             "kiln.slices": slices,
         });
+        // As buildx: `buildx.build.provenance`, per platform (`.../linux/arm64`) when there are several.
+        for (platform, predicate) in provenance {
+            let key = if view.slices.len() > 1 { format!("buildx.build.provenance/{platform}") } else { "buildx.build.provenance".into() };
+            meta[key] = predicate.clone();
+        }
         std::fs::write(path, serde_json::to_vec_pretty(&meta)?).with_context(|| format!("writing {}", path.display()))?;
     }
     if mode == Mode::Quiet {

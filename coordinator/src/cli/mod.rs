@@ -9,6 +9,7 @@ pub mod context;
 pub mod farm_build;
 pub mod home;
 pub mod imagetools;
+mod inspect_format;
 pub mod outputs;
 pub mod progress;
 pub mod remote;
