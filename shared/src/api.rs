@@ -285,8 +285,9 @@ pub struct SliceOutcome {
     pub attempt: u32,
     /// The descriptor of the slice's manifest, with its platform.
     pub manifest: Descriptor,
-    /// The slice's attestation manifest (listed in the index after the images), if any.
-    pub attestation: Option<Descriptor>,
+    /// The slice's attestation manifest (listed in the index after the images), if any
+    /// (boxed: it keeps the agent's messages small).
+    pub attestation: Option<Box<Descriptor>>,
     /// Some RUN step ran under emulation (not merely: the agent emulates the platform).
     pub emulated: bool,
     /// The RUN steps that ran under emulation, as the progress names them.

@@ -216,10 +216,7 @@ fn check(t: &Target, base: &str, registry: &Registry, agents: &BTreeMap<&str, &s
             .trim_start_matches("sha256:")
             .to_string();
         let deps = def["resolvedDependencies"].as_array().expect("resolvedDependencies");
-        let base_uri = format!(
-            "pkg:docker/{}@1?platform=linux%2F{arch}",
-            base.rsplit_once(':').map(|(r, _)| r).unwrap_or(base)
-        );
+        let base_uri = format!("pkg:docker/{}@1?platform=linux%2F{arch}", base.rsplit_once(':').map(|(r, _)| r).unwrap_or(base));
         assert!(
             deps.iter().any(|d| d["uri"] == base_uri.as_str() && d["digest"]["sha256"] == base_manifest.as_str()),
             "{name}: {base_uri} {base_manifest} not in {deps:?}"
@@ -247,7 +244,9 @@ fn check(t: &Target, base: &str, registry: &Registry, agents: &BTreeMap<&str, &s
         let files: BTreeMap<&str, &Value> =
             doc["files"].as_array().expect("files").iter().map(|f| (f["fileName"].as_str().unwrap_or(""), f)).collect();
         assert_eq!(files.keys().collect::<Vec<_>>(), [&"./bin/busybox", &"./usr/bin/hello"], "{name}: owned regular files only");
-        let sha1 = |f: &Value| f["checksums"].as_array().and_then(|c| c.iter().find(|c| c["algorithm"] == "SHA1")).map(|c| c["checksumValue"].clone());
+        let sha1 = |f: &Value| {
+            f["checksums"].as_array().and_then(|c| c.iter().find(|c| c["algorithm"] == "SHA1")).map(|c| c["checksumValue"].clone())
+        };
         assert_eq!(sha1(files["./usr/bin/hello"]), Some(Value::from(sha1sum(&ctx.join("hello")))), "{name}");
         let bb = busybox().join(format!("busybox-{arch}"));
         assert_eq!(sha1(files["./bin/busybox"]), Some(Value::from(sha1sum(&bb))), "{name}: {platform}'s own busybox");
@@ -261,7 +260,10 @@ fn check(t: &Target, base: &str, registry: &Registry, agents: &BTreeMap<&str, &s
     let prov = it("{{json .Provenance}}");
     let sbom = it("{{json .SBOM}}");
     for platform in ["linux/amd64", "linux/arm64"] {
-        assert_eq!(prov[platform]["SLSA"]["buildDefinition"]["externalParameters"]["request"]["args"]["build-arg:GREETING"], "hi", "{prov}");
+        assert_eq!(
+            prov[platform]["SLSA"]["buildDefinition"]["externalParameters"]["request"]["args"]["build-arg:GREETING"], "hi",
+            "{prov}"
+        );
         assert_eq!(sbom[platform]["SPDX"]["spdxVersion"], "SPDX-2.3", "{name}");
     }
     let all = it("{{json .}}");
@@ -302,11 +304,13 @@ fn check(t: &Target, base: &str, registry: &Registry, agents: &BTreeMap<&str, &s
     let top: Value = serde_json::from_slice(&std::fs::read(unpacked.join("index.json")).expect("index.json")).expect("json");
     assert_eq!(top["manifests"][0]["annotations"]["org.example.archive"], "yes", "{name}: index-descriptor annotation: {top}");
     let read_blob = |d: &str| -> Value {
-        serde_json::from_slice(&std::fs::read(unpacked.join("blobs/sha256").join(d.trim_start_matches("sha256:"))).expect("blob")).expect("json")
+        serde_json::from_slice(&std::fs::read(unpacked.join("blobs/sha256").join(d.trim_start_matches("sha256:"))).expect("blob"))
+            .expect("json")
     };
     for att in manifests.iter().filter(|d| platform_of(d) == "unknown/unknown") {
         let m = read_blob(att["digest"].as_str().unwrap_or_default());
-        let kinds: Vec<&str> = m["layers"].as_array().expect("layers").iter().filter_map(|l| l["annotations"]["in-toto.io/predicate-type"].as_str()).collect();
+        let kinds: Vec<&str> =
+            m["layers"].as_array().expect("layers").iter().filter_map(|l| l["annotations"]["in-toto.io/predicate-type"].as_str()).collect();
         assert_eq!(kinds, ["https://slsa.dev/provenance/v1", "https://spdx.dev/Document"], "{name}");
         let prov = read_blob(m["layers"][0]["digest"].as_str().unwrap_or_default());
         let request = &prov["predicate"]["buildDefinition"]["externalParameters"]["request"];
@@ -338,12 +342,21 @@ fn check(t: &Target, base: &str, registry: &Registry, agents: &BTreeMap<&str, &s
         let out = t.kiln_env(&args, &ctx, env);
         assert!(out.status.success(), "{name}: {args:?}: {}", stderr(&out));
         let index = skopeo_raw(&format!("docker://{tag}"));
-        let atts: Vec<&Value> = index["manifests"].as_array().expect("manifests").iter().filter(|d| platform_of(d) == "unknown/unknown").collect();
+        let atts: Vec<&Value> =
+            index["manifests"].as_array().expect("manifests").iter().filter(|d| platform_of(d) == "unknown/unknown").collect();
         let kinds = atts
             .first()
             .map(|a| {
-                let m = skopeo_raw(&format!("docker://{}/{}@{}", registry.addr, tag.split_once('/').map(|(_, r)| r).unwrap_or("").trim_end_matches(":1"), a["digest"].as_str().unwrap_or("")));
-                m["layers"].as_array().map(|l| l.iter().filter_map(|l| l["annotations"]["in-toto.io/predicate-type"].as_str().map(str::to_string)).collect()).unwrap_or_default()
+                let m = skopeo_raw(&format!(
+                    "docker://{}/{}@{}",
+                    registry.addr,
+                    tag.split_once('/').map(|(_, r)| r).unwrap_or("").trim_end_matches(":1"),
+                    a["digest"].as_str().unwrap_or("")
+                ));
+                m["layers"]
+                    .as_array()
+                    .map(|l| l.iter().filter_map(|l| l["annotations"]["in-toto.io/predicate-type"].as_str().map(str::to_string)).collect())
+                    .unwrap_or_default()
             })
             .unwrap_or_default();
         (atts.len(), kinds)

@@ -28,8 +28,9 @@ impl Agent {
         platform: &Platform,
     ) -> Result<(Descriptor, Vec<Digest>), EngineError> {
         let (mut desc, mut blobs) = image;
-        let on_manifest: BTreeMap<String, String> =
-            attest::annotations_for(&spec.annotations, AnnotationLevel::Manifest, Some(platform)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let on_manifest: BTreeMap<String, String> = attest::annotations_for(&spec.annotations, AnnotationLevel::Manifest, Some(platform))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         if !on_manifest.is_empty() {
             let mut manifest: Manifest = serde_json::from_slice(&self.store.read(&desc.digest)?)
                 .map_err(|e| EngineError::Copy(format!("reading back the manifest: {e}")))?;
@@ -167,7 +168,10 @@ fn scan(store: &kiln_shared::store::ContentStore, layers: &[Layer], platform: &P
             }
             let kind = entry.header().entry_type();
             if kind.is_hard_link() {
-                let target = entry.link_name().map_err(err)?.map(|t| t.to_string_lossy().trim_start_matches("./").trim_start_matches('/').to_string());
+                let target = entry
+                    .link_name()
+                    .map_err(err)?
+                    .map(|t| t.to_string_lossy().trim_start_matches("./").trim_start_matches('/').to_string());
                 if let Some(h) = target.and_then(|t| files.get(&t).cloned()) {
                     files.insert(path, h);
                 }
@@ -194,11 +198,73 @@ fn scan(store: &kiln_shared::store::ContentStore, layers: &[Layer], platform: &P
                     kept.extend_from_slice(&buf[..n]);
                 }
             }
-            files.insert(path.clone(), sbom::FileHashes { sha1: hex::encode(s1.finalize()), sha256: hex::encode(sha2::Digest::finalize(s256)) });
+            files.insert(
+                path.clone(),
+                sbom::FileHashes { sha1: hex::encode(s1.finalize()), sha256: hex::encode(sha2::Digest::finalize(s256)) },
+            );
             if keep {
                 databases.insert(path, kept);
             }
         }
     }
     Ok((databases, files))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_shared::store::ContentStore;
+
+    /// A plain tar layer of (path, contents) regular files (`None`: a hard link to the path given).
+    fn layer(store: &ContentStore, entries: &[(&str, &str, Option<&str>)]) -> Layer {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, text, link) in entries {
+            let mut h = tar::Header::new_ustar();
+            h.set_mode(0o644);
+            match link {
+                Some(target) => {
+                    h.set_entry_type(tar::EntryType::Link);
+                    h.set_size(0);
+                    b.append_link(&mut h, path, target).expect("link");
+                }
+                None => {
+                    h.set_size(text.len() as u64);
+                    h.set_cksum();
+                    b.append_data(&mut h, path, text.as_bytes()).expect("file");
+                }
+            }
+        }
+        let bytes = b.into_inner().expect("tar");
+        let digest = store.put(&bytes).expect("put");
+        Layer { digest: digest.clone(), diff_id: digest, size: bytes.len() as u64, media_type: oci::MEDIA_LAYER_TAR.into() }
+    }
+
+    #[test]
+    fn the_scan_sees_the_merged_filesystem() {
+        let dir = std::env::temp_dir().join(format!("kiln-attest-scan-{}", std::process::id()));
+        let store = ContentStore::open(&dir).expect("store");
+        let layers = [
+            layer(
+                &store,
+                &[("var/lib/dpkg/status", "Package: a\n", None), ("usr/bin/a", "a1", None), ("opt/x/f", "x", None), ("gone", "g", None)],
+            ),
+            layer(
+                &store,
+                &[
+                    ("./usr/bin/a", "a2", None),
+                    ("usr/bin/hard", "", Some("usr/bin/a")),
+                    ("opt/x/.wh..wh..opq", "", None),
+                    (".wh.gone", "", None),
+                    ("var/lib/dpkg/info/a.list", "/usr/bin/a\n", None),
+                ],
+            ),
+        ];
+        let (db, files) = scan(&store, &layers, &"linux/amd64".parse().expect("platform")).expect("scan");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(db.keys().collect::<Vec<_>>(), ["var/lib/dpkg/info/a.list", "var/lib/dpkg/status"]);
+        assert_eq!(files.keys().collect::<Vec<_>>(), ["usr/bin/a", "usr/bin/hard", "var/lib/dpkg/info/a.list", "var/lib/dpkg/status"]);
+        // The later layer's content wins, and the hard link has its target's hashes.
+        assert_eq!(files["usr/bin/a"].sha1, hex::encode(sha1::Sha1::digest(b"a2")));
+        assert_eq!(files["usr/bin/hard"], files["usr/bin/a"]);
+    }
 }

@@ -12,9 +12,9 @@
 //! config-only instructions (`config_ops`) and writing images (`image`). COPY, ADD and
 //! WORKDIR are `crate::copy`'s, which sees the slice only through `copy::CopyEnv`.
 
+mod attest;
 mod config_ops;
 mod history;
-mod attest;
 mod image;
 mod pull;
 mod run;

@@ -43,7 +43,8 @@ impl Agent {
         let opts = Options {
             platform: req.platform.clone(),
             build_platform: build_platform.clone(),
-            build_args: req.build_args, target: req.target,
+            build_args: req.build_args,
+            target: req.target,
             images: &images,
         };
         let plan = resolve::resolve(&df, &opts).map_err(|e| e.in_file(req.dockerfile_name));

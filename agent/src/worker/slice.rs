@@ -143,11 +143,13 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
     };
     // Local cache exports return their layers with the image's blobs.
     let mut returned: Vec<Digest> = if task.spec.return_blobs { blobs } else { vec![] };
-    // Attestations always go back (they are small): the CLI reads the provenance for the
-    // metadata file, and an OCI output carries them.
+    // An OCI output carries the attestations too. A pushed build's are read back from the
+    // registry (a slice never needs its origin coordinator once it has pushed: it may be gone).
     let attestation = attestation.map(|(desc, blobs)| {
-        returned.extend(blobs);
-        desc
+        if task.spec.return_blobs {
+            returned.extend(blobs);
+        }
+        Box::new(desc)
     });
     if task.spec.cache_to.as_ref().is_some_and(|c| c.registry.is_none()) {
         let layers = crate::cache::layers(&result.records)?;

@@ -97,6 +97,12 @@ pub fn run(
     cache_dest: Option<&Path>,
 ) -> anyhow::Result<(BuildView, Provenances)> {
     let tags = spec.tags.clone();
+    // Where the attestations can be read back: the coordinator (OCI and local outputs) or the registry.
+    let attested_in = if spec.return_blobs {
+        AttestedIn::Farm
+    } else {
+        AttestedIn::Registry { tag: spec.tags.first().cloned().unwrap_or_default(), insecure: spec.insecure_registries.clone() }
+    };
     let index_descriptor: BTreeMap<String, String> =
         kiln_shared::attest::annotations_for(&spec.annotations, kiln_shared::attest::AnnotationLevel::IndexDescriptor, None)
             .map(|(k, v)| (k.clone(), v.clone()))
@@ -158,7 +164,7 @@ pub fn run(
                     if let Some(dest) = cache_dest {
                         write_cache(&farm, &view, dest).await?;
                     }
-                    let provenance = provenances(&farm, &view).await?;
+                    let provenance = provenances(&farm, &view, &attested_in).await?;
                     return Ok((view, provenance));
                 }
                 BuildState::Failed => bail!("{}", view.error),
@@ -196,7 +202,9 @@ async fn write_outputs(
     }
     for out in outputs {
         match out {
-            Output::Oci { dest: Dest::File(dest), .. } => kiln_shared::layout::write_archive(dest, &store, &index, &blobs, tags, index_descriptor)?,
+            Output::Oci { dest: Dest::File(dest), .. } => {
+                kiln_shared::layout::write_archive(dest, &store, &index, &blobs, tags, index_descriptor)?
+            }
             Output::Oci { dest: Dest::Stdout, .. } => {
                 let tmp = tempfile_in_home("oci")?;
                 kiln_shared::layout::write_archive(&tmp, &store, &index, &blobs, tags, index_descriptor)?;
@@ -285,21 +293,60 @@ fn to_stdout(path: &Path) -> anyhow::Result<()> {
     copied.context("writing the archive to standard output")
 }
 
-/// The provenance predicate of every slice that has an attestation manifest (the agents send
-/// attestations back to the coordinator that received the build).
-async fn provenances(farm: &ClientFarm, view: &BuildView) -> anyhow::Result<Provenances> {
+/// Where a build's attestation blobs are once it is done.
+enum AttestedIn {
+    /// The agents sent them to the coordinator that received the build (with the images).
+    Farm,
+    /// The agents pushed them (by digest, to every tag's repository).
+    Registry { tag: String, insecure: Vec<String> },
+}
+
+/// The provenance predicate of every slice that has an attestation manifest.
+async fn provenances(farm: &ClientFarm, view: &BuildView, from: &AttestedIn) -> anyhow::Result<Provenances> {
     let mut out = Vec::new();
+    if view.slices.iter().all(|s| s.attestation.is_none()) {
+        return Ok(out);
+    }
     let store = kiln_shared::store::ContentStore::open(&super::home::kiln_home().join("client/content"))?;
+    // A manifest (`manifest`) or a blob, from wherever the build left them.
+    let fetch = |d: Digest, manifest: bool| {
+        let store = store.clone();
+        async move {
+            match from {
+                AttestedIn::Farm => farm.fetch_blob(&store, &d).await?,
+                AttestedIn::Registry { tag, insecure } => {
+                    let r = tag.parse::<kiln_shared::registry::Reference>()?.with_digest(d.clone());
+                    let (insecure, s, d) = (insecure.clone(), store.clone(), d.clone());
+                    let read = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, kiln_shared::registry::RegistryError> {
+                        let client = kiln_shared::registry::RegistryClient::new(&insecure);
+                        if manifest {
+                            return Ok(client.get_manifest(&r)?.bytes);
+                        }
+                        client.fetch_blob(&r, &d, &s)?;
+                        Ok(Vec::new())
+                    });
+                    let bytes = read
+                        .await
+                        .map_err(|e| anyhow!("reading the provenance: {e}"))?
+                        .with_context(|| format!("reading the provenance from {tag}"))?;
+                    if manifest {
+                        return anyhow::Ok(bytes);
+                    }
+                }
+            }
+            anyhow::Ok(store.read(&d)?)
+        }
+    };
     for s in &view.slices {
         let Some(a) = &s.attestation else { continue };
-        farm.fetch_blob(&store, &a.digest).await?;
-        let manifest: kiln_shared::oci::Manifest = serde_json::from_slice(&store.read(&a.digest)?).context("an attestation manifest")?;
+        let manifest: kiln_shared::oci::Manifest =
+            serde_json::from_slice(&fetch(a.digest.clone(), true).await?).context("an attestation manifest")?;
         for l in &manifest.layers {
             if l.annotations.get(kiln_shared::attest::PREDICATE_TYPE).map(String::as_str) != Some(kiln_shared::attest::SLSA_V1) {
                 continue;
             }
-            farm.fetch_blob(&store, &l.digest).await?;
-            let statement: serde_json::Value = serde_json::from_slice(&store.read(&l.digest)?).context("a provenance statement")?;
+            let statement: serde_json::Value =
+                serde_json::from_slice(&fetch(l.digest.clone(), false).await?).context("a provenance statement")?;
             out.push((s.platform.to_string(), statement["predicate"].clone()));
         }
     }
@@ -337,7 +384,13 @@ pub fn local_cache_files(src: &Path) -> anyhow::Result<(String, BTreeMap<String,
 }
 
 /// Reports the finished build as the embedded farm does: metadata file and summary line.
-pub fn finish(view: &BuildView, provenance: &Provenances, tags: &[String], metadata_file: Option<&Path>, mode: Mode) -> anyhow::Result<ExitCode> {
+pub fn finish(
+    view: &BuildView,
+    provenance: &Provenances,
+    tags: &[String],
+    metadata_file: Option<&Path>,
+    mode: Mode,
+) -> anyhow::Result<ExitCode> {
     let slices: Vec<serde_json::Value> = view
         .slices
         .iter()

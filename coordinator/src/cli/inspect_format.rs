@@ -21,9 +21,12 @@ pub fn inputs(client: &RegistryClient, store: &ContentStore, r: &Reference, f: &
     if is_index {
         let index: Index = serde_json::from_slice(&f.bytes).context("parsing the index")?;
         let platform_of = |digest: &str| {
-            index.manifests.iter().find(|m| m.digest.as_str() == digest).and_then(|m| m.platform.as_ref()).map(|p| {
-                format!("{}/{}{}", p.os, p.architecture, p.variant.as_ref().map(|v| format!("/{v}")).unwrap_or_default())
-            })
+            index
+                .manifests
+                .iter()
+                .find(|m| m.digest.as_str() == digest)
+                .and_then(|m| m.platform.as_ref())
+                .map(|p| format!("{}/{}{}", p.os, p.architecture, p.variant.as_ref().map(|v| format!("/{v}")).unwrap_or_default()))
         };
         for m in &index.manifests {
             let fetched = client.get_manifest(&r.with_digest(m.digest.clone()))?;
@@ -52,7 +55,13 @@ pub fn inputs(client: &RegistryClient, store: &ContentStore, r: &Reference, f: &
         let p = format!("{}/{}", config["os"].as_str().unwrap_or_default(), config["architecture"].as_str().unwrap_or_default());
         images.insert(p, config);
     }
-    let flatten = |m: Map<String, Value>| if images.len() == 1 { m.into_iter().next().map(|(_, v)| v).unwrap_or(Value::Null) } else { Value::Object(m) };
+    let flatten = |m: Map<String, Value>| {
+        if images.len() == 1 {
+            m.into_iter().next().map(|(_, v)| v).unwrap_or(Value::Null)
+        } else {
+            Value::Object(m)
+        }
+    };
     let single = images.len() == 1;
     let image = if single { images.values().next().cloned().unwrap_or(Value::Null) } else { Value::Object(images.clone()) };
     Ok(json!({
@@ -134,7 +143,8 @@ mod tests {
 
     #[test]
     fn renders_json_and_fields() {
-        let root = json!({ "name": "r", "manifest": { "schemaVersion": 2 }, "image": {}, "Provenance": { "SLSA": { "a": 1 } }, "SBOM": {} });
+        let root =
+            json!({ "name": "r", "manifest": { "schemaVersion": 2 }, "image": {}, "Provenance": { "SLSA": { "a": 1 } }, "SBOM": {} });
         assert_eq!(render("{{json .Provenance}}", &root).unwrap(), r#"{"SLSA":{"a":1}}"#);
         assert_eq!(render("n={{.Name}} v={{ json .Manifest.schemaVersion }}", &root).unwrap(), "n=r v=2");
         assert_eq!(render("{{json .SBOM.SPDX}}", &root).unwrap(), "null");

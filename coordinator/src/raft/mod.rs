@@ -339,7 +339,7 @@ impl ClusterState {
                 s.state = SliceState::Done;
                 s.finished_at_ms = *at_ms;
                 s.manifest = Some(outcome.manifest.clone());
-                s.attestation = outcome.attestation.clone();
+                s.attestation = outcome.attestation.as_deref().cloned();
                 s.duration_ms = outcome.duration_ms;
                 s.cache_hits = outcome.cache_hits;
                 s.cache_misses = outcome.cache_misses;

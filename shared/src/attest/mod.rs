@@ -121,12 +121,16 @@ pub fn resolve(flags: &AttestFlags, inline: bool, no_default: bool) -> Result<At
                     }
                 }
                 ("provenance", "builder-id") => p.builder_id = Some(v.clone()),
-                ("provenance", "reproducible") => p.reproducible = parse_bool(v).ok_or_else(|| bad(format!("reproducible={v:?} is not a boolean")))?,
+                ("provenance", "reproducible") => {
+                    p.reproducible = parse_bool(v).ok_or_else(|| bad(format!("reproducible={v:?} is not a boolean")))?
+                }
                 ("provenance", "version") if v == "v1" => {}
                 ("provenance", "version") => return Err(bad(format!("version={v:?}: kiln writes SLSA provenance v1 only (version=v1)"))),
                 // buildx's default carries this; kiln attaches attestations to inline outputs only anyway.
                 ("provenance", "inline-only") => {}
-                ("sbom", "generator") => return Err(bad(format!("generator={v:?}: kiln has its own scanner (dpkg and apk databases), no generator image"))),
+                ("sbom", "generator") => {
+                    return Err(bad(format!("generator={v:?}: kiln has its own scanner (dpkg and apk databases), no generator image")))
+                }
                 _ if kind == "provenance" || kind == "sbom" => return Err(bad(format!("unknown option {k:?}"))),
                 _ => return Err(AttestError::UnknownType(spec.clone(), kind.clone())),
             }
@@ -233,9 +237,7 @@ pub fn annotations_for<'a>(
     level: AnnotationLevel,
     platform: Option<&'a Platform>,
 ) -> impl Iterator<Item = (&'a String, &'a String)> + 'a {
-    all.iter()
-        .filter(move |a| a.level == level && (a.platform.is_none() || a.platform.as_ref() == platform))
-        .map(|a| (&a.key, &a.value))
+    all.iter().filter(move |a| a.level == level && (a.platform.is_none() || a.platform.as_ref() == platform)).map(|a| (&a.key, &a.value))
 }
 
 #[cfg(test)]
@@ -280,7 +282,15 @@ mod tests {
     #[test]
     fn annotations_are_placed_as_buildx_places_them() {
         let a = parse_annotation("org.opencontainers.image.title=kiln").unwrap();
-        assert_eq!(a, vec![Annotation { level: AnnotationLevel::Manifest, platform: None, key: "org.opencontainers.image.title".into(), value: "kiln".into() }]);
+        assert_eq!(
+            a,
+            vec![Annotation {
+                level: AnnotationLevel::Manifest,
+                platform: None,
+                key: "org.opencontainers.image.title".into(),
+                value: "kiln".into()
+            }]
+        );
         let a = parse_annotation("index,manifest-descriptor:k=v=w").unwrap();
         assert_eq!(a.iter().map(|a| a.level).collect::<Vec<_>>(), vec![AnnotationLevel::Index, AnnotationLevel::ManifestDescriptor]);
         assert_eq!(a[0].value, "v=w");

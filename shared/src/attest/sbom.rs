@@ -13,7 +13,9 @@ pub const APK_INSTALLED: &str = "lib/apk/db/installed";
 
 /// Whether an image path (relative, no leading `/`) is a package database file the scan keeps.
 pub fn is_database(path: &str) -> bool {
-    path == DPKG_STATUS || path == APK_INSTALLED || (path.starts_with(DPKG_INFO) && path.ends_with(".list") && !path[DPKG_INFO.len()..].contains('/'))
+    path == DPKG_STATUS
+        || path == APK_INSTALLED
+        || (path.starts_with(DPKG_INFO) && path.ends_with(".list") && !path[DPKG_INFO.len()..].contains('/'))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -64,7 +66,8 @@ pub fn dpkg_packages(status: &str, lists: &BTreeMap<String, String>) -> Vec<Pack
         }
         let arch = fields.get("Architecture").copied().unwrap_or_default();
         let list = lists.get(&format!("{name}:{arch}")).or_else(|| lists.get(*name));
-        let files = list.map(|l| l.lines().map(|f| f.trim().trim_start_matches('/').to_string()).filter(|f| !f.is_empty() && f != ".").collect());
+        let files =
+            list.map(|l| l.lines().map(|f| f.trim().trim_start_matches('/').to_string()).filter(|f| !f.is_empty() && f != ".").collect());
         out.push(Package {
             kind: Kind::Deb,
             name: name.to_string(),
@@ -222,7 +225,8 @@ mod tests {
     #[test]
     fn dpkg_lists_installed_packages_and_their_files() {
         let lists: BTreeMap<String, String> =
-            [("hello".to_string(), "/.\n/usr\n/usr/bin/hello\n".to_string()), ("libx:amd64".to_string(), "/usr/lib/libx.so\n".to_string())].into();
+            [("hello".to_string(), "/.\n/usr\n/usr/bin/hello\n".to_string()), ("libx:amd64".to_string(), "/usr/lib/libx.so\n".to_string())]
+                .into();
         let p = dpkg_packages(STATUS, &lists);
         assert_eq!(p.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["hello", "libx"]);
         assert_eq!(p[0].version, "1:2.10-3");
@@ -243,7 +247,8 @@ mod tests {
     fn the_document_lists_owned_regular_files_only() {
         let lists: BTreeMap<String, String> = [("hello".to_string(), "/usr\n/usr/bin/hello\n".to_string())].into();
         let p = dpkg_packages(STATUS, &lists);
-        let files: BTreeMap<String, FileHashes> = [("usr/bin/hello".to_string(), FileHashes { sha1: "a".repeat(40), sha256: "b".repeat(64) })].into();
+        let files: BTreeMap<String, FileHashes> =
+            [("usr/bin/hello".to_string(), FileHashes { sha1: "a".repeat(40), sha256: "b".repeat(64) })].into();
         let doc = spdx("img", "https://kiln.invalid/spdx/x", "2024-01-01T00:00:00Z", &p, &files);
         assert_eq!(doc["spdxVersion"], "SPDX-2.3");
         assert_eq!(doc["packages"].as_array().map(Vec::len), Some(2));
