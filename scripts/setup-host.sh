@@ -2,10 +2,11 @@
 # Installs and enables what kiln's build engine needs on a Debian host (idempotent):
 # runc, qemu-user-static registered with binfmt_misc, and for the tests and the example
 # docker-registry, skopeo, umoci, apache2-utils (htpasswd); for scripts/compare.py
-# (the judge against Docker's BuildKit) Debian's docker.io, mmdebstrap and zstd.
+# (the judge against Docker's BuildKit) Debian's docker.io, mmdebstrap and zstd; for the ssh
+# forwarding tests OpenSSH's client and server and git.
 set -euo pipefail
 need=()
-for pkg_cmd in runc:runc qemu-user-static:qemu-aarch64-static docker-registry:docker-registry skopeo:skopeo umoci:umoci apache2-utils:htpasswd make:make gcc:gcc docker.io:/usr/sbin/dockerd mmdebstrap:mmdebstrap zstd:zstd; do
+for pkg_cmd in runc:runc qemu-user-static:qemu-aarch64-static docker-registry:docker-registry skopeo:skopeo umoci:umoci apache2-utils:htpasswd make:make gcc:gcc docker.io:/usr/sbin/dockerd mmdebstrap:mmdebstrap zstd:zstd openssh-client:ssh-agent openssh-server:/usr/sbin/sshd git:/usr/bin/git; do
   pkg=${pkg_cmd%%:*} cmd=${pkg_cmd##*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

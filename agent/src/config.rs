@@ -29,6 +29,7 @@ defaults! {
     default_report_patience_ms: u64 = 300_000;
     default_events_deadline_ms: u64 = 5_000;
     default_event_batch_ms: u64 = 50;
+    default_session_deadline_ms: u64 = 45_000;
     default_advertise_interval_ms: u64 = 2_000;
     default_advertise_deadline_ms: u64 = 10_000;
     default_locate_deadline_ms: u64 = 5_000;
@@ -110,6 +111,10 @@ pub struct AgentConfig {
     pub events_deadline_ms: u64,
     #[serde(default = "default_event_batch_ms")]
     pub event_batch_ms: u64,
+    /// A step's question to the build's client (a secret, an ssh-agent message), through the
+    /// coordinators: how long it may take in all (45000 ms).
+    #[serde(default = "default_session_deadline_ms")]
+    pub session_deadline_ms: u64,
     /// Telling the tracker what this agent holds: how often (2000 ms), and each send (10000 ms).
     #[serde(default = "default_advertise_interval_ms")]
     pub advertise_interval_ms: u64,

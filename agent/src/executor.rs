@@ -22,6 +22,10 @@ pub trait Executor: Send + Sync {
     /// the container, `bundle` is a fresh directory for its bundle, and `output` hears every
     /// line the process prints.
     fn run(&self, id: &str, bundle: &Path, spec: &RunSpec, output: &mut dyn FnMut(&str)) -> Result<(), RunError>;
+
+    /// Mounts a fresh tmpfs (mode 0700) at `target`, for what must never reach the disk (a
+    /// step's secrets); dropping it unmounts it and its contents are gone.
+    fn tmpfs(&self, target: &Path) -> Result<Mounted, RunError>;
 }
 
 /// Overlayfs and runc.
@@ -34,6 +38,10 @@ impl Executor for Runc {
 
     fn run(&self, id: &str, bundle: &Path, spec: &RunSpec, output: &mut dyn FnMut(&str)) -> Result<(), RunError> {
         runc::run(id, bundle, spec, output)
+    }
+
+    fn tmpfs(&self, target: &Path) -> Result<Mounted, RunError> {
+        Ok(Box::new(runc::Tmpfs::mount(target)?))
     }
 }
 
@@ -116,6 +124,12 @@ pub(crate) mod fake {
                 binds: spec.binds.to_vec(),
             });
             output(&format!("recorded {}", spec.args.join(" ")));
+            // What a step's secret files held, as the step saw them.
+            for (src, dst, _) in spec.binds {
+                if let Ok(bytes) = fs::read(src) {
+                    output(&format!("bind {dst}: {}", String::from_utf8_lossy(&bytes)));
+                }
+            }
             if let Some(code) = self.exit_code {
                 return Err(RunError::Failed { command: spec.args.join(" "), code, last_lines: vec![] });
             }
@@ -128,6 +142,11 @@ pub(crate) mod fake {
                 fs::write(&dest, content).map_err(err)?;
             }
             Ok(())
+        }
+
+        fn tmpfs(&self, target: &Path) -> Result<Mounted, RunError> {
+            fs::create_dir_all(target).map_err(|e| RunError::Mount { path: target.to_path_buf(), reason: e.to_string() })?;
+            Ok(Box::new(()))
         }
     }
 

@@ -71,6 +71,27 @@ impl Drop for Overlay {
     }
 }
 
+/// A tmpfs that is unmounted on drop.
+pub struct Tmpfs {
+    target: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(target: &Path) -> Result<Tmpfs, RunError> {
+        let err = |reason: String| RunError::Mount { path: target.to_path_buf(), reason };
+        std::fs::create_dir_all(target).map_err(|e| err(e.to_string()))?;
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some("mode=0700,size=64m")).map_err(|e| err(format!("tmpfs: {e}")))?;
+        Ok(Tmpfs { target: target.to_path_buf() })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = umount2(&self.target, MntFlags::MNT_DETACH);
+    }
+}
+
 pub struct RunSpec<'a> {
     pub rootfs: &'a Path,
     pub upper: &'a Path,
@@ -85,7 +106,16 @@ pub struct RunSpec<'a> {
     pub network: &'a str,
     /// Extra bind mounts: (source on the host, destination, read-only).
     pub binds: &'a [(PathBuf, String, bool)],
+    /// `--add-host`: (name, address) lines added to the step's `/etc/hosts`.
+    pub hosts: &'a [(String, String)],
+    /// `/dev/shm`'s size (`--shm-size`; BuildKit's default is 64 MiB).
+    pub shm_bytes: u64,
+    /// `--ulimit`: (name as `ulimit` says it, e.g. `nofile`, soft, hard).
+    pub ulimits: &'a [(String, u64, u64)],
 }
+
+/// `/dev/shm`'s size when the build does not say.
+pub const DEFAULT_SHM_BYTES: u64 = 64 << 20;
 
 const NETWORK_FILES: &[&str] = &["/etc/resolv.conf", "/etc/hosts", "/etc/hostname"];
 
@@ -108,17 +138,19 @@ fn caps() -> serde_json::Value {
     ])
 }
 
-fn config(spec: &RunSpec) -> serde_json::Value {
+fn config(spec: &RunSpec, hosts: Option<&Path>) -> serde_json::Value {
+    let shm = format!("size={}k", spec.shm_bytes.div_ceil(1024).max(1));
     let mut mounts = vec![
         serde_json::json!({"destination": "/proc", "type": "proc", "source": "proc"}),
         serde_json::json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
         serde_json::json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
-        serde_json::json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        serde_json::json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", shm]}),
         serde_json::json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
     ];
     for f in ["/etc/resolv.conf", "/etc/hosts"] {
-        if Path::new(f).exists() && spec.network != "none" {
-            mounts.push(serde_json::json!({"destination": f, "type": "bind", "source": f, "options": ["rbind", "ro"]}));
+        let source = if f == "/etc/hosts" { hosts.unwrap_or(Path::new(f)) } else { Path::new(f) };
+        if source.exists() && spec.network != "none" {
+            mounts.push(serde_json::json!({"destination": f, "type": "bind", "source": source, "options": ["rbind", "ro"]}));
         }
     }
     for (src, dst, ro) in spec.binds {
@@ -146,6 +178,9 @@ fn config(spec: &RunSpec) -> serde_json::Value {
             "env": spec.env,
             "cwd": spec.cwd,
             "capabilities": {"bounding": caps(), "effective": caps(), "permitted": caps()},
+            "rlimits": spec.ulimits.iter().map(|(name, soft, hard)| serde_json::json!({
+                "type": format!("RLIMIT_{}", name.to_ascii_uppercase()), "soft": soft, "hard": hard
+            })).collect::<Vec<_>>(),
             "noNewPrivileges": false
         },
         "root": {"path": spec.rootfs, "readonly": false},
@@ -169,7 +204,23 @@ pub fn run(id: &str, bundle: &Path, spec: &RunSpec, output: &mut dyn FnMut(&str)
         .map(|m| m.to_string())
         .filter(|m| std::fs::symlink_metadata(spec.rootfs.join(m.trim_start_matches('/'))).is_err())
         .collect();
-    std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config(spec)).unwrap_or_default()).map_err(berr)?;
+    // `--add-host`: the host's /etc/hosts and the extra names, as BuildKit adds them.
+    let hosts = if spec.hosts.is_empty() {
+        None
+    } else {
+        let mut text = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        for (name, addr) in spec.hosts {
+            text.push_str(&format!("{addr}\t{name}\n"));
+        }
+        let path = bundle.join("hosts");
+        std::fs::write(&path, text).map_err(berr)?;
+        Some(path)
+    };
+    std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config(spec, hosts.as_deref())).unwrap_or_default())
+        .map_err(berr)?;
     let mut child = Command::new("runc")
         .args(["--root", &bundle.join("state").display().to_string(), "run", "--bundle"])
         .arg(bundle)

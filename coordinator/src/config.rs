@@ -49,6 +49,9 @@ fn default_leader_tick_ms() -> u64 {
 fn default_long_poll_max_ms() -> u64 {
     30_000
 }
+fn default_session_answer_timeout_ms() -> u64 {
+    20_000
+}
 fn default_forward_timeout_ms() -> u64 {
     30_000
 }
@@ -131,6 +134,10 @@ pub struct CoordinatorConfig {
     /// the client asks (default 30000 ms).
     #[serde(default = "default_long_poll_max_ms")]
     pub long_poll_max_ms: u64,
+    /// How long a step's question to the build's client (a secret, an ssh-agent message) waits
+    /// for the answer before the step fails (default 20000 ms; below `forward_timeout_ms`).
+    #[serde(default = "default_session_answer_timeout_ms")]
+    pub session_answer_timeout_ms: u64,
     /// How long a request forwarded to the leader may take (default 30000 ms).
     #[serde(default = "default_forward_timeout_ms")]
     pub forward_timeout_ms: u64,
@@ -212,6 +219,12 @@ impl CoordinatorConfig {
         }
         if self.leader_tick_ms == 0 || self.long_poll_max_ms == 0 || self.forward_timeout_ms == 0 || self.peer_connect_timeout_ms == 0 {
             return bad("leader_tick_ms, long_poll_max_ms, forward_timeout_ms and peer_connect_timeout_ms must be above 0".into());
+        }
+        if self.session_answer_timeout_ms == 0 || self.session_answer_timeout_ms >= self.forward_timeout_ms {
+            return bad(format!(
+                "session_answer_timeout_ms ({}) must be above 0 and below forward_timeout_ms ({})",
+                self.session_answer_timeout_ms, self.forward_timeout_ms
+            ));
         }
         if self.context_drain_timeout_ms >= self.admin_call_timeout_ms {
             return bad(format!(

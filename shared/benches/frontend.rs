@@ -52,7 +52,14 @@ fn main() {
     let platforms = Platform::parse_list("linux/amd64,linux/arm64").expect("platforms");
     let resolve_all = |df: &kiln_shared::frontend::Dockerfile| {
         for p in &platforms {
-            let opts = Options { platform: p.clone(), build_platform: host.clone(), build_args: &[], target: None, images: &NoImages };
+            let opts = Options {
+                platform: p.clone(),
+                build_platform: host.clone(),
+                build_args: &[],
+                target: None,
+                images: &NoImages,
+                contexts: &[],
+            };
             black_box(resolve(df, &opts).expect("resolves"));
         }
     };

@@ -192,6 +192,100 @@ pub struct BuildSpec {
     pub cache_from: Vec<CacheRef>,
     /// `--cache-to`: where the build's records go (one cache for every platform).
     pub cache_to: Option<CacheExport>,
+    /// `--secret` ids the client offers (ids only: the bytes stay with the client until a step
+    /// that mounts one asks, through the build's session).
+    pub secrets: Vec<String>,
+    /// `--ssh` ids the client offers (its ssh-agents stay with it; see [`SessionAsk::Ssh`]).
+    pub ssh: Vec<String>,
+    /// `RUN` options that are the build's, not the Dockerfile's.
+    pub run: RunOptions,
+    /// `--build-context NAME=...`.
+    pub named_contexts: Vec<NamedContextSpec>,
+}
+
+/// One `--build-context NAME=SOURCE`, as the farm gets it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedContextSpec {
+    pub name: String,
+    pub source: NamedSource,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NamedSource {
+    /// `docker-image://REF`: the image to use wherever the name is.
+    Image(String),
+    /// A directory (local, or a git repository or URL the client fetched): its manifest, whose
+    /// blobs travel with the build's context.
+    Local(Vec<ContextEntry>),
+}
+
+impl BuildSpec {
+    /// Every context entry the build names: the context's, then each named directory's.
+    pub fn all_entries(&self) -> impl Iterator<Item = &ContextEntry> {
+        self.context.iter().chain(self.named_contexts.iter().flat_map(|n| match &n.source {
+            NamedSource::Local(entries) => entries.as_slice(),
+            NamedSource::Image(_) => &[],
+        }))
+    }
+}
+
+/// `kiln build`'s options for every RUN step (`--network`, `--add-host`, `--shm-size`,
+/// `--ulimit`), as buildx passes them to BuildKit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunOptions {
+    /// `default`, `none` or `host`; a step's own `RUN --network` wins.
+    pub network: Option<String>,
+    /// `--add-host HOST:IP`: extra lines of the steps' `/etc/hosts`.
+    pub hosts: Vec<(String, String)>,
+    /// `--shm-size` in bytes (`/dev/shm`'s size; BuildKit's default is 64 MiB).
+    pub shm_bytes: Option<u64>,
+    /// `--ulimit NAME=SOFT[:HARD]`: (name, soft, hard).
+    pub ulimits: Vec<(String, u64, u64)>,
+    /// `--allow`: the entitlements the build asks for (`network.host`, `security.insecure`).
+    pub entitlements: Vec<String>,
+}
+
+/// What a running step asks of the client that submitted its build (BuildKit's session),
+/// relayed by the leader and kept only in memory until answered: never committed, logged or
+/// stored.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionAsk {
+    /// The bytes of `--secret id=ID`.
+    Secret { id: String },
+    /// One ssh-agent protocol message for `--ssh ID`'s agent; answered with its reply.
+    Ssh {
+        id: String,
+        #[serde(with = "serde_bytes")]
+        message: Vec<u8>,
+    },
+}
+
+impl std::fmt::Debug for SessionAsk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionAsk::Secret { id } => write!(f, "Secret({id:?})"),
+            SessionAsk::Ssh { id, message } => write!(f, "Ssh({id:?}, {} bytes)", message.len()),
+        }
+    }
+}
+
+/// The client's answer to a [`SessionAsk`]. Its `Debug` never shows the bytes.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionAnswer {
+    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The client has no such secret or ssh id.
+    Missing,
+    Failed(String),
+}
+
+impl std::fmt::Debug for SessionAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionAnswer::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
+            SessionAnswer::Missing => write!(f, "Missing"),
+            SessionAnswer::Failed(m) => write!(f, "Failed({m:?})"),
+        }
+    }
 }
 
 /// A cache in a registry (`type=registry,ref=R`) or uploaded by the CLI from a directory
@@ -593,6 +687,16 @@ mod tests {
             tenant: "t".into(),
             cache_from: vec![CacheRef::Registry { reference: "127.0.0.1:5000/c:1".into() }],
             cache_to: Some(CacheExport { max: true, registry: None }),
+            secrets: vec!["npmrc".into()],
+            ssh: vec!["default".into()],
+            named_contexts: vec![NamedContextSpec { name: "base".into(), source: NamedSource::Image("busybox:1".into()) }],
+            run: RunOptions {
+                network: Some("none".into()),
+                hosts: vec![("db".into(), "10.0.0.2".into())],
+                shm_bytes: Some(1 << 20),
+                ulimits: vec![],
+                entitlements: vec![],
+            },
         };
         let principal = Principal { role: Role::User, name: "t".into() };
         let origin = "127.0.0.1:7401".parse().unwrap();

@@ -26,7 +26,14 @@ impl BaseImages for Images {
 fn try_plan(src: &str, platform: &str, args: &[(&str, &str)], target: Option<&str>) -> Result<BuildPlan, FrontendError> {
     let df = parse(src)?;
     let build_args: Vec<(String, String)> = args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let opts = Options { platform: p(platform), build_platform: p("linux/amd64"), build_args: &build_args, target, images: &Images };
+    let opts = Options {
+        platform: p(platform),
+        build_platform: p("linux/amd64"),
+        build_args: &build_args,
+        target,
+        images: &Images,
+        contexts: &[],
+    };
     resolve(&df, &opts)
 }
 
@@ -116,7 +123,14 @@ fn base_image_env_is_used() {
 #[test]
 fn unknown_base_env_leaves_variables_as_written() {
     let df = parse("FROM img\nARG A=1\nENV PATH=/x:$PATH B=$A C=${Z:-d}\n").unwrap();
-    let opts = Options { platform: p("linux/amd64"), build_platform: p("linux/amd64"), build_args: &[], target: None, images: &NoImages };
+    let opts = Options {
+        platform: p("linux/amd64"),
+        build_platform: p("linux/amd64"),
+        build_args: &[],
+        target: None,
+        images: &NoImages,
+        contexts: &[],
+    };
     let pl = resolve(&df, &opts).unwrap();
     assert_eq!(env_of(&pl.stages[0], 1), pairs(&[("PATH", "/x:$PATH"), ("B", "1"), ("C", "${Z:-d}")]));
     // FROM scratch has a known, empty environment.

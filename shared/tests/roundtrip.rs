@@ -271,7 +271,7 @@ proptest! {
     #[test]
     fn arbitrary_text_never_panics(text in "(FROM|RUN|COPY|ENV|ARG|ONBUILD|HEALTHCHECK|[A-Za-z]{1,4}|<<-?'?EOF'?|EOF|--[a-z]{0,5}=?|[ \t\n\\\\`$\\{\\}:=\"'\\[\\],#!0-9a-z/.-]){0,40}") {
         if let Ok(df) = parse(&text) {
-            let opts = Options { platform: Platform::host(), build_platform: Platform::host(), build_args: &[], target: None, images: &NoImages };
+            let opts = Options { platform: Platform::host(), build_platform: Platform::host(), build_args: &[], target: None, images: &NoImages, contexts: &[] };
             let _ = resolve(&df, &opts);
         }
     }

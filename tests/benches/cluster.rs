@@ -60,6 +60,10 @@ fn spec(platforms: &[&str], n: usize) -> BuildSpec {
         tenant: String::new(),
         cache_from: vec![],
         cache_to: None,
+        secrets: vec![],
+        ssh: vec![],
+        run: Default::default(),
+        named_contexts: vec![],
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`cluster::Cluster`]: coordinators and agents as real processes, with fault injection.
 
 pub mod cluster;
+pub mod target;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -152,6 +153,11 @@ pub struct Registry {
 impl Registry {
     pub fn start() -> Registry {
         Self::start_inner(None)
+    }
+
+    /// Where the registry keeps what was pushed.
+    pub fn dir(&self) -> PathBuf {
+        self._dir.0.clone()
     }
 
     /// With basic authentication (htpasswd, bcrypt) for `user:password`.

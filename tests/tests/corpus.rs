@@ -63,6 +63,7 @@ fn every_case_resolves_for_both_platforms() {
                 build_args: &case.build_args,
                 target: case.target.as_deref(),
                 images: &NoImages,
+                contexts: &[],
             };
             match resolve(&df, &opts) {
                 Ok(plan) => assert!(!plan.stages.is_empty()),

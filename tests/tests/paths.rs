@@ -4,64 +4,14 @@
 //! outputs, the registry, the build context afterwards and the metadata file. The embedded farm
 //! must behave exactly as the farm does (DESIGN.md: a behaviour that differs is a bug).
 
-use kiln_tests::cluster::Cluster;
+use kiln_tests::target::{farm, Target};
 use kiln_tests::Bounded;
 use kiln_tests::{base_image, kiln_bin, stderr, Registry, TempDir};
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
-use std::process::{Command, Output};
-
-const EPOCH: &str = "1700000000";
-
-/// Where a build runs.
-enum Target {
-    Embedded(TempDir),
-    Farm(Cluster),
-}
-
-impl Target {
-    fn name(&self) -> &'static str {
-        match self {
-            Target::Embedded(_) => "embedded",
-            Target::Farm(_) => "farm",
-        }
-    }
-
-    /// Runs the CLI; `SOURCE_DATE_EPOCH` is set for the CLI alone, as a user sets it: the
-    /// farm's agents never see this process's environment.
-    fn kiln(&self, args: &[&str], cwd: &Path) -> Output {
-        let mut cmd = Command::new(kiln_bin());
-        cmd.args(args).current_dir(cwd).env("SOURCE_DATE_EPOCH", EPOCH);
-        match self {
-            Target::Embedded(home) => cmd.env("KILN_HOME", home.path()).env_remove("KILN_HOST"),
-            Target::Farm(c) => cmd.env("KILN_HOME", c.home()).env("KILN_HOST", c.hosts()).env("KILN_TOKEN", &c.admin_token),
-        };
-        cmd.bounded().expect("run kiln")
-    }
-
-    /// The agent's data directory.
-    fn agent_dir(&self) -> std::path::PathBuf {
-        match self {
-            Target::Embedded(home) => home.path().join("agent"),
-            Target::Farm(c) => c.dir.path().join("a1"),
-        }
-    }
-
-    fn ok(&self, args: &[&str], cwd: &Path) -> Output {
-        let out = self.kiln(args, cwd);
-        assert!(out.status.success(), "{}: kiln {args:?} failed:\n{}", self.name(), stderr(&out));
-        out
-    }
-}
-
-/// A 3-coordinator farm with one agent.
-fn farm() -> Target {
-    let mut c = Cluster::start(3);
-    c.add_agent("a1", &[], 4);
-    Target::Farm(c)
-}
+use std::process::Command;
 
 /// Every path under `root` with its type, mode, owner and content (or link target).
 fn tree(root: &Path) -> BTreeMap<Vec<u8>, String> {

@@ -77,8 +77,14 @@ mod tests {
     /// The config a scratch stage of `body` ends with, starting from `base`.
     fn config(base: RunConfig, body: &str) -> RunConfig {
         let df = frontend::parse(&format!("FROM scratch\n{body}")).expect("parse");
-        let opts =
-            Options { platform: Platform::host(), build_platform: Platform::host(), build_args: &[], target: None, images: &NoImages };
+        let opts = Options {
+            platform: Platform::host(),
+            build_platform: Platform::host(),
+            build_args: &[],
+            target: None,
+            images: &NoImages,
+            contexts: &[],
+        };
         let plan = resolve::resolve(&df, &opts).expect("resolve");
         let mut cfg = base;
         let stage = plan.stages.iter().find(|s| s.index == plan.target).expect("target stage");

@@ -16,6 +16,7 @@ mod attest;
 mod config_ops;
 mod history;
 mod image;
+mod mounts;
 mod pull;
 mod run;
 mod slice;
@@ -63,6 +64,42 @@ pub struct SliceRequest<'a> {
     pub native: &'a [Platform],
     /// `--label`s for the final image.
     pub labels: &'a [(String, String)],
+    /// The build's client, for secrets and ssh-agents.
+    pub session: &'a dyn Session,
+    /// `--build-context NAME=...`, as the agent has them.
+    pub named: &'a [(String, Named)],
+    /// `--network`, `--add-host`, `--shm-size`, `--ulimit`.
+    pub run: &'a kiln_shared::api::RunOptions,
+}
+
+/// A named context (`--build-context`), as the engine uses it.
+#[derive(Clone, Debug)]
+pub enum Named {
+    /// An image to use wherever the name is (`docker-image://REF`).
+    Image(String),
+    /// A directory: a stage `FROM` the name has its files, `COPY --from` the name copies them.
+    Dir(PathBuf),
+}
+
+/// What a step asks of the build's client (BuildKit's session). Called from the engine's
+/// blocking threads; `Ok(None)`: the client has no such id.
+pub trait Session: Sync {
+    /// The bytes of `--secret id=ID`.
+    fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, String>;
+    /// Relays one ssh-agent message (length prefix included) to `--ssh ID`'s agent; its reply.
+    fn ssh(&self, id: &str, message: &[u8]) -> Result<Option<Vec<u8>>, String>;
+}
+
+/// A client that offers nothing.
+pub struct NoSession;
+
+impl Session for NoSession {
+    fn secret(&self, _: &str) -> Result<Option<Vec<u8>>, String> {
+        Ok(None)
+    }
+    fn ssh(&self, _: &str, _: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        Ok(None)
+    }
 }
 
 impl SliceRequest<'_> {

@@ -2,7 +2,7 @@
 //! its environment, user, working directory and mounts, run through the agent's
 //! [`Executor`](crate::executor::Executor); the upper directory becomes the step's layer.
 
-use super::{EngineError, Event, SliceRun, State};
+use super::{mounts, EngineError, Event, SliceRun, State};
 use crate::copy;
 use crate::error::io_err;
 use crate::layers::{self, Layer};
@@ -38,6 +38,9 @@ impl SliceRun<'_> {
             std::fs::create_dir_all(merged.join(&inside)).map_err(io_err(format!("creating the working directory {cwd}")))?;
             let mut binds = Vec::new();
             let mut keep = Vec::new();
+            // Secrets and ssh sockets: on a tmpfs of this step's own, gone when it ends.
+            let mut private = mounts::Private::new(&*self.agent.executor, dir.join("private"));
+            let mut relays = Vec::new();
             for (path, content) in &step.files {
                 let host = dir.join(format!("file-{}", binds.len()));
                 std::fs::write(&host, content).map_err(io_err("writing a heredoc script"))?;
@@ -90,19 +93,25 @@ impl SliceRun<'_> {
                         std::fs::create_dir_all(&host).map_err(io_err("creating a tmpfs mount"))?;
                         binds.push((host, target, false));
                     }
-                    MountType::Secret | MountType::Ssh if m.required == Some(true) => {
-                        return Err(EngineError::Copy(format!(
-                            "{} mount {} is required but kiln has no {}s to provide yet",
-                            m.kind.as_str(),
-                            m.id.clone().unwrap_or_default(),
-                            m.kind.as_str()
-                        )));
+                    MountType::Secret => mounts::secret(self.req.session, m, &mut private, &mut binds, &mut env)?,
+                    MountType::Ssh => {
+                        if let Some(relay) = mounts::ssh(self.req.session, m, relays.len(), &mut private, &mut binds, &mut env)? {
+                            relays.push(relay);
+                        }
                     }
-                    MountType::Secret | MountType::Ssh => {}
                 }
             }
             let args = step.argv.clone().unwrap_or_default();
-            let network = run.network.clone().unwrap_or_else(|| "default".into());
+            let opts = self.req.run;
+            let network = run.network.clone().or_else(|| opts.network.clone()).unwrap_or_else(|| "default".into());
+            if run.network.as_deref() == Some("host") && !opts.entitlements.iter().any(|e| e == "network.host") {
+                return Err(EngineError::Copy(
+                    "RUN --network=host needs the network.host entitlement: kiln build --allow network.host".to_string(),
+                ));
+            }
+            // A secret in the environment is in the bundle's config.json: keep the bundle on
+            // the private tmpfs too.
+            let bundle = if private.used() { private.dir()?.join("bundle") } else { dir.join("bundle") };
             let spec = RunSpec {
                 rootfs: &merged,
                 upper: &upper,
@@ -114,11 +123,29 @@ impl SliceRun<'_> {
                 groups: &groups,
                 network: &network,
                 binds: &binds,
+                hosts: &opts.hosts,
+                shm_bytes: opts.shm_bytes.unwrap_or(crate::runc::DEFAULT_SHM_BYTES),
+                ulimits: &opts.ulimits,
             };
             let events = self.events;
-            let res = self.agent.executor.run(&format!("kiln-{}-{id}", std::process::id()), &dir.join("bundle"), &spec, &mut |line| {
-                events(Event::Log { id, line: line.to_string() })
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let session = self.req.session;
+            let res = std::thread::scope(|scope| {
+                for (listener, _, ssh_id) in &relays {
+                    let stop = &stop;
+                    scope.spawn(move || mounts::relay(listener, ssh_id, session, stop));
+                }
+                let res = self.agent.executor.run(&format!("kiln-{}-{id}", std::process::id()), &bundle, &spec, &mut |line| {
+                    events(Event::Log { id, line: line.to_string() })
+                });
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                for (_, path, _) in &relays {
+                    mounts::wake(path);
+                }
+                res
             });
+            drop(relays);
+            drop(private);
             drop(keep);
             drop(overlay);
             res?;

@@ -40,12 +40,26 @@ impl Agent {
         // other native platforms (then the first of those).
         let host = Platform::host();
         let build_platform = if req.native.is_empty() || req.native.contains(&host) { host } else { req.native[0].clone() };
+        let contexts: Vec<(String, resolve::NamedContext)> = req
+            .named
+            .iter()
+            .map(|(n, c)| {
+                (
+                    n.clone(),
+                    match c {
+                        super::Named::Image(r) => resolve::NamedContext::Image(r.clone()),
+                        super::Named::Dir(_) => resolve::NamedContext::Local,
+                    },
+                )
+            })
+            .collect();
         let opts = Options {
             platform: req.platform.clone(),
             build_platform: build_platform.clone(),
             build_args: req.build_args,
             target: req.target,
             images: &images,
+            contexts: &contexts,
         };
         let plan = resolve::resolve(&df, &opts).map_err(|e| e.in_file(req.dockerfile_name));
         if let Some(e) = images.errors.lock().ok().and_then(|mut e| e.pop()) {
@@ -145,6 +159,7 @@ impl SliceRun<'_> {
                 s.config.config.on_build = None;
                 s
             }
+            Base::Context(name) => self.named_dir(name, &stage.platform)?,
             Base::Image(image) => {
                 let (mut s, digest) = self.agent.pull(image, &stage.platform).map_err(|e| self.step_err(stage, stage.pos.line, e))?;
                 self.material(image, &stage.platform, digest);
@@ -243,6 +258,9 @@ impl SliceRun<'_> {
         };
         match index {
             Some(i) => Ok(self.finished.get(&i).cloned()),
+            None if self.req.named.iter().any(|(n, c)| n == from && matches!(c, super::Named::Dir(_))) => {
+                Ok(Some(self.named_dir(from, platform)?))
+            }
             None => {
                 let (state, digest) = self.agent.pull(from, platform)?;
                 self.material(from, platform, digest);
@@ -258,6 +276,18 @@ impl SliceRun<'_> {
         if !all.contains(&m) {
             all.push(m);
         }
+    }
+
+    /// A named directory context as a one-layer filesystem (BuildKit's local source).
+    fn named_dir(&self, name: &str, platform: &Platform) -> Result<State, EngineError> {
+        let dir = self.req.named.iter().find_map(|(n, c)| match c {
+            super::Named::Dir(d) if n == name => Some(d.clone()),
+            _ => None,
+        });
+        let dir = dir.ok_or_else(|| EngineError::Copy(format!("no build context named {name:?}")))?;
+        let layer = crate::layers::diff(&dir, &self.agent.store, self.req.epoch())?;
+        let key = format!("context {name} {}", layer.as_ref().map(|l| l.diff_id.to_string()).unwrap_or_default());
+        Ok(State { config: ImageConfig::empty(platform), layers: layer.into_iter().collect(), key })
     }
 
     /// Carries out a step that missed the cache; the layer it adds, if any.

@@ -70,6 +70,9 @@ impl Fixture {
             remote: &[],
             native: &[],
             labels: &[],
+            session: &super::NoSession,
+            named: &[],
+            run: &Default::default(),
         };
         self.agent.run_slice(&req, &|_| {})
     }

@@ -5,7 +5,7 @@
 use super::error::SliceError;
 use super::Worker;
 use crate::engine::Agent;
-use kiln_shared::api::{EntryKind, SliceTask};
+use kiln_shared::api::{EntryKind, NamedSource, SliceTask};
 use kiln_shared::client::AgentFarm;
 use kiln_shared::digest::Digest;
 use std::path::{Path, PathBuf};
@@ -47,7 +47,7 @@ pub(super) async fn materialize(w: &Arc<Worker>, task: &SliceTask, dir: &Path) -
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|source| SliceError::ContextDir { path: dir.to_path_buf(), source })?;
     let mut missing = Vec::new();
-    for e in &task.spec.context {
+    for e in task.spec.all_entries() {
         if let EntryKind::File { digest, .. } = &e.kind {
             let d: Digest = digest.parse().map_err(SliceError::digest(digest))?;
             if !w.engine.store.has(&d) && !missing.contains(&d) {
@@ -73,9 +73,28 @@ pub(super) async fn materialize(w: &Arc<Worker>, task: &SliceTask, dir: &Path) -
         o.close();
     }
     let engine = w.engine.clone();
-    let entries = task.spec.context.clone();
-    let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || write_entries(&engine, &entries, &dir)).await.map_err(SliceError::Blocking)?
+    let mut trees = vec![(task.spec.context.clone(), dir.to_path_buf())];
+    for n in &task.spec.named_contexts {
+        if let NamedSource::Local(entries) = &n.source {
+            trees.push((entries.clone(), named_dir(dir, &n.name)));
+        }
+    }
+    tokio::task::spawn_blocking(move || {
+        for (entries, dir) in trees {
+            std::fs::create_dir_all(&dir).map_err(|source| SliceError::ContextDir { path: dir.clone(), source })?;
+            write_entries(&engine, &entries, &dir)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(SliceError::Blocking)?
+}
+
+/// Where the named directory context `name` of the slice whose context is `dir` is written
+/// (beside it; removed with it).
+pub(super) fn named_dir(dir: &Path, name: &str) -> std::path::PathBuf {
+    let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+    dir.with_extension(format!("named-{hex}"))
 }
 
 /// Writes the context's entries under `dir`, file contents from the store.

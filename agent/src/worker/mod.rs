@@ -16,6 +16,7 @@ mod context;
 mod error;
 mod peers;
 mod publish;
+mod session;
 mod slice;
 
 use self::error::SliceError;

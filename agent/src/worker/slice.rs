@@ -3,14 +3,15 @@
 //! outcome the farm is told.
 
 use super::advertise::advertise;
-use super::context::{materialize, RemoveOnDrop};
+use super::context::{materialize, named_dir, RemoveOnDrop};
 use super::error::SliceError;
 use super::peers::UploadedCache;
 use super::publish::{push, send_blobs};
+use super::session::FarmSession;
 use super::Worker;
 use crate::cache::Imported;
-use crate::engine::{RemoteCache, SliceRequest};
-use kiln_shared::api::{AgentRequest, CacheRef, Event, SliceOutcome, SliceTask};
+use crate::engine::{Named, RemoteCache, SliceRequest};
+use kiln_shared::api::{AgentRequest, CacheRef, Event, NamedSource, SliceOutcome, SliceTask};
 use kiln_shared::client::AgentFarm;
 use kiln_shared::digest::Digest;
 use kiln_shared::frontend::dockerignore::DockerIgnore;
@@ -21,6 +22,22 @@ use std::time::Duration;
 pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOutcome, SliceError> {
     let dir = w.cfg.data_dir.join("contexts").join(format!("{}-{}-{}", task.build, task.slice, task.attempt));
     let _cleanup = RemoveOnDrop(dir.clone());
+    let named: Vec<(String, Named)> = task
+        .spec
+        .named_contexts
+        .iter()
+        .map(|n| {
+            (
+                n.name.clone(),
+                match &n.source {
+                    NamedSource::Image(r) => Named::Image(r.clone()),
+                    NamedSource::Local(_) => Named::Dir(named_dir(&dir, &n.name)),
+                },
+            )
+        })
+        .collect();
+    let _named_cleanup: Vec<RemoveOnDrop> =
+        named.iter().filter_map(|(_, n)| if let Named::Dir(d) = n { Some(RemoveOnDrop(d.clone())) } else { None }).collect();
     let started = std::time::Instant::now();
     materialize(w, task, &dir).await?;
     let materialized = started.elapsed();
@@ -68,6 +85,7 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
     let agent_name = w.cfg.name.clone();
     let started_secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
     let handle = tokio::runtime::Handle::current();
+    let session = FarmSession { worker: w.clone(), handle: handle.clone(), build: task.build, slice: task.slice, attempt: task.attempt };
     let span = tracing::Span::current();
     let result = tokio::task::spawn_blocking(move || {
         let _in_slice = span.enter();
@@ -106,6 +124,9 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
             remote: &remote,
             native: &native,
             labels: &spec.labels,
+            session: &session,
+            run: &spec.run,
+            named: &named,
         };
         let mut result = engine.run_slice(&req, &|e| {
             let _ = tx.send(e);

@@ -3,9 +3,11 @@
 
 use super::checks::{self, Call};
 use super::context::{self, ContextSummary};
+use super::farm_build::Prepared;
 use super::outputs::{CacheFrom, CacheTo, Dest, Output};
 use super::progress::Mode;
 use super::remote::FarmArgs;
+use super::session::BuildSession;
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use kiln_shared::api::{BuildSpec, CacheExport, CacheRef};
@@ -23,7 +25,8 @@ use std::process::ExitCode;
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// The build context directory.
+    /// The build context: a directory, a git repository URL (`URL#REF:SUBDIR`), a tarball or
+    /// Dockerfile URL, or `-` (a tar archive or a Dockerfile on standard input).
     #[arg(default_value = ".")]
     pub path: PathBuf,
     /// The Dockerfile (default: PATH/Dockerfile; `-` reads it from standard input).
@@ -101,6 +104,34 @@ pub struct BuildArgs {
     /// Shorthand for --call=check.
     #[arg(long)]
     pub check: bool,
+    /// An additional build context: NAME=DIR | docker-image://REF | a git or HTTP(S) URL,
+    /// used by `FROM NAME` and `COPY --from=NAME` (before any image of that name).
+    #[arg(long = "build-context")]
+    pub build_contexts: Vec<String>,
+    /// A secret for `RUN --mount=type=secret`: id=ID[,src=FILE|,env=VAR][,type=file|env].
+    #[arg(long = "secret")]
+    pub secrets: Vec<String>,
+    /// An ssh-agent socket or keys for `RUN --mount=type=ssh`: default|ID[=SOCKET|KEY[,KEY..]].
+    #[arg(long = "ssh")]
+    pub ssh: Vec<String>,
+    /// The networking mode of RUN steps: default, none or host.
+    #[arg(long)]
+    pub network: Option<String>,
+    /// A custom host-to-IP mapping for RUN steps' /etc/hosts: HOST:IP.
+    #[arg(long = "add-host")]
+    pub add_hosts: Vec<String>,
+    /// The size of RUN steps' /dev/shm (e.g. 128m; default 64m).
+    #[arg(long = "shm-size")]
+    pub shm_size: Option<String>,
+    /// A resource limit of RUN steps: NAME=SOFT[:HARD] (e.g. nofile=1024:4096).
+    #[arg(long = "ulimit")]
+    pub ulimits: Vec<String>,
+    /// An extra privileged entitlement: network.host or security.insecure.
+    #[arg(long = "allow")]
+    pub allow: Vec<String>,
+    /// Accepted for buildx's command lines and ignored (steps run in the agents' own cgroups).
+    #[arg(long = "cgroup-parent")]
+    pub cgroup_parent: Option<String>,
     /// The farm (`--host`/`KILN_HOST`, `--token`/`KILN_TOKEN`); without one, the embedded farm runs in this process.
     #[command(flatten)]
     pub farm: FarmArgs,
@@ -120,7 +151,25 @@ struct DryRun<'a> {
     platforms: &'a [BuildPlan],
 }
 
-pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
+pub fn run(mut args: BuildArgs) -> anyhow::Result<ExitCode> {
+    // A git repository, a URL or standard input is fetched into a directory first; `-f` is
+    // then a path inside it, as in buildx.
+    let keep_git =
+        args.build_args.iter().any(|a| matches!(a.split_once('='), Some(("BUILDKIT_CONTEXT_KEEP_GIT_DIR", v)) if v == "1" || v == "true"));
+    let remote = args.path.as_os_str() == "-" || args.path.to_str().is_some_and(|p| p.contains("://") || p.starts_with("git@"));
+    if args.path.as_os_str() == "-" && args.file.as_deref() == Some(Path::new("-")) {
+        bail!("the context and the Dockerfile cannot both come from standard input (-f - with context -)");
+    }
+    let fetched = super::source::fetch(&args.path, keep_git)?;
+    if remote {
+        if let Some(f) = args.file.as_mut().filter(|f| f.as_os_str() != "-" && f.is_relative()) {
+            *f = fetched.dir.join(&*f);
+        }
+        if args.file.is_none() {
+            args.file = fetched.dockerfile.clone();
+        }
+    }
+    args.path = fetched.dir.clone();
     let (name, text) = read_dockerfile(&args)?;
     let platforms = if args.platform.is_empty() { vec![Platform::host()] } else { Platform::parse_list(&args.platform.join(","))? };
     let mut build_args = parse_build_args(&args.build_args)?;
@@ -159,7 +208,36 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
             bail!("lint violation found for rules: {}", rules.join(", "));
         }
         let quiet = args.quiet || args.progress == "quiet";
-        let code = build(args, name, text, platforms, build_args, &dockerfile_path)?;
+        let req = BuildRequest {
+            context: args.path.clone(),
+            dockerfile_name: name,
+            dockerfile_text: text,
+            dockerfile_path,
+            platforms,
+            build_args,
+            labels: parse_labels(&args.labels)?,
+            target: args.target.clone(),
+            tags: args.tags.clone(),
+            push: args.push,
+            outputs: args.outputs.clone(),
+            no_cache: args.no_cache,
+            cache_from: args.cache_from.clone(),
+            cache_to: args.cache_to.clone(),
+            insecure_registries: args.insecure_registries.clone(),
+            builder: args.builder.clone(),
+            build_contexts: args.build_contexts.clone(),
+            secrets: args.secrets.clone(),
+            ssh: args.ssh.clone(),
+            run: super::run_options::parse(&args)?,
+            provenance: args.provenance.clone(),
+            sbom: args.sbom.clone(),
+            attest: args.attest.clone(),
+            annotations: args.annotations.clone(),
+        };
+        if args.cgroup_parent.is_some() && !quiet {
+            eprintln!("WARNING: --cgroup-parent is ignored: kiln runs steps in its agents' own cgroups");
+        }
+        let code = build(args, req)?;
         if !warnings.is_empty() && !quiet {
             eprint!("\n{}", lint::summary(&warnings));
         }
@@ -169,8 +247,14 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let host = Platform::host();
     let mut plans = Vec::new();
     for platform in platforms {
-        let opts =
-            Options { platform, build_platform: host.clone(), build_args: &build_args, target: args.target.as_deref(), images: &NoImages };
+        let opts = Options {
+            platform,
+            build_platform: host.clone(),
+            build_args: &build_args,
+            target: args.target.as_deref(),
+            images: &NoImages,
+            contexts: &[],
+        };
         plans.push(resolve::resolve(&df, &opts).map_err(|e| e.in_file(&name))?);
     }
     match args.format {
@@ -183,25 +267,66 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A resolved build description: what `kiln build`'s flags say, or one `kiln bake` target.
+/// Both verbs turn it into the same `BuildSpec` through [`prepare`].
+#[derive(Clone, Debug, Default)]
+pub struct BuildRequest {
+    pub context: PathBuf,
+    /// The Dockerfile as named in messages, and its text.
+    pub dockerfile_name: String,
+    pub dockerfile_text: String,
+    /// Where the Dockerfile is (its `.dockerignore` beside it wins over the context's).
+    pub dockerfile_path: PathBuf,
+    pub platforms: Vec<Platform>,
+    pub build_args: Vec<(String, String)>,
+    pub labels: Vec<(String, String)>,
+    pub target: Option<String>,
+    pub tags: Vec<String>,
+    pub push: bool,
+    /// `-o` specs in buildx's syntax.
+    pub outputs: Vec<String>,
+    pub no_cache: bool,
+    pub cache_from: Vec<String>,
+    pub cache_to: Option<String>,
+    pub insecure_registries: Vec<String>,
+    pub builder: Option<String>,
+    /// `--build-context NAME=SOURCE` specs.
+    pub build_contexts: Vec<String>,
+    /// `--secret` and `--ssh` specs in buildx's syntax.
+    pub secrets: Vec<String>,
+    pub ssh: Vec<String>,
+    /// `--network`, `--add-host`, `--shm-size`, `--ulimit`, `--allow`.
+    pub run: kiln_shared::api::RunOptions,
+    /// `--provenance`, `--sbom`, `--attest` and `--annotation` specs in buildx's syntax.
+    pub provenance: Option<String>,
+    pub sbom: Option<String>,
+    pub attest: Vec<String>,
+    pub annotations: Vec<String>,
+}
+
 /// A real build, on the farm named by `--host`/`KILN_HOST` or on the embedded farm: the same
 /// path either way (upload what the farm lacks, submit, follow, write the outputs).
-fn build(
-    args: BuildArgs,
-    name: String,
-    text: String,
-    platforms: Vec<Platform>,
-    build_args: Vec<(String, String)>,
-    dockerfile: &Path,
-) -> anyhow::Result<ExitCode> {
+fn build(args: BuildArgs, req: BuildRequest) -> anyhow::Result<ExitCode> {
     let mode = if args.quiet { Mode::Quiet } else { Mode::parse(&args.progress)? };
-    let mut outputs = args.outputs.iter().map(|o| Output::parse(o)).collect::<anyhow::Result<Vec<_>>>()?;
-    if args.push && !outputs.iter().any(Output::is_registry) {
+    let session = args.farm.open()?;
+    let prepared = prepare(&req, &session, mode)?;
+    let (view, provenance) = super::farm_build::run(&session, prepared, mode)?;
+    if let Some(path) = &args.iidfile {
+        std::fs::write(path, &view.index_digest).with_context(|| format!("writing --iidfile {}", path.display()))?;
+    }
+    super::farm_build::finish(&view, &provenance, &req.tags, args.metadata_file.as_deref(), mode)
+}
+
+/// Checks a request's outputs and caches and walks its context: the `BuildSpec` to submit.
+pub fn prepare(req: &BuildRequest, session: &super::remote::Session, mode: Mode) -> anyhow::Result<Prepared> {
+    let mut outputs = req.outputs.iter().map(|o| Output::parse(o)).collect::<anyhow::Result<Vec<_>>>()?;
+    if req.push && !outputs.iter().any(Output::is_registry) {
         outputs.push(Output::Registry { zstd: false });
     }
-    if outputs.iter().any(Output::is_registry) && args.tags.is_empty() {
+    if outputs.iter().any(Output::is_registry) && req.tags.is_empty() {
         bail!("--push needs at least one tag: -t REGISTRY/REPOSITORY:TAG");
     }
-    for t in &args.tags {
+    for t in &req.tags {
         t.parse::<kiln_shared::registry::Reference>()?;
     }
     for o in &outputs {
@@ -213,13 +338,13 @@ fn build(
     if outputs.is_empty() && mode != Mode::Quiet {
         eprintln!("WARNING: no output specified: the result will only be in the build cache (use --push, -o type=oci,dest=FILE or -o type=local,dest=DIR)");
     }
-    let ignore = DockerIgnore::load(&args.path, dockerfile)?;
-    let cache_from = args.cache_from.iter().map(|c| CacheFrom::parse(c)).collect::<anyhow::Result<Vec<_>>>()?;
-    let cache_to = args.cache_to.as_deref().map(CacheTo::parse).transpose()?;
+    let ignore = DockerIgnore::load(&req.context, &req.dockerfile_path)?;
+    let cache_from = req.cache_from.iter().map(|c| CacheFrom::parse(c)).collect::<anyhow::Result<Vec<_>>>()?;
+    let cache_to = req.cache_to.as_deref().map(CacheTo::parse).transpose()?;
     let zstd = outputs.iter().any(|o| matches!(o, Output::Registry { zstd: true } | Output::Oci { zstd: true, .. }));
-    let (attest, annotations) = attestations(&args, &outputs, mode)?;
+    let (attest, annotations) = attestations(req, &outputs, mode)?;
     let push = outputs.iter().any(Output::is_registry);
-    let mut context = super::farm_build::manifest(&args.path, &ignore)?;
+    let mut context = super::farm_build::manifest(&req.context, &ignore)?;
     // A local cache to import travels with the context: its config and layers.
     let mut cache_refs = Vec::new();
     for c in &cache_from {
@@ -238,54 +363,59 @@ fn build(
         CacheTo::Local { max, .. } => CacheExport { max: *max, registry: None },
         CacheTo::Registry { reference, max } => CacheExport { max: *max, registry: Some(reference.clone()) },
     });
-    let session = args.farm.open()?;
+    // Secrets and ssh-agents stay in this process; steps ask for them while the build runs.
+    let build_session = BuildSession::open(&req.secrets, &req.ssh)?;
+    let mut fetched = Vec::new();
+    let mut named_contexts = Vec::new();
+    for raw in &req.build_contexts {
+        let (spec, files, f) = super::named::parse(raw)?;
+        context.files.extend(files);
+        named_contexts.push(spec);
+        fetched.extend(f);
+    }
     let spec = BuildSpec {
-        dockerfile: text,
-        dockerfile_name: name,
-        platforms,
-        build_args,
-        labels: parse_labels(&args.labels)?,
-        target: args.target.clone(),
-        no_cache: args.no_cache,
+        dockerfile: req.dockerfile_text.clone(),
+        dockerfile_name: req.dockerfile_name.clone(),
+        platforms: req.platforms.clone(),
+        build_args: req.build_args.clone(),
+        labels: req.labels.clone(),
+        target: req.target.clone(),
+        no_cache: req.no_cache,
         context: context.entries,
-        tags: args.tags.clone(),
+        tags: req.tags.clone(),
         push,
         zstd,
         attest,
         annotations,
-        builder: args.builder.clone().or_else(|| session.current_builder()),
-        insecure_registries: args.insecure_registries.clone(),
+        builder: req.builder.clone().or_else(|| session.current_builder()),
+        insecure_registries: req.insecure_registries.clone(),
         submission: crate::node::random_hex(16)?,
         return_blobs: outputs.iter().any(Output::needs_blobs),
         cache_scope: String::new(),
         tenant: String::new(),
         cache_from: cache_refs,
         cache_to: export,
+        secrets: build_session.secret_ids(),
+        ssh: build_session.ssh_ids(),
+        run: req.run.clone(),
+        named_contexts,
     };
-    let cache_dest = match &cache_to {
-        Some(CacheTo::Local { dest, .. }) => Some(dest.as_path()),
-        _ => None,
-    };
-    let (view, provenance) = super::farm_build::run(&session, spec, context.files, mode, &outputs, cache_dest)?;
-    if let Some(path) = &args.iidfile {
-        std::fs::write(path, &view.index_digest).with_context(|| format!("writing --iidfile {}", path.display()))?;
-    }
-    super::farm_build::finish(&view, &provenance, &args.tags, args.metadata_file.as_deref(), mode)
+    Ok(Prepared { spec, files: context.files, outputs, cache_to, session: build_session, _fetched: fetched })
 }
 
 /// `--provenance`, `--sbom`, `--attest` and `--annotation`, with buildx's defaults: provenance
 /// (`mode=min`) for registry and OCI outputs unless `BUILDX_NO_DEFAULT_ATTESTATIONS` is set.
-fn attestations(args: &BuildArgs, outputs: &[Output], mode: Mode) -> anyhow::Result<(Attestations, Vec<Annotation>)> {
+fn attestations(req: &BuildRequest, outputs: &[Output], mode: Mode) -> anyhow::Result<(Attestations, Vec<Annotation>)> {
     let inline = outputs.iter().any(|o| matches!(o, Output::Registry { .. } | Output::Oci { .. }));
     let no_default = std::env::var("BUILDX_NO_DEFAULT_ATTESTATIONS").is_ok_and(|v| attest::parse_bool(&v).unwrap_or(!v.is_empty()));
-    let flags = AttestFlags { provenance: args.provenance.clone(), sbom: args.sbom.clone(), attest: args.attest.clone() };
+    let flags = AttestFlags { provenance: req.provenance.clone(), sbom: req.sbom.clone(), attest: req.attest.clone() };
     let wanted = attest::resolve(&flags, true, true)?;
     if !inline && wanted.any() && mode != Mode::Quiet {
         eprintln!("WARNING: attestations are attached to registry and OCI outputs only (--push, -o type=registry, -o type=oci): none is made for this build");
     }
     let resolved = attest::resolve(&flags, inline, no_default)?;
     let mut annotations = Vec::new();
-    for a in &args.annotations {
+    for a in &req.annotations {
         annotations.extend(attest::parse_annotation(a)?);
     }
     Ok((resolved, annotations))

@@ -1,9 +1,10 @@
 //! `kiln build` on a farm (a real one, or the embedded one): send the context once (only the
 //! blobs the farm lacks), submit the build, follow its slices live, write the outputs.
 
-use super::outputs::{Dest, Output};
+use super::outputs::{CacheTo, Dest, Output};
 use super::progress::{Mode, Progress};
 use super::remote::{self, unexpected, Session};
+use super::session::BuildSession;
 use anyhow::{anyhow, bail, Context as _};
 use kiln_agent::Event;
 use kiln_shared::api::{
@@ -83,19 +84,41 @@ pub async fn upload(farm: &ClientFarm, files: &BTreeMap<String, PathBuf>) -> any
     Ok((missing.len(), bytes))
 }
 
+/// A build ready to submit: the request, the blobs to upload, and where its outputs go.
+pub struct Prepared {
+    pub spec: BuildSpec,
+    pub files: std::collections::BTreeMap<String, PathBuf>,
+    pub outputs: Vec<Output>,
+    pub cache_to: Option<CacheTo>,
+    /// The build's `--secret`s and `--ssh` agents, for the steps that ask.
+    pub session: BuildSession,
+    /// Named contexts fetched from git or URLs: kept until their files are uploaded.
+    pub _fetched: Vec<super::source::Fetched>,
+}
+
+impl Prepared {
+    pub fn cache_dest(&self) -> Option<&Path> {
+        match &self.cache_to {
+            Some(CacheTo::Local { dest, .. }) => Some(dest.as_path()),
+            _ => None,
+        }
+    }
+}
+
 /// Each platform's SLSA provenance predicate, read back from its attestation manifest.
 pub type Provenances = Vec<(String, serde_json::Value)>;
 
 /// Runs a build on the farm and follows it; writes the outputs; returns the finished build
 /// and its provenance.
-pub fn run(
-    session: &Session,
-    spec: BuildSpec,
-    files: BTreeMap<String, PathBuf>,
-    mode: Mode,
-    outputs: &[Output],
-    cache_dest: Option<&Path>,
-) -> anyhow::Result<(BuildView, Provenances)> {
+pub fn run(session: &Session, prepared: Prepared, mode: Mode) -> anyhow::Result<(BuildView, Provenances)> {
+    run_labelled(session, prepared, mode, "")
+}
+
+/// [`run`], with every progress line labelled (`kiln bake` names the target: `[web a2 linux/arm64 ...]`).
+pub fn run_labelled(session: &Session, prepared: Prepared, mode: Mode, label: &str) -> anyhow::Result<(BuildView, Provenances)> {
+    let cache_dest = prepared.cache_dest().map(Path::to_path_buf);
+    let Prepared { spec, files, outputs, session: build_session, .. } = prepared;
+    let (outputs, cache_dest) = (&outputs[..], cache_dest.as_deref());
     let tags = spec.tags.clone();
     // Where the attestations can be read back: the coordinator (OCI and local outputs) or the registry.
     let attested_in = if spec.return_blobs {
@@ -131,9 +154,17 @@ pub fn run(
                 .call(&req, Duration::from_secs(15), Duration::from_secs(60))
                 .await
                 .map_err(|e| anyhow!("following build {build}: {e}"))?;
-            let ClientResponse::Build { view, events, cursor: next } = answer else {
+            let ClientResponse::Build { view, events, cursor: next, asks } = answer else {
                 bail!("unexpected answer while following build {build}")
             };
+            // What the build's steps ask of this client: secrets, ssh-agent messages.
+            for (ask, question) in asks {
+                let answer = build_session.answer(&question);
+                let req = ClientRequest::Answer { build, ask, answer };
+                farm.call(&req, Duration::from_secs(15), Duration::from_secs(30))
+                    .await
+                    .map_err(|e| anyhow!("answering build {build}'s question: {e}"))?;
+            }
             // A new leader starts its event log afresh.
             cursor = if next < cursor { 0 } else { next };
             for e in events {
@@ -143,9 +174,10 @@ pub fn run(
                 let event = match e.event {
                     Event::Start { id, name } => {
                         // Label every step with the agent it runs on: `[a2 linux/arm64 ...]`.
+                        let who = if label.is_empty() { e.agent.clone() } else { format!("{label} {}", e.agent) };
                         let name = match name.strip_prefix('[') {
-                            Some(rest) => format!("[{} {rest}", e.agent),
-                            None => format!("[{}] {name}", e.agent),
+                            Some(rest) => format!("[{who} {rest}"),
+                            None => format!("[{who}] {name}"),
                         };
                         Event::Start { id: map(id, &mut ids), name }
                     }

@@ -10,10 +10,14 @@ pub mod farm_build;
 pub mod home;
 pub mod imagetools;
 mod inspect_format;
+pub mod named;
 pub mod outputs;
 pub mod progress;
 pub mod remote;
+pub mod run_options;
 pub mod serve;
+pub mod session;
+pub mod source;
 pub mod storage;
 
 use clap::{Parser, Subcommand};

@@ -86,7 +86,7 @@ pub fn locate(node: &Node, asker: &str, blobs: &[String], records: &[String]) ->
 
 /// A report is taken only from the agent running the current attempt; anything else is
 /// refused here, without a commit (a partitioned agent coming back, a duplicate).
-fn owned_by(node: &Node, p: &Principal, at: SliceAttempt) -> Result<(), RemoteError> {
+pub(super) fn owned_by(node: &Node, p: &Principal, at: SliceAttempt) -> Result<(), RemoteError> {
     let SliceAttempt { slice, attempt } = at;
     let current = node.read(|s| {
         let b = s.builds.get(&slice.build)?;

@@ -29,7 +29,7 @@ pub fn owns_context(node: &Node, p: &Principal, spec: &BuildSpec) -> bool {
     if !matches!(p.role, Role::Admin | Role::User) {
         return true;
     }
-    let files = spec.context.iter().filter_map(|e| match &e.kind {
+    let files = spec.all_entries().filter_map(|e| match &e.kind {
         EntryKind::File { digest, .. } => Some(digest.as_str()),
         _ => None,
     });

@@ -92,9 +92,10 @@ pub async fn watch(node: &Node, p: &Principal, build: BuildId, cursor: u64, wait
             let from = (cursor as usize).min(all.len());
             (all[from..].to_vec(), all.len() as u64)
         };
+        let asks = node.soft().sessions.asks_of(build);
         let now = Instant::now();
-        if !events.is_empty() || view.state != BuildState::Running || now >= deadline || node.stop.is_cancelled() {
-            return Ok(ClientResponse::Build { view, events, cursor: next });
+        if !events.is_empty() || !asks.is_empty() || view.state != BuildState::Running || now >= deadline || node.stop.is_cancelled() {
+            return Ok(ClientResponse::Build { view, events, cursor: next, asks });
         }
         tokio::select! {
             _ = tokio::time::timeout(deadline - now, changed.changed()) => {}

@@ -10,7 +10,7 @@
 //! everything that reads or changes the cluster state runs on the leader.
 
 use super::reply::{bad, err, Answer};
-use super::{admin, agents, auth, blobs, builds, views, Node};
+use super::{admin, agents, auth, blobs, builds, session, views, Node};
 use crate::raft::{BuildId, SliceAttempt};
 use kiln_shared::api::*;
 use kiln_shared::transport;
@@ -193,6 +193,7 @@ fn request_timeout(cfg: &crate::config::CoordinatorConfig, req: &Forwarded) -> D
         Forwarded::Agent(AgentRequest::Poll { wait_ms, .. }) | Forwarded::Client(ClientRequest::Watch { wait_ms, .. }) => {
             u64::from(*wait_ms) + cfg.forward_poll_slack_ms
         }
+        Forwarded::Agent(AgentRequest::Session { .. }) => cfg.session_answer_timeout_ms + cfg.forward_poll_slack_ms,
         Forwarded::Client(ClientRequest::RemoveContext { .. }) => cfg.admin_call_timeout_ms,
         _ => cfg.forward_timeout_ms,
     })
@@ -221,6 +222,9 @@ async fn lead_agent(node: &Node, p: Principal, req: AgentRequest) -> Answer<Agen
             agents::slice_failed(node, &p, SliceAttempt::from_wire((build, slice, attempt)), message).await
         }
         AgentRequest::Advertise(inv) => agents::advertise(node, &p, &inv),
+        AgentRequest::Session { build, slice, attempt, ask } => {
+            session::ask(node, &p, SliceAttempt::from_wire((build, slice, attempt)), ask).await
+        }
         AgentRequest::Locate { blobs, records } => Ok(AgentResponse::Holders(agents::locate(node, &p.name, &blobs, &records))),
         // Served where it is received, never forwarded.
         other @ AgentRequest::Blob(_) => Err(bad(format!("unexpected request {:?}", std::mem::discriminant(&other)))),
@@ -236,6 +240,7 @@ async fn lead_client(node: &Node, p: Principal, origin: SocketAddr, req: ClientR
         ClientRequest::DiskUsage { builder } => Box::pin(admin::storage(node, builder, PeerRequest::Usage)).await,
         ClientRequest::Prune { builder, spec } => Box::pin(admin::storage(node, builder, PeerRequest::Prune(spec))).await,
         ClientRequest::Watch { build, cursor, wait_ms } => builds::watch(node, &p, BuildId::from_wire(build), cursor, wait_ms).await,
+        ClientRequest::Answer { build, ask, answer } => session::answer(node, &p, BuildId::from_wire(build), ask, answer),
         ClientRequest::Contexts => Ok(ClientResponse::Contexts(views::contexts(node))),
         ClientRequest::RemoveContext { name } => admin::remove_context(node, &name).await,
         ClientRequest::CreateBuilder(spec) => admin::create_builder(node, spec).await,

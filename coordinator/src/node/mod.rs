@@ -8,7 +8,8 @@
 //!   [`admin`] (builders, contexts, coordinators, storage), with [`views`] of what the CLI sees;
 //! - [`leader`]: what only the leader does: leases, scheduling, finishing builds, draining;
 //! - [`live`]: which agents are alive; [`tracker`]: who holds which blob and record;
-//!   [`owners`]: which tenant uploaded which blob;
+//!   [`owners`]: which tenant uploaded which blob; [`session`]: steps' questions to the
+//!   client of their build (secrets, ssh-agent messages), in memory only;
 //! - [`peers`]: connections to the other coordinators.
 
 pub mod admin;
@@ -23,6 +24,7 @@ pub mod live;
 pub mod owners;
 pub mod peers;
 mod reply;
+pub mod session;
 pub mod tracker;
 pub mod views;
 
@@ -80,6 +82,8 @@ pub struct Soft {
     pub lineage: Lineage,
     /// Why each queued slice waits, or last waited (the plan's words), for the build views.
     pub waiting: BTreeMap<SliceKey, String>,
+    /// Steps' questions to their builds' clients (leader only; see [`session`]).
+    pub sessions: session::Sessions,
 }
 
 /// Lineages remembered, at most (the oldest are forgotten first).

@@ -480,6 +480,10 @@ mod tests {
             tenant: String::new(),
             cache_from: vec![],
             cache_to: None,
+            secrets: vec![],
+            ssh: vec![],
+            run: Default::default(),
+            named_contexts: vec![],
         }
     }
 

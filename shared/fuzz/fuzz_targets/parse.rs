@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let Ok(df) = parse(text) else { return };
     for platform in ["linux/amd64", "linux/arm64"] {
-        let opts = Options { platform: platform.parse::<Platform>().unwrap(), build_platform: Platform::host(), build_args: &[], target: None, images: &NoImages };
+        let opts = Options { platform: platform.parse::<Platform>().unwrap(), build_platform: Platform::host(), build_args: &[], target: None, images: &NoImages, contexts: &[] };
         let _ = resolve(&df, &opts);
     }
     let printed = print::dockerfile(&df);

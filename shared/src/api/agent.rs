@@ -1,7 +1,7 @@
 //! An agent's protocol with the coordinators: registering, the long poll for work, progress and
 //! slice reports, advertising what it holds and locating what peers hold, and blob transfer.
 
-use super::{AgentInfo, BlobRequest, BlobResponse, Event, Inventory, SliceOutcome, SliceTask};
+use super::{AgentInfo, BlobRequest, BlobResponse, Event, Inventory, SessionAnswer, SessionAsk, SliceOutcome, SliceTask};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,6 +37,14 @@ pub enum AgentRequest {
     },
     /// Context blobs down; with `-o type=oci` on a farm, the image's blobs up.
     Blob(BlobRequest),
+    /// A step of a slice this agent runs asks the build's client (a secret, an ssh-agent
+    /// message); answered with [`AgentResponse::Session`].
+    Session {
+        build: u64,
+        slice: u32,
+        attempt: u32,
+        ask: SessionAsk,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -53,4 +61,5 @@ pub enum AgentResponse {
     },
     Holders(Vec<Vec<String>>),
     Blob(BlobResponse),
+    Session(SessionAnswer),
 }

@@ -2,7 +2,7 @@
 //! tokens and the coordinator membership. Admin-only verbs are listed in
 //! [`ClientRequest::admin_only`]; a coordinator checks the caller's role against it.
 
-use super::{AgentStorage, PruneSpec, Role};
+use super::{AgentStorage, PruneSpec, Role, SessionAnswer, SessionAsk};
 use super::{BlobRequest, BlobResponse, BuildEvent, BuildSpec, BuildView, BuilderView, ClusterStatus, ContextView, CreateSpec};
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +31,12 @@ pub enum ClientRequest {
         build: u64,
         cursor: u64,
         wait_ms: u32,
+    },
+    /// The submitting client answers what a step of its build asked (see [`SessionAsk`]).
+    Answer {
+        build: u64,
+        ask: u64,
+        answer: SessionAnswer,
     },
     Contexts,
     RemoveContext {
@@ -61,7 +67,7 @@ impl ClientRequest {
         match self {
             Prune { .. } | CreateToken { .. } | RemoveContext { .. } | CreateBuilder(_) | RemoveBuilder { .. } => true,
             AddCoordinator { .. } | RemoveCoordinator { .. } => true,
-            Blob(_) | Status | Submit(_) | Watch { .. } | Contexts | Builders | Inspect { .. } | DiskUsage { .. } => false,
+            Blob(_) | Status | Submit(_) | Watch { .. } | Answer { .. } | Contexts | Builders | Inspect { .. } | DiskUsage { .. } => false,
         }
     }
 }
@@ -78,6 +84,8 @@ pub enum ClientResponse {
         view: BuildView,
         events: Vec<BuildEvent>,
         cursor: u64,
+        /// What steps of the build ask of its client, not yet answered (by ask id).
+        asks: Vec<(u64, SessionAsk)>,
     },
     Contexts(Vec<ContextView>),
     /// A created builder's or token's name.

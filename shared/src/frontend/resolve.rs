@@ -57,6 +57,24 @@ pub struct Options<'a> {
     pub build_args: &'a [(String, String)],
     pub target: Option<&'a str>,
     pub images: &'a dyn BaseImages,
+    /// `--build-context NAME=...`: what a name in FROM or `--from` stands for when no stage
+    /// has it (before any image of that name).
+    pub contexts: &'a [(String, NamedContext)],
+}
+
+/// What a named context is, as resolution needs to know it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NamedContext {
+    /// `docker-image://REF` (or an OCI layout or another build, once the client made it an image).
+    Image(String),
+    /// A directory (local, or a fetched git repository or URL).
+    Local,
+}
+
+impl Options<'_> {
+    fn named(&self, name: &str) -> Option<&NamedContext> {
+        self.contexts.iter().find(|(n, _)| n == name).map(|(_, c)| c)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -64,6 +82,9 @@ pub struct Options<'a> {
 pub enum Base {
     Scratch,
     Image(String),
+    /// A local directory given as `--build-context NAME=DIR`, by name: its files are the
+    /// stage's filesystem.
+    Context(String),
     /// Another stage, by index.
     Stage(usize),
 }
@@ -312,10 +333,12 @@ impl<'a> Resolver<'a> {
             }
             let platform_flag = f.platform.as_ref().map(|p| self.word(p, &self.meta, pos)).transpose()?;
             // FROM looks only at earlier stages, by the name as written.
-            let base = match earlier.get(image.as_str()) {
-                Some(&j) => Base::Stage(j),
-                None if image == "scratch" => Base::Scratch,
-                None => Base::Image(image.clone()),
+            let base = match (earlier.get(image.as_str()), self.opts.named(&image)) {
+                (Some(&j), _) => Base::Stage(j),
+                (None, Some(NamedContext::Image(reference))) => Base::Image(reference.clone()),
+                (None, Some(NamedContext::Local)) => Base::Context(image.clone()),
+                (None, None) if image == "scratch" => Base::Scratch,
+                (None, None) => Base::Image(image.clone()),
             };
             let platform = match (&platform_flag, &base) {
                 (Some(p), _) => {
@@ -347,6 +370,22 @@ impl<'a> Resolver<'a> {
             return Ok(Ok(index));
         }
         Ok(self.names.get(&value.to_ascii_lowercase()).copied().ok_or_else(|| value.to_string()))
+    }
+
+    /// A `--from` that names no stage: a named context's image (the reference it stands
+    /// for), a named directory (kept by name), or an image. Images are noted in `deps`.
+    fn image_source(&self, name: String, deps: &mut Vec<String>) -> Option<String> {
+        match self.opts.named(&name) {
+            Some(NamedContext::Local) => Some(name),
+            Some(NamedContext::Image(reference)) => {
+                deps.push(reference.clone());
+                Some(reference.clone())
+            }
+            None => {
+                deps.push(name.clone());
+                Some(name)
+            }
+        }
     }
 
     fn dependencies(&self, bases: &[Base]) -> Result<Vec<Vec<usize>>> {
@@ -462,7 +501,7 @@ impl<'a> Resolver<'a> {
                     env_unknown,
                 }
             }
-            Base::Scratch => Inherited::default(),
+            Base::Scratch | Base::Context(_) => Inherited::default(),
         };
         self.lex.skip_unset = st.env_unknown;
         if st.shell.is_empty() {
@@ -532,7 +571,7 @@ impl<'a> Resolver<'a> {
                         }
                         if let Some(from) = &m.from {
                             if let Err(image) = self.lookup(from, pos)? {
-                                image_deps.push(image);
+                                m.from = self.image_source(image, &mut image_deps);
                             }
                         }
                     }
@@ -553,7 +592,7 @@ impl<'a> Resolver<'a> {
                     self.expand_sources(&mut c.sources, &mut c.dest, &mut c.heredocs, &scope, pos)?;
                     if let Some(from) = &c.from {
                         if let Err(image) = self.lookup(from, pos)? {
-                            image_deps.push(image);
+                            c.from = self.image_source(image, &mut image_deps);
                         }
                     }
                 }
