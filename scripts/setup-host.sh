@@ -46,3 +46,14 @@ for conf in /usr/lib/binfmt.d/qemu-*.conf; do
   [ -e "/proc/sys/fs/binfmt_misc/$name" ] || cat "$conf" > /proc/sys/fs/binfmt_misc/register || true
 done
 [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || { echo "qemu-aarch64 is not registered with binfmt_misc" >&2; exit 1; }
+# The SBOM tests validate kiln's SPDX documents with an independent reader: the spdx-tools
+# Python package (pyspdxtools), in its own venv so the system's Python is left alone.
+venv=/opt/kiln-ci-venv
+if ! "$venv/bin/pyspdxtools" --help >/dev/null 2>&1; then
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/pip" install -q --disable-pip-version-check spdx-tools
+fi

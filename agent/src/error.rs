@@ -29,6 +29,8 @@ pub enum EngineError {
     Copy(String),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    #[error("{platform}: scanning the image for its SBOM: layer {layer}: {source}")]
+    Sbom { platform: String, layer: String, source: std::io::Error },
 }
 
 impl From<FrontendError> for EngineError {

@@ -53,6 +53,12 @@ fn decompress(mut r: impl Read + 'static) -> io::Result<Box<dyn Read>> {
     }
 }
 
+/// The uncompressed tar stream of layer blob `digest`.
+pub fn open(store: &ContentStore, digest: &Digest) -> Result<Box<dyn Read>, LayerError> {
+    let file = store.open_blob(digest)?;
+    decompress(file).map_err(|source| LayerError::Unpack { digest: digest.to_string(), source })
+}
+
 /// Unpacks the layer blob `digest` into `dest`.
 pub fn unpack(store: &ContentStore, digest: &Digest, dest: &Path, mode: Whiteouts) -> Result<(), LayerError> {
     let err = |source| LayerError::Unpack { digest: digest.to_string(), source };

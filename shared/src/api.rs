@@ -172,6 +172,10 @@ pub struct BuildSpec {
     pub tags: Vec<String>,
     pub push: bool,
     pub zstd: bool,
+    /// `--provenance`, `--sbom`, `--attest`: the attestation manifest each slice gets; and
+    /// `--annotation`: where each annotation goes (see [`crate::attest`]).
+    pub attest: crate::attest::Attestations,
+    pub annotations: Vec<crate::attest::Annotation>,
     pub builder: Option<String>,
     pub insecure_registries: Vec<String>,
     /// Chosen by the client: a submit retried after a lost answer finds the same build.
@@ -399,6 +403,9 @@ pub struct SliceOutcome {
     pub attempt: u32,
     /// The descriptor of the slice's manifest, with its platform.
     pub manifest: Descriptor,
+    /// The slice's attestation manifest (listed in the index after the images), if any
+    /// (boxed: it keeps the agent's messages small).
+    pub attestation: Option<Box<Descriptor>>,
     /// Some RUN step ran under emulation (not merely: the agent emulates the platform).
     pub emulated: bool,
     /// The RUN steps that ran under emulation, as the progress names them.
@@ -467,6 +474,8 @@ pub struct SliceView {
     pub attempt: u32,
     /// The manifest's descriptor once the slice is done.
     pub manifest: Option<Descriptor>,
+    /// Its attestation manifest's descriptor, if the build attaches attestations.
+    pub attestation: Option<Descriptor>,
     pub queue_ms: u64,
     pub duration_ms: u64,
     pub cache_hits: u32,
@@ -692,6 +701,8 @@ mod tests {
             tags: vec!["127.0.0.1:5000/a:1".into()],
             push: true,
             zstd: false,
+            attest: Default::default(),
+            annotations: vec![],
             builder: Some("b".into()),
             insecure_registries: vec![],
             submission: "x".into(),
@@ -738,6 +749,7 @@ mod tests {
             slice: 0,
             attempt: 1,
             manifest,
+            attestation: None,
             emulated: false,
             emulated_steps: vec![],
             duration_ms: 5,

@@ -4,7 +4,7 @@
 use crate::digest::Digest;
 use crate::oci::{self, Descriptor, Index};
 use crate::store::{ContentStore, StoreError};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
 use std::path::Path;
 
@@ -27,8 +27,16 @@ fn append(tar: &mut tar::Builder<impl Write>, path: &str, data: &[u8], mode: u32
 }
 
 /// Writes `index` (whose manifests and their blobs are all in `store`) as an OCI archive.
-/// `blobs` lists every blob to include. The index's manifests get `ref.name` annotations from `tags`.
-pub fn write_archive(dest: &Path, store: &ContentStore, index: &Index, blobs: &[Digest], tags: &[String]) -> Result<(), LayoutError> {
+/// `blobs` lists every blob to include. The index's descriptors in `index.json` get `ref.name`
+/// annotations from `tags`, and `annotations` (`--annotation index-descriptor:K=V`).
+pub fn write_archive(
+    dest: &Path,
+    store: &ContentStore,
+    index: &Index,
+    blobs: &[Digest],
+    tags: &[String],
+    annotations: &BTreeMap<String, String>,
+) -> Result<(), LayoutError> {
     let path = dest.display().to_string();
     let io_err = |source| LayoutError::Io { path: path.clone(), source };
     let tmp = dest.with_extension("kiln-tmp");
@@ -69,6 +77,7 @@ pub fn write_archive(dest: &Path, store: &ContentStore, index: &Index, blobs: &[
     let names: Vec<Option<&String>> = if tags.is_empty() { vec![None] } else { tags.iter().map(Some).collect() };
     for name in names {
         let mut desc = Descriptor::new(oci::MEDIA_INDEX, index_digest.clone(), index_bytes.len() as u64);
+        desc.annotations.extend(annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
         if let Some(n) = name {
             desc.annotations.insert("org.opencontainers.image.ref.name".into(), n.clone());
             desc.annotations.insert("io.containerd.image.name".into(), n.clone());

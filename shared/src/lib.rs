@@ -6,6 +6,7 @@
 //! transport (see DESIGN.md).
 
 pub mod api;
+pub mod attest;
 pub mod chunks;
 pub mod client;
 pub mod digest;

@@ -220,7 +220,8 @@ fn zstd_outputs_and_zstd_base_images() {
         .bounded()
         .expect("skopeo");
     let index: serde_json::Value = serde_json::from_slice(&raw.stdout).expect("index");
-    assert_eq!(index["manifests"].as_array().map(Vec::len), Some(2));
+    // Two images, then their attestation manifests (default provenance).
+    assert_eq!(index["manifests"].as_array().map(Vec::len), Some(4));
     let m = Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false", "--override-arch", "arm64"])
         .arg(format!("docker://{tag}"))

@@ -12,6 +12,7 @@
 //! config-only instructions (`config_ops`) and writing images (`image`). COPY, ADD and
 //! WORKDIR are `crate::copy`'s, which sees the slice only through `copy::CopyEnv`.
 
+mod attest;
 mod config_ops;
 mod history;
 mod image;
@@ -43,6 +44,7 @@ use std::sync::{Arc, Mutex};
 
 /// What the engine reports while it works (the wire type, so agents forward it as is).
 pub use kiln_shared::api::Event;
+pub use kiln_shared::attest::provenance::Material;
 
 pub struct SliceRequest<'a> {
     pub dockerfile: &'a str,
@@ -158,6 +160,11 @@ pub struct SliceResult {
     pub duration_ms: u64,
     /// Every step's record (for `--cache-to`).
     pub records: Vec<kiln_shared::api::CacheRecord>,
+    /// For provenance: the images used, the platform the build ran on, and whether no RUN
+    /// step could reach the network.
+    pub materials: Vec<Material>,
+    pub build_platform: Platform,
+    pub hermetic: bool,
 }
 
 /// A pulled base image: its state, manifest digest, and when it was pulled.
@@ -247,6 +254,8 @@ struct SliceRun<'a> {
     fresh_since: std::time::Instant,
     /// (stage, key, record JSON) of every step, hit or not.
     records: Mutex<Vec<(usize, String, String)>>,
+    /// The images the slice used, with the manifests they resolved to (provenance).
+    materials: Mutex<Vec<Material>>,
 }
 
 /// The name a record is stored, advertised and looked up under: its key within a scope, so

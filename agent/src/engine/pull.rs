@@ -54,6 +54,7 @@ impl Agent {
                 let available: Vec<String> = index
                     .manifests
                     .iter()
+                    .filter(|d| !kiln_shared::attest::is_attestation(d))
                     .filter_map(|d| d.platform.as_ref())
                     .map(|p| format!("{}/{}{}", p.os, p.architecture, p.variant.as_ref().map(|v| format!("/{v}")).unwrap_or_default()))
                     .collect();

@@ -57,7 +57,7 @@ impl Agent {
             .collect();
         let opts = Options {
             platform: req.platform.clone(),
-            build_platform,
+            build_platform: build_platform.clone(),
             build_args: req.build_args,
             target: req.target,
             images: &images,
@@ -80,6 +80,7 @@ impl Agent {
             records: Mutex::new(Vec::new()),
             emulated_steps: Mutex::new(Vec::new()),
             fresh_since,
+            materials: Mutex::new(Vec::new()),
         };
         // Stages run in waves: every stage whose dependencies are built runs now, side by side.
         let mut pending: Vec<&Stage> = plan.stages.iter().collect();
@@ -122,6 +123,7 @@ impl Agent {
             .map(|(stage, key, state_json)| kiln_shared::api::CacheRecord { key, state_json, in_final: chain.contains(&stage) })
             .collect();
         let emulated_steps = std::mem::take(&mut *run.emulated_steps.lock().unwrap_or_else(|e| e.into_inner()));
+        let materials = std::mem::take(&mut *run.materials.lock().unwrap_or_else(|e| e.into_inner()));
         Ok(SliceResult {
             platform: req.platform.clone(),
             emulated: !emulated_steps.is_empty(),
@@ -134,6 +136,9 @@ impl Agent {
             cache_peer_hits: run.peer_hits.load(Ordering::Relaxed),
             duration_ms: started.elapsed().as_millis() as u64,
             records,
+            materials,
+            build_platform,
+            hermetic: plan.stages.iter().all(|s| s.steps.iter().all(|st| !matches!(st.instruction, Instruction::Run(_)))),
         })
     }
 }
@@ -159,8 +164,9 @@ impl SliceRun<'_> {
             }
             Base::Context(name) => self.named_dir(name, &stage.platform)?,
             Base::Image(image) => {
-                let (mut s, _) =
+                let (mut s, digest) =
                     self.agent.pull(image, &stage.platform, self.fresh_since).map_err(|e| self.step_err(stage, stage.pos.line, e))?;
+                self.material(image, &stage.platform, digest);
                 // ONBUILD triggers run in this stage; the new image does not carry them.
                 s.config.config.on_build = None;
                 s
@@ -261,7 +267,20 @@ impl SliceRun<'_> {
             None if self.req.named.iter().any(|(n, c)| n == from && matches!(c, super::Named::Dir(_))) => {
                 Ok(Some(self.named_dir(from, platform)?))
             }
-            None => Ok(Some(self.agent.pull(from, platform, self.fresh_since)?.0)),
+            None => {
+                let (state, digest) = self.agent.pull(from, platform, self.fresh_since)?;
+                self.material(from, platform, digest);
+                Ok(Some(state))
+            }
+        }
+    }
+
+    /// Notes an image the slice used, once.
+    fn material(&self, image: &str, platform: &Platform, digest: kiln_shared::digest::Digest) {
+        let m = super::Material { image: image.to_string(), platform: platform.clone(), digest };
+        let mut all = self.materials.lock().unwrap_or_else(|e| e.into_inner());
+        if !all.contains(&m) {
+            all.push(m);
         }
     }
 

@@ -83,6 +83,8 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
     let native = w.native.clone();
     let context = dir.clone();
     let uploaded = uploaded_caches(w, task).await?;
+    let agent_name = w.cfg.name.clone();
+    let started_secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
     let handle = tokio::runtime::Handle::current();
     let session = FarmSession { worker: w.clone(), handle: handle.clone(), build: task.build, slice: task.slice, attempt: task.attempt };
     let span = tracing::Span::current();
@@ -133,8 +135,14 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
             let _ = tx.send(e);
         })?;
         let image = if spec.zstd { engine.zstd_image(&result)? } else { (result.manifest.clone(), result.blobs.clone()) };
+        let image = engine.annotate(image, &spec, &result.platform)?;
+        // The attestations are about the manifest as published (annotated, maybe zstd).
+        let attestation = engine.attest(&spec, &agent_name, started_secs, &result, &image.0)?;
         if spec.push {
             push(&engine, &spec.tags, &image)?;
+            if let Some(a) = &attestation {
+                push(&engine, &spec.tags, a)?;
+            }
         }
         let step_records = result.records.iter().map(|r| crate::engine::record_name(&spec.cache_scope, &r.key)).collect::<Vec<_>>();
         // --cache-to: this slice's records; their layers go where the cache is written.
@@ -148,17 +156,25 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
             }
             None => vec![],
         };
-        Ok::<_, SliceError>((result, image.0, image.1, step_records))
+        Ok::<_, SliceError>((result, image.0, image.1, step_records, attestation))
     })
     .await;
     let _ = forwarder.await;
-    let (result, manifest, blobs, step_records) = match result {
+    let (result, manifest, blobs, step_records, attestation) = match result {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return Err(e),
         Err(e) => return Err(SliceError::Task(e)),
     };
     // Local cache exports return their layers with the image's blobs.
     let mut returned: Vec<Digest> = if task.spec.return_blobs { blobs } else { vec![] };
+    // An OCI output carries the attestations too. A pushed build's are read back from the
+    // registry (a slice never needs its origin coordinator once it has pushed: it may be gone).
+    let attestation = attestation.map(|(desc, blobs)| {
+        if task.spec.return_blobs {
+            returned.extend(blobs);
+        }
+        Box::new(desc)
+    });
     if task.spec.cache_to.as_ref().is_some_and(|c| c.registry.is_none()) {
         let layers = crate::cache::layers(&result.records)?;
         returned.extend(layers.into_iter().map(|l| l.digest));
@@ -187,6 +203,7 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
         slice: task.slice,
         attempt: task.attempt,
         manifest,
+        attestation,
         // What happened, with the farm's notion of native (a host declared native for a
         // platform runs it natively): some RUN step ran under emulation. A slice that runs its
         // RUN steps on the build platform (`FROM --platform=$BUILDPLATFORM`) is not emulated.

@@ -11,6 +11,7 @@ use super::session::BuildSession;
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use kiln_shared::api::{BuildSpec, CacheExport, CacheRef};
+use kiln_shared::attest::{self, Annotation, AttestFlags, Attestations};
 use kiln_shared::frontend::dockerignore::DockerIgnore;
 use kiln_shared::frontend::lint;
 use kiln_shared::frontend::print::{self, Style};
@@ -61,6 +62,18 @@ pub struct BuildArgs {
     /// Output destination: type=oci|docker|tar,dest=F|- | type=local,dest=D | type=registry | type=cacheonly | DIR | -.
     #[arg(short = 'o', long = "output", help_heading = "Outputs")]
     pub outputs: Vec<String>,
+    /// Shorthand for --attest type=provenance: true, false or mode=min|max (on, mode=min, for registry and OCI outputs unless BUILDX_NO_DEFAULT_ATTESTATIONS=1).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "true|false|mode=min|max", help_heading = "Attestations and annotations")]
+    pub provenance: Option<String>,
+    /// Shorthand for --attest type=sbom: true or false (an SPDX SBOM of the image's dpkg and apk packages).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "true|false", help_heading = "Attestations and annotations")]
+    pub sbom: Option<String>,
+    /// Attestations: type=provenance[,mode=min|max][,builder-id=URL][,disabled=true] | type=sbom[,disabled=true].
+    #[arg(long, help_heading = "Attestations and annotations")]
+    pub attest: Vec<String>,
+    /// Annotations for registry and OCI outputs: [manifest:|manifest-descriptor:|index:|index-descriptor:][TYPE[os/arch]:]KEY=VALUE (default: manifest).
+    #[arg(long = "annotation", help_heading = "Attestations and annotations")]
+    pub annotations: Vec<String>,
     /// Do not use the step cache.
     #[arg(long, help_heading = "Cache")]
     pub no_cache: bool,
@@ -227,6 +240,10 @@ pub fn run(mut args: BuildArgs) -> anyhow::Result<ExitCode> {
             secrets: args.secrets.clone(),
             ssh: args.ssh.clone(),
             run: super::run_options::parse(&args)?,
+            provenance: args.provenance.clone(),
+            sbom: args.sbom.clone(),
+            attest: args.attest.clone(),
+            annotations: args.annotations.clone(),
         };
         if args.cgroup_parent.is_some() && !quiet {
             eprintln!("WARNING: --cgroup-parent is ignored: kiln runs steps in its agents' own cgroups");
@@ -293,6 +310,11 @@ pub struct BuildRequest {
     pub ssh: Vec<String>,
     /// `--network`, `--add-host`, `--shm-size`, `--ulimit`, `--allow`.
     pub run: kiln_shared::api::RunOptions,
+    /// `--provenance`, `--sbom`, `--attest` and `--annotation` specs in buildx's syntax.
+    pub provenance: Option<String>,
+    pub sbom: Option<String>,
+    pub attest: Vec<String>,
+    pub annotations: Vec<String>,
 }
 
 /// A real build, on the farm named by `--host`/`KILN_HOST` or on the embedded farm: the same
@@ -302,11 +324,11 @@ fn build(args: BuildArgs, req: BuildRequest) -> anyhow::Result<ExitCode> {
     check(&req)?;
     let session = args.farm.open()?;
     let prepared = prepare(&req, &session, mode)?;
-    let view = super::farm_build::run(&session, prepared, mode)?;
+    let (view, provenance) = super::farm_build::run(&session, prepared, mode)?;
     if let Some(path) = &args.iidfile {
         std::fs::write(path, &view.index_digest).with_context(|| format!("writing --iidfile {}", path.display()))?;
     }
-    super::farm_build::finish(&view, &req.tags, args.metadata_file.as_deref(), mode)
+    super::farm_build::finish(&view, &provenance, &req.tags, args.metadata_file.as_deref(), mode)
 }
 
 /// What can be checked before a farm is started or joined: outputs, tags and destinations.
@@ -355,6 +377,7 @@ pub fn prepare(req: &BuildRequest, session: &super::remote::Session, mode: Mode)
     let cache_from = req.cache_from.iter().map(|c| CacheFrom::parse(c)).collect::<anyhow::Result<Vec<_>>>()?;
     let cache_to = req.cache_to.as_deref().map(CacheTo::parse).transpose()?;
     let zstd = outputs.iter().any(|o| matches!(o, Output::Registry { zstd: true } | Output::Oci { zstd: true, .. }));
+    let (attest, annotations) = attestations(req, &outputs, mode)?;
     let push = outputs.iter().any(Output::is_registry);
     let mut context = super::farm_build::manifest(&req.context, &ignore)?;
     // A local cache to import travels with the context: its config and layers.
@@ -397,6 +420,8 @@ pub fn prepare(req: &BuildRequest, session: &super::remote::Session, mode: Mode)
         tags: req.tags.clone(),
         push,
         zstd,
+        attest,
+        annotations,
         builder: req.builder.clone().or_else(|| session.current_builder()),
         insecure_registries: req.insecure_registries.clone(),
         submission: crate::node::random_hex(16)?,
@@ -413,6 +438,24 @@ pub fn prepare(req: &BuildRequest, session: &super::remote::Session, mode: Mode)
         no_cache_filter: req.no_cache_filter.clone(),
     };
     Ok(Prepared { spec, files: context.files, outputs, cache_to, session: build_session, _fetched: fetched })
+}
+
+/// `--provenance`, `--sbom`, `--attest` and `--annotation`, with buildx's defaults: provenance
+/// (`mode=min`) for registry and OCI outputs unless `BUILDX_NO_DEFAULT_ATTESTATIONS` is set.
+fn attestations(req: &BuildRequest, outputs: &[Output], mode: Mode) -> anyhow::Result<(Attestations, Vec<Annotation>)> {
+    let inline = outputs.iter().any(|o| matches!(o, Output::Registry { .. } | Output::Oci { .. }));
+    let no_default = std::env::var("BUILDX_NO_DEFAULT_ATTESTATIONS").is_ok_and(|v| attest::parse_bool(&v).unwrap_or(!v.is_empty()));
+    let flags = AttestFlags { provenance: req.provenance.clone(), sbom: req.sbom.clone(), attest: req.attest.clone() };
+    let wanted = attest::resolve(&flags, true, true)?;
+    if !inline && wanted.any() && mode != Mode::Quiet {
+        eprintln!("WARNING: attestations are attached to registry and OCI outputs only (--push, -o type=registry, -o type=oci): none is made for this build");
+    }
+    let resolved = attest::resolve(&flags, inline, no_default)?;
+    let mut annotations = Vec::new();
+    for a in &req.annotations {
+        annotations.extend(attest::parse_annotation(a)?);
+    }
+    Ok((resolved, annotations))
 }
 
 fn dockerfile_path(args: &BuildArgs) -> PathBuf {

@@ -122,15 +122,16 @@ impl Prepared {
     }
 }
 
-/// Runs a build on the farm and follows it; writes the outputs; returns the finished build.
-pub fn run(session: &Session, prepared: Prepared, mode: Mode) -> anyhow::Result<BuildView> {
-    let cache_dest = prepared.cache_dest().map(Path::to_path_buf);
-    let Prepared { spec, files, outputs, session: build_session, .. } = prepared;
-    let tags = spec.tags.clone();
+/// Each platform's SLSA provenance predicate, read back from its attestation manifest.
+pub type Provenances = Vec<(String, serde_json::Value)>;
+
+/// Runs a build on the farm and follows it; writes the outputs; returns the finished build
+/// and its provenance.
+pub fn run(session: &Session, prepared: Prepared, mode: Mode) -> anyhow::Result<(BuildView, Provenances)> {
     session.block_on(async {
         let farm = session.connect().await?;
-        let build = submit(&farm, spec, &files, mode).await?;
-        follow(&farm, build, &build_session, mode, &outputs, &tags, cache_dest.as_deref(), "").await
+        let build = submit(&farm, prepared.spec.clone(), &prepared.files, mode).await?;
+        follow(&farm, build, &prepared, mode, "").await
     })
 }
 
@@ -151,20 +152,22 @@ pub async fn submit(farm: &ClientFarm, spec: BuildSpec, files: &BTreeMap<String,
     }
 }
 
-/// Follows a submitted build to its end: answers what its steps ask of `build_session`
+/// Follows a submitted build to its end: answers what its steps ask of the build's session
 /// (secrets, ssh-agent messages), shows its progress (every line labelled with `label` when
-/// there is one: `kiln bake` names the target, `[web a2 linux/arm64 ...]`), writes its outputs.
-#[allow(clippy::too_many_arguments)]
-pub async fn follow(
-    farm: &ClientFarm,
-    build: u64,
-    build_session: &BuildSession,
-    mode: Mode,
-    outputs: &[Output],
-    tags: &[String],
-    cache_dest: Option<&Path>,
-    label: &str,
-) -> anyhow::Result<BuildView> {
+/// there is one: `kiln bake` names the target, `[web a2 linux/arm64 ...]`), writes its outputs
+/// and reads back its provenance.
+pub async fn follow(farm: &ClientFarm, build: u64, p: &Prepared, mode: Mode, label: &str) -> anyhow::Result<(BuildView, Provenances)> {
+    let (build_session, outputs, tags, cache_dest) = (&p.session, &p.outputs[..], &p.spec.tags[..], p.cache_dest());
+    // Where the attestations can be read back: the coordinator (OCI and local outputs) or the registry.
+    let attested_in = if p.spec.return_blobs {
+        AttestedIn::Farm
+    } else {
+        AttestedIn::Registry { tag: p.spec.tags.first().cloned().unwrap_or_default(), insecure: p.spec.insecure_registries.clone() }
+    };
+    let index_descriptor: BTreeMap<String, String> =
+        kiln_shared::attest::annotations_for(&p.spec.annotations, kiln_shared::attest::AnnotationLevel::IndexDescriptor, None)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
     let progress = Progress::new(mode);
     let mut ids: HashMap<(String, String, u64), u64> = HashMap::new();
     let mut cursor = 0;
@@ -209,12 +212,13 @@ pub async fn follow(
         match view.state {
             BuildState::Done => {
                 if outputs.iter().any(Output::needs_blobs) {
-                    write_outputs(farm, &view, outputs, tags).await?;
+                    write_outputs(farm, &view, outputs, tags, &index_descriptor).await?;
                 }
                 if let Some(dest) = cache_dest {
                     write_cache(farm, &view, dest).await?;
                 }
-                return Ok(view);
+                let provenance = provenances(farm, &view, &attested_in).await?;
+                return Ok((view, provenance));
             }
             BuildState::Failed => bail!("{}", view.error),
             BuildState::Running => {}
@@ -224,7 +228,13 @@ pub async fn follow(
 
 /// `-o type=oci` and `-o type=local`: the agents sent their images to the coordinator; fetch
 /// the manifests, configs and layers into the client's store and write each output.
-async fn write_outputs(farm: &ClientFarm, view: &BuildView, outputs: &[Output], tags: &[String]) -> anyhow::Result<()> {
+async fn write_outputs(
+    farm: &ClientFarm,
+    view: &BuildView,
+    outputs: &[Output],
+    tags: &[String],
+    index_descriptor: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
     let store = kiln_shared::store::ContentStore::open(&super::home::kiln_home().join("client/content"))?;
     let index = view.index().context("the build's index")?.ok_or_else(|| anyhow!("the build is done but has no index"))?;
     let mut blobs = Vec::new();
@@ -237,14 +247,19 @@ async fn write_outputs(farm: &ClientFarm, view: &BuildView, outputs: &[Output], 
             blobs.push(d.digest.clone());
         }
         blobs.push(m.digest.clone());
-        images.push((m.platform.as_ref().and_then(|p| p.to_platform()), manifest));
+        // An attestation manifest is no platform's filesystem.
+        if !kiln_shared::attest::is_attestation(m) {
+            images.push((m.platform.as_ref().and_then(|p| p.to_platform()), manifest));
+        }
     }
     for out in outputs {
         match out {
-            Output::Oci { dest: Dest::File(dest), .. } => kiln_shared::layout::write_archive(dest, &store, &index, &blobs, tags)?,
+            Output::Oci { dest: Dest::File(dest), .. } => {
+                kiln_shared::layout::write_archive(dest, &store, &index, &blobs, tags, index_descriptor)?
+            }
             Output::Oci { dest: Dest::Stdout, .. } => {
                 let tmp = tempfile_in_home("oci")?;
-                kiln_shared::layout::write_archive(&tmp, &store, &index, &blobs, tags)?;
+                kiln_shared::layout::write_archive(&tmp, &store, &index, &blobs, tags, index_descriptor)?;
                 to_stdout(&tmp)?;
             }
             Output::Local { dest } => unpack_images(&store, &images, dest)?,
@@ -352,6 +367,66 @@ fn to_stdout(path: &Path) -> anyhow::Result<()> {
     copied.context("writing the archive to standard output")
 }
 
+/// Where a build's attestation blobs are once it is done.
+enum AttestedIn {
+    /// The agents sent them to the coordinator that received the build (with the images).
+    Farm,
+    /// The agents pushed them (by digest, to every tag's repository).
+    Registry { tag: String, insecure: Vec<String> },
+}
+
+/// The provenance predicate of every slice that has an attestation manifest.
+async fn provenances(farm: &ClientFarm, view: &BuildView, from: &AttestedIn) -> anyhow::Result<Provenances> {
+    let mut out = Vec::new();
+    if view.slices.iter().all(|s| s.attestation.is_none()) {
+        return Ok(out);
+    }
+    let store = kiln_shared::store::ContentStore::open(&super::home::kiln_home().join("client/content"))?;
+    // A manifest (`manifest`) or a blob, from wherever the build left them.
+    let fetch = |d: Digest, manifest: bool| {
+        let store = store.clone();
+        async move {
+            match from {
+                AttestedIn::Farm => farm.fetch_blob(&store, &d).await?,
+                AttestedIn::Registry { tag, insecure } => {
+                    let r = tag.parse::<kiln_shared::registry::Reference>()?.with_digest(d.clone());
+                    let (insecure, s, d) = (insecure.clone(), store.clone(), d.clone());
+                    let read = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, kiln_shared::registry::RegistryError> {
+                        let client = kiln_shared::registry::RegistryClient::new(&insecure);
+                        if manifest {
+                            return Ok(client.get_manifest(&r)?.bytes);
+                        }
+                        client.fetch_blob(&r, &d, &s)?;
+                        Ok(Vec::new())
+                    });
+                    let bytes = read
+                        .await
+                        .map_err(|e| anyhow!("reading the provenance: {e}"))?
+                        .with_context(|| format!("reading the provenance from {tag}"))?;
+                    if manifest {
+                        return anyhow::Ok(bytes);
+                    }
+                }
+            }
+            anyhow::Ok(store.read(&d)?)
+        }
+    };
+    for s in &view.slices {
+        let Some(a) = &s.attestation else { continue };
+        let manifest: kiln_shared::oci::Manifest =
+            serde_json::from_slice(&fetch(a.digest.clone(), true).await?).context("an attestation manifest")?;
+        for l in &manifest.layers {
+            if l.annotations.get(kiln_shared::attest::PREDICATE_TYPE).map(String::as_str) != Some(kiln_shared::attest::SLSA_V1) {
+                continue;
+            }
+            let statement: serde_json::Value =
+                serde_json::from_slice(&fetch(l.digest.clone(), false).await?).context("a provenance statement")?;
+            out.push((s.platform.to_string(), statement["predicate"].clone()));
+        }
+    }
+    Ok(out)
+}
+
 /// `--cache-to type=local` on a farm: the agents sent the records' layers to the coordinator.
 async fn write_cache(farm: &ClientFarm, view: &BuildView, dest: &Path) -> anyhow::Result<()> {
     let store = kiln_shared::store::ContentStore::open(&super::home::kiln_home().join("client/content"))?;
@@ -383,7 +458,7 @@ pub fn local_cache_files(src: &Path) -> anyhow::Result<(String, BTreeMap<String,
 }
 
 /// What `--metadata-file` holds for one build (`kiln bake` writes one per target).
-pub fn metadata(view: &BuildView, tags: &[String]) -> serde_json::Value {
+pub fn metadata(view: &BuildView, provenance: &Provenances, tags: &[String]) -> serde_json::Value {
     let slices: Vec<serde_json::Value> = view
         .slices
         .iter()
@@ -394,6 +469,7 @@ pub fn metadata(view: &BuildView, tags: &[String]) -> serde_json::Value {
                 "emulated": s.emulated,
                 "emulated_steps": s.emulated_steps,
                 "manifest_digest": s.manifest.as_ref().map(|d| d.digest.to_string()).unwrap_or_default(),
+                "attestation_digest": s.attestation.as_ref().map(|d| d.digest.to_string()),
                 "duration_ms": s.duration_ms,
                 "queue_ms": s.queue_ms,
                 "attempt": s.attempt,
@@ -410,19 +486,32 @@ pub fn metadata(view: &BuildView, tags: &[String]) -> serde_json::Value {
         "digest": view.index_digest,
         "size": view.index.len(),
     });
-    serde_json::json!({
+    let mut meta = serde_json::json!({
         "containerimage.digest": view.index_digest,
         "containerimage.descriptor": descriptor,
         "image.name": tags.join(","),
         "kiln.build": view.id,
         "kiln.slices": slices,
-    })
+    });
+    // As buildx: `buildx.build.provenance`, per platform (`.../linux/arm64`) when there are several.
+    for (platform, predicate) in provenance {
+        let key = if view.slices.len() > 1 { format!("buildx.build.provenance/{platform}") } else { "buildx.build.provenance".into() };
+        meta[key] = predicate.clone();
+    }
+    meta
 }
 
 /// Reports the finished build as the embedded farm does: metadata file and summary line.
-pub fn finish(view: &BuildView, tags: &[String], metadata_file: Option<&Path>, mode: Mode) -> anyhow::Result<ExitCode> {
+pub fn finish(
+    view: &BuildView,
+    provenance: &Provenances,
+    tags: &[String],
+    metadata_file: Option<&Path>,
+    mode: Mode,
+) -> anyhow::Result<ExitCode> {
     if let Some(path) = metadata_file {
-        std::fs::write(path, serde_json::to_vec_pretty(&metadata(view, tags))?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&metadata(view, provenance, tags))?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if mode == Mode::Quiet {
         println!("{}", view.index_digest);

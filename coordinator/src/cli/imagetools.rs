@@ -15,6 +15,9 @@ pub enum ImagetoolsCommand {
         /// Print the manifest or index exactly as the registry stores it.
         #[arg(long)]
         raw: bool,
+        /// A Go template as buildx takes it: {{json .}}, {{json .Provenance}}, {{json .SBOM}}, {{json .Image}}, {{.Name}}...
+        #[arg(long, conflicts_with = "raw")]
+        format: Option<String>,
         #[arg(long = "insecure-registry")]
         insecure: Vec<String>,
     },
@@ -43,15 +46,24 @@ fn is_index(f: &Fetched) -> bool {
 
 pub fn run(cmd: ImagetoolsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        ImagetoolsCommand::Inspect { reference, raw, insecure } => inspect(&reference, raw, &insecure),
+        ImagetoolsCommand::Inspect { reference, raw, format, insecure } => inspect(&reference, raw, format.as_deref(), &insecure),
         ImagetoolsCommand::Create(args) => create(args),
     }
 }
 
-fn inspect(reference: &str, raw: bool, insecure: &[String]) -> anyhow::Result<ExitCode> {
+fn inspect(reference: &str, raw: bool, format: Option<&str>, insecure: &[String]) -> anyhow::Result<ExitCode> {
     let r: Reference = reference.parse()?;
+    if let Some(t) = format {
+        super::inspect_format::check(t)?;
+    }
     let client = RegistryClient::new(insecure);
     let f = client.get_manifest(&r)?;
+    if let Some(t) = format {
+        let store = ContentStore::open(&super::home::kiln_home().join("client/content"))?;
+        let root = super::inspect_format::inputs(&client, &store, &r, &f)?;
+        println!("{}", super::inspect_format::render(t, &root)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     if raw {
         println!("{}", String::from_utf8_lossy(&f.bytes));
         return Ok(ExitCode::SUCCESS);
@@ -108,7 +120,8 @@ fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let mut seen = Vec::new();
-    for (_, d) in &entries {
+    // Attestation manifests (`unknown/unknown`) are no platform's image: they come along.
+    for (_, d) in entries.iter().filter(|(_, d)| !kiln_shared::attest::is_attestation(d)) {
         if let Some(p) = &d.platform {
             if seen.contains(p) {
                 bail!("two sources provide {}/{}: an index can hold one manifest per platform", p.os, p.architecture);

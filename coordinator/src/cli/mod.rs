@@ -11,6 +11,7 @@ pub mod docker;
 pub mod farm_build;
 pub mod home;
 pub mod imagetools;
+mod inspect_format;
 pub mod named;
 pub mod outputs;
 pub mod progress;

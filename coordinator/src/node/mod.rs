@@ -282,7 +282,7 @@ impl Node {
 /// by a member that has no CA yet (see [`bootstrap`]).
 /// The shape of the Raft log and state this kiln writes. A data dir written by a kiln with
 /// another shape cannot be read: its log entries no longer decode.
-pub const STATE_FORMAT: u32 = 4;
+pub const STATE_FORMAT: u32 = 5;
 const STATE_FORMAT_FILE: &str = "state-format";
 
 /// Whether `dir` holds Raft state of another format (`Some(found)`; `None`: same, or none yet).

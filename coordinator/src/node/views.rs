@@ -23,6 +23,7 @@ fn slice_view(key: SliceKey, s: &raft::SliceRecord, now: u64, waiting: Option<St
         emulated_steps: s.emulated_steps.clone(),
         attempt: s.attempt.to_wire(),
         manifest: s.manifest.clone(),
+        attestation: s.attestation.clone(),
         queue_ms,
         duration_ms: s.duration_ms,
         cache_hits: s.cache_hits,

@@ -158,6 +158,8 @@ pub struct SliceRecord {
     pub finished_at_ms: u64,
     /// The manifest's descriptor, once done.
     pub manifest: Option<Descriptor>,
+    /// Its attestation manifest, once done (when the build attaches attestations).
+    pub attestation: Option<Descriptor>,
     pub duration_ms: u64,
     pub cache_hits: u32,
     pub cache_misses: u32,
@@ -202,6 +204,7 @@ impl BuildRecord {
                 assigned_at_ms: 0,
                 finished_at_ms: 0,
                 manifest: None,
+                attestation: None,
                 duration_ms: 0,
                 cache_hits: 0,
                 cache_misses: 0,
@@ -336,6 +339,7 @@ impl ClusterState {
                 s.state = SliceState::Done;
                 s.finished_at_ms = *at_ms;
                 s.manifest = Some(outcome.manifest.clone());
+                s.attestation = outcome.attestation.as_deref().cloned();
                 s.duration_ms = outcome.duration_ms;
                 s.cache_hits = outcome.cache_hits;
                 s.cache_misses = outcome.cache_misses;
@@ -466,6 +470,8 @@ mod tests {
             tags: vec![],
             push: false,
             zstd: false,
+            attest: Default::default(),
+            annotations: vec![],
             builder: None,
             insecure_registries: vec![],
             submission: String::new(),
@@ -489,6 +495,7 @@ mod tests {
             slice,
             attempt,
             manifest: Descriptor::new(kiln_shared::oci::MEDIA_MANIFEST, kiln_shared::Digest::of(b"{}"), 2),
+            attestation: None,
             emulated: false,
             emulated_steps: vec![],
             duration_ms: 10,

@@ -67,7 +67,7 @@ pub struct BakeArgs {
     /// Shorthand for --set=*.output=type=registry.
     #[arg(long)]
     pub push: bool,
-    /// Shorthand for --set=*.output=type=docker (not supported by kiln build yet).
+    /// Shorthand for --set=*.output=type=docker.
     #[arg(long)]
     pub load: bool,
     /// Shorthand for --set=*.no-cache=true.
@@ -76,10 +76,10 @@ pub struct BakeArgs {
     /// Shorthand for --set=*.pull=true.
     #[arg(long)]
     pub pull: bool,
-    /// Provenance attestation (not supported by kiln build yet).
+    /// Shorthand for --set=*.attest=type=provenance,...: true, false or mode=min|max.
     #[arg(long)]
     pub provenance: Option<String>,
-    /// SBOM attestation (not supported by kiln build yet).
+    /// Shorthand for --set=*.attest=type=sbom: true or false.
     #[arg(long)]
     pub sbom: Option<String>,
     /// Progress output: auto, plain, tty, rawjson, quiet.
@@ -128,6 +128,16 @@ pub fn definition(args: &BakeArgs, cwd: &std::path::Path) -> Result<(model::Conf
     if args.pull {
         overrides.push(flag("*.pull=true"));
     }
+    // As buildx: `--provenance` and `--sbom` are attestations of every target.
+    for (kind, value) in [("provenance", &args.provenance), ("sbom", &args.sbom)] {
+        let Some(v) = value else { continue };
+        let attest = match v.as_str() {
+            "" | "true" | "1" => format!("type={kind}"),
+            "false" | "0" => format!("type={kind},disabled=true"),
+            other => format!("type={kind},{other}"),
+        };
+        overrides.push(set::Override::parse(&format!("*.attest={attest}"))?);
+    }
     if let Some(c) = args.call.as_deref().or(args.check.then_some("check")) {
         overrides.push(flag(&format!("*.call={c}")));
     }
@@ -147,13 +157,6 @@ pub fn run(args: BakeArgs) -> anyhow::Result<ExitCode> {
     if args.print {
         println!("{}", print::to_json(&resolved));
         return Ok(ExitCode::SUCCESS);
-    }
-    for (flag, set) in
-        [("--load", args.load), ("--pull", args.pull), ("--provenance", args.provenance.is_some()), ("--sbom", args.sbom.is_some())]
-    {
-        if set {
-            anyhow::bail!("kiln bake {flag} is not supported yet (kiln build has no {flag})");
-        }
     }
     run::run(&args, &resolved, &cwd)
 }

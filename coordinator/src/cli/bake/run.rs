@@ -30,12 +30,6 @@ fn unsupported(name: &str, t: &Target) -> Result<(), BakeError> {
     if let Some((k, linked)) = t.contexts.iter().flatten().find_map(|(k, v)| v.strip_prefix("target:").map(|l| (k, l))) {
         return err(&format!("contexts.{k}=target:{linked} (a linked target's result as a context)"));
     }
-    let lists = [("attest", &t.attest), ("annotations", &t.annotations)];
-    for (what, v) in lists {
-        if v.as_ref().is_some_and(|v| !v.is_empty()) {
-            return err(what);
-        }
-    }
     if t.cache_to.as_ref().is_some_and(|c| c.len() > 1) {
         return err("more than one cache-to");
     }
@@ -114,6 +108,10 @@ pub fn request(name: &str, t: &Target, cwd: &Path, builder: Option<&str>) -> any
             t.ulimits.as_deref().unwrap_or_default(),
         )
         .with_context(|| format!("target {name}"))?,
+        provenance: None,
+        sbom: None,
+        attest: t.attest.clone().unwrap_or_default(),
+        annotations: t.annotations.clone().unwrap_or_default(),
     })
 }
 
@@ -182,7 +180,7 @@ pub fn run(args: &BakeArgs, resolved: &Resolved, cwd: &Path) -> anyhow::Result<E
     let (done, failed) = session.block_on(submit_and_follow(&session, prepared, mode, args.keep_going))?;
     if let Some(path) = &args.metadata_file {
         let meta: serde_json::Map<String, serde_json::Value> =
-            done.iter().map(|(n, (tags, v))| (n.clone(), crate::cli::farm_build::metadata(v, tags))).collect();
+            done.iter().map(|(n, (tags, v, prov))| (n.clone(), crate::cli::farm_build::metadata(v, prov, tags))).collect();
         std::fs::write(path, serde_json::to_vec_pretty(&meta)?).with_context(|| format!("writing {}", path.display()))?;
     }
     if !failed.is_empty() {
@@ -191,7 +189,7 @@ pub fn run(args: &BakeArgs, resolved: &Resolved, cwd: &Path) -> anyhow::Result<E
     Ok(ExitCode::SUCCESS)
 }
 
-type Done = BTreeMap<String, (Vec<String>, BuildView)>;
+type Done = BTreeMap<String, (Vec<String>, BuildView, farm_build::Provenances)>;
 
 /// Uploads every target's context at once (a blob shared by several is sent once), submits every
 /// build back to back so the scheduler sees them all together, then follows them concurrently.
@@ -227,8 +225,7 @@ async fn submit_and_follow(
     for (name, tags, p, build) in submitted {
         let farm = Arc::clone(&farm);
         set.spawn(async move {
-            let cache_dest = p.cache_dest().map(Path::to_path_buf);
-            let view = farm_build::follow(&farm, build, &p.session, mode, &p.outputs, &tags, cache_dest.as_deref(), &name).await;
+            let view = farm_build::follow(&farm, build, &p, mode, &name).await;
             (name, tags, view)
         });
     }
@@ -237,14 +234,14 @@ async fn submit_and_follow(
     while let Some(joined) = set.join_next().await {
         let (name, tags, view) = joined.context("following a target")?;
         match view {
-            Ok(v) => {
+            Ok((v, provenance)) => {
                 if mode != Mode::Quiet {
                     let cached: u32 = v.slices.iter().map(|s| s.cache_hits).sum();
                     let ran: u32 = v.slices.iter().map(|s| s.cache_misses).sum();
                     let on: Vec<String> = v.slices.iter().map(|s| format!("{} on {}", s.platform, s.agent)).collect();
                     eprintln!("=> {name}: image index {} ({}; {ran} steps run, {cached} cached)", v.index_digest, on.join(", "));
                 }
-                done.insert(name, (tags, v));
+                done.insert(name, (tags, v, provenance));
             }
             Err(e) => {
                 eprintln!("ERROR: target {name}: {e:#}");

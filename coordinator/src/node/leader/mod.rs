@@ -187,7 +187,12 @@ async fn finish(node: &Arc<Node>, build: BuildId) -> Result<(), RemoteError> {
             None => error = Some(format!("{}: the agent reported no manifest descriptor", s.platform)),
         }
     }
-    let index = Index::new(manifests);
+    // As BuildKit lays them out: the images first, then each one's attestation manifest.
+    manifests.extend(record.slices.iter().filter_map(|s| s.attestation.clone()));
+    let mut index = Index::new(manifests);
+    for (k, v) in kiln_shared::attest::annotations_for(&record.spec.annotations, kiln_shared::attest::AnnotationLevel::Index, None) {
+        index.annotations.insert(k.clone(), v.clone());
+    }
     let bytes = oci::to_json(&index);
     let digest = Digest::of(&bytes);
     if error.is_none() && record.spec.push {
