@@ -10,6 +10,10 @@ use std::path::PathBuf;
 fn default_agent_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
+fn default_entitlements() -> Vec<String> {
+    vec!["network.host".to_string()]
+}
+
 fn default_slots() -> u32 {
     std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
 }
@@ -71,6 +75,10 @@ pub struct AgentConfig {
     /// Slices run at once (default: the number of CPUs).
     #[serde(default = "default_slots")]
     pub slots: u32,
+    /// The entitlements builds may ask of this agent with `--allow` (buildkitd's
+    /// `--allow-insecure-entitlement`; default `network.host`, as buildx's builders allow it).
+    #[serde(default = "default_entitlements")]
+    pub allow_insecure_entitlements: Vec<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// GC: keep at most this many bytes of cache (0: no limit).

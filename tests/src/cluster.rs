@@ -240,6 +240,11 @@ impl Cluster {
 
     /// Starts an agent; `platforms` declares native ones (empty: detected).
     pub fn add_agent(&mut self, name: &str, platforms: &[&str], slots: u32) -> usize {
+        self.add_agent_with(name, platforms, slots, &[])
+    }
+
+    /// With extra `kiln agent` flags.
+    pub fn add_agent_with(&mut self, name: &str, platforms: &[&str], slots: u32, extra: &[&str]) -> usize {
         let data = self.dir.path().join(name);
         let mut args: Vec<String> =
             ["agent", "--host", &self.hosts(), "--token", &self.agent_token, "--name", name, "--data-dir", &data.display().to_string()]
@@ -247,6 +252,7 @@ impl Cluster {
                 .map(|s| s.to_string())
                 .collect();
         args.extend(["--slots".to_string(), slots.to_string()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
         if !platforms.is_empty() {
             args.extend(["--platform".to_string(), platforms.join(",")]);
         }

@@ -72,6 +72,7 @@ fn flags(t: &Target, base: &str, registry: &Registry) {
     assert!(!o.status.success() && stderr(&o).contains("kiln build --allow network.host"), "{name}: {}", stderr(&o));
     let (o, _) = build(t, ctx.path(), &["--allow", "network.host"]);
     assert!(o.status.success(), "{name}: --allow network.host: {}", stderr(&o));
+
     for (bad, says) in [
         (&["--network", "bridge"][..], "expected default, none or host"),
         (&["--add-host", "db"], "expected HOST:IP"),
@@ -108,5 +109,23 @@ fn run_and_cache_flags_work_as_in_buildx() {
     let home = TempDir::new("flags-home");
     let base = base_image(&registry, home.path());
     flags(&Target::Embedded(home), &base, &registry);
-    flags(&farm(), &base, &registry);
+    let mut f = farm();
+    flags(&f, &base, &registry);
+    // An entitlement is granted only where the builder permits it: an agent started without
+    // network.host refuses a build that asks for it, in one line saying how to permit it.
+    let Target::Farm(c) = &mut f else { unreachable!("farm() is a farm") };
+    c.add_agent_with("strict", &[], 2, &["--allow-insecure-entitlement", "none"]);
+    let ctx = TempDir::new("flags-strict");
+    ctx.write("Dockerfile", &format!("FROM {base}\nRUN --network=host true\n"));
+    let o = c.kiln(&["create", "strict", "--name", "strict-builder"], ctx.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (o, _) = build(&f, ctx.path(), &["--builder", "strict-builder", "--allow", "network.host"]);
+    assert!(
+        !o.status.success()
+            && stderr(&o).contains(
+                "entitlement network.host is not granted by agent strict (start it with --allow-insecure-entitlement network.host)"
+            ),
+        "{}",
+        stderr(&o)
+    );
 }

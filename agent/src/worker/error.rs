@@ -28,6 +28,8 @@ pub enum WorkerError {
 /// Why a slice failed on this agent.
 #[derive(Debug, thiserror::Error)]
 pub enum SliceError {
+    #[error("entitlement {entitlement} is not granted by agent {agent} (start it with --allow-insecure-entitlement {entitlement})")]
+    Entitlement { entitlement: String, agent: String },
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error("the slice's task failed: {0}")]

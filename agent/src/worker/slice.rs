@@ -22,6 +22,10 @@ use std::time::Duration;
 pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOutcome, SliceError> {
     let dir = w.cfg.data_dir.join("contexts").join(format!("{}-{}-{}", task.build, task.slice, task.attempt));
     let _cleanup = RemoveOnDrop(dir.clone());
+    // An entitlement the build asks for must be one this agent grants (its builder permits it).
+    if let Some(e) = task.spec.run.entitlements.iter().find(|e| !w.cfg.allow_insecure_entitlements.contains(e)) {
+        return Err(SliceError::Entitlement { entitlement: e.clone(), agent: w.cfg.name.clone() });
+    }
     let named: Vec<(String, Named)> = task
         .spec
         .named_contexts

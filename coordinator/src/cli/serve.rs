@@ -145,6 +145,10 @@ pub struct AgentArgs {
     pub platform: Vec<String>,
     #[arg(long)]
     pub slots: Option<u32>,
+    /// An entitlement builds may ask for with `kiln build --allow` (repeatable; default
+    /// network.host; `none` allows none).
+    #[arg(long = "allow-insecure-entitlement")]
+    pub allow_insecure_entitlements: Vec<String>,
     /// Cap on peer transfers to and from this agent, bytes per second (e.g. 100MB; 0: none).
     #[arg(long)]
     pub max_bandwidth: Option<String>,
@@ -330,6 +334,9 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     }
     if !args.platform.is_empty() {
         cfg.platforms = Platform::parse_list(&args.platform.join(","))?;
+    }
+    if !args.allow_insecure_entitlements.is_empty() {
+        cfg.allow_insecure_entitlements = args.allow_insecure_entitlements.iter().filter(|e| *e != "none").cloned().collect();
     }
     if let Some(v) = args.slots {
         cfg.slots = v;
