@@ -81,6 +81,9 @@ pub async fn submit(node: &Node, p: &Principal, origin: SocketAddr, mut spec: Bu
 pub async fn watch(node: &Node, p: &Principal, build: BuildId, cursor: u64, wait_ms: u32) -> Answer<ClientResponse> {
     let mut changed = node.changed.subscribe();
     let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms).min(node.cfg.long_poll_max_ms));
+    // The build's session questions go to its own tenant's client only (an admin watching
+    // another tenant's build neither sees nor answers them).
+    let own = node.read(|s| s.builds.get(&build).is_some_and(|b| b.tenant == p.tenant()));
     loop {
         let waiting = node.soft().waiting_of(build);
         let view = node.read(|s| {
@@ -93,7 +96,7 @@ pub async fn watch(node: &Node, p: &Principal, build: BuildId, cursor: u64, wait
             let from = (cursor as usize).min(all.len());
             (all[from..].to_vec(), all.len() as u64)
         };
-        let asks = node.soft().sessions.asks_of(build);
+        let asks = if own { node.soft().sessions.asks_of(build) } else { vec![] };
         let now = Instant::now();
         if !events.is_empty() || !asks.is_empty() || view.state != BuildState::Running || now >= deadline || node.stop.is_cancelled() {
             return Ok(ClientResponse::Build { view, events, cursor: next, asks });
