@@ -88,7 +88,10 @@ fn flags(t: &Target, base: &str, registry: &Registry) {
     let tag = format!("{}/flags/{name}-moving:1", registry.addr);
     for marker in ["one", "two"] {
         ctx.write("Dockerfile", &format!("FROM {base}\nRUN echo {marker} > /marker\n"));
-        let o = t.kiln(&["build", "--progress", "plain", "-t", &tag, "--push", "."], ctx.path());
+        // The second push names the image in the output, as buildx's `-o type=registry,name=`.
+        let named = format!("type=registry,name={tag}");
+        let args: &[&str] = if marker == "one" { &["-t", &tag, "--push"] } else { &["-o", &named] };
+        let o = t.kiln(&[&["build", "--progress", "plain"][..], args, &["."]].concat(), ctx.path());
         assert!(o.status.success(), "{name}: pushing {marker}: {}", stderr(&o));
         if marker == "one" {
             ctx.write("Dockerfile", &format!("FROM {tag}\nRUN cat /marker > /seen\n"));

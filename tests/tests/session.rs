@@ -268,9 +268,14 @@ fn ssh(t: &Target, base: &str, fx: &SshFixture) {
     let out = t.kiln_env(&["build", "--progress", "plain", "--no-cache", "--ssh", &key, "."], ctx.path(), &[("SSH_AUTH_SOCK", "")]);
     assert!(out.status.success(), "{}: --ssh default=KEY failed:\n{}", t.name(), stderr(&out));
 
-    // Without --ssh the step fails, and says why.
+    // Without --ssh the mount is left out (as BuildKit: optional unless required), so the clone
+    // is refused by sshd; with required=true the step fails, saying why.
     let out = t.kiln_env(&["build", "--progress", "plain", "--no-cache", "."], ctx.path(), &sock);
     assert!(!out.status.success(), "{}: a build without --ssh cloned over ssh", t.name());
+    let text = std::fs::read_to_string(ctx.path().join("Dockerfile")).expect("Dockerfile");
+    ctx.write("Dockerfile", &text.replace("--mount=type=ssh ", "--mount=type=ssh,required=true "));
+    let out = t.kiln_env(&["build", "--progress", "plain", "--no-cache", "."], ctx.path(), &sock);
+    assert!(!out.status.success(), "{}: a required ssh mount without --ssh passed", t.name());
     assert!(stderr(&out).contains("no SSH key \"default\" forwarded from the client"), "{}: {}", t.name(), stderr(&out));
 
     // The private key never reaches the farm.

@@ -115,7 +115,7 @@ pub(super) fn secret(
 
 /// A `--mount=type=ssh`: a socket bound at the target (default `/run/buildkit/ssh_agent.N`),
 /// served by [`relay`] while the step runs. `None` when the client has no such agent and the
-/// mount is not required.
+/// mount is not `required=true`.
 pub(super) fn ssh(
     session: &dyn Session,
     m: &Mount,
@@ -129,7 +129,8 @@ pub(super) fn ssh(
     const REQUEST_IDENTITIES: [u8; 5] = [0, 0, 0, 1, 11];
     match session.ssh(&id, &REQUEST_IDENTITIES).map_err(|e| EngineError::Copy(format!("ssh {id:?}: {e}")))? {
         Some(_) => {}
-        None if m.required == Some(false) => return Ok(None),
+        // As BuildKit: an ssh mount is optional unless `required=true`.
+        None if m.required != Some(true) => return Ok(None),
         None => return Err(EngineError::Copy(format!("no SSH key {id:?} forwarded from the client (kiln build --ssh {id}[=SOCKET|KEY])"))),
     }
     let target = m.target.clone().unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{n}"));

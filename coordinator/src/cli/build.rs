@@ -324,11 +324,23 @@ fn build(args: BuildArgs, req: BuildRequest) -> anyhow::Result<ExitCode> {
     check(&req)?;
     let session = args.farm.open()?;
     let prepared = prepare(&req, &session, mode)?;
+    let tags = prepared.spec.tags.clone();
     let (view, provenance) = super::farm_build::run(&session, prepared, mode)?;
     if let Some(path) = &args.iidfile {
         std::fs::write(path, &view.index_digest).with_context(|| format!("writing --iidfile {}", path.display()))?;
     }
-    super::farm_build::finish(&view, &provenance, &req.tags, args.metadata_file.as_deref(), mode)
+    super::farm_build::finish(&view, &provenance, &tags, args.metadata_file.as_deref(), mode)
+}
+
+/// The image's names: every `-t`, then every `name=` of a registry output.
+fn tags(req: &BuildRequest, outputs: &[Output]) -> Vec<String> {
+    let mut tags = req.tags.clone();
+    for o in outputs {
+        if let Output::Registry { names, .. } = o {
+            tags.extend(names.iter().filter(|n| !req.tags.contains(n)).cloned());
+        }
+    }
+    tags
 }
 
 /// What can be checked before a farm is started or joined: outputs, tags and destinations.
@@ -340,12 +352,12 @@ pub fn check(req: &BuildRequest) -> anyhow::Result<()> {
 fn outputs(req: &BuildRequest) -> anyhow::Result<Vec<Output>> {
     let mut outputs = req.outputs.iter().map(|o| Output::parse(o)).collect::<anyhow::Result<Vec<_>>>()?;
     if req.push && !outputs.iter().any(Output::is_registry) {
-        outputs.push(Output::Registry { zstd: false });
+        outputs.push(Output::Registry { zstd: false, names: vec![] });
     }
-    if outputs.iter().any(Output::is_registry) && req.tags.is_empty() {
-        bail!("--push needs at least one tag: -t REGISTRY/REPOSITORY:TAG");
+    if outputs.iter().any(Output::is_registry) && tags(req, &outputs).is_empty() {
+        bail!("--push needs at least one tag: -t REGISTRY/REPOSITORY:TAG (or -o type=registry,name=REF)");
     }
-    for t in &req.tags {
+    for t in &tags(req, &outputs) {
         t.parse::<kiln_shared::registry::Reference>()?;
     }
     for o in &outputs {
@@ -376,7 +388,7 @@ pub fn prepare(req: &BuildRequest, session: &super::remote::Session, mode: Mode)
     let ignore = DockerIgnore::load(&req.context, &req.dockerfile_path)?;
     let cache_from = req.cache_from.iter().map(|c| CacheFrom::parse(c)).collect::<anyhow::Result<Vec<_>>>()?;
     let cache_to = req.cache_to.as_deref().map(CacheTo::parse).transpose()?;
-    let zstd = outputs.iter().any(|o| matches!(o, Output::Registry { zstd: true } | Output::Oci { zstd: true, .. }));
+    let zstd = outputs.iter().any(|o| matches!(o, Output::Registry { zstd: true, .. } | Output::Oci { zstd: true, .. }));
     let (attest, annotations) = attestations(req, &outputs, mode)?;
     let push = outputs.iter().any(Output::is_registry);
     let mut context = super::farm_build::manifest(&req.context, &ignore)?;
@@ -417,7 +429,7 @@ pub fn prepare(req: &BuildRequest, session: &super::remote::Session, mode: Mode)
         target: req.target.clone(),
         no_cache: req.no_cache,
         context: context.entries,
-        tags: req.tags.clone(),
+        tags: tags(req, &outputs),
         push,
         zstd,
         attest,

@@ -180,7 +180,8 @@ pub async fn follow(farm: &ClientFarm, build: u64, p: &Prepared, mode: Mode, lab
         };
         // What the build's steps ask of this client: secrets, ssh-agent messages.
         for (ask, question) in asks {
-            let answer = build_session.answer(&question);
+            // An ssh-agent exchange blocks (briefly, bounded): off the runtime's own workers.
+            let answer = tokio::task::block_in_place(|| build_session.answer(&question));
             let req = ClientRequest::Answer { build, ask, answer };
             farm.call(&req, Duration::from_secs(15), Duration::from_secs(30))
                 .await

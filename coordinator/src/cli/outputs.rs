@@ -25,26 +25,16 @@ impl Dest {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
     /// An OCI image layout archive (every platform in one index).
-    Oci {
-        dest: Dest,
-        zstd: bool,
-    },
+    Oci { dest: Dest, zstd: bool },
     /// The filesystem as a tar (per-platform top directories when there are several).
-    Tar {
-        dest: Dest,
-    },
+    Tar { dest: Dest },
     /// The filesystem in a directory (per-platform subdirectories when there are several).
-    Local {
-        dest: PathBuf,
-    },
-    Registry {
-        zstd: bool,
-    },
+    Local { dest: PathBuf },
+    /// Pushed under every `-t` and every `name=` of the output.
+    Registry { zstd: bool, names: Vec<String> },
     /// One image as `docker load` reads it: to a file, to standard output, or (no `dest`,
     /// `--load`) loaded into the Docker daemon.
-    Docker {
-        dest: Option<Dest>,
-    },
+    Docker { dest: Option<Dest> },
     /// Only the build cache keeps the result.
     CacheOnly,
 }
@@ -62,6 +52,8 @@ impl Output {
         let mut kind = None;
         let mut dest = None;
         let mut zstd = false;
+        let mut names = Vec::new();
+        let mut push = None;
         for field in spec.split(',') {
             let (k, v) = field.split_once('=').ok_or_else(|| anyhow!("-o {spec:?}: {field:?} is not key=value"))?;
             match (k.trim(), v.trim()) {
@@ -70,8 +62,10 @@ impl Output {
                 ("compression", "gzip") => zstd = false,
                 ("compression", "zstd") => zstd = true,
                 ("compression", other) => bail!("-o {spec:?}: compression={other} is not supported (expected gzip or zstd)"),
+                ("name", v) => names.extend(v.split(';').filter(|n| !n.is_empty()).map(str::to_string)),
+                ("push", v) => push = Some(v == "true" || v == "1"),
                 // Accepted for buildx compatibility; kiln's behaviour already matches them.
-                ("push" | "name" | "oci-mediatypes" | "compression-level" | "force-compression", _) => {}
+                ("oci-mediatypes" | "compression-level" | "force-compression" | "unpack" | "store", _) => {}
                 (other, _) => bail!("-o {spec:?}: unknown option {other:?} (expected type, dest, compression)"),
             }
         }
@@ -83,7 +77,11 @@ impl Output {
                 d if d.as_os_str() == "-" => bail!("-o type=local needs a directory: use type=tar,dest=- for standard output"),
                 d => Ok(Output::Local { dest: d }),
             },
-            Some("registry" | "image") => Ok(Output::Registry { zstd }),
+            Some("registry") => Ok(Output::Registry { zstd, names }),
+            // As buildx: type=image pushes only with push=true; otherwise the image stays in the
+            // builder (kiln's build cache).
+            Some("image") if push == Some(true) => Ok(Output::Registry { zstd, names }),
+            Some("image") => Ok(Output::CacheOnly),
             Some("cacheonly") => Ok(Output::CacheOnly),
             Some("docker") => Ok(Output::Docker { dest: dest.map(|d| Dest::parse(&d.to_string_lossy())) }),
             Some(other) => bail!("-o type={other} is not supported (expected oci, docker, tar, local, registry or cacheonly)"),
@@ -251,6 +249,12 @@ mod tests {
         assert_eq!(Output::parse("type=oci,dest=-").unwrap(), Output::Oci { dest: Dest::Stdout, zstd: false });
         assert_eq!(Output::parse("type=tar,dest=x.tar").unwrap(), Output::Tar { dest: Dest::File("x.tar".into()) });
         assert_eq!(Output::parse("type=cacheonly").unwrap(), Output::CacheOnly);
+        assert_eq!(Output::parse("type=registry,name=r/a:1").unwrap(), Output::Registry { zstd: false, names: vec!["r/a:1".into()] });
+        assert_eq!(
+            Output::parse("type=image,name=r/a:1,push=true").unwrap(),
+            Output::Registry { zstd: false, names: vec!["r/a:1".into()] }
+        );
+        assert_eq!(Output::parse("type=image,name=r/a:1").unwrap(), Output::CacheOnly, "type=image pushes only with push=true");
         assert!(Output::parse("type=local,dest=-").is_err());
         let e = Output::parse("type=oci,dest=/dev/null").unwrap().check_dest().unwrap_err().to_string();
         assert!(e.contains("/dev/null exists and is a character device"), "{e}");

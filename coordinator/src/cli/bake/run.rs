@@ -175,7 +175,7 @@ pub fn run(args: &BakeArgs, resolved: &Resolved, cwd: &Path) -> anyhow::Result<E
     let mut prepared = Vec::new();
     for (name, req) in &requests {
         let p = build::prepare(req, &session, mode).with_context(|| format!("target {name}"))?;
-        prepared.push((name.clone(), req.tags.clone(), p));
+        prepared.push((name.clone(), p.spec.tags.clone(), p));
     }
     let (done, failed) = session.block_on(submit_and_follow(&session, prepared, mode, args.keep_going))?;
     if let Some(path) = &args.metadata_file {
