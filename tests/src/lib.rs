@@ -267,3 +267,19 @@ pub fn base_image(registry: &Registry, home: &Path) -> String {
 
 /// The base image: busybox-static with its applet links, for each platform.
 pub const BASE_DOCKERFILE: &str = "FROM scratch\nARG TARGETARCH\nCOPY busybox-${TARGETARCH} /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCMD [\"sh\"]\n";
+
+/// A process a test started, stopped by its PID when dropped.
+pub struct Started(pub Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `cmd` (bounded) and fails the test with its standard error when it fails.
+pub fn run_ok(cmd: &mut Command) {
+    let out = cmd.bounded().expect("run");
+    assert!(out.status.success(), "{cmd:?}: {}", stderr(&out));
+}

@@ -3,24 +3,10 @@
 //! standard input (a tar archive, or a Dockerfile alone); on the embedded farm and on a farm.
 
 use kiln_tests::target::{farm, Target};
-use kiln_tests::{base_image, stderr, Bounded, Registry, TempDir};
+use kiln_tests::{base_image, run_ok, stderr, Bounded, Registry, Started, TempDir};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
-
-struct Started(std::process::Child);
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.bounded().expect("run");
-    assert!(out.status.success(), "{cmd:?}: {}", stderr(&out));
-}
 
 const DOCKERFILE: &str = "ARG BASE\nFROM $BASE\nCOPY . /ctx/\nRUN ls -a /ctx | tr '\\n' ' ' > /listing\n";
 
@@ -28,10 +14,10 @@ const DOCKERFILE: &str = "ARG BASE\nFROM $BASE\nCOPY . /ctx/\nRUN ls -a /ctx | t
 /// app says `v1`.
 fn repository(dir: &Path) -> std::path::PathBuf {
     let work = dir.join("work");
-    run(Command::new("git").args(["init", "-q", "-b", "main"]).arg(&work));
+    run_ok(Command::new("git").args(["init", "-q", "-b", "main"]).arg(&work));
     let commit = |msg: &str| {
-        run(Command::new("git").current_dir(&work).args(["add", "-A"]));
-        run(Command::new("git").current_dir(&work).args(["-c", "user.email=t@kiln", "-c", "user.name=t", "commit", "-qm", msg]));
+        run_ok(Command::new("git").current_dir(&work).args(["add", "-A"]));
+        run_ok(Command::new("git").current_dir(&work).args(["-c", "user.email=t@kiln", "-c", "user.name=t", "commit", "-qm", msg]));
     };
     std::fs::create_dir_all(work.join("app")).expect("app");
     std::fs::write(work.join("app/Dockerfile"), DOCKERFILE).expect("Dockerfile");
@@ -40,11 +26,11 @@ fn repository(dir: &Path) -> std::path::PathBuf {
     std::fs::write(work.join("app/ignored.txt"), "no\n").expect("ignored");
     std::fs::write(work.join("README"), "top\n").expect("README");
     commit("v1");
-    run(Command::new("git").current_dir(&work).args(["tag", "v1"]));
+    run_ok(Command::new("git").current_dir(&work).args(["tag", "v1"]));
     std::fs::write(work.join("app/version"), "v2\n").expect("version");
     commit("v2");
     let bare = dir.join("repo.git");
-    run(Command::new("git").args(["clone", "-q", "--bare"]).arg(&work).arg(&bare));
+    run_ok(Command::new("git").args(["clone", "-q", "--bare"]).arg(&work).arg(&bare));
     bare
 }
 
@@ -211,7 +197,7 @@ fn named(t: &Target, base: &str, repo: &Path) {
     assert!(o.status.success(), "{name}: {}", stderr(&o));
     let layout = lay.path().join("layout");
     std::fs::create_dir_all(&layout).expect("layout dir");
-    run(Command::new("tar").arg("-xf").arg(&archive).arg("-C").arg(&layout));
+    run_ok(Command::new("tar").arg("-xf").arg(&archive).arg("-C").arg(&layout));
     let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json")).expect("json");
     let digest = index["manifests"][0]["digest"].as_str().expect("digest").to_string();
     ctx.write("Dockerfile", "FROM layoutimg\nRUN cat /layout-marker > /seen\n");

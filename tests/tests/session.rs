@@ -2,7 +2,7 @@
 //! embedded farm and on a three-coordinator farm alike.
 
 use kiln_tests::target::{farm, Target};
-use kiln_tests::{base_image, stderr, Registry, TempDir};
+use kiln_tests::{base_image, run_ok, stderr, Registry, Started, TempDir};
 use std::io::Read;
 use std::path::Path;
 
@@ -142,16 +142,6 @@ fn secrets_reach_only_the_steps_that_mount_them() {
     secrets(&farm(), &base, &registry);
 }
 
-/// A process this test started, stopped by its PID when dropped.
-struct Started(std::process::Child);
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// What the ssh test needs: a key in a real ssh-agent, and a loopback sshd serving a git
 /// repository to that key.
 struct SshFixture {
@@ -161,27 +151,21 @@ struct SshFixture {
     _agent: Started,
 }
 
-fn run(cmd: &mut std::process::Command) {
-    use kiln_tests::Bounded;
-    let out = cmd.bounded().expect("run");
-    assert!(out.status.success(), "{cmd:?}: {}", stderr(&out));
-}
-
 impl SshFixture {
     fn start() -> SshFixture {
         use std::process::Command;
         let dir = TempDir::new("session-ssh");
         let d = dir.path();
         for key in ["key", "hostkey"] {
-            run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(d.join(key)));
+            run_ok(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(d.join(key)));
         }
         std::fs::copy(d.join("key.pub"), d.join("authorized_keys")).expect("authorized_keys");
         // The repository: one commit on main.
-        run(Command::new("git").args(["init", "-q", "--bare"]).arg(d.join("repo.git")));
-        run(Command::new("git").args(["init", "-q"]).arg(d.join("work")));
+        run_ok(Command::new("git").args(["init", "-q", "--bare"]).arg(d.join("repo.git")));
+        run_ok(Command::new("git").args(["init", "-q"]).arg(d.join("work")));
         std::fs::write(d.join("work/README"), "hello from git over ssh\n").expect("README");
-        run(Command::new("git").current_dir(d.join("work")).args(["add", "README"]));
-        run(Command::new("git").current_dir(d.join("work")).args([
+        run_ok(Command::new("git").current_dir(d.join("work")).args(["add", "README"]));
+        run_ok(Command::new("git").current_dir(d.join("work")).args([
             "-c",
             "user.email=t@kiln",
             "-c",
@@ -190,7 +174,7 @@ impl SshFixture {
             "-qm",
             "first",
         ]));
-        run(Command::new("git").current_dir(d.join("work")).arg("push").arg("-q").arg(d.join("repo.git")).arg("HEAD:refs/heads/main"));
+        run_ok(Command::new("git").current_dir(d.join("work")).arg("push").arg("-q").arg(d.join("repo.git")).arg("HEAD:refs/heads/main"));
         let port = kiln_tests::free_port();
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile none\n",
@@ -212,7 +196,7 @@ impl SshFixture {
         kiln_tests::wait_for("sshd and ssh-agent", std::time::Duration::from_secs(20), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && d.join("agent.sock").exists()
         });
-        run(Command::new("ssh-add").arg("-q").arg(d.join("key")).env("SSH_AUTH_SOCK", d.join("agent.sock")));
+        run_ok(Command::new("ssh-add").arg("-q").arg(d.join("key")).env("SSH_AUTH_SOCK", d.join("agent.sock")));
         SshFixture { dir, port, _sshd: sshd, _agent: agent }
     }
 

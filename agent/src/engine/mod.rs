@@ -250,6 +250,8 @@ struct SliceRun<'a> {
     peer_hits: AtomicU32,
     /// RUN steps of stages this agent emulates.
     pub emulated_steps: Mutex<Vec<String>>,
+    /// Named directory contexts packed so far, by name (each is packed once per slice).
+    named_dirs: Mutex<HashMap<String, State>>,
     /// Pulls older than this are resolved again (see `pull::REUSE_PULL` and `--pull`).
     fresh_since: std::time::Instant,
     /// (stage, key, record JSON) of every step, hit or not.

@@ -81,6 +81,7 @@ impl Agent {
             emulated_steps: Mutex::new(Vec::new()),
             fresh_since,
             materials: Mutex::new(Vec::new()),
+            named_dirs: Mutex::new(HashMap::new()),
         };
         // Stages run in waves: every stage whose dependencies are built runs now, side by side.
         let mut pending: Vec<&Stage> = plan.stages.iter().collect();
@@ -284,8 +285,14 @@ impl SliceRun<'_> {
         }
     }
 
-    /// A named directory context as a one-layer filesystem (BuildKit's local source).
+    /// A named directory context as a one-layer filesystem (BuildKit's local source), packed
+    /// once per slice however many stages and `COPY --from`s use it.
     fn named_dir(&self, name: &str, platform: &Platform) -> Result<State, EngineError> {
+        if let Some(s) = self.named_dirs.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
+            let mut s = s.clone();
+            s.config = ImageConfig::empty(platform);
+            return Ok(s);
+        }
         let dir = self.req.named.iter().find_map(|(n, c)| match c {
             super::Named::Dir(d) if n == name => Some(d.clone()),
             _ => None,
@@ -293,7 +300,9 @@ impl SliceRun<'_> {
         let dir = dir.ok_or_else(|| EngineError::Copy(format!("no build context named {name:?}")))?;
         let layer = crate::layers::diff(&dir, &self.agent.store, self.req.epoch())?;
         let key = format!("context {name} {}", layer.as_ref().map(|l| l.diff_id.to_string()).unwrap_or_default());
-        Ok(State { config: ImageConfig::empty(platform), layers: layer.into_iter().collect(), key })
+        let state = State { config: ImageConfig::empty(platform), layers: layer.into_iter().collect(), key };
+        self.named_dirs.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), state.clone());
+        Ok(state)
     }
 
     /// Carries out a step that missed the cache; the layer it adds, if any.
