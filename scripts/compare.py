@@ -714,6 +714,18 @@ def main():
                     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, opts.j)) as pool:
                         for r in pool.map(one, cases):
                             results += r
+                    # A case that differed is built once more, alone, both sides: a difference
+                    # that holds is a finding; one that goes away is reported as a flake with what
+                    # the first try said (the summary lists it), never hidden.
+                    for case in [c for c in cases if any(not r["match"] for r in results if r["case"] == os.path.basename(c))]:
+                        name = os.path.basename(case)
+                        first = {r["platform"]: r for r in results if r["case"] == name}
+                        say(f"RETRY    {name}: built again, alone")
+                        again = one(case)
+                        for r in again:
+                            if r["match"] and not first[r["platform"]]["match"]:
+                                r["first_try"] = first[r["platform"]]["differences"]
+                        results = [r for r in results if r["case"] != name] + again
     finally:
         if opts.keep:
             say(f"kept {ctx.work}")
@@ -725,8 +737,11 @@ def main():
     say("", f"{matched} of {len(results)} (case, platform) pairs match ({by_expect} of them checked by expect.json because Docker 20.10 cannot build "
             f"them, {with_accepted} with accepted differences); {time.time() - start:.0f}s")
     for r in results:
+        if r.get("first_try"):
+            say(f"  FLAKE    {r['case']} {r['platform']}: matched on the second try; the first said:", *[f"      {m[:400]}" for m in r["first_try"][:3]])
+    for r in results:
         if not r["match"]:
-            say(f"  MISMATCH {r['case']} {r['platform']}")
+            say(f"  MISMATCH {r['case']} {r['platform']}", *[f"      {m[:400]}" for m in r["differences"][:3]])
     if opts.json:
         with open(opts.json, "w") as f:
             json.dump(results, f, indent=1)
