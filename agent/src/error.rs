@@ -9,6 +9,8 @@ use kiln_shared::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    #[error("the build was cancelled")]
+    Cancelled,
     #[error(transparent)]
     Frontend(Box<FrontendError>),
     #[error(transparent)]

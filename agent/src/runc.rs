@@ -15,6 +15,8 @@ use std::process::{Command, Stdio};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error("the build was cancelled: the step's container was killed")]
+    Cancelled,
     #[error("mounting the step's rootfs at {path}: {reason}")]
     Mount { path: PathBuf, reason: String },
     #[error("starting runc: {0} (is runc installed? `apt-get install runc`)")]
@@ -112,6 +114,8 @@ pub struct RunSpec<'a> {
     pub shm_bytes: u64,
     /// `--ulimit`: (name as `ulimit` says it, e.g. `nofile`, soft, hard).
     pub ulimits: &'a [(String, u64, u64)],
+    /// Set when the build is cancelled: the container is killed.
+    pub cancelled: &'a std::sync::atomic::AtomicBool,
 }
 
 /// `/dev/shm`'s size when the build does not say.
@@ -248,17 +252,40 @@ pub fn run(id: &str, bundle: &Path, spec: &RunSpec, output: &mut dyn FnMut(&str)
     }
     drop(tx);
     let mut last: VecDeque<String> = VecDeque::new();
-    for line in rx {
-        output(&line);
-        last.push_back(line);
-        if last.len() > 12 {
-            last.pop_front();
+    let ended = std::sync::atomic::AtomicBool::new(false);
+    let state = bundle.join("state");
+    let status = std::thread::scope(|scope| {
+        // A cancelled build kills its container (the step fails; nothing is committed).
+        scope.spawn(|| {
+            while !ended.load(std::sync::atomic::Ordering::Relaxed) {
+                if spec.cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = Command::new("runc")
+                        .args(["--root", &state.display().to_string(), "kill", id, "KILL"])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+        for line in rx {
+            output(&line);
+            last.push_back(line);
+            if last.len() > 12 {
+                last.pop_front();
+            }
         }
+        for r in readers {
+            let _ = r.join();
+        }
+        let status = child.wait().map_err(RunError::Spawn);
+        ended.store(true, std::sync::atomic::Ordering::Relaxed);
+        status
+    })?;
+    if spec.cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(RunError::Cancelled);
     }
-    for r in readers {
-        let _ = r.join();
-    }
-    let status = child.wait().map_err(RunError::Spawn)?;
     for stub in &stubs {
         remove_stub(&spec.upper.join(stub.trim_start_matches('/')));
     }

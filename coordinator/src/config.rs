@@ -89,6 +89,14 @@ fn default_upload_abandon_secs() -> u64 {
     3_600
 }
 
+fn default_history_keep_builds() -> usize {
+    1_000
+}
+
+fn default_history_keep_secs() -> u64 {
+    30 * 24 * 3_600
+}
+
 /// A coordinator: one member of the Raft cluster.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -183,6 +191,12 @@ pub struct CoordinatorConfig {
     /// default: not served).
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Build history: finished builds kept per tenant (default 1000), and for how long
+    /// (default 30 days); their logs go with them.
+    #[serde(default = "default_history_keep_builds")]
+    pub history_keep_builds: usize,
+    #[serde(default = "default_history_keep_secs")]
+    pub history_keep_secs: u64,
 }
 
 impl CoordinatorConfig {

@@ -17,6 +17,7 @@ pub mod agent;
 pub mod blobs;
 pub mod client;
 pub mod coordinator;
+pub mod history;
 pub mod join;
 pub mod peer;
 
@@ -24,6 +25,7 @@ pub use agent::{AgentRequest, AgentResponse};
 pub use blobs::{BlobRequest, BlobResponse};
 pub use client::{ClientRequest, ClientResponse};
 pub use coordinator::{CoordinatorRequest, CoordinatorResponse, Forwarded, ForwardedResponse, RaftRpc};
+pub use history::{BuildDetail, BuildSummary, HistoryFilter, MissReason, StepRecord, StepSource};
 pub use join::{JoinRequest, JoinResponse};
 pub use peer::{PeerRequest, PeerResponse};
 
@@ -157,7 +159,7 @@ pub enum EntryKind {
 }
 
 /// What `kiln build` submits.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct BuildSpec {
     pub dockerfile: String,
     pub dockerfile_name: String,
@@ -422,6 +424,9 @@ pub struct SliceOutcome {
     /// build of the same Dockerfile and platform would find its cache.
     #[serde(default)]
     pub step_records: Vec<String>,
+    /// Every step, as it happened (build history).
+    #[serde(default)]
+    pub steps: Vec<StepRecord>,
 }
 
 /// Where a slice is: the same value in the Raft state and on the wire.
@@ -758,6 +763,7 @@ mod tests {
             cache_peer_hits: 0,
             records: vec![],
             step_records: vec!["r".into()],
+            steps: vec![],
         };
         let call = Call::Agent(AgentRequest::SliceDone(outcome));
         assert_eq!(wire::decode::<Call>(&wire::encode(&call).unwrap()).unwrap(), call);

@@ -92,7 +92,7 @@ async fn poll_loop(farm: Arc<AgentFarm>, name: String, seen: Arc<Mutex<Seen>>) {
     loop {
         let list = running.lock().expect("running").clone();
         let poll = AgentRequest::Poll { agent: name.clone(), running: list, cache_bytes: 0, wait_ms: 1000 };
-        let Ok(AgentResponse::Tasks { tasks, resync }) = farm.call(&poll, Duration::from_secs(5), Duration::from_secs(5)).await else {
+        let Ok(AgentResponse::Tasks { tasks, resync, .. }) = farm.call(&poll, Duration::from_secs(5), Duration::from_secs(5)).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -130,6 +130,7 @@ async fn poll_loop(farm: Arc<AgentFarm>, name: String, seen: Arc<Mutex<Seen>>) {
                     cache_peer_hits: 0,
                     records: vec![],
                     step_records: vec![],
+                    steps: vec![],
                 };
                 let (farm, running) = (farm.clone(), running.clone());
                 tokio::spawn(async move {

@@ -74,6 +74,8 @@ pub struct SliceRequest<'a> {
     pub named: &'a [(String, Named)],
     /// `--network`, `--add-host`, `--shm-size`, `--ulimit`.
     pub run: &'a kiln_shared::api::RunOptions,
+    /// Set when the build is cancelled: the slice stops before its next step.
+    pub cancelled: &'a std::sync::atomic::AtomicBool,
 }
 
 /// How a named OCI layout's image is named to the engine: this prefix and the digest of its
@@ -149,6 +151,8 @@ pub struct SliceResult {
     pub emulated: bool,
     /// Those steps, as the progress names them (`[stage-0 3/5] RUN ...`).
     pub emulated_steps: Vec<String>,
+    /// Every step, as it happened (build history).
+    pub steps: Vec<kiln_shared::api::StepRecord>,
     /// The manifest, with its platform set.
     pub manifest: Descriptor,
     /// Every blob of the image: layers, config, manifest.
@@ -250,6 +254,9 @@ struct SliceRun<'a> {
     peer_hits: AtomicU32,
     /// RUN steps of stages this agent emulates.
     pub emulated_steps: Mutex<Vec<String>>,
+    /// Every step so far, for the build's history; times count from `started`.
+    steps: Mutex<Vec<kiln_shared::api::StepRecord>>,
+    started: std::time::Instant,
     /// Named directory contexts packed so far, by name (each is packed once per slice).
     named_dirs: Mutex<HashMap<String, State>>,
     /// Pulls older than this are resolved again (see `pull::REUSE_PULL` and `--pull`).

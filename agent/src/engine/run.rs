@@ -126,6 +126,7 @@ impl SliceRun<'_> {
                 hosts: &opts.hosts,
                 shm_bytes: opts.shm_bytes.unwrap_or(crate::runc::DEFAULT_SHM_BYTES),
                 ulimits: &opts.ulimits,
+                cancelled: self.req.cancelled,
             };
             let events = self.events;
             let stop = std::sync::atomic::AtomicBool::new(false);

@@ -10,6 +10,7 @@ use super::{record_name, rfc3339, Agent, EngineError, Event, SliceRequest, Slice
 use crate::copy::{self, CopyEnv};
 use crate::executor::Mounted;
 use crate::layers::Layer;
+use kiln_shared::api::{StepRecord, StepSource};
 use kiln_shared::frontend;
 use kiln_shared::frontend::dockerignore::DockerIgnore;
 use kiln_shared::frontend::instructions::Instruction;
@@ -79,6 +80,8 @@ impl Agent {
             peer_hits: AtomicU32::new(0),
             records: Mutex::new(Vec::new()),
             emulated_steps: Mutex::new(Vec::new()),
+            steps: Mutex::new(Vec::new()),
+            started,
             fresh_since,
             materials: Mutex::new(Vec::new()),
             named_dirs: Mutex::new(HashMap::new()),
@@ -124,11 +127,13 @@ impl Agent {
             .map(|(stage, key, state_json)| kiln_shared::api::CacheRecord { key, state_json, in_final: chain.contains(&stage) })
             .collect();
         let emulated_steps = std::mem::take(&mut *run.emulated_steps.lock().unwrap_or_else(|e| e.into_inner()));
+        let steps = std::mem::take(&mut *run.steps.lock().unwrap_or_else(|e| e.into_inner()));
         let materials = std::mem::take(&mut *run.materials.lock().unwrap_or_else(|e| e.into_inner()));
         Ok(SliceResult {
             platform: req.platform.clone(),
             emulated: !emulated_steps.is_empty(),
             emulated_steps,
+            steps,
             manifest,
             blobs,
             layers: final_state.layers.clone(),
@@ -152,6 +157,7 @@ impl SliceRun<'_> {
         let id = self.agent.next_id();
         (self.events)(Event::Start { id, name });
         let t = Instant::now();
+        let mut base_digest = String::new();
         let mut state = match &stage.base {
             Base::Scratch => {
                 State { config: ImageConfig::empty(&stage.platform), layers: vec![], key: format!("scratch {}", stage.platform) }
@@ -167,6 +173,7 @@ impl SliceRun<'_> {
             Base::Image(image) => {
                 let (mut s, digest) =
                     self.agent.pull(image, &stage.platform, self.fresh_since).map_err(|e| self.step_err(stage, stage.pos.line, e))?;
+                base_digest = digest.to_string();
                 self.material(image, &stage.platform, digest);
                 // ONBUILD triggers run in this stage; the new image does not carry them.
                 s.config.config.on_build = None;
@@ -178,6 +185,11 @@ impl SliceRun<'_> {
             state.config.config.set_env("PATH", resolve::DEFAULT_PATH);
         }
         (self.events)(Event::Done { id, secs: t.elapsed().as_secs_f64() });
+        let from_text = print::instruction(&stage.from, Style::Expanded);
+        let mut from = self.step_record(&label, 1, total, &from_text, t);
+        from.key = state.key.clone();
+        from.base_digest = base_digest;
+        self.steps.lock().unwrap_or_else(|e| e.into_inner()).push(from);
         let emulated = self.req.emulates(&stage.platform, &self.agent.platforms);
         for (n, step) in stage.steps.iter().enumerate() {
             let text = print::instruction(&step.instruction, Style::Expanded);
@@ -190,7 +202,17 @@ impl SliceRun<'_> {
             let id = self.agent.next_id();
             (self.events)(Event::Start { id, name });
             let t = Instant::now();
-            match self.step(stage, step, &text, &mut state, id) {
+            if self.req.cancelled.load(Ordering::Relaxed) {
+                return Err(EngineError::Cancelled);
+            }
+            let mut record = self.step_record(&label, n as u32 + 2, total, &text, t);
+            record.emulated = emulated && matches!(step.instruction, Instruction::Run(_));
+            record.parent = state.key.clone();
+            let ran = self.step(stage, step, &text, &mut state, id, &mut record);
+            record.duration_ms = t.elapsed().as_millis() as u64;
+            record.key = state.key.clone();
+            self.steps.lock().unwrap_or_else(|e| e.into_inner()).push(record);
+            match ran {
                 Ok(true) => (self.events)(Event::Cached { id }),
                 Ok(false) => (self.events)(Event::Done { id, secs: t.elapsed().as_secs_f64() }),
                 Err(e) => {
@@ -201,6 +223,25 @@ impl SliceRun<'_> {
             }
         }
         Ok(state)
+    }
+
+    /// A step's history record, before it runs (the caller fills in what the step decides).
+    fn step_record(&self, label: &str, position: u32, total: usize, text: &str, t: Instant) -> StepRecord {
+        StepRecord {
+            name: format!("[{label} {position}/{total}] {text}"),
+            stage: label.to_string(),
+            position,
+            text: text.to_string(),
+            source: StepSource::Executed,
+            emulated: false,
+            start_ms: t.duration_since(self.started).as_millis() as u64,
+            duration_ms: t.elapsed().as_millis() as u64,
+            key: String::new(),
+            parent: String::new(),
+            base_digest: String::new(),
+            sources: vec![],
+            args: vec![],
+        }
     }
 
     fn step_err(&self, stage: &Stage, line: u32, e: EngineError) -> EngineError {
@@ -214,8 +255,20 @@ impl SliceRun<'_> {
     }
 
     /// Runs one step; true when it came from the cache.
-    fn step(&self, stage: &Stage, step: &Step, text: &str, state: &mut State, id: u64) -> Result<bool, EngineError> {
+    fn step(
+        &self,
+        stage: &Stage,
+        step: &Step,
+        text: &str,
+        state: &mut State,
+        id: u64,
+        step_rec: &mut StepRecord,
+    ) -> Result<bool, EngineError> {
         let extra = self.cache_extra(stage, step)?;
+        step_rec.sources = context_sources(step);
+        if matches!(step.instruction, Instruction::Run(_)) {
+            step_rec.args = step.args.clone();
+        }
         // The epoch changes every timestamp a step writes: it is part of the key.
         let extra = match self.req.epoch() {
             Some(e) => format!("{extra}\nSOURCE_DATE_EPOCH={e}"),
@@ -226,8 +279,9 @@ impl SliceRun<'_> {
         let record = self.agent.root.join("cache").join(format!("{name}.json"));
         let filtered = stage.name.as_deref().is_some_and(|n| self.req.no_cache_filter.iter().any(|f| f.eq_ignore_ascii_case(n)));
         if !self.req.no_cache && !filtered {
-            if let Some(cached) = self.cached(&record, &name, &key) {
+            if let Some((cached, source)) = self.cached(&record, &name, &key) {
                 *state = cached;
+                step_rec.source = source;
                 self.note(stage, &key, state);
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(true);
@@ -357,5 +411,20 @@ impl CopyEnv for SliceRun<'_> {
 
     fn epoch(&self) -> Option<u64> {
         self.req.epoch()
+    }
+}
+
+/// The context paths a step reads (COPY/ADD without --from, RUN bind mounts of the context).
+fn context_sources(step: &Step) -> Vec<String> {
+    match &step.instruction {
+        Instruction::Copy(c) if c.from.is_none() => c.sources.clone(),
+        Instruction::Add(a) => a.sources.clone(),
+        Instruction::Run(r) => r
+            .mounts
+            .iter()
+            .filter(|m| m.from.is_none() && m.kind == kiln_shared::frontend::mount::MountType::Bind)
+            .map(|m| m.source.clone().unwrap_or_else(|| ".".into()))
+            .collect(),
+        _ => vec![],
     }
 }

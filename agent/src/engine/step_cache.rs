@@ -5,6 +5,7 @@
 use super::{EngineError, RemoteCache, SliceRun, State};
 use crate::copy;
 use crate::error::io_err;
+use kiln_shared::api::StepSource;
 use kiln_shared::digest::Digest;
 use kiln_shared::frontend::instructions::Instruction;
 use kiln_shared::frontend::resolve::{Stage, Step};
@@ -36,7 +37,7 @@ pub(super) fn write_record(path: &Path, bytes: &[u8]) -> Result<(), EngineError>
 impl SliceRun<'_> {
     /// The step's record from the local cache, else from the remote caches (whose record is
     /// then kept locally with every blob it names).
-    pub(super) fn cached(&self, record: &Path, name: &str, key: &str) -> Option<State> {
+    pub(super) fn cached(&self, record: &Path, name: &str, key: &str) -> Option<(State, StepSource)> {
         if let Some(cached) = std::fs::read(record).ok().and_then(|b| serde_json::from_slice::<State>(&b).ok()) {
             if cached.layers.iter().all(|l| self.agent.store.has(&l.digest)) {
                 // The record's mtime is its last use, which prune's `until` filter reads.
@@ -47,7 +48,7 @@ impl SliceRun<'_> {
                     self.agent.store.touch(&l.digest);
                 }
                 crate::metrics::get().step_cache_hits.inc(&["local"]);
-                return Some(cached);
+                return Some((cached, StepSource::Local));
             }
         }
         let peers = self.agent.peers.get().map(|p| &**p as &dyn RemoteCache);
@@ -67,7 +68,7 @@ impl SliceRun<'_> {
                 self.peer_hits.fetch_add(1, Ordering::Relaxed);
             }
             crate::metrics::get().step_cache_hits.inc(&[remote.source()]);
-            return Some(cached);
+            return Some((cached, if remote.is_peer() { StepSource::Peer } else { StepSource::Imported }));
         }
         None
     }

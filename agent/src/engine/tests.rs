@@ -75,6 +75,7 @@ impl Fixture {
             session: &super::NoSession,
             named: &[],
             run: &Default::default(),
+            cancelled: &std::sync::atomic::AtomicBool::new(false),
         };
         self.agent.run_slice(&req, &|_| {})
     }

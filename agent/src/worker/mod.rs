@@ -45,6 +45,8 @@ struct Worker {
     farm: Arc<AgentFarm>,
     native: Vec<Platform>,
     running: Mutex<BTreeSet<Key>>,
+    /// Per running slice, set when its build is cancelled (the engine stops before its next step).
+    cancelled: Mutex<std::collections::HashMap<Key, Arc<std::sync::atomic::AtomicBool>>>,
     cache_bytes: std::sync::atomic::AtomicU64,
     peer: Arc<Peer>,
     /// The farm's other agents, through the tracker (also the engine's remote step cache).
@@ -145,6 +147,7 @@ pub async fn run(
         farm,
         native,
         running: Mutex::new(BTreeSet::new()),
+        cancelled: Mutex::new(Default::default()),
         cache_bytes: Default::default(),
         peer: peer.clone(),
         peers,
@@ -270,7 +273,15 @@ async fn poll_loop(w: Arc<Worker>, tasks: &mut tokio::task::JoinSet<()>) -> Resu
         let poll = AgentRequest::Poll { agent: w.cfg.name.clone(), running, cache_bytes, wait_ms: w.cfg.poll_wait_ms };
         // A short deadline: a coordinator that died must not hold the heartbeat past the lease.
         match w.farm.call(&poll, Duration::from_millis(w.cfg.poll_deadline_ms), Duration::from_millis(w.cfg.poll_patience_ms)).await {
-            Ok(AgentResponse::Tasks { tasks: list, resync }) => {
+            Ok(AgentResponse::Tasks { tasks: list, resync, cancel }) => {
+                for key in cancel {
+                    if let Some(flag) = w.cancelled.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+                        tracing::info!(agent = %w.cfg.name, build = key.0, slice = key.1, "the build was cancelled: stopping its slice");
+                        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    // No longer reported as running: the slice is the farm's no more.
+                    w.running().remove(&key);
+                }
                 if resync {
                     // A new leader: its tracker starts empty.
                     *w.advertised.lock().await = None;
@@ -307,7 +318,9 @@ async fn poll_loop(w: Arc<Worker>, tasks: &mut tokio::task::JoinSet<()>) -> Resu
 /// Runs one slice and reports it; the report is retried until the cluster takes (or refuses) it.
 async fn run_task(w: Arc<Worker>, task: SliceTask) {
     let key = (task.build, task.slice, task.attempt);
-    let report = match slice::execute(&w, &task).await {
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    w.cancelled.lock().unwrap_or_else(|e| e.into_inner()).insert(key, flag.clone());
+    let report = match slice::execute(&w, &task, flag).await {
         Ok(outcome) => AgentRequest::SliceDone(outcome),
         Err(e) => AgentRequest::SliceFailed { build: task.build, slice: task.slice, attempt: task.attempt, message: e.to_string() },
     };
@@ -318,4 +331,5 @@ async fn run_task(w: Arc<Worker>, task: SliceTask) {
         tracing::warn!(agent = %w.cfg.name, build = task.build, slice = task.slice, attempt = task.attempt, "reporting the slice: {e}");
     }
     w.running().remove(&key);
+    w.cancelled.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
 }

@@ -15,11 +15,12 @@ use kiln_shared::api::{AgentRequest, CacheRef, Event, NamedSource, SliceOutcome,
 use kiln_shared::client::AgentFarm;
 use kiln_shared::digest::Digest;
 use kiln_shared::frontend::dockerignore::DockerIgnore;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Runs one slice on this agent: what the farm is told when it is done.
-pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOutcome, SliceError> {
+pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask, cancelled: Arc<AtomicBool>) -> Result<SliceOutcome, SliceError> {
     let dir = w.cfg.data_dir.join("contexts").join(format!("{}-{}-{}", task.build, task.slice, task.attempt));
     let _cleanup = RemoveOnDrop(dir.clone());
     // An entitlement the build asks for must be one this agent grants (its builder permits it).
@@ -134,6 +135,7 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
             session: &session,
             run: &spec.run,
             named: &named,
+            cancelled: &cancelled,
         };
         let mut result = engine.run_slice(&req, &|e| {
             let _ = tx.send(e);
@@ -219,6 +221,7 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask) -> Result<SliceOu
         cache_peer_hits: result.cache_peer_hits,
         records: result.records,
         step_records,
+        steps: result.steps,
     })
 }
 

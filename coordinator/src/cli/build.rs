@@ -98,6 +98,10 @@ pub struct BuildArgs {
     /// The builder to use.
     #[arg(long, help_heading = "Farm")]
     pub builder: Option<String>,
+    /// Submit, print the build's id and exit: the farm builds on (`kiln history logs -f ID`
+    /// follows it). Needs a farm, and outputs the farm writes itself (`--push`).
+    #[arg(long, help_heading = "Farm")]
+    pub detach: bool,
     /// Import step cache records: type=local,src=DIR | type=registry,ref=REF (or a bare REF).
     #[arg(long = "cache-from", help_heading = "Cache")]
     pub cache_from: Vec<String>,
@@ -323,8 +327,25 @@ fn build(args: BuildArgs, req: BuildRequest) -> anyhow::Result<ExitCode> {
     let mode = if args.quiet { Mode::Quiet } else { Mode::parse(&args.progress)? };
     check(&req)?;
     let session = args.farm.open()?;
+    if args.detach {
+        if session.is_embedded() {
+            bail!("--detach needs a farm (--host or KILN_HOST): the embedded farm ends with this process");
+        }
+        for o in &req.outputs {
+            if Output::parse(o)?.needs_blobs() {
+                bail!(
+                    "--detach: the output {o:?} is written by this client; use --push (or -o type=registry), which the farm writes itself"
+                );
+            }
+        }
+    }
     let prepared = prepare(&req, &session, mode)?;
     let tags = prepared.spec.tags.clone();
+    if args.detach {
+        let build = super::farm_build::detach(&session, prepared, mode)?;
+        println!("{build}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let (view, provenance) = super::farm_build::run(&session, prepared, mode)?;
     if let Some(path) = &args.iidfile {
         std::fs::write(path, &view.index_digest).with_context(|| format!("writing --iidfile {}", path.display()))?;

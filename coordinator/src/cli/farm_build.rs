@@ -135,6 +135,27 @@ pub fn run(session: &Session, prepared: Prepared, mode: Mode) -> anyhow::Result<
     })
 }
 
+/// Why steps ran that the previous build of the same target had: a line each (at most ten),
+/// as `kiln history inspect --cache` explains them.
+async fn explain_misses(farm: &ClientFarm, build: u64, progress: &Progress) {
+    let req = ClientRequest::HistoryInspect { build: Some(build) };
+    let Ok(ClientResponse::BuildDetail(d)) = farm.call(&req, Duration::from_secs(10), Duration::from_secs(20)).await else { return };
+    for m in d.misses.iter().take(10) {
+        progress.note(&format!("=> cache miss [{} {}: {}", m.platform, m.step.trim_start_matches('['), m.reason));
+    }
+    if d.misses.len() > 10 {
+        progress.note(&format!("=> ... and {} more (kiln history inspect {build} --cache)", d.misses.len() - 10));
+    }
+}
+
+/// `kiln build --detach`: uploads and submits; the build's id.
+pub fn detach(session: &Session, prepared: Prepared, mode: Mode) -> anyhow::Result<u64> {
+    session.block_on(async {
+        let farm = session.connect().await?;
+        submit(&farm, prepared.spec.clone(), &prepared.files, mode).await
+    })
+}
+
 /// Sends the blobs of `files` the farm lacks and submits the build; returns its id.
 pub async fn submit(farm: &ClientFarm, spec: BuildSpec, files: &BTreeMap<String, PathBuf>, mode: Mode) -> anyhow::Result<u64> {
     let (sent, bytes) = upload(farm, files).await?;
@@ -169,12 +190,22 @@ pub async fn follow(farm: &ClientFarm, build: u64, p: &Prepared, mode: Mode, lab
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
     let progress = Progress::new(mode);
-    let mut ids: HashMap<(String, String, u64), u64> = HashMap::new();
+    let mut ids = StepIds::new();
     let mut cursor = 0;
     loop {
         let req = ClientRequest::Watch { build, cursor, wait_ms: 5_000 };
-        let answer =
-            farm.call(&req, Duration::from_secs(15), Duration::from_secs(60)).await.map_err(|e| anyhow!("following build {build}: {e}"))?;
+        // Ctrl-C cancels the build, as in buildx; a client that merely dies does not.
+        let answer = tokio::select! {
+            a = farm.call(&req, Duration::from_secs(15), Duration::from_secs(60)) => a.map_err(|e| anyhow!("following build {build}: {e}"))?,
+            _ = tokio::signal::ctrl_c() => {
+                progress.note(&format!("cancelling build {build}"));
+                let cancelled = farm.call(&ClientRequest::Cancel { build }, Duration::from_secs(10), Duration::from_secs(20)).await;
+                match cancelled {
+                    Ok(_) => bail!("build {build} cancelled"),
+                    Err(e) => bail!("cancelling build {build}: {e}"),
+                }
+            }
+        };
         let ClientResponse::Build { view, events, cursor: next, asks } = answer else {
             bail!("unexpected answer while following build {build}")
         };
@@ -189,27 +220,7 @@ pub async fn follow(farm: &ClientFarm, build: u64, p: &Prepared, mode: Mode, lab
         }
         // A new leader starts its event log afresh.
         cursor = if next < cursor { 0 } else { next };
-        for e in events {
-            let key = |id: u64| (e.platform.to_string(), e.agent.clone(), id);
-            let n = ids.len() as u64 + 1;
-            let map = |id: u64, ids: &mut HashMap<(String, String, u64), u64>| *ids.entry(key(id)).or_insert(n);
-            let event = match e.event {
-                Event::Start { id, name } => {
-                    // Label every step with the agent it runs on: `[a2 linux/arm64 ...]`.
-                    let who = if label.is_empty() { e.agent.clone() } else { format!("{label} {}", e.agent) };
-                    let name = match name.strip_prefix('[') {
-                        Some(rest) => format!("[{who} {rest}"),
-                        None => format!("[{who}] {name}"),
-                    };
-                    Event::Start { id: map(id, &mut ids), name }
-                }
-                Event::Cached { id } => Event::Cached { id: map(id, &mut ids) },
-                Event::Log { id, line } => Event::Log { id: map(id, &mut ids), line },
-                Event::Done { id, secs } => Event::Done { id: map(id, &mut ids), secs },
-                Event::Failed { id, message } => Event::Failed { id: map(id, &mut ids), message },
-            };
-            progress.event(event);
-        }
+        show(&progress, &mut ids, events, label);
         match view.state {
             BuildState::Done => {
                 if outputs.iter().any(Output::needs_blobs) {
@@ -219,11 +230,41 @@ pub async fn follow(farm: &ClientFarm, build: u64, p: &Prepared, mode: Mode, lab
                     write_cache(farm, &view, dest).await?;
                 }
                 let provenance = provenances(farm, &view, &attested_in).await?;
+                explain_misses(farm, build, &progress).await;
                 return Ok((view, provenance));
             }
             BuildState::Failed => bail!("{}", view.error),
             BuildState::Running => {}
         }
+    }
+}
+
+/// Step ids as the CLI numbers them, by (platform, agent, the agent's id).
+pub type StepIds = HashMap<(String, String, u64), u64>;
+
+/// Shows a build's events: every step labelled with its agent (and `label`, a bake target),
+/// numbered in the order they first appear.
+pub fn show(progress: &Progress, ids: &mut StepIds, events: Vec<kiln_shared::api::BuildEvent>, label: &str) {
+    for e in events {
+        let key = |id: u64| (e.platform.to_string(), e.agent.clone(), id);
+        let n = ids.len() as u64 + 1;
+        let map = |id: u64, ids: &mut HashMap<(String, String, u64), u64>| *ids.entry(key(id)).or_insert(n);
+        let event = match e.event {
+            Event::Start { id, name } => {
+                // Label every step with the agent it runs on: `[a2 linux/arm64 ...]`.
+                let who = if label.is_empty() { e.agent.clone() } else { format!("{label} {}", e.agent) };
+                let name = match name.strip_prefix('[') {
+                    Some(rest) => format!("[{who} {rest}"),
+                    None => format!("[{who}] {name}"),
+                };
+                Event::Start { id: map(id, ids), name }
+            }
+            Event::Cached { id } => Event::Cached { id: map(id, ids) },
+            Event::Log { id, line } => Event::Log { id: map(id, ids), line },
+            Event::Done { id, secs } => Event::Done { id: map(id, ids), secs },
+            Event::Failed { id, message } => Event::Failed { id: map(id, ids), message },
+        };
+        progress.event(event);
     }
 }
 

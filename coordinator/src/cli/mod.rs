@@ -9,6 +9,7 @@ pub mod checks;
 pub mod context;
 pub mod docker;
 pub mod farm_build;
+pub mod history;
 pub mod home;
 pub mod imagetools;
 mod inspect_format;
@@ -151,6 +152,8 @@ pub enum Command {
         #[command(flatten)]
         farm: remote::FarmArgs,
     },
+    /// Build history: list, inspect, follow the logs of, export and remove builds.
+    History(history::HistoryArgs),
     /// Run a coordinator (a member of the Raft cluster), or change the membership.
     Coordinator(Box<serve::CoordinatorArgs>),
     /// Run an agent (a build host).
@@ -172,6 +175,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect { name, bootstrap, farm } => builder::inspect(name, bootstrap, farm),
         Command::Rm { args, farm } => builder::rm(args, farm),
         Command::Context { command, farm } => builder::context(command, farm),
+        Command::History(args) => history::run(args),
         Command::Coordinator(args) => serve::coordinator(*args),
         Command::Agent(args) => serve::agent(*args),
         Command::Version => {

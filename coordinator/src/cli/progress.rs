@@ -44,18 +44,41 @@ struct Inner {
 
 pub struct Progress {
     mode: Mode,
+    /// Standard output instead of standard error (`kiln history logs`).
+    stdout: bool,
     start: Instant,
     inner: Mutex<Inner>,
 }
 
 impl Progress {
     pub fn new(mode: Mode) -> Progress {
-        Progress { mode, start: Instant::now(), inner: Mutex::new(Inner { steps: vec![], by_id: HashMap::new(), drawn: 0 }) }
+        Progress { mode, stdout: false, start: Instant::now(), inner: Mutex::new(Inner { steps: vec![], by_id: HashMap::new(), drawn: 0 }) }
+    }
+
+    /// Progress written to standard output.
+    pub fn on_stdout(mut self) -> Progress {
+        self.stdout = true;
+        self
+    }
+
+    fn sink(&self) -> Box<dyn Write + '_> {
+        if self.stdout {
+            Box::new(std::io::stdout().lock())
+        } else {
+            Box::new(std::io::stderr().lock())
+        }
+    }
+
+    /// A line of the client's own (not a step's), in the plain and tty modes.
+    pub fn note(&self, line: &str) {
+        if matches!(self.mode, Mode::Plain | Mode::Tty) {
+            let _ = writeln!(self.sink(), "{line}");
+        }
     }
 
     pub fn event(&self, e: Event) {
         let Ok(mut inner) = self.inner.lock() else { return };
-        let mut err = std::io::stderr().lock();
+        let mut err = self.sink();
         if self.mode == Mode::RawJson {
             let v = match &e {
                 Event::Start { id, name } => serde_json::json!({"vertex": id, "name": name, "started": self.start.elapsed().as_secs_f64()}),

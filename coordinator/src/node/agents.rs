@@ -59,8 +59,11 @@ pub async fn slice_done(node: &Node, p: &Principal, outcome: SliceOutcome) -> An
 
 pub async fn slice_failed(node: &Node, p: &Principal, at: SliceAttempt, message: String) -> Answer<AgentResponse> {
     owned_by(node, p, at)?;
-    node.commit(Command::SliceFailed { at_ms: now_ms(), slice: at.slice, attempt: at.attempt, message }).await?;
+    let r = node.commit(Command::SliceFailed { at_ms: now_ms(), slice: at.slice, attempt: at.attempt, message }).await?;
     super::probes::slice_ended(node, at.slice, "failed");
+    if r.ok {
+        super::history::ended(node, at.slice.build);
+    }
     node.bump();
     Ok(AgentResponse::Ok)
 }
@@ -168,12 +171,17 @@ pub async fn poll(
         node.soft().agents.insert(agent.to_string(), Live { last_seen: Instant::now(), running: running.clone(), cache_bytes });
         let tasks = tasks_for(node, agent, &running);
         let resync = !node.soft().tracker.knows(agent);
-        if !tasks.is_empty() || resync {
-            return Ok(AgentResponse::Tasks { tasks, resync });
-        }
+        // Slices of cancelled builds that the agent runs (it said so, or the leader knows it
+        // was told to): it stops them.
+        let mut cancel: Vec<(u64, u32, u32)> = node.soft().cancels.remove(agent).unwrap_or_default().iter().map(|a| a.to_wire()).collect();
+        cancel.extend(node.read(|s| {
+            running.iter().filter(|a| s.builds.get(&a.slice.build).is_some_and(|b| b.cancelled)).map(|a| a.to_wire()).collect::<Vec<_>>()
+        }));
+        cancel.sort_unstable();
+        cancel.dedup();
         let now = Instant::now();
-        if now >= deadline || !node.is_leader() || node.stop.is_cancelled() {
-            return Ok(AgentResponse::Tasks { tasks, resync });
+        if !tasks.is_empty() || resync || !cancel.is_empty() || now >= deadline || !node.is_leader() || node.stop.is_cancelled() {
+            return Ok(AgentResponse::Tasks { tasks, resync, cancel });
         }
         // Wake at least every second so that the heartbeat stays fresh while waiting.
         tokio::select! {

@@ -92,9 +92,20 @@ pub async fn watch(node: &Node, p: &Principal, build: BuildId, cursor: u64, wait
         let view = view.ok_or_else(|| err(ErrorCode::NotFound, format!("no build {build}")))?;
         let (events, next) = {
             let soft = node.soft();
-            let all = soft.events.get(&build).map(Vec::as_slice).unwrap_or(&[]);
-            let from = (cursor as usize).min(all.len());
-            (all[from..].to_vec(), all.len() as u64)
+            match soft.events.get(&build) {
+                Some(all) => {
+                    let from = (cursor as usize).min(all.len());
+                    (all[from..].to_vec(), all.len() as u64)
+                }
+                // A finished build whose events left memory: its log on disk.
+                None if view.state != BuildState::Running => {
+                    drop(soft);
+                    let all = super::history::events_of(node, build).unwrap_or_default();
+                    let from = (cursor as usize).min(all.len());
+                    (all[from..].to_vec(), all.len() as u64)
+                }
+                None => (vec![], 0),
+            }
         };
         let asks = if own { node.soft().sessions.asks_of(build) } else { vec![] };
         let now = Instant::now();

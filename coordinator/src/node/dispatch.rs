@@ -10,7 +10,7 @@
 //! everything that reads or changes the cluster state runs on the leader.
 
 use super::reply::{bad, err, Answer};
-use super::{admin, agents, auth, blobs, builds, session, views, Node};
+use super::{admin, agents, auth, blobs, builds, history, session, views, Node};
 use crate::raft::{BuildId, SliceAttempt};
 use kiln_shared::api::*;
 use kiln_shared::transport;
@@ -240,6 +240,10 @@ async fn lead_client(node: &Node, p: Principal, origin: SocketAddr, req: ClientR
         ClientRequest::DiskUsage { builder } => Box::pin(admin::storage(node, builder, PeerRequest::Usage)).await,
         ClientRequest::Prune { builder, spec } => Box::pin(admin::storage(node, builder, PeerRequest::Prune(spec))).await,
         ClientRequest::Watch { build, cursor, wait_ms } => builds::watch(node, &p, BuildId::from_wire(build), cursor, wait_ms).await,
+        ClientRequest::History(filter) => history::list(node, &p, &filter),
+        ClientRequest::HistoryInspect { build } => history::inspect(node, &p, build),
+        ClientRequest::ForgetBuilds { builds } => history::forget(node, &p, builds).await,
+        ClientRequest::Cancel { build } => history::cancel(node, &p, build).await,
         ClientRequest::Answer { build, ask, answer } => session::answer(node, &p, BuildId::from_wire(build), ask, answer),
         ClientRequest::Contexts => Ok(ClientResponse::Contexts(views::contexts(node))),
         ClientRequest::RemoveContext { name } => admin::remove_context(node, &name).await,

@@ -20,6 +20,8 @@ pub mod blobs;
 pub mod bootstrap;
 pub mod builds;
 pub mod dispatch;
+pub mod explain;
+pub mod history;
 pub mod leader;
 pub mod live;
 pub mod owners;
@@ -86,6 +88,8 @@ pub struct Soft {
     pub waiting: BTreeMap<SliceKey, String>,
     /// Steps' questions to their builds' clients (leader only; see [`session`]).
     pub sessions: session::Sessions,
+    /// Per agent, the running slices of cancelled builds it has not been told to stop yet.
+    pub cancels: HashMap<String, Vec<SliceAttempt>>,
 }
 
 /// Lineages remembered, at most (the oldest are forgotten first).

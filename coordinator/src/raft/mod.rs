@@ -8,6 +8,7 @@
 //! before a command is proposed; `apply` only records, and reports what it could not do.
 //! Durable storage of the log and of this state is in [`store`].
 
+mod history;
 pub mod ids;
 pub mod network;
 pub mod store;
@@ -93,6 +94,16 @@ pub enum Command {
         reason: String,
         max_attempts: u32,
     },
+    /// A client cancelled the build (Ctrl-C, as buildx): it fails, its slices stop.
+    CancelBuild {
+        at_ms: u64,
+        build: BuildId,
+        reason: String,
+    },
+    /// Finished builds leave the history (`kiln history rm`, or the retention policy).
+    ForgetBuilds {
+        builds: Vec<BuildId>,
+    },
     /// The index is pushed (or the build failed after its slices were done).
     FinishBuild {
         at_ms: u64,
@@ -170,6 +181,9 @@ pub struct SliceRecord {
     pub records: Vec<kiln_shared::api::CacheRecord>,
     /// Why it went where it went, or why it failed.
     pub reason: String,
+    /// Every step, as it happened (build history), once done.
+    #[serde(default)]
+    pub steps: Vec<kiln_shared::api::StepRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -186,6 +200,12 @@ pub struct BuildRecord {
     pub index: Vec<u8>,
     pub index_digest: String,
     pub error: String,
+    /// When it finished (0 while running).
+    #[serde(default)]
+    pub finished_at_ms: u64,
+    /// A client cancelled it.
+    #[serde(default)]
+    pub cancelled: bool,
 }
 
 impl BuildRecord {
@@ -211,6 +231,7 @@ impl BuildRecord {
                 cache_peer_hits: 0,
                 records: vec![],
                 reason: String::new(),
+                steps: vec![],
             })
             .collect();
         BuildRecord {
@@ -224,6 +245,8 @@ impl BuildRecord {
             index: Vec::new(),
             index_digest: String::new(),
             error: String::new(),
+            finished_at_ms: 0,
+            cancelled: false,
         }
     }
 
@@ -347,6 +370,7 @@ impl ClusterState {
                 s.records = outcome.records.clone();
                 s.emulated = outcome.emulated;
                 s.emulated_steps = outcome.emulated_steps.clone();
+                s.steps = outcome.steps.clone();
                 // Only slices that executed steps say anything about speed.
                 if outcome.cache_misses > 0 {
                     let arch = s.platform.arch().to_string();
@@ -374,6 +398,7 @@ impl ClusterState {
                 let platform = s.platform.clone();
                 if let Some(b) = self.builds.get_mut(&slice.build) {
                     b.state = BuildState::Failed;
+                    b.finished_at_ms = *at_ms;
                     // Engine errors name their platform already (`[linux/arm64 stage-0] ...`).
                     b.error =
                         if message.contains(platform.to_string().as_str()) { message.clone() } else { format!("{platform}: {message}") };
@@ -394,6 +419,7 @@ impl ClusterState {
                         let message = format!("{}: {}", s.platform, s.reason);
                         if let Some(b) = self.builds.get_mut(&slice.build) {
                             b.state = BuildState::Failed;
+                            b.finished_at_ms = *at_ms;
                             b.error = message;
                         }
                     } else {
@@ -404,11 +430,14 @@ impl ClusterState {
                 }
                 CommandResult { value: moved, ..CommandResult::ok() }
             }
-            Command::FinishBuild { at_ms: _, build, index, index_digest, error } => {
+            Command::CancelBuild { at_ms, build, reason } => self.cancel(*at_ms, *build, reason),
+            Command::ForgetBuilds { builds } => self.forget(builds),
+            Command::FinishBuild { at_ms, build, index, index_digest, error } => {
                 let Some(b) = self.builds.get_mut(build) else { return CommandResult::rejected("no such build") };
                 if b.state != BuildState::Running {
                     return CommandResult::rejected("the build is already finished");
                 }
+                b.finished_at_ms = *at_ms;
                 match error {
                     Some(e) => {
                         b.state = BuildState::Failed;
@@ -504,6 +533,7 @@ mod tests {
             cache_peer_hits: 0,
             records: vec![],
             step_records: vec![],
+            steps: vec![],
         }
     }
 

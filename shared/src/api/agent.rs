@@ -54,6 +54,9 @@ pub enum AgentResponse {
     Tasks {
         tasks: Vec<SliceTask>,
         resync: bool,
+        /// Running slices (build, slice, attempt) whose build was cancelled: stop them.
+        #[serde(default)]
+        cancel: Vec<(u64, u32, u32)>,
     },
     /// `resync`: the tracker does not know this agent; send the whole inventory.
     Advertised {

@@ -2,7 +2,7 @@
 //! tokens and the coordinator membership. Admin-only verbs are listed in
 //! [`ClientRequest::admin_only`]; a coordinator checks the caller's role against it.
 
-use super::{AgentStorage, PruneSpec, Role, SessionAnswer, SessionAsk};
+use super::{AgentStorage, BuildDetail, BuildSummary, HistoryFilter, PruneSpec, Role, SessionAnswer, SessionAsk};
 use super::{BlobRequest, BlobResponse, BuildEvent, BuildSpec, BuildView, BuilderView, ClusterStatus, ContextView, CreateSpec};
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +58,20 @@ pub enum ClientRequest {
         builder: Option<String>,
         spec: PruneSpec,
     },
+    /// `kiln history ls`: the builds kept, newest first (a user's own tenant's only).
+    History(HistoryFilter),
+    /// `kiln history inspect`: one build in full (the newest when `None`).
+    HistoryInspect {
+        build: Option<u64>,
+    },
+    /// `kiln history rm`: finished builds leave the history.
+    ForgetBuilds {
+        builds: Vec<u64>,
+    },
+    /// Ctrl-C in `kiln build`: the build is cancelled, its slices stop.
+    Cancel {
+        build: u64,
+    },
 }
 
 impl ClientRequest {
@@ -68,6 +82,7 @@ impl ClientRequest {
             Prune { .. } | CreateToken { .. } | RemoveContext { .. } | CreateBuilder(_) | RemoveBuilder { .. } => true,
             AddCoordinator { .. } | RemoveCoordinator { .. } => true,
             Blob(_) | Status | Submit(_) | Watch { .. } | Answer { .. } | Contexts | Builders | Inspect { .. } | DiskUsage { .. } => false,
+            History(_) | HistoryInspect { .. } | ForgetBuilds { .. } | Cancel { .. } => false,
         }
     }
 }
@@ -94,4 +109,8 @@ pub enum ClientResponse {
     Builder(BuilderView),
     /// Per agent, for `kiln du|prune` across a builder; an unreachable agent has its error.
     PerAgent(Vec<(String, Result<AgentStorage, String>)>),
+    History(Vec<BuildSummary>),
+    BuildDetail(Box<BuildDetail>),
+    /// How many of the named builds were removed.
+    Count(u64),
 }

@@ -23,6 +23,7 @@ pub async fn run(node: Arc<Node>) {
     // Builds being finished; dropped (aborted) with this task. Finishing is idempotent, so a
     // build cut off here is finished again by the next leader.
     let mut finishers: Vec<TaskHandle<()>> = Vec::new();
+    let mut retained: Option<Instant> = None;
     loop {
         finishers.retain(|f| !f.is_finished());
         tokio::select! {
@@ -51,6 +52,11 @@ pub async fn run(node: Arc<Node>) {
                 soft.agents.clear();
                 soft.tracker = Default::default();
             }
+        }
+        // The history's retention policy, once a minute.
+        if retained.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+            retained = Some(Instant::now());
+            crate::node::history::retain(&node).await;
         }
         if let Err(e) = tick(&node, &mut finishers).await {
             // Typically a lost leadership mid-tick; the next tick sees it.
@@ -236,6 +242,7 @@ async fn finish(node: &Arc<Node>, build: BuildId) -> Result<(), RemoteError> {
 
 /// Counts a build whose end was just committed, by the state it ended in.
 fn build_finished(node: &Node, build: BuildId) {
+    crate::node::history::ended(node, build);
     let Some((state, tenant)) = node.read(|s| s.builds.get(&build).map(|b| (b.state, b.tenant.clone()))) else { return };
     let state = match state {
         crate::raft::BuildState::Done => "succeeded",

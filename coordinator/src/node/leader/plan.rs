@@ -462,6 +462,7 @@ mod tests {
                 cache_peer_hits: 0,
                 records: vec![],
                 step_records: vec![],
+                steps: vec![],
             };
             assert!(self.state.apply(&Command::SliceDone { at_ms, outcome }).ok);
         }
@@ -543,6 +544,7 @@ mod tests {
                 cache_peer_hits: 0,
                 records: vec![],
                 step_records: vec![],
+                steps: vec![],
             };
             assert!(w.state.apply(&Command::SliceDone { at_ms: 3, outcome }).ok);
         }
