@@ -282,8 +282,17 @@ fn agents_that_die_or_are_cut_off_lose_their_slices_and_builds_succeed() {
     // a2 is killed mid-slice: after its lease the slice runs again on a1 (emulated).
     let (child, meta, reference) = slow_build(&c, &registry, &base, "killed", "k1", &work);
     wait_for("the arm64 slice to run on a2", Duration::from_secs(60), || c.slice_running("linux/arm64", "a2"));
+    wait_for("a2's RUN step to start", Duration::from_secs(60), || {
+        let o = c.kiln(&["history", "logs"], work.path());
+        stdout(&o).contains("[a2 linux/arm64 stage-0 2/2] RUN")
+    });
     c.agent("a2").kill();
-    finish(&c, child);
+    let log = finish(&c, child);
+    // The progress says what happened to the lost attempt: its step ends, and it moves.
+    assert!(
+        log.contains("ERROR: attempt 1 lost with agent a2") && log.contains("the slice is retried on another agent (attempt 2)"),
+        "{log}"
+    );
     let placed = placements(&metadata(&meta));
     assert_eq!(placed["linux/arm64"], ("a1".to_string(), true, 2), "{placed:?}");
     assert_eq!(placed["linux/amd64"], ("a1".to_string(), false, 1));

@@ -39,6 +39,43 @@ pub fn events(node: &Node, p: &Principal, at: SliceAttempt, events: Vec<Event>) 
     Ok(AgentResponse::Ok)
 }
 
+/// An attempt lost with its agent, in the build's progress: its open steps end as errors, and
+/// a line says whether the slice is retried elsewhere or given up.
+pub fn attempt_lost(node: &Node, at: SliceAttempt, agent: &str, reason: &str) {
+    let Some((platform, state, attempt)) = node.read(|s| s.slice(at.slice).map(|sl| (sl.platform.clone(), sl.state, sl.attempt))) else {
+        return;
+    };
+    let mut soft = node.soft();
+    let Some(list) = soft.events.get_mut(&at.slice.build) else { return };
+    let mut open = Vec::new();
+    for e in list.iter().filter(|e| e.agent == agent && e.platform == platform) {
+        match &e.event {
+            Event::Start { id, .. } => open.push(*id),
+            Event::Cached { id } | Event::Done { id, .. } | Event::Failed { id, .. } => open.retain(|o| o != id),
+            Event::Log { .. } => {}
+        }
+    }
+    let next = match state {
+        SliceState::Failed => "the build gives up on it".to_string(),
+        _ => format!("the slice is retried on another agent (attempt {})", attempt.to_wire() + 1),
+    };
+    let message = format!("attempt {} lost with agent {agent} ({reason}); {next}", at.attempt);
+    let mut add = |event| {
+        if list.len() < MAX_EVENTS {
+            list.push(BuildEvent { platform: platform.clone(), agent: agent.to_string(), event });
+        }
+    };
+    for id in open {
+        add(Event::Failed { id, message: message.clone() });
+    }
+    // A line of its own (an id no agent step has), so that the progress says it once.
+    let id = u64::MAX - u64::from(at.slice.index) * 1024 - u64::from(at.attempt.to_wire());
+    add(Event::Start { id, name: format!("[{platform}] {message}") });
+    add(Event::Done { id, secs: 0.0 });
+    drop(soft);
+    node.bump();
+}
+
 pub async fn slice_done(node: &Node, p: &Principal, outcome: SliceOutcome) -> Answer<AgentResponse> {
     let at = SliceAttempt::from_wire((outcome.build, outcome.slice, outcome.attempt));
     owned_by(node, p, at)?;

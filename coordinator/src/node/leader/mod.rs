@@ -168,6 +168,7 @@ async fn place(node: &Node, plan: &Plan, settings: &Settings) -> Result<(), Remo
         node.propose(lost.requeue(now_ms(), settings)).await?;
         for at in &lost.slices {
             super::probes::slice_ended(node, at.slice, "lost");
+            crate::node::agents::attempt_lost(node, *at, &lost.agent, &lost.reason);
         }
     }
     if !plan.lost.is_empty() {
