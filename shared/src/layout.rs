@@ -91,6 +91,33 @@ pub fn write_archive(
     Ok(())
 }
 
+/// Writes the image index `index_bytes` (every blob it names, in `store`, listed in `blobs`) as an
+/// OCI image layout directory at `dest`, as `oci-layout://DEST@DIGEST` reads it: `oci-layout`,
+/// `index.json` (one descriptor, the index) and `blobs/sha256/...`. The index is kept as the
+/// exact bytes its digest names.
+pub fn write_dir(dest: &Path, store: &ContentStore, index_bytes: &[u8], blobs: &[Digest]) -> Result<Digest, LayoutError> {
+    let path = dest.display().to_string();
+    let io_err = |source| LayoutError::Io { path: path.clone(), source };
+    let dir = dest.join("blobs").join("sha256");
+    std::fs::create_dir_all(&dir).map_err(io_err)?;
+    for d in blobs {
+        let to = dir.join(d.hex());
+        if to.is_file() {
+            continue;
+        }
+        // A hard link where the store is on the same filesystem, else a copy.
+        if std::fs::hard_link(store.path(d), &to).is_err() {
+            std::io::copy(&mut store.open_blob(d)?, &mut std::fs::File::create(&to).map_err(io_err)?).map_err(io_err)?;
+        }
+    }
+    let digest = Digest::of(index_bytes);
+    std::fs::write(dir.join(digest.hex()), index_bytes).map_err(io_err)?;
+    std::fs::write(dest.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io_err)?;
+    let top = Index::new(vec![Descriptor::new(oci::MEDIA_INDEX, digest.clone(), index_bytes.len() as u64)]);
+    std::fs::write(dest.join("index.json"), oci::to_json(&top)).map_err(io_err)?;
+    Ok(digest)
+}
+
 /// Writes one image as the archive `docker save` writes and `docker load` reads:
 /// `manifest.json`, the config as `<hex>.json`, and each layer as `<hex>/layer.tar` (kept
 /// compressed: `docker load` decompresses layers). `tags` become its `RepoTags`.

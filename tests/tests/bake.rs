@@ -5,6 +5,7 @@
 //! real bakes on the embedded farm and on a farm of four agents.
 
 use kiln_tests::cluster::Cluster;
+use kiln_tests::target::{farm, Target};
 use kiln_tests::{busybox, kiln_bin, repo_root, stderr, stdout, Bounded, Registry, TempDir, BASE_DOCKERFILE};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -122,11 +123,87 @@ fn unsupported_attributes_name_themselves() {
     let home = TempDir::new("bake-unsupported");
     let dir = TempDir::new("bake-unsupported-cwd");
     dir.write("Dockerfile", "FROM scratch\n");
-    dir.write("docker-bake.hcl", "target \"default\" {\n}\ntarget \"linked\" {\n  contexts = { base = \"target:default\" }\n}\n");
-    let out = bake(dir.path(), &["linked".into()], &[], home.path());
+    dir.write("docker-bake.hcl", "target \"two\" {\n  cache-to = [\"type=local,dest=a\", \"type=local,dest=b\"]\n}\n");
+    let out = bake(dir.path(), &["two".into()], &[], home.path());
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("target linked: contexts.base=target:default"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("target two: more than one cache-to"), "{}", stderr(&out));
     assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+}
+
+/// `target:` links: `base` (asked for, pushed) is built once, before `tools` (not asked for:
+/// cache only) and `app`, which take its result per platform (`COPY ${TARGETARCH}.txt`), as
+/// `docker-image://` for the pushed one and an OCI layout for the other.
+fn linked_targets(t: &Target, registry: &Registry) {
+    let dir = TempDir::new("bake-links");
+    for arch in ["amd64", "arm64"] {
+        dir.write(&format!("base/{arch}.txt"), &format!("base-{arch}\n"));
+    }
+    dir.write("base/Dockerfile", "FROM scratch\nARG TARGETARCH\nCOPY ${TARGETARCH}.txt /a.txt\n");
+    dir.write("tools/t.txt", "tools\n");
+    dir.write("tools/Dockerfile", "FROM base\nCOPY t.txt /t.txt\n");
+    dir.write("b.txt", "app\n");
+    dir.write("Dockerfile", "FROM base\nCOPY --from=tools /t.txt /t.txt\nCOPY b.txt /b.txt\n");
+    dir.write(
+        "docker-bake.hcl",
+        &format!(
+            "variable \"P\" {{\n  default = [\"linux/amd64\", \"linux/arm64\"]\n}}\n\
+             target \"base\" {{\n  context = \"base\"\n  platforms = P\n  tags = [\"{}/bake/base:{}\"]\n  output = [\"type=registry\"]\n}}\n\
+             target \"tools\" {{\n  context = \"tools\"\n  platforms = P\n  contexts = {{ base = \"target:base\" }}\n}}\n\
+             target \"app\" {{\n  platforms = P\n  contexts = {{ base = \"target:base\", tools = \"target:tools\" }}\n  output = [\"type=local,dest=out\"]\n}}\n",
+            registry.addr,
+            t.name()
+        ),
+    );
+    let meta = dir.path().join("meta.json");
+    let out = t.kiln(&["bake", "app", "base", "--progress", "plain", "--metadata-file", &meta.display().to_string()], dir.path());
+    let err = stderr(&out);
+    assert!(out.status.success(), "{}: {err}", t.name());
+    for arch in ["amd64", "arm64"] {
+        let root = dir.path().join(format!("out/linux_{arch}"));
+        let read = |f: &str| std::fs::read_to_string(root.join(f)).unwrap_or_else(|e| panic!("{}: {arch} {f}: {e}\n{err}", t.name()));
+        assert_eq!(read("a.txt"), format!("base-{arch}\n"), "{}: the {arch} slice took the {arch} image of base", t.name());
+        assert_eq!(read("t.txt"), "tools\n");
+        assert_eq!(read("b.txt"), "app\n");
+    }
+    let line = |what: &str| err.lines().position(|l| l.contains(what)).unwrap_or_else(|| panic!("{}: no {what:?} in\n{err}", t.name()));
+    assert_eq!(err.matches("=> base: image index").count(), 1, "{}: base is built once:\n{err}", t.name());
+    assert!(line("=> base: image index") < line("[tools "), "{}: tools waits for base:\n{err}", t.name());
+    assert!(line("=> tools: image index") < line("[app "), "{}: app waits for tools:\n{err}", t.name());
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).expect("metadata")).expect("metadata JSON");
+    for name in ["base", "tools", "app"] {
+        assert!(m[name]["containerimage.digest"].as_str().unwrap_or("").starts_with("sha256:"), "{name}: {m}");
+    }
+}
+
+#[test]
+fn linked_targets_build_first_and_once_on_embedded_and_farm() {
+    let registry = Registry::start();
+    linked_targets(&Target::Embedded(TempDir::new("bake-links-home")), &registry);
+    linked_targets(&farm(), &registry);
+}
+
+/// A link that failed fails the targets that use it, naming it; with `--keep-going` the
+/// independent target still finishes.
+#[test]
+fn a_failed_link_fails_its_dependents_by_name() {
+    let t = Target::Embedded(TempDir::new("bake-badlink-home"));
+    let dir = TempDir::new("bake-badlink");
+    dir.write("bad/Dockerfile", "FROM scratch\nCOPY missing.txt /\n");
+    dir.write("ok.txt", "ok\n");
+    dir.write("Dockerfile", "FROM base\n");
+    dir.write("ok.Dockerfile", "FROM scratch\nCOPY ok.txt /\n");
+    dir.write(
+        "docker-bake.hcl",
+        "target \"bad\" {\n  context = \"bad\"\n}\ntarget \"dep\" {\n  contexts = { base = \"target:bad\" }\n}\n\
+         target \"ok\" {\n  dockerfile = \"ok.Dockerfile\"\n  output = [\"type=local,dest=out\"]\n}\n",
+    );
+    let out = t.kiln(&["bake", "dep", "ok", "--keep-going", "--progress", "plain"], dir.path());
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("ERROR: target bad: "), "{err}");
+    assert!(err.contains("ERROR: target dep: linked target bad failed"), "{err}");
+    assert!(err.lines().last().unwrap_or("").contains("target bad, dep failed"), "{err}");
+    assert_eq!(std::fs::read_to_string(dir.path().join("out/ok.txt")).ok().as_deref(), Some("ok\n"), "{err}");
 }
 
 /// A monorepo's bake file: a shared base target, `n` services inheriting it (each its own

@@ -339,7 +339,7 @@ fn build(args: BuildArgs, req: BuildRequest) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let prepared = prepare(&req, &session, mode)?;
+    let prepared = prepare(&req, session.current_builder(), mode)?;
     let tags = prepared.spec.tags.clone();
     if args.detach {
         let build = super::farm_build::detach(&session, prepared, mode)?;
@@ -401,7 +401,8 @@ fn outputs(req: &BuildRequest) -> anyhow::Result<Vec<Output>> {
 }
 
 /// Checks a request's outputs and caches and walks its context: the `BuildSpec` to submit.
-pub fn prepare(req: &BuildRequest, session: &super::remote::Session, mode: Mode) -> anyhow::Result<Prepared> {
+/// `current_builder`: the builder `kiln use` chose, for a request that names none.
+pub fn prepare(req: &BuildRequest, current_builder: Option<String>, mode: Mode) -> anyhow::Result<Prepared> {
     let outputs = outputs(req)?;
     if outputs.is_empty() && mode != Mode::Quiet {
         eprintln!("WARNING: no output specified: the result will only be in the build cache (use --push, -o type=oci,dest=FILE or -o type=local,dest=DIR)");
@@ -455,7 +456,7 @@ pub fn prepare(req: &BuildRequest, session: &super::remote::Session, mode: Mode)
         zstd,
         attest,
         annotations,
-        builder: req.builder.clone().or_else(|| session.current_builder()),
+        builder: req.builder.clone().or(current_builder),
         insecure_registries: req.insecure_registries.clone(),
         submission: crate::node::random_hex(16)?,
         return_blobs: outputs.iter().any(Output::needs_blobs),

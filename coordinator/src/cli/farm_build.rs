@@ -268,15 +268,18 @@ pub fn show(progress: &Progress, ids: &mut StepIds, events: Vec<kiln_shared::api
     }
 }
 
-/// `-o type=oci` and `-o type=local`: the agents sent their images to the coordinator; fetch
-/// the manifests, configs and layers into the client's store and write each output.
-async fn write_outputs(
-    farm: &ClientFarm,
-    view: &BuildView,
-    outputs: &[Output],
-    tags: &[String],
-    index_descriptor: &BTreeMap<String, String>,
-) -> anyhow::Result<()> {
+/// A finished build's images in the client's store, fetched from the coordinator (where the
+/// agents sent them when the build asked for its blobs).
+pub struct Fetched {
+    pub store: kiln_shared::store::ContentStore,
+    pub index: kiln_shared::oci::Index,
+    /// Every manifest, config and layer the index names.
+    pub blobs: Vec<Digest>,
+    /// Each platform's image (attestation manifests are no platform's filesystem).
+    pub images: Vec<(Option<kiln_shared::Platform>, kiln_shared::oci::Manifest)>,
+}
+
+pub async fn fetch_images(farm: &ClientFarm, view: &BuildView) -> anyhow::Result<Fetched> {
     let store = kiln_shared::store::ContentStore::open(&super::home::kiln_home().join("client/content"))?;
     let index = view.index().context("the build's index")?.ok_or_else(|| anyhow!("the build is done but has no index"))?;
     let mut blobs = Vec::new();
@@ -289,11 +292,23 @@ async fn write_outputs(
             blobs.push(d.digest.clone());
         }
         blobs.push(m.digest.clone());
-        // An attestation manifest is no platform's filesystem.
         if !kiln_shared::attest::is_attestation(m) {
             images.push((m.platform.as_ref().and_then(|p| p.to_platform()), manifest));
         }
     }
+    Ok(Fetched { store, index, blobs, images })
+}
+
+/// `-o type=oci` and `-o type=local`: the agents sent their images to the coordinator; fetch
+/// the manifests, configs and layers into the client's store and write each output.
+async fn write_outputs(
+    farm: &ClientFarm,
+    view: &BuildView,
+    outputs: &[Output],
+    tags: &[String],
+    index_descriptor: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    let Fetched { store, index, blobs, images } = fetch_images(farm, view).await?;
     for out in outputs {
         match out {
             Output::Oci { dest: Dest::File(dest), .. } => {

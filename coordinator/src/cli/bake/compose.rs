@@ -182,7 +182,16 @@ pub fn parse_compose(file: &str, text: &str, dir: &str, env: &dyn Fn(&str) -> Op
                         "pull" => t.pull = Some(cx.text(name, v)? == "true"),
                         "shm_size" => t.shm_size = Some(cx.text(name, v)?),
                         "extra_hosts" => t.extra_hosts = Some(cx.map(name, v, ':')?),
-                        "additional_contexts" => t.contexts = Some(cx.map(name, v, '=')?),
+                        // As buildx: `service:NAME` is the target the service makes.
+                        "additional_contexts" => {
+                            let mut m = cx.map(name, v, '=')?;
+                            for v in m.values_mut() {
+                                if let Some(service) = v.strip_prefix("service:") {
+                                    *v = format!("target:{service}");
+                                }
+                            }
+                            t.contexts = Some(m);
+                        }
                         "ulimits" => t.ulimits = Some(ulimits(&cx, name, v)?),
                         "entitlements" => t.entitlements = Some(cx.list(name, v)?),
                         "secrets" => t.secrets = Some(compose_secrets(&cx, name, v, secrets)?),

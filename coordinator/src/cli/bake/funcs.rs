@@ -5,9 +5,9 @@
 use hcl::eval::{Context, FuncArgs, FuncDef, ParamType};
 use hcl::{Number, Value};
 
-type R = Result<Value, String>;
+pub(super) type R = Result<Value, String>;
 
-fn s(v: &Value) -> Result<String, String> {
+pub(super) fn s(v: &Value) -> Result<String, String> {
     match v {
         Value::String(s) => Ok(s.clone()),
         Value::Number(n) => Ok(n.to_string()),
@@ -16,7 +16,7 @@ fn s(v: &Value) -> Result<String, String> {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
+pub(super) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "bool",
@@ -27,7 +27,7 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-fn f(v: &Value) -> Result<f64, String> {
+pub(super) fn f(v: &Value) -> Result<f64, String> {
     match v {
         Value::Number(n) => n.as_f64().ok_or_else(|| "not a number".to_string()),
         Value::String(s) => s.trim().parse().map_err(|_| format!("{s:?} is not a number")),
@@ -35,18 +35,18 @@ fn f(v: &Value) -> Result<f64, String> {
     }
 }
 
-fn num(x: f64) -> R {
+pub(super) fn num(x: f64) -> R {
     if x.fract() == 0.0 && x.abs() < 9.0e15 {
         return Ok(Value::Number(Number::from(x as i64)));
     }
     Number::from_f64(x).map(Value::Number).ok_or_else(|| format!("{x} is not a finite number"))
 }
 
-fn list(v: &Value) -> Result<&Vec<Value>, String> {
+pub(super) fn list(v: &Value) -> Result<&Vec<Value>, String> {
     v.as_array().ok_or_else(|| format!("expected a list, got {}", kind(v)))
 }
 
-fn obj(v: &Value) -> Result<&hcl::Map<String, Value>, String> {
+pub(super) fn obj(v: &Value) -> Result<&hcl::Map<String, Value>, String> {
     v.as_object().ok_or_else(|| format!("expected a map, got {}", kind(v)))
 }
 
@@ -63,7 +63,7 @@ macro_rules! string1 {
     }};
 }
 
-fn def(ctx: &mut Context, name: &str, params: usize, variadic: bool, imp: fn(FuncArgs) -> R) {
+pub(super) fn def(ctx: &mut Context, name: &str, params: usize, variadic: bool, imp: fn(FuncArgs) -> R) {
     let mut b = FuncDef::builder();
     for _ in 0..params {
         b = b.param(ParamType::Any);
@@ -76,6 +76,7 @@ fn def(ctx: &mut Context, name: &str, params: usize, variadic: bool, imp: fn(Fun
 
 /// Declares every library function in `ctx`.
 pub fn declare(ctx: &mut Context) {
+    super::funcs_ext::declare(ctx);
     string1!(ctx, "upper", |x| x.to_uppercase());
     string1!(ctx, "lower", |x| x.to_lowercase());
     string1!(ctx, "trimspace", |x| x.trim().to_string());
@@ -457,14 +458,14 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-fn rfc3339(secs: i64) -> String {
+pub(super) fn rfc3339(secs: i64) -> String {
     let (y, m, d) = civil(secs.div_euclid(86_400));
     let t = secs.rem_euclid(86_400);
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", t / 3600, t / 60 % 60, t % 60)
 }
 
 /// Seconds since the epoch of an RFC 3339 timestamp in UTC or with an offset.
-fn parse_rfc3339(ts: &str) -> Result<i64, String> {
+pub(super) fn parse_rfc3339(ts: &str) -> Result<i64, String> {
     let bad = || format!("{ts:?} is not an RFC 3339 timestamp");
     let n = |r: std::ops::Range<usize>| ts.get(r).and_then(|x| x.parse::<i64>().ok()).ok_or_else(bad);
     if ts.len() < 20 {

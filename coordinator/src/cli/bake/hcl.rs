@@ -6,7 +6,7 @@
 use super::funcs;
 use super::model::{Config, Group, Target, Variable};
 use super::BakeError;
-use hcl::eval::{Context, Evaluate, FuncArgs, FuncDef, ParamType};
+use hcl::eval::{Context, FuncArgs, FuncDef, ParamType};
 use hcl::expr::{Expression, TemplateExpr};
 use hcl::{Map, Value};
 use indexmap::IndexMap;
@@ -155,7 +155,7 @@ fn call_user(slot: usize, args: FuncArgs) -> Result<Value, String> {
         if let Some(rest) = &def.variadic {
             ctx.declare_var(rest.as_str(), Value::Array(args.get(def.params.len()..).unwrap_or_default().to_vec()));
         }
-        def.result.evaluate(&ctx).map_err(|e| one_line(&e.to_string()))
+        super::lazy::evaluate(&def.result, &ctx)
     })();
     USER.with(|u| u.borrow_mut().depth -= 1);
     result
@@ -198,7 +198,7 @@ impl Scope {
 }
 
 fn eval(e: &Expression, ctx: &Context, at: impl Fn() -> String) -> Result<Value, BakeError> {
-    e.evaluate(ctx).map_err(|err| BakeError::Eval { at: at(), message: one_line(&err.to_string()) })
+    super::lazy::evaluate(e, ctx).map_err(|message| BakeError::Eval { at: at(), message })
 }
 
 /// A value from the environment, typed like the variable's default (as buildx converts it).
@@ -235,6 +235,7 @@ pub fn evaluate(raw: &Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
     }
     let mut ctx = Context::new();
     funcs::declare(&mut ctx);
+    super::lazy::declare(&mut ctx);
     let mut defs = Vec::new();
     for (slot, (name, b)) in raw.functions.iter().enumerate() {
         let params = param_names(name, b.attrs.get("params"))?;

@@ -1,15 +1,20 @@
 //! `kiln bake`: many targets from buildx's bake files (HCL, JSON, Compose), one command. The
 //! files are read and evaluated without I/O beyond reading them (`files`, `hcl`, `json`,
 //! `compose`), resolved into buildx's targets (`model`, `resolve`, `set`), printed as buildx
-//! prints them (`print`), and built through `kiln build`'s own path (`run`), all at once.
+//! prints them (`print`), and built through `kiln build`'s own path (`run`, `exec`), all at
+//! once, each `target:` link's result the context of the targets that use it (`link`).
 
 pub mod compose;
 #[cfg(test)]
 mod eval_tests;
+pub mod exec;
 pub mod files;
 pub mod funcs;
+pub mod funcs_ext;
 pub mod hcl;
 pub mod json;
+pub mod lazy;
+pub mod link;
 pub mod model;
 pub mod print;
 pub mod resolve;
@@ -38,6 +43,12 @@ pub enum BakeError {
     Cycle { chain: String },
     #[error("--set {spec}: {message}")]
     Set { spec: String, message: String },
+    #[error("target contexts form a cycle: {chain}")]
+    LinkCycle { chain: String },
+    #[error("target {linked} can't be used by {target} because it is defined for different platforms [{theirs}] and [{mine}]")]
+    LinkPlatforms { linked: String, target: String, theirs: String, mine: String },
+    #[error("target {target}: {message}")]
+    Link { target: String, message: String },
     #[error("target {target}: {what} is not supported by kiln build yet")]
     Unsupported { target: String, what: String },
 }
@@ -145,17 +156,23 @@ pub fn definition(args: &BakeArgs, cwd: &std::path::Path) -> Result<(model::Conf
     Ok((cfg, resolved))
 }
 
+/// Standard output; a reader that went away (`| head`) is no error.
+fn out(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
 pub fn run(args: BakeArgs) -> anyhow::Result<ExitCode> {
     let cwd = std::env::current_dir()?;
     if let Some(list) = args.list {
         let sources = files::sources(&args.files, &cwd)?;
         let cfg = files::load(&sources, &process_env)?;
-        print!("{}", if list == List::Targets { print::list_targets(&cfg) } else { print::list_variables(&cfg) });
+        out(&if list == List::Targets { print::list_targets(&cfg) } else { print::list_variables(&cfg) });
         return Ok(ExitCode::SUCCESS);
     }
     let (_, resolved) = definition(&args, &cwd)?;
     if args.print {
-        println!("{}", print::to_json(&resolved));
+        out(&format!("{}\n", print::to_json(&resolved)));
         return Ok(ExitCode::SUCCESS);
     }
     run::run(&args, &resolved, &cwd)

@@ -1,6 +1,7 @@
 //! From a definition and the names on the command line to the targets to build: groups
 //! expanded (nested, each target once), `inherits` merged in order (the last parent wins), the
-//! `--set` overrides applied at every level as buildx applies them, and the defaults filled in.
+//! `--set` overrides applied at every level as buildx applies them, the defaults filled in, and
+//! the targets `target:NAME` contexts link loaded.
 
 use super::model::{Config, Group, Target};
 use super::set::{self, Override};
@@ -80,23 +81,66 @@ pub fn resolve(cfg: &Config, names: &[String], overrides: &[Override]) -> Result
         }
     }
     for name in out.order.clone() {
-        let mut t = target(cfg, &name, overrides, &mut Vec::new())?;
-        t.context.get_or_insert_with(|| ".".into());
-        t.dockerfile.get_or_insert_with(|| "Dockerfile".into());
-        out.targets.insert(name, t);
+        let t = target(cfg, &name, overrides, &mut Vec::new())?;
+        out.targets.insert(name, with_defaults(t));
+    }
+    for name in out.order.clone() {
+        load_links(cfg, overrides, &name, &mut Vec::new(), &mut out)?;
     }
     Ok(out)
+}
+
+fn with_defaults(mut t: Target) -> Target {
+    t.context.get_or_insert_with(|| ".".into());
+    t.dockerfile.get_or_insert_with(|| "Dockerfile".into());
+    t
+}
+
+/// buildx's `loadLinks`: every target a `target:NAME` context names joins the definition (one
+/// not asked for builds into the cache alone: `output = ["type=cacheonly"]`); a chain that
+/// comes back to a target is refused, and so are two multi-platform targets whose platforms differ.
+fn load_links(cfg: &Config, overrides: &[Override], name: &str, visited: &mut Vec<String>, out: &mut Resolved) -> Result<(), BakeError> {
+    visited.push(name.to_string());
+    let links: Vec<String> = out.targets.get(name).map(|t| t.linked().into_iter().map(str::to_string).collect()).unwrap_or_default();
+    for l in links {
+        if visited.contains(&l) {
+            return Err(BakeError::LinkCycle { chain: format!("{} -> {l}", visited.join(" -> ")) });
+        }
+        if !out.targets.contains_key(&l) {
+            let mut t = with_defaults(target(cfg, &l, overrides, &mut Vec::new())?);
+            t.outputs = Some(vec!["type=cacheonly".into()]);
+            out.targets.insert(l.clone(), t);
+        }
+        load_links(cfg, overrides, &l, visited, out)?;
+        let platforms = |n: &str| out.targets.get(n).and_then(|t| t.platforms.clone()).unwrap_or_default();
+        let (mine, theirs) = (platforms(name), platforms(&l));
+        let sorted = |p: &[String]| {
+            let mut p = p.to_vec();
+            p.sort();
+            p
+        };
+        if mine.len() > 1 && theirs.len() > 1 && sorted(&mine) != sorted(&theirs) {
+            return Err(BakeError::LinkPlatforms {
+                linked: l.clone(),
+                target: name.to_string(),
+                theirs: theirs.join(" "),
+                mine: mine.join(" "),
+            });
+        }
+    }
+    visited.pop();
+    Ok(())
 }
 
 /// The targets in an order that builds every `target:` link before the targets that use it.
 pub fn build_order(r: &Resolved) -> Result<Vec<String>, BakeError> {
     fn visit(r: &Resolved, n: &str, stack: &mut Vec<String>, out: &mut Vec<String>) -> Result<(), BakeError> {
-        // A linked target outside the selection is not built here (its link is refused later).
+        // Every linked target is in the definition (resolve loads them).
         if out.iter().any(|o| o == n) || !r.targets.contains_key(n) {
             return Ok(());
         }
         if stack.iter().any(|s| s == n) {
-            return Err(BakeError::Cycle { chain: format!("{} -> {n}", stack.join(" -> ")) });
+            return Err(BakeError::LinkCycle { chain: format!("{} -> {n}", stack.join(" -> ")) });
         }
         stack.push(n.to_string());
         if let Some(t) = r.targets.get(n) {

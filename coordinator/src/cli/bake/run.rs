@@ -1,42 +1,34 @@
 //! Building a resolved bake: each target becomes the `BuildRequest` `kiln build` would make
-//! from the same flags and goes through the same `prepare`, `farm_build::submit` and
-//! `farm_build::follow`; every build is submitted before any is followed, so the farm's
-//! scheduler spreads every target's slices over every agent at once. The first failure fails the command naming
-//! the target and stops following the rest; `--keep-going` lets them finish and publish.
+//! from the same flags, is checked (lint gate, outputs, the platforms of its `target:` links)
+//! and goes through the same `prepare`; `exec` submits and follows them all at once.
 
 use super::model::Target;
 use super::resolve::{self, Resolved};
-use super::{BakeArgs, BakeError};
+use super::{exec, link, BakeArgs, BakeError};
 use crate::cli::build::{self, BuildRequest};
 use crate::cli::checks;
-use crate::cli::farm_build;
 use crate::cli::progress::Mode;
-use crate::cli::remote::Session;
 use crate::cli::run_options;
 use anyhow::{bail, Context as _};
-use kiln_shared::api::BuildView;
 use kiln_shared::frontend;
 use kiln_shared::frontend::dockerignore::DockerIgnore;
 use kiln_shared::frontend::lint;
 use kiln_shared::Platform;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 /// Attributes kiln build has no flag for yet: set to anything, they stop the bake before it starts.
 fn unsupported(name: &str, t: &Target) -> Result<(), BakeError> {
     let err = |what: &str| Err(BakeError::Unsupported { target: name.to_string(), what: what.to_string() });
-    if let Some((k, linked)) = t.contexts.iter().flatten().find_map(|(k, v)| v.strip_prefix("target:").map(|l| (k, l))) {
-        return err(&format!("contexts.{k}=target:{linked} (a linked target's result as a context)"));
-    }
     if t.cache_to.as_ref().is_some_and(|c| c.len() > 1) {
         return err("more than one cache-to");
     }
     Ok(())
 }
 
-/// The request `kiln build` would make for this target (paths relative to `cwd`).
+/// The request `kiln build` would make for this target (paths relative to `cwd`), but for its
+/// `target:` contexts, which the executor adds once the linked targets are built.
 pub fn request(name: &str, t: &Target, cwd: &Path, builder: Option<&str>) -> anyhow::Result<BuildRequest> {
     unsupported(name, t)?;
     let context_s = t.context.as_deref().unwrap_or(".");
@@ -97,7 +89,7 @@ pub fn request(name: &str, t: &Target, cwd: &Path, builder: Option<&str>) -> any
         builder: builder.map(str::to_string),
         no_cache_filter: t.no_cache_filter.clone().unwrap_or_default(),
         pull: t.pull == Some(true),
-        build_contexts: t.contexts.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect(),
+        build_contexts: t.contexts.iter().flatten().filter(|(_, v)| !v.starts_with("target:")).map(|(k, v)| format!("{k}={v}")).collect(),
         secrets: t.secrets.clone().unwrap_or_default(),
         ssh: t.ssh.clone().unwrap_or_default(),
         run: run_options::from_flags(
@@ -171,13 +163,30 @@ pub fn run(args: &BakeArgs, resolved: &Resolved, cwd: &Path) -> anyhow::Result<E
     for (name, req) in &requests {
         build::check(req).with_context(|| format!("target {name}"))?;
     }
+    let platforms: BTreeMap<String, Vec<Platform>> = requests.iter().map(|(n, r)| (n.clone(), r.platforms.clone())).collect();
+    let linked: BTreeSet<&str> = order.iter().flat_map(|n| resolved.targets[n].linked()).collect();
     let session = args.farm.open()?;
-    let mut prepared = Vec::new();
-    for (name, req) in &requests {
-        let p = build::prepare(req, &session, mode).with_context(|| format!("target {name}"))?;
-        prepared.push((name.clone(), p.spec.tags.clone(), p));
+    let current_builder = session.current_builder();
+    let mut jobs = Vec::new();
+    for (name, req) in requests {
+        let links: Vec<(String, String)> = resolved.targets[&name]
+            .contexts
+            .iter()
+            .flatten()
+            .filter_map(|(k, v)| v.strip_prefix("target:").map(|l| (k.clone(), l.to_string())))
+            .collect();
+        for (ctx, l) in &links {
+            link::check_platforms(&name, &req.platforms, ctx, l, platforms.get(l).map(Vec::as_slice).unwrap_or_default())?;
+        }
+        // A target that links nothing is prepared now, its context hashed and sent with the rest.
+        let prepared = match links.is_empty() {
+            true => Some(build::prepare(&req, current_builder.clone(), mode).with_context(|| format!("target {name}"))?),
+            false => None,
+        };
+        jobs.push(exec::Job { linked_by_others: linked.contains(name.as_str()), name, req, links, prepared });
     }
-    let (done, failed) = session.block_on(submit_and_follow(&session, prepared, mode, args.keep_going))?;
+    let opts = exec::Options { mode, keep_going: args.keep_going, current_builder };
+    let (done, failed) = session.block_on(exec::execute(&session, jobs, opts))?;
     if let Some(path) = &args.metadata_file {
         let meta: serde_json::Map<String, serde_json::Value> =
             done.iter().map(|(n, (tags, v, prov))| (n.clone(), crate::cli::farm_build::metadata(v, prov, tags))).collect();
@@ -187,73 +196,4 @@ pub fn run(args: &BakeArgs, resolved: &Resolved, cwd: &Path) -> anyhow::Result<E
         bail!("target {} failed", failed.join(", "));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-type Done = BTreeMap<String, (Vec<String>, BuildView, farm_build::Provenances)>;
-
-/// Uploads every target's context at once (a blob shared by several is sent once), submits every
-/// build back to back so the scheduler sees them all together, then follows them concurrently.
-/// Returns the finished builds and the names of the failed ones; without `keep_going` the first
-/// failure stops following the rest.
-async fn submit_and_follow(
-    session: &Session,
-    prepared: Vec<(String, Vec<String>, farm_build::Prepared)>,
-    mode: Mode,
-    keep_going: bool,
-) -> anyhow::Result<(Done, Vec<String>)> {
-    let farm = Arc::new(session.connect().await?);
-    let mut files = BTreeMap::new();
-    for (_, _, p) in &prepared {
-        files.extend(p.files.iter().map(|(d, path)| (d.clone(), path.clone())));
-    }
-    let (sent, bytes) = farm_build::upload(&farm, &files).await?;
-    if mode == Mode::Plain {
-        eprintln!(
-            "#0 contexts of {} targets: {} blobs, {sent} sent ({bytes} bytes), the rest already on the farm",
-            prepared.len(),
-            files.len()
-        );
-    }
-    let mut submitted = Vec::new();
-    for (name, tags, p) in prepared {
-        let build = farm_build::submit(&farm, p.spec.clone(), &BTreeMap::new(), Mode::Quiet)
-            .await
-            .with_context(|| format!("target {name}: submitting"))?;
-        submitted.push((name, tags, p, build));
-    }
-    let mut set = tokio::task::JoinSet::new();
-    for (name, tags, p, build) in submitted {
-        let farm = Arc::clone(&farm);
-        set.spawn(async move {
-            let view = farm_build::follow(&farm, build, &p, mode, &name).await;
-            (name, tags, view)
-        });
-    }
-    let mut done = BTreeMap::new();
-    let mut failed = Vec::new();
-    while let Some(joined) = set.join_next().await {
-        let (name, tags, view) = joined.context("following a target")?;
-        match view {
-            Ok((v, provenance)) => {
-                if mode != Mode::Quiet {
-                    let cached: u32 = v.slices.iter().map(|s| s.cache_hits).sum();
-                    let ran: u32 = v.slices.iter().map(|s| s.cache_misses).sum();
-                    let on: Vec<String> = v.slices.iter().map(|s| format!("{} on {}", s.platform, s.agent)).collect();
-                    eprintln!("=> {name}: image index {} ({}; {ran} steps run, {cached} cached)", v.index_digest, on.join(", "));
-                }
-                done.insert(name, (tags, v, provenance));
-            }
-            Err(e) => {
-                eprintln!("ERROR: target {name}: {e:#}");
-                failed.push(name);
-                if !keep_going {
-                    // buildx cancels the rest; kiln stops following them (the farm has no
-                    // cancel request yet, so builds already running there finish on their own).
-                    set.abort_all();
-                    break;
-                }
-            }
-        }
-    }
-    Ok((done, failed))
 }
