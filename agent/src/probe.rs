@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 static PROBES: AtomicU64 = AtomicU64::new(0);
 
 /// A minimal 64-bit little-endian ELF executable: one PT_LOAD segment holding `code`.
-fn elf64(machine: u16, code: &[u8]) -> Vec<u8> {
+/// `flags` is `e_flags` (ppc64le needs 2, the ELFv2 ABI: under ELFv1 the entry point would be
+/// read as a function descriptor, and the probe would crash instead of exiting).
+fn elf64(machine: u16, flags: u32, code: &[u8]) -> Vec<u8> {
     const BASE: u64 = 0x400000;
     let entry = BASE + 64 + 56;
     let total = (64 + 56 + code.len()) as u64;
@@ -25,7 +27,7 @@ fn elf64(machine: u16, code: &[u8]) -> Vec<u8> {
     v.extend_from_slice(&entry.to_le_bytes());
     v.extend_from_slice(&64u64.to_le_bytes()); // phoff
     v.extend_from_slice(&0u64.to_le_bytes()); // shoff
-    v.extend_from_slice(&0u32.to_le_bytes()); // flags
+    v.extend_from_slice(&flags.to_le_bytes());
     v.extend_from_slice(&64u16.to_le_bytes()); // ehsize
     v.extend_from_slice(&56u16.to_le_bytes()); // phentsize
     v.extend_from_slice(&1u16.to_le_bytes()); // phnum
@@ -42,17 +44,51 @@ fn elf64(machine: u16, code: &[u8]) -> Vec<u8> {
     v
 }
 
-/// `exit(42)` for each architecture with a probe.
+/// A minimal 32-bit little-endian ELF executable (ARM EABI5): one PT_LOAD segment holding `code`.
+fn elf32_arm(code: &[u8]) -> Vec<u8> {
+    const BASE: u32 = 0x10000;
+    let entry = BASE + 52 + 32;
+    let total = (52 + 32 + code.len()) as u32;
+    let mut v = Vec::new();
+    v.extend_from_slice(&[0x7f, b'E', b'L', b'F', 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    v.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    v.extend_from_slice(&40u16.to_le_bytes()); // EM_ARM
+    v.extend_from_slice(&1u32.to_le_bytes());
+    v.extend_from_slice(&entry.to_le_bytes());
+    v.extend_from_slice(&52u32.to_le_bytes()); // phoff
+    v.extend_from_slice(&0u32.to_le_bytes()); // shoff
+    v.extend_from_slice(&0x0500_0000u32.to_le_bytes()); // EABI version 5
+    v.extend_from_slice(&52u16.to_le_bytes()); // ehsize
+    v.extend_from_slice(&32u16.to_le_bytes()); // phentsize
+    v.extend_from_slice(&1u16.to_le_bytes()); // phnum
+    v.extend_from_slice(&[0; 6]); // shentsize, shnum, shstrndx
+    v.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    v.extend_from_slice(&0u32.to_le_bytes()); // offset
+    v.extend_from_slice(&BASE.to_le_bytes()); // vaddr
+    v.extend_from_slice(&BASE.to_le_bytes()); // paddr
+    v.extend_from_slice(&total.to_le_bytes()); // filesz
+    v.extend_from_slice(&total.to_le_bytes()); // memsz
+    v.extend_from_slice(&5u32.to_le_bytes()); // R+X
+    v.extend_from_slice(&0x1000u32.to_le_bytes()); // align
+    v.extend_from_slice(code);
+    v
+}
+
+/// `exit(42)` for each architecture with a probe. `arm` (32-bit) is not among the platforms
+/// an agent offers; its probe only tells [`crate::binfmt`] whether an arm64 host runs AArch32
+/// code itself.
 fn probe_binary(arch: &str) -> Option<Vec<u8>> {
     Some(match arch {
         // mov edi, 42; mov eax, 60; syscall
-        "amd64" => elf64(62, &[0xbf, 42, 0, 0, 0, 0xb8, 60, 0, 0, 0, 0x0f, 0x05]),
+        "amd64" => elf64(62, 0, &[0xbf, 42, 0, 0, 0, 0xb8, 60, 0, 0, 0, 0x0f, 0x05]),
         // mov x0, #42; mov x8, #93; svc #0
-        "arm64" => elf64(183, &[0x40, 0x05, 0x80, 0xd2, 0xa8, 0x0b, 0x80, 0xd2, 0x01, 0x00, 0x00, 0xd4]),
+        "arm64" => elf64(183, 0, &[0x40, 0x05, 0x80, 0xd2, 0xa8, 0x0b, 0x80, 0xd2, 0x01, 0x00, 0x00, 0xd4]),
         // li r3, 42; li r0, 1 (exit); sc
-        "ppc64le" => elf64(21, &[0x2a, 0x00, 0x60, 0x38, 0x01, 0x00, 0x00, 0x38, 0x02, 0x00, 0x00, 0x44]),
+        "ppc64le" => elf64(21, 2, &[0x2a, 0x00, 0x60, 0x38, 0x01, 0x00, 0x00, 0x38, 0x02, 0x00, 0x00, 0x44]),
         // li a0, 42; li a7, 93; ecall
-        "riscv64" => elf64(243, &[0x13, 0x05, 0xa0, 0x02, 0x93, 0x08, 0xd0, 0x05, 0x73, 0x00, 0x00, 0x00]),
+        "riscv64" => elf64(243, 0, &[0x13, 0x05, 0xa0, 0x02, 0x93, 0x08, 0xd0, 0x05, 0x73, 0x00, 0x00, 0x00]),
+        // mov r0, #42; mov r7, #1 (exit); svc #0
+        "arm" => elf32_arm(&[0x2a, 0x00, 0xa0, 0xe3, 0x01, 0x70, 0xa0, 0xe3, 0x00, 0x00, 0x00, 0xef]),
         _ => return None,
     })
 }
@@ -106,6 +142,25 @@ impl HostPlatforms {
     }
 }
 
+/// Whether this host runs `arch` code now (natively or through a registered handler), found by
+/// running its probe under `scratch`; false for an architecture without a probe.
+pub fn runs(arch: &str, scratch: &Path) -> bool {
+    let Some(bin) = probe_binary(arch) else { return false };
+    let _ = std::fs::create_dir_all(scratch);
+    let path = scratch.join(format!("probe-{arch}-{}-{}", std::process::id(), PROBES.fetch_add(1, Ordering::Relaxed)));
+    if write_executable(&path, &bin).is_err() {
+        return false;
+    }
+    let ran = Command::new(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.code() == Some(42))
+        .unwrap_or(false);
+    let _ = std::fs::remove_file(&path);
+    ran
+}
+
 fn write_executable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, bytes)?;
@@ -130,5 +185,20 @@ mod tests {
         assert!(found.can_run(&host));
         assert!(!found.is_emulated(&host));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The 32-bit arm and the ppc64le probes are valid programs: where qemu-arm and
+    /// qemu-ppc64le are registered they exit 42; an arch without a probe never "runs".
+    #[test]
+    fn foreign_probes_run_where_qemu_is_registered() {
+        let dir = std::env::temp_dir().join(format!("kiln-probe-arm-{}", std::process::id()));
+        if Path::new("/proc/sys/fs/binfmt_misc/qemu-arm").exists() {
+            assert!(runs("arm", &dir));
+        }
+        if Path::new("/proc/sys/fs/binfmt_misc/qemu-ppc64le").exists() {
+            assert!(runs("ppc64le", &dir), "the ppc64le probe (ELFv2) runs under qemu-ppc64le");
+        }
+        assert!(!runs("mips", &dir));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

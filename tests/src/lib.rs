@@ -5,6 +5,8 @@
 //!   stopped when dropped;
 //! - [`busybox`]: busybox-static for amd64 and arm64 from Debian's packages;
 //! - [`base_image`]: those built by kiln into a two-platform image and pushed to a registry;
+//! - [`debian_tar`]: a Debian bookworm minbase root (mmdebstrap, as scripts/compare.py makes
+//!   it, sharing its cache); [`agent_debs`]: runc and qemu-user-static as .deb files;
 //! - [`wait_for`]: polling with a deadline instead of sleeping;
 //! - [`Bounded`]: `Command::output` with a deadline, so a hung command fails its test instead
 //!   of the whole suite;
@@ -226,6 +228,58 @@ pub fn busybox() -> PathBuf {
         dir
     })
     .clone()
+}
+
+/// Makes the fixture `name` under `dir` with `make` once, across test binaries running at once
+/// (a crude lock directory, as [`busybox`] takes); `make` must write it under a temporary name
+/// and rename it into place.
+fn cached(dir: &Path, name: &str, make: impl FnOnce()) -> PathBuf {
+    let _ = std::fs::create_dir_all(dir);
+    let out = dir.join(name);
+    let lock = dir.join(format!(".{name}.lock"));
+    wait_for(&format!("the lock of fixture {name}"), Duration::from_secs(2400), || out.exists() || std::fs::create_dir(&lock).is_ok());
+    if !out.exists() {
+        make();
+    }
+    let _ = std::fs::remove_dir(&lock);
+    assert!(out.exists(), "fixture {} was not made", out.display());
+    out
+}
+
+/// A merged-/usr Debian bookworm minbase root filesystem for `arch` as a tar, made once by
+/// mmdebstrap in the cache scripts/compare.py uses (`debian/debian-ARCH.tar`).
+pub fn debian_tar(arch: &str) -> PathBuf {
+    let dir = fixtures_dir().join("debian");
+    cached(&dir, &format!("debian-{arch}.tar"), || {
+        let tmp = dir.join(format!("debian-{arch}.tmp.tar"));
+        let status = Command::new("mmdebstrap")
+            .args(["--variant=minbase", "--format=tar", &format!("--architectures={arch}"), "bookworm"])
+            .arg(&tmp)
+            .arg("http://deb.debian.org/debian")
+            .stdout(Stdio::null())
+            .status()
+            .expect("mmdebstrap (apt-get install mmdebstrap)");
+        assert!(status.success(), "mmdebstrap {arch} failed");
+        std::fs::rename(&tmp, dir.join(format!("debian-{arch}.tar"))).expect("rename the Debian tar");
+    })
+}
+
+/// Debian bookworm's runc and qemu-user-static packages for `arch` (a directory of .deb
+/// files, downloaded once by scripts/fetch-agent-debs.sh).
+pub fn agent_debs(arch: &str) -> PathBuf {
+    let dir = fixtures_dir().join("debs");
+    cached(&dir, arch, || {
+        let tmp = dir.join(format!("{arch}.tmp"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let status = Command::new("bash")
+            .arg(repo_root().join("scripts/fetch-agent-debs.sh"))
+            .arg(&tmp)
+            .arg(arch)
+            .status()
+            .expect("run scripts/fetch-agent-debs.sh");
+        assert!(status.success(), "fetching runc and qemu-user-static for {arch} failed");
+        std::fs::rename(&tmp, dir.join(arch)).expect("rename the .deb directory");
+    })
 }
 
 /// What a command wrote to standard error.

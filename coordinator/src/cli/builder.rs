@@ -256,6 +256,14 @@ fn print_builder(b: &BuilderView) {
 }
 
 pub fn inspect(name: Option<String>, bootstrap_it: bool, farm: FarmArgs) -> anyhow::Result<ExitCode> {
+    // The embedded farm's agent is this host: qemu is set up before it starts (and probes).
+    // What cannot be set up is said, and the builder is shown as it is.
+    if bootstrap_it && farm.hosts()?.is_none() {
+        match super::serve::install_binfmt() {
+            Ok(report) => println!("{report}"),
+            Err(e) => eprintln!("warning: {e}"),
+        }
+    }
     let session = farm.open()?;
     let name = name.or_else(|| session.current_builder()).unwrap_or_else(|| DEFAULT_BUILDER.to_string());
     let b = session.block_on(async {

@@ -132,7 +132,8 @@ pub enum Command {
     /// Show a builder: its nodes, their platforms, slots, load and cache, and recent slices.
     Inspect {
         name: Option<String>,
-        /// Wait until every node is reachable.
+        /// Wait until every node is reachable; on the embedded farm, first register this
+        /// host's qemu-user-static with binfmt_misc where a handler is missing (as root).
         #[arg(long)]
         bootstrap: bool,
         #[command(flatten)]

@@ -167,6 +167,19 @@ pub struct AgentArgs {
     /// Serve Prometheus metrics, /healthz and /readyz over plain HTTP on this TCP address.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Register this host's qemu-user-static interpreters with binfmt_misc where it lacks a
+    /// handler (root; existing handlers are left alone), say which platforms now run
+    /// emulated, and exit (as an init container or ExecStartPre= runs it).
+    #[arg(long)]
+    pub install_binfmt: bool,
+}
+
+/// Runs [`kiln_agent::binfmt::install`] with a scratch directory of its own for the probes.
+pub fn install_binfmt() -> Result<kiln_agent::binfmt::Report, kiln_agent::binfmt::BinfmtError> {
+    let scratch = std::env::temp_dir().join(format!("kiln-binfmt-{}", std::process::id()));
+    let report = kiln_agent::binfmt::install(&scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    report
 }
 
 fn parse_peers(s: &str) -> anyhow::Result<BTreeMap<u64, SocketAddr>> {
@@ -311,6 +324,10 @@ fn membership(action: CoordinatorAction) -> anyhow::Result<ExitCode> {
 }
 
 pub fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    if args.install_binfmt {
+        println!("{}", install_binfmt()?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut cfg: AgentConfig = match &args.config {
         Some(path) => config::load(path)?,
         None => {
