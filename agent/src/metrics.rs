@@ -11,6 +11,7 @@ pub struct AgentMetrics {
     /// `source`: local, peer, registry (`--cache-from type=registry`), cache_dir (a local one).
     pub step_cache_hits: Counter,
     pub step_cache_misses: Counter,
+    pub corrupt_blobs: Counter,
     /// `from`: peer (other agents) or origin (registries, the coordinator holding the context).
     pub fetched_bytes: Counter,
     /// `result`: sent, or skipped because the destination had the blob.
@@ -35,6 +36,11 @@ pub fn get() -> &'static AgentMetrics {
                 &["source"],
             ),
             step_cache_misses: r.counter("kiln_step_cache_misses_total", "Build steps no cache had (they were executed).", &[]),
+            corrupt_blobs: r.counter(
+                "kiln_store_corrupt_blobs_total",
+                "Blobs of the content store found corrupt when read (removed; the slice ran again).",
+                &[],
+            ),
             fetched_bytes: r.counter(
                 "kiln_fetched_bytes_total",
                 "Blob bytes this agent fetched, by source: peer (other agents) or origin (registries, the coordinator holding the context).",

@@ -122,7 +122,17 @@ impl HostPlatforms {
             running.push((arch, path, child));
         }
         for (arch, path, child) in running {
-            let ran = child.and_then(|mut c| c.wait()).map(|s| s.code() == Some(42)).unwrap_or(false);
+            let mut ran = child.and_then(|mut c| c.wait()).map(|s| s.code() == Some(42)).unwrap_or(false);
+            if !ran {
+                // Once more, alone: a spawn can fail with ETXTBSY when another thread of this
+                // process forked while a probe was being written, and a loaded host can lose one.
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                ran = Command::new(&path)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.code() == Some(42));
+            }
             let _ = std::fs::remove_file(&path);
             if ran {
                 if let Ok(p) = Platform::new("linux", arch, None) {

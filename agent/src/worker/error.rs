@@ -76,6 +76,18 @@ pub enum SliceError {
 }
 
 impl SliceError {
+    /// A blob of this agent's store failed its digest on the way out (and was removed).
+    pub fn corrupt_blob(&self) -> bool {
+        // Missing: gone since the step cache named it (another slice sharing the layer found
+        // it corrupt and removed it).
+        let mismatch = |e: &StoreError| matches!(e, StoreError::Mismatch { .. } | StoreError::Missing(_));
+        match self {
+            SliceError::Store(e) => mismatch(e),
+            SliceError::PushBlob { source: RegistryError::Store(e), .. } => mismatch(e),
+            _ => false,
+        }
+    }
+
     /// Maps a digest that does not parse to [`SliceError::Digest`], naming it.
     pub(super) fn digest(digest: &str) -> impl FnOnce(DigestError) -> SliceError + '_ {
         move |source| SliceError::Digest { digest: digest.to_string(), source }

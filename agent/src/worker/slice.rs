@@ -116,53 +116,67 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask, cancelled: Arc<At
             }
         }
         let remote: Vec<&dyn RemoteCache> = imports.iter().map(|b| &**b).collect();
-        let req = SliceRequest {
-            dockerfile: &spec.dockerfile,
-            dockerfile_name: &spec.dockerfile_name,
-            context: &context,
-            // The CLI already applied .dockerignore to what it sent.
-            ignore: &DockerIgnore::default(),
-            platform,
-            build_args: &spec.build_args,
-            target: spec.target.as_deref(),
-            no_cache: spec.no_cache,
-            no_cache_filter: &spec.no_cache_filter,
-            pull: spec.pull,
-            cache_scope: &spec.cache_scope,
-            remote: &remote,
-            native: &native,
-            labels: &spec.labels,
-            session: &session,
-            run: &spec.run,
-            named: &named,
-            cancelled: &cancelled,
-        };
-        let mut result = engine.run_slice(&req, &|e| {
-            let _ = tx.send(e);
-        })?;
-        let image = if spec.zstd { engine.zstd_image(&result)? } else { (result.manifest.clone(), result.blobs.clone()) };
-        let image = engine.annotate(image, &spec, &result.platform)?;
-        // The attestations are about the manifest as published (annotated, maybe zstd).
-        let attestation = engine.attest(&spec, &agent_name, started_secs, &result, &image.0)?;
-        if spec.push {
-            push(&engine, &spec.tags, &image)?;
-            if let Some(a) = &attestation {
-                push(&engine, &spec.tags, a)?;
-            }
-        }
-        let step_records = result.records.iter().map(|r| crate::engine::record_name(&spec.cache_scope, &r.key)).collect::<Vec<_>>();
-        // --cache-to: this slice's records; their layers go where the cache is written.
-        result.records = match &spec.cache_to {
-            Some(export) => {
-                let records = crate::cache::select(std::mem::take(&mut result.records), export.max);
-                if let Some(reference) = &export.registry {
-                    crate::cache::push_layers(reference, &records, &engine.store, &engine.registry)?;
+        // Build and publish; a blob of the store found corrupt on the way out is removed (the
+        // store verifies every blob it pushes), so the slice runs once more and heals: the steps
+        // whose layers went run again, a base layer is fetched again.
+        let build_and_push = || {
+            let req = SliceRequest {
+                dockerfile: &spec.dockerfile,
+                dockerfile_name: &spec.dockerfile_name,
+                context: &context,
+                // The CLI already applied .dockerignore to what it sent.
+                ignore: &DockerIgnore::default(),
+                platform: platform.clone(),
+                build_args: &spec.build_args,
+                target: spec.target.as_deref(),
+                no_cache: spec.no_cache,
+                no_cache_filter: &spec.no_cache_filter,
+                pull: spec.pull,
+                cache_scope: &spec.cache_scope,
+                remote: &remote,
+                native: &native,
+                labels: &spec.labels,
+                session: &session,
+                run: &spec.run,
+                named: &named,
+                cancelled: &cancelled,
+            };
+            let mut result = engine.run_slice(&req, &|e| {
+                let _ = tx.send(e);
+            })?;
+            let image = if spec.zstd { engine.zstd_image(&result)? } else { (result.manifest.clone(), result.blobs.clone()) };
+            let image = engine.annotate(image, &spec, &result.platform)?;
+            // The attestations are about the manifest as published (annotated, maybe zstd).
+            let attestation = engine.attest(&spec, &agent_name, started_secs, &result, &image.0)?;
+            if spec.push {
+                push(&engine, &spec.tags, &image)?;
+                if let Some(a) = &attestation {
+                    push(&engine, &spec.tags, a)?;
                 }
-                records
             }
-            None => vec![],
+            let step_records = result.records.iter().map(|r| crate::engine::record_name(&spec.cache_scope, &r.key)).collect::<Vec<_>>();
+            // --cache-to: this slice's records; their layers go where the cache is written.
+            result.records = match &spec.cache_to {
+                Some(export) => {
+                    let records = crate::cache::select(std::mem::take(&mut result.records), export.max);
+                    if let Some(reference) = &export.registry {
+                        crate::cache::push_layers(reference, &records, &engine.store, &engine.registry)?;
+                    }
+                    records
+                }
+                None => vec![],
+            };
+            Ok::<_, SliceError>((result, image.0, image.1, step_records, attestation))
         };
-        Ok::<_, SliceError>((result, image.0, image.1, step_records, attestation))
+        match build_and_push() {
+            Err(e) if e.corrupt_blob() => {
+                tracing::warn!("{e}: the corrupt blob was removed from the store; running the slice again");
+                crate::metrics::get().corrupt_blobs.inc(&[]);
+                let _ = tx.send(Event::Log { id: 0, line: format!("{e}: the corrupt blob was removed; building the slice again") });
+                build_and_push()
+            }
+            r => r,
+        }
     })
     .await;
     let _ = forwarder.await;

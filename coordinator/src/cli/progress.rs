@@ -100,7 +100,14 @@ impl Progress {
             inner.by_id.insert(id, n - 1);
             inner.steps.push(StepView { n, name: name.clone(), started: Instant::now(), status: None, last_log: None });
         }
-        let Some(&i) = inner.by_id.get(&id) else { return };
+        let Some(&i) = inner.by_id.get(&id) else {
+            // A line of the slice's own, not of a step (a cache that could not be imported, a
+            // slice run again): shown as a line of its own.
+            if let (Event::Log { line, .. }, Mode::Plain | Mode::Tty) = (&e, self.mode) {
+                let _ = writeln!(err, "=> {line}");
+            }
+            return;
+        };
         let step = &mut inner.steps[i];
         let line = match &e {
             Event::Start { name, .. } => format!("#{} {name}", step.n),
