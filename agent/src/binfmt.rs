@@ -327,7 +327,30 @@ pub fn install(scratch: &Path) -> Result<Report, BinfmtError> {
         };
         done.push((h, step));
     }
-    Ok(Report { mounted, steps: done, platforms: HostPlatforms::detect(scratch) })
+    // Probe again; a handler just registered that does not run yet is given a moment (seen on a
+    // loaded host: the first probe of a fresh handler failing now and then).
+    let registered: Vec<&str> = done.iter().filter(|(_, s)| matches!(s, Step::Register(_))).map(|(h, _)| h.arch).collect();
+    let mut platforms = HostPlatforms::detect(scratch);
+    for _ in 0..3 {
+        let missing = registered.iter().any(|a| probe_arch(a).is_some_and(|p| !platforms.emulated.iter().any(|e| e.arch() == p)));
+        if !missing {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        platforms = HostPlatforms::detect(scratch);
+    }
+    Ok(Report { mounted, steps: done, platforms })
+}
+
+/// The platform architecture the probe checks for a handler's architecture (`None`: no probe).
+fn probe_arch(arch: &str) -> Option<&'static str> {
+    match arch {
+        "arm64" | "aarch64" => Some("arm64"),
+        "riscv64" => Some("riscv64"),
+        "ppc64le" => Some("ppc64le"),
+        "amd64" | "x86_64" => Some("amd64"),
+        _ => None,
+    }
 }
 
 /// One write of the whole line: binfmt_misc parses each write(2) as one registration.

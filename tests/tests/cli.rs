@@ -209,7 +209,7 @@ fn build_checks_as_buildx_prints_them() {
 
 #[test]
 fn a_flag_kiln_lacks_is_named_in_one_line() {
-    for flag in ["--detach", "--invoke=sh", "--root"] {
+    for flag in ["--print", "--invoke=sh", "--root"] {
         let out = kiln(&["build", flag, "v", "."], &repo_root());
         assert_eq!(out.status.code(), Some(2));
         let name = flag.split('=').next().unwrap_or(flag);
