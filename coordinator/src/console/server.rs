@@ -171,8 +171,8 @@ async fn page(node: &Node, p: &Principal, req: &Request) -> Response {
         "/farm" => api::farm(node, p).await.map(|f| answer("Farm", String::new(), true, pages::farm(&f))),
         "/builds" => match api::filter(req) {
             Ok(f) => {
-                let above = pages::filters(&f, p);
-                api::builds(node, p, f).await.map(|list| answer("Builds", above, true, format!("<h1>Builds</h1>{}", pages::builds(&list))))
+                let above = format!("<div class=\"above\"><h1>Builds</h1>{}</div>", pages::filters(&f, p));
+                api::builds(node, p, f).await.map(|list| answer("Builds", above, true, pages::builds(&list)))
             }
             Err(e) => Err(e),
         },
