@@ -81,10 +81,19 @@ impl Sessions {
 /// token was refused; `Ok(None)` is nobody (no token, no live session).
 pub fn caller(sessions: &Sessions, node: &Node, req: &Request) -> Result<Option<Principal>, RemoteError> {
     if let Some(auth) = req.header("authorization") {
-        let token = auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("bearer ")).unwrap_or(auth);
-        return node::auth::principal(node, token.trim()).map(Some);
+        let token = bearer(auth).ok_or_else(|| RemoteError {
+            code: kiln_shared::wire::ErrorCode::Unauthenticated,
+            message: "the Authorization header must be `Bearer TOKEN` (a user or admin token)".into(),
+        })?;
+        return node::auth::principal(node, token).map(Some);
     }
     Ok(req.cookie(COOKIE).and_then(|id| sessions.session(node, id)))
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header (the scheme is case-insensitive).
+fn bearer(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
 }
 
 /// The cookie that carries a session (or, with an empty id, ends it).
@@ -113,6 +122,15 @@ mod tests {
         assert_eq!(safe_next(Some("/\\evil.example")), "/");
         assert_eq!(safe_next(Some("/login")), "/");
         assert_eq!(safe_next(None), "/");
+    }
+
+    #[test]
+    fn only_bearer_authorization_is_taken() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer  abc "), Some("abc"));
+        assert_eq!(bearer("Basic YWJj"), None);
+        assert_eq!(bearer("abc"), None);
+        assert_eq!(bearer("Bearer "), None);
     }
 
     #[test]
