@@ -233,7 +233,7 @@ fn the_console_shows_the_farm_the_builds_and_a_build_timeline_in_a_browser() {
 
     // A running build's page follows it to its end without a reload.
     let slow = TempDir::new("console-slow");
-    slow.write("Dockerfile", &format!("FROM {base}\nRUN echo started && sleep 4 && echo finished\n"));
+    slow.write("Dockerfile", &format!("FROM {base}\nRUN echo started && sleep 5 && echo finished\n"));
     let slow_tag = format!("{}/console/slow:1", registry.addr);
     let out = c.ok(c.kiln(&["build", "--detach", "--platform", "linux/amd64", "-t", &slow_tag, "--push", "."], slow.path()));
     let running: u64 = stdout(&out).trim().parse().unwrap_or_else(|_| panic!("--detach prints the id: {}", stdout(&out)));
@@ -247,4 +247,30 @@ fn the_console_shows_the_farm_the_builds_and_a_build_timeline_in_a_browser() {
         "the build's end, live",
         "document.querySelector('h1 .status').textContent === 'completed' && !!document.querySelector('.timeline .bar.executed') && document.getElementById('updated').textContent.includes('finished') && window.kilnMarker === 9",
     );
+}
+
+#[test]
+fn a_console_on_a_non_loopback_address_is_refused_in_one_line() {
+    let dir = TempDir::new("console-refused");
+    let data = dir.path().join("c1");
+    let out = kiln_tests::kiln(
+        dir.path(),
+        &[
+            "coordinator",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+            "--console-listen",
+            "0.0.0.0:7480",
+        ],
+        dir.path(),
+    );
+    let err = kiln_tests::stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("console_listen 0.0.0.0:7480") && err.contains("only on a loopback address"), "{err}");
+    assert!(!data.exists(), "nothing is written before the refusal");
 }
