@@ -191,6 +191,10 @@ pub struct CoordinatorConfig {
     /// default: not served).
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Where to serve the web console (plain HTTP on TCP; default: not served). Loopback
+    /// addresses only: the console carries tokens and has no TLS of its own.
+    #[serde(default)]
+    pub console_listen: Option<SocketAddr>,
     /// Build history: finished builds kept per tenant (default 1000), and for how long
     /// (default 30 days); their logs go with them.
     #[serde(default = "default_history_keep_builds")]
@@ -256,6 +260,11 @@ impl CoordinatorConfig {
                 self.quic_keep_alive_ms, self.quic_idle_timeout_ms
             ));
         }
+        if let Some(addr) = self.console_listen.filter(|a| !a.ip().is_loopback()) {
+            return bad(format!(
+                "console_listen {addr}: the console serves plain HTTP, so only on a loopback address (127.0.0.1, ::1); put a TLS proxy in front of it to reach it from elsewhere"
+            ));
+        }
         Ok(())
     }
 }
@@ -310,6 +319,11 @@ mod tests {
         let with: CoordinatorConfig = toml::from_str(&format!("metrics_listen = \"127.0.0.1:9401\"\n{base}")).unwrap();
         assert_eq!(with.metrics_listen, Some("127.0.0.1:9401".parse().unwrap()));
         assert!(toml::from_str::<CoordinatorConfig>(&format!("metrics_listen = \"nowhere\"\n{base}")).is_err());
+        assert_eq!(ok.console_listen, None, "the console is off by default");
+        let console: CoordinatorConfig = toml::from_str(&format!("console_listen = \"127.0.0.1:7480\"\n{base}")).unwrap();
+        console.validate().unwrap();
+        let open: CoordinatorConfig = toml::from_str(&format!("console_listen = \"0.0.0.0:7480\"\n{base}")).unwrap();
+        assert!(open.validate().unwrap_err().to_string().contains("only on a loopback address"));
         assert!(toml::from_str::<CoordinatorConfig>(&format!("{base}typo_ms = 3\n")).is_err());
         let mut c = ok.clone();
         c.id = 9;

@@ -5,11 +5,13 @@
 //! - `node`: a coordinator process (`kiln coordinator`): bootstrap, requests, leader duties;
 //! - `raft`: the replicated state, its commands, and its storage and network for openraft;
 //! - `scheduler`: the pure placement of slices; `builders`: buildx's builders and contexts;
-//! - `config`: the config files of `kiln coordinator` and `kiln agent`.
+//! - `config`: the config files of `kiln coordinator` and `kiln agent`;
+//! - `console`: the web console every coordinator can serve (`--console-listen`).
 
 pub mod builders;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod embedded;
 pub mod metrics;
 pub mod node;

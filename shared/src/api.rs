@@ -592,6 +592,9 @@ pub struct ClusterStatus {
     pub term: u64,
     pub last_applied: u64,
     pub members: Vec<Member>,
+    /// The answering coordinator's web console (`http://ADDR`), if it serves one.
+    #[serde(default)]
+    pub console: Option<String>,
 }
 
 /// What a frame to a coordinator carries: a request of one of the protocols it serves, tagged

@@ -101,6 +101,9 @@ pub struct Cluster {
     /// (`coordinator 1`, `agent a1`, ...).
     pub metrics: Vec<(String, String)>,
     with_metrics: bool,
+    /// With [`Cluster::start_with_console`]: each coordinator's web console (`http://ADDR`),
+    /// coordinator 1's first.
+    pub consoles: Vec<String>,
 }
 
 impl Cluster {
@@ -111,18 +114,25 @@ impl Cluster {
 
     /// With the given election timeouts (ms).
     pub fn start_with(n: usize, election_min_ms: u64, election_max_ms: u64) -> Cluster {
-        Self::start_inner(n, election_min_ms, election_max_ms, false)
+        Self::start_inner(n, election_min_ms, election_max_ms, false, false)
     }
 
     /// Every coordinator, and every agent added later, serves metrics on a loopback port of its
     /// own (see [`Cluster::metrics`]).
     pub fn start_with_metrics(n: usize) -> Cluster {
-        Self::start_inner(n, 1000, 2000, true)
+        Self::start_inner(n, 1000, 2000, true, false)
     }
 
-    fn start_inner(n: usize, election_min_ms: u64, election_max_ms: u64, with_metrics: bool) -> Cluster {
+    /// Every coordinator serves the web console on a loopback port of its own (see
+    /// [`Cluster::consoles`]).
+    pub fn start_with_console(n: usize) -> Cluster {
+        Self::start_inner(n, 1000, 2000, false, true)
+    }
+
+    fn start_inner(n: usize, election_min_ms: u64, election_max_ms: u64, with_metrics: bool, with_console: bool) -> Cluster {
         let dir = TempDir::new("cluster");
         let mut metrics = Vec::new();
+        let mut consoles = Vec::new();
         let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_udp_port())).collect();
         let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
         let mut coordinators = Vec::new();
@@ -157,6 +167,11 @@ impl Cluster {
                 args.extend(["--metrics-listen".to_string(), addr.clone()]);
                 metrics.push((format!("coordinator {id}"), addr));
             }
+            if with_console {
+                let addr = format!("127.0.0.1:{}", crate::free_port());
+                args.extend(["--console-listen".to_string(), addr.clone()]);
+                consoles.push(format!("http://{addr}"));
+            }
             let log = dir.path().join(format!("c{id}.log"));
             let mut p = Proc { name: format!("coordinator {id}"), args, log, child: None, env: vec![] };
             p.start();
@@ -177,7 +192,7 @@ impl Cluster {
         }
         let read = |f: &str| std::fs::read_to_string(c1.join(f)).expect("token").trim().to_string();
         let (admin_token, agent_token) = (read("admin.token"), read("agent.token"));
-        let cluster = Cluster { dir, coordinators, addrs, agents: vec![], admin_token, agent_token, metrics, with_metrics };
+        let cluster = Cluster { dir, coordinators, addrs, agents: vec![], admin_token, agent_token, metrics, with_metrics, consoles };
         cluster.leader();
         cluster
     }

@@ -12,8 +12,12 @@
 //!   of the whole suite;
 //! - [`cluster::Cluster`]: coordinators and agents as real processes, with fault injection (and
 //!   `--metrics-listen` on each with [`cluster::Cluster::start_with_metrics`]);
-//! - [`prometheus::Prometheus`]: a real Prometheus scraping them, queried with PromQL.
+//! - [`prometheus::Prometheus`]: a real Prometheus scraping them, queried with PromQL;
+//! - [`browser::Browser`]: headless Chromium driven over the DevTools protocol (the web
+//!   console's tests; `--console-listen` on each coordinator with
+//!   [`cluster::Cluster::start_with_console`]).
 
+pub mod browser;
 pub mod cluster;
 pub mod prometheus;
 pub mod target;

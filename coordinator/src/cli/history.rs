@@ -1,6 +1,7 @@
 //! `kiln history`, buildx's verbs over the farm's build history: `ls`, `inspect` (with the
 //! cache-miss explanation), `logs` (`-f` re-attaches to a running build and renders the same
-//! progress), `rm` and `export`. Users see their own tenant's builds; admins see all.
+//! progress), `rm`, `export` and `open` (the build's page in the web console). Users see their
+//! own tenant's builds; admins see all.
 
 use super::builder::ListFormat;
 use super::farm_build::{show, StepIds};
@@ -50,6 +51,9 @@ pub enum HistoryCommand {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// Print the URL of a build's page in the web console (the newest of your tenant's by
+    /// default), and open it with xdg-open when there is a display.
+    Open { id: Option<String> },
     /// Write a build's record and log as JSON (to a file, or standard output).
     Export {
         id: Option<String>,
@@ -149,6 +153,22 @@ pub fn run(args: HistoryArgs) -> anyhow::Result<ExitCode> {
                     other => bail!(unexpected(other)),
                 }
             }
+            HistoryCommand::Open { id: which } => {
+                // Through inspect: an unknown or another tenant's build is one clear line here.
+                let build = detail(&farm, which.as_deref()).await?.summary.id;
+                let ClientResponse::Status(status) = remote::call(&farm, &ClientRequest::Status).await? else {
+                    bail!("unexpected answer to status")
+                };
+                let console = status.console.ok_or_else(|| {
+                    anyhow!(
+                        "coordinator {} serves no web console: start it with --console-listen 127.0.0.1:PORT (or console_listen in its config)",
+                        status.id
+                    )
+                })?;
+                let url = format!("{console}/builds/{build}");
+                println!("{url}");
+                open_in_browser(&url);
+            }
             HistoryCommand::Export { id: which, output } => {
                 let d = detail(&farm, which.as_deref()).await?;
                 let events = all_events(&farm, d.summary.id).await?;
@@ -162,6 +182,26 @@ pub fn run(args: HistoryArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `xdg-open URL` when a display is there and xdg-open is installed; otherwise the printed
+/// URL is all (a headless host, an SSH session).
+fn open_in_browser(url: &str) {
+    let display = ["DISPLAY", "WAYLAND_DISPLAY"].iter().any(|v| std::env::var_os(v).is_some_and(|d| !d.is_empty()));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path).any(|dir| dir.join("xdg-open").is_file());
+    if !display || !found {
+        return;
+    }
+    let status = std::process::Command::new("xdg-open")
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !status.is_ok_and(|s| s.success()) {
+        eprintln!("xdg-open could not open {url}: open it in a browser");
+    }
 }
 
 async fn detail(farm: &kiln_shared::client::ClientFarm, which: Option<&str>) -> anyhow::Result<Box<BuildDetail>> {

@@ -82,6 +82,9 @@ pub struct CoordinatorArgs {
     /// Serve Prometheus metrics, /healthz and /readyz over plain HTTP on this TCP address.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve the web console over plain HTTP on this TCP address (loopback only).
+    #[arg(long)]
+    pub console_listen: Option<SocketAddr>,
 }
 
 /// Flags override file values: `cfg.field = args.field.unwrap_or(cfg.field)` for each name.
@@ -249,6 +252,9 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(v) = args.metrics_listen {
         cfg.metrics_listen = Some(v);
+    }
+    if let Some(v) = args.console_listen {
+        cfg.console_listen = Some(v);
     }
     override_with!(cfg, args:
         heartbeat_interval_ms,

@@ -24,6 +24,7 @@ pub fn status(node: &Node) -> ClusterStatus {
         term: m.current_term,
         last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
         members,
+        console: node.console.map(|a| format!("http://{a}")),
     }
 }
 

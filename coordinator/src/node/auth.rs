@@ -19,6 +19,19 @@ fn token_record(node: &Node, token: &str) -> Result<(Token, raft::TokenRecord), 
     Ok((t, record))
 }
 
+/// Who a user or admin token names (the web console's sign-in): checked as [`join`] checks it,
+/// against the replicated token table; agent and coordinator tokens are refused.
+pub fn principal(node: &Node, token: &str) -> Result<Principal, RemoteError> {
+    let (t, record) = token_record(node, token)?;
+    match t.role {
+        Role::Admin | Role::User => Ok(Principal { role: t.role, name: record.tenant }),
+        other => Err(err(
+            ErrorCode::PermissionDenied,
+            format!("a {} token cannot sign in to the console: use a user or admin token", other.as_str()),
+        )),
+    }
+}
+
 pub fn join(node: &Node, token: &str, name: &str, csr: &[u8]) -> Answer<JoinResponse> {
     let (t, record) = token_record(node, token)?;
     let principal = match t.role {

@@ -132,6 +132,12 @@ async fn client(node: &Node, p: Principal, origin: SocketAddr, req: ClientReques
     }
 }
 
+/// A CLI request on behalf of `p` from inside this coordinator (the web console): the same
+/// permissions, and forwarded to the leader as the CLI's are.
+pub async fn as_client(node: &Node, p: Principal, req: ClientRequest) -> Answer<ClientResponse> {
+    client(node, p, node.cfg.listen, req).await
+}
+
 /// The agent protocol: blobs here, the rest on the leader.
 async fn agent(node: &Node, p: Principal, origin: SocketAddr, req: AgentRequest) -> Answer<AgentResponse> {
     match req {

@@ -11,7 +11,8 @@
 //!   [`owners`]: which tenant uploaded which blob; [`session`]: steps' questions to the
 //!   client of their build (secrets, ssh-agent messages), in memory only;
 //! - [`peers`]: connections to the other coordinators;
-//! - [`probes`]: the metrics endpoint (`--metrics-listen`).
+//! - [`probes`]: the metrics endpoint (`--metrics-listen`); the web console is
+//!   [`crate::console`].
 
 pub mod admin;
 pub mod agents;
@@ -166,6 +167,8 @@ pub struct Node {
     pub stop: CancellationToken,
     /// Requests being served; closed when `stop` is cancelled (see [`run`]).
     pub gate: Gate,
+    /// Where this coordinator serves the web console, if it does (`--console-listen`).
+    pub console: Option<SocketAddr>,
 }
 
 impl Node {
@@ -325,6 +328,15 @@ pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option
         }
         None => None,
     };
+    // As the metrics: bound first, so that a taken port fails the start.
+    let console = match cfg.console_listen {
+        Some(addr) => {
+            let served = crate::console::serve(addr, serving.clone()).await?;
+            tracing::info!(coordinator = cfg.id, console = %format!("http://{}", served.addr), "serving the web console");
+            Some(served)
+        }
+        None => None,
+    };
     let creds = bootstrap::credentials(&cfg, join, token.as_deref(), &stop).await?;
     let ca_der = creds.ca.cert_der();
     let endpoint = transport::server_with(cfg.listen, &ca_der, &creds.identity, true, &cfg.quic())
@@ -374,6 +386,7 @@ pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option
         sched: tokio::sync::Mutex::new(()),
         stop: stop.clone(),
         gate: Gate::default(),
+        console: console.as_ref().map(|c| c.addr),
     });
     let _ = serving.set(node.clone());
     let mut tasks: Vec<TaskHandle<()>> = Vec::new();
