@@ -147,8 +147,11 @@ impl TempDir {
 }
 
 impl Drop for TempDir {
+    /// Removed, unless `KILN_TEST_KEEP` is set (to read a failed run's logs and state).
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if std::env::var_os("KILN_TEST_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
