@@ -89,6 +89,14 @@ fn default_upload_abandon_secs() -> u64 {
     3_600
 }
 
+fn default_blob_keep_secs() -> u64 {
+    7 * 24 * 3_600
+}
+
+fn default_blob_gc_interval_secs() -> u64 {
+    300
+}
+
 fn default_history_keep_builds() -> usize {
     1_000
 }
@@ -201,6 +209,15 @@ pub struct CoordinatorConfig {
     pub history_keep_builds: usize,
     #[serde(default = "default_history_keep_secs")]
     pub history_keep_secs: u64,
+    /// This coordinator's blob store: blobs no running build names go once unused this long
+    /// (default 604800 s, 7 days; 0 keeps them), and the oldest beyond `blob_keep_bytes`
+    /// (default 0: no limit), checked every `blob_gc_interval_secs` (default 300).
+    #[serde(default = "default_blob_keep_secs")]
+    pub blob_keep_secs: u64,
+    #[serde(default)]
+    pub blob_keep_bytes: u64,
+    #[serde(default = "default_blob_gc_interval_secs")]
+    pub blob_gc_interval_secs: u64,
 }
 
 impl CoordinatorConfig {

@@ -72,6 +72,11 @@ impl Session {
         join(&self.hosts, self.token.as_deref()).await
     }
 
+    /// Joins one coordinator of the farm alone (a request each member serves for itself).
+    pub async fn connect_to(&self, host: SocketAddr) -> anyhow::Result<ClientFarm> {
+        join(&[host], self.token.as_deref()).await.with_context(|| format!("coordinator {host}"))
+    }
+
     /// Names this farm in `client.json`: its coordinators, or `embedded` (whose port changes).
     fn key(&self) -> String {
         if self.is_embedded() {

@@ -23,6 +23,10 @@ pub struct PruneArgs {
     /// Do not ask for confirmation (kiln never asks; accepted for buildx compatibility).
     #[arg(short = 'f', long)]
     pub force: bool,
+    /// Prune every coordinator's blob store (uploaded contexts, caches, returned images) instead
+    /// of the agents' caches: what no running build names (admins).
+    #[arg(long)]
+    pub coordinators: bool,
 }
 
 /// Go-style durations as `prune --filter until=` takes them (`24h`, `1h30m`, `90s`).
@@ -127,6 +131,9 @@ pub fn prune(args: PruneArgs, builder: Option<String>, farm: FarmArgs) -> anyhow
         println!("Removed {} step cache records, {} blobs, {} snapshots", r.records_removed, r.blobs_removed, r.snapshots_removed);
         println!("Total:\t{}", human(r.bytes_reclaimed));
     };
+    if args.coordinators {
+        return prune_coordinators(spec, farm);
+    }
     let list = per_agent(builder, farm, |builder| ClientRequest::Prune { builder, spec: spec.clone() })?;
     let mut total = 0;
     let mut failed = false;
@@ -141,6 +148,34 @@ pub fn prune(args: PruneArgs, builder: Option<String>, farm: FarmArgs) -> anyhow
             Err(e) => {
                 failed = true;
                 println!("unreachable: {e}");
+            }
+        }
+    }
+    println!("Farm total reclaimed:\t{}", human(total));
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// `kiln prune --coordinators`: each coordinator prunes its own blob store.
+fn prune_coordinators(spec: PruneOptions, farm: FarmArgs) -> anyhow::Result<ExitCode> {
+    let session = farm.open()?;
+    let mut failed = false;
+    let mut total = 0;
+    for host in session.hosts.clone() {
+        let answer = session.block_on(async {
+            let f = session.connect_to(host).await?;
+            let r = remote::call(&f, &ClientRequest::PruneCoordinator { spec: spec.clone() }).await;
+            f.close();
+            r
+        });
+        match answer {
+            Ok(ClientResponse::CoordinatorPruned { coordinator, report }) => {
+                println!("Coordinator {coordinator} ({host}):\tremoved {} blobs, {}", report.blobs_removed, human(report.bytes_reclaimed));
+                total += report.bytes_reclaimed;
+            }
+            Ok(other) => bail!(remote::unexpected(other)),
+            Err(e) => {
+                failed = true;
+                println!("Coordinator {host}:\tunreachable: {e:#}");
             }
         }
     }

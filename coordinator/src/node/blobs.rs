@@ -72,6 +72,8 @@ pub fn missing(node: &Node, owner: Option<String>, digests: Vec<String>) -> Answ
         if !have || owner.as_ref().is_some_and(|t| !node.owners.owns(t, &d)) {
             out.push(d);
         } else {
+            // A use: the blob GC keeps what clients still send builds with.
+            node.blobs.touch(&digest);
             skipped += node.blobs.size(&digest).unwrap_or(0);
         }
     }

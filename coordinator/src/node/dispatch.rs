@@ -121,6 +121,11 @@ async fn client(node: &Node, p: Principal, origin: SocketAddr, req: ClientReques
     match req {
         ClientRequest::Status => Ok(ClientResponse::Status(admin::status(node))),
         ClientRequest::Blob(b) => blobs::serve(node, &p, b).map(ClientResponse::Blob),
+        ClientRequest::PruneCoordinator { spec } => {
+            // Filesystem work, off the runtime's other tasks (the runtime is multi-threaded).
+            let report = tokio::task::block_in_place(|| super::blob_gc::prune(node, &spec));
+            Ok(ClientResponse::CoordinatorPruned { coordinator: node.id, report })
+        }
         ClientRequest::Submit(spec) if !blobs::owns_context(node, &p, &spec) => Err(err(
             ErrorCode::PermissionDenied,
             "the build names context or cache blobs this tenant has not uploaded to this coordinator; upload them first",
@@ -260,7 +265,7 @@ async fn lead_client(node: &Node, p: Principal, origin: SocketAddr, req: ClientR
         ClientRequest::AddCoordinator { id, addr } => admin::add_coordinator(node, id, addr).await,
         ClientRequest::RemoveCoordinator { id } => admin::remove_coordinator(node, id).await,
         // Served where they are received, never forwarded.
-        other @ (ClientRequest::Status | ClientRequest::Blob(_)) => {
+        other @ (ClientRequest::Status | ClientRequest::Blob(_) | ClientRequest::PruneCoordinator { .. }) => {
             Err(bad(format!("unexpected request {:?}", std::mem::discriminant(&other))))
         }
     }

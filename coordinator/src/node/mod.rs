@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod agents;
 pub mod auth;
+pub mod blob_gc;
 pub mod blobs;
 pub mod bootstrap;
 pub mod builds;
@@ -396,6 +397,7 @@ pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option
         tasks.push(task::spawn("found the cluster", found(node.clone())));
     }
     tasks.push(task::spawn("leader", leader::run(node.clone())));
+    tasks.push(task::spawn("blob gc", blob_gc::keep_collecting(node.clone())));
     tasks.push(task::spawn("accept", accept(node.clone(), endpoint.clone())));
     tracing::info!(coordinator = cfg.id, listen = %cfg.listen, data_dir = %cfg.data_dir.display(), "listening");
     stop.cancelled().await;

@@ -68,6 +68,11 @@ pub enum ClientRequest {
     ForgetBuilds {
         builds: Vec<u64>,
     },
+    /// `kiln prune --coordinators`: the receiving coordinator's blob store (admins; never
+    /// forwarded: each coordinator holds its own blobs).
+    PruneCoordinator {
+        spec: PruneSpec,
+    },
     /// Ctrl-C in `kiln build`: the build is cancelled, its slices stop.
     Cancel {
         build: u64,
@@ -80,6 +85,7 @@ impl ClientRequest {
         use ClientRequest::*;
         match self {
             Prune { .. } | CreateToken { .. } | RemoveContext { .. } | CreateBuilder(_) | RemoveBuilder { .. } => true,
+            PruneCoordinator { .. } => true,
             AddCoordinator { .. } | RemoveCoordinator { .. } => true,
             Blob(_) | Status | Submit(_) | Watch { .. } | Answer { .. } | Contexts | Builders | Inspect { .. } | DiskUsage { .. } => false,
             History(_) | HistoryInspect { .. } | ForgetBuilds { .. } | Cancel { .. } => false,
@@ -113,4 +119,9 @@ pub enum ClientResponse {
     BuildDetail(Box<BuildDetail>),
     /// How many of the named builds were removed.
     Count(u64),
+    /// What a coordinator's blob GC removed.
+    CoordinatorPruned {
+        coordinator: u64,
+        report: super::PruneReport,
+    },
 }
