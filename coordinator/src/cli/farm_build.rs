@@ -192,12 +192,14 @@ pub async fn follow(farm: &ClientFarm, build: u64, p: &Prepared, mode: Mode, lab
     let progress = Progress::new(mode);
     let mut ids = StepIds::new();
     let mut cursor = 0;
+    // Ctrl-C cancels the build, as in buildx; a client that merely dies does not. One listener
+    // for the whole follow, so that a Ctrl-C between two polls is not lost.
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
         let req = ClientRequest::Watch { build, cursor, wait_ms: 5_000 };
-        // Ctrl-C cancels the build, as in buildx; a client that merely dies does not.
         let answer = tokio::select! {
             a = farm.call(&req, Duration::from_secs(15), Duration::from_secs(60)) => a.map_err(|e| anyhow!("following build {build}: {e}"))?,
-            _ = tokio::signal::ctrl_c() => {
+            _ = &mut interrupted => {
                 progress.note(&format!("cancelling build {build}"));
                 let cancelled = farm.call(&ClientRequest::Cancel { build }, Duration::from_secs(10), Duration::from_secs(20)).await;
                 match cancelled {
