@@ -342,10 +342,26 @@ fn a_failing_target_fails_the_bake_by_name_unless_keep_going() {
     assert!(m["svc01"]["containerimage.digest"].as_str().unwrap_or("").starts_with("sha256:"), "{m}");
     assert!(m.get("svc02").is_none(), "{m}");
     assert_indexes(&registry, &names[..1]);
+    // Without --keep-going the failure cancels the rest, as buildx does: a slow svc01 is
+    // cancelled on the farm, not left to run.
+    dir.write("svc01.Dockerfile", "ARG BASE\nFROM ${BASE}\nRUN sleep 8\n");
     let out = run(&[]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("ERROR: target svc02:"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("=> svc01: cancelled (build "), "{}", stderr(&out));
     assert!(stderr(&out).lines().last().unwrap_or("").contains("target svc02 failed"), "{}", stderr(&out));
+    let ls = Command::new(kiln_bin())
+        .args(["history", "ls", "--format", "json", "--filter", "status=cancelled"])
+        .env("KILN_HOME", home.path())
+        .env_remove("KILN_HOST")
+        .current_dir(dir.path())
+        .bounded()
+        .expect("kiln history ls");
+    let cancelled: serde_json::Value = serde_json::from_slice(&ls.stdout).expect("JSON");
+    assert!(
+        cancelled.as_array().expect("list").iter().any(|b| b["tags"].to_string().contains("bake/svc01")),
+        "svc01's build is cancelled: {cancelled}"
+    );
 }
 
 /// Four agents, two of them declared arm64-native: twelve targets × two platforms, every

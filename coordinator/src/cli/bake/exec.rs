@@ -3,8 +3,9 @@
 //! spreads every slice over every agent together; a target with `target:` contexts waits for the
 //! targets it links, takes their results as named contexts (`link`), then is prepared, submitted
 //! and followed like the rest. A target that others link is built once, whether it was asked for
-//! or not. The first failure stops the rest (their followers are dropped); with `keep_going` the
-//! others finish and publish, and a target whose link failed fails naming it.
+//! or not. The first failure cancels the rest, as buildx does (the farm stops their builds);
+//! with `keep_going` the others finish and publish, and a target whose link failed fails naming
+//! it.
 
 use super::link::{self, Scratch};
 use crate::cli::build::{self, BuildRequest};
@@ -12,10 +13,11 @@ use crate::cli::farm_build::{self, Prepared, Provenances};
 use crate::cli::progress::Mode;
 use crate::cli::remote::Session;
 use anyhow::{bail, Context as _};
-use kiln_shared::api::BuildView;
+use kiln_shared::api::{BuildView, ClientRequest};
 use kiln_shared::client::ClientFarm;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// One target, ready for the executor.
@@ -68,16 +70,18 @@ pub async fn execute(session: &Session, jobs: Vec<Job>, opts: Options) -> anyhow
         receivers.insert(j.name.clone(), rx);
     }
     let opts = Arc::new(opts);
+    // The builds submitted so far, by target: what a failure cancels.
+    let submitted: Arc<std::sync::Mutex<BTreeMap<String, u64>>> = Arc::default();
     let mut set = tokio::task::JoinSet::new();
     for j in jobs {
         let waits: Vec<(String, String, watch::Receiver<Outcome>)> =
             j.links.iter().filter_map(|(ctx, l)| receivers.get(l).map(|rx| (ctx.clone(), l.clone(), rx.clone()))).collect();
         let tx = senders.remove(&j.name);
-        let (farm, opts, scratch) = (Arc::clone(&farm), Arc::clone(&opts), Arc::clone(&scratch));
+        let (farm, opts, scratch, submitted) = (Arc::clone(&farm), Arc::clone(&opts), Arc::clone(&scratch), Arc::clone(&submitted));
         set.spawn(async move {
             let name = j.name.clone();
             let mut tags = Vec::new();
-            let result = one(&farm, j, waits, &opts, &scratch, &tx, &mut tags).await;
+            let result = one(&farm, j, waits, &opts, &scratch, &tx, &mut tags, &submitted).await;
             if let (Err(e), Some(tx)) = (&result, &tx) {
                 tx.send_replace(Some(Err(format!("{e:#}"))));
             }
@@ -102,9 +106,22 @@ pub async fn execute(session: &Session, jobs: Vec<Job>, opts: Options) -> anyhow
                 eprintln!("ERROR: target {name}: {e:#}");
                 failed.push(name);
                 if !opts.keep_going {
-                    // buildx cancels the rest; kiln stops following them (the farm has no
-                    // cancel request yet, so builds already running there finish on their own).
+                    // buildx cancels the rest: so does kiln, on the farm.
                     set.abort_all();
+                    let others: Vec<(String, u64)> = submitted
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .iter()
+                        .filter(|(n, _)| !done.contains_key(*n) && !failed.contains(*n))
+                        .map(|(n, b)| (n.clone(), *b))
+                        .collect();
+                    for (other, build) in others {
+                        let cancel = ClientRequest::Cancel { build };
+                        // A build that ended meanwhile cannot be cancelled: nothing to do.
+                        if farm.call(&cancel, Duration::from_secs(10), Duration::from_secs(20)).await.is_ok() && opts.mode != Mode::Quiet {
+                            eprintln!("=> {other}: cancelled (build {build})");
+                        }
+                    }
                     break;
                 }
             }
@@ -126,6 +143,7 @@ async fn one(
     scratch: &Scratch,
     tx: &Option<watch::Sender<Outcome>>,
     tags: &mut Vec<String>,
+    submitted: &std::sync::Mutex<BTreeMap<String, u64>>,
 ) -> anyhow::Result<(BuildView, Provenances)> {
     let mut p = match job.prepared {
         Some(p) => p,
@@ -151,6 +169,7 @@ async fn one(
     }
     tags.clone_from(&p.spec.tags);
     let build = farm_build::submit(farm, p.spec.clone(), &BTreeMap::new(), Mode::Quiet).await.context("submitting")?;
+    submitted.lock().unwrap_or_else(|e| e.into_inner()).insert(job.name.clone(), build);
     let (view, provenance) = farm_build::follow(farm, build, &p, opts.mode, &job.name).await?;
     if let Some(tx) = tx {
         let source = link::source(farm, &job.name, &p.spec, &view, scratch.path()).await?;
