@@ -77,11 +77,12 @@ pub async fn execute(session: &Session, jobs: Vec<Job>, opts: Options) -> anyhow
         let waits: Vec<(String, String, watch::Receiver<Outcome>)> =
             j.links.iter().filter_map(|(ctx, l)| receivers.get(l).map(|rx| (ctx.clone(), l.clone(), rx.clone()))).collect();
         let tx = senders.remove(&j.name);
-        let (farm, opts, scratch, submitted) = (Arc::clone(&farm), Arc::clone(&opts), Arc::clone(&scratch), Arc::clone(&submitted));
+        let shared =
+            Shared { farm: Arc::clone(&farm), opts: Arc::clone(&opts), scratch: Arc::clone(&scratch), submitted: Arc::clone(&submitted) };
         set.spawn(async move {
             let name = j.name.clone();
             let mut tags = Vec::new();
-            let result = one(&farm, j, waits, &opts, &scratch, &tx, &mut tags, &submitted).await;
+            let result = one(&shared, j, waits, &tx, &mut tags).await;
             if let (Err(e), Some(tx)) = (&result, &tx) {
                 tx.send_replace(Some(Err(format!("{e:#}"))));
             }
@@ -133,18 +134,25 @@ pub async fn execute(session: &Session, jobs: Vec<Job>, opts: Options) -> anyhow
     Ok((done, failed))
 }
 
+/// What every target's task shares: the farm, the options, the layouts' scratch directory and
+/// the builds submitted so far (by target: what a failure cancels).
+struct Shared {
+    farm: Arc<ClientFarm>,
+    opts: Arc<Options>,
+    scratch: Arc<Scratch>,
+    submitted: Arc<std::sync::Mutex<BTreeMap<String, u64>>>,
+}
+
 /// One target: its links awaited, prepared (if it was not), submitted, followed, and its result
 /// handed to the targets that link it.
 async fn one(
-    farm: &ClientFarm,
+    shared: &Shared,
     job: Job,
     waits: Vec<(String, String, watch::Receiver<Outcome>)>,
-    opts: &Options,
-    scratch: &Scratch,
     tx: &Option<watch::Sender<Outcome>>,
     tags: &mut Vec<String>,
-    submitted: &std::sync::Mutex<BTreeMap<String, u64>>,
 ) -> anyhow::Result<(BuildView, Provenances)> {
+    let (farm, opts, scratch) = (&*shared.farm, &*shared.opts, &*shared.scratch);
     let mut p = match job.prepared {
         Some(p) => p,
         None => {
@@ -169,7 +177,7 @@ async fn one(
     }
     tags.clone_from(&p.spec.tags);
     let build = farm_build::submit(farm, p.spec.clone(), &BTreeMap::new(), Mode::Quiet).await.context("submitting")?;
-    submitted.lock().unwrap_or_else(|e| e.into_inner()).insert(job.name.clone(), build);
+    shared.submitted.lock().unwrap_or_else(|e| e.into_inner()).insert(job.name.clone(), build);
     let (view, provenance) = farm_build::follow(farm, build, &p, opts.mode, &job.name).await?;
     if let Some(tx) = tx {
         let source = link::source(farm, &job.name, &p.spec, &view, scratch.path()).await?;
