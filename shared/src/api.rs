@@ -213,6 +213,10 @@ pub struct BuildSpec {
     /// `--no-cache-filter`: the stages whose steps run without the step cache.
     #[serde(default)]
     pub no_cache_filter: Vec<String>,
+    /// Other coordinators holding copies of the build's blobs: set by the coordinator that
+    /// received the build (whatever a client sends is replaced).
+    #[serde(default)]
+    pub replicas: Vec<std::net::SocketAddr>,
 }
 
 /// One `--build-context NAME=SOURCE`, as the farm gets it.
@@ -723,6 +727,7 @@ mod tests {
             ssh: vec!["default".into()],
             pull: true,
             no_cache_filter: vec!["build".into()],
+            replicas: vec![],
             named_contexts: vec![NamedContextSpec { name: "base".into(), source: NamedSource::Image("busybox:1".into()) }],
             run: RunOptions {
                 network: Some("none".into()),

@@ -411,3 +411,48 @@ fn an_upload_cut_off_midway_does_not_wedge_the_next_build() {
     c.ok(out);
     assert_eq!(partial(), 0, "no partial upload is left once the blob is stored");
 }
+
+/// No single point of failure between upload and result: the coordinator that received a
+/// build's uploads is killed after the build was accepted and before its agent fetched
+/// anything (the agent is stopped meanwhile); the slice fetches the context from the copy the
+/// receiving coordinator made on another member before accepting the build, and succeeds.
+#[test]
+fn the_receiving_coordinator_dies_between_upload_and_dispatch_and_the_build_succeeds() {
+    let _serial = serial();
+    let registry = kiln_tests::Registry::start();
+    let mut c = Cluster::start(3);
+    c.add_agent("a1", &[], 2);
+    let base = base(&c, &registry);
+    let ctx = TempDir::new("farm-replica");
+    // Content no other build has: the agent must fetch it.
+    let unique = format!("replicated {:?}\n", std::time::SystemTime::now());
+    ctx.write("data.txt", &unique);
+    ctx.write("Dockerfile", &format!("FROM {base}\nCOPY data.txt /data.txt\nRUN cat /data.txt > /seen\n"));
+    let leader = c.leader();
+    let receiver = (1..=3u64).find(|id| *id != leader).expect("a follower");
+    let i = receiver as usize - 1;
+    // The CLI talks to the receiver first (its uploads land there), then the others.
+    let mut hosts = vec![c.addrs[i].clone()];
+    hosts.extend(c.addrs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| a.clone()));
+    let reference = format!("{}/app/replica:1", registry.addr);
+    c.agent("a1").pause();
+    let child = Command::new(kiln_tests::kiln_bin())
+        .args(["build", "--progress", "plain", "--platform", "linux/amd64", "-t", &reference, "--push", "."])
+        .current_dir(ctx.path())
+        .env("KILN_HOME", c.home())
+        .env("KILN_HOST", hosts.join(","))
+        .env("KILN_TOKEN", &c.admin_token)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kiln build");
+    wait_for("the build to be accepted", Duration::from_secs(60), || {
+        let o = c.kiln(&["history", "ls", "--format", "json", "--filter", "ref=app/replica"], ctx.path());
+        stdout(&o).contains("\"id\"")
+    });
+    c.coordinators[i].kill();
+    c.agent("a1").resume();
+    let out = child.wait_with_output().expect("kiln build");
+    assert!(out.status.success(), "the build survives its receiving coordinator:\n{}\nlogs:\n{}", stderr(&out), c.logs());
+}

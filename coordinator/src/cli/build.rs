@@ -470,6 +470,7 @@ pub fn prepare(req: &BuildRequest, current_builder: Option<String>, mode: Mode) 
         named_contexts,
         pull: req.pull,
         no_cache_filter: req.no_cache_filter.clone(),
+        replicas: vec![],
     };
     Ok(Prepared { spec, files: context.files, outputs, cache_to, session: build_session, _fetched: fetched })
 }

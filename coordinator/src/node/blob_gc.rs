@@ -35,7 +35,7 @@ fn in_use(state: &ClusterState, node: &Node) -> HashSet<String> {
     out
 }
 
-fn digests_in(text: &str) -> impl Iterator<Item = String> + '_ {
+pub(super) fn digests_in(text: &str) -> impl Iterator<Item = String> + '_ {
     text.match_indices("sha256:").filter_map(move |(i, _)| {
         let hex = text.get(i + 7..i + 7 + 64)?;
         hex.bytes().all(|c| c.is_ascii_hexdigit()).then(|| format!("sha256:{hex}"))

@@ -19,8 +19,8 @@ fn parse_digest(d: &str) -> Result<Digest, RemoteError> {
 pub fn owner_of(p: &Principal, owner: Option<String>) -> Result<Option<String>, RemoteError> {
     match p.role {
         Role::Admin | Role::User => Ok(Some(p.tenant().to_string())),
-        Role::Agent => Ok(owner),
-        Role::Coordinator => Ok(None),
+        // Agents return blobs for a build's tenant; coordinators copy a tenant's blobs.
+        Role::Agent | Role::Coordinator => Ok(owner),
     }
 }
 

@@ -64,7 +64,10 @@ pub async fn submit(node: &Node, p: &Principal, origin: SocketAddr, mut spec: Bu
     let shared = node.read(|s| s.farm.builder(&builder).map(|b| b.share_cache).unwrap_or(false));
     spec.cache_scope = if shared { "shared".to_string() } else { format!("tenant:{}", p.tenant()) };
     spec.tenant = p.tenant().to_string();
-    let record = BuildRecord::new(p.tenant(), spec, vec![origin], now_ms());
+    // Where the slices fetch the blobs: the receiving coordinator, then its copy's holder.
+    let mut origins = vec![origin];
+    origins.extend(spec.replicas.iter().copied().filter(|a| *a != origin));
+    let record = BuildRecord::new(p.tenant(), spec, origins, now_ms());
     // Slices that can be placed now are assigned in the same commit as the build.
     let scheduling = node.sched.lock().await;
     let assignments = leader::place_new(node, &record);

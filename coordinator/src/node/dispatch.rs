@@ -130,6 +130,14 @@ async fn client(node: &Node, p: Principal, origin: SocketAddr, req: ClientReques
             ErrorCode::PermissionDenied,
             "the build names context or cache blobs this tenant has not uploaded to this coordinator; upload them first",
         )),
+        ClientRequest::Submit(mut spec) => {
+            // Before the build is accepted its blobs are on a second coordinator too.
+            spec.replicas = super::replicate::replicate(node, p.tenant(), &spec).await;
+            match on_leader(node, p, origin, Forwarded::Client(ClientRequest::Submit(spec))).await? {
+                ForwardedResponse::Client(r) => Ok(r),
+                other => Err(mismatch(&other)),
+            }
+        }
         req => match on_leader(node, p, origin, Forwarded::Client(req)).await? {
             ForwardedResponse::Client(r) => Ok(r),
             other => Err(mismatch(&other)),
@@ -166,6 +174,10 @@ async fn coordinator(node: &Node, req: CoordinatorRequest) -> Answer<Coordinator
             Ok(CoordinatorResponse::Raft { json: out })
         }
         CoordinatorRequest::Status => Ok(CoordinatorResponse::Status(admin::status(node))),
+        CoordinatorRequest::Blob(b) => {
+            let peer = Principal { role: Role::Coordinator, name: "peer".into() };
+            blobs::serve(node, &peer, b).map(CoordinatorResponse::Blob)
+        }
         CoordinatorRequest::Forward { principal, origin, request } => {
             if !node.is_leader() {
                 return Err(err(ErrorCode::Unavailable, format!("coordinator {} is no longer the leader; retry", node.id)));

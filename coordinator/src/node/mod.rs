@@ -29,6 +29,7 @@ pub mod live;
 pub mod owners;
 pub mod peers;
 pub mod probes;
+pub mod replicate;
 mod reply;
 pub mod session;
 pub mod tracker;

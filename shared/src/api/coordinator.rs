@@ -1,7 +1,7 @@
 //! The protocol between coordinators: Raft's RPCs, requests a follower forwards to the leader
 //! with the identity it authenticated, and status.
 
-use super::{AgentRequest, AgentResponse, ClientRequest, ClientResponse, ClusterStatus, Principal};
+use super::{AgentRequest, AgentResponse, BlobRequest, BlobResponse, ClientRequest, ClientResponse, ClusterStatus, Principal};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -29,6 +29,8 @@ pub enum CoordinatorRequest {
         request: Box<Forwarded>,
     },
     Status,
+    /// Another coordinator copies a build's blobs here (see the coordinator's `replicate`).
+    Blob(BlobRequest),
 }
 
 /// A request a follower forwards: of the CLI's or an agent's protocol, as its caller sent it.
@@ -46,6 +48,7 @@ pub enum CoordinatorResponse {
     },
     Forwarded(ForwardedResponse),
     Status(ClusterStatus),
+    Blob(BlobResponse),
 }
 
 /// The leader's answer to a [`Forwarded`] request, of the same protocol.
