@@ -11,6 +11,23 @@ use std::time::Duration;
 
 const CHUNK: usize = 4 << 20;
 
+/// A member that failed to take a copy is not asked again for this long: while one is down,
+/// builds do not each wait for its connect timeout.
+const SKIP_FAILED: Duration = Duration::from_secs(30);
+
+/// Members that recently failed to take a copy, and when.
+static FAILED: std::sync::Mutex<Vec<(SocketAddr, std::time::Instant)>> = std::sync::Mutex::new(Vec::new());
+
+fn recently_failed(addr: SocketAddr) -> bool {
+    let mut failed = FAILED.lock().unwrap_or_else(|e| e.into_inner());
+    failed.retain(|(_, at)| at.elapsed() < SKIP_FAILED);
+    failed.iter().any(|(a, _)| *a == addr)
+}
+
+fn failed(addr: SocketAddr) {
+    FAILED.lock().unwrap_or_else(|e| e.into_inner()).push((addr, std::time::Instant::now()));
+}
+
 /// Every blob `spec` names that the slices fetch from a coordinator.
 fn named(node: &Node, spec: &BuildSpec) -> Vec<String> {
     let mut out: Vec<String> = spec
@@ -101,10 +118,16 @@ pub async fn replicate(node: &Node, tenant: &str, spec: &BuildSpec) -> Vec<Socke
     if digests.is_empty() {
         return vec![];
     }
-    for to in others(node) {
+    let candidates = others(node);
+    // Members that failed lately come last, not never: one may be the only other left.
+    let (fresh, stale): (Vec<SocketAddr>, Vec<SocketAddr>) = candidates.into_iter().partition(|a| !recently_failed(*a));
+    for to in fresh.into_iter().chain(stale) {
         match copy_to(node, to, tenant, &digests).await {
             Ok(()) => return vec![to],
-            Err(e) => tracing::warn!(coordinator = node.id, to = %to, "copying a build's blobs: {e}"),
+            Err(e) => {
+                failed(to);
+                tracing::warn!(coordinator = node.id, to = %to, "copying a build's blobs: {e}");
+            }
         }
     }
     vec![]
