@@ -17,6 +17,7 @@ pub mod named;
 pub mod outputs;
 pub mod progress;
 pub mod remote;
+pub mod request;
 pub mod run_options;
 pub mod serve;
 pub mod session;
