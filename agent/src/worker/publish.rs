@@ -18,22 +18,38 @@ pub(super) fn push(engine: &Agent, tags: &[String], image: &(oci::Descriptor, Ve
     let (last, rest) = blobs.split_last().ok_or(SliceError::NoBlobs)?;
     for tag in tags {
         let r: Reference = tag.parse().map_err(|source| SliceError::Tag { tag: tag.clone(), source })?;
-        for b in rest {
-            let sent = engine.registry.push_blob(&r, b, &engine.store).map_err(|source| SliceError::PushBlob {
-                blob: b.clone(),
-                tag: tag.clone(),
-                source,
-            })?;
-            let result = if sent { "sent" } else { "skipped" };
-            crate::metrics::get().upload_bytes.add(&[result], engine.store.size(b).unwrap_or(0));
-        }
         let bytes = engine.store.read(last)?;
-        engine
-            .registry
-            .put_manifest(&r, manifest.digest.as_str(), oci::MEDIA_MANIFEST, &bytes)
-            .map_err(|source| SliceError::PushManifest { tag: tag.clone(), source })?;
+        let mut round = 0;
+        loop {
+            for b in rest {
+                let sent = engine.registry.push_blob(&r, b, &engine.store).map_err(|source| SliceError::PushBlob {
+                    blob: b.clone(),
+                    tag: tag.clone(),
+                    source,
+                })?;
+                let result = if sent { "sent" } else { "skipped" };
+                crate::metrics::get().upload_bytes.add(&[result], engine.store.size(b).unwrap_or(0));
+            }
+            match engine.registry.put_manifest(&r, manifest.digest.as_str(), oci::MEDIA_MANIFEST, &bytes) {
+                Ok(()) => break,
+                // Another slice pushing the same blob (a layer both platforms share) may have
+                // had it answered as present before the registry linked it: the blobs are
+                // pushed again (what is there is skipped) and the manifest with them.
+                Err(e) if round < 3 && blob_unknown(&e) => {
+                    round += 1;
+                    tracing::debug!(tag = %tag, "the registry did not know a blob of the manifest yet: pushing again ({e})");
+                    std::thread::sleep(std::time::Duration::from_millis(200 * round));
+                }
+                Err(source) => return Err(SliceError::PushManifest { tag: tag.clone(), source }),
+            }
+        }
     }
     Ok(())
+}
+
+/// The registry refused a manifest for a blob it does not know (yet).
+fn blob_unknown(e: &kiln_shared::registry::RegistryError) -> bool {
+    e.to_string().contains("MANIFEST_BLOB_UNKNOWN")
 }
 
 /// Sends the blobs the origin coordinator lacks, in chunks (for `-o type=oci` on a farm).
