@@ -11,6 +11,7 @@ pub mod chunks;
 pub mod client;
 pub mod digest;
 pub mod frontend;
+pub mod http;
 pub mod join;
 pub mod layout;
 pub mod metrics;

@@ -50,22 +50,13 @@ pub async fn serve(addr: SocketAddr, node: Arc<OnceLock<Arc<Node>>>) -> Result<S
 }
 
 async fn accept(listener: TcpListener, console: Arc<Console>) {
-    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        let Ok(permit) = limit.clone().acquire_owned().await else { return };
-        let Ok((stream, _)) = listener.accept().await else {
-            // EMFILE and the like: pause instead of spinning.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
+    kiln_shared::http::accept_bounded(listener, MAX_CONNECTIONS, ANSWER_TIMEOUT, |stream| {
         let console = console.clone();
-        conns.spawn(async move {
-            let _ = tokio::time::timeout(ANSWER_TIMEOUT, connection(stream, &console)).await;
-            drop(permit);
-        });
-        while conns.try_join_next().is_some() {}
-    }
+        async move {
+            let _ = connection(stream, &console).await;
+        }
+    })
+    .await
 }
 
 async fn connection(mut stream: TcpStream, console: &Console) -> std::io::Result<()> {

@@ -45,22 +45,13 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
 pub async fn serve(listener: TcpListener, probes: Arc<Probes>) {
     // Families registered on first use are shown from the first scrape, at 0.
     super::transport_errors();
-    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        let Ok(permit) = limit.clone().acquire_owned().await else { return };
-        let Ok((stream, _)) = listener.accept().await else {
-            // EMFILE and the like: pause instead of spinning.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
+    crate::http::accept_bounded(listener, MAX_CONNECTIONS, REQUEST_TIMEOUT * 2, |stream| {
         let probes = probes.clone();
-        conns.spawn(async move {
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT * 2, answer(stream, &probes)).await;
-            drop(permit);
-        });
-        while conns.try_join_next().is_some() {}
-    }
+        async move {
+            let _ = answer(stream, &probes).await;
+        }
+    })
+    .await
 }
 
 async fn answer(mut stream: TcpStream, probes: &Probes) -> std::io::Result<()> {
