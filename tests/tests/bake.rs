@@ -206,6 +206,18 @@ fn a_failed_link_fails_its_dependents_by_name() {
     assert_eq!(std::fs::read_to_string(dir.path().join("out/ok.txt")).ok().as_deref(), Some("ok\n"), "{err}");
 }
 
+/// `kiln bake --push --progress plain --metadata-file META [EXTRA..]` in `dir`, with the
+/// monorepo's REGISTRY and BASE; the caller names the farm.
+fn pushing_bake(meta: &Path, dir: &TempDir, registry: &Registry, base: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(kiln_bin());
+    cmd.args(["bake", "--push", "--progress", "plain", "--metadata-file", &meta.display().to_string()])
+        .args(extra)
+        .env("REGISTRY", &registry.addr)
+        .env("BASE", base)
+        .current_dir(dir.path());
+    cmd
+}
+
 /// A monorepo's bake file: a shared base target, `n` services inheriting it (each its own
 /// Dockerfile in one shared context), the registry from the environment.
 fn write_monorepo(dir: &TempDir, n: usize) -> Vec<String> {
@@ -287,15 +299,7 @@ fn embedded_farm_bakes_every_target_and_rebuilds_from_cache() {
     let names = write_monorepo(&dir, 4);
     let meta = dir.path().join("meta.json");
     let run = || {
-        Command::new(kiln_bin())
-            .args(["bake", "--push", "--progress", "plain", "--metadata-file", &meta.display().to_string()])
-            .env("KILN_HOME", home.path())
-            .env("REGISTRY", &registry.addr)
-            .env("BASE", &base)
-            .env_remove("KILN_HOST")
-            .current_dir(dir.path())
-            .bounded()
-            .expect("kiln bake")
+        pushing_bake(&meta, &dir, &registry, &base, &[]).env("KILN_HOME", home.path()).env_remove("KILN_HOST").bounded().expect("kiln bake")
     };
     let out = run();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -323,14 +327,9 @@ fn a_failing_target_fails_the_bake_by_name_unless_keep_going() {
     dir.write("svc02.Dockerfile", "ARG BASE\nFROM ${BASE}\nRUN exit 3\n");
     let meta = dir.path().join("meta.json");
     let run = |extra: &[&str]| {
-        Command::new(kiln_bin())
-            .args(["bake", "--push", "--progress", "plain", "--metadata-file", &meta.display().to_string()])
-            .args(extra)
+        pushing_bake(&meta, &dir, &registry, &base, extra)
             .env("KILN_HOME", home.path())
-            .env("REGISTRY", &registry.addr)
-            .env("BASE", &base)
             .env_remove("KILN_HOST")
-            .current_dir(dir.path())
             .bounded()
             .expect("kiln bake")
     };
@@ -388,14 +387,10 @@ fn farm_bakes_twelve_targets_across_four_agents() {
     let names = write_monorepo(&dir, 12);
     let meta = dir.path().join("meta.json");
     let run = || {
-        Command::new(kiln_bin())
-            .args(["bake", "--push", "--progress", "plain", "--metadata-file", &meta.display().to_string()])
+        pushing_bake(&meta, &dir, &registry, &base, &[])
             .env("KILN_HOME", c.home())
             .env("KILN_HOST", c.hosts())
             .env("KILN_TOKEN", &c.admin_token)
-            .env("REGISTRY", &registry.addr)
-            .env("BASE", &base)
-            .current_dir(dir.path())
             .bounded()
             .expect("kiln bake")
     };
