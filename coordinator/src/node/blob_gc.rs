@@ -48,14 +48,16 @@ pub fn prune(node: &Node, spec: &PruneSpec) -> PruneReport {
     let used = node.read(|s| in_use(s, node));
     let mut report = PruneReport::default();
     let Ok(mut blobs) = node.blobs.list() else { return report };
+    // What running builds hold counts toward `keep_storage` too.
+    let total: u64 = blobs.iter().map(|b| b.1).sum();
     blobs.retain(|(d, _, _)| !used.contains(d.as_str()));
     // Oldest first.
     blobs.sort_by_key(|(_, _, t)| *t);
     let now = SystemTime::now();
     let old_enough = |t: SystemTime| spec.until_s.is_none_or(|s| now.duration_since(t).unwrap_or_default() >= Duration::from_secs(s));
     let mut over = match spec.keep_storage {
-        // Only what is past the limit (what running builds hold counts toward it too).
-        Some(keep) if !spec.all => node.blobs.list().map(|l| l.iter().map(|b| b.1).sum::<u64>()).unwrap_or(0).saturating_sub(keep),
+        // Only what is past the limit.
+        Some(keep) if !spec.all => total.saturating_sub(keep),
         _ => u64::MAX,
     };
     for (d, size, t) in blobs {
