@@ -9,6 +9,7 @@
 //!    too. Reports the ratio.
 
 use kiln_agent::peer::Peer;
+use kiln_shared::api::Grant;
 use kiln_shared::digest::Digest;
 use kiln_shared::transport::{self, ClusterCa};
 use std::net::SocketAddr;
@@ -49,6 +50,11 @@ fn node(ca: &ClusterCa, root: &Path, name: &str, limit: u64, chunk: u32) -> Node
     let id = ca.issue(&format!("agent:{name}"), &["127.0.0.1".parse().expect("ip")]).expect("identity");
     let mut peer = Peer::new(&root.join(name), &ca.cert_der(), &id, limit).expect("peer");
     peer.chunk_size = chunk;
+    // Running a slice of tenant `t`, as the leader grants one.
+    let expires_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64 + 3_600_000;
+    let mut grant = Grant { agent: name.into(), tenant: "t".into(), scope: "tenant:t".into(), expires_ms, ..Default::default() };
+    grant.signature = ca.sign(&grant.signed_bytes()).expect("sign");
+    peer.access.hold((1, 0, 1), grant);
     let peer = Arc::new(peer);
     let endpoint = peer.listen("127.0.0.1:0".parse().expect("addr"), &ca.cert_der(), &id).expect("listen");
     let addr = endpoint.local_addr().expect("addr");
@@ -108,6 +114,7 @@ fn holders(ca: &ClusterCa, root: &Path, data: &[u8], sources: usize, chunk: u32,
     let holders: Vec<Node> = (0..sources).map(|i| node(ca, root, &format!("{tag}-h{i}"), 0, chunk)).collect();
     for h in &holders {
         h.peer.store.put(data).expect("put");
+        h.peer.access.note_tenant_blobs("t", [d.as_str()]);
         h.peer.store.table_sized(&d, chunk).expect("table");
     }
     holders
@@ -137,6 +144,7 @@ async fn eight(ca: &ClusterCa, root: &Path, data: &[u8], cap: u64, swarm: bool) 
     let tag = if swarm { "swarm" } else { "alone" };
     let holder = node(ca, root, &format!("{tag}-holder"), cap, kiln_shared::chunks::CHUNK_SIZE);
     holder.peer.store.put(data).expect("put");
+    holder.peer.access.note_tenant_blobs("t", [d.as_str()]);
     holder.peer.store.table(&d).expect("table");
     let fetchers: Vec<Node> = (0..8).map(|i| node(ca, root, &format!("{tag}-f{i}"), cap, kiln_shared::chunks::CHUNK_SIZE)).collect();
     let addrs: Vec<SocketAddr> = fetchers.iter().map(|f| f.addr).collect();

@@ -5,6 +5,7 @@
 //! over an overlay (foreign architectures through binfmt_misc + qemu), diffs the overlay upper
 //! directory into a layer, and records every step in its step cache.
 
+pub mod access;
 pub mod binfmt;
 pub mod cache;
 pub mod config;

@@ -138,6 +138,8 @@ pub struct Peer {
     pool: kiln_shared::pool::Pool,
     /// Bytes served to peers.
     pub served: AtomicU64,
+    /// What other agents may read here, and the grants this agent presents to them.
+    pub access: crate::access::Access,
     /// Chunk size of the tables this agent computes ([`kiln_shared::chunks::CHUNK_SIZE`]).
     pub chunk_size: u32,
     timeouts: PeerTimeouts,
@@ -182,6 +184,7 @@ impl Peer {
                 Duration::from_millis(timeouts.connect_ms),
             ),
             served: AtomicU64::new(0),
+            access: crate::access::Access::new(ca.as_ref(), root),
             chunk_size: kiln_shared::chunks::CHUNK_SIZE,
             timeouts,
         })
@@ -208,10 +211,13 @@ impl Peer {
             let peer = self.clone();
             conns.spawn(async move {
                 let Ok(conn) = incoming.await else { return };
-                let role = transport::peer_common_name(&conn).and_then(|cn| Principal::from_common_name(&cn)).map(|p| p.role);
+                let caller = transport::peer_common_name(&conn).and_then(|cn| Principal::from_common_name(&cn));
+                let key = transport::peer_key_fingerprint(&conn).unwrap_or_default();
                 transport::serve_connection_with_bodies(conn, move |req: PeerRequest| {
-                    let (peer, role) = (peer.clone(), role.clone());
+                    let (peer, caller, key) = (peer.clone(), caller.clone(), key.clone());
                     async move {
+                        let req = peer.admit(caller.as_ref(), &key, req)?;
+                        let role = caller.map(|p| p.role);
                         match req {
                             // Chunks travel raw after their answer: no copy into a frame.
                             PeerRequest::GetChunk { digest, index } => {
@@ -230,6 +236,50 @@ impl Peer {
             });
             while conns.try_join_next().is_some() {}
         }
+    }
+
+    /// The request an agent may have answered, unwrapped from its grants (see
+    /// [`crate::access`]); coordinators' requests pass as they are.
+    fn admit(&self, caller: Option<&Principal>, key: &str, req: PeerRequest) -> Result<PeerRequest, RemoteError> {
+        let Some(p) = caller.filter(|p| p.role == Role::Agent) else {
+            return match req {
+                PeerRequest::Granted { .. } => Err(remote(ErrorCode::BadRequest, "grants are for agents' requests")),
+                req => Ok(req),
+            };
+        };
+        if self.access.is_revoked(key) {
+            return Err(remote(ErrorCode::PermissionDenied, format!("the certificate of agent {} was revoked", p.name)));
+        }
+        let denied = |what: String| remote(ErrorCode::PermissionDenied, what);
+        let PeerRequest::Granted { grants, request } = req else {
+            return Err(denied(kiln_shared::api::GrantError::Missing.to_string()));
+        };
+        let valid = self.access.valid(&grants, &p.name).map_err(|e| denied(e.to_string()))?;
+        match *request {
+            PeerRequest::ChunkTable { ref digest } | PeerRequest::GetChunk { ref digest, .. } | PeerRequest::GetBlob { ref digest, .. } => {
+                if !self.access.may_read_blob(&valid, digest) {
+                    return Err(denied(format!("no grant agent {} holds names blob {digest}", p.name)));
+                }
+            }
+            PeerRequest::GetRecord { ref name } => {
+                let bytes = record_path(&self.root, name).and_then(|path| std::fs::read(path).ok());
+                if !bytes.is_some_and(|b| crate::access::Access::may_read_record(&valid, name, &b)) {
+                    // Not found and not granted answer alike: a record's existence is not told.
+                    return Err(remote(ErrorCode::NotFound, format!("no step cache record {name} in the grant's scope")));
+                }
+            }
+            _ => return Err(denied("agents fetch blobs and records only".to_string())),
+        }
+        Ok(*request)
+    }
+
+    /// `body` as this agent sends it to a peer: under the grants of the slices it runs.
+    fn granted(&self, body: PeerRequest) -> PeerRequest {
+        let grants = self.access.presented();
+        if grants.is_empty() {
+            return body;
+        }
+        PeerRequest::Granted { grants, request: Box::new(body) }
     }
 
     async fn answer(&self, role: Option<Role>, req: PeerRequest) -> Result<PeerResponse, RemoteError> {
@@ -272,7 +322,7 @@ impl Peer {
                     .map_err(|e| remote(ErrorCode::Internal, e.to_string()))?;
                 Ok(PeerResponse::Pruned(r))
             }
-            PeerRequest::Usage | PeerRequest::Prune(_) => {
+            PeerRequest::Usage | PeerRequest::Prune(_) | PeerRequest::Granted { .. } => {
                 Err(remote(ErrorCode::PermissionDenied, "only coordinators manage an agent's storage"))
             }
             // Served with its body by the connection's handler.
@@ -340,7 +390,7 @@ impl Peer {
     }
 
     async fn call(&self, addr: SocketAddr, body: PeerRequest, deadline: Duration) -> Result<PeerResponse, TransportError> {
-        self.pool.call(addr, body, deadline).await
+        self.pool.call(addr, self.granted(body), deadline).await
     }
 
     async fn call_chunk(
@@ -354,7 +404,7 @@ impl Peer {
         let deadline = Duration::from_millis(self.timeouts.chunk_ms);
         let r = async {
             let conn = self.pool.connection(addr, deadline).await?;
-            let body = PeerRequest::GetChunk { digest: d.to_string(), index: i as u32 };
+            let body = self.granted(PeerRequest::GetChunk { digest: d.to_string(), index: i as u32 });
             let env =
                 Envelope { request_id: self.pool.next_id(), deadline_ms: u32::try_from(self.timeouts.chunk_ms).unwrap_or(u32::MAX), body };
             transport::call_with_body(&conn, &env, kiln_shared::chunks::MAX_CHUNK as usize, buf, align).await
@@ -384,6 +434,12 @@ impl Peer {
     pub async fn fetch(&self, d: &Digest, sources: &[SocketAddr]) -> Result<FetchReport, FetchError> {
         if self.store.has(d) {
             return Ok(FetchReport::default());
+        }
+        // Fetched for the tenants of the slices running here: their other agents may fetch it
+        // from here too, while it arrives and after.
+        let digest = d.to_string();
+        for g in self.access.presented() {
+            self.access.note_tenant_blobs(&g.tenant, [digest.as_str()]);
         }
         let mut report = FetchReport::default();
         // Every source's table; the majority's is used (a lone source is trusted until the

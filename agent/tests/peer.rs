@@ -3,6 +3,7 @@
 //! a source that is itself still fetching, and the bandwidth cap.
 
 use kiln_agent::peer::{FetchError, Peer};
+use kiln_shared::api::Grant;
 use kiln_shared::chunks::CHUNK_SIZE;
 use kiln_shared::digest::Digest;
 use kiln_shared::transport::ClusterCa;
@@ -24,9 +25,19 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// A grant of tenant `t` for agent `name`, as the leader signs one with a slice.
+fn grant(ca: &ClusterCa, name: &str) -> Grant {
+    let expires_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64 + 600_000;
+    let mut g = Grant { agent: name.into(), tenant: "t".into(), scope: "tenant:t".into(), expires_ms, ..Default::default() };
+    g.signature = ca.sign(&g.signed_bytes()).unwrap();
+    g
+}
+
+/// A peer running a slice of tenant `t`.
 fn node(ca: &ClusterCa, dir: &std::path::Path, name: &str, limit: u64) -> Node {
     let id = ca.issue(&format!("agent:{name}"), &["127.0.0.1".parse().unwrap()]).unwrap();
     let peer = Arc::new(Peer::new(&dir.join(name), &ca.cert_der(), &id, limit).unwrap());
+    peer.access.hold((1, 0, 1), grant(ca, name));
     let endpoint = peer.listen("127.0.0.1:0".parse().unwrap(), &ca.cert_der(), &id).unwrap();
     let addr = endpoint.local_addr().unwrap();
     Node { peer, endpoint, addr }
@@ -54,6 +65,7 @@ async fn a_blob_comes_from_several_peers_and_survives_bad_and_dead_ones() {
     let sources: Vec<Node> = (0..3).map(|i| node(&ca, &dir, &format!("s{i}"), 0)).collect();
     for s in &sources {
         s.peer.store.put(&data).unwrap();
+        s.peer.access.note_tenant_blobs("t", [d.as_str()]);
     }
     let sink = node(&ca, &dir, "sink", 0);
     let addrs: Vec<SocketAddr> = sources.iter().map(|s| s.addr).collect();
@@ -103,6 +115,7 @@ async fn a_peer_killed_mid_transfer_costs_only_its_unfinished_chunks() {
     let sources: Vec<Node> = (0..3).map(|i| node(&ca, &dir, &format!("k{i}"), rate)).collect();
     for s in &sources {
         s.peer.store.put(&data).unwrap();
+        s.peer.access.note_tenant_blobs("t", [d.as_str()]);
     }
     let sink = node(&ca, &dir, "sink", 0);
     let addrs: Vec<SocketAddr> = sources.iter().map(|s| s.addr).collect();
@@ -140,6 +153,7 @@ async fn fetchers_serve_each_other_and_the_cap_holds() {
     let rate = 32 << 20;
     let seed = node(&ca, &dir, "seed", rate);
     seed.peer.store.put(&data).unwrap();
+    seed.peer.access.note_tenant_blobs("t", [d.as_str()]);
     let a = node(&ca, &dir, "a", 0);
     let b = node(&ca, &dir, "b", 0);
     let started = Instant::now();

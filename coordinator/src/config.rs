@@ -88,6 +88,9 @@ fn default_usage_window_secs() -> u64 {
 fn default_upload_abandon_secs() -> u64 {
     3_600
 }
+fn default_slice_grant_ttl_secs() -> u64 {
+    24 * 3_600
+}
 
 fn default_blob_keep_secs() -> u64 {
     7 * 24 * 3_600
@@ -195,6 +198,10 @@ pub struct CoordinatorConfig {
     /// (default 3600 s).
     #[serde(default = "default_upload_abandon_secs")]
     pub upload_abandon_secs: u64,
+    /// How long the grant an agent gets with a slice (what it may read from coordinators and
+    /// peers) stays valid (default 86400 s).
+    #[serde(default = "default_slice_grant_ttl_secs")]
+    pub slice_grant_ttl_secs: u64,
     /// Where to serve Prometheus metrics, `/healthz` and `/readyz` over plain HTTP (TCP;
     /// default: not served).
     #[serde(default)]

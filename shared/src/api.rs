@@ -17,6 +17,7 @@ pub mod agent;
 pub mod blobs;
 pub mod client;
 pub mod coordinator;
+pub mod grant;
 pub mod history;
 pub mod join;
 pub mod peer;
@@ -25,6 +26,7 @@ pub use agent::{AgentRequest, AgentResponse};
 pub use blobs::{BlobRequest, BlobResponse};
 pub use client::{ClientRequest, ClientResponse};
 pub use coordinator::{CoordinatorRequest, CoordinatorResponse, Forwarded, ForwardedResponse, RaftRpc};
+pub use grant::{Grant, GrantError};
 pub use history::{BuildDetail, BuildSummary, HistoryFilter, MissReason, StepRecord, StepSource};
 pub use join::{JoinRequest, JoinResponse};
 pub use peer::{PeerRequest, PeerResponse};
@@ -399,6 +401,9 @@ pub struct SliceTask {
     pub spec: BuildSpec,
     /// Coordinators that hold the context's blobs (the one that received the upload first).
     pub context_origin: Vec<SocketAddr>,
+    /// What this attempt may read, signed by the leader (see [`Grant`]).
+    #[serde(default)]
+    pub grant: Option<Grant>,
 }
 
 /// What an agent reports when a slice is done.
@@ -746,8 +751,12 @@ mod tests {
         assert!(old.secrets.is_empty() && old.run == RunOptions::default() && !old.pull);
         let principal = Principal { role: Role::User, name: "t".into() };
         let origin = "127.0.0.1:7401".parse().unwrap();
-        let req =
-            CoordinatorRequest::Forward { principal, origin, request: Box::new(Forwarded::Client(ClientRequest::Submit(Box::new(spec)))) };
+        let req = CoordinatorRequest::Forward {
+            principal,
+            origin,
+            request: Box::new(Forwarded::Client(ClientRequest::Submit(Box::new(spec)))),
+            key: None,
+        };
         // Sent borrowed, received owned: the same bytes.
         let bytes = wire::encode(&CallRef::Coordinator(&req)).unwrap();
         assert_eq!(bytes, wire::encode(&Call::Coordinator(req.clone())).unwrap());

@@ -5,7 +5,7 @@
 //! requests.
 
 use crate::api::{AgentRequest, AgentResponse, BlobRequest, BlobResponse, CallRef, ClientRequest, ClientResponse};
-use crate::api::{JoinRequest, JoinResponse, Principal, Reply, Tagged, Token};
+use crate::api::{Grant, JoinRequest, JoinResponse, Principal, Reply, Tagged, Token};
 use crate::digest::Digest;
 use crate::store::{ContentStore, StoreError};
 use crate::transport::{self, Identity, KeyRequest, TransportError};
@@ -93,8 +93,8 @@ pub trait FarmProtocol: Serialize + std::fmt::Debug + Send + Sync {
     fn tagged(&self) -> CallRef<'_>;
     /// The answer of this protocol in a reply (`Err`: the reply is of another protocol, named).
     fn answer(reply: Reply) -> Result<Self::Response, &'static str>;
-    /// A blob transfer request of this protocol.
-    fn blob(request: BlobRequest) -> Self;
+    /// A blob transfer request of this protocol (agents send theirs under a slice's grant).
+    fn blob(request: BlobRequest, grant: Option<Grant>) -> Self;
     /// The blob transfer answer in a response (`Err`: another answer).
     fn blob_answer(response: Self::Response) -> Result<BlobResponse, Self::Response>;
 }
@@ -110,7 +110,7 @@ impl FarmProtocol for ClientRequest {
             other => Err(other.protocol()),
         }
     }
-    fn blob(request: BlobRequest) -> Self {
+    fn blob(request: BlobRequest, _grant: Option<Grant>) -> Self {
         ClientRequest::Blob(request)
     }
     fn blob_answer(response: ClientResponse) -> Result<BlobResponse, ClientResponse> {
@@ -132,8 +132,8 @@ impl FarmProtocol for AgentRequest {
             other => Err(other.protocol()),
         }
     }
-    fn blob(request: BlobRequest) -> Self {
-        AgentRequest::Blob(request)
+    fn blob(request: BlobRequest, grant: Option<Grant>) -> Self {
+        AgentRequest::Blob(request, grant)
     }
     fn blob_answer(response: AgentResponse) -> Result<BlobResponse, AgentResponse> {
         match response {
@@ -159,6 +159,8 @@ pub struct Farm<P> {
     ca: CertificateDer<'static>,
     identity: Identity,
     timeouts: Timeouts,
+    /// The slice grant blob transfers are sent under (agents; see [`Farm::with_grant`]).
+    grant: Option<Grant>,
     protocol: std::marker::PhantomData<fn(P)>,
 }
 
@@ -201,11 +203,26 @@ impl<P: FarmProtocol> Farm<P> {
 
     /// [`Farm::join`] with the given timeouts (kept by the farm it opens).
     pub async fn join_with(hosts: &[SocketAddr], token: &str, name: &str, timeouts: Timeouts) -> Result<Farm<P>, TransportError> {
+        Farm::join_with_key(hosts, token, name, None, timeouts).await
+    }
+
+    /// [`Farm::join_with`] with the key in `key_pem` (an agent's own, kept across restarts;
+    /// its registration is bound to it), or a new one.
+    pub async fn join_with_key(
+        hosts: &[SocketAddr],
+        token: &str,
+        name: &str,
+        key_pem: Option<&str>,
+        timeouts: Timeouts,
+    ) -> Result<Farm<P>, TransportError> {
         let parsed = Token::parse(token).map_err(TransportError::Tls)?;
         let joining = transport::joining_client(Some(&parsed.ca_fingerprint))?;
         let mut last = None;
         for &addr in hosts {
-            let key = KeyRequest::new()?;
+            let key = match key_pem {
+                Some(pem) => KeyRequest::from_key_pem(pem)?,
+                None => KeyRequest::new()?,
+            };
             let request = JoinRequest::Token { token: token.trim().to_string(), name: name.to_string(), csr_der: key.csr_der.clone() };
             match join_at(&joining, addr, &request, &timeouts).await {
                 Ok(JoinResponse::Joined { cert_der, ca_der, principal }) => {
@@ -237,6 +254,7 @@ impl<P: FarmProtocol> Farm<P> {
             ca: ca.clone(),
             identity: identity.clone(),
             timeouts: Timeouts::default(),
+            grant: None,
             protocol: std::marker::PhantomData,
         })
     }
@@ -248,6 +266,16 @@ impl<P: FarmProtocol> Farm<P> {
         }
         self.timeouts = timeouts;
         Ok(self)
+    }
+
+    /// The farm sending its blob transfers under `grant` (an agent fetching a slice's context).
+    pub fn with_grant(mut self, grant: Option<Grant>) -> Farm<P> {
+        self.grant = grant;
+        self
+    }
+
+    pub fn grant(&self) -> Option<Grant> {
+        self.grant.clone()
     }
 
     pub fn timeouts(&self) -> Timeouts {
@@ -337,7 +365,7 @@ impl<P: FarmProtocol> Farm<P> {
         let mut file = std::fs::File::create(tmp).map_err(io)?;
         let mut offset = 0u64;
         loop {
-            let req = P::blob(BlobRequest::Get { digest: d.to_string(), offset, len: BLOB_CHUNK });
+            let req = P::blob(BlobRequest::Get { digest: d.to_string(), offset, len: BLOB_CHUNK }, self.grant.clone());
             let chunk = Duration::from_millis(self.timeouts.blob_chunk_ms);
             let answer = self.call(&req, chunk, chunk).await;
             match P::blob_answer(answer.map_err(|source| BlobError::Transport { digest: d.to_string(), source })?) {
@@ -375,13 +403,10 @@ impl<P: FarmProtocol> Farm<P> {
                 }
             }
             let last = n < buf.len();
-            let req = P::blob(BlobRequest::Put {
-                digest: digest.to_string(),
-                offset,
-                data: buf[..n].to_vec(),
-                last,
-                owner: owner.map(str::to_string),
-            });
+            let req = P::blob(
+                BlobRequest::Put { digest: digest.to_string(), offset, data: buf[..n].to_vec(), last, owner: owner.map(str::to_string) },
+                self.grant.clone(),
+            );
             let chunk = Duration::from_millis(self.timeouts.blob_chunk_ms);
             match self.call(&req, chunk, chunk).await.map(P::blob_answer) {
                 Ok(Ok(BlobResponse::Stored)) => {}

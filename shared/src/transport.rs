@@ -147,6 +147,15 @@ impl ClusterCa {
         Ok(cert.der().clone())
     }
 
+    /// Signs `message` with the CA's key (ECDSA P-256, ASN.1): what [`verify_signed`] checks
+    /// with the CA certificate alone (slice grants; see [`crate::api::Grant`]).
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, TransportError> {
+        use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+        let rng = ring::rand::SystemRandom::new();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &self.key.serialize_der(), &rng).map_err(tls)?;
+        Ok(key.sign(&rng, message).map_err(tls)?.as_ref().to_vec())
+    }
+
     pub fn issue(&self, common_name: &str, ips: &[std::net::IpAddr]) -> Result<Identity, TransportError> {
         let mut params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string(), "localhost".to_string()]).map_err(tls)?;
         params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
@@ -164,6 +173,30 @@ pub fn fingerprint(der: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(der))
 }
 
+/// Whether `signature` is the CA's over `message` ([`ClusterCa::sign`]); `ca_der` is the CA
+/// certificate, which every member of the farm holds.
+pub fn verify_signed(ca_der: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
+    let Ok((_, ca)) = x509_parser::parse_x509_certificate(ca_der) else { return false };
+    let key = ca.public_key().subject_public_key.data.to_vec();
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, key).verify(message, signature).is_ok()
+}
+
+/// sha256 (hex) of a certificate's public key (its SubjectPublicKeyInfo): what binds an
+/// agent's name to the key it joined with, across the certificates it is given.
+pub fn key_fingerprint(cert_der: &[u8]) -> Option<String> {
+    use sha2::Digest as _;
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    Some(hex::encode(sha2::Sha256::digest(cert.public_key().raw)))
+}
+
+/// [`key_fingerprint`] of the certificate a peer presented, if it presented one.
+pub fn peer_key_fingerprint(conn: &quinn::Connection) -> Option<String> {
+    let identity = conn.peer_identity()?;
+    let certs = identity.downcast_ref::<Vec<CertificateDer<'static>>>()?;
+    key_fingerprint(certs.first()?)
+}
+
 /// A key pair and the certificate signing request for it, made before joining: the private key
 /// never leaves this process.
 pub struct KeyRequest {
@@ -177,6 +210,19 @@ impl KeyRequest {
         let params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(tls)?;
         let csr = params.serialize_request(&key).map_err(tls)?;
         Ok(KeyRequest { csr_der: csr.der().to_vec(), key })
+    }
+
+    /// A request for a key kept from before ([`KeyRequest::key_pem`]): an agent joins with the
+    /// same key every time, which is what its registration is bound to.
+    pub fn from_key_pem(pem: &str) -> Result<KeyRequest, TransportError> {
+        let key = rcgen::KeyPair::from_pem(pem).map_err(tls)?;
+        let params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(tls)?;
+        let csr = params.serialize_request(&key).map_err(tls)?;
+        Ok(KeyRequest { csr_der: csr.der().to_vec(), key })
+    }
+
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
     }
 
     /// The identity once the CA has signed the request.

@@ -15,7 +15,7 @@ pub const MAGIC: [u8; 2] = *b"KL";
 /// 2: blob bytes travel as byte strings, chunks as raw bodies after their answer.
 /// 4: one request/response pair per protocol, tagged by protocol ([`crate::api::Call`]);
 /// manifest descriptors typed, the index as bytes.
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 pub const HEADER_LEN: usize = 8;
 /// The largest control frame (chunks of blobs travel in their own frames, also bounded).
 pub const MAX_FRAME: usize = 16 << 20;

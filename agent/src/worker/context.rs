@@ -57,6 +57,14 @@ pub(super) async fn materialize(w: &Arc<Worker>, task: &SliceTask, dir: &Path) -
             missing.push(d);
         }
     }
+    // Peers running this tenant's slices may fetch these from here (see `crate::access`).
+    if let Some(grant) = &task.grant {
+        let files = task.spec.all_entries().filter_map(|e| match &e.kind {
+            EntryKind::File { digest, .. } => Some(digest.as_str()),
+            _ => None,
+        });
+        w.peer.access.note_tenant_blobs(&grant.tenant, files.chain(task.spec.layout_blobs()));
+    }
     // Peers that hold a blob first: the coordinator that received the upload is the origin.
     let holders = if missing.is_empty() { vec![] } else { w.peers.locate(missing.iter().map(|d| d.to_string()).collect(), vec![]).await };
     let mut origin: Option<AgentFarm> = None;
@@ -66,7 +74,7 @@ pub(super) async fn materialize(w: &Arc<Worker>, task: &SliceTask, dir: &Path) -
             continue;
         }
         if origin.is_none() {
-            origin = Some(w.connect(&task.context_origin)?);
+            origin = Some(w.connect(task)?);
         }
         let origin = origin.as_ref().ok_or(SliceError::NoOrigin)?;
         origin.fetch_blob(&w.engine.store, d).await.map_err(SliceError::ContextBlob)?;

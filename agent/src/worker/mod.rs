@@ -67,11 +67,15 @@ impl Worker {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A connection, as this agent, to the coordinator that received a build's uploads.
-    fn connect(&self, origin: &[SocketAddr]) -> Result<AgentFarm, SliceError> {
+    /// A connection, as this agent, to the coordinator that received a build's uploads; its
+    /// blob transfers go under the slice's grant.
+    fn connect(&self, task: &SliceTask) -> Result<AgentFarm, SliceError> {
         let principal = Principal { role: kiln_shared::api::Role::Agent, name: self.cfg.name.clone() };
         let (ca, identity) = self.farm.credentials();
-        AgentFarm::open(origin, &ca, &identity, principal).and_then(|f| f.with_timeouts(self.farm.timeouts())).map_err(SliceError::Origin)
+        AgentFarm::open(&task.context_origin, &ca, &identity, principal)
+            .and_then(|f| f.with_timeouts(self.farm.timeouts()))
+            .map(|f| f.with_grant(task.grant.clone()))
+            .map_err(SliceError::Origin)
     }
 }
 
@@ -99,7 +103,9 @@ pub async fn run(
         .await
         .map_err(|e| WorkerError::Config(format!("opening the agent: {e}")))??;
     let hosts = cfg.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(",");
-    let farm = AgentFarm::join_with(&cfg.hosts, &token, &cfg.name, cfg.client_timeouts())
+    // The agent's own key, kept in its data dir: its registration is bound to it.
+    let key = identity_key(&cfg.data_dir.join("agent.key"))?;
+    let farm = AgentFarm::join_with_key(&cfg.hosts, &token, &cfg.name, Some(&key), cfg.client_timeouts())
         .await
         .map_err(|source| WorkerError::Join { hosts, source })?;
     // The peer endpoint: other agents and coordinators fetch blobs from this agent's store.
@@ -273,7 +279,8 @@ async fn poll_loop(w: Arc<Worker>, tasks: &mut tokio::task::JoinSet<()>) -> Resu
         let poll = AgentRequest::Poll { agent: w.cfg.name.clone(), running, cache_bytes, wait_ms: w.cfg.poll_wait_ms };
         // A short deadline: a coordinator that died must not hold the heartbeat past the lease.
         match w.farm.call(&poll, Duration::from_millis(w.cfg.poll_deadline_ms), Duration::from_millis(w.cfg.poll_patience_ms)).await {
-            Ok(AgentResponse::Tasks { tasks: list, resync, cancel }) => {
+            Ok(AgentResponse::Tasks { tasks: list, resync, cancel, revoked }) => {
+                w.peer.access.set_revoked(revoked);
                 for key in cancel {
                     if let Some(flag) = w.cancelled.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
                         tracing::info!(agent = %w.cfg.name, build = key.0, slice = key.1, "the build was cancelled: stopping its slice");
@@ -320,6 +327,10 @@ async fn run_task(w: Arc<Worker>, task: SliceTask) {
     let key = (task.build, task.slice, task.attempt);
     let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
     w.cancelled.lock().unwrap_or_else(|e| e.into_inner()).insert(key, flag.clone());
+    // Peers serve this agent what the slice's grant names while it runs.
+    if let Some(grant) = &task.grant {
+        w.peer.access.hold(key, grant.clone());
+    }
     let report = match slice::execute(&w, &task, flag).await {
         Ok(outcome) => AgentRequest::SliceDone(outcome),
         Err(e) => AgentRequest::SliceFailed { build: task.build, slice: task.slice, attempt: task.attempt, message: e.to_string() },
@@ -332,4 +343,24 @@ async fn run_task(w: Arc<Worker>, task: SliceTask) {
     }
     w.running().remove(&key);
     w.cancelled.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+    w.peer.access.release(key);
+}
+
+/// The agent's private key (PEM) at `path`, made on the first start (mode 0600).
+fn identity_key(path: &std::path::Path) -> Result<String, WorkerError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let failed = |e: String| WorkerError::Config(format!("the agent's key {}: {e}", path.display()));
+    if let Ok(pem) = std::fs::read_to_string(path) {
+        return Ok(pem);
+    }
+    let pem = transport::KeyRequest::new().map_err(|e| failed(e.to_string()))?.key_pem();
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        std::io::Write::write_all(&mut f, pem.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| failed(e.to_string()))?;
+    Ok(pem)
 }

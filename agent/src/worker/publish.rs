@@ -55,7 +55,7 @@ fn blob_unknown(e: &kiln_shared::registry::RegistryError) -> bool {
 /// Sends the blobs the origin coordinator lacks, in chunks (for `-o type=oci` on a farm).
 pub(super) async fn send_blobs(w: &Worker, origin: &AgentFarm, blobs: &[Digest], tenant: &str) -> Result<(), SliceError> {
     let digests = blobs.iter().map(|d| d.to_string()).collect();
-    let ask = AgentRequest::Blob(BlobRequest::Missing { digests, owner: Some(tenant.to_string()) });
+    let ask = AgentRequest::Blob(BlobRequest::Missing { digests, owner: Some(tenant.to_string()) }, origin.grant());
     let deadline = Duration::from_millis(w.cfg.return_blobs_deadline_ms);
     let missing = match origin.call(&ask, deadline, deadline).await {
         Ok(AgentResponse::Blob(BlobResponse::Missing(d))) => d,

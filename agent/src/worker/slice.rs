@@ -200,7 +200,7 @@ pub(super) async fn execute(w: &Arc<Worker>, task: &SliceTask, cancelled: Arc<At
         returned.extend(layers.into_iter().map(|l| l.digest));
     }
     if !returned.is_empty() {
-        let origin = w.connect(&task.context_origin)?;
+        let origin = w.connect(task)?;
         let sent = send_blobs(w, &origin, &returned, &task.spec.tenant).await;
         origin.close();
         sent?;
@@ -245,7 +245,7 @@ async fn uploaded_caches(w: &Arc<Worker>, task: &SliceTask) -> Result<Vec<(Vec<u
     for c in &task.spec.cache_from {
         if let CacheRef::Uploaded { config } = c {
             let d: Digest = config.parse().map_err(SliceError::digest(config))?;
-            let origin = w.connect(&task.context_origin)?;
+            let origin = w.connect(task)?;
             origin.fetch_blob(&w.engine.store, &d).await.map_err(SliceError::ImportedCache)?;
             let bytes = w.engine.store.read(&d)?;
             out.push((bytes, origin));

@@ -68,7 +68,13 @@ pub enum ContextCommand {
     /// Show a context.
     Inspect { name: String },
     /// Drain a context (its running slices finish or move) and deregister it.
-    Rm { names: Vec<String> },
+    Rm {
+        names: Vec<String>,
+        /// Remove the agent at once and refuse its key from now on, on every coordinator and
+        /// agent (its running slices are retried elsewhere). A stolen or retired machine.
+        #[arg(long)]
+        revoke: bool,
+    },
 }
 
 fn platforms(list: &[String]) -> anyhow::Result<Vec<Platform>> {
@@ -349,7 +355,7 @@ pub fn context(cmd: ContextCommand, farm: FarmArgs) -> anyhow::Result<ExitCode> 
             let c = contexts.iter().find(|c| c.info.name == name).with_context(|| format!("no context {name:?} found"))?;
             println!("{}", serde_json::to_string_pretty(&context_json(c))?);
         }
-        ContextCommand::Rm { names } => {
+        ContextCommand::Rm { names, revoke } => {
             if names.is_empty() {
                 bail!("kiln context rm needs a context name");
             }
@@ -357,10 +363,14 @@ pub fn context(cmd: ContextCommand, farm: FarmArgs) -> anyhow::Result<ExitCode> 
                 let f = session.connect().await?;
                 for name in &names {
                     let r = f
-                        .call(&ClientRequest::RemoveContext { name: name.clone() }, Duration::from_secs(120), Duration::from_secs(20))
+                        .call(
+                            &ClientRequest::RemoveContext { name: name.clone(), revoke },
+                            Duration::from_secs(120),
+                            Duration::from_secs(20),
+                        )
                         .await;
                     expect_ok(r.map_err(|e| anyhow::anyhow!("{e}"))?)?;
-                    println!("{name} removed");
+                    println!("{name} {}", if revoke { "revoked" } else { "removed" });
                 }
                 anyhow::Ok(())
             })?;

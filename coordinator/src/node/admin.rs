@@ -63,7 +63,17 @@ pub async fn storage(node: &Node, builder: Option<String>, req: PeerRequest) -> 
     Ok(ClientResponse::PerAgent(results))
 }
 
-pub async fn remove_context(node: &Node, name: &str) -> Answer<ClientResponse> {
+/// `kiln context rm [--revoke]`: drains the agent (it is removed once idle); with `revoke`,
+/// removes it at once and refuses its key from now on (its running slices are retried).
+pub async fn remove_context(node: &Node, name: &str, revoke: bool) -> Answer<ClientResponse> {
+    if revoke {
+        node.commit(Command::RevokeAgent { name: name.to_string() }).await?;
+        // Its lease is over now: the next tick takes its slices back.
+        node.soft().agents.remove(name);
+        node.wake_leader.notify_one();
+        node.bump();
+        return Ok(ClientResponse::Ok);
+    }
     node.commit(Command::DrainContext { name: name.to_string() }).await?;
     node.wake_leader.notify_one();
     // The leader removes it once its slices have finished or moved.

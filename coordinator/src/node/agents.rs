@@ -7,7 +7,7 @@ use super::reply::{bad, err, Answer};
 use super::{now_ms, Node, MAX_EVENTS};
 use crate::builders::Context;
 use crate::raft::{BuildState, Command, SliceAttempt, SliceState};
-use kiln_shared::api::{AgentInfo, AgentResponse, BuildEvent, Event, Inventory, Principal, SliceOutcome, SliceTask};
+use kiln_shared::api::{AgentInfo, AgentResponse, BuildEvent, CacheRef, Event, Grant, Inventory, Principal, SliceOutcome, SliceTask};
 use kiln_shared::wire::{ErrorCode, RemoteError};
 use std::time::{Duration, Instant};
 
@@ -142,17 +142,25 @@ pub(super) fn owned_by(node: &Node, p: &Principal, at: SliceAttempt) -> Result<(
     }
 }
 
-pub async fn register(node: &Node, p: &Principal, info: AgentInfo) -> Answer<AgentResponse> {
+/// Registers an agent, binding its name to the key of its certificate: a restarted agent
+/// resumes with its key; another key under a registered name is refused.
+pub async fn register(node: &Node, p: &Principal, key: Option<String>, info: AgentInfo) -> Answer<AgentResponse> {
     if info.name != p.name {
         return Err(err(ErrorCode::PermissionDenied, format!("agent {} may not register as {}", p.name, info.name)));
     }
     if info.slots == 0 {
         return Err(bad("an agent needs at least one slot"));
     }
+    let key = key.ok_or_else(|| err(ErrorCode::Unauthenticated, "the agent's certificate has no readable key"))?;
     let ctx: Context = info.clone();
-    let same = node.read(|s| s.farm.contexts.get(&ctx.name) == Some(&ctx) && !s.draining.contains(&ctx.name));
+    let same = node.read(|s| {
+        s.farm.contexts.get(&ctx.name) == Some(&ctx) && !s.draining.contains(&ctx.name) && s.agent_keys.get(&ctx.name) == Some(&key)
+    });
     if !same {
-        node.commit(Command::RegisterAgent { context: ctx }).await?;
+        let r = node.propose(Command::RegisterAgent { context: ctx, key: Some(key) }).await?;
+        if !r.ok {
+            return Err(err(ErrorCode::PermissionDenied, r.message.unwrap_or_default()));
+        }
     }
     node.soft().agents.insert(info.name, Live { last_seen: Instant::now(), running: vec![], cache_bytes: 0 });
     node.wake_leader.notify_one();
@@ -182,10 +190,41 @@ fn tasks_for(node: &Node, agent: &str, running: &[SliceAttempt]) -> Vec<SliceTas
                     emulated: sl.emulated,
                     spec: b.spec.clone(),
                     context_origin: b.context_origin.clone(),
+                    grant: grant(node, agent, at, &b.tenant, &b.spec),
                 })
             })
             .collect()
     })
+}
+
+/// The signed grant of an attempt: the build's tenant and cache scope, and the blobs the
+/// spec names that are not the tenant's own uploads (an uploaded cache's config, an OCI
+/// layout's blobs are, but are listed so that peers holding them may serve them).
+fn grant(node: &Node, agent: &str, at: SliceAttempt, tenant: &str, spec: &kiln_shared::api::BuildSpec) -> Option<Grant> {
+    let (build, slice, attempt) = at.to_wire();
+    let caches = spec.cache_from.iter().filter_map(|c| match c {
+        CacheRef::Uploaded { config } => Some(config.clone()),
+        CacheRef::Registry { .. } => None,
+    });
+    let mut g = Grant {
+        agent: agent.to_string(),
+        build,
+        slice,
+        attempt,
+        tenant: tenant.to_string(),
+        scope: spec.cache_scope.clone(),
+        blobs: caches.chain(spec.layout_blobs().map(str::to_string)).collect(),
+        expires_ms: now_ms() + node.cfg.slice_grant_ttl_secs * 1000,
+        signature: vec![],
+    };
+    match node.ca.sign(&g.signed_bytes()) {
+        Ok(sig) => g.signature = sig,
+        Err(e) => {
+            tracing::warn!(coordinator = node.id, agent, build, "signing a slice grant: {e}");
+            return None;
+        }
+    }
+    Some(g)
 }
 
 pub async fn poll(
@@ -218,7 +257,8 @@ pub async fn poll(
         cancel.dedup();
         let now = Instant::now();
         if !tasks.is_empty() || resync || !cancel.is_empty() || now >= deadline || !node.is_leader() || node.stop.is_cancelled() {
-            return Ok(AgentResponse::Tasks { tasks, resync, cancel });
+            let revoked = node.read(|s| s.revoked_keys.iter().cloned().collect());
+            return Ok(AgentResponse::Tasks { tasks, resync, cancel, revoked });
         }
         // Wake at least every second so that the heartbeat stays fresh while waiting.
         tokio::select! {

@@ -45,6 +45,11 @@ pub fn join(node: &Node, token: &str, name: &str, csr: &[u8]) -> Answer<JoinResp
         Role::Coordinator => return Err(err(ErrorCode::PermissionDenied, "coordinators join with `kiln coordinator --join`")),
     };
     let cert = node.ca.sign_request(csr, &principal.common_name()).map_err(|e| bad(format!("certificate request: {e}")))?;
+    if principal.role == Role::Agent {
+        // The name is bound to the key it registered with (see `agents::register`).
+        let key = kiln_shared::transport::key_fingerprint(&cert).ok_or_else(|| bad("certificate request: no readable key"))?;
+        node.read(|s| s.agent_may_join(name, &key)).map_err(|why| err(ErrorCode::PermissionDenied, why))?;
+    }
     Ok(JoinResponse::Joined { cert_der: cert.to_vec(), ca_der: node.ca.cert_der().to_vec(), principal })
 }
 

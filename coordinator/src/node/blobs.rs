@@ -5,7 +5,7 @@
 
 use super::reply::{bad, err, Answer};
 use super::Node;
-use kiln_shared::api::{BlobRequest, BlobResponse, BuildSpec, CacheRef, EntryKind, Principal, Role};
+use kiln_shared::api::{BlobRequest, BlobResponse, BuildSpec, CacheRef, EntryKind, Grant, GrantError, Principal, Role};
 use kiln_shared::digest::Digest;
 use kiln_shared::wire::{ErrorCode, RemoteError};
 
@@ -47,6 +47,27 @@ pub fn serve(node: &Node, p: &Principal, req: BlobRequest) -> Answer<BlobRespons
         BlobRequest::Missing { digests, owner } => missing(node, owner_of(p, owner)?, digests),
         BlobRequest::Put { digest, offset, data, last, owner } => put_blob(node, owner_of(p, owner)?, &digest, offset, &data, last),
     }
+}
+
+/// Serves an agent's blob transfer under the grant of a slice it runs: it reads the build
+/// tenant's uploads and the blobs the grant names, and returns blobs for that tenant only.
+pub fn serve_agent(node: &Node, p: &Principal, req: BlobRequest, grant: Option<&Grant>) -> Answer<BlobResponse> {
+    let denied = |why: String| err(ErrorCode::PermissionDenied, why);
+    let grant = grant.ok_or_else(|| denied(GrantError::Missing.to_string()))?;
+    grant.check(node.ca.cert_der().as_ref(), &p.name, super::now_ms()).map_err(|e| denied(e.to_string()))?;
+    let for_tenant = |owner: &Option<String>| match owner {
+        Some(t) if *t == grant.tenant => Ok(()),
+        _ => Err(denied(format!("the slice grant of build {} returns blobs for tenant {} only", grant.build, grant.tenant))),
+    };
+    match &req {
+        BlobRequest::Get { digest, .. } => {
+            if !grant.blobs.contains(digest) && !node.owners.owns(&grant.tenant, digest) {
+                return Err(denied(format!("the slice grant of build {} does not name blob {digest}", grant.build)));
+            }
+        }
+        BlobRequest::Missing { owner, .. } | BlobRequest::Put { owner, .. } => for_tenant(owner)?,
+    }
+    serve(node, p, req)
 }
 
 pub fn get_blob(node: &Node, p: &Principal, digest: &str, offset: u64, len: u32) -> Answer<BlobResponse> {

@@ -22,10 +22,11 @@ use std::time::Duration;
 /// Serves one connection until it closes.
 pub async fn serve(node: Arc<Node>, conn: quinn::Connection) {
     let principal = transport::peer_common_name(&conn).and_then(|cn| Principal::from_common_name(&cn));
+    let key = transport::peer_key_fingerprint(&conn);
     let remote = conn.remote_address();
     transport::serve_connection(conn, move |call: Call| {
         let node = node.clone();
-        let principal = principal.clone();
+        let (principal, key) = (principal.clone(), key.clone());
         async move {
             // Raft keeps running through a drain: what requests in flight propose must commit.
             let _pass = match node.gate.enter() {
@@ -39,7 +40,7 @@ pub async fn serve(node: Arc<Node>, conn: quinn::Connection) {
                 None => anonymous(&node, remote, call).await,
                 Some(ref p) => {
                     let origin = node.cfg.listen;
-                    authenticated(&node, p.clone(), origin, call).await
+                    authenticated(&node, p.clone(), key, origin, call).await
                 }
             };
             tracing::debug!(coordinator = node.id, request = %kind, ms = started.elapsed().as_secs_f64() * 1e3, ok = answer.is_ok(), "served");
@@ -100,14 +101,24 @@ fn denied(role: &Role) -> RemoteError {
     err(ErrorCode::PermissionDenied, format!("a {} may not do this", role.as_str()))
 }
 
+/// An agent's certificate is refused once its key is revoked, or if its name is bound to
+/// another key (a second agent under a live agent's name).
+fn agent_key_holds(node: &Node, p: &Principal, key: Option<&str>) -> Result<(), RemoteError> {
+    let key = key.ok_or_else(|| err(ErrorCode::Unauthenticated, "the agent's certificate has no readable key"))?;
+    node.read(|s| s.agent_may_join(&p.name, key)).map_err(|why| err(ErrorCode::PermissionDenied, why))
+}
+
 /// Runs an authenticated request by the handler of its protocol.
-async fn authenticated(node: &Node, p: Principal, origin: SocketAddr, call: Call) -> Answer<Reply> {
+async fn authenticated(node: &Node, p: Principal, key: Option<String>, origin: SocketAddr, call: Call) -> Answer<Reply> {
     if !speaks(&p.role, &call) {
         return Err(denied(&p.role));
     }
     match call {
         Tagged::Client(req) => client(node, p, origin, req).await.map(Tagged::Client),
-        Tagged::Agent(req) => agent(node, p, origin, req).await.map(Tagged::Agent),
+        Tagged::Agent(req) => {
+            agent_key_holds(node, &p, key.as_deref())?;
+            agent(node, p, key, origin, req).await.map(Tagged::Agent)
+        }
         Tagged::Coordinator(req) => coordinator(node, req).await.map(Tagged::Coordinator),
         Tagged::Join(_) => Err(denied(&p.role)),
     }
@@ -115,6 +126,7 @@ async fn authenticated(node: &Node, p: Principal, origin: SocketAddr, call: Call
 
 /// The CLI's protocol: status and blobs here, the rest on the leader.
 async fn client(node: &Node, p: Principal, origin: SocketAddr, req: ClientRequest) -> Answer<ClientResponse> {
+    let key = None;
     if !allowed(&p.role, &req) {
         return Err(denied(&p.role));
     }
@@ -133,12 +145,12 @@ async fn client(node: &Node, p: Principal, origin: SocketAddr, req: ClientReques
         ClientRequest::Submit(mut spec) => {
             // Before the build is accepted its blobs are on a second coordinator too.
             spec.replicas = super::replicate::replicate(node, p.tenant(), &spec).await;
-            match on_leader(node, p, origin, Forwarded::Client(ClientRequest::Submit(spec))).await? {
+            match on_leader(node, p, key, origin, Forwarded::Client(ClientRequest::Submit(spec))).await? {
                 ForwardedResponse::Client(r) => Ok(r),
                 other => Err(mismatch(&other)),
             }
         }
-        req => match on_leader(node, p, origin, Forwarded::Client(req)).await? {
+        req => match on_leader(node, p, key, origin, Forwarded::Client(req)).await? {
             ForwardedResponse::Client(r) => Ok(r),
             other => Err(mismatch(&other)),
         },
@@ -152,10 +164,10 @@ pub async fn as_client(node: &Node, p: Principal, req: ClientRequest) -> Answer<
 }
 
 /// The agent protocol: blobs here, the rest on the leader.
-async fn agent(node: &Node, p: Principal, origin: SocketAddr, req: AgentRequest) -> Answer<AgentResponse> {
+async fn agent(node: &Node, p: Principal, key: Option<String>, origin: SocketAddr, req: AgentRequest) -> Answer<AgentResponse> {
     match req {
-        AgentRequest::Blob(b) => blobs::serve(node, &p, b).map(AgentResponse::Blob),
-        req => match on_leader(node, p, origin, Forwarded::Agent(req)).await? {
+        AgentRequest::Blob(b, grant) => blobs::serve_agent(node, &p, b, grant.as_ref()).map(AgentResponse::Blob),
+        req => match on_leader(node, p, key, origin, Forwarded::Agent(req)).await? {
             ForwardedResponse::Agent(r) => Ok(r),
             other => Err(mismatch(&other)),
         },
@@ -178,22 +190,25 @@ async fn coordinator(node: &Node, req: CoordinatorRequest) -> Answer<Coordinator
             let peer = Principal { role: Role::Coordinator, name: "peer".into() };
             blobs::serve(node, &peer, b).map(CoordinatorResponse::Blob)
         }
-        CoordinatorRequest::Forward { principal, origin, request } => {
+        CoordinatorRequest::Forward { principal, origin, request, key } => {
             if !node.is_leader() {
                 return Err(err(ErrorCode::Unavailable, format!("coordinator {} is no longer the leader; retry", node.id)));
             }
             if !forwardable(&principal.role, &request) {
                 return Err(err(ErrorCode::PermissionDenied, "forwarded request not allowed"));
             }
-            lead(node, principal, origin, *request).await.map(CoordinatorResponse::Forwarded)
+            if principal.role == Role::Agent {
+                agent_key_holds(node, &principal, key.as_deref())?;
+            }
+            lead(node, principal, key, origin, *request).await.map(CoordinatorResponse::Forwarded)
         }
     }
 }
 
 /// Runs a request that needs the cluster state on the leader: here, or forwarded to it.
-async fn on_leader(node: &Node, p: Principal, origin: SocketAddr, req: Forwarded) -> Answer<ForwardedResponse> {
+async fn on_leader(node: &Node, p: Principal, key: Option<String>, origin: SocketAddr, req: Forwarded) -> Answer<ForwardedResponse> {
     if node.is_leader() {
-        return lead(node, p, origin, req).await;
+        return lead(node, p, key, origin, req).await;
     }
     if node.is_elected() {
         return Err(err(ErrorCode::Unavailable, format!("coordinator {} was just elected and is catching up; retry", node.id)));
@@ -201,7 +216,7 @@ async fn on_leader(node: &Node, p: Principal, origin: SocketAddr, req: Forwarded
     let (leader, addr) =
         node.leader().ok_or_else(|| err(ErrorCode::Unavailable, "no leader is elected yet (an election is under way); retry"))?;
     let timeout = request_timeout(&node.cfg, &req);
-    let forwarded = CoordinatorRequest::Forward { principal: p, origin, request: Box::new(req) };
+    let forwarded = CoordinatorRequest::Forward { principal: p, origin, request: Box::new(req), key };
     match node.pool.coordinator(addr, &forwarded, timeout).await {
         Ok(CoordinatorResponse::Forwarded(r)) => Ok(r),
         Ok(other) => Err(err(ErrorCode::Internal, format!("the leader answered a forwarded request with {other:?}"))),
@@ -223,16 +238,16 @@ fn request_timeout(cfg: &crate::config::CoordinatorConfig, req: &Forwarded) -> D
 }
 
 /// Requests that need the cluster state: this coordinator is the leader.
-async fn lead(node: &Node, p: Principal, origin: SocketAddr, req: Forwarded) -> Answer<ForwardedResponse> {
+async fn lead(node: &Node, p: Principal, key: Option<String>, origin: SocketAddr, req: Forwarded) -> Answer<ForwardedResponse> {
     match req {
         Forwarded::Client(r) => lead_client(node, p, origin, r).await.map(ForwardedResponse::Client),
-        Forwarded::Agent(r) => lead_agent(node, p, r).await.map(ForwardedResponse::Agent),
+        Forwarded::Agent(r) => lead_agent(node, p, key, r).await.map(ForwardedResponse::Agent),
     }
 }
 
-async fn lead_agent(node: &Node, p: Principal, req: AgentRequest) -> Answer<AgentResponse> {
+async fn lead_agent(node: &Node, p: Principal, key: Option<String>, req: AgentRequest) -> Answer<AgentResponse> {
     match req {
-        AgentRequest::Register(info) => agents::register(node, &p, info).await,
+        AgentRequest::Register(info) => agents::register(node, &p, key, info).await,
         AgentRequest::Poll { agent, running, cache_bytes, wait_ms } => {
             let running = running.into_iter().map(SliceAttempt::from_wire).collect();
             agents::poll(node, &p, &agent, running, cache_bytes, wait_ms).await
@@ -250,7 +265,7 @@ async fn lead_agent(node: &Node, p: Principal, req: AgentRequest) -> Answer<Agen
         }
         AgentRequest::Locate { blobs, records } => Ok(AgentResponse::Holders(agents::locate(node, &p.name, &blobs, &records))),
         // Served where it is received, never forwarded.
-        other @ AgentRequest::Blob(_) => Err(bad(format!("unexpected request {:?}", std::mem::discriminant(&other)))),
+        other @ AgentRequest::Blob(..) => Err(bad(format!("unexpected request {:?}", std::mem::discriminant(&other)))),
     }
 }
 
@@ -269,7 +284,7 @@ async fn lead_client(node: &Node, p: Principal, origin: SocketAddr, req: ClientR
         ClientRequest::Cancel { build } => history::cancel(node, &p, build).await,
         ClientRequest::Answer { build, ask, answer } => session::answer(node, &p, BuildId::from_wire(build), ask, answer),
         ClientRequest::Contexts => Ok(ClientResponse::Contexts(views::contexts(node))),
-        ClientRequest::RemoveContext { name } => admin::remove_context(node, &name).await,
+        ClientRequest::RemoveContext { name, revoke } => admin::remove_context(node, &name, revoke).await,
         ClientRequest::CreateBuilder(spec) => admin::create_builder(node, spec).await,
         ClientRequest::RemoveBuilder { name } => admin::remove_builder(node, name).await,
         ClientRequest::Builders => Ok(admin::builders(node)),
@@ -304,7 +319,7 @@ mod tests {
             ClientRequest::Blob(BlobRequest::Put { digest: String::new(), offset: 0, data: vec![], last: true, owner: None }),
             ClientRequest::Watch { build: 1, cursor: 0, wait_ms: 0 },
             ClientRequest::CreateBuilder(CreateSpec::default()),
-            ClientRequest::RemoveContext { name: "a".into() },
+            ClientRequest::RemoveContext { name: "a".into(), revoke: false },
             ClientRequest::DiskUsage { builder: None },
             ClientRequest::Prune { builder: None, spec: PruneSpec::default() },
             ClientRequest::CreateToken { role: Role::User, tenant: "t".into() },

@@ -52,6 +52,13 @@ pub enum Command {
     },
     RegisterAgent {
         context: Context,
+        /// The key fingerprint of the agent's certificate: the name is bound to it.
+        #[serde(default)]
+        key: Option<String>,
+    },
+    /// `kiln context rm --revoke`: the agent is removed and its key refused from now on.
+    RevokeAgent {
+        name: String,
     },
     /// `kiln context rm`: no new slices go to the agent; it is removed once idle.
     DrainContext {
@@ -280,9 +287,36 @@ pub struct ClusterState {
     pub tokens: BTreeMap<String, TokenRecord>,
     /// Keyed by architecture.
     pub run_times: BTreeMap<String, RunTimes>,
+    /// Agent name → the key fingerprint its registration is bound to.
+    #[serde(default)]
+    pub agent_keys: BTreeMap<String, String>,
+    /// Key fingerprints of revoked agents: refused by every coordinator and agent.
+    #[serde(default)]
+    pub revoked_keys: BTreeSet<String>,
 }
 
 impl ClusterState {
+    /// Binds agent `name` to `key`, or says why not: a revoked key, or another agent's name.
+    pub fn bind_agent(&mut self, name: &str, key: &str) -> Result<(), String> {
+        self.agent_may_join(name, key)?;
+        self.agent_keys.insert(name.to_string(), key.to_string());
+        Ok(())
+    }
+
+    /// Whether an agent with `key` may be `name`: the key is not revoked, and the name is free
+    /// or already bound to it.
+    pub fn agent_may_join(&self, name: &str, key: &str) -> Result<(), String> {
+        if self.revoked_keys.contains(key) {
+            return Err(format!("the key of agent {name} was revoked (`kiln context rm --revoke`)"));
+        }
+        match self.agent_keys.get(name) {
+            Some(bound) if bound != key => Err(format!(
+                "agent name {name} is registered to another key: a second agent may not join under it (`kiln context rm {name}` frees the name)"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Applies one committed command. Never fails: a command that cannot take effect is still
     /// committed, so it is answered with `ok: false` rather than an error that would stop Raft.
     pub fn apply(&mut self, command: &Command) -> CommandResult {
@@ -291,13 +325,29 @@ impl ClusterState {
                 self.tokens.insert(token_hash.clone(), TokenRecord { role: role.clone(), tenant: tenant.clone() });
                 CommandResult::ok()
             }
-            Command::RegisterAgent { context } => match self.farm.register(context.clone()) {
-                Ok(()) => {
-                    self.draining.remove(&context.name);
-                    CommandResult::ok()
+            Command::RegisterAgent { context, key } => {
+                if let Some(key) = key {
+                    if let Err(why) = self.bind_agent(&context.name, key) {
+                        return CommandResult::rejected(why);
+                    }
                 }
-                Err(e) => CommandResult::rejected(e.to_string()),
-            },
+                match self.farm.register(context.clone()) {
+                    Ok(()) => {
+                        self.draining.remove(&context.name);
+                        CommandResult::ok()
+                    }
+                    Err(e) => CommandResult::rejected(e.to_string()),
+                }
+            }
+            Command::RevokeAgent { name } => {
+                let Some(key) = self.agent_keys.remove(name) else {
+                    return CommandResult::rejected(format!("agent {name:?} has no registered key to revoke"));
+                };
+                self.revoked_keys.insert(key);
+                self.draining.remove(name);
+                let _ = self.farm.remove_context(name);
+                CommandResult::ok()
+            }
             Command::DrainContext { name } => {
                 if !self.farm.contexts.contains_key(name) {
                     return CommandResult::rejected(format!("no context {name:?} found"));
@@ -307,6 +357,8 @@ impl ClusterState {
             }
             Command::RemoveContext { name } => {
                 self.draining.remove(name);
+                // The name is free again: the next agent to register under it binds it.
+                self.agent_keys.remove(name);
                 match self.farm.remove_context(name) {
                     Ok(_) => CommandResult::ok(),
                     Err(e) => CommandResult::rejected(e.to_string()),

@@ -556,6 +556,7 @@ mod tests {
                 labels: Default::default(),
                 version: "0".into(),
             },
+            key: None,
         }
     }
 

@@ -1,7 +1,7 @@
 //! An agent's protocol with the coordinators: registering, the long poll for work, progress and
 //! slice reports, advertising what it holds and locating what peers hold, and blob transfer.
 
-use super::{AgentInfo, BlobRequest, BlobResponse, Event, Inventory, SessionAnswer, SessionAsk, SliceOutcome, SliceTask};
+use super::{AgentInfo, BlobRequest, BlobResponse, Event, Grant, Inventory, SessionAnswer, SessionAsk, SliceOutcome, SliceTask};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -35,8 +35,9 @@ pub enum AgentRequest {
         blobs: Vec<String>,
         records: Vec<String>,
     },
-    /// Context blobs down; with `-o type=oci` on a farm, the image's blobs up.
-    Blob(BlobRequest),
+    /// Context blobs down; with `-o type=oci` on a farm, the image's blobs up; each under the
+    /// grant of the slice it is for.
+    Blob(BlobRequest, Option<Grant>),
     /// A step of a slice this agent runs asks the build's client (a secret, an ssh-agent
     /// message); answered with [`AgentResponse::Session`].
     Session {
@@ -57,6 +58,9 @@ pub enum AgentResponse {
         /// Running slices (build, slice, attempt) whose build was cancelled: stop them.
         #[serde(default)]
         cancel: Vec<(u64, u32, u32)>,
+        /// Key fingerprints of revoked agents: this agent's peer endpoint refuses them.
+        #[serde(default)]
+        revoked: Vec<String>,
     },
     /// `resync`: the tracker does not know this agent; send the whole inventory.
     Advertised {

@@ -41,6 +41,9 @@ pub enum ClientRequest {
     Contexts,
     RemoveContext {
         name: String,
+        /// `--revoke`: the agent's key is refused from now on, everywhere.
+        #[serde(default)]
+        revoke: bool,
     },
     CreateBuilder(CreateSpec),
     RemoveBuilder {

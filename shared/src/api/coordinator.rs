@@ -27,6 +27,9 @@ pub enum CoordinatorRequest {
         principal: Principal,
         origin: SocketAddr,
         request: Box<Forwarded>,
+        /// The key fingerprint of the caller's certificate (agents' registrations are bound to it).
+        #[serde(default)]
+        key: Option<String>,
     },
     Status,
     /// Another coordinator copies a build's blobs here (see the coordinator's `replicate`).

@@ -24,6 +24,12 @@ pub enum PeerRequest {
     GetRecord {
         name: String,
     },
+    /// An agent's request, with the grants of the slices it runs (see [`super::Grant`]): a peer
+    /// serves an agent only what one of them names.
+    Granted {
+        grants: Vec<super::Grant>,
+        request: Box<PeerRequest>,
+    },
     /// Coordinators only.
     Usage,
     /// Coordinators only.

@@ -374,7 +374,7 @@ mod tests {
         fn new(contexts: &[Context]) -> World {
             let mut state = ClusterState::default();
             for c in contexts {
-                assert!(state.apply(&Command::RegisterAgent { context: c.clone() }).ok);
+                assert!(state.apply(&Command::RegisterAgent { context: c.clone(), key: None }).ok);
             }
             World {
                 state,
