@@ -19,6 +19,8 @@ pub enum WorkerError {
     Register { name: String, source: TransportError },
     #[error("agent {0} was removed from the farm (`kiln context rm`); start it again to rejoin")]
     Removed(String),
+    #[error("agent {name} was refused by the farm: {message}")]
+    Refused { name: String, message: String },
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error("{0}")]

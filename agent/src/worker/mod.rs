@@ -312,6 +312,10 @@ async fn poll_loop(w: Arc<Worker>, tasks: &mut tokio::task::JoinSet<()>) -> Resu
             }
             Ok(other) => tracing::warn!(agent = %w.cfg.name, "unexpected answer to a poll: {other:?}"),
             Err(TransportError::Remote(e)) if e.code == ErrorCode::NotFound => return Err(WorkerError::Removed(w.cfg.name.clone())),
+            // Revoked (`kiln context rm --revoke`), or another agent holds the name.
+            Err(TransportError::Remote(e)) if e.code == ErrorCode::PermissionDenied => {
+                return Err(WorkerError::Refused { name: w.cfg.name.clone(), message: e.message })
+            }
             Err(e) => {
                 // The registration is in Raft and survives any coordinator; only the poll is retried.
                 tracing::warn!(agent = %w.cfg.name, "poll: {e}");
