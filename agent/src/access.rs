@@ -138,3 +138,46 @@ fn index(dir: &Path) -> HashMap<String, Vec<(String, String)>> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::Layer;
+    use kiln_shared::digest::Digest;
+
+    fn grant(tenant: &str, scope: &str) -> Grant {
+        Grant { agent: "a".into(), tenant: tenant.into(), scope: scope.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn records_and_layers_of_the_grants_scope_only() {
+        let root = std::env::temp_dir().join(format!("kiln-access-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("cache")).expect("dir");
+        let layer = Digest::of(b"layer");
+        let state = State {
+            config: Default::default(),
+            layers: vec![Layer { digest: layer.clone(), diff_id: layer.clone(), size: 5, media_type: String::new() }],
+            key: "k1".into(),
+        };
+        let bytes = serde_json::to_vec(&state).expect("json");
+        let name = crate::engine::record_name("tenant:t", "k1");
+        std::fs::write(root.join("cache").join(format!("{name}.json")), &bytes).expect("record");
+        let access = Access::new(b"", &root);
+        let (mine, theirs) = (grant("t", "tenant:t"), grant("u", "tenant:u"));
+
+        assert!(Access::may_read_record(&[&mine], &name, &bytes));
+        assert!(!Access::may_read_record(&[&theirs], &name, &bytes));
+        assert!(access.may_read_blob(&[&mine], layer.as_str()));
+        assert!(!access.may_read_blob(&[&theirs], layer.as_str()));
+
+        // Context blobs go to the tenant whose slices used them, and what a grant names to it.
+        let context = Digest::of(b"context");
+        assert!(!access.may_read_blob(&[&mine], context.as_str()));
+        access.note_tenant_blobs("t", [context.as_str()]);
+        assert!(access.may_read_blob(&[&mine], context.as_str()));
+        assert!(!access.may_read_blob(&[&theirs], context.as_str()));
+        let named = Grant { blobs: vec![context.to_string()], ..theirs.clone() };
+        assert!(access.may_read_blob(&[&named], context.as_str()));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
