@@ -14,15 +14,13 @@ use kiln_shared::api::{Grant, GrantError};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A running slice: (build, slice, attempt).
 pub type SliceKey = (u64, u32, u32);
 
 /// Context blobs remembered per tenant, at most (the map starts over beyond it).
 const MAX_TENANT_BLOBS: usize = 1 << 20;
-/// The record index is rebuilt at most this often when a blob is not found in it.
-const INDEX_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Access {
     ca_der: Vec<u8>,
@@ -33,8 +31,9 @@ pub struct Access {
     revoked: Mutex<HashSet<String>>,
     /// Context blobs this agent holds, by the tenants whose slices used them.
     tenant_blobs: Mutex<HashMap<String, HashSet<String>>>,
-    /// blob → (record name, record key) of the records here that list it as a layer.
-    layers: Mutex<(Option<Instant>, HashMap<String, Vec<(String, String)>>)>,
+    /// blob → (record name, record key) of the records here that list it as a layer, as of
+    /// the cache directory's modification time (a record written or removed changes it).
+    layers: Mutex<(Option<SystemTime>, HashMap<String, Vec<(String, String)>>)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -117,10 +116,11 @@ impl Access {
         if in_scope(&layers.1) {
             return true;
         }
-        if layers.0.is_some_and(|at| at.elapsed() < INDEX_EVERY) {
+        let changed = std::fs::metadata(&self.cache_dir).and_then(|m| m.modified()).ok();
+        if changed.is_none() || layers.0 == changed {
             return false;
         }
-        *layers = (Some(Instant::now()), index(&self.cache_dir));
+        *layers = (changed, index(&self.cache_dir));
         in_scope(&layers.1)
     }
 }
