@@ -20,7 +20,7 @@ pub struct Proc {
     child: Option<Child>,
     env: Vec<(String, String)>,
     program: PathBuf,
-    /// Where the program runs: empty, or `ip netns exec NS` (which execs it: same pid).
+    /// The network namespace the program runs in (`nsenter --net`, which execs it: same pid).
     netns: Option<String>,
 }
 
@@ -44,8 +44,8 @@ impl Proc {
         let err = log.try_clone().expect("log file");
         let mut cmd = match &self.netns {
             Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(&self.program);
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(&self.program);
                 c
             }
             None => Command::new(&self.program),

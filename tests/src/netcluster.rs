@@ -24,7 +24,8 @@ pub struct NetCluster {
     pub coordinators: Vec<Proc>,
     pub agents: Vec<Proc>,
     registry: Proc,
-    /// `IP:PORT` of the registry (pass it with `--insecure-registry`: it speaks plain HTTP).
+    /// `127.0.0.1:PORT`: where every node reaches the registry ([`Net::publish`]; kiln speaks
+    /// plain HTTP to a loopback registry, and its agents know no other insecure registry).
     pub registry_addr: String,
     /// Coordinator `i + 1` listens on `addrs[i]`.
     pub addrs: Vec<String>,
@@ -56,15 +57,17 @@ impl NetCluster {
         let addrs: Vec<String> = nodes.iter().map(|n| format!("{}:{COORDINATOR_PORT}", n.ip)).collect();
         let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
 
-        let registry_addr = format!("{}:{REGISTRY_PORT}", reg.ip);
+        net.publish("registry", REGISTRY_PORT);
+        let registry_addr = format!("127.0.0.1:{REGISTRY_PORT}");
         let rdir = dir.path().join("registry");
         std::fs::create_dir_all(&rdir).expect("registry dir");
         let config = rdir.join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {registry_addr}\n",
-                rdir.join("data").display()
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {}:{REGISTRY_PORT}\n",
+                rdir.join("data").display(),
+                reg.ip
             ),
         )
         .expect("registry config");

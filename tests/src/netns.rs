@@ -41,6 +41,8 @@ pub enum Degraded {
 pub struct Net {
     bridge: String,
     nodes: Vec<Node>,
+    /// Services every node reaches at `127.0.0.1:PORT` ([`Net::publish`]): (address, port).
+    published: Vec<(String, u16)>,
 }
 
 /// Runs `ip netns exec NS ARGS..`, failing the test with its stderr.
@@ -68,7 +70,7 @@ impl Net {
         // A namespace left by an earlier run of the same pid (pids are reused) goes first.
         let _ = Command::new("ip").args(["netns", "del", &bridge]).bounded();
         ip(&["netns", "add", &bridge]);
-        let net = Net { bridge, nodes: vec![] };
+        let net = Net { bridge, nodes: vec![], published: vec![] };
         in_ns(&net.bridge, &["ip", "link", "set", "lo", "up"]);
         in_ns(&net.bridge, &["ip", "link", "add", "br0", "type", "bridge"]);
         in_ns(&net.bridge, &["ip", "link", "set", "br0", "up"]);
@@ -98,7 +100,32 @@ impl Net {
         in_ns(&ns, &["iptables", "-A", "INPUT", "-j", CUT]);
         in_ns(&ns, &["iptables", "-A", "OUTPUT", "-j", CUT]);
         in_ns(&ns, &["iptables", "-A", "OUTPUT", "-j", LOSS]);
+        // Loopback traffic may be routed out (to be NATed to a published service).
+        in_ns(&ns, &["sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1"]);
+        in_ns(&ns, &["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "127.0.0.0/8", "-o", "eth0", "-j", "MASQUERADE"]);
+        for (ip, port) in self.published.clone() {
+            Self::forward(&ns, &ip, port);
+        }
         node
+    }
+
+    /// Every node, present and future, reaches `name`'s `PORT` at `127.0.0.1:PORT` (a DNAT in
+    /// each namespace; the packets still cross the links, partitions and loss included). A
+    /// registry published so is a loopback registry to kiln, spoken to over plain HTTP.
+    pub fn publish(&mut self, name: &str, port: u16) {
+        let ip = self.node(name).ip.clone();
+        for n in &self.nodes {
+            if n.name != name {
+                Self::forward(&n.ns, &ip, port);
+            }
+        }
+        self.published.push((ip, port));
+    }
+
+    fn forward(ns: &str, ip: &str, port: u16) {
+        let to = format!("{ip}:{port}");
+        let port = port.to_string();
+        in_ns(ns, &["iptables", "-t", "nat", "-A", "OUTPUT", "-d", "127.0.0.1", "-p", "tcp", "--dport", &port, "-j", "DNAT", "--to-destination", &to]);
     }
 
     pub fn node(&self, name: &str) -> &Node {
@@ -109,11 +136,12 @@ impl Net {
         &self.nodes
     }
 
-    /// `ip netns exec NS program`: a command that runs inside `name`'s namespace (`ip` execs
-    /// the program, so the child's pid is the program's).
+    /// A command that runs inside `name`'s network namespace. `nsenter --net` execs the
+    /// program (the child's pid is the program's) and, unlike `ip netns exec`, leaves the mount
+    /// namespace alone: runc needs the host's cgroup mounts under /sys.
     pub fn command(&self, name: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.node(name).ns]).arg(program);
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.node(name).ns)).arg(program);
         cmd
     }
 
