@@ -49,10 +49,11 @@ pub struct Op {
     pub completed: u64,
 }
 
-type State = BTreeMap<String, String>;
+/// The model's state: name → value.
+pub type State = BTreeMap<String, String>;
 
 /// The model: applies `call` to `state`, returning the answer it gives.
-fn apply(state: &mut State, call: &Call) -> Answer {
+pub fn apply(state: &mut State, call: &Call) -> Answer {
     match call {
         Call::Create { name, value } if !state.contains_key(name) => {
             state.insert(name.clone(), value.clone());

@@ -186,14 +186,18 @@ impl NetCluster {
 
     /// A CLI command in the client namespace against `hosts`, with the admin token.
     pub fn command_at(&self, hosts: &str, args: &[&str], cwd: &Path) -> Command {
-        let mut cmd = self.net.command(CLIENT, kiln_bin());
-        cmd.args(args)
-            .env("KILN_HOME", self.home())
-            .env("KILN_HOST", hosts)
-            .env("KILN_TOKEN", &self.admin_token)
-            .current_dir(cwd)
-            .stdin(Stdio::null());
-        cmd
+        self.cli().command_at(hosts, args, cwd)
+    }
+
+    /// What a client needs to run the CLI, apart from the farm (for client threads while the
+    /// test kills and restarts the farm's processes).
+    pub fn cli(&self) -> Cli {
+        Cli {
+            ns: self.net.node(CLIENT).ns.clone(),
+            hosts: self.hosts(),
+            token: self.admin_token.clone(),
+            home: self.home(),
+        }
     }
 
     /// Runs the CLI against every coordinator.
@@ -215,6 +219,15 @@ impl NetCluster {
     pub fn leader_seen_by(&self, id: usize) -> Option<u64> {
         let out = self.kiln_at(&self.addrs[id - 1], &["coordinator", "status"], self.dir.path());
         stdout(&out).split_whitespace().nth(1).and_then(|l| l.parse().ok())
+    }
+
+    /// The last log index coordinator `id` applied, as it says itself.
+    pub fn applied_seen_by(&self, id: usize) -> Option<u64> {
+        let out = self.kiln_at(&self.addrs[id - 1], &["coordinator", "status"], self.dir.path());
+        let text = stdout(&out);
+        let mut words = text.split_whitespace();
+        words.find(|w| *w == "applied:")?;
+        words.next()?.parse().ok()
     }
 
     /// The leader's id, waiting for one to be elected.
@@ -271,6 +284,35 @@ impl NetCluster {
     pub fn ok(&self, out: Output) -> Output {
         assert!(out.status.success(), "command failed:\n{}\nlogs:\n{}", stderr(&out), self.logs());
         out
+    }
+}
+
+/// The CLI in the client namespace with the admin token.
+#[derive(Clone, Debug)]
+pub struct Cli {
+    ns: String,
+    pub hosts: String,
+    token: String,
+    home: PathBuf,
+}
+
+impl Cli {
+    /// `kiln ARGS` against every coordinator.
+    pub fn command(&self, args: &[&str], cwd: &Path) -> Command {
+        self.command_at(&self.hosts, args, cwd)
+    }
+
+    pub fn command_at(&self, hosts: &str, args: &[&str], cwd: &Path) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.ns))
+            .arg(kiln_bin())
+            .args(args)
+            .env("KILN_HOME", &self.home)
+            .env("KILN_HOST", hosts)
+            .env("KILN_TOKEN", &self.token)
+            .current_dir(cwd)
+            .stdin(Stdio::null());
+        cmd
     }
 }
 
