@@ -112,7 +112,9 @@ impl History {
 pub enum CheckError {
     TooLong(usize),
     /// No order explains the answers; `longest` is the longest explained prefix found.
-    NotLinearizable { longest: Vec<usize> },
+    NotLinearizable {
+        longest: Vec<usize>,
+    },
 }
 
 impl std::fmt::Display for CheckError {
@@ -239,11 +241,7 @@ mod tests {
     #[test]
     fn a_stale_read_is_caught() {
         // The remove completed before the read was invoked, yet the read sees the value.
-        let h = vec![
-            op(0, create("b", "x"), Answer::Done, 0, 1),
-            op(0, remove("b"), Answer::Done, 2, 3),
-            op(1, read("b"), val("x"), 4, 5),
-        ];
+        let h = vec![op(0, create("b", "x"), Answer::Done, 0, 1), op(0, remove("b"), Answer::Done, 2, 3), op(1, read("b"), val("x"), 4, 5)];
         assert!(matches!(check(&h, &State::new()), Err(CheckError::NotLinearizable { .. })));
     }
 

@@ -108,7 +108,8 @@ impl NetCluster {
             .iter()
             .map(|s| s.to_string())
             .collect();
-            let mut p = Proc::new(format!("coordinator {id}"), args, dir.path().join(format!("c{id}.log")), vec![]).in_netns(&node.ns, None);
+            let mut p =
+                Proc::new(format!("coordinator {id}"), args, dir.path().join(format!("c{id}.log")), vec![]).in_netns(&node.ns, None);
             p.start();
             coordinators.push(p);
         }
@@ -125,8 +126,7 @@ impl NetCluster {
         }
         let read = |f: &str| std::fs::read_to_string(c1.join(f)).expect("token").trim().to_string();
         let (admin_token, agent_token) = (read("admin.token"), read("agent.token"));
-        let c =
-            NetCluster { coordinators, agents: vec![], registry, registry_addr, addrs, admin_token, agent_token, tmpfs, net, dir };
+        let c = NetCluster { coordinators, agents: vec![], registry, registry_addr, addrs, admin_token, agent_token, tmpfs, net, dir };
         c.leader();
         c
     }
@@ -192,12 +192,7 @@ impl NetCluster {
     /// What a client needs to run the CLI, apart from the farm (for client threads while the
     /// test kills and restarts the farm's processes).
     pub fn cli(&self) -> Cli {
-        Cli {
-            ns: self.net.node(CLIENT).ns.clone(),
-            hosts: self.hosts(),
-            token: self.admin_token.clone(),
-            home: self.home(),
-        }
+        Cli { ns: self.net.node(CLIENT).ns.clone(), hosts: self.hosts(), token: self.admin_token.clone(), home: self.home() }
     }
 
     /// Runs the CLI against every coordinator.

@@ -125,7 +125,26 @@ impl Net {
     fn forward(ns: &str, ip: &str, port: u16) {
         let to = format!("{ip}:{port}");
         let port = port.to_string();
-        in_ns(ns, &["iptables", "-t", "nat", "-A", "OUTPUT", "-d", "127.0.0.1", "-p", "tcp", "--dport", &port, "-j", "DNAT", "--to-destination", &to]);
+        in_ns(
+            ns,
+            &[
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "OUTPUT",
+                "-d",
+                "127.0.0.1",
+                "-p",
+                "tcp",
+                "--dport",
+                &port,
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &to,
+            ],
+        );
     }
 
     pub fn node(&self, name: &str) -> &Node {
@@ -175,7 +194,8 @@ impl Net {
     pub fn degrade(&self, delay_ms: u32, loss_percent: u32) -> Degraded {
         let delay = format!("{delay_ms}ms");
         let loss = format!("{loss_percent}%");
-        let netem = |n: &Node| try_in_ns(&n.ns, &["tc", "qdisc", "replace", "dev", "eth0", "root", "netem", "delay", &delay, "loss", &loss]);
+        let netem =
+            |n: &Node| try_in_ns(&n.ns, &["tc", "qdisc", "replace", "dev", "eth0", "root", "netem", "delay", &delay, "loss", &loss]);
         if self.nodes.iter().all(netem) {
             return Degraded::Netem;
         }

@@ -175,7 +175,9 @@ pub async fn submit(farm: &ClientFarm, spec: BuildSpec, files: &BTreeMap<String,
             // first failed, or no quorum heard it): the uploads are on the first one, so they
             // go again to the one it talks to now. The refusal means nothing was accepted.
             Err(kiln_shared::transport::TransportError::Remote(e))
-                if round < 3 && e.code == kiln_shared::wire::ErrorCode::PermissionDenied && e.message.contains("has not uploaded to this coordinator") =>
+                if round < 3
+                    && e.code == kiln_shared::wire::ErrorCode::PermissionDenied
+                    && e.message.contains("has not uploaded to this coordinator") =>
             {
                 round += 1;
             }

@@ -196,7 +196,10 @@ async fn on_leader(node: &Node, p: Principal, origin: SocketAddr, req: Forwarded
         return lead(node, p, origin, req).await;
     }
     if node.is_elected() {
-        return Err(err(ErrorCode::Unavailable, format!("coordinator {} was just elected and is catching up, or no quorum hears it; retry", node.id)));
+        return Err(err(
+            ErrorCode::Unavailable,
+            format!("coordinator {} was just elected and is catching up, or no quorum hears it; retry", node.id),
+        ));
     }
     let (leader, addr) =
         node.leader().ok_or_else(|| err(ErrorCode::Unavailable, "no leader is elected yet (an election is under way); retry"))?;
