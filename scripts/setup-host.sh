@@ -6,10 +6,12 @@
 # forwarding tests OpenSSH's client and server and git; for the metrics test Debian's
 # prometheus (the test runs its own on a loopback port; the package's service is not started);
 # for the deploy test systemd-analyze and, in a venv under /opt, kubernetes-validate; for the
-# web console's test Debian's chromium (run headless by the test, driven over DevTools).
+# web console's test Debian's chromium (run headless by the test, driven over DevTools); for
+# the chaos suite iproute2 (network namespaces, veths), iptables (partitions, loss) and
+# util-linux's nsenter.
 set -euo pipefail
 need=()
-for pkg_cmd in runc:runc qemu-user-static:qemu-aarch64-static docker-registry:docker-registry skopeo:skopeo umoci:umoci apache2-utils:htpasswd make:make gcc:gcc docker.io:/usr/sbin/dockerd mmdebstrap:mmdebstrap zstd:zstd openssh-client:ssh-agent openssh-server:/usr/sbin/sshd git:/usr/bin/git prometheus:/usr/bin/prometheus systemd:systemd-analyze chromium:/usr/bin/chromium; do
+for pkg_cmd in runc:runc qemu-user-static:qemu-aarch64-static docker-registry:docker-registry skopeo:skopeo umoci:umoci apache2-utils:htpasswd make:make gcc:gcc docker.io:/usr/sbin/dockerd mmdebstrap:mmdebstrap zstd:zstd openssh-client:ssh-agent openssh-server:/usr/sbin/sshd git:/usr/bin/git prometheus:/usr/bin/prometheus systemd:systemd-analyze chromium:/usr/bin/chromium iproute2:ip iptables:iptables util-linux:nsenter; do
   pkg=${pkg_cmd%%:*} cmd=${pkg_cmd##*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -328,8 +328,10 @@ impl<P: FarmProtocol> Farm<P> {
             let e = match attempt.await {
                 Ok(r) => return Ok(r),
                 Err((i, e)) => {
-                    if !matches!(&e, TransportError::Remote(_)) {
-                        // The coordinator itself is in trouble: next time start with the next one.
+                    // The coordinator itself is in trouble, or cannot serve now (no leader it
+                    // knows of; a leader no quorum hears, which cannot know of the new one):
+                    // next time start with the next one.
+                    if !matches!(&e, TransportError::Remote(r) if r.code != ErrorCode::Unavailable) {
                         *self.current.lock().await = None;
                         self.start.store(i + 1, Ordering::Relaxed);
                     }

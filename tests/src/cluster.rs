@@ -19,13 +19,37 @@ pub struct Proc {
     log: PathBuf,
     child: Option<Child>,
     env: Vec<(String, String)>,
+    program: PathBuf,
+    /// The network namespace the program runs in (`nsenter --net`, which execs it: same pid).
+    netns: Option<String>,
 }
 
 impl Proc {
-    fn start(&mut self) {
+    /// A `kiln` process with these arguments, logging to `log`; not started yet.
+    pub(crate) fn new(name: String, args: Vec<String>, log: PathBuf, env: Vec<(String, String)>) -> Proc {
+        Proc { name, args, log, child: None, env, program: kiln_bin(), netns: None }
+    }
+
+    /// Another program, inside the network namespace `ns`.
+    pub(crate) fn in_netns(mut self, ns: &str, program: Option<PathBuf>) -> Proc {
+        self.netns = Some(ns.to_string());
+        if let Some(p) = program {
+            self.program = p;
+        }
+        self
+    }
+
+    pub(crate) fn start(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let err = log.try_clone().expect("log file");
-        let mut cmd = Command::new(kiln_bin());
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(&self.program);
+                c
+            }
+            None => Command::new(&self.program),
+        };
         cmd.args(&self.args).stdin(Stdio::null()).stdout(log).stderr(err);
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -173,7 +197,7 @@ impl Cluster {
                 consoles.push(format!("http://{addr}"));
             }
             let log = dir.path().join(format!("c{id}.log"));
-            let mut p = Proc { name: format!("coordinator {id}"), args, log, child: None, env: vec![] };
+            let mut p = Proc::new(format!("coordinator {id}"), args, log, vec![]);
             p.start();
             coordinators.push(p);
         }
@@ -227,7 +251,7 @@ impl Cluster {
         .map(|s| s.to_string())
         .collect();
         let log = self.dir.path().join(format!("c{id}.log"));
-        let mut p = Proc { name: format!("coordinator {id}"), args, log, child: None, env: vec![] };
+        let mut p = Proc::new(format!("coordinator {id}"), args, log, vec![]);
         p.start();
         self.coordinators.push(p);
         wait_for("the new coordinator's CA", Duration::from_secs(30), || data.join("ca.pem").exists());
@@ -278,7 +302,7 @@ impl Cluster {
         }
         let log = self.dir.path().join(format!("{name}.log"));
         let env = vec![("KILN_HOME".to_string(), self.dir.path().join(format!("{name}-home")).display().to_string())];
-        let mut p = Proc { name: format!("agent {name}"), args, log, child: None, env };
+        let mut p = Proc::new(format!("agent {name}"), args, log, env);
         p.start();
         self.agents.push(p);
         let i = self.agents.len() - 1;

@@ -12,6 +12,9 @@
 //!   of the whole suite;
 //! - [`cluster::Cluster`]: coordinators and agents as real processes, with fault injection (and
 //!   `--metrics-listen` on each with [`cluster::Cluster::start_with_metrics`]);
+//! - [`netns::Net`] and [`netcluster::NetCluster`]: the same farm with every process in a
+//!   network namespace of its own, partitions and lossy links (the chaos tests);
+//! - [`linearizable`]: a linearizability checker for histories of builder/context operations;
 //! - [`prometheus::Prometheus`]: a real Prometheus scraping them, queried with PromQL;
 //! - [`browser::Browser`]: headless Chromium driven over the DevTools protocol (the web
 //!   console's tests; `--console-listen` on each coordinator with
@@ -19,6 +22,9 @@
 
 pub mod browser;
 pub mod cluster;
+pub mod linearizable;
+pub mod netcluster;
+pub mod netns;
 pub mod prometheus;
 pub mod target;
 

@@ -158,18 +158,33 @@ pub fn detach(session: &Session, prepared: Prepared, mode: Mode) -> anyhow::Resu
 
 /// Sends the blobs of `files` the farm lacks and submits the build; returns its id.
 pub async fn submit(farm: &ClientFarm, spec: BuildSpec, files: &BTreeMap<String, PathBuf>, mode: Mode) -> anyhow::Result<u64> {
-    let (sent, bytes) = upload(farm, files).await?;
-    if mode == Mode::Plain {
-        // The manifest (names, modes, digests) travels in the build request.
-        let manifest = kiln_shared::wire::encode(&ClientRequest::Submit(Box::new(spec.clone()))).map(|f| f.len()).unwrap_or(0);
-        eprintln!(
-            "#0 context: {} files, {sent} sent ({bytes} bytes) + manifest ({manifest} bytes), the rest already on the farm",
-            files.len()
-        );
-    }
-    match remote::call(farm, &ClientRequest::Submit(Box::new(spec))).await? {
-        ClientResponse::Submitted { build } => Ok(build),
-        other => bail!(unexpected(other)),
+    let mut round = 0;
+    loop {
+        let (sent, bytes) = upload(farm, files).await?;
+        if mode == Mode::Plain && round == 0 {
+            // The manifest (names, modes, digests) travels in the build request.
+            let manifest = kiln_shared::wire::encode(&ClientRequest::Submit(Box::new(spec.clone()))).map(|f| f.len()).unwrap_or(0);
+            eprintln!(
+                "#0 context: {} files, {sent} sent ({bytes} bytes) + manifest ({manifest} bytes), the rest already on the farm",
+                files.len()
+            );
+        }
+        let submitted = farm.call(&ClientRequest::Submit(Box::new(spec.clone())), Duration::from_secs(30), Duration::from_secs(20)).await;
+        match submitted {
+            // The client moved to another coordinator between the upload and the submit (the
+            // first failed, or no quorum heard it): the uploads are on the first one, so they
+            // go again to the one it talks to now. The refusal means nothing was accepted.
+            Err(kiln_shared::transport::TransportError::Remote(e))
+                if round < 3
+                    && e.code == kiln_shared::wire::ErrorCode::PermissionDenied
+                    && e.message.contains("has not uploaded to this coordinator") =>
+            {
+                round += 1;
+            }
+            Err(e) => bail!("{e}"),
+            Ok(ClientResponse::Submitted { build }) => return Ok(build),
+            Ok(other) => bail!(unexpected(other)),
+        }
     }
 }
 

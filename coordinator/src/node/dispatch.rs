@@ -211,7 +211,10 @@ async fn on_leader(node: &Node, p: Principal, key: Option<String>, origin: Socke
         return lead(node, p, key, origin, req).await;
     }
     if node.is_elected() {
-        return Err(err(ErrorCode::Unavailable, format!("coordinator {} was just elected and is catching up; retry", node.id)));
+        return Err(err(
+            ErrorCode::Unavailable,
+            format!("coordinator {} was just elected and is catching up, or no quorum hears it; retry", node.id),
+        ));
     }
     let (leader, addr) =
         node.leader().ok_or_else(|| err(ErrorCode::Unavailable, "no leader is elected yet (an election is under way); retry"))?;

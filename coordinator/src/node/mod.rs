@@ -212,14 +212,20 @@ impl Node {
         map.entry(agent.to_string()).or_default().clone()
     }
 
-    /// Leader, and caught up: the state machine has applied an entry of this leader's term (the
-    /// blank entry every new leader commits first), so everything committed before is applied
-    /// too and reads of the state are current.
+    /// Leader, caught up and still heard by a quorum: the state machine has applied an entry of
+    /// this leader's term (the blank entry every new leader commits first), so everything
+    /// committed before is applied too and reads of the state are current; and a quorum
+    /// acknowledged it within an election timeout. A leader cut off from the other members
+    /// keeps its vote until it hears a higher term, but the others elect a new leader after
+    /// that long: past it, this one stops serving agents and clients, which fail over to the
+    /// new one (the chaos suite's leader partition).
     pub fn is_leader(&self) -> bool {
         // Borrowed, not cloned: this runs on every poll.
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
-        m.current_leader == Some(self.id) && m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term)
+        m.current_leader == Some(self.id)
+            && m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term)
+            && m.millis_since_quorum_ack.is_some_and(|ms| ms <= self.cfg.election_timeout_max_ms)
     }
 
     /// Leader by vote, perhaps not yet caught up (see [`Node::is_leader`]).
