@@ -407,7 +407,13 @@ pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option
     tasks.push(task::spawn("blob gc", blob_gc::keep_collecting(node.clone())));
     tasks.push(task::spawn("accept", accept(node.clone(), endpoint.clone())));
     tracing::info!(coordinator = cfg.id, listen = %cfg.listen, data_dir = %cfg.data_dir.display(), "listening");
-    stop.cancelled().await;
+    let fatal = tokio::select! {
+        _ = stop.cancelled() => None,
+        why = raft_stopped(&node) => Some(why),
+    };
+    if let Some(why) = &fatal {
+        tracing::error!(coordinator = cfg.id, "Raft stopped ({why}): exiting, so that a restart resumes from the durable log");
+    }
     // Drain: new connections and requests are refused from now on; those in flight (and builds
     // being finished) get up to `shutdown_drain_ms`, with Raft still running so that what they
     // propose commits. Long polls end early on `stop`.
@@ -427,7 +433,29 @@ pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option
     node.pool.close();
     let _ = node.raft.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_millis(cfg.shutdown_drain_ms), endpoint.wait_idle()).await;
-    Ok(())
+    match fatal {
+        // A member whose Raft stopped must not go on answering as if it were one: it exits with
+        // the reason, and its supervisor (systemd's `Restart=on-failure`) starts it again.
+        Some(why) => anyhow::bail!(
+            "coordinator {}: Raft stopped ({why}); exiting so that a restart resumes from the durable log (a full disk: free space first)",
+            cfg.id
+        ),
+        None => Ok(()),
+    }
+}
+
+/// Resolves once this member's Raft has stopped by itself: a fatal error, such as a log
+/// write that failed (a full disk); the reason.
+async fn raft_stopped(node: &Node) -> String {
+    let mut metrics = node.raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow().running_state {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "its metrics channel closed".to_string();
+        }
+    }
 }
 
 /// Serves every connection until aborted (by [`run`], after the drain); once the gate is
