@@ -45,12 +45,17 @@ pub fn manifest_entries(node: &Node, spec: &BuildSpec) -> Result<Option<Vec<Cont
     spec.context_manifest.as_deref().map(|d| read_manifest(node, d)).transpose()
 }
 
-/// Whether every blob a build names was uploaded by its tenant (checked where it was uploaded):
-/// `manifest`, the entries of its context manifest blob, if it has one.
+/// Whether every blob a build names was uploaded by its tenant and is here (checked where it
+/// was uploaded): `manifest`, the entries of its context manifest blob, if it has one.
 pub fn owns_context(node: &Node, p: &Principal, spec: &BuildSpec, manifest: Option<&[ContextEntry]>) -> bool {
     if !matches!(p.role, Role::Admin | Role::User) {
         return true;
     }
+    let mut checked = std::collections::HashSet::new();
+    let mut here = |d: &str| {
+        !checked.insert(d.to_string())
+            || (node.owners.owns(p.tenant(), d) && d.parse::<Digest>().is_ok_and(|digest| node.blobs.has(&digest)))
+    };
     let files = spec.all_entries().chain(manifest.unwrap_or_default()).filter_map(|e| match &e.kind {
         EntryKind::File { digest, .. } => Some(digest.as_str()),
         _ => None,
@@ -60,7 +65,7 @@ pub fn owns_context(node: &Node, p: &Principal, spec: &BuildSpec, manifest: Opti
         CacheRef::Registry { .. } => None,
     });
     let manifest_blob = spec.context_manifest.as_deref();
-    files.chain(caches).chain(spec.layout_blobs()).chain(manifest_blob).all(|d| node.owners.owns(p.tenant(), d))
+    files.chain(caches).chain(spec.layout_blobs()).chain(manifest_blob).all(|d| here(d))
 }
 
 /// Serves a blob transfer of the CLI's or an agent's protocol.
