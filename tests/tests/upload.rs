@@ -51,9 +51,11 @@ fn huge_context(t: &Target, ctx: &TempDir) {
     let o = t.kiln(&["build", "--progress", "plain", "-o", &dest, "."], ctx.path());
     assert!(o.status.success(), "{name}: the 300,000-file build failed:\n{}", stderr(&o));
     eprintln!("{name}: a {FILES}-file context built in {:.1} s", started.elapsed().as_secs_f64());
-    assert_eq!(count_files(&out.path().join("many")), FILES, "{name}: every file of the context is in the image");
+    // The first and the last directory of the manifest, every file of them.
+    assert_eq!(count_files(&out.path().join("many")), 2 * FILES / 300, "{name}: the copied directories are whole in the image");
+    assert_eq!(std::fs::read_to_string(out.path().join("many/d000/f0000")).expect("read"), "d000\n", "{name}");
     assert_eq!(std::fs::read_to_string(out.path().join("many/d299/f0000")).expect("read"), "d299\n", "{name}");
-    assert_eq!(std::fs::metadata(out.path().join("many/d123/f0999")).expect("stat").len(), 0, "{name}");
+    assert_eq!(std::fs::metadata(out.path().join("many/d299/f0999")).expect("stat").len(), 0, "{name}");
 }
 
 /// The entries of 300,000 files are far more than one frame holds (16 MiB): the build works
@@ -62,7 +64,9 @@ fn huge_context(t: &Target, ctx: &TempDir) {
 fn a_context_of_300000_files_builds() {
     let ctx = TempDir::new("upload-300k");
     many_files(&ctx);
-    ctx.write("Dockerfile", "FROM scratch\nCOPY many /many\n");
+    // Every entry reaches the agent (it recreates the whole context); the image takes two of
+    // its directories, so that the test's time goes to the context, not to the image.
+    ctx.write("Dockerfile", "FROM scratch\nCOPY many/d000 /many/d000\nCOPY many/d299 /many/d299\n");
     huge_context(&Target::Embedded(TempDir::new("upload-300k-home")), &ctx);
     huge_context(&farm(), &ctx);
 }

@@ -52,7 +52,7 @@ pub(super) async fn materialize(w: &Arc<Worker>, task: &SliceTask, dir: &Path) -
     let manifest = match &task.spec.context_manifest {
         Some(digest) => {
             let d: Digest = digest.parse().map_err(SliceError::digest(digest))?;
-            fetch(w, task, &[d.clone()], &mut origin).await?;
+            fetch(w, task, std::slice::from_ref(&d), &mut origin).await?;
             let store = w.engine.store.clone();
             let bytes = tokio::task::spawn_blocking(move || store.read(&d)).await.map_err(SliceError::Blocking)??;
             let entries = kiln_shared::api::context::decode(&bytes)

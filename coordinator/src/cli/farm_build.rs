@@ -11,10 +11,10 @@ use kiln_shared::api::{
     BlobRequest, BlobResponse, BuildSpec, BuildState, BuildView, ClientRequest, ClientResponse, ContextEntry, EntryKind,
 };
 use kiln_shared::client::ClientFarm;
-use kiln_shared::transport::TransportError;
-use kiln_shared::wire::ErrorCode;
 use kiln_shared::digest::Digest;
 use kiln_shared::frontend::dockerignore::DockerIgnore;
+use kiln_shared::transport::TransportError;
+use kiln_shared::wire::ErrorCode;
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};

@@ -65,7 +65,7 @@ pub fn owns_context(node: &Node, p: &Principal, spec: &BuildSpec, manifest: Opti
         CacheRef::Registry { .. } => None,
     });
     let manifest_blob = spec.context_manifest.as_deref();
-    files.chain(caches).chain(spec.layout_blobs()).chain(manifest_blob).all(|d| here(d))
+    files.chain(caches).chain(spec.layout_blobs()).chain(manifest_blob).all(&mut here)
 }
 
 /// Serves a blob transfer of the CLI's or an agent's protocol.
