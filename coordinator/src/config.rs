@@ -100,6 +100,10 @@ fn default_blob_gc_interval_secs() -> u64 {
     300
 }
 
+fn default_blob_upload_grace_secs() -> u64 {
+    600
+}
+
 fn default_history_keep_builds() -> usize {
     1_000
 }
@@ -225,6 +229,11 @@ pub struct CoordinatorConfig {
     pub blob_keep_bytes: u64,
     #[serde(default = "default_blob_gc_interval_secs")]
     pub blob_gc_interval_secs: u64,
+    /// A blob uploaded or found present by a client's missing-blobs check within this long
+    /// is kept by the blob GC and by `kiln prune --coordinators` alike (default 600 s): the
+    /// build it was sent for may not be submitted yet, and no build names it until it is.
+    #[serde(default = "default_blob_upload_grace_secs")]
+    pub blob_upload_grace_secs: u64,
 }
 
 impl CoordinatorConfig {

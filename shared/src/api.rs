@@ -16,6 +16,7 @@
 pub mod agent;
 pub mod blobs;
 pub mod client;
+pub mod context;
 pub mod coordinator;
 pub mod grant;
 pub mod history;
@@ -172,6 +173,8 @@ pub struct BuildSpec {
     pub labels: Vec<(String, String)>,
     pub target: Option<String>,
     pub no_cache: bool,
+    /// The context's entries, when they are few enough to travel inline (see [`context`]);
+    /// empty when [`BuildSpec::context_manifest`] names them.
     pub context: Vec<ContextEntry>,
     pub tags: Vec<String>,
     pub push: bool,
@@ -219,6 +222,11 @@ pub struct BuildSpec {
     /// received the build (whatever a client sends is replaced).
     #[serde(default)]
     pub replicas: Vec<std::net::SocketAddr>,
+    /// The digest of the blob that holds the context's entries when there are too many to
+    /// travel inline ([`context`]): uploaded with the context's files, read back and verified
+    /// by whoever needs the entries. `None`: they are in [`BuildSpec::context`].
+    #[serde(default)]
+    pub context_manifest: Option<String>,
 }
 
 /// One `--build-context NAME=SOURCE`, as the farm gets it.
@@ -241,7 +249,8 @@ pub enum NamedSource {
 }
 
 impl BuildSpec {
-    /// Every context entry the build names: the context's, then each named directory's.
+    /// Every context entry the build carries inline: the context's (unless a manifest blob holds
+    /// them, [`BuildSpec::context_manifest`]), then each named directory's.
     pub fn all_entries(&self) -> impl Iterator<Item = &ContextEntry> {
         self.context.iter().chain(self.named_contexts.iter().flat_map(|n| match &n.source {
             NamedSource::Local(entries) => entries.as_slice(),
@@ -733,6 +742,7 @@ mod tests {
             pull: true,
             no_cache_filter: vec!["build".into()],
             replicas: vec![],
+            context_manifest: Some(format!("sha256:{}", "c".repeat(64))),
             named_contexts: vec![NamedContextSpec { name: "base".into(), source: NamedSource::Image("busybox:1".into()) }],
             run: RunOptions {
                 network: Some("none".into()),
@@ -744,11 +754,11 @@ mod tests {
         };
         // A Raft log an older kiln wrote (JSON, without the newer fields) still decodes.
         let mut old: serde_json::Value = serde_json::to_value(&spec).unwrap();
-        for key in ["secrets", "ssh", "run", "named_contexts", "pull", "no_cache_filter"] {
+        for key in ["secrets", "ssh", "run", "named_contexts", "pull", "no_cache_filter", "context_manifest"] {
             old.as_object_mut().unwrap().remove(key);
         }
         let old: BuildSpec = serde_json::from_value(old).expect("an older build spec decodes");
-        assert!(old.secrets.is_empty() && old.run == RunOptions::default() && !old.pull);
+        assert!(old.secrets.is_empty() && old.run == RunOptions::default() && !old.pull && old.context_manifest.is_none());
         let principal = Principal { role: Role::User, name: "t".into() };
         let origin = "127.0.0.1:7401".parse().unwrap();
         let req = CoordinatorRequest::Forward {

@@ -287,6 +287,11 @@ impl<P: FarmProtocol> Farm<P> {
         (self.ca.clone(), self.identity.clone())
     }
 
+    /// The coordinator this farm's calls go to now, if one is connected.
+    pub async fn current_host(&self) -> Option<SocketAddr> {
+        self.current.lock().await.as_ref().map(|(i, _)| self.hosts[*i])
+    }
+
     async fn connection(&self) -> Result<(usize, quinn::Connection), TransportError> {
         let mut current = self.current.lock().await;
         if let Some((i, c)) = &*current {

@@ -15,6 +15,9 @@ pub const MAGIC: [u8; 2] = *b"KL";
 /// 2: blob bytes travel as byte strings, chunks as raw bodies after their answer.
 /// 4: one request/response pair per protocol, tagged by protocol ([`crate::api::Call`]);
 /// manifest descriptors typed, the index as bytes.
+/// 8: a build's context entries may travel as a blob (`BuildSpec::context_manifest`); a submit
+/// naming blobs the coordinator lacks is refused with [`ErrorCode::BlobsMissing`]; agents' blob
+/// transfers and peer requests carry slice grants ([`crate::api::Grant`]).
 pub const PROTOCOL_VERSION: u16 = 8;
 pub const HEADER_LEN: usize = 8;
 /// The largest control frame (chunks of blobs travel in their own frames, also bounded).
@@ -54,6 +57,19 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, WireError> {
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     out.extend_from_slice(&payload);
     Ok(out)
+}
+
+/// Encodes `msg` without a frame, and without the frame's limit: for data that travels as a
+/// blob, in chunks (a context manifest, [`crate::api::context`]).
+pub fn encode_payload<T: Serialize>(msg: &T) -> Result<Vec<u8>, WireError> {
+    use bincode::Options;
+    options().serialize(msg).map_err(|e| WireError::Encode(e.to_string()))
+}
+
+/// The length `msg` encodes to (without its header), computed without encoding it.
+pub fn payload_len<T: Serialize>(msg: &T) -> Option<u64> {
+    use bincode::Options;
+    options().serialized_size(msg).ok()
 }
 
 /// Checks a header; returns the payload length that follows.
@@ -104,6 +120,9 @@ pub enum ErrorCode {
     Unavailable,
     DeadlineExceeded,
     Internal,
+    /// The request names blobs this coordinator does not hold for the caller (its upload went
+    /// to another coordinator, or was lost): upload them here and send it again.
+    BlobsMissing,
 }
 
 impl ErrorCode {

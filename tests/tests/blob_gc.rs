@@ -1,7 +1,7 @@
 //! The coordinators' blob stores shrink: `kiln prune --coordinators` removes the uploaded
 //! context blobs no running build names, on the embedded farm and on every coordinator of a
-//! farm; the next build uploads again and works; a running build keeps its blobs; only admins
-//! may prune.
+//! farm, once past their upload grace period; the next build uploads again and works; a
+//! running build keeps its blobs; only admins may prune.
 
 use kiln_tests::target::{farm, Target};
 use kiln_tests::{base_image, kiln_bin, stderr, stdout, Registry, TempDir};
@@ -29,6 +29,18 @@ fn blob_dirs(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Every coordinator blob as if last used an hour ago: past `blob_upload_grace_secs`, whose
+/// blobs no prune takes (a build may be about to name them).
+fn age_blobs(root: &Path) {
+    let then = std::time::SystemTime::now() - Duration::from_secs(3_600);
+    for d in blob_dirs(root) {
+        for e in std::fs::read_dir(&d).expect("blob dir").flatten() {
+            let f = std::fs::File::options().append(true).open(e.path()).expect("blob");
+            f.set_modified(then).expect("set mtime");
+        }
+    }
+}
+
 fn held(root: &Path, digest: &str) -> bool {
     blob_dirs(root).iter().any(|d| d.join(digest).exists())
 }
@@ -45,7 +57,11 @@ fn gc(t: &Target, base: &str) {
     let o = build();
     assert!(o.status.success(), "{name}: {}", stderr(&o));
     assert!(held(&t.state_dir(), &digest), "{name}: the upload is kept by the coordinator that received it");
+    // Within its grace period a prune keeps it.
+    let o = t.ok(&["prune", "--coordinators", "-f"], ctx.path());
+    assert!(held(&t.state_dir(), &digest), "{name}: a blob uploaded a moment ago was pruned:\n{}", stdout(&o));
 
+    age_blobs(&t.state_dir());
     let o = t.ok(&["prune", "--coordinators", "-f"], ctx.path());
     let text = stdout(&o);
     assert!(text.contains("removed") && text.contains("Farm total reclaimed"), "{name}: {text}");
@@ -84,8 +100,7 @@ fn coordinators_prune_the_blobs_no_running_build_names() {
         .spawn()
         .expect("kiln build");
     let deadline = Instant::now() + Duration::from_secs(60);
-    // Accepted, not merely uploaded: between its upload and its submit no build names a blob
-    // yet (a prune in that window takes it; see docs/operations.md).
+    // Accepted, and its blobs past their upload grace period: what keeps them is the build.
     let running = || {
         let o = c.kiln(&["history", "ls", "--format", "json", "--filter", "status=running"], ctx.path());
         stdout(&o).contains("\"id\"")
@@ -94,6 +109,7 @@ fn coordinators_prune_the_blobs_no_running_build_names() {
         assert!(Instant::now() < deadline, "the build was never accepted");
         std::thread::sleep(Duration::from_millis(100));
     }
+    age_blobs(c.dir.path());
     let o = c.ok(c.kiln(&["prune", "--coordinators"], ctx.path()));
     assert!(held(c.dir.path(), &digest), "a running build's blob was pruned: {}", stdout(&o));
     let out = child.wait_with_output().expect("the build ends");

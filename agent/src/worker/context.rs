@@ -43,48 +43,49 @@ fn inside(dir: &Path, rel: &[u8]) -> Result<PathBuf, SliceError> {
 
 /// Recreates the build context from its manifest: blobs this agent lacks come from the
 /// coordinator that received the upload; names, modes and ownership are as the CLI saw them.
+/// A context too large to travel inline has its entries in a manifest blob, fetched (and
+/// verified) as its files are.
 pub(super) async fn materialize(w: &Arc<Worker>, task: &SliceTask, dir: &Path) -> Result<(), SliceError> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|source| SliceError::ContextDir { path: dir.to_path_buf(), source })?;
+    let mut origin: Option<AgentFarm> = None;
+    let manifest = match &task.spec.context_manifest {
+        Some(digest) => {
+            let d: Digest = digest.parse().map_err(SliceError::digest(digest))?;
+            fetch(w, task, std::slice::from_ref(&d), &mut origin).await?;
+            let store = w.engine.store.clone();
+            let bytes = tokio::task::spawn_blocking(move || store.read(&d)).await.map_err(SliceError::Blocking)??;
+            let entries = kiln_shared::api::context::decode(&bytes)
+                .map_err(|source| SliceError::ContextManifest { digest: digest.clone(), source })?;
+            Some(entries)
+        }
+        None => None,
+    };
     let mut missing = Vec::new();
-    let files = task.spec.all_entries().filter_map(|e| match &e.kind {
+    let mut seen = std::collections::HashSet::new();
+    let files = task.spec.all_entries().chain(manifest.iter().flatten()).filter_map(|e| match &e.kind {
         EntryKind::File { digest, .. } => Some(digest.as_str()),
         _ => None,
     });
     for digest in files.chain(task.spec.layout_blobs()) {
+        if !seen.insert(digest) {
+            continue;
+        }
         let d: Digest = digest.parse().map_err(SliceError::digest(digest))?;
-        if !w.engine.store.has(&d) && !missing.contains(&d) {
+        if !w.engine.store.has(&d) {
             missing.push(d);
         }
     }
     // Peers running this tenant's slices may fetch these from here (see `crate::access`).
     if let Some(grant) = &task.grant {
-        let files = task.spec.all_entries().filter_map(|e| match &e.kind {
-            EntryKind::File { digest, .. } => Some(digest.as_str()),
-            _ => None,
-        });
-        w.peer.access.note_tenant_blobs(&grant.tenant, files.chain(task.spec.layout_blobs()));
+        w.peer.access.note_tenant_blobs(&grant.tenant, seen.iter().copied());
     }
-    // Peers that hold a blob first: the coordinator that received the upload is the origin.
-    let holders = if missing.is_empty() { vec![] } else { w.peers.locate(missing.iter().map(|d| d.to_string()).collect(), vec![]).await };
-    let mut origin: Option<AgentFarm> = None;
-    for (i, d) in missing.iter().enumerate() {
-        let sources = holders.get(i).map(|h| h.as_slice()).unwrap_or_default();
-        if !sources.is_empty() && w.peer.fetch(d, sources).await.is_ok() {
-            continue;
-        }
-        if origin.is_none() {
-            origin = Some(w.connect(task)?);
-        }
-        let origin = origin.as_ref().ok_or(SliceError::NoOrigin)?;
-        origin.fetch_blob(&w.engine.store, d).await.map_err(SliceError::ContextBlob)?;
-        super::peers::counted_from_origin(&w.engine.store, d);
-    }
+    fetch(w, task, &missing, &mut origin).await?;
     if let Some(o) = origin {
         o.close();
     }
     let engine = w.engine.clone();
-    let mut trees = vec![(task.spec.context.clone(), dir.to_path_buf())];
+    let mut trees = vec![(manifest.unwrap_or_else(|| task.spec.context.clone()), dir.to_path_buf())];
     for n in &task.spec.named_contexts {
         if let NamedSource::Local(entries) = &n.source {
             trees.push((entries.clone(), named_dir(dir, &n.name)));
@@ -99,6 +100,29 @@ pub(super) async fn materialize(w: &Arc<Worker>, task: &SliceTask, dir: &Path) -
     })
     .await
     .map_err(SliceError::Blocking)?
+}
+
+/// Fetches `missing` into the store: from peers that hold a blob first, else from the
+/// coordinator that received the upload (`origin`, connected on first use).
+async fn fetch(w: &Arc<Worker>, task: &SliceTask, missing: &[Digest], origin: &mut Option<AgentFarm>) -> Result<(), SliceError> {
+    let missing: Vec<&Digest> = missing.iter().filter(|d| !w.engine.store.has(d)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let holders = w.peers.locate(missing.iter().map(|d| d.to_string()).collect(), vec![]).await;
+    for (i, d) in missing.into_iter().enumerate() {
+        let sources = holders.get(i).map(|h| h.as_slice()).unwrap_or_default();
+        if !sources.is_empty() && w.peer.fetch(d, sources).await.is_ok() {
+            continue;
+        }
+        if origin.is_none() {
+            *origin = Some(w.connect(task)?);
+        }
+        let origin = origin.as_ref().ok_or(SliceError::NoOrigin)?;
+        origin.fetch_blob(&w.engine.store, d).await.map_err(SliceError::ContextBlob)?;
+        super::peers::counted_from_origin(&w.engine.store, d);
+    }
+    Ok(())
 }
 
 /// Where the named directory context `name` of the slice whose context is `dir` is written

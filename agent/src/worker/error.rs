@@ -59,6 +59,8 @@ pub enum SliceError {
     EntryMode { path: String, source: std::io::Error },
     #[error("context blob: {0}")]
     ContextBlob(BlobError),
+    #[error("the context manifest {digest}: {source}")]
+    ContextManifest { digest: String, source: kiln_shared::api::context::ManifestError },
     #[error("imported cache: {0}")]
     ImportedCache(BlobError),
     #[error("an image without blobs")]

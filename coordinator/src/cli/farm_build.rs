@@ -13,6 +13,8 @@ use kiln_shared::api::{
 use kiln_shared::client::ClientFarm;
 use kiln_shared::digest::Digest;
 use kiln_shared::frontend::dockerignore::DockerIgnore;
+use kiln_shared::transport::TransportError;
+use kiln_shared::wire::ErrorCode;
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -111,6 +113,9 @@ pub struct Prepared {
     pub session: BuildSession,
     /// Named contexts fetched from git or URLs: kept until their files are uploaded.
     pub _fetched: Vec<super::source::Fetched>,
+    /// The context manifest blob's file (among `files`), when the context's entries are too
+    /// many to travel inline: removed when the build is done with it.
+    pub _manifest: Option<tempfile::TempPath>,
 }
 
 impl Prepared {
@@ -158,34 +163,60 @@ pub fn detach(session: &Session, prepared: Prepared, mode: Mode) -> anyhow::Resu
 
 /// Sends the blobs of `files` the farm lacks and submits the build; returns its id.
 pub async fn submit(farm: &ClientFarm, spec: BuildSpec, files: &BTreeMap<String, PathBuf>, mode: Mode) -> anyhow::Result<u64> {
-    let mut round = 0;
+    let (sent, bytes) = upload(farm, files).await?;
+    if mode == Mode::Plain {
+        // The manifest (names, modes, digests) travels in the build request, or as a blob.
+        let manifest = kiln_shared::wire::encode(&ClientRequest::Submit(Box::new(spec.clone()))).map(|f| f.len()).unwrap_or(0);
+        eprintln!(
+            "#0 context: {} files, {sent} sent ({bytes} bytes) + manifest ({manifest} bytes), the rest already on the farm",
+            files.len()
+        );
+    }
+    hold_before_submit(farm).await?;
+    submit_uploaded(farm, spec, files).await
+}
+
+/// How many times a submit refused for missing blobs uploads them again and resubmits.
+const RESUBMITS: u32 = 3;
+
+/// Submits a build whose blobs were uploaded; returns its id. A coordinator that lacks some of
+/// them refuses it (the one that received the upload died, or the leader changed and this
+/// client moved on to another): they go to the coordinator now answering, and the build is
+/// submitted again. The submission id makes that safe: a build the farm accepted before its
+/// answer was lost is found, not made twice.
+pub async fn submit_uploaded(farm: &ClientFarm, spec: BuildSpec, files: &BTreeMap<String, PathBuf>) -> anyhow::Result<u64> {
+    let req = ClientRequest::Submit(Box::new(spec));
+    let mut refused = 0;
     loop {
-        let (sent, bytes) = upload(farm, files).await?;
-        if mode == Mode::Plain && round == 0 {
-            // The manifest (names, modes, digests) travels in the build request.
-            let manifest = kiln_shared::wire::encode(&ClientRequest::Submit(Box::new(spec.clone()))).map(|f| f.len()).unwrap_or(0);
-            eprintln!(
-                "#0 context: {} files, {sent} sent ({bytes} bytes) + manifest ({manifest} bytes), the rest already on the farm",
-                files.len()
-            );
-        }
-        let submitted = farm.call(&ClientRequest::Submit(Box::new(spec.clone())), Duration::from_secs(30), Duration::from_secs(20)).await;
-        match submitted {
-            // The client moved to another coordinator between the upload and the submit (the
-            // first failed, or no quorum heard it): the uploads are on the first one, so they
-            // go again to the one it talks to now. The refusal means nothing was accepted.
-            Err(kiln_shared::transport::TransportError::Remote(e))
-                if round < 3
-                    && e.code == kiln_shared::wire::ErrorCode::PermissionDenied
-                    && e.message.contains("has not uploaded to this coordinator") =>
-            {
-                round += 1;
-            }
-            Err(e) => bail!("{e}"),
+        match farm.call(&req, Duration::from_secs(30), Duration::from_secs(20)).await {
             Ok(ClientResponse::Submitted { build }) => return Ok(build),
             Ok(other) => bail!(unexpected(other)),
+            Err(TransportError::Remote(e)) if e.code == ErrorCode::BlobsMissing && refused < RESUBMITS => {
+                refused += 1;
+                let at = farm.current_host().await.map(|h| h.to_string()).unwrap_or_else(|| "the farm".into());
+                tracing::warn!("{at} lacks the build's blobs ({e}): uploading them there and submitting again");
+                upload(farm, files).await?;
+            }
+            Err(e) => bail!("{e}"),
         }
     }
+}
+
+/// For tests only: with `KILN_TEST_HOLD_SUBMIT=PATH`, the build waits between its upload and
+/// its submit until `PATH` exists (at most two minutes), having written `PATH.uploaded` with
+/// the address of the coordinator that received the upload. A test kills that coordinator or
+/// prunes the farm in the window.
+async fn hold_before_submit(farm: &ClientFarm) -> anyhow::Result<()> {
+    let Some(path) = std::env::var_os("KILN_TEST_HOLD_SUBMIT").map(PathBuf::from) else { return Ok(()) };
+    let at = farm.current_host().await.map(|h| h.to_string()).unwrap_or_default();
+    let mut uploaded = path.clone().into_os_string();
+    uploaded.push(".uploaded");
+    std::fs::write(&uploaded, at).with_context(|| format!("writing {}", Path::new(&uploaded).display()))?;
+    let give_up = std::time::Instant::now() + Duration::from_secs(120);
+    while !path.exists() && std::time::Instant::now() < give_up {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 /// Follows a submitted build to its end: answers what its steps ask of the build's session

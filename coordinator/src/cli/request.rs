@@ -141,7 +141,7 @@ pub fn prepare(req: &BuildRequest, current_builder: Option<String>, mode: Mode) 
         named_contexts.push(spec);
         fetched.extend(f);
     }
-    let spec = BuildSpec {
+    let mut spec = BuildSpec {
         dockerfile: req.dockerfile_text.clone(),
         dockerfile_name: req.dockerfile_name.clone(),
         platforms: req.platforms.clone(),
@@ -170,8 +170,30 @@ pub fn prepare(req: &BuildRequest, current_builder: Option<String>, mode: Mode) 
         pull: req.pull,
         no_cache_filter: req.no_cache_filter.clone(),
         replicas: vec![],
+        context_manifest: None,
     };
-    Ok(Prepared { spec, files: context.files, outputs, cache_to, session: build_session, _fetched: fetched })
+    let mut files = context.files;
+    // Too many entries for one frame: they travel as a blob, uploaded with the files.
+    let manifest = match spec.move_context_to_manifest()? {
+        Some((digest, bytes)) => {
+            let path = manifest_file(&bytes)?;
+            files.insert(digest.to_string(), path.to_path_buf());
+            Some(path)
+        }
+        None => None,
+    };
+    Ok(Prepared { spec, files, outputs, cache_to, session: build_session, _fetched: fetched, _manifest: manifest })
+}
+
+/// The context manifest blob in a file of the client's scratch directory, for the upload to
+/// read (removed when the returned path is dropped).
+fn manifest_file(bytes: &[u8]) -> anyhow::Result<tempfile::TempPath> {
+    use anyhow::Context as _;
+    let dir = super::home::kiln_home().join("client/tmp");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut f = tempfile::Builder::new().prefix("context-manifest-").tempfile_in(&dir).context("the context manifest")?;
+    std::io::Write::write_all(&mut f, bytes).context("writing the context manifest")?;
+    Ok(f.into_temp_path())
 }
 
 /// `--provenance`, `--sbom`, `--attest` and `--annotation`, with buildx's defaults: provenance

@@ -79,6 +79,8 @@ pub struct CoordinatorArgs {
     pub usage_window_secs: Option<u64>,
     #[arg(long)]
     pub upload_abandon_secs: Option<u64>,
+    #[arg(long)]
+    pub blob_upload_grace_secs: Option<u64>,
     /// Serve Prometheus metrics, /healthz and /readyz over plain HTTP on this TCP address.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
@@ -277,6 +279,7 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         quic_keep_alive_ms,
         usage_window_secs,
         upload_abandon_secs,
+        blob_upload_grace_secs,
     );
     cfg.validate()?;
     let (join, token) = (args.join, args.token.clone());

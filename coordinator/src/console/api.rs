@@ -97,6 +97,7 @@ pub fn status_of(e: &RemoteError) -> u16 {
         ErrorCode::BadRequest => 400,
         ErrorCode::Unauthenticated => 401,
         ErrorCode::PermissionDenied => 403,
+        ErrorCode::BlobsMissing => 409,
         ErrorCode::NotFound => 404,
         ErrorCode::DeadlineExceeded => 504,
         ErrorCode::NotLeader | ErrorCode::Unavailable => 503,

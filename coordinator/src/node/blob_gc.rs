@@ -1,8 +1,10 @@
 //! The coordinator's blob store shrinks: context, cache and layout blobs that no running build
 //! names go once unused for `blob_keep_secs` (a blob's mtime is its last use: an upload, or a
 //! client finding it already here), or oldest first past `blob_keep_bytes`; and at once with
-//! `kiln prune --coordinators` (admins). Each coordinator collects its own store: blobs are
-//! local to the coordinator that received them.
+//! `kiln prune --coordinators` (admins). Neither takes a blob used within
+//! `blob_upload_grace_secs`: between a client's upload (or its missing-blobs check finding the
+//! blob here) and its submit, no build names the blob yet. Each coordinator collects its own
+//! store: blobs are local to the coordinator that received them.
 
 use super::Node;
 use crate::raft::{BuildState, ClusterState};
@@ -11,11 +13,32 @@ use kiln_shared::digest::Digest;
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-/// Every blob a running build names: its context files, named contexts, OCI layouts, and the
-/// uploaded caches with every blob their configs name.
-fn in_use(state: &ClusterState, node: &Node) -> HashSet<String> {
+/// Every blob a running build names: its context files (and their manifest blob), named
+/// contexts, OCI layouts, and the uploaded caches with every blob their configs name.
+fn in_use(node: &Node) -> HashSet<String> {
+    let (mut out, manifests) = node.read(|s| named_by_running(s, node));
+    // Read outside the state's lock: a manifest may list hundreds of thousands of entries. One
+    // this coordinator does not hold names no file it holds for the build.
+    for m in manifests {
+        for e in super::blobs::read_manifest(node, &m).unwrap_or_default() {
+            if let EntryKind::File { digest, .. } = e.kind {
+                out.insert(digest);
+            }
+        }
+    }
+    out
+}
+
+/// What [`in_use`] finds in the state: the blobs running builds name inline, and the builds
+/// manifest blobs that hold the other builds' context entries.
+fn named_by_running(state: &ClusterState, node: &Node) -> (HashSet<String>, Vec<String>) {
     let mut out = HashSet::new();
+    let mut manifests = Vec::new();
     for b in state.builds.values().filter(|b| b.state == BuildState::Running) {
+        if let Some(m) = &b.spec.context_manifest {
+            out.insert(m.clone());
+            manifests.push(m.clone());
+        }
         for e in b.spec.all_entries() {
             if let EntryKind::File { digest, .. } = &e.kind {
                 out.insert(digest.clone());
@@ -32,7 +55,7 @@ fn in_use(state: &ClusterState, node: &Node) -> HashSet<String> {
             }
         }
     }
-    out
+    (out, manifests)
 }
 
 pub(super) fn digests_in(text: &str) -> impl Iterator<Item = String> + '_ {
@@ -42,18 +65,22 @@ pub(super) fn digests_in(text: &str) -> impl Iterator<Item = String> + '_ {
     })
 }
 
-/// Removes what `spec` selects among the blobs no running build names: all of them (`-a`, or
-/// no filter), those unused for `until_s`, or the least recently used beyond `keep_storage`.
+/// Removes what `spec` selects among the blobs no running build names and none used within
+/// `blob_upload_grace_secs`: all of them (`-a`, or no filter), those unused for `until_s`, or
+/// the least recently used beyond `keep_storage`.
 pub fn prune(node: &Node, spec: &PruneSpec) -> PruneReport {
-    let used = node.read(|s| in_use(s, node));
+    let used = in_use(node);
     let mut report = PruneReport::default();
     let Ok(mut blobs) = node.blobs.list() else { return report };
     // What running builds hold counts toward `keep_storage` too.
     let total: u64 = blobs.iter().map(|b| b.1).sum();
-    blobs.retain(|(d, _, _)| !used.contains(d.as_str()));
+    let now = SystemTime::now();
+    let grace = Duration::from_secs(node.cfg.blob_upload_grace_secs);
+    // A blob in its grace period may be on its way into a build being submitted.
+    let in_grace = |t: SystemTime| now.duration_since(t).unwrap_or_default() < grace;
+    blobs.retain(|(d, _, t)| !used.contains(d.as_str()) && !in_grace(*t));
     // Oldest first.
     blobs.sort_by_key(|(_, _, t)| *t);
-    let now = SystemTime::now();
     let old_enough = |t: SystemTime| spec.until_s.is_none_or(|s| now.duration_since(t).unwrap_or_default() >= Duration::from_secs(s));
     let mut over = match spec.keep_storage {
         // Only what is past the limit.

@@ -5,7 +5,7 @@
 
 use super::reply::{bad, err, Answer};
 use super::Node;
-use kiln_shared::api::{BlobRequest, BlobResponse, BuildSpec, CacheRef, EntryKind, Grant, GrantError, Principal, Role};
+use kiln_shared::api::{BlobRequest, BlobResponse, BuildSpec, CacheRef, ContextEntry, EntryKind, Grant, GrantError, Principal, Role};
 use kiln_shared::digest::Digest;
 use kiln_shared::wire::{ErrorCode, RemoteError};
 
@@ -24,12 +24,39 @@ pub fn owner_of(p: &Principal, owner: Option<String>) -> Result<Option<String>, 
     }
 }
 
-/// Whether every blob a build names was uploaded by its tenant (checked where it was uploaded).
-pub fn owns_context(node: &Node, p: &Principal, spec: &BuildSpec) -> bool {
+/// Why a submit is refused when this coordinator lacks blobs the build names: the CLI, told
+/// so by its code, uploads them here and submits again.
+pub fn missing_refusal() -> RemoteError {
+    err(
+        ErrorCode::BlobsMissing,
+        "the build names context or cache blobs this tenant has not uploaded to this coordinator; upload them first",
+    )
+}
+
+/// The entries of the context manifest blob `digest` (see [`kiln_shared::api::context`]),
+/// from this coordinator's store (read verifies it by its digest).
+pub fn read_manifest(node: &Node, digest: &str) -> Result<Vec<ContextEntry>, RemoteError> {
+    let bytes = node.blobs.read(&parse_digest(digest)?).map_err(|_| missing_refusal())?;
+    kiln_shared::api::context::decode(&bytes).map_err(|e| bad(format!("context manifest {digest}: {e}")))
+}
+
+/// The build's context entries when a manifest blob holds them (`None`: they are inline).
+pub fn manifest_entries(node: &Node, spec: &BuildSpec) -> Result<Option<Vec<ContextEntry>>, RemoteError> {
+    spec.context_manifest.as_deref().map(|d| read_manifest(node, d)).transpose()
+}
+
+/// Whether every blob a build names was uploaded by its tenant and is here (checked where it
+/// was uploaded): `manifest`, the entries of its context manifest blob, if it has one.
+pub fn owns_context(node: &Node, p: &Principal, spec: &BuildSpec, manifest: Option<&[ContextEntry]>) -> bool {
     if !matches!(p.role, Role::Admin | Role::User) {
         return true;
     }
-    let files = spec.all_entries().filter_map(|e| match &e.kind {
+    let mut checked = std::collections::HashSet::new();
+    let mut here = |d: &str| {
+        !checked.insert(d.to_string())
+            || (node.owners.owns(p.tenant(), d) && d.parse::<Digest>().is_ok_and(|digest| node.blobs.has(&digest)))
+    };
+    let files = spec.all_entries().chain(manifest.unwrap_or_default()).filter_map(|e| match &e.kind {
         EntryKind::File { digest, .. } => Some(digest.as_str()),
         _ => None,
     });
@@ -37,7 +64,8 @@ pub fn owns_context(node: &Node, p: &Principal, spec: &BuildSpec) -> bool {
         CacheRef::Uploaded { config } => Some(config.as_str()),
         CacheRef::Registry { .. } => None,
     });
-    files.chain(caches).chain(spec.layout_blobs()).all(|d| node.owners.owns(p.tenant(), d))
+    let manifest_blob = spec.context_manifest.as_deref();
+    files.chain(caches).chain(spec.layout_blobs()).chain(manifest_blob).all(&mut here)
 }
 
 /// Serves a blob transfer of the CLI's or an agent's protocol.
@@ -109,6 +137,8 @@ pub fn put_blob(node: &Node, owner: Option<String>, digest: &str, offset: u64, d
     let d = parse_digest(digest)?;
     let owned = |t: &Option<String>| t.as_ref().is_none_or(|t| node.owners.owns(t, digest));
     if node.blobs.has(&d) && owned(&owner) {
+        // A use: its grace period against the blob GC starts again.
+        node.blobs.touch(&d);
         return Ok(BlobResponse::Stored);
     }
     let own = || match &owner {
@@ -163,6 +193,8 @@ pub fn put_blob(node: &Node, owner: Option<String>, digest: &str, offset: u64, d
         let result = node.blobs.put_reader(&mut f, &d);
         let _ = std::fs::remove_file(&path);
         result.map_err(|e| bad(format!("upload of {digest}: {e}")))?;
+        // The store kept what it had (same bytes): the upload is its latest use all the same.
+        node.blobs.touch(&d);
         own()?;
     } else {
         soft.uploads.insert(key, (path, have + data.len() as u64, std::time::Instant::now()));

@@ -138,13 +138,18 @@ async fn client(node: &Node, p: Principal, origin: SocketAddr, req: ClientReques
             let report = tokio::task::block_in_place(|| super::blob_gc::prune(node, &spec));
             Ok(ClientResponse::CoordinatorPruned { coordinator: node.id, report })
         }
-        ClientRequest::Submit(spec) if !blobs::owns_context(node, &p, &spec) => Err(err(
-            ErrorCode::PermissionDenied,
-            "the build names context or cache blobs this tenant has not uploaded to this coordinator; upload them first",
-        )),
         ClientRequest::Submit(mut spec) => {
+            // A context too large to travel inline: its entries, from their manifest blob.
+            let manifest = match spec.context_manifest {
+                // Reading and hashing it blocks: off the runtime's other tasks.
+                Some(_) => tokio::task::block_in_place(|| blobs::manifest_entries(node, &spec))?,
+                None => None,
+            };
+            if !blobs::owns_context(node, &p, &spec, manifest.as_deref()) {
+                return Err(blobs::missing_refusal());
+            }
             // Before the build is accepted its blobs are on a second coordinator too.
-            spec.replicas = super::replicate::replicate(node, p.tenant(), &spec).await;
+            spec.replicas = super::replicate::replicate(node, p.tenant(), &spec, manifest.as_deref()).await;
             match on_leader(node, p, key, origin, Forwarded::Client(ClientRequest::Submit(spec))).await? {
                 ForwardedResponse::Client(r) => Ok(r),
                 other => Err(mismatch(&other)),

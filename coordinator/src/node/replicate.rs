@@ -4,7 +4,7 @@
 //! coordinator (the embedded farm) has no one to copy to.
 
 use super::Node;
-use kiln_shared::api::{BlobRequest, BlobResponse, BuildSpec, CacheRef, CoordinatorRequest, CoordinatorResponse, EntryKind};
+use kiln_shared::api::{BlobRequest, BlobResponse, BuildSpec, CacheRef, ContextEntry, CoordinatorRequest, CoordinatorResponse, EntryKind};
 use kiln_shared::digest::Digest;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,16 +28,19 @@ fn failed(addr: SocketAddr) {
     FAILED.lock().unwrap_or_else(|e| e.into_inner()).push((addr, std::time::Instant::now()));
 }
 
-/// Every blob `spec` names that the slices fetch from a coordinator.
-fn named(node: &Node, spec: &BuildSpec) -> Vec<String> {
+/// Every blob `spec` names that the slices fetch from a coordinator (`manifest`: the entries
+/// of its context manifest blob, which is one of them).
+fn named(node: &Node, spec: &BuildSpec, manifest: Option<&[ContextEntry]>) -> Vec<String> {
     let mut out: Vec<String> = spec
         .all_entries()
+        .chain(manifest.unwrap_or_default())
         .filter_map(|e| match &e.kind {
             EntryKind::File { digest, .. } => Some(digest.clone()),
             _ => None,
         })
         .collect();
     out.extend(spec.layout_blobs().map(str::to_string));
+    out.extend(spec.context_manifest.clone());
     for c in &spec.cache_from {
         if let CacheRef::Uploaded { config } = c {
             out.push(config.clone());
@@ -113,8 +116,8 @@ async fn copy_to(node: &Node, to: SocketAddr, tenant: &str, digests: &[String]) 
 
 /// Copies the build's blobs to one other member; returns where they now are besides here
 /// (nothing when no other member took them: the build then depends on this one, as before).
-pub async fn replicate(node: &Node, tenant: &str, spec: &BuildSpec) -> Vec<SocketAddr> {
-    let digests = named(node, spec);
+pub async fn replicate(node: &Node, tenant: &str, spec: &BuildSpec, manifest: Option<&[ContextEntry]>) -> Vec<SocketAddr> {
+    let digests = named(node, spec, manifest);
     if digests.is_empty() {
         return vec![];
     }

@@ -176,7 +176,7 @@ async fn one(
         p.spec.return_blobs = true;
     }
     tags.clone_from(&p.spec.tags);
-    let build = farm_build::submit(farm, p.spec.clone(), &BTreeMap::new(), Mode::Quiet).await.context("submitting")?;
+    let build = farm_build::submit_uploaded(farm, p.spec.clone(), &p.files).await.context("submitting")?;
     shared.submitted.lock().unwrap_or_else(|e| e.into_inner()).insert(job.name.clone(), build);
     let (view, provenance) = farm_build::follow(farm, build, &p, opts.mode, &job.name).await?;
     if let Some(tx) = tx {

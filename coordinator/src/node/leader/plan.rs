@@ -278,10 +278,16 @@ pub fn farm_view(state: &ClusterState, agents: Agents, now: Instant, settings: &
 
 /// What makes builds share step cache records: the same Dockerfile, target, build arguments and
 /// cache scope, on the same platform, from a context with the same files (their names, not
-/// their contents: an edited file leaves the steps before its COPY cached).
+/// their contents: an edited file leaves the steps before its COPY cached). A context whose
+/// entries are in a manifest blob (too many to travel inline) counts by the manifest's digest:
+/// the leader need not hold the blob.
 pub fn lineage(spec: &BuildSpec, platform: &Platform) -> String {
     let mut text = format!("{}\n{}\n{}\n{:?}\n{:?}\n", spec.cache_scope, platform, spec.dockerfile_name, spec.target, spec.build_args);
     text.push_str(&spec.dockerfile);
+    if let Some(m) = &spec.context_manifest {
+        text.push('\n');
+        text.push_str(m);
+    }
     for e in &spec.context {
         text.push('\n');
         text.push_str(&String::from_utf8_lossy(&e.path));
