@@ -22,6 +22,9 @@ pub type SliceKey = (u64, u32, u32);
 /// Context blobs remembered per tenant, at most (the map starts over beyond it).
 const MAX_TENANT_BLOBS: usize = 1 << 20;
 
+/// blob → (record name, record key) of each record that lists it as a layer.
+type LayerIndex = HashMap<String, Vec<(String, String)>>;
+
 pub struct Access {
     ca_der: Vec<u8>,
     cache_dir: PathBuf,
@@ -33,7 +36,7 @@ pub struct Access {
     tenant_blobs: Mutex<HashMap<String, HashSet<String>>>,
     /// blob → (record name, record key) of the records here that list it as a layer, as of
     /// the cache directory's modification time (a record written or removed changes it).
-    layers: Mutex<(Option<SystemTime>, HashMap<String, Vec<(String, String)>>)>,
+    layers: Mutex<(Option<SystemTime>, LayerIndex)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -107,7 +110,7 @@ impl Access {
         if lock(&self.tenant_blobs).get(digest).is_some_and(|t| grants.iter().any(|g| t.contains(&g.tenant))) {
             return true;
         }
-        let in_scope = |index: &HashMap<String, Vec<(String, String)>>| {
+        let in_scope = |index: &LayerIndex| {
             index.get(digest).is_some_and(|records| {
                 records.iter().any(|(name, key)| grants.iter().any(|g| crate::engine::record_name(&g.scope, key) == *name))
             })
@@ -126,8 +129,8 @@ impl Access {
 }
 
 /// Every record's layers: blob → (record name, record key).
-fn index(dir: &Path) -> HashMap<String, Vec<(String, String)>> {
-    let mut out: HashMap<String, Vec<(String, String)>> = HashMap::new();
+fn index(dir: &Path) -> LayerIndex {
+    let mut out = LayerIndex::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let file = e.file_name().to_string_lossy().to_string();
         let Some(name) = file.strip_suffix(".json") else { continue };
