@@ -56,6 +56,13 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, WireError> {
     Ok(out)
 }
 
+/// The length of `msg`'s frame (header and payload), without encoding it.
+pub fn frame_len<T: Serialize>(msg: &T) -> Result<u64, WireError> {
+    use bincode::Options;
+    let payload = options().serialized_size(msg).map_err(|e| WireError::Encode(e.to_string()))?;
+    Ok(HEADER_LEN as u64 + payload)
+}
+
 /// Checks a header; returns the payload length that follows.
 pub fn decode_header(h: &[u8; HEADER_LEN], max: usize) -> Result<usize, WireError> {
     if h[..2] != MAGIC {
@@ -165,6 +172,7 @@ mod tests {
         fn round_trip(m in msg(), id in any::<u64>(), deadline in any::<u32>()) {
             let env = Envelope { request_id: id, deadline_ms: deadline, body: m };
             let bytes = encode(&env).unwrap();
+            prop_assert_eq!(frame_len(&env).unwrap(), bytes.len() as u64);
             prop_assert_eq!(decode::<Envelope<Msg>>(&bytes).unwrap(), env);
         }
 
