@@ -6,11 +6,13 @@
 //! tracker (its `kiln_advertise_bytes_total`: the encoded `Advertise` frames, 8-byte header
 //! and payload; QUIC adds its own framing and encryption), how often it listed its store
 //! (`kiln_advertise_listings_total`) and the CPU time the agent process used. Beside them, for
-//! comparison: the size of the agent's one full inventory (sent once, on first contact),
-//! what sending it every interval would cost, and what listing the store once takes here.
+//! comparison: the size of one full inventory (sent on first contact, and to a new leader),
+//! what sending it every interval would cost, and what listing the store once takes here (what
+//! every interval cost the agent before it trusted the directories' mtimes).
 //! Then one blob is added, and the size of the change that advertises it.
 //! Run with `make bench` (it builds the release binary first).
 
+use kiln_shared::api::{AgentRequest, Inventory};
 use kiln_shared::digest::Digest;
 use kiln_shared::store::ContentStore;
 use kiln_tests::cluster::Cluster;
@@ -90,10 +92,17 @@ fn main() {
         cpu / minutes,
         cpu / intervals
     );
+    // One full inventory of these blobs, encoded as the agent encodes it.
+    let inventory = Inventory {
+        agent: name.into(),
+        full: true,
+        blobs_added: store.list().expect("list").into_iter().map(|(d, _, _)| d.to_string()).collect(),
+        ..Default::default()
+    };
+    let one = kiln_shared::wire::frame_len(&AgentRequest::Advertise(inventory)).expect("frame length") as f64;
     println!(
-        "  its full inventory, sent once: {:.0} bytes; sent every interval that would be {:.0} bytes per minute",
-        full_bytes,
-        full_bytes * 60_000.0 / INTERVAL_MS as f64
+        "  one full inventory is {one:.0} bytes ({full_bytes:.0} sent in full at first contact); sent every interval that would be {:.0} bytes per minute",
+        one * 60_000.0 / INTERVAL_MS as f64
     );
 
     // A change is advertised as one: a blob added goes out within an interval or two.

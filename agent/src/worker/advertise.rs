@@ -34,7 +34,10 @@ impl Stamps {
     /// These stamps, if both are older than `listed` (when the listing began) by the margin. A
     /// directory that is missing holds nothing, and gets an mtime when it is made.
     fn trusted(self, listed: SystemTime) -> Option<Stamps> {
-        let old = |t: Option<SystemTime>| !t.is_some_and(|t| t + STAMP_MARGIN >= listed);
+        let old = |t: Option<SystemTime>| match t {
+            None => true,
+            Some(t) => t + STAMP_MARGIN < listed,
+        };
         (old(self.blobs) && old(self.records)).then_some(self)
     }
 }
@@ -110,5 +113,53 @@ pub(super) async fn keep_advertising(w: Arc<Worker>) {
     loop {
         advertise(&w).await;
         tokio::time::sleep(Duration::from_millis(w.cfg.advertise_interval_ms)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_shared::store::ContentStore;
+
+    /// Sets a directory's mtime (as if its last change were long ago).
+    fn age(dir: &Path, ago: Duration) {
+        std::fs::File::open(dir).unwrap().set_modified(SystemTime::now() - ago).unwrap();
+    }
+
+    #[test]
+    fn stamps_vouch_only_when_old_and_change_with_the_names() {
+        let root = std::env::temp_dir().join(format!("kiln-advertise-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let store = ContentStore::open(&root.join("content")).unwrap();
+        std::fs::create_dir_all(root.join("cache")).unwrap();
+        store.put(b"one").unwrap();
+        // Just changed: the same tick may hold another change, so the listing is not trusted.
+        assert_eq!(stamps(&root).trusted(SystemTime::now()), None);
+        let blobs_dir = store.path(&kiln_shared::digest::Digest::of(b"one")).parent().unwrap().to_path_buf();
+        age(&blobs_dir, Duration::from_secs(60));
+        age(&root.join("cache"), Duration::from_secs(60));
+        let old = stamps(&root);
+        assert_eq!(old.trusted(SystemTime::now()), Some(old));
+        // Reading and touching a blob changes no name: the stamps stay.
+        store.touch(&kiln_shared::digest::Digest::of(b"one"));
+        store.read(&kiln_shared::digest::Digest::of(b"one")).unwrap();
+        assert_eq!(stamps(&root), old);
+        // A blob added, then one removed, each moves the stamps.
+        store.put(b"two").unwrap();
+        assert_ne!(stamps(&root), old);
+        age(&blobs_dir, Duration::from_secs(60));
+        let old = stamps(&root);
+        store.remove(&kiln_shared::digest::Digest::of(b"one")).unwrap();
+        assert_ne!(stamps(&root), old);
+        // So does a record.
+        age(&blobs_dir, Duration::from_secs(60));
+        let old = stamps(&root);
+        std::fs::write(root.join("cache/r.json"), b"{}").unwrap();
+        assert_ne!(stamps(&root), old);
+        // A missing cache directory holds nothing and vouches for that.
+        std::fs::remove_dir_all(root.join("cache")).unwrap();
+        age(&blobs_dir, Duration::from_secs(60));
+        assert!(stamps(&root).trusted(SystemTime::now()).is_some());
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
