@@ -31,6 +31,7 @@ bench:
 	$(CARGO) bench -p kiln-agent --bench transfer
 	$(CARGO) build --release --bin kiln
 	$(CARGO) bench -p kiln-tests --bench cluster
+	$(CARGO) bench -p kiln-tests --bench advertise
 	$(CARGO) bench -p kiln-tests --bench upload
 	$(CARGO) bench -p kiln-tests --bench bake
 	python3 scripts/bench-bake.py

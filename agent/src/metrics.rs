@@ -23,6 +23,9 @@ pub struct AgentMetrics {
     pub running: Gauge,
     pub store_bytes: Gauge,
     pub registered: Gauge,
+    /// `kind`: full (the whole inventory: first contact, a new leader) or changes.
+    pub advertise_bytes: Counter,
+    pub advertise_listings: Counter,
 }
 
 pub fn get() -> &'static AgentMetrics {
@@ -57,6 +60,16 @@ pub fn get() -> &'static AgentMetrics {
             running: r.gauge("kiln_agent_running_slices", "Slices running on this agent now (its load).", &["agent"]),
             store_bytes: r.gauge("kiln_agent_store_bytes", "Bytes of this agent's content store and snapshots (measured periodically).", &["agent"]),
             registered: r.gauge("kiln_agent_registered", "1 once this agent is registered with the farm.", &["agent"]),
+            advertise_bytes: r.counter(
+                "kiln_advertise_bytes_total",
+                "Bytes of the advertisement frames this agent sent the tracker, by kind: full (its whole inventory) or changes.",
+                &["kind"],
+            ),
+            advertise_listings: r.counter(
+                "kiln_advertise_listings_total",
+                "Times this agent listed its store and step cache to advertise them (skipped while neither directory changed).",
+                &[],
+            ),
         };
         for source in ["local", "peer", "registry", "cache_dir"] {
             m.step_cache_hits.touch(&[source]);
@@ -67,6 +80,10 @@ pub fn get() -> &'static AgentMetrics {
         for result in ["sent", "skipped"] {
             m.upload_bytes.touch(&[result]);
         }
+        for kind in ["full", "changes"] {
+            m.advertise_bytes.touch(&[kind]);
+        }
+        m.advertise_listings.touch(&[]);
         m
     })
 }

@@ -158,6 +158,12 @@ impl ContentStore {
         }
     }
 
+    /// The modification time of the directory [`ContentStore::list`] reads: it changes whenever
+    /// a blob is added (renamed into place) or removed, and not when one is read or touched.
+    pub fn listing_mtime(&self) -> Option<std::time::SystemTime> {
+        fs::metadata(self.root.join("blobs/sha256")).and_then(|m| m.modified()).ok()
+    }
+
     /// Every blob with its size and last-use time.
     pub fn list(&self) -> Result<Vec<(Digest, u64, std::time::SystemTime)>, StoreError> {
         let dir = self.root.join("blobs/sha256");

@@ -313,7 +313,7 @@ pub fn joining_client(pin: Option<&str>) -> Result<quinn::Endpoint, TransportErr
 fn endpoint_with(crypto: rustls::ClientConfig, timeouts: &Timeouts) -> Result<quinn::Endpoint, TransportError> {
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(transport_config(timeouts));
+    config.transport_config(Arc::new(transport_config(timeouts)));
     let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
@@ -341,13 +341,11 @@ impl Default for Timeouts {
     }
 }
 
-fn transport_config(timeouts: &Timeouts) -> Arc<quinn::TransportConfig> {
+fn transport_config(timeouts: &Timeouts) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(timeouts.idle_ms))));
     t.keep_alive_interval(Some(Duration::from_millis(timeouts.keep_alive_ms)));
-    // Windows for blob chunks: a few 4 MiB answers in flight per connection without waiting
-    // for window updates.
-    Arc::new(t)
+    t
 }
 
 /// A server endpoint that only accepts clients with a certificate from `ca`.
@@ -384,7 +382,12 @@ pub fn server_with(
     crypto.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(transport_config(timeouts));
+    let mut transport = transport_config(timeouts);
+    // A request is a bidirectional stream; no client opens a unidirectional one. quinn sets up
+    // state for every stream a peer may open, so allowing none saves that on each connection
+    // (a coordinator holds one per agent).
+    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    config.transport_config(Arc::new(transport));
     Ok(quinn::Endpoint::server(config, addr)?)
 }
 

@@ -72,6 +72,12 @@ pub fn payload_len<T: Serialize>(msg: &T) -> Option<u64> {
     options().serialized_size(msg).ok()
 }
 
+/// The length of `msg`'s frame (header and payload), without encoding it.
+pub fn frame_len<T: Serialize>(msg: &T) -> Result<u64, WireError> {
+    let payload = payload_len(msg).ok_or_else(|| WireError::Encode("the message cannot be sized".into()))?;
+    Ok(HEADER_LEN as u64 + payload)
+}
+
 /// Checks a header; returns the payload length that follows.
 pub fn decode_header(h: &[u8; HEADER_LEN], max: usize) -> Result<usize, WireError> {
     if h[..2] != MAGIC {
@@ -184,6 +190,7 @@ mod tests {
         fn round_trip(m in msg(), id in any::<u64>(), deadline in any::<u32>()) {
             let env = Envelope { request_id: id, deadline_ms: deadline, body: m };
             let bytes = encode(&env).unwrap();
+            prop_assert_eq!(frame_len(&env).unwrap(), bytes.len() as u64);
             prop_assert_eq!(decode::<Envelope<Msg>>(&bytes).unwrap(), env);
         }
 

@@ -1,11 +1,12 @@
 //! The coordinator cluster under load: three `kiln coordinator` processes on loopback and
-//! 1,000 simulated agents in this process (real QUIC connections with their own certificates,
+//! simulated agents in this process (real QUIC connections with their own certificates,
 //! registering and long-polling like `kiln agent`, reporting slices done without building).
 //!
-//! Prints: resident memory of each coordinator with 1,000 agents connected; submit-to-dispatch
-//! latency (a build submitted until an agent holds its slice) at low load; slice assignments
-//! committed per second for 1,000 four-platform builds submitted at once.
-//! Run with `make bench` (it builds the release binary first).
+//! One phase per agent count in `KILN_BENCH_AGENTS` (comma-separated, default `1000,5000`),
+//! each with a fresh cluster. Each prints: resident memory of each coordinator with the agents
+//! connected; submit-to-dispatch latency (a build submitted until an agent holds its slice) at
+//! low load; slice assignments committed per second for 1,000 four-platform builds submitted
+//! at once. Run with `make bench` (it builds the release binary first).
 
 use kiln_shared::api::{AgentInfo, AgentRequest, AgentResponse, BuildSpec, ClientRequest, ClientResponse, Inventory, SliceOutcome};
 use kiln_shared::client::{AgentFarm, ClientFarm};
@@ -16,7 +17,17 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const AGENTS: usize = 1000;
+/// Agent counts run when `KILN_BENCH_AGENTS` is not set, and the leader's memory target for each.
+const DEFAULT_AGENTS: [usize; 2] = [1000, 5000];
+
+/// The resident memory the leader should stay under with `agents` agents (the targets).
+fn target_mib(agents: usize) -> f64 {
+    if agents <= 1000 {
+        100.0
+    } else {
+        300.0
+    }
+}
 const ARCHES: [&str; 4] = ["linux/amd64", "linux/arm64", "linux/riscv64", "linux/ppc64le"];
 
 #[derive(Default)]
@@ -120,17 +131,38 @@ async fn poll_loop(farm: Arc<AgentFarm>, name: String, seen: Arc<Mutex<Seen>>) {
     }
 }
 
+/// The soft limit on open files: every simulated agent has a UDP socket of its own.
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    limits.lines().find(|l| l.starts_with("Max open files"))?.split_whitespace().nth(3)?.parse().ok()
+}
+
 fn main() {
+    let counts: Vec<usize> = match std::env::var("KILN_BENCH_AGENTS") {
+        Ok(v) => v.split(',').map(|n| n.trim().parse().expect("KILN_BENCH_AGENTS: agent counts, comma-separated")).collect(),
+        Err(_) => DEFAULT_AGENTS.to_vec(),
+    };
+    let most = counts.iter().copied().max().unwrap_or(0);
+    if let Some(limit) = open_files_limit() {
+        assert!(limit > most + 256, "{most} simulated agents need more open files than the limit of {limit}: raise it (`ulimit -n`)");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    for agents in counts {
+        println!("--- {agents} simulated agents ---");
+        phase(&rt, agents);
+    }
+}
+
+fn phase(rt: &tokio::runtime::Runtime, agents: usize) {
     // openraft's default election timeouts: the load generator shares the two cores.
     let c = Cluster::start_with(3, 1500, 3000);
     let hosts: Vec<SocketAddr> = c.addrs.iter().map(|a| a.parse().expect("addr")).collect();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let seen = Arc::new(Mutex::new(Seen::default()));
     rt.block_on(async {
         let t0 = Instant::now();
         let mut farms = Vec::new();
         let mut joins = tokio::task::JoinSet::new();
-        for i in 0..AGENTS {
+        for i in 0..agents {
             joins.spawn(agent(hosts.clone(), c.agent_token.clone(), i));
             if joins.len() >= 32 {
                 farms.push(joins.join_next().await.expect("join").expect("agent"));
@@ -139,7 +171,7 @@ fn main() {
         while let Some(f) = joins.join_next().await {
             farms.push(f.expect("agent"));
         }
-        println!("{AGENTS} simulated agents joined and registered in {:.1} s", t0.elapsed().as_secs_f64());
+        println!("{agents} simulated agents joined and registered in {:.1} s", t0.elapsed().as_secs_f64());
         let mut pollers = tokio::task::JoinSet::new();
         for farm in farms {
             let name = farm.principal.name.clone();
@@ -147,10 +179,14 @@ fn main() {
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
         let leader = c.leader();
+        let target = target_mib(agents);
         for (i, p) in c.coordinators.iter().enumerate() {
             let rss = p.pid().map(rss_mib).unwrap_or(0.0);
-            let role = if i as u64 + 1 == leader { "leader" } else { "follower" };
-            println!("coordinator {} ({role}) resident with {AGENTS} agents polling: {rss:.1} MiB (target < 100)", i + 1);
+            if i as u64 + 1 == leader {
+                println!("coordinator {} (leader) resident with {agents} agents polling: {rss:.1} MiB (target < {target:.0})", i + 1);
+            } else {
+                println!("coordinator {} (follower) resident with {agents} agents polling: {rss:.1} MiB", i + 1);
+            }
         }
 
         let admin = ClientFarm::join(&hosts, &c.admin_token, "").await.expect("admin join");
@@ -226,5 +262,6 @@ fn main() {
             println!("coordinator {} resident after the run: {:.1} MiB", i + 1, p.pid().map(rss_mib).unwrap_or(0.0));
         }
         pollers.abort_all();
+        while pollers.join_next().await.is_some() {}
     });
 }

@@ -60,6 +60,9 @@ struct Worker {
 struct Holdings {
     blobs: HashSet<String>,
     records: HashSet<String>,
+    /// The mtimes of the directories they were listed from, read before listing, when old
+    /// enough to trust (see `advertise::Stamps`): while they stay the same, so do the holdings.
+    stamps: Option<advertise::Stamps>,
 }
 
 impl Worker {
