@@ -66,6 +66,10 @@ pub struct AgentConfig {
     pub token_file: PathBuf,
     /// Content store, snapshots, step cache.
     pub data_dir: PathBuf,
+    /// The agent's private key, made on its first start: its registration is bound to it
+    /// (default `DATA_DIR/agent.key`).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
     /// Address peers fetch cache from (default 127.0.0.1:0, any free port).
     #[serde(default = "default_agent_listen")]
     pub listen: SocketAddr,

@@ -89,6 +89,9 @@ fn agent_config(dir: PathBuf, host: SocketAddr, listen: SocketAddr) -> anyhow::R
     // Every platform of a build runs at once, as on a farm with an agent per platform.
     cfg.slots = cfg.slots.max(8);
     cfg.listen = listen;
+    // The key goes with the coordinator's state, which holds the name's binding to it: a
+    // removed agent dir (a cache wiped by hand) does not leave the name bound to a lost key.
+    cfg.key_file = dir.parent().map(|home| home.join("coordinator").join("embedded-agent.key"));
     // As the coordinator's: its one client is this process, stopping with it.
     cfg.shutdown_drain_ms = 0;
     cfg.validate().map_err(anyhow::Error::msg)?;

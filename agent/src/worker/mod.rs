@@ -107,7 +107,7 @@ pub async fn run(
         .map_err(|e| WorkerError::Config(format!("opening the agent: {e}")))??;
     let hosts = cfg.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(",");
     // The agent's own key, kept in its data dir: its registration is bound to it.
-    let key = identity_key(&cfg.data_dir.join("agent.key"))?;
+    let key = identity_key(&cfg.key_file.clone().unwrap_or_else(|| cfg.data_dir.join("agent.key")))?;
     let farm = AgentFarm::join_with_key(&cfg.hosts, &token, &cfg.name, Some(&key), cfg.client_timeouts())
         .await
         .map_err(|source| WorkerError::Join { hosts, source })?;
