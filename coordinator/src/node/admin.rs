@@ -90,12 +90,10 @@ pub async fn remove_context(node: &Node, name: &str, revoke: bool) -> Answer<Cli
 pub async fn create_builder(node: &Node, spec: CreateSpec) -> Answer<ClientResponse> {
     let mut farm = node.read(|s| s.farm.clone());
     let generated = (0..).map(|n| format!("builder-{n}")).find(|n| !farm.builders.contains_key(n)).unwrap_or_default();
+    // Checked here for a quick answer, and decided again where it applies (a concurrent
+    // `kiln create` of the same name may commit first: then this one is refused).
     let name = farm.create(&spec, &generated).map_err(|e| bad(e.to_string()))?;
-    let command = match farm.builders.get(&name) {
-        Some(b) => Command::PutBuilder { builder: b.clone() },
-        None => Command::RemoveBuilder { name: name.clone() },
-    };
-    node.commit(command).await?;
+    node.commit(Command::CreateBuilder { spec, generated_name: generated }).await?;
     Ok(ClientResponse::Name(name))
 }
 

@@ -73,6 +73,13 @@ pub enum Command {
     RemoveBuilder {
         name: String,
     },
+    /// `kiln create` (a new builder, `--append`, `--leave`), decided on the state it applies
+    /// to: concurrent changes of one builder are ordered by the log, and a second create of a
+    /// name is refused ("already exists") even when both were sent at once.
+    CreateBuilder {
+        spec: kiln_shared::api::CreateSpec,
+        generated_name: String,
+    },
     /// A new build; its id is the state's next id, returned in the result's `value`.
     Submit {
         build: Box<BuildRecord>,
@@ -368,6 +375,10 @@ impl ClusterState {
                 self.farm.builders.insert(builder.name.clone(), builder.clone());
                 CommandResult::ok()
             }
+            Command::CreateBuilder { spec, generated_name } => match self.farm.create(spec, generated_name) {
+                Ok(_) => CommandResult::ok(),
+                Err(e) => CommandResult::rejected(e.to_string()),
+            },
             Command::RemoveBuilder { name } => match self.farm.builders.remove(name) {
                 Some(_) => CommandResult::ok(),
                 None => CommandResult::rejected(format!("no builder {name:?} found")),
@@ -587,6 +598,36 @@ mod tests {
             reason: "native".into(),
         };
         Command::Assign { at_ms: 5, assignments: vec![a] }
+    }
+
+    #[test]
+    fn two_creates_of_one_builder_sent_at_once_make_it_once() {
+        // Both were checked against a state without it (the chaos suite's history showed both
+        // answered "done"); the log orders them and the second is refused where it applies.
+        let mut st = ClusterState::default();
+        let ctx = crate::builders::Context {
+            name: "a1".into(),
+            endpoint: "127.0.0.1:1".into(),
+            native: vec![],
+            emulated: vec![],
+            slots: 1,
+            labels: Default::default(),
+            version: "0".into(),
+        };
+        assert!(st.apply(&Command::RegisterAgent { context: ctx, key: None }).ok);
+        let create = |value: &str| Command::CreateBuilder {
+            spec: kiln_shared::api::CreateSpec {
+                context: Some("a1".into()),
+                name: Some("b".into()),
+                node: Some(value.into()),
+                ..Default::default()
+            },
+            generated_name: "builder-0".into(),
+        };
+        assert!(st.apply(&create("n1")).ok);
+        let second = st.apply(&create("n2"));
+        assert!(!second.ok && second.message.as_deref().unwrap_or_default().contains("already exists"), "{second:?}");
+        assert_eq!(st.farm.builders["b"].nodes.len(), 1);
     }
 
     #[test]

@@ -62,7 +62,7 @@ impl Grant {
         Ok(())
     }
 
-    /// The first of `grants` that `agent` may present now, or why none is.
+    /// The grants of `grants` that `agent` may present now, or why none is.
     pub fn valid<'a>(grants: &'a [Grant], ca_der: &[u8], agent: &str, now_ms: u64) -> Result<Vec<&'a Grant>, GrantError> {
         let mut last = GrantError::Missing;
         let mut ok = Vec::new();
