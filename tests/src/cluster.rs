@@ -13,6 +13,25 @@ pub fn free_udp_port() -> u16 {
 }
 
 /// One `kiln` server process that can be stopped and started again with the same arguments.
+/// Waits until the founding coordinator (`ROOT/c1`) has written its tokens and every member
+/// (`ROOT/cN`) has its CA, then reads the admin and agent tokens. A member that failed to start
+/// fails the test here, with its log, rather than a later step hanging.
+pub fn founded(root: &Path, coordinators: &mut [Proc]) -> (String, String) {
+    let c1 = root.join("c1");
+    wait_for("the first coordinator's tokens", Duration::from_secs(60), || {
+        c1.join("admin.token").exists() && c1.join("agent.token").exists()
+    });
+    for (i, p) in coordinators.iter_mut().enumerate() {
+        let ca = root.join(format!("c{}", i + 1)).join("ca.pem");
+        wait_for(&format!("coordinator {}'s CA", i + 1), Duration::from_secs(60), || {
+            assert!(p.alive(), "{} exited:\n{}", p.name, p.log());
+            ca.exists()
+        });
+    }
+    let read = |f: &str| std::fs::read_to_string(c1.join(f)).expect("token").trim().to_string();
+    (read("admin.token"), read("agent.token"))
+}
+
 pub struct Proc {
     pub name: String,
     args: Vec<String>,
@@ -201,21 +220,7 @@ impl Cluster {
             p.start();
             coordinators.push(p);
         }
-        let c1 = dir.path().join("c1");
-        wait_for("the first coordinator's tokens", Duration::from_secs(60), || {
-            c1.join("admin.token").exists() && c1.join("agent.token").exists()
-        });
-        // Every member has its CA before the cluster is used (a member that failed to start
-        // fails the test here, with its log, rather than a later step hanging).
-        for (i, p) in coordinators.iter_mut().enumerate() {
-            let ca = dir.path().join(format!("c{}", i + 1)).join("ca.pem");
-            wait_for(&format!("coordinator {}'s CA", i + 1), Duration::from_secs(60), || {
-                assert!(p.alive(), "{} exited:\n{}", p.name, p.log());
-                ca.exists()
-            });
-        }
-        let read = |f: &str| std::fs::read_to_string(c1.join(f)).expect("token").trim().to_string();
-        let (admin_token, agent_token) = (read("admin.token"), read("agent.token"));
+        let (admin_token, agent_token) = founded(dir.path(), &mut coordinators);
         let cluster = Cluster { dir, coordinators, addrs, agents: vec![], admin_token, agent_token, metrics, with_metrics, consoles };
         cluster.leader();
         cluster

@@ -113,19 +113,7 @@ impl NetCluster {
             p.start();
             coordinators.push(p);
         }
-        let c1 = dir.path().join("c1");
-        wait_for("the first coordinator's tokens", Duration::from_secs(60), || {
-            c1.join("admin.token").exists() && c1.join("agent.token").exists()
-        });
-        for (i, p) in coordinators.iter_mut().enumerate() {
-            let ca = dir.path().join(format!("c{}", i + 1)).join("ca.pem");
-            wait_for(&format!("coordinator {}'s CA", i + 1), Duration::from_secs(60), || {
-                assert!(p.alive(), "{} exited:\n{}", p.name, p.log());
-                ca.exists()
-            });
-        }
-        let read = |f: &str| std::fs::read_to_string(c1.join(f)).expect("token").trim().to_string();
-        let (admin_token, agent_token) = (read("admin.token"), read("agent.token"));
+        let (admin_token, agent_token) = crate::cluster::founded(dir.path(), &mut coordinators);
         let c = NetCluster { coordinators, agents: vec![], registry, registry_addr, addrs, admin_token, agent_token, tmpfs, net, dir };
         c.leader();
         c
