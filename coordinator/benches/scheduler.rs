@@ -12,9 +12,9 @@ fn main() {
     let arm: Platform = "linux/arm64".parse().expect("platform");
     let agents: Vec<AgentSnapshot> = (0..1000)
         .map(|i| AgentSnapshot {
-            name: format!("agent-{i}"),
-            native: vec![if i % 3 == 0 { arm.clone() } else { amd.clone() }],
-            emulated: if i % 3 == 0 { vec![] } else { vec![arm.clone()] },
+            name: format!("agent-{i}").into(),
+            native: vec![if i % 3 == 0 { arm.clone() } else { amd.clone() }].into(),
+            emulated: if i % 3 == 0 { vec![] } else { vec![arm.clone()] }.into(),
             slots: 4 + (i % 5),
             running: i % 4,
             cache_records: (0..(i % 7) as u64).map(|b| (b, i % 11)).collect::<HashMap<_, _>>(),

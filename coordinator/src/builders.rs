@@ -185,20 +185,49 @@ impl Farm {
         names.iter().filter_map(|n| self.builder(n).ok()).collect()
     }
 
-    /// The agents a build on `builder` may use, with the platforms each may run for it
-    /// (a node's pins, else everything the context runs).
-    pub fn candidates(&self, builder: &str) -> Result<Vec<(String, Vec<Platform>)>, BuilderError> {
-        let b = self.builder(builder)?;
-        Ok(b.nodes
-            .iter()
-            .filter_map(|n| {
-                let c = self.contexts.get(&n.context)?;
-                let all: Vec<Platform> = c.native.iter().chain(&c.emulated).cloned().collect();
-                let platforms =
-                    if n.platforms.is_empty() { all } else { n.platforms.iter().filter(|p| all.contains(p)).cloned().collect() };
-                Some((c.name.clone(), platforms))
-            })
-            .collect())
+    /// The agents a build on `builder` may use, each with the platforms it may run for it,
+    /// borrowed from the farm: a submit asks this of `default`, every agent, per platform.
+    pub fn candidates(&self, builder: &str) -> Result<Vec<Candidate<'_>>, BuilderError> {
+        if let Some(b) = self.builders.get(builder) {
+            return Ok(b.nodes.iter().filter_map(|n| Some(Candidate { context: self.contexts.get(&n.context)?, pins: &n.platforms })).collect());
+        }
+        if let Some(c) = self.contexts.get(builder) {
+            return Ok(vec![Candidate { context: c, pins: &[] }]);
+        }
+        if builder == DEFAULT_BUILDER {
+            return Ok(self.contexts.values().map(|c| Candidate { context: c, pins: &[] }).collect());
+        }
+        Err(BuilderError::NoBuilder(builder.to_string()))
+    }
+
+    /// Whether builds on `builder` share step cache records across tenants (only a named
+    /// builder can: `--driver-opt share-cache=true`).
+    pub fn shares_cache(&self, builder: &str) -> bool {
+        self.builders.get(builder).is_some_and(|b| b.share_cache)
+    }
+}
+
+/// An agent a build on some builder may use ([`Farm::candidates`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Candidate<'a> {
+    pub context: &'a Context,
+    /// The node's platform pins; empty: everything the context runs.
+    pins: &'a [Platform],
+}
+
+impl<'a> Candidate<'a> {
+    pub fn name(&self) -> &'a str {
+        &self.context.name
+    }
+
+    /// The platforms this agent may run for the builder: its pins that the context runs (in
+    /// the pins' order), else everything the context runs, natively then emulated.
+    pub fn platforms(&self) -> impl Iterator<Item = &'a Platform> + 'a {
+        let (c, pins) = (self.context, self.pins);
+        let pinned = pins.iter().filter(move |p| c.native.contains(p) || c.emulated.contains(p));
+        // The pins, or everything when there are none: one of the two is empty.
+        let everything = c.native.iter().chain(&c.emulated).take(if pins.is_empty() { usize::MAX } else { 0 });
+        pinned.chain(everything)
     }
 }
 
@@ -256,10 +285,9 @@ mod tests {
         f.create(&append, "x").unwrap();
         let b = f.builder("mixed").unwrap();
         assert_eq!(b.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), vec!["mixed0", "mixed1"]);
-        assert_eq!(
-            f.candidates("mixed").unwrap(),
-            vec![("a1".to_string(), vec![p("linux/amd64"), p("linux/arm64")]), ("a2".to_string(), vec![p("linux/arm64")])]
-        );
+        let candidates: Vec<(&str, Vec<Platform>)> =
+            f.candidates("mixed").unwrap().iter().map(|c| (c.name(), c.platforms().cloned().collect())).collect();
+        assert_eq!(candidates, vec![("a1", vec![p("linux/amd64"), p("linux/arm64")]), ("a2", vec![p("linux/arm64")])]);
         let leave = CreateRequest { name: Some("mixed".into()), node: Some("mixed0".into()), leave: true, ..Default::default() };
         f.create(&leave, "x").unwrap();
         assert_eq!(f.builder("mixed").unwrap().nodes.len(), 1);

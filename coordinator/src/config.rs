@@ -49,6 +49,9 @@ fn default_leader_tick_ms() -> u64 {
 fn default_long_poll_max_ms() -> u64 {
     30_000
 }
+fn default_poll_rate_max() -> u64 {
+    1_000
+}
 fn default_session_answer_timeout_ms() -> u64 {
     20_000
 }
@@ -157,6 +160,12 @@ pub struct CoordinatorConfig {
     /// the client asks (default 30000 ms).
     #[serde(default = "default_long_poll_max_ms")]
     pub long_poll_max_ms: u64,
+    /// Agents' polls the leader answers per second at most (default 1000): with more live
+    /// agents than this, each is told to ask for a longer hold (agents / rate seconds, at most
+    /// a third of `lease_timeout_ms`). A held poll still gets its work at once; a dead agent
+    /// is noticed that much later at worst.
+    #[serde(default = "default_poll_rate_max")]
+    pub poll_rate_max: u64,
     /// How long a step's question to the build's client (a secret, an ssh-agent message) waits
     /// for the answer before the step fails (default 20000 ms; below `forward_timeout_ms`).
     #[serde(default = "default_session_answer_timeout_ms")]
@@ -272,8 +281,8 @@ impl CoordinatorConfig {
         if self.max_slice_attempts == 0 || !(1.0..=100.0).contains(&self.emulation_slowdown) {
             return bad("max_slice_attempts must be at least 1 and emulation_slowdown between 1 and 100".into());
         }
-        if self.leader_tick_ms == 0 || self.long_poll_max_ms == 0 || self.forward_timeout_ms == 0 || self.peer_connect_timeout_ms == 0 {
-            return bad("leader_tick_ms, long_poll_max_ms, forward_timeout_ms and peer_connect_timeout_ms must be above 0".into());
+        if self.leader_tick_ms == 0 || self.long_poll_max_ms == 0 || self.poll_rate_max == 0 || self.forward_timeout_ms == 0 || self.peer_connect_timeout_ms == 0 {
+            return bad("leader_tick_ms, long_poll_max_ms, poll_rate_max, forward_timeout_ms and peer_connect_timeout_ms must be above 0".into());
         }
         if self.session_answer_timeout_ms == 0 || self.session_answer_timeout_ms >= self.forward_timeout_ms {
             return bad(format!(

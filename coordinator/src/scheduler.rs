@@ -14,19 +14,35 @@
 //! - a slice whose platform no candidate can run fails at once, with the reason.
 
 use kiln_shared::Platform;
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 
-/// What the scheduler knows about an agent.
+/// What the scheduler knows about an agent. Its name and platforms may be borrowed from the
+/// farm's state: the leader makes one per agent for every submit.
 #[derive(Clone, Debug)]
-pub struct AgentSnapshot {
-    pub name: String,
-    pub native: Vec<Platform>,
-    pub emulated: Vec<Platform>,
+pub struct AgentSnapshot<'a> {
+    pub name: Cow<'a, str>,
+    pub native: Cow<'a, [Platform]>,
+    pub emulated: Cow<'a, [Platform]>,
     pub slots: u32,
     pub running: u32,
     /// Step cache records this agent holds, per affinity key (see [`PendingSlice::affinity`]).
     pub cache_records: HashMap<u64, u32>,
+}
+
+impl AgentSnapshot<'_> {
+    /// The snapshot with its own copies, to outlive the state it was read from.
+    pub fn into_owned(self) -> AgentSnapshot<'static> {
+        AgentSnapshot {
+            name: Cow::Owned(self.name.into_owned()),
+            native: Cow::Owned(self.native.into_owned()),
+            emulated: Cow::Owned(self.emulated.into_owned()),
+            slots: self.slots,
+            running: self.running,
+            cache_records: self.cache_records,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -105,13 +121,13 @@ struct Pool {
 }
 
 struct AgentState<'a> {
-    snap: &'a AgentSnapshot,
+    snap: &'a AgentSnapshot<'a>,
     free: u32,
     load: u32,
 }
 
 /// Decides assignments for `pending` on `agents`, given each tenant's usage.
-pub fn schedule(pending: &[PendingSlice], agents: &[AgentSnapshot], usage: &HashMap<String, TenantUsage>, params: &Params) -> Decisions {
+pub fn schedule(pending: &[PendingSlice], agents: &[AgentSnapshot<'_>], usage: &HashMap<String, TenantUsage>, params: &Params) -> Decisions {
     let mut state: Vec<AgentState> =
         agents.iter().map(|a| AgentState { snap: a, free: a.slots.saturating_sub(a.running), load: a.running }).collect();
     let mut out = Decisions::default();
@@ -245,7 +261,7 @@ pub fn schedule(pending: &[PendingSlice], agents: &[AgentSnapshot], usage: &Hash
                         _ => {}
                     }
                 }
-                out.assignments.push(Assignment { slice: slice.id, agent: agents[i].name.clone(), emulated, reason });
+                out.assignments.push(Assignment { slice: slice.id, agent: agents[i].name.to_string(), emulated, reason });
                 heap.push(Reverse((count + 1, recent, tenant)));
             }
             None => {
@@ -262,7 +278,7 @@ pub fn schedule(pending: &[PendingSlice], agents: &[AgentSnapshot], usage: &Hash
 /// them holds most of its cache.
 fn waiting_reason(
     slice: &PendingSlice,
-    agents: &[AgentSnapshot],
+    agents: &[AgentSnapshot<'_>],
     state: &[AgentState],
     pool: &Pool,
     allowed: &dyn Fn(usize) -> bool,
@@ -317,11 +333,11 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn agent(name: &str, native: &[&str], emulated: &[&str], slots: u32, running: u32) -> AgentSnapshot {
+    fn agent(name: &str, native: &[&str], emulated: &[&str], slots: u32, running: u32) -> AgentSnapshot<'static> {
         AgentSnapshot {
-            name: name.into(),
-            native: native.iter().map(|s| p(s)).collect(),
-            emulated: emulated.iter().map(|s| p(s)).collect(),
+            name: name.to_string().into(),
+            native: native.iter().map(|s| p(s)).collect::<Vec<_>>().into(),
+            emulated: emulated.iter().map(|s| p(s)).collect::<Vec<_>>().into(),
             slots,
             running,
             cache_records: HashMap::new(),
@@ -404,12 +420,12 @@ mod tests {
 
     const PLATFORMS: &[&str] = &["linux/amd64", "linux/arm64", "linux/riscv64"];
 
-    fn arb_agent(i: usize) -> impl Strategy<Value = AgentSnapshot> {
+    fn arb_agent(i: usize) -> impl Strategy<Value = AgentSnapshot<'static>> {
         (prop::sample::subsequence(PLATFORMS, 0..=2), prop::sample::subsequence(PLATFORMS, 0..=2), 1u32..4, 0u32..4).prop_map(
             move |(native, emulated, slots, running)| AgentSnapshot {
-                name: format!("a{i}"),
-                native: native.iter().map(|s| p(s)).collect(),
-                emulated: emulated.iter().map(|s| p(s)).collect(),
+                name: format!("a{i}").into(),
+                native: native.iter().map(|s| p(s)).collect::<Vec<_>>().into(),
+                emulated: emulated.iter().map(|s| p(s)).collect::<Vec<_>>().into(),
                 slots,
                 running: running.min(slots),
                 cache_records: HashMap::new(),
@@ -417,7 +433,7 @@ mod tests {
         )
     }
 
-    fn arb_world() -> impl Strategy<Value = (Vec<AgentSnapshot>, Vec<PendingSlice>)> {
+    fn arb_world() -> impl Strategy<Value = (Vec<AgentSnapshot<'static>>, Vec<PendingSlice>)> {
         let agents = (1usize..8).prop_flat_map(|n| (0..n).map(arb_agent).collect::<Vec<_>>());
         let slices = prop::collection::vec((0usize..3, prop::sample::select(PLATFORMS), 1u64..60_000), 0..40).prop_map(|v| {
             v.into_iter()
@@ -477,7 +493,7 @@ mod tests {
         fn no_tenant_starves((agents, slices) in arb_world()) {
             // Rounds where every running slice finishes: each tenant with runnable work gets
             // a slot within as many rounds as there are tenants.
-            let mut agents: Vec<AgentSnapshot> = agents.into_iter().map(|mut a| { a.running = 0; a }).collect();
+            let mut agents: Vec<AgentSnapshot<'static>> = agents.into_iter().map(|mut a| { a.running = 0; a }).collect();
             let mut pending = slices.clone();
             let tenants: std::collections::BTreeSet<String> = pending.iter().map(|s| s.tenant.clone()).collect();
             let rounds = tenants.len().max(1) + 1;

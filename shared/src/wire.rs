@@ -18,7 +18,7 @@ pub const MAGIC: [u8; 2] = *b"KL";
 /// 8: a build's context entries may travel as a blob (`BuildSpec::context_manifest`); a submit
 /// naming blobs the coordinator lacks is refused with [`ErrorCode::BlobsMissing`]; agents' blob
 /// transfers and peer requests carry slice grants ([`crate::api::Grant`]).
-pub const PROTOCOL_VERSION: u16 = 8;
+pub const PROTOCOL_VERSION: u16 = 9;
 pub const HEADER_LEN: usize = 8;
 /// The largest control frame (chunks of blobs travel in their own frames, also bounded).
 pub const MAX_FRAME: usize = 16 << 20;

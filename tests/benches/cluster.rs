@@ -78,13 +78,20 @@ async fn agent(hosts: Vec<SocketAddr>, token: String, i: usize) -> AgentFarm {
 async fn poll_loop(farm: Arc<AgentFarm>, name: String, seen: Arc<Mutex<Seen>>) {
     // As `kiln agent` does: a slice stays in `running` until its report is taken.
     let running: Arc<Mutex<Vec<(u64, u32, u32)>>> = Arc::default();
+    // As `kiln agent` does, with its default wait, deadline and patience: the hold is the
+    // leader's pace when it asks for a longer one, and the deadlines grow with it.
+    let mut pace_ms = 0u32;
     loop {
         let list = running.lock().expect("running").clone();
-        let poll = AgentRequest::Poll { agent: name.clone(), running: list, cache_bytes: 0, wait_ms: 1000 };
-        let Ok(AgentResponse::Tasks { tasks, resync, .. }) = farm.call(&poll, Duration::from_secs(5), Duration::from_secs(5)).await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let wait_ms = pace_ms.max(1000);
+        let poll = AgentRequest::Poll { agent: name.clone(), running: list, cache_bytes: 0, wait_ms };
+        let longer = Duration::from_millis(u64::from(wait_ms - 1000));
+        let answer = farm.call(&poll, Duration::from_millis(2500) + longer, Duration::from_millis(5000) + longer).await;
+        let Ok(AgentResponse::Tasks { tasks, resync, pace_ms: pace, .. }) = answer else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
+        pace_ms = pace;
         if resync {
             // As `kiln agent` does: the tracker (a new leader's, or on first contact) gets the inventory.
             let inv = Inventory { agent: name.clone(), full: true, ..Default::default() };
@@ -173,9 +180,12 @@ fn phase(rt: &tokio::runtime::Runtime, agents: usize) {
         }
         println!("{agents} simulated agents joined and registered in {:.1} s", t0.elapsed().as_secs_f64());
         let mut pollers = tokio::task::JoinSet::new();
+        let mut connected = Vec::new();
         for farm in farms {
             let name = farm.principal.name.clone();
-            pollers.spawn(poll_loop(Arc::new(farm), name, seen.clone()));
+            let farm = Arc::new(farm);
+            connected.push(farm.clone());
+            pollers.spawn(poll_loop(farm, name, seen.clone()));
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
         let leader = c.leader();
@@ -261,6 +271,16 @@ fn phase(rt: &tokio::runtime::Runtime, agents: usize) {
         for (i, p) in c.coordinators.iter().enumerate() {
             println!("coordinator {} resident after the run: {:.1} MiB", i + 1, p.pid().map(rss_mib).unwrap_or(0.0));
         }
+        // Agents move to another coordinator when theirs fails a call; each one on a follower
+        // has its polls forwarded to the leader.
+        let mut by_host: HashMap<String, usize> = HashMap::new();
+        for f in &connected {
+            let host = f.current_host().await.map_or("none".to_string(), |h| h.to_string());
+            *by_host.entry(host).or_default() += 1;
+        }
+        let mut by_host: Vec<_> = by_host.into_iter().collect();
+        by_host.sort();
+        println!("agents by the coordinator they are connected to: {by_host:?} (the leader is coordinator {leader})");
         pollers.abort_all();
         while pollers.join_next().await.is_some() {}
     });

@@ -276,13 +276,21 @@ async fn collect_garbage(w: Arc<Worker>) {
 }
 
 async fn poll_loop(w: Arc<Worker>, tasks: &mut tokio::task::JoinSet<()>) -> Result<(), WorkerError> {
+    // The hold the leader asks for (a large farm's polls are spread out); the agent's own wait
+    // while it asks for none.
+    let mut pace_ms = 0u32;
     loop {
         let running: Vec<Key> = w.running().iter().copied().collect();
         let cache_bytes = w.cache_bytes.load(std::sync::atomic::Ordering::Relaxed);
-        let poll = AgentRequest::Poll { agent: w.cfg.name.clone(), running, cache_bytes, wait_ms: w.cfg.poll_wait_ms };
+        let wait_ms = w.cfg.poll_wait_ms.max(pace_ms);
+        let poll = AgentRequest::Poll { agent: w.cfg.name.clone(), running, cache_bytes, wait_ms };
         // A short deadline: a coordinator that died must not hold the heartbeat past the lease.
-        match w.farm.call(&poll, Duration::from_millis(w.cfg.poll_deadline_ms), Duration::from_millis(w.cfg.poll_patience_ms)).await {
-            Ok(AgentResponse::Tasks { tasks: list, resync, cancel, revoked }) => {
+        // A longer hold extends it by as much.
+        let longer = u64::from(wait_ms - w.cfg.poll_wait_ms);
+        let (deadline, patience) = (w.cfg.poll_deadline_ms + longer, w.cfg.poll_patience_ms + longer);
+        match w.farm.call(&poll, Duration::from_millis(deadline), Duration::from_millis(patience)).await {
+            Ok(AgentResponse::Tasks { tasks: list, resync, cancel, revoked, pace_ms: pace }) => {
+                pace_ms = pace;
                 w.peer.access.set_revoked(revoked);
                 for key in cancel {
                     if let Some(flag) = w.cancelled.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {

@@ -56,6 +56,8 @@ pub struct CoordinatorArgs {
     #[arg(long)]
     pub long_poll_max_ms: Option<u64>,
     #[arg(long)]
+    pub poll_rate_max: Option<u64>,
+    #[arg(long)]
     pub forward_timeout_ms: Option<u64>,
     #[arg(long)]
     pub forward_poll_slack_ms: Option<u64>,
@@ -267,6 +269,7 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         shutdown_drain_ms,
         leader_tick_ms,
         long_poll_max_ms,
+        poll_rate_max,
         forward_timeout_ms,
         forward_poll_slack_ms,
         admin_call_timeout_ms,

@@ -227,6 +227,15 @@ fn grant(node: &Node, agent: &str, at: SliceAttempt, tenant: &str, spec: &kiln_s
     Some(g)
 }
 
+/// The hold each of `agents` live agents' polls should ask for so that the leader answers at
+/// most `rate` polls a second: 0 (the agent's own wait) while the farm is small, and never
+/// more than a third of the lease (a held poll is the agent's heartbeat).
+pub fn pace_ms(agents: usize, rate: u64, lease_ms: u64) -> u32 {
+    let spread = (agents as u64).saturating_mul(1000) / rate.max(1);
+    let pace = if spread <= 1000 { 0 } else { spread.min(lease_ms / 3) };
+    u32::try_from(pace).unwrap_or(u32::MAX)
+}
+
 pub async fn poll(
     node: &Node,
     p: &Principal,
@@ -244,7 +253,17 @@ pub async fn poll(
     let wake = node.agent_wake(agent);
     let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms).min(node.cfg.long_poll_max_ms));
     loop {
-        node.soft().agents.insert(agent.to_string(), Live { last_seen: Instant::now(), running: running.clone(), cache_bytes });
+        {
+            let mut soft = node.soft();
+            let live = Live { last_seen: Instant::now(), running: running.clone(), cache_bytes };
+            // Every poll of every agent passes here, every second: no new key when it is known.
+            match soft.agents.get_mut(agent) {
+                Some(l) => *l = live,
+                None => {
+                    soft.agents.insert(agent.to_string(), live);
+                }
+            }
+        }
         let tasks = tasks_for(node, agent, &running);
         let resync = !node.soft().tracker.knows(agent);
         // Slices of cancelled builds that the agent runs (it said so, or the leader knows it
@@ -258,12 +277,29 @@ pub async fn poll(
         let now = Instant::now();
         if !tasks.is_empty() || resync || !cancel.is_empty() || now >= deadline || !node.is_leader() || node.stop.is_cancelled() {
             let revoked = node.read(|s| s.revoked_keys.iter().cloned().collect());
-            return Ok(AgentResponse::Tasks { tasks, resync, cancel, revoked });
+            let pace_ms = pace_ms(node.soft().agents.len(), node.cfg.poll_rate_max, node.cfg.lease_timeout_ms);
+            return Ok(AgentResponse::Tasks { tasks, resync, cancel, revoked, pace_ms });
         }
         // Wake at least every second so that the heartbeat stays fresh while waiting.
         tokio::select! {
             _ = tokio::time::timeout((deadline - now).min(Duration::from_secs(1)), wake.notified()) => {}
             _ = node.stop.cancelled() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pace_ms;
+
+    #[test]
+    fn polls_of_a_large_farm_are_spread_to_the_rate_within_a_third_of_the_lease() {
+        // A small farm: every agent polls at its own wait.
+        assert_eq!(pace_ms(10, 1000, 10_000), 0);
+        assert_eq!(pace_ms(1000, 1000, 10_000), 0);
+        // 5,000 agents at 1,000 polls a second: each asks to be held 5 s, capped by the lease.
+        assert_eq!(pace_ms(5000, 1000, 30_000), 5000);
+        assert_eq!(pace_ms(5000, 1000, 10_000), 3333);
+        assert_eq!(pace_ms(2500, 500, 60_000), 5000);
     }
 }

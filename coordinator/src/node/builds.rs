@@ -22,17 +22,15 @@ fn unrunnable(
         Ok(c) => c,
         Err(e) => return Some(e.to_string()),
     };
-    let usable: Vec<_> = candidates.iter().filter(|(name, _)| !draining.contains(name)).collect();
-    if usable.iter().any(|(_, platforms)| platforms.iter().any(|p| crate::scheduler::runs(std::slice::from_ref(p), platform))) {
+    let usable: Vec<_> = candidates.iter().filter(|c| !draining.contains(c.name())).collect();
+    if usable.iter().any(|c| c.platforms().any(|p| crate::scheduler::runs(std::slice::from_ref(p), platform))) {
         return None;
     }
     let have: Vec<String> = usable
         .iter()
-        .map(|(name, ps)| {
-            format!(
-                "{name}: {}",
-                if ps.is_empty() { "none".to_string() } else { ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ") }
-            )
+        .map(|c| {
+            let ps: Vec<String> = c.platforms().map(|p| p.to_string()).collect();
+            format!("{}: {}", c.name(), if ps.is_empty() { "none".to_string() } else { ps.join(", ") })
         })
         .collect();
     Some(
@@ -61,7 +59,7 @@ pub async fn submit(node: &Node, p: &Principal, origin: SocketAddr, mut spec: Bu
         return Ok(ClientResponse::Submitted { build: build.to_wire() });
     }
     // The cache scope is the farm's decision, never the client's.
-    let shared = node.read(|s| s.farm.builder(&builder).map(|b| b.share_cache).unwrap_or(false));
+    let shared = node.read(|s| s.farm.shares_cache(&builder));
     spec.cache_scope = if shared { "shared".to_string() } else { format!("tenant:{}", p.tenant()) };
     spec.tenant = p.tenant().to_string();
     // Where the slices fetch the blobs: the receiving coordinator, then its copy's holder.

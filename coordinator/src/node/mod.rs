@@ -162,6 +162,8 @@ pub struct Node {
     pub changed: tokio::sync::watch::Sender<u64>,
     /// One wake-up per agent: its long poll waits on it, and only its new tasks ring it.
     pub agent_wake: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+    /// Held while [`Node::assigned`] recomputes: one poll does it, the others take its map.
+    assigning: Mutex<()>,
     pub wake_leader: tokio::sync::Notify,
     /// Held from reading the state to committing a scheduling decision, so that two decisions
     /// never place slices on the same free slot.
@@ -247,12 +249,20 @@ impl Node {
 
     /// Running slices per agent, recomputed once per applied change.
     pub fn assigned(&self) -> Arc<Assigned> {
-        let applied = self.sm.last_applied_index();
-        if let Some((at, map)) = &self.soft().assigned {
-            if *at == applied {
-                return map.clone();
-            }
+        let fresh = || {
+            let applied = self.sm.last_applied_index();
+            self.soft().assigned.as_ref().filter(|(at, _)| *at == applied).map(|(_, map)| map.clone())
+        };
+        if let Some(map) = fresh() {
+            return map;
         }
+        // Every held poll asks each second: after a change, one recomputes and the others
+        // polling meanwhile wait for its map rather than each building their own.
+        let _one = self.assigning.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(map) = fresh() {
+            return map;
+        }
+        let applied = self.sm.last_applied_index();
         // The index is read before the state (never inside `read`: a second read lock while a
         // writer waits would deadlock); if it moves meanwhile, the next call recomputes.
         let map = self.read(|s| {
@@ -390,6 +400,7 @@ pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option
         soft: Mutex::new(Soft::default()),
         changed: tokio::sync::watch::channel(0).0,
         agent_wake: Mutex::new(HashMap::new()),
+        assigning: Mutex::new(()),
         wake_leader: tokio::sync::Notify::new(),
         sched: tokio::sync::Mutex::new(()),
         stop: stop.clone(),

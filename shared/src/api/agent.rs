@@ -61,6 +61,11 @@ pub enum AgentResponse {
         /// Key fingerprints of revoked agents: this agent's peer endpoint refuses them.
         #[serde(default)]
         revoked: Vec<String>,
+        /// How long the next poll should ask to be held (its `wait_ms`) at least: the leader
+        /// spreads the polls of a large farm so that it answers at most `poll_rate_max` a
+        /// second. Work still reaches a held poll at once.
+        #[serde(default)]
+        pace_ms: u32,
     },
     /// `resync`: the tracker does not know this agent; send the whole inventory.
     Advertised {

@@ -88,11 +88,18 @@ pub struct Plan {
 }
 
 /// The agents the scheduler may use now, what they run, and each tenant's usage.
-pub struct FarmView {
-    pub agents: Vec<AgentSnapshot>,
+pub struct FarmView<'a> {
+    pub agents: Vec<AgentSnapshot<'a>>,
     /// Registered agents that are not alive, with what they run.
     pub absent: Vec<Vec<Platform>>,
     pub usage: HashMap<String, TenantUsage>,
+}
+
+impl FarmView<'_> {
+    /// The view with its own copies, to outlive the state it was read from.
+    pub fn into_owned(self) -> FarmView<'static> {
+        FarmView { agents: self.agents.into_iter().map(AgentSnapshot::into_owned).collect(), absent: self.absent, usage: self.usage }
+    }
 }
 
 /// Everything a plan is decided from, gathered while the state is read; [`decide`] (the
@@ -106,7 +113,7 @@ pub struct Survey {
     /// assignment starts.
     keys: Vec<(SliceKey, Attempt)>,
     /// `None` when nothing is queued.
-    view: Option<FarmView>,
+    view: Option<FarmView<'static>>,
     params: Params,
 }
 
@@ -166,7 +173,7 @@ pub fn survey(state: &ClusterState, agents: Agents, finishing: &HashSet<BuildId>
             }
         }
     }
-    let view = (!pending.is_empty()).then(|| farm_view(&after, agents, now, settings, &wanted));
+    let view = (!pending.is_empty()).then(|| farm_view(&after, agents, now, settings, &wanted).into_owned());
     Survey { lost, finished, drained, pending, keys, view, params: params(&after, settings) }
 }
 
@@ -207,7 +214,7 @@ pub fn decide(survey: Survey) -> Plan {
 
 /// Places the slices of a build about to be submitted, so that submitting and assigning are
 /// one commit (the build of each assignment is left for `Command::Submit` to number).
-pub fn place_new(state: &ClusterState, view: &FarmView, record: &BuildRecord, settings: &Settings) -> Vec<SliceAssignment> {
+pub fn place_new(state: &ClusterState, view: &FarmView<'_>, record: &BuildRecord, settings: &Settings) -> Vec<SliceAssignment> {
     let candidates = candidates(state, record);
     let pending: Vec<PendingSlice> =
         (0..record.slices.len() as u32).map(|i| pending_slice(state, record, i, u64::from(i), candidates.clone())).collect();
@@ -226,7 +233,7 @@ pub fn place_new(state: &ClusterState, view: &FarmView, record: &BuildRecord, se
 
 /// The live agents that are not draining, with their load and the records each holds of what
 /// the `wanted` slices (affinity key, record names) would use, and each tenant's usage.
-pub fn farm_view(state: &ClusterState, agents: Agents, now: Instant, settings: &Settings, wanted: &[(u64, &[String])]) -> FarmView {
+pub fn farm_view<'s>(state: &'s ClusterState, agents: Agents, now: Instant, settings: &Settings, wanted: &[(u64, &[String])]) -> FarmView<'s> {
     let mut running: HashMap<&str, u32> = HashMap::new();
     let mut usage: HashMap<String, TenantUsage> = HashMap::new();
     for b in running_builds(state) {
@@ -258,9 +265,9 @@ pub fn farm_view(state: &ClusterState, agents: Agents, now: Instant, settings: &
             continue;
         }
         snapshots.push(AgentSnapshot {
-            name: c.name.clone(),
-            native: c.native.clone(),
-            emulated: c.emulated.clone(),
+            name: Cow::Borrowed(c.name.as_str()),
+            native: Cow::Borrowed(c.native.as_slice()),
+            emulated: Cow::Borrowed(c.emulated.as_slice()),
             slots: c.slots,
             running: running.get(c.name.as_str()).copied().unwrap_or(0) + agents.inflight.get(&c.name).copied().unwrap_or(0),
             cache_records: wanted
@@ -306,7 +313,7 @@ fn params(state: &ClusterState, settings: &Settings) -> Params {
 /// The agents a build's builder allows (`None`: every agent).
 fn candidates(state: &ClusterState, b: &BuildRecord) -> Option<Vec<String>> {
     let name = b.spec.builder.as_ref()?;
-    state.farm.candidates(name).ok().map(|c| c.into_iter().map(|(n, _)| n).collect())
+    state.farm.candidates(name).ok().map(|c| c.iter().map(|c| c.name().to_string()).collect())
 }
 
 /// Slice `index` of `b` as the scheduler sees it, under the caller's opaque `id`. Ids are
