@@ -13,7 +13,8 @@
 //! - [`cluster::Cluster`]: coordinators and agents as real processes, with fault injection (and
 //!   `--metrics-listen` on each with [`cluster::Cluster::start_with_metrics`]);
 //! - [`netns::Net`] and [`netcluster::NetCluster`]: the same farm with every process in a
-//!   network namespace of its own, partitions and lossy links (the chaos tests);
+//!   network namespace of its own, partitions and lossy links (the chaos tests), the links'
+//!   delay by [`nfqueue::Delayer`] where the kernel has no netem;
 //! - [`linearizable`]: a linearizability checker for histories of builder/context operations;
 //! - [`prometheus::Prometheus`]: a real Prometheus scraping them, queried with PromQL;
 //! - [`browser::Browser`]: headless Chromium driven over the DevTools protocol (the web
@@ -25,6 +26,7 @@ pub mod cluster;
 pub mod linearizable;
 pub mod netcluster;
 pub mod netns;
+pub mod nfqueue;
 pub mod prometheus;
 pub mod target;
 

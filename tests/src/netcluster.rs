@@ -17,6 +17,14 @@ const COORDINATOR_PORT: u16 = 7400;
 const AGENT_PORT: u16 = 7500;
 const REGISTRY_PORT: u16 = 5000;
 
+/// Raft's heartbeat interval. openraft gives an AppendEntries one heartbeat interval to be
+/// answered, so it must exceed the round trip of a degraded link (the chaos suite's 200 ms each
+/// way is 400 ms, more after a QUIC retransmission): at 200 ms no entry could commit there.
+const HEARTBEAT_MS: u64 = 1_000;
+/// Election timeouts: a few heartbeats, so one lost does not start an election, and no more
+/// than [`LEASE_MS`] (a coordinator refuses a lease shorter than a failover).
+const ELECTION_TIMEOUT_MS: (u64, u64) = (2_500, LEASE_MS);
+
 /// The name of the namespace the CLI runs in.
 pub const CLIENT: &str = "client";
 
@@ -97,11 +105,11 @@ impl NetCluster {
                 "--peers",
                 &peers,
                 "--heartbeat-interval-ms",
-                "200",
+                &HEARTBEAT_MS.to_string(),
                 "--election-timeout-min-ms",
-                "1000",
+                &ELECTION_TIMEOUT_MS.0.to_string(),
                 "--election-timeout-max-ms",
-                "2000",
+                &ELECTION_TIMEOUT_MS.1.to_string(),
                 "--lease-timeout-ms",
                 &LEASE_MS.to_string(),
             ]

@@ -1,24 +1,34 @@
 //! Network namespaces for the chaos tests: one namespace per node, each with a veth pair to a
 //! bridge that lives in a namespace of its own, and private addresses (10.213.0.0/24) that exist
-//! only inside those namespaces. Partitions are iptables rules inside a node's namespace; link
-//! degradation is `tc netem` where the kernel has it (loss falls back to iptables' `statistic`
-//! match where it does not). Everything is deleted on drop.
+//! only inside those namespaces. Partitions are iptables rules inside a node's namespace.
+//!
+//! Link degradation ([`Net::degrade`]) is `tc netem` where the kernel has it. Where it does not
+//! (no `sch_netem`), the loss is iptables' `statistic` match and the delay is done in this test
+//! process: a rule sends each node's packets out of `eth0` to an NFQUEUE, and a
+//! [`Delayer`](crate::nfqueue::Delayer) thread bound to it in that namespace accepts each one
+//! after the delay ([`Degraded::NfQueue`]). Everything is deleted on drop.
 //!
 //! Every namespace name carries this process's pid and a sequence number, so test binaries
 //! running at once never share a namespace; the address range is reused by every [`Net`]
 //! because each has its own bridge: two nets never share a link.
 
+use crate::nfqueue::{self, Delayer};
 use crate::Bounded;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 /// The /24 every net uses inside its own namespaces.
 const SUBNET: &str = "10.213.0";
 
 /// The chain that holds partition rules (jumped to from INPUT and OUTPUT).
 const CUT: &str = "KILN_CUT";
-/// The chain that holds random loss when netem is missing (jumped to from OUTPUT).
+/// The chain that holds, when netem is missing, random loss and then the rule that sends what
+/// was not lost to the delayer (jumped to from OUTPUT).
 const LOSS: &str = "KILN_LOSS";
+/// The NFQUEUE of every node's delayer (queues are per namespace).
+const QUEUE: u16 = 213;
 
 /// One node: its name in the test, its namespace and its address.
 #[derive(Clone, Debug)]
@@ -33,7 +43,12 @@ pub struct Node {
 pub enum Degraded {
     /// `tc netem`: the delay and the loss.
     Netem,
-    /// The kernel has no `sch_netem`: the loss only (iptables `statistic`), no delay.
+    /// The kernel has no `sch_netem`: the loss by iptables' `statistic` match, the delay by a
+    /// userspace NFQUEUE delayer in this test process ([`crate::nfqueue`]), one thread per
+    /// node, which holds every packet the node sends out of `eth0`.
+    NfQueue,
+    /// Neither netem nor a delayer (none was asked for, with a delay of 0, or it could not
+    /// start): the loss only, no delay.
     LossOnly,
 }
 
@@ -43,6 +58,16 @@ pub struct Net {
     nodes: Vec<Node>,
     /// Services every node reaches at `127.0.0.1:PORT` ([`Net::publish`]): (address, port).
     published: Vec<(String, u16)>,
+    /// The running delayers of [`Degraded::NfQueue`], one per node.
+    delayers: Mutex<Vec<Delayer>>,
+}
+
+/// Moves the calling thread, and only it (`setns(2)` with `CLONE_NEWNET`), into namespace `ns`:
+/// the sockets it opens from then on are that namespace's.
+pub fn enter(ns: &str) -> std::io::Result<()> {
+    let file = std::fs::File::open(format!("/run/netns/{ns}"))?;
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+    Ok(())
 }
 
 /// Runs `ip netns exec NS ARGS..`, failing the test with its stderr.
@@ -70,7 +95,7 @@ impl Net {
         // A namespace left by an earlier run of the same pid (pids are reused) goes first.
         let _ = Command::new("ip").args(["netns", "del", &bridge]).bounded();
         ip(&["netns", "add", &bridge]);
-        let net = Net { bridge, nodes: vec![], published: vec![] };
+        let net = Net { bridge, nodes: vec![], published: vec![], delayers: Mutex::new(vec![]) };
         in_ns(&net.bridge, &["ip", "link", "set", "lo", "up"]);
         in_ns(&net.bridge, &["ip", "link", "add", "br0", "type", "bridge"]);
         in_ns(&net.bridge, &["ip", "link", "set", "br0", "up"]);
@@ -190,8 +215,10 @@ impl Net {
     }
 
     /// `delay_ms` and `loss_percent` on every link (each node's egress, so each direction of a
-    /// link has them once). Returns what this kernel could apply.
+    /// link has them once), in place of any earlier degradation; nodes added later have none.
+    /// Returns what this kernel could apply.
     pub fn degrade(&self, delay_ms: u32, loss_percent: u32) -> Degraded {
+        self.restore();
         let delay = format!("{delay_ms}ms");
         let loss = format!("{loss_percent}%");
         let netem =
@@ -199,18 +226,69 @@ impl Net {
         if self.nodes.iter().all(netem) {
             return Degraded::Netem;
         }
-        let p = format!("{:.4}", f64::from(loss_percent) / 100.0);
+        // Some may have taken it: none keeps it.
         for n in &self.nodes {
-            in_ns(&n.ns, &["iptables", "-A", LOSS, "-m", "statistic", "--mode", "random", "--probability", &p, "-j", "DROP"]);
+            let _ = try_in_ns(&n.ns, &["tc", "qdisc", "del", "dev", "eth0", "root"]);
         }
-        Degraded::LossOnly
+        if loss_percent > 0 {
+            let p = format!("{:.4}", f64::from(loss_percent) / 100.0);
+            for n in &self.nodes {
+                in_ns(
+                    &n.ns,
+                    &["iptables", "-A", LOSS, "-o", "eth0", "-m", "statistic", "--mode", "random", "--probability", &p, "-j", "DROP"],
+                );
+            }
+        }
+        if delay_ms == 0 {
+            return Degraded::LossOnly;
+        }
+        match self.delay(Duration::from_millis(delay_ms.into())) {
+            Ok(()) => Degraded::NfQueue,
+            Err(e) => {
+                // The rules already in place pass everything once their delayers are gone
+                // (`--queue-bypass`); `restore` removes them.
+                eprintln!("no delay on this net's links (no netem, and the NFQUEUE delayer did not start): {e}");
+                let _ = nfqueue::stop_all(std::mem::take(&mut *self.delayers()));
+                Degraded::LossOnly
+            }
+        }
     }
 
-    /// Links are whole again.
+    /// A delayer for each node, then the rule that feeds it (after the loss rule, so a lost
+    /// packet is not held first). `--queue-bypass`: while no delayer is bound, packets pass.
+    fn delay(&self, delay: Duration) -> std::io::Result<()> {
+        let queue = QUEUE.to_string();
+        for n in &self.nodes {
+            let delayer = Delayer::start(&n.ns, QUEUE, delay)?;
+            self.delayers().push(delayer);
+            if !try_in_ns(&n.ns, &["iptables", "-A", LOSS, "-o", "eth0", "-j", "NFQUEUE", "--queue-num", &queue, "--queue-bypass"]) {
+                return Err(std::io::Error::other(format!("iptables -j NFQUEUE in {}", n.ns)));
+            }
+        }
+        Ok(())
+    }
+
+    fn delayers(&self) -> MutexGuard<'_, Vec<Delayer>> {
+        self.delayers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Links are whole again. The rules go first, so nothing more is held; then the delayers
+    /// stop, accepting what they still hold.
     pub fn restore(&self) {
         for n in &self.nodes {
             let _ = try_in_ns(&n.ns, &["tc", "qdisc", "del", "dev", "eth0", "root"]);
             in_ns(&n.ns, &["iptables", "-F", LOSS]);
+        }
+        let delayers = std::mem::take(&mut *self.delayers());
+        if delayers.is_empty() {
+            return;
+        }
+        match nfqueue::stop_all(delayers) {
+            Ok(held) => eprintln!(
+                "links restored: {} packets delayed (released at most {:?} late), {} still held were let go",
+                held.delayed, held.late, held.flushed
+            ),
+            Err(e) => panic!("stopping the link delayers: {e}"),
         }
     }
 }
@@ -225,6 +303,14 @@ impl Drop for Net {
     /// Deletes every namespace (the veths go with them). Processes inside are their owners'
     /// to kill, by pid, before this runs.
     fn drop(&mut self) {
+        // A delayer's socket would keep its namespace alive: they stop first, rules gone.
+        let delayers = std::mem::take(&mut *self.delayers());
+        if !delayers.is_empty() {
+            for n in &self.nodes {
+                let _ = try_in_ns(&n.ns, &["iptables", "-F", LOSS]);
+            }
+            let _ = nfqueue::stop_all(delayers);
+        }
         for n in &self.nodes {
             let _ = Command::new("ip").args(["netns", "del", &n.ns]).bounded();
         }

@@ -9,8 +9,15 @@
 //! process still answers. Concurrent clients' builder operations are recorded and checked for
 //! linearizability ([`kiln_tests::linearizable`]).
 //!
+//! Lossy links are 200 ms of delay and 5% loss on every node's egress ([`Net::degrade`]): by
+//! `tc netem` where the kernel has it, and where it does not ([`Degraded::NfQueue`]) the loss by
+//! iptables and the delay by an NFQUEUE delayer in this test process, a thread per namespace
+//! that holds each packet for 200 ms ([`kiln_tests::nfqueue`]). The suite prints which.
+//!
 //! One farm serves every scenario, one after another in one test (five processes and qemu on
 //! a 2-core machine): the suite is bounded by the farm's start plus each scenario's deadline.
+//!
+//! [`Net::degrade`]: kiln_tests::netns::Net::degrade
 
 use kiln_tests::cluster::LEASE_MS;
 use kiln_tests::linearizable::{self, Answer, Call, History, Op, State};
@@ -280,8 +287,8 @@ fn asymmetric_partition(c: &mut NetCluster, ledger: &mut Ledger, base: &str) {
     ledger.verify(c, s);
 }
 
-/// Every link loses packets (and is delayed where the kernel has netem): builds and builder
-/// changes still go through.
+/// Every link loses packets and is delayed (netem, or the NFQUEUE delayer where the kernel has
+/// no netem: see [`Degraded`]): builds and builder changes still go through.
 fn lossy_links(c: &mut NetCluster, ledger: &mut Ledger, base: &str) -> Degraded {
     let s = "200 ms delay and 5% loss";
     let applied = c.net.degrade(200, 5);
