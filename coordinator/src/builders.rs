@@ -189,7 +189,11 @@ impl Farm {
     /// borrowed from the farm: a submit asks this of `default`, every agent, per platform.
     pub fn candidates(&self, builder: &str) -> Result<Vec<Candidate<'_>>, BuilderError> {
         if let Some(b) = self.builders.get(builder) {
-            return Ok(b.nodes.iter().filter_map(|n| Some(Candidate { context: self.contexts.get(&n.context)?, pins: &n.platforms })).collect());
+            return Ok(b
+                .nodes
+                .iter()
+                .filter_map(|n| Some(Candidate { context: self.contexts.get(&n.context)?, pins: &n.platforms }))
+                .collect());
         }
         if let Some(c) = self.contexts.get(builder) {
             return Ok(vec![Candidate { context: c, pins: &[] }]);

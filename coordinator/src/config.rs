@@ -281,8 +281,15 @@ impl CoordinatorConfig {
         if self.max_slice_attempts == 0 || !(1.0..=100.0).contains(&self.emulation_slowdown) {
             return bad("max_slice_attempts must be at least 1 and emulation_slowdown between 1 and 100".into());
         }
-        if self.leader_tick_ms == 0 || self.long_poll_max_ms == 0 || self.poll_rate_max == 0 || self.forward_timeout_ms == 0 || self.peer_connect_timeout_ms == 0 {
-            return bad("leader_tick_ms, long_poll_max_ms, poll_rate_max, forward_timeout_ms and peer_connect_timeout_ms must be above 0".into());
+        if self.leader_tick_ms == 0
+            || self.long_poll_max_ms == 0
+            || self.poll_rate_max == 0
+            || self.forward_timeout_ms == 0
+            || self.peer_connect_timeout_ms == 0
+        {
+            return bad(
+                "leader_tick_ms, long_poll_max_ms, poll_rate_max, forward_timeout_ms and peer_connect_timeout_ms must be above 0".into()
+            );
         }
         if self.session_answer_timeout_ms == 0 || self.session_answer_timeout_ms >= self.forward_timeout_ms {
             return bad(format!(

@@ -127,7 +127,12 @@ struct AgentState<'a> {
 }
 
 /// Decides assignments for `pending` on `agents`, given each tenant's usage.
-pub fn schedule(pending: &[PendingSlice], agents: &[AgentSnapshot<'_>], usage: &HashMap<String, TenantUsage>, params: &Params) -> Decisions {
+pub fn schedule(
+    pending: &[PendingSlice],
+    agents: &[AgentSnapshot<'_>],
+    usage: &HashMap<String, TenantUsage>,
+    params: &Params,
+) -> Decisions {
     let mut state: Vec<AgentState> =
         agents.iter().map(|a| AgentState { snap: a, free: a.slots.saturating_sub(a.running), load: a.running }).collect();
     let mut out = Decisions::default();

@@ -152,6 +152,9 @@ pub type AgentFarm = Farm<AgentRequest>;
 pub struct Farm<P> {
     hosts: Vec<SocketAddr>,
     endpoint: quinn::Endpoint,
+    /// The client configuration when `endpoint` is shared with other farms
+    /// ([`Farm::on_endpoint`]); `None`: the endpoint's own.
+    shared: Option<quinn::ClientConfig>,
     current: Mutex<Option<(usize, quinn::Connection)>>,
     start: AtomicUsize,
     next_id: AtomicU64,
@@ -247,6 +250,7 @@ impl<P: FarmProtocol> Farm<P> {
         Ok(Farm {
             hosts: hosts.to_vec(),
             endpoint: transport::client(ca, Some(identity))?,
+            shared: None,
             current: Mutex::new(None),
             start: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
@@ -262,9 +266,20 @@ impl<P: FarmProtocol> Farm<P> {
     /// The farm with other timeouts (its endpoint is opened again with their QUIC clocks).
     pub fn with_timeouts(mut self, timeouts: Timeouts) -> Result<Farm<P>, TransportError> {
         if timeouts.quic != self.timeouts.quic {
-            self.endpoint = transport::client_with(&self.ca, Some(&self.identity), &timeouts.quic)?;
+            match self.shared {
+                Some(_) => self.shared = Some(transport::client_config(&self.ca, Some(&self.identity), &timeouts.quic)?),
+                None => self.endpoint = transport::client_with(&self.ca, Some(&self.identity), &timeouts.quic)?,
+            }
         }
         self.timeouts = timeouts;
+        Ok(self)
+    }
+
+    /// The farm opening its connections on `endpoint`, which other farms share (one UDP socket
+    /// for many identities: a load generator's simulated agents), with its own certificate.
+    pub fn on_endpoint(mut self, endpoint: quinn::Endpoint) -> Result<Farm<P>, TransportError> {
+        self.shared = Some(transport::client_config(&self.ca, Some(&self.identity), &self.timeouts.quic)?);
+        self.endpoint = endpoint;
         Ok(self)
     }
 
@@ -303,7 +318,12 @@ impl<P: FarmProtocol> Farm<P> {
         let mut last = None;
         for k in 0..self.hosts.len() {
             let i = (start + k) % self.hosts.len();
-            match transport::connect(&self.endpoint, self.hosts[i], Duration::from_millis(self.timeouts.connect_ms)).await {
+            let timeout = Duration::from_millis(self.timeouts.connect_ms);
+            let connected = match &self.shared {
+                Some(config) => transport::connect_with(&self.endpoint, config.clone(), self.hosts[i], timeout).await,
+                None => transport::connect(&self.endpoint, self.hosts[i], timeout).await,
+            };
+            match connected {
                 Ok(c) => {
                     *current = Some((i, c.clone()));
                     return Ok((i, c));
@@ -351,7 +371,16 @@ impl<P: FarmProtocol> Farm<P> {
         }
     }
 
+    /// Closes the farm's connections (a shared endpoint stays open for the others).
     pub fn close(&self) {
+        if self.shared.is_some() {
+            if let Ok(current) = self.current.try_lock() {
+                if let Some((_, c)) = &*current {
+                    c.close(0u32.into(), b"bye");
+                }
+            }
+            return;
+        }
         self.endpoint.close(0u32.into(), b"bye");
     }
 

@@ -311,12 +311,17 @@ pub fn joining_client(pin: Option<&str>) -> Result<quinn::Endpoint, TransportErr
 }
 
 fn endpoint_with(crypto: rustls::ClientConfig, timeouts: &Timeouts) -> Result<quinn::Endpoint, TransportError> {
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(tls)?;
-    let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(Arc::new(transport_config(timeouts)));
+    let config = quic_client_config(crypto, timeouts)?;
     let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
+}
+
+fn quic_client_config(crypto: rustls::ClientConfig, timeouts: &Timeouts) -> Result<quinn::ClientConfig, TransportError> {
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(tls)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(Arc::new(transport_config(timeouts)));
+    Ok(config)
 }
 
 fn roots(ca: &CertificateDer<'static>) -> Result<Arc<rustls::RootCertStore>, TransportError> {
@@ -398,6 +403,20 @@ pub fn client(ca: &CertificateDer<'static>, id: Option<&Identity>) -> Result<qui
 
 /// [`client`] with the given QUIC timeouts.
 pub fn client_with(ca: &CertificateDer<'static>, id: Option<&Identity>, timeouts: &Timeouts) -> Result<quinn::Endpoint, TransportError> {
+    endpoint_with(client_crypto(ca, id)?, timeouts)
+}
+
+/// What [`client_with`] sets on its endpoint, for connections opened on another one
+/// ([`connect_with`]): several identities on one UDP socket.
+pub fn client_config(
+    ca: &CertificateDer<'static>,
+    id: Option<&Identity>,
+    timeouts: &Timeouts,
+) -> Result<quinn::ClientConfig, TransportError> {
+    quic_client_config(client_crypto(ca, id)?, timeouts)
+}
+
+fn client_crypto(ca: &CertificateDer<'static>, id: Option<&Identity>) -> Result<rustls::ClientConfig, TransportError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls)?
@@ -407,15 +426,34 @@ pub fn client_with(ca: &CertificateDer<'static>, id: Option<&Identity>, timeouts
         None => builder.with_no_client_auth(),
     };
     crypto.alpn_protocols = vec![ALPN.to_vec()];
-    endpoint_with(crypto, timeouts)
+    Ok(crypto)
 }
 
 pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, timeout: Duration) -> Result<quinn::Connection, TransportError> {
-    counted(connect_inner(endpoint, addr, timeout).await)
+    counted(connect_inner(endpoint, None, addr, timeout).await)
 }
 
-async fn connect_inner(endpoint: &quinn::Endpoint, addr: SocketAddr, timeout: Duration) -> Result<quinn::Connection, TransportError> {
-    let connecting = endpoint.connect(addr, SERVER_NAME).map_err(|e| TransportError::Connect { addr, reason: e.to_string() })?;
+/// [`connect`] with a client configuration of its own ([`client_config`]), not the endpoint's.
+pub async fn connect_with(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<quinn::Connection, TransportError> {
+    counted(connect_inner(endpoint, Some(config), addr, timeout).await)
+}
+
+async fn connect_inner(
+    endpoint: &quinn::Endpoint,
+    config: Option<quinn::ClientConfig>,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<quinn::Connection, TransportError> {
+    let connecting = match config {
+        Some(c) => endpoint.connect_with(c, addr, SERVER_NAME),
+        None => endpoint.connect(addr, SERVER_NAME),
+    }
+    .map_err(|e| TransportError::Connect { addr, reason: e.to_string() })?;
     match tokio::time::timeout(timeout, connecting).await {
         Err(_) => Err(TransportError::Timeout { ms: timeout.as_millis() as u64 }),
         Ok(Err(e)) => Err(TransportError::Connect { addr, reason: e.to_string() }),

@@ -1,5 +1,6 @@
 //! The coordinator cluster under load: three `kiln coordinator` processes on loopback and
-//! simulated agents in this process (real QUIC connections with their own certificates,
+//! simulated agents in this process (real QUIC connections with their own certificates, on
+//! one shared UDP socket,
 //! registering and long-polling like `kiln agent`, reporting slices done without building).
 //!
 //! One phase per agent count in `KILN_BENCH_AGENTS` (comma-separated, default `1000,5000`),
@@ -58,9 +59,9 @@ fn spec(platforms: &[&str], n: usize) -> BuildSpec {
     }
 }
 
-async fn agent(hosts: Vec<SocketAddr>, token: String, i: usize) -> AgentFarm {
+async fn agent(hosts: Vec<SocketAddr>, token: String, i: usize, endpoint: quinn::Endpoint) -> AgentFarm {
     let name = format!("sim{i:04}");
-    let farm = AgentFarm::join(&hosts, &token, &name).await.expect("join");
+    let farm = AgentFarm::join(&hosts, &token, &name).await.expect("join").on_endpoint(endpoint).expect("shared endpoint");
     let native: Platform = ARCHES[i % ARCHES.len()].parse().expect("platform");
     let info = AgentInfo {
         name: name.clone(),
@@ -168,9 +169,13 @@ fn phase(rt: &tokio::runtime::Runtime, agents: usize) {
     rt.block_on(async {
         let t0 = Instant::now();
         let mut farms = Vec::new();
+        // One UDP socket for all of them, each connection with its own certificate: 5,000
+        // endpoints of their own (a receive buffer and a driver each) made this process the
+        // machine's largest, 8 GB and most of a core, starving the coordinators it measures.
+        let endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).expect("client endpoint");
         let mut joins = tokio::task::JoinSet::new();
         for i in 0..agents {
-            joins.spawn(agent(hosts.clone(), c.agent_token.clone(), i));
+            joins.spawn(agent(hosts.clone(), c.agent_token.clone(), i, endpoint.clone()));
             if joins.len() >= 32 {
                 farms.push(joins.join_next().await.expect("join").expect("agent"));
             }
@@ -256,14 +261,18 @@ fn phase(rt: &tokio::runtime::Runtime, agents: usize) {
         let submitted = start.elapsed();
         let want = before + builds * ARCHES.len();
         let deadline = Instant::now() + Duration::from_secs(120);
-        while seen.lock().expect("seen").slices < want {
-            assert!(Instant::now() < deadline, "only {} of {} slices dispatched", seen.lock().expect("seen").slices - before, builds * 4);
+        while seen.lock().expect("seen").slices < want && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let elapsed = start.elapsed();
-        let n = builds * ARCHES.len();
+        let dispatched = seen.lock().expect("seen").slices - before;
+        if dispatched < builds * ARCHES.len() {
+            // A figure, not a failure: the rate is what was dispatched in the time.
+            println!("only {dispatched} of {} slices dispatched within 120 s of the last submit", builds * ARCHES.len());
+        }
+        let n = dispatched.min(builds * ARCHES.len());
         println!(
-            "{n} slices of {builds} builds: submitted in {:.2} s, all assigned and dispatched in {:.2} s: {:.0} slice assignments committed per second (target >= 500)",
+            "{n} slices of {builds} builds: submitted in {:.2} s, assigned and dispatched in {:.2} s: {:.0} slice assignments committed per second (target >= 500)",
             submitted.as_secs_f64(),
             elapsed.as_secs_f64(),
             n as f64 / elapsed.as_secs_f64()

@@ -19,11 +19,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Requests another coordinator may have in flight on one connection (forwarded long polls).
+const COORDINATOR_STREAMS: u32 = 20_000;
+
 /// Serves one connection until it closes.
 pub async fn serve(node: Arc<Node>, conn: quinn::Connection) {
     let principal = transport::peer_common_name(&conn).and_then(|cn| Principal::from_common_name(&cn));
     let key = transport::peer_key_fingerprint(&conn);
     let remote = conn.remote_address();
+    if principal.as_ref().is_some_and(|p| p.role == Role::Coordinator) {
+        // A follower forwards the requests of every agent and client connected to it over
+        // this one connection, a held poll each: quinn's 100 streams would queue them.
+        conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(COORDINATOR_STREAMS));
+    }
     transport::serve_connection(conn, move |call: Call| {
         let node = node.clone();
         let (principal, key) = (principal.clone(), key.clone());

@@ -62,7 +62,9 @@ impl PeerClient {
             // for a peer that is down. A late answer is not one: the TTL is the heartbeat
             // interval, which a loaded follower appending a large batch can miss, and backing
             // off then stalls every commit (5,000 polling agents made it 30 commits a second).
-            Err(e @ (TransportError::Connect { .. } | TransportError::Closed(_))) => return Err(RPCError::Unreachable(Unreachable::new(&e))),
+            Err(e @ (TransportError::Connect { .. } | TransportError::Closed(_))) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
             Err(e) => return Err(RPCError::Network(NetworkError::new(&e))),
         };
         let result: Result<Resp, E> = serde_json::from_slice(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;

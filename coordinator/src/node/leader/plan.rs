@@ -233,7 +233,13 @@ pub fn place_new(state: &ClusterState, view: &FarmView<'_>, record: &BuildRecord
 
 /// The live agents that are not draining, with their load and the records each holds of what
 /// the `wanted` slices (affinity key, record names) would use, and each tenant's usage.
-pub fn farm_view<'s>(state: &'s ClusterState, agents: Agents, now: Instant, settings: &Settings, wanted: &[(u64, &[String])]) -> FarmView<'s> {
+pub fn farm_view<'s>(
+    state: &'s ClusterState,
+    agents: Agents,
+    now: Instant,
+    settings: &Settings,
+    wanted: &[(u64, &[String])],
+) -> FarmView<'s> {
     let mut running: HashMap<&str, u32> = HashMap::new();
     let mut usage: HashMap<String, TenantUsage> = HashMap::new();
     for b in running_builds(state) {
