@@ -160,9 +160,9 @@ pub struct CoordinatorConfig {
     /// the client asks (default 30000 ms).
     #[serde(default = "default_long_poll_max_ms")]
     pub long_poll_max_ms: u64,
-    /// Agents' polls the leader answers per second at most (default 1000): with more live
-    /// agents than this, each is told to ask for a longer hold (agents / rate seconds, at most
-    /// a third of `lease_timeout_ms`). A held poll still gets its work at once; a dead agent
+    /// Agents' polls the leader answers per second at most (default 1000): with more agents
+    /// than this (those it heard from since its election), each is told to ask for a longer
+    /// hold (agents / rate seconds, at most a third of `lease_timeout_ms`). A held poll still gets its work at once; a dead agent
     /// is noticed that much later at worst.
     #[serde(default = "default_poll_rate_max")]
     pub poll_rate_max: u64,

@@ -472,7 +472,7 @@ mod tests {
                 *used.entry(&ag.name).or_insert(0) += 1;
             }
             for ag in &agents {
-                prop_assert!(used.get(ag.name.as_str()).copied().unwrap_or(0) + ag.running <= ag.slots);
+                prop_assert!(used.get(ag.name.as_ref()).copied().unwrap_or(0) + ag.running <= ag.slots);
             }
             // Every slice is accounted for exactly once.
             prop_assert_eq!(d.assignments.len() + d.impossible.len() + d.waiting.len(), slices.len());
@@ -489,7 +489,7 @@ mod tests {
                 let s = slices.iter().find(|s| s.id == a.slice).unwrap();
                 // At the end of the round no native agent for that platform has a free slot.
                 for ag in agents.iter().filter(|g| runs(&g.native, &s.platform)) {
-                    prop_assert!(ag.running + used.get(ag.name.as_str()).copied().unwrap_or(0) >= ag.slots, "{} emulated while {} had a free slot", a.slice, ag.name);
+                    prop_assert!(ag.running + used.get(ag.name.as_ref()).copied().unwrap_or(0) >= ag.slots, "{} emulated while {} had a free slot", a.slice, ag.name);
                 }
             }
         }

@@ -227,7 +227,7 @@ fn grant(node: &Node, agent: &str, at: SliceAttempt, tenant: &str, spec: &kiln_s
     Some(g)
 }
 
-/// The hold each of `agents` live agents' polls should ask for so that the leader answers at
+/// The hold each of `agents` agents' polls should ask for so that the leader answers at
 /// most `rate` polls a second: 0 (the agent's own wait) while the farm is small, and never
 /// more than a third of the lease (a held poll is the agent's heartbeat).
 pub fn pace_ms(agents: usize, rate: u64, lease_ms: u64) -> u32 {
