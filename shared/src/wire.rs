@@ -210,8 +210,9 @@ mod tests {
     fn typed_errors() {
         assert_eq!(decode::<u64>(b"GET / HTTP/1.1"), Err(WireError::BadMagic(*b"GE")));
         let mut v = encode(&7u64).unwrap();
-        v[3] = 9;
-        assert_eq!(decode::<u64>(&v), Err(WireError::UnsupportedVersion { got: 9, supported: PROTOCOL_VERSION }));
+        let next = PROTOCOL_VERSION + 1;
+        v[2..4].copy_from_slice(&next.to_be_bytes());
+        assert_eq!(decode::<u64>(&v), Err(WireError::UnsupportedVersion { got: next, supported: PROTOCOL_VERSION }));
         let [v0, v1] = PROTOCOL_VERSION.to_be_bytes();
         let huge = [b'K', b'L', v0, v1, 0xff, 0xff, 0xff, 0xff];
         assert!(matches!(decode_header(&huge, MAX_FRAME), Err(WireError::TooLarge { .. })));
