@@ -156,6 +156,8 @@ pub struct Farm<P> {
     /// ([`Farm::on_endpoint`]); `None`: the endpoint's own.
     shared: Option<quinn::ClientConfig>,
     current: Mutex<Option<(usize, quinn::Connection)>>,
+    /// The coordinator that answered the last call, plus one (0: none yet).
+    answered: AtomicUsize,
     start: AtomicUsize,
     next_id: AtomicU64,
     pub principal: Principal,
@@ -252,6 +254,7 @@ impl<P: FarmProtocol> Farm<P> {
             endpoint: transport::client(ca, Some(identity))?,
             shared: None,
             current: Mutex::new(None),
+            answered: AtomicUsize::new(0),
             start: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             principal,
@@ -307,6 +310,12 @@ impl<P: FarmProtocol> Farm<P> {
         self.current.lock().await.as_ref().map(|(i, _)| self.hosts[*i])
     }
 
+    /// The coordinator that answered this farm's last call, even if its connection was
+    /// dropped since (by a failed call of another task).
+    pub fn answered_host(&self) -> Option<SocketAddr> {
+        self.answered.load(Ordering::Relaxed).checked_sub(1).map(|i| self.hosts[i])
+    }
+
     async fn connection(&self) -> Result<(usize, quinn::Connection), TransportError> {
         let mut current = self.current.lock().await;
         if let Some((i, c)) = &*current {
@@ -348,6 +357,7 @@ impl<P: FarmProtocol> Farm<P> {
                     body: request.tagged(),
                 };
                 let reply = transport::call::<CallRef, Reply>(&conn, &env).await.map_err(|e| (i, e))?;
+                self.answered.store(i + 1, Ordering::Relaxed);
                 P::answer(reply).map_err(|other| (i, other_protocol(other)))
             };
             let e = match attempt.await {

@@ -208,7 +208,7 @@ pub async fn submit_uploaded(farm: &ClientFarm, spec: BuildSpec, files: &BTreeMa
 /// prunes the farm in the window.
 async fn hold_before_submit(farm: &ClientFarm) -> anyhow::Result<()> {
     let Some(path) = std::env::var_os("KILN_TEST_HOLD_SUBMIT").map(PathBuf::from) else { return Ok(()) };
-    let at = farm.current_host().await.map(|h| h.to_string()).unwrap_or_default();
+    let at = farm.current_host().await.or(farm.answered_host()).map(|h| h.to_string()).unwrap_or_default();
     let mut uploaded = path.clone().into_os_string();
     uploaded.push(".uploaded");
     std::fs::write(&uploaded, at).with_context(|| format!("writing {}", Path::new(&uploaded).display()))?;
