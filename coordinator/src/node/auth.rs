@@ -76,14 +76,24 @@ pub fn join_peer(node: &Node, remote: SocketAddr, id: u64, token: Option<&str>, 
 
 /// Records that `id` got the CA without a token; `false` if it already had.
 fn first_grant(node: &Node, id: u64) -> bool {
+    record_first_grant(&node.cfg.data_dir.join("bootstrap-granted"), id)
+}
+
+/// The check and the record under one lock, and the record as one `write`: members asking at
+/// once (coordinators 2 and 3 of a new cluster) must neither both pass for one id nor interleave
+/// their lines into one the check cannot read (`23\n\n`, which let a second "coordinator 2"
+/// have the CA).
+fn record_first_grant(path: &std::path::Path, id: u64) -> bool {
     use std::io::Write;
-    let path = node.cfg.data_dir.join("bootstrap-granted");
-    let granted = std::fs::read_to_string(&path).unwrap_or_default();
+    static GRANTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _held = GRANTING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let granted = std::fs::read_to_string(path).unwrap_or_default();
     if granted.lines().any(|l| l.trim() == id.to_string()) {
         return false;
     }
-    let recorded = std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| {
-        writeln!(f, "{id}")?;
+    let line = format!("{id}\n");
+    let recorded = std::fs::OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| {
+        f.write_all(line.as_bytes())?;
         f.sync_all()
     });
     recorded.is_ok()
@@ -99,4 +109,41 @@ pub async fn create_token(node: &Node, role: Role, tenant: String) -> Answer<Cli
     let token = super::bootstrap::new_token(&node.ca, role.clone()).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
     node.commit(Command::PutToken { token_hash: token.hash(), role: role.as_str().into(), tenant }).await?;
     Ok(ClientResponse::Name(token.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::record_first_grant;
+
+    #[test]
+    fn each_member_gets_the_ca_without_a_token_once_even_when_they_ask_at_once() {
+        let dir = std::env::temp_dir().join(format!("kiln-grant-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("bootstrap-granted");
+        for round in 0..20u64 {
+            let _ = std::fs::remove_file(&path);
+            let ids: Vec<u64> = (2..10).map(|i| i + round * 100).collect();
+            let first: Vec<bool> = std::thread::scope(|s| {
+                let asks: Vec<_> = ids
+                    .iter()
+                    .map(|&id| {
+                        s.spawn({
+                            let path = path.clone();
+                            move || record_first_grant(&path, id)
+                        })
+                    })
+                    .collect();
+                asks.into_iter().map(|h| h.join().expect("thread")).collect()
+            });
+            assert!(first.iter().all(|&g| g), "round {round}: every first ask is granted");
+            for &id in &ids {
+                assert!(
+                    !record_first_grant(&path, id),
+                    "round {round}: coordinator {id} got the CA twice: {:?}",
+                    std::fs::read_to_string(&path)
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
