@@ -162,8 +162,10 @@ fn main() {
 }
 
 fn phase(rt: &tokio::runtime::Runtime, agents: usize) {
-    // openraft's default election timeouts: the load generator shares the two cores.
-    let c = Cluster::start_with(3, 1500, 3000);
+    // openraft's default election timeouts: the load generator shares the two cores. The
+    // production lease (10 s; the tests' is 4 s): a large farm's polls are held up to a
+    // third of it.
+    let c = Cluster::start_with_lease(3, 1500, 3000, 10_000);
     let hosts: Vec<SocketAddr> = c.addrs.iter().map(|a| a.parse().expect("addr")).collect();
     let seen = Arc::new(Mutex::new(Seen::default()));
     rt.block_on(async {
@@ -290,6 +292,14 @@ fn phase(rt: &tokio::runtime::Runtime, agents: usize) {
         let mut by_host: Vec<_> = by_host.into_iter().collect();
         by_host.sort();
         println!("agents by the coordinator they are connected to: {by_host:?} (the leader is coordinator {leader})");
+        // What moved them: the failed calls of this process (all simulated agents), by kind.
+        let errors: Vec<String> = kiln_shared::metrics::global()
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("kiln_transport_errors_total{"))
+            .map(|l| l.trim_start_matches("kiln_transport_errors_total").to_string())
+            .collect();
+        println!("the simulated agents' failed calls so far: {}", errors.join(", "));
         pollers.abort_all();
         while pollers.join_next().await.is_some() {}
     });

@@ -157,22 +157,28 @@ impl Cluster {
 
     /// With the given election timeouts (ms).
     pub fn start_with(n: usize, election_min_ms: u64, election_max_ms: u64) -> Cluster {
-        Self::start_inner(n, election_min_ms, election_max_ms, false, false)
+        Self::start_inner(n, election_min_ms, election_max_ms, LEASE_MS, false, false)
+    }
+
+    /// With the given election timeouts and agent lease (ms): the scale benchmark runs with
+    /// the production lease, which sets how long a large farm's polls are held.
+    pub fn start_with_lease(n: usize, election_min_ms: u64, election_max_ms: u64, lease_ms: u64) -> Cluster {
+        Self::start_inner(n, election_min_ms, election_max_ms, lease_ms, false, false)
     }
 
     /// Every coordinator, and every agent added later, serves metrics on a loopback port of its
     /// own (see [`Cluster::metrics`]).
     pub fn start_with_metrics(n: usize) -> Cluster {
-        Self::start_inner(n, 1000, 2000, true, false)
+        Self::start_inner(n, 1000, 2000, LEASE_MS, true, false)
     }
 
     /// Every coordinator serves the web console on a loopback port of its own (see
     /// [`Cluster::consoles`]).
     pub fn start_with_console(n: usize) -> Cluster {
-        Self::start_inner(n, 1000, 2000, false, true)
+        Self::start_inner(n, 1000, 2000, LEASE_MS, false, true)
     }
 
-    fn start_inner(n: usize, election_min_ms: u64, election_max_ms: u64, with_metrics: bool, with_console: bool) -> Cluster {
+    fn start_inner(n: usize, election_min_ms: u64, election_max_ms: u64, lease_ms: u64, with_metrics: bool, with_console: bool) -> Cluster {
         let dir = TempDir::new("cluster");
         let mut metrics = Vec::new();
         let mut consoles = Vec::new();
@@ -199,7 +205,7 @@ impl Cluster {
                 "--election-timeout-max-ms",
                 &election_max_ms.to_string(),
                 "--lease-timeout-ms",
-                &LEASE_MS.to_string(),
+                &lease_ms.to_string(),
             ]
             .iter()
             .map(|s| s.to_string())

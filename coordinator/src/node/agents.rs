@@ -170,9 +170,7 @@ pub async fn register(node: &Node, p: &Principal, key: Option<String>, info: Age
 /// Slices assigned to `agent` that it does not know it runs: new assignments, or ones whose
 /// delivery was lost with a previous leader.
 fn tasks_for(node: &Node, agent: &str, running: &[SliceAttempt]) -> Vec<SliceTask> {
-    let assigned = node.assigned();
-    let Some(mine) = assigned.get(agent) else { return vec![] };
-    let new: Vec<SliceAttempt> = mine.iter().filter(|k| !running.contains(k)).copied().collect();
+    let new: Vec<SliceAttempt> = node.assigned_to(agent).into_iter().filter(|k| !running.contains(k)).collect();
     if new.is_empty() {
         return vec![];
     }
@@ -252,40 +250,52 @@ pub async fn poll(
     }
     let wake = node.agent_wake(agent);
     let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms).min(node.cfg.long_poll_max_ms));
+    let lease = Duration::from_millis(node.cfg.lease_timeout_ms);
+    node.soft().heard(agent, running.clone(), cache_bytes);
     loop {
-        {
-            let mut soft = node.soft();
-            let live = Live { last_seen: Instant::now(), running: running.clone(), cache_bytes };
-            // Every poll of every agent passes here, every second: no new key when it is known.
-            match soft.agents.get_mut(agent) {
-                Some(l) => *l = live,
-                None => {
-                    soft.agents.insert(agent.to_string(), live);
-                }
-            }
-        }
         let tasks = tasks_for(node, agent, &running);
-        let resync = !node.soft().tracker.knows(agent);
         // Slices of cancelled builds that the agent runs (it said so, or the leader knows it
         // was told to): it stops them.
-        let mut cancel: Vec<(u64, u32, u32)> = node.soft().cancels.remove(agent).unwrap_or_default().iter().map(|a| a.to_wire()).collect();
+        let (resync, mut cancel) = {
+            let mut soft = node.soft();
+            let told: Vec<(u64, u32, u32)> = soft.cancels.remove(agent).unwrap_or_default().iter().map(|a| a.to_wire()).collect();
+            (!soft.tracker.knows(agent), told)
+        };
         cancel.extend(node.read(|s| {
             running.iter().filter(|a| s.builds.get(&a.slice.build).is_some_and(|b| b.cancelled)).map(|a| a.to_wire()).collect::<Vec<_>>()
         }));
         cancel.sort_unstable();
         cancel.dedup();
-        let now = Instant::now();
-        if !tasks.is_empty() || resync || !cancel.is_empty() || now >= deadline || !node.is_leader() || node.stop.is_cancelled() {
+        if !tasks.is_empty() || resync || !cancel.is_empty() || held_enough(node, deadline) {
             let revoked = node.read(|s| s.revoked_keys.iter().cloned().collect());
-            let pace_ms = pace_ms(node.soft().agents.len(), node.cfg.poll_rate_max, node.cfg.lease_timeout_ms);
+            let pace_ms = pace_ms(node.soft().live_agents(lease), node.cfg.poll_rate_max, node.cfg.lease_timeout_ms);
             return Ok(AgentResponse::Tasks { tasks, resync, cancel, revoked, pace_ms });
         }
-        // Wake at least every second so that the heartbeat stays fresh while waiting.
-        tokio::select! {
-            _ = tokio::time::timeout((deadline - now).min(Duration::from_secs(1)), wake.notified()) => {}
-            _ = node.stop.cancelled() => {}
+        // Held until woken (a slice assigned, a build cancelled): nothing above changes
+        // otherwise. Each second the heartbeat is refreshed, without looking again.
+        loop {
+            let now = Instant::now();
+            tokio::select! {
+                woken = tokio::time::timeout((deadline - now).min(Duration::from_secs(1)), wake.notified()) => {
+                    if woken.is_ok() {
+                        break;
+                    }
+                }
+                _ = node.stop.cancelled() => break,
+            }
+            if held_enough(node, deadline) {
+                break;
+            }
+            if let Some(l) = node.soft().agents.get_mut(agent) {
+                l.last_seen = Instant::now();
+            }
         }
     }
+}
+
+/// A held poll is answered at its deadline, or at once when this coordinator stops leading.
+fn held_enough(node: &Node, deadline: Instant) -> bool {
+    Instant::now() >= deadline || !node.is_leader() || node.stop.is_cancelled()
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use super::reply::{bad, err, Answer};
 use super::{leader, now_ms, views, Node};
 use crate::builders::{self, DEFAULT_BUILDER};
-use crate::raft::{BuildId, BuildRecord, BuildState, Command};
+use crate::raft::{BuildId, BuildRecord, BuildState, Command, SliceAttempt, SliceKey};
 use kiln_shared::api::{BuildSpec, ClientResponse, Principal, Role};
 use kiln_shared::wire::ErrorCode;
 use std::net::SocketAddr;
@@ -69,13 +69,22 @@ pub async fn submit(node: &Node, p: &Principal, origin: SocketAddr, mut spec: Bu
     // Slices that can be placed now are assigned in the same commit as the build.
     let scheduling = node.sched.lock().await;
     let assignments = leader::place_new(node, &record);
+    // The leader's tick places what a submit could not (and fails what nobody can run); with
+    // every slice placed, waking it for each submit would survey the farm for nothing.
+    let left_for_the_tick = assignments.len() < record.slices.len() || record.slices.is_empty();
     node.reserve(&assignments);
     drop(scheduling);
     let r = node.commit(Command::Submit { build: Box::new(record), assignments: assignments.clone() }).await;
+    if let Ok(r) = &r {
+        let id = BuildId::from_wire(r.value);
+        node.note_assigned(assignments.iter().map(|a| (a.agent.clone(), SliceAttempt::new(SliceKey::new(id, a.slice.index), a.attempt))));
+    }
     node.release(&assignments);
     let r = r?;
     crate::metrics::get().builds_submitted.inc(&[p.tenant()]);
-    node.wake_leader.notify_one();
+    if left_for_the_tick {
+        node.wake_leader.notify_one();
+    }
     Ok(ClientResponse::Submitted { build: r.value })
 }
 

@@ -76,9 +76,14 @@ pub struct Soft {
     pub leader_since: Option<Instant>,
     /// Partial uploads: (tenant, digest) → the temp file, bytes received so far, last chunk.
     pub uploads: HashMap<String, (std::path::PathBuf, u64, Instant)>,
-    /// Running slices per agent, as of an applied log index: polls look up their own list
-    /// instead of each scanning every build.
-    pub assigned: Option<(u64, Arc<Assigned>)>,
+    /// Running slices per agent, as of an applied log index and when it was read: polls look
+    /// up their own list instead of each scanning every build.
+    pub assigned: Option<(u64, Instant, Arc<Assigned>)>,
+    /// Assignments this leader committed since that map was read, per agent: what a poll
+    /// needs at once and the map, recomputed at most every [`ASSIGNED_EVERY`], may not show.
+    pub just_assigned: HashMap<String, Vec<(Instant, SliceAttempt)>>,
+    /// The farm as submits see it, shared for a moment (see [`leader::placing`]).
+    pub placing: Option<leader::placing::Placing>,
     /// Slots taken by scheduling decisions that are being committed: counted as running so
     /// that decisions made meanwhile do not place slices on the same slots.
     pub inflight: HashMap<String, u32>,
@@ -93,6 +98,8 @@ pub struct Soft {
     pub sessions: session::Sessions,
     /// Per agent, the running slices of cancelled builds it has not been told to stop yet.
     pub cancels: HashMap<String, Vec<SliceAttempt>>,
+    /// Agents whose lease held when last counted, and when that was (see [`Soft::live_agents`]).
+    live_count: Option<(Instant, usize)>,
 }
 
 /// Lineages remembered, at most (the oldest are forgotten first).
@@ -124,6 +131,32 @@ impl Lineage {
 }
 
 impl Soft {
+    /// Agents heard from within `lease`, counted at most once a second: every poll's answer
+    /// asks (the pace), and `agents` also holds the dead until the next election.
+    pub fn live_agents(&mut self, lease: Duration) -> usize {
+        let now = Instant::now();
+        match self.live_count {
+            Some((at, n)) if now.duration_since(at) < Duration::from_secs(1) => n,
+            _ => {
+                let n = self.agents.values().filter(|l| now.duration_since(l.last_seen) < lease).count();
+                self.live_count = Some((now, n));
+                n
+            }
+        }
+    }
+
+    /// Records a poll of `agent`: its heartbeat and what it runs. Every poll of every agent
+    /// passes here: no new key when it is known.
+    pub fn heard(&mut self, agent: &str, running: Vec<SliceAttempt>, cache_bytes: u64) {
+        let live = Live { last_seen: Instant::now(), running, cache_bytes };
+        match self.agents.get_mut(agent) {
+            Some(l) => *l = live,
+            None => {
+                self.agents.insert(agent.to_string(), live);
+            }
+        }
+    }
+
     /// Keeps the plan's waiting reasons; a slice that stops waiting keeps its last one.
     pub fn note_waiting(&mut self, waiting: &[(SliceKey, String)]) {
         for (key, reason) in waiting {
@@ -142,6 +175,9 @@ impl Soft {
 
 /// agent → the attempts of its running slices.
 pub type Assigned = HashMap<String, Vec<SliceAttempt>>;
+
+/// How stale the map of running slices per agent may be (see [`Node::assigned`]).
+pub const ASSIGNED_EVERY: Duration = Duration::from_millis(250);
 
 /// Events kept per build; a client that falls further behind sees a gap, not an unbounded heap.
 pub const MAX_EVENTS: usize = 100_000;
@@ -247,21 +283,28 @@ impl Node {
         self.sm.read(f)
     }
 
-    /// Running slices per agent, recomputed once per applied change.
+    /// Running slices per agent, recomputed after a change at most every [`ASSIGNED_EVERY`]:
+    /// with a busy farm every commit is a change, and the scan is over every running slice.
+    /// Its lag is what [`Node::note_assigned`] covers; whatever it lists, a poll checks against
+    /// the state before it hands a slice out (see `agents::tasks_for`).
     pub fn assigned(&self) -> Arc<Assigned> {
         let fresh = || {
             let applied = self.sm.last_applied_index();
-            self.soft().assigned.as_ref().filter(|(at, _)| *at == applied).map(|(_, map)| map.clone())
+            let soft = self.soft();
+            let (at, read, map) = soft.assigned.as_ref()?;
+            (*at == applied || read.elapsed() < ASSIGNED_EVERY).then(|| map.clone())
         };
         if let Some(map) = fresh() {
             return map;
         }
-        // Every held poll asks each second: after a change, one recomputes and the others
-        // polling meanwhile wait for its map rather than each building their own.
+        // Every held poll asks: one recomputes and the others polling meanwhile wait for its
+        // map rather than each building their own.
         let _one = self.assigning.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(map) = fresh() {
             return map;
         }
+        // Taken before the state is read: what was noted before is in what is read.
+        let read = Instant::now();
         let applied = self.sm.last_applied_index();
         // The index is read before the state (never inside `read`: a second read lock while a
         // writer waits would deadlock); if it moves meanwhile, the next call recomputes.
@@ -270,19 +313,69 @@ impl Node {
             for b in s.builds.values().filter(|b| b.state == crate::raft::BuildState::Running) {
                 for (key, sl) in b.keyed_slices() {
                     if sl.state == crate::raft::SliceState::Running {
-                        map.entry(sl.agent.clone()).or_default().push(SliceAttempt::new(key, sl.attempt));
+                        // The name is copied for a new key only.
+                        let at = SliceAttempt::new(key, sl.attempt);
+                        match map.get_mut(sl.agent.as_str()) {
+                            Some(list) => list.push(at),
+                            None => {
+                                map.insert(sl.agent.clone(), vec![at]);
+                            }
+                        }
                     }
                 }
             }
             Arc::new(map)
         });
-        self.soft().assigned = Some((applied, map.clone()));
+        let mut soft = self.soft();
+        soft.assigned = Some((applied, read, map.clone()));
+        soft.just_assigned.retain(|_, list| {
+            list.retain(|(noted, _)| *noted >= read);
+            !list.is_empty()
+        });
         map
+    }
+
+    /// Records assignments this leader just committed (each slice key with its build's id),
+    /// before their agents are woken: their polls find them without waiting for
+    /// [`Node::assigned`] to be recomputed.
+    pub fn note_assigned(&self, assignments: impl IntoIterator<Item = (String, SliceAttempt)>) {
+        let now = Instant::now();
+        let mut soft = self.soft();
+        for (agent, at) in assignments {
+            soft.just_assigned.entry(agent).or_default().push((now, at));
+        }
+    }
+
+    /// What `agent` was assigned, by the map and since it was read.
+    pub fn assigned_to(&self, agent: &str) -> Vec<SliceAttempt> {
+        let map = self.assigned();
+        let mut mine = map.get(agent).cloned().unwrap_or_default();
+        if let Some(recent) = self.soft().just_assigned.get(agent) {
+            mine.extend(recent.iter().map(|(_, at)| *at));
+        }
+        mine.sort_unstable();
+        mine.dedup();
+        mine
     }
 
     /// Commits a command through Raft (on the leader); the result of applying it.
     pub async fn propose(&self, command: Command) -> Result<CommandResult, RemoteError> {
+        // What changes which agents submits may use, or their load beyond what submits add
+        // themselves, drops the view they share.
+        let farm_changes = !matches!(
+            command,
+            Command::Submit { .. }
+                | Command::SliceDone { .. }
+                | Command::SliceFailed { .. }
+                | Command::CancelBuild { .. }
+                | Command::ForgetBuilds { .. }
+                | Command::FinishBuild { .. }
+                | Command::PutToken { .. }
+        );
         let r = self.raft.client_write(command).await;
+        if farm_changes {
+            self.soft().placing = None;
+        }
         match r {
             Ok(r) => Ok(r.data),
             Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => Err(RemoteError {

@@ -6,6 +6,7 @@
 //! The decisions are the pure [`plan`]; this module gathers its inputs from the replicated
 //! state and the soft state, and carries the plan out through Raft and the registry.
 
+pub mod placing;
 pub mod plan;
 
 use super::{now_ms, Node, Soft};
@@ -41,6 +42,8 @@ pub async fn run(node: Arc<Node>) {
             let mut soft = node.soft();
             soft.leader_since = None;
             soft.finishing.clear();
+            soft.just_assigned.clear();
+            soft.placing = None;
             continue;
         }
         {
@@ -86,13 +89,18 @@ fn agents(soft: &Soft) -> Agents<'_> {
 }
 
 /// Places the slices of a build about to be submitted, so that submitting and assigning are
-/// one commit. The caller holds `node.sched` and reserves the result.
+/// one commit. The caller holds `node.sched` and reserves the result. The farm is looked at
+/// through the view submits share (see [`placing`]).
 pub fn place_new(node: &Node, record: &BuildRecord) -> Vec<SliceAssignment> {
     let now = Instant::now();
     let settings = settings(node);
     node.read(|s| {
         // The state lock is taken before the soft-state lock, always.
-        let soft = node.soft();
+        let mut soft = node.soft();
+        let mut placing = match soft.placing.take() {
+            Some(p) if p.fresh() => p,
+            _ => placing::Placing::new(plan::farm_view(s, agents(&soft), now, &settings, &[]).into_owned()),
+        };
         let wanted: Vec<(u64, &[String])> = record
             .slices
             .iter()
@@ -101,8 +109,11 @@ pub fn place_new(node: &Node, record: &BuildRecord) -> Vec<SliceAssignment> {
                 (i as u64, soft.lineage.records.get(&plan::lineage(&record.spec, &sl.platform)).map(Vec::as_slice).unwrap_or(&[]))
             })
             .collect();
-        let view = plan::farm_view(s, agents(&soft), now, &settings, &wanted);
-        plan::place_new(s, &view, record, &settings)
+        placing.warm_for(&soft.tracker, &wanted);
+        let assignments = plan::place_new(s, &placing.view, record, &settings);
+        placing.placed(&assignments);
+        soft.placing = Some(placing);
+        assignments
     })
 }
 
@@ -119,6 +130,10 @@ async fn tick(node: &Arc<Node>, finishers: &mut Vec<TaskHandle<()>>) -> Result<(
     let plan = plan::decide(survey);
     node.soft().note_waiting(&plan.waiting);
     node.reserve(&plan.assignments);
+    if !plan.assignments.is_empty() {
+        // Submits' shared view does not know of these slots.
+        node.soft().placing = None;
+    }
     // Reserved: other decisions may be made while this one commits.
     drop(scheduling);
     let committed = place(node, &plan, &settings).await;
@@ -176,6 +191,7 @@ async fn place(node: &Node, plan: &Plan, settings: &Settings) -> Result<(), Remo
     }
     if !plan.assignments.is_empty() {
         node.propose(Command::Assign { at_ms: now_ms(), assignments: plan.assignments.clone() }).await?;
+        node.note_assigned(plan.assignments.iter().map(|a| (a.agent.clone(), crate::raft::SliceAttempt::new(a.slice, a.attempt))));
         node.bump();
     }
     Ok(())

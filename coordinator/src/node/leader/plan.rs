@@ -240,29 +240,33 @@ pub fn farm_view<'s>(
     settings: &Settings,
     wanted: &[(u64, &[String])],
 ) -> FarmView<'s> {
+    // One pass over the builds, one entry per build (not per slice) and no copied names:
+    // this runs on every submit, over every running slice and the whole history.
     let mut running: HashMap<&str, u32> = HashMap::new();
-    let mut usage: HashMap<String, TenantUsage> = HashMap::new();
-    for b in running_builds(state) {
-        for sl in b.slices.iter().filter(|sl| sl.state == SliceState::Running) {
-            *running.entry(sl.agent.as_str()).or_default() += 1;
-            usage.entry(b.tenant.clone()).or_default().running += 1;
-        }
-    }
+    let mut usage: HashMap<&str, TenantUsage> = HashMap::new();
     // Recent usage: slot-seconds each tenant's slices held within the window, running ones
     // counted up to now.
     let since = agents.now_ms.saturating_sub(settings.usage_window_ms);
     for b in state.builds.values() {
+        let mut used = TenantUsage::default();
         for sl in &b.slices {
+            if b.state == BuildState::Running && sl.state == SliceState::Running {
+                *running.entry(sl.agent.as_str()).or_default() += 1;
+                used.running += 1;
+            }
             if sl.assigned_at_ms == 0 || (sl.state != SliceState::Running && sl.finished_at_ms < since) {
                 continue;
             }
             let end = if sl.state == SliceState::Running { agents.now_ms } else { sl.finished_at_ms.max(sl.assigned_at_ms) };
-            let held_ms = end.saturating_sub(sl.assigned_at_ms.max(since));
-            if held_ms > 0 {
-                usage.entry(b.tenant.clone()).or_default().recent += held_ms / 1000;
-            }
+            used.recent += end.saturating_sub(sl.assigned_at_ms.max(since)) / 1000;
+        }
+        if used.running > 0 || used.recent > 0 {
+            let u = usage.entry(b.tenant.as_str()).or_default();
+            u.running += used.running;
+            u.recent += used.recent;
         }
     }
+    let usage = usage.into_iter().map(|(t, u)| (t.to_string(), u)).collect();
     let mut snapshots = Vec::new();
     let mut absent = Vec::new();
     for c in state.farm.contexts.values().filter(|c| !state.draining.contains(&c.name)) {
