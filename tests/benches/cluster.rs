@@ -12,7 +12,7 @@
 use kiln_shared::api::{AgentInfo, AgentRequest, AgentResponse, BuildSpec, ClientRequest, ClientResponse, Inventory, SliceOutcome};
 use kiln_shared::client::{AgentFarm, ClientFarm};
 use kiln_shared::Platform;
-use kiln_tests::cluster::Cluster;
+use kiln_tests::cluster::{Cluster, Proc};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -205,6 +205,11 @@ fn phase(rt: &tokio::runtime::Runtime, agents: usize) {
                 println!("coordinator {} (follower) resident with {agents} agents polling: {rss:.1} MiB", i + 1);
             }
         }
+
+        // Again once the joins' garbage has aged (jemalloc returns it after about ten seconds).
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let rss = c.coordinators.get(leader as usize - 1).and_then(Proc::pid).map(rss_mib).unwrap_or(0.0);
+        println!("coordinator {leader} (leader) resident 20 s after the agents started polling: {rss:.1} MiB (target < {target:.0})");
 
         let admin = ClientFarm::join(&hosts, &c.admin_token, "").await.expect("admin join");
         let mut rtt = Vec::new();

@@ -122,12 +122,22 @@ async fn authenticated(node: &Node, p: Principal, key: Option<String>, origin: S
         return Err(denied(&p.role));
     }
     match call {
-        Tagged::Client(req) => client(node, p, origin, req).await.map(Tagged::Client),
+        // Every held request (an agent's poll above all: one per agent) keeps this future, sized
+        // for its largest arm: the CLI's and the coordinators' protocols are boxed.
+        Tagged::Client(req) => Box::pin(client(node, p, origin, req)).await.map(Tagged::Client),
         Tagged::Agent(req) => {
             agent_key_holds(node, &p, key.as_deref())?;
-            agent(node, p, key, origin, req).await.map(Tagged::Agent)
+            match req {
+                // The poll on the leader, directly (what `agent` would come to): the leader holds
+                // one per agent, and each keeps this future.
+                AgentRequest::Poll { agent, running, cache_bytes, wait_ms } if node.is_leader() => {
+                    let running = running.into_iter().map(SliceAttempt::from_wire).collect();
+                    agents::poll(node, &p, &agent, running, cache_bytes, wait_ms).await.map(Tagged::Agent)
+                }
+                req => Box::pin(agent(node, p, key, origin, req)).await.map(Tagged::Agent),
+            }
         }
-        Tagged::Coordinator(req) => coordinator(node, req).await.map(Tagged::Coordinator),
+        Tagged::Coordinator(req) => Box::pin(coordinator(node, req)).await.map(Tagged::Coordinator),
         Tagged::Join(_) => Err(denied(&p.role)),
     }
 }
@@ -195,7 +205,8 @@ fn mismatch(r: &ForwardedResponse) -> RemoteError {
 async fn coordinator(node: &Node, req: CoordinatorRequest) -> Answer<CoordinatorResponse> {
     match req {
         CoordinatorRequest::Raft { rpc, json } => {
-            let out = crate::raft::network::serve(&node.raft, rpc, &json).await.map_err(|e| bad(format!("raft message: {e}")))?;
+            // Boxed: a forwarded poll, held, keeps this function's future.
+            let out = Box::pin(crate::raft::network::serve(&node.raft, rpc, &json)).await.map_err(|e| bad(format!("raft message: {e}")))?;
             Ok(CoordinatorResponse::Raft { json: out })
         }
         CoordinatorRequest::Status => Ok(CoordinatorResponse::Status(admin::status(node))),
@@ -233,7 +244,8 @@ async fn on_leader(node: &Node, p: Principal, key: Option<String>, origin: Socke
         node.leader().ok_or_else(|| err(ErrorCode::Unavailable, "no leader is elected yet (an election is under way); retry"))?;
     let timeout = request_timeout(&node.cfg, &req);
     let forwarded = CoordinatorRequest::Forward { principal: p, origin, request: Box::new(req), key };
-    match node.pool.coordinator(addr, &forwarded, timeout).await {
+    // Boxed: a poll held here on the leader keeps this function's future.
+    match Box::pin(node.pool.coordinator(addr, &forwarded, timeout)).await {
         Ok(CoordinatorResponse::Forwarded(r)) => Ok(r),
         Ok(other) => Err(err(ErrorCode::Internal, format!("the leader answered a forwarded request with {other:?}"))),
         Err(transport::TransportError::Remote(e)) => Err(e),
@@ -256,14 +268,15 @@ fn request_timeout(cfg: &crate::config::CoordinatorConfig, req: &Forwarded) -> D
 /// Requests that need the cluster state: this coordinator is the leader.
 async fn lead(node: &Node, p: Principal, key: Option<String>, origin: SocketAddr, req: Forwarded) -> Answer<ForwardedResponse> {
     match req {
-        Forwarded::Client(r) => lead_client(node, p, origin, r).await.map(ForwardedResponse::Client),
+        Forwarded::Client(r) => Box::pin(lead_client(node, p, origin, r)).await.map(ForwardedResponse::Client),
         Forwarded::Agent(r) => lead_agent(node, p, key, r).await.map(ForwardedResponse::Agent),
     }
 }
 
 async fn lead_agent(node: &Node, p: Principal, key: Option<String>, req: AgentRequest) -> Answer<AgentResponse> {
     match req {
-        AgentRequest::Register(info) => agents::register(node, &p, key, info).await,
+        // Only the poll is held (one per agent); the others, each with a commit, are boxed.
+        AgentRequest::Register(info) => Box::pin(agents::register(node, &p, key, info)).await,
         AgentRequest::Poll { agent, running, cache_bytes, wait_ms } => {
             let running = running.into_iter().map(SliceAttempt::from_wire).collect();
             agents::poll(node, &p, &agent, running, cache_bytes, wait_ms).await
@@ -271,13 +284,13 @@ async fn lead_agent(node: &Node, p: Principal, key: Option<String>, req: AgentRe
         AgentRequest::Events { build, slice, attempt, events } => {
             agents::events(node, &p, SliceAttempt::from_wire((build, slice, attempt)), events)
         }
-        AgentRequest::SliceDone(outcome) => agents::slice_done(node, &p, outcome).await,
+        AgentRequest::SliceDone(outcome) => Box::pin(agents::slice_done(node, &p, outcome)).await,
         AgentRequest::SliceFailed { build, slice, attempt, message } => {
-            agents::slice_failed(node, &p, SliceAttempt::from_wire((build, slice, attempt)), message).await
+            Box::pin(agents::slice_failed(node, &p, SliceAttempt::from_wire((build, slice, attempt)), message)).await
         }
         AgentRequest::Advertise(inv) => agents::advertise(node, &p, &inv),
         AgentRequest::Session { build, slice, attempt, ask } => {
-            session::ask(node, &p, SliceAttempt::from_wire((build, slice, attempt)), ask).await
+            Box::pin(session::ask(node, &p, SliceAttempt::from_wire((build, slice, attempt)), ask)).await
         }
         AgentRequest::Locate { blobs, records } => Ok(AgentResponse::Holders(agents::locate(node, &p.name, &blobs, &records))),
         // Served where it is received, never forwarded.

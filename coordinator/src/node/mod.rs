@@ -429,6 +429,12 @@ fn check_state_format(dir: &std::path::Path) -> anyhow::Result<()> {
 
 pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option<String>, stop: CancellationToken) -> anyhow::Result<()> {
     cfg.validate()?;
+    // The `kiln` binary allocates with jemalloc: a coordinator returns freed pages to the
+    // system from a background thread as they age, instead of only when it allocates again
+    // (a farm's joins and a burst of submits free much that an idle leader would keep).
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::debug!(coordinator = cfg.id, "jemalloc background purging: {e}");
+    }
     // The metrics endpoint answers from the start (`/healthz`; `/readyz` once caught up).
     let serving: Arc<std::sync::OnceLock<Arc<Node>>> = Arc::default();
     let _metrics = match cfg.metrics_listen {
