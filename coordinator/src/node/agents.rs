@@ -2,7 +2,6 @@
 //! heartbeat and work queue, progress events, slice reports (fenced by attempt), and the
 //! tracker's advertisements and lookups of which live agent holds a blob or a record.
 
-use super::live::Live;
 use super::reply::{bad, err, Answer};
 use super::{now_ms, Node, MAX_EVENTS};
 use crate::builders::Context;
@@ -162,7 +161,7 @@ pub async fn register(node: &Node, p: &Principal, key: Option<String>, info: Age
             return Err(err(ErrorCode::PermissionDenied, r.message.unwrap_or_default()));
         }
     }
-    node.soft().agents.insert(info.name, Live { last_seen: Instant::now(), running: vec![], cache_bytes: 0 });
+    node.soft().heard(&info.name, vec![], 0);
     node.wake_leader.notify_one();
     Ok(AgentResponse::Ok)
 }
