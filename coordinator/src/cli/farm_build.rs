@@ -211,7 +211,11 @@ async fn hold_before_submit(farm: &ClientFarm) -> anyhow::Result<()> {
     let at = farm.current_host().await.or(farm.answered_host()).map(|h| h.to_string()).unwrap_or_default();
     let mut uploaded = path.clone().into_os_string();
     uploaded.push(".uploaded");
-    std::fs::write(&uploaded, at).with_context(|| format!("writing {}", Path::new(&uploaded).display()))?;
+    // Written whole, then renamed into place: the test reads it as soon as it exists.
+    let mut partial = uploaded.clone();
+    partial.push(".partial");
+    std::fs::write(&partial, at).with_context(|| format!("writing {}", Path::new(&partial).display()))?;
+    std::fs::rename(&partial, &uploaded).with_context(|| format!("writing {}", Path::new(&uploaded).display()))?;
     let give_up = std::time::Instant::now() + Duration::from_secs(120);
     while !path.exists() && std::time::Instant::now() < give_up {
         tokio::time::sleep(Duration::from_millis(50)).await;
