@@ -198,7 +198,7 @@ impl Peer {
         ca: &CertificateDer<'static>,
         identity: &Identity,
     ) -> Result<quinn::Endpoint, TransportError> {
-        let endpoint = transport::server_with(addr, ca, identity, false, &self.timeouts.quic)?;
+        let endpoint = transport::server_with(addr, ca, identity, false, &self.timeouts.quic, transport::Connections::Few)?;
         // Detached: the server ends when its endpoint closes, which the caller owns.
         kiln_shared::task::spawn("peer server", self.clone().serve(endpoint.clone())).detach();
         Ok(endpoint)

@@ -22,6 +22,7 @@ pub mod registry;
 pub mod store;
 pub mod task;
 pub mod transport;
+pub mod unbatched;
 pub mod wire;
 
 pub use digest::Digest;

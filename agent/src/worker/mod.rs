@@ -113,7 +113,7 @@ pub async fn run(
         .map_err(|source| WorkerError::Join { hosts, source })?;
     // The peer endpoint: other agents and coordinators fetch blobs from this agent's store.
     let (ca, identity) = farm.credentials();
-    let listener = transport::server_with(cfg.listen, &ca, &identity, false, &cfg.quic())
+    let listener = transport::server_with(cfg.listen, &ca, &identity, false, &cfg.quic(), transport::Connections::Few)
         .map_err(|e| WorkerError::Config(format!("listening on {} for peers: {e}", cfg.listen)))?;
     let endpoint = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| cfg.listen.to_string());
     let peer = Arc::new(

@@ -15,47 +15,100 @@ use crate::raft::{BuildId, SliceAttempt};
 use kiln_shared::api::*;
 use kiln_shared::transport;
 use kiln_shared::wire::{ErrorCode, RemoteError};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Requests another coordinator may have in flight on one connection (forwarded long polls).
 const COORDINATOR_STREAMS: u32 = 20_000;
+/// Streams a CLI may open at once on its connection to a coordinator (quinn's default).
+const CLIENT_STREAMS: u32 = 100;
 
 /// Serves one connection until it closes.
 pub async fn serve(node: Arc<Node>, conn: quinn::Connection) {
     let principal = transport::peer_common_name(&conn).and_then(|cn| Principal::from_common_name(&cn));
     let key = transport::peer_key_fingerprint(&conn);
     let remote = conn.remote_address();
-    if principal.as_ref().is_some_and(|p| p.role == Role::Coordinator) {
+    // A connection may open transport::MANY_STREAMS streams at once to begin with: enough for
+    // an agent or a joining client, whose state the coordinator holds thousands of times.
+    match principal.as_ref().map(|p| &p.role) {
         // A follower forwards the requests of every agent and client connected to it over
         // this one connection, a held poll each: quinn's 100 streams would queue them.
-        conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(COORDINATOR_STREAMS));
+        Some(Role::Coordinator) => conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(COORDINATOR_STREAMS)),
+        // A CLI watches, uploads and submits for every build it runs (a bake's targets at once).
+        Some(Role::Admin | Role::User) => conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(CLIENT_STREAMS)),
+        Some(Role::Agent) | None => {}
     }
-    transport::serve_connection(conn, move |call: Call| {
+    transport::serve_connection(conn, move |call: Call| -> Boxed<'static, Reply> {
         let node = node.clone();
         let (principal, key) = (principal.clone(), key.clone());
-        async move {
-            // Raft keeps running through a drain: what requests in flight propose must commit.
-            let _pass = match node.gate.enter() {
-                Some(pass) => Some(pass),
-                None if matches!(call, Tagged::Coordinator(CoordinatorRequest::Raft { .. })) => None,
-                None => return Err(err(ErrorCode::Unavailable, format!("coordinator {} is shutting down; retry", node.id))),
-            };
-            let started = std::time::Instant::now();
-            let kind = if tracing::enabled!(tracing::Level::DEBUG) { request_kind(&call) } else { String::new() };
-            let answer = match principal {
-                None => anonymous(&node, remote, call).await,
-                Some(ref p) => {
-                    let origin = node.cfg.listen;
-                    authenticated(&node, p.clone(), key, origin, call).await
-                }
-            };
-            tracing::debug!(coordinator = node.id, request = %kind, ms = started.elapsed().as_secs_f64() * 1e3, ok = answer.is_ok(), "served");
-            answer
+        match (principal, call) {
+            // The leader holds one poll per agent for as long as the agent waits: the future of
+            // that request is all it keeps of it besides the stream, so it has its own.
+            (Some(p), Tagged::Agent(AgentRequest::Poll { agent, running, cache_bytes, wait_ms }))
+                if p.role == Role::Agent && node.is_leader() =>
+            {
+                Box::pin(held_poll(node, p, key, agent, running, cache_bytes, wait_ms))
+            }
+            (principal, call) => Box::pin(request(node, principal, key, remote, call)),
         }
     })
     .await;
+}
+
+/// One request from the connection of `principal` (none: a joining client).
+async fn request(node: Arc<Node>, principal: Option<Principal>, key: Option<String>, remote: SocketAddr, call: Call) -> Answer<Reply> {
+    // Raft keeps running through a drain: what requests in flight propose must commit.
+    let _pass = match node.gate.enter() {
+        Some(pass) => Some(pass),
+        None if matches!(call, Tagged::Coordinator(CoordinatorRequest::Raft { .. })) => None,
+        None => return Err(shutting_down(&node)),
+    };
+    let started = std::time::Instant::now();
+    let kind = if tracing::enabled!(tracing::Level::DEBUG) { request_kind(&call) } else { String::new() };
+    let answer = match principal {
+        None => anonymous(&node, remote, call).await,
+        Some(p) => {
+            let origin = node.cfg.listen;
+            authenticated(&node, p, key, origin, call).await
+        }
+    };
+    tracing::debug!(coordinator = node.id, request = %kind, ms = started.elapsed().as_secs_f64() * 1e3, ok = answer.is_ok(), "served");
+    answer
+}
+
+/// An agent's poll on the leader (see [`serve`]): what [`authenticated`] checks for an agent,
+/// then the poll.
+async fn held_poll(
+    node: Arc<Node>,
+    p: Principal,
+    key: Option<String>,
+    agent: String,
+    running: Vec<(u64, u32, u32)>,
+    cache_bytes: u64,
+    wait_ms: u32,
+) -> Answer<Reply> {
+    let Some(_pass) = node.gate.enter() else {
+        return Err(shutting_down(&node));
+    };
+    let started = std::time::Instant::now();
+    agent_key_holds(&node, &p, key.as_deref())?;
+    let running = running.into_iter().map(SliceAttempt::from_wire).collect();
+    let answer = agents::poll(&node, &p, &agent, running, cache_bytes, wait_ms).await.map(Tagged::Agent);
+    tracing::debug!(
+        coordinator = node.id,
+        request = "agent:Poll",
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        ok = answer.is_ok(),
+        "served"
+    );
+    answer
+}
+
+fn shutting_down(node: &Node) -> RemoteError {
+    err(ErrorCode::Unavailable, format!("coordinator {} is shutting down; retry", node.id))
 }
 
 /// The protocol and variant of a request, for logs.
@@ -122,24 +175,32 @@ async fn authenticated(node: &Node, p: Principal, key: Option<String>, origin: S
         return Err(denied(&p.role));
     }
     match call {
-        // Every held request (an agent's poll above all: one per agent) keeps this future, sized
-        // for its largest arm: the CLI's and the coordinators' protocols are boxed.
-        Tagged::Client(req) => Box::pin(client(node, p, origin, req)).await.map(Tagged::Client),
+        // A held request (a CLI's watch, a follower's forwarded poll) keeps this future, sized
+        // for its largest arm: the protocols' handlers are boxed, made in a plain function
+        // (made here, the unboxed future would take room in this one too).
+        Tagged::Client(req) => boxed_client(node, p, origin, req).await.map(Tagged::Client),
         Tagged::Agent(req) => {
             agent_key_holds(node, &p, key.as_deref())?;
-            match req {
-                // The poll on the leader, directly (what `agent` would come to): the leader holds
-                // one per agent, and each keeps this future.
-                AgentRequest::Poll { agent, running, cache_bytes, wait_ms } if node.is_leader() => {
-                    let running = running.into_iter().map(SliceAttempt::from_wire).collect();
-                    agents::poll(node, &p, &agent, running, cache_bytes, wait_ms).await.map(Tagged::Agent)
-                }
-                req => Box::pin(agent(node, p, key, origin, req)).await.map(Tagged::Agent),
-            }
+            boxed_agent(node, p, key, origin, req).await.map(Tagged::Agent)
         }
-        Tagged::Coordinator(req) => Box::pin(coordinator(node, req)).await.map(Tagged::Coordinator),
+        Tagged::Coordinator(req) => boxed_coordinator(node, req).await.map(Tagged::Coordinator),
         Tagged::Join(_) => Err(denied(&p.role)),
     }
+}
+
+/// A protocol handler's future on the heap (see [`authenticated`]).
+type Boxed<'a, R> = Pin<Box<dyn Future<Output = Answer<R>> + Send + 'a>>;
+
+fn boxed_client(node: &Node, p: Principal, origin: SocketAddr, req: ClientRequest) -> Boxed<'_, ClientResponse> {
+    Box::pin(client(node, p, origin, req))
+}
+
+fn boxed_agent(node: &Node, p: Principal, key: Option<String>, origin: SocketAddr, req: AgentRequest) -> Boxed<'_, AgentResponse> {
+    Box::pin(agent(node, p, key, origin, req))
+}
+
+fn boxed_coordinator(node: &Node, req: CoordinatorRequest) -> Boxed<'_, CoordinatorResponse> {
+    Box::pin(coordinator(node, req))
 }
 
 /// The CLI's protocol: status and blobs here, the rest on the leader.

@@ -456,7 +456,7 @@ pub async fn run(cfg: CoordinatorConfig, join: Option<SocketAddr>, token: Option
     };
     let creds = bootstrap::credentials(&cfg, join, token.as_deref(), &stop).await?;
     let ca_der = creds.ca.cert_der();
-    let endpoint = transport::server_with(cfg.listen, &ca_der, &creds.identity, true, &cfg.quic())
+    let endpoint = transport::server_with(cfg.listen, &ca_der, &creds.identity, true, &cfg.quic(), transport::Connections::Many)
         .with_context(|| format!("listening on {} (QUIC)", cfg.listen))?;
     let pool = peers::Pool::new(
         transport::client_with(&ca_der, Some(&creds.identity), &cfg.quic())?,
