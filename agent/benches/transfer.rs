@@ -69,11 +69,13 @@ fn cpu_secs() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// 1 GiB over one quinn stream, read and discarded: MiB/s.
-async fn raw_quinn(ca: &ClusterCa, bytes: usize) -> f64 {
+/// 1 GiB over one quinn stream from a server endpoint of `shape`, read and discarded: MiB/s.
+async fn raw_quinn(ca: &ClusterCa, bytes: usize, shape: transport::Connections) -> f64 {
     let sid = ca.issue("agent:raw-server", &["127.0.0.1".parse().expect("ip")]).expect("identity");
     let cid = ca.issue("agent:raw-client", &["127.0.0.1".parse().expect("ip")]).expect("identity");
-    let server = transport::server("127.0.0.1:0".parse().expect("addr"), &ca.cert_der(), &sid, false).expect("server");
+    let timeouts = transport::Timeouts::default();
+    let server =
+        transport::server_with("127.0.0.1:0".parse().expect("addr"), &ca.cert_der(), &sid, false, &timeouts, shape).expect("server");
     let addr = server.local_addr().expect("addr");
     let sender = tokio::spawn(async move {
         let conn = server.accept().await.expect("incoming").await.expect("connection");
@@ -181,7 +183,7 @@ fn main() {
         // alternating, and the median of each.
         let (mut raws, mut kilns) = (Vec::new(), Vec::new());
         for round in 0..3 {
-            raws.push(raw_quinn(&ca, GIB).await);
+            raws.push(raw_quinn(&ca, GIB, transport::Connections::Few).await);
             kilns.push(from_peers(&ca, &root, &big, &main, kiln_shared::chunks::CHUNK_SIZE, &format!("main{round}")).await);
         }
         let median = |v: &mut Vec<f64>| {
@@ -198,6 +200,18 @@ fn main() {
             let _ = std::fs::remove_dir_all(&n.peer.root);
         }
         drop(main);
+        // A coordinator's endpoint sends one datagram per call (it holds a connection per
+        // agent): what that costs a bulk transfer, such as a context blob to an agent.
+        let (mut batched, mut unbatched) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            batched.push(raw_quinn(&ca, GIB, transport::Connections::Few).await);
+            unbatched.push(raw_quinn(&ca, GIB, transport::Connections::Many).await);
+        }
+        let (b, u) = (median(&mut batched), median(&mut unbatched));
+        println!(
+            "raw quinn, 1 GiB, a coordinator's endpoint (one datagram per send): {u:8.1} MiB/s against {b:.1} batched ({:.0}%; medians of {unbatched:.0?} and {batched:.0?})",
+            100.0 * u / b
+        );
         if std::env::var_os("KILN_BENCH_QUICK").is_some() {
             return;
         }
