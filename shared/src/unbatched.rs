@@ -6,8 +6,11 @@
 //! agents those buffers alone would be ~70 MB of its memory while almost every connection only
 //! ever sends one small answer at a time. This socket tells quinn to send one datagram per
 //! call, which keeps each buffer at one datagram; the price is a system call per datagram on
-//! the few connections that send in bulk (context blobs to agents). Everything else is the
-//! runtime's own socket.
+//! the few connections that send in bulk (context blobs to agents, to another coordinator).
+//! Measured by `cargo bench -p kiln-agent --bench transfer` on a 2-core machine: one stream
+//! over loopback at 277 MiB/s against 754 MiB/s batched; at most four datagrams a send, 576
+//! against 865 MiB/s, but 267-281 MiB for 5,000 agents against 260 MiB. Everything else is
+//! the runtime's own socket.
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Runtime, UdpPoller};
