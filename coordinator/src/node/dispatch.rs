@@ -75,8 +75,13 @@ async fn request(node: Arc<Node>, principal: Option<Principal>, key: Option<Stri
             authenticated(&node, p, key, origin, call).await
         }
     };
-    tracing::debug!(coordinator = node.id, request = %kind, ms = started.elapsed().as_secs_f64() * 1e3, ok = answer.is_ok(), "served");
+    served(&node, &kind, started, &answer);
     answer
+}
+
+/// The debug line of a request served.
+fn served(node: &Node, kind: &str, started: std::time::Instant, answer: &Answer<Reply>) {
+    tracing::debug!(coordinator = node.id, request = %kind, ms = started.elapsed().as_secs_f64() * 1e3, ok = answer.is_ok(), "served");
 }
 
 /// An agent's poll on the leader (see [`serve`]): what [`authenticated`] checks for an agent,
@@ -97,13 +102,7 @@ async fn held_poll(
     agent_key_holds(&node, &p, key.as_deref())?;
     let running = running.into_iter().map(SliceAttempt::from_wire).collect();
     let answer = agents::poll(&node, &p, &agent, running, cache_bytes, wait_ms).await.map(Tagged::Agent);
-    tracing::debug!(
-        coordinator = node.id,
-        request = "agent:Poll",
-        ms = started.elapsed().as_secs_f64() * 1e3,
-        ok = answer.is_ok(),
-        "served"
-    );
+    served(&node, "agent:Poll", started, &answer);
     answer
 }
 
